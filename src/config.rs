@@ -1,0 +1,240 @@
+//! The manager's options and the user callbacks, validated as they are set.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{CallbackError, Error, Result};
+
+/// How many managed checkpoints to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxToKeep {
+    /// Keep the newest `n` (positive); older ones are deleted or preserved.
+    Last(usize),
+    /// Keep everything and delete nothing: TF's `max_to_keep=None`.
+    All,
+}
+
+/// The manager's options. Defaults follow TF; `max_to_keep` has none and
+/// must be chosen, as TF's constructor requires it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) directory: PathBuf,
+    pub(crate) max_to_keep: Option<MaxToKeep>,
+    pub(crate) keep_checkpoint_every_n_hours: Option<f64>,
+    pub(crate) checkpoint_name: OsString,
+    pub(crate) checkpoint_interval: Option<i64>,
+    pub(crate) last_checkpoint_step: Option<i64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            directory: PathBuf::new(),
+            max_to_keep: None,
+            keep_checkpoint_every_n_hours: None,
+            checkpoint_name: OsString::from("ckpt"),
+            checkpoint_interval: None,
+            last_checkpoint_step: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn new(directory: impl Into<PathBuf>, max_to_keep: MaxToKeep) -> Result<Self> {
+        let mut config = Config::default();
+        config.set_directory(directory)?;
+        config.set_max_to_keep(max_to_keep)?;
+        Ok(config)
+    }
+
+    pub fn set_directory(&mut self, directory: impl Into<PathBuf>) -> Result<()> {
+        let directory = directory.into();
+        if directory.as_os_str().is_empty() {
+            return Err(Error::invalid("the directory must not be empty"));
+        }
+        self.directory = directory;
+        Ok(())
+    }
+
+    pub fn set_max_to_keep(&mut self, max_to_keep: MaxToKeep) -> Result<()> {
+        if max_to_keep == MaxToKeep::Last(0) {
+            return Err(Error::invalid(
+                "max_to_keep must be positive; use MaxToKeep::All to keep every checkpoint",
+            ));
+        }
+        self.max_to_keep = Some(max_to_keep);
+        Ok(())
+    }
+
+    /// `None` or `Some(0.0)` turns preservation off, as in TF.
+    pub fn set_keep_checkpoint_every_n_hours(&mut self, hours: Option<f64>) -> Result<()> {
+        match hours {
+            Some(h) if !h.is_finite() || h < 0.0 => Err(Error::invalid(format!(
+                "keep_checkpoint_every_n_hours must be a finite number of hours >= 0, not {h}"
+            ))),
+            Some(h) if h == 0.0 => {
+                self.keep_checkpoint_every_n_hours = None;
+                Ok(())
+            }
+            other => {
+                self.keep_checkpoint_every_n_hours = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// The file-name stem of every checkpoint: `<name>-<N>`.
+    pub fn set_checkpoint_name(&mut self, name: impl Into<OsString>) -> Result<()> {
+        let name = name.into();
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.contains(&b'/') || bytes.contains(&0) {
+            return Err(Error::invalid(format!(
+                "checkpoint_name {name:?} must be a non-empty file name without '/'"
+            )));
+        }
+        if name == crate::paths::STATE_FILE_NAME || name == "." || name == ".." {
+            return Err(Error::invalid(format!(
+                "checkpoint_name {name:?} is reserved"
+            )));
+        }
+        self.checkpoint_name = name;
+        Ok(())
+    }
+
+    /// Saves at most once every `interval` steps (needs a step counter).
+    pub fn set_checkpoint_interval(&mut self, interval: Option<i64>) -> Result<()> {
+        if let Some(interval) = interval.filter(|&i| i <= 0) {
+            return Err(Error::invalid(format!(
+                "checkpoint_interval must be positive, not {interval}"
+            )));
+        }
+        self.checkpoint_interval = interval;
+        Ok(())
+    }
+
+    pub fn set_last_checkpoint_step(&mut self, step: Option<i64>) {
+        self.last_checkpoint_step = step;
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    pub(crate) fn validate(&self, callbacks: &Callbacks) -> Result<()> {
+        if self.directory.as_os_str().is_empty() {
+            return Err(Error::invalid("no directory is set"));
+        }
+        if self.max_to_keep.is_none() {
+            return Err(Error::invalid(
+                "max_to_keep is not set: choose a positive number or keep all",
+            ));
+        }
+        if self.checkpoint_interval.is_some() && callbacks.step_counter.is_none() {
+            return Err(Error::invalid(
+                "checkpoint_interval needs a step counter callback",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Severity of a message given to the log callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Warning,
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+        })
+    }
+}
+
+pub type SaveFn = Box<dyn FnMut(&Path, u64) -> Result<(), CallbackError> + Send>;
+pub type RestoreFn = Box<dyn FnMut(&Path) -> Result<(), CallbackError> + Send>;
+pub type InitFn = Box<dyn FnMut() -> Result<(), CallbackError> + Send>;
+pub type StepCounterFn = Box<dyn FnMut() -> Result<i64, CallbackError> + Send>;
+pub type ClockFn = Box<dyn FnMut() -> f64 + Send>;
+pub type DeleteFn = Box<dyn FnMut(&Path) -> Result<(), CallbackError> + Send>;
+pub type LogFn = Box<dyn FnMut(LogLevel, &str) + Send>;
+
+/// The user's code the manager calls. All optional; `save` is needed to
+/// save and `restore` to restore.
+#[derive(Default)]
+pub struct Callbacks {
+    pub(crate) save: Option<SaveFn>,
+    pub(crate) restore: Option<RestoreFn>,
+    pub(crate) init: Option<InitFn>,
+    pub(crate) step_counter: Option<StepCounterFn>,
+    pub(crate) clock: Option<ClockFn>,
+    pub(crate) delete: Option<DeleteFn>,
+    pub(crate) log: Option<LogFn>,
+}
+
+impl Callbacks {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes the checkpoint: every file it creates is named `<prefix>` or
+    /// `<prefix>.<suffix>`. Given the prefix and the checkpoint number.
+    pub fn on_save(
+        mut self,
+        f: impl FnMut(&Path, u64) -> Result<(), CallbackError> + Send + 'static,
+    ) -> Self {
+        self.save = Some(Box::new(f));
+        self
+    }
+
+    pub fn on_restore(
+        mut self,
+        f: impl FnMut(&Path) -> Result<(), CallbackError> + Send + 'static,
+    ) -> Self {
+        self.restore = Some(Box::new(f));
+        self
+    }
+
+    /// Called by `restore_or_initialize` when there is no checkpoint.
+    pub fn on_init(
+        mut self,
+        f: impl FnMut() -> Result<(), CallbackError> + Send + 'static,
+    ) -> Self {
+        self.init = Some(Box::new(f));
+        self
+    }
+
+    pub fn step_counter(
+        mut self,
+        f: impl FnMut() -> Result<i64, CallbackError> + Send + 'static,
+    ) -> Self {
+        self.step_counter = Some(Box::new(f));
+        self
+    }
+
+    /// Wall-clock seconds since the epoch; the default reads the system clock.
+    pub fn clock(mut self, f: impl FnMut() -> f64 + Send + 'static) -> Self {
+        self.clock = Some(Box::new(f));
+        self
+    }
+
+    /// Replaces the built-in deletion of a checkpoint's files.
+    pub fn on_delete(
+        mut self,
+        f: impl FnMut(&Path) -> Result<(), CallbackError> + Send + 'static,
+    ) -> Self {
+        self.delete = Some(Box::new(f));
+        self
+    }
+
+    /// Receives warnings; the default writes them to stderr.
+    pub fn log(mut self, f: impl FnMut(LogLevel, &str) + Send + 'static) -> Self {
+        self.log = Some(Box::new(f));
+        self
+    }
+}

@@ -1,0 +1,68 @@
+//! The crate's error type. Every variant maps to one C status code in `ffi`.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What a user callback returns on failure. The C layer wraps the callback's
+/// integer code in one of these; Rust users may return any error.
+pub type CallbackError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug)]
+pub enum Error {
+    /// An option or argument has a value the manager cannot use.
+    InvalidArgument(String),
+    /// The `checkpoint` state file exists but cannot be used.
+    StateCorrupt { path: PathBuf, detail: String },
+    /// A file-system operation failed.
+    Io { context: String, source: io::Error },
+    /// A user callback reported failure; nothing was committed.
+    Callback {
+        callback: &'static str,
+        source: CallbackError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io_at(action: &str, path: &Path, source: io::Error) -> Self {
+        Error::io(format!("{action} '{}'", path.display()), source)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidArgument(message.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(message) => write!(f, "invalid argument: {message}"),
+            Error::StateCorrupt { path, detail } => {
+                write!(f, "unusable state file '{}': {detail}", path.display())
+            }
+            Error::Io { context, source } => write!(f, "cannot {context}: {source}"),
+            Error::Callback { callback, source } => {
+                write!(f, "the {callback} callback failed: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Callback { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}

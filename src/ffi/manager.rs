@@ -1,0 +1,235 @@
+//! `ckpt_manager`: the handle and its calls.
+
+use std::cell::RefCell;
+use std::ffi::c_char;
+use std::sync::Mutex;
+
+use super::{
+    ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, new_c_string, new_path_string,
+    out_param, Failure, FfiResult,
+};
+use crate::manager::CheckpointManager;
+use std::os::unix::ffi::OsStrExt;
+
+/// A checkpoint manager. Thread-safe: one handle may be used from several
+/// threads at once; calls on it are serialised inside.
+pub struct ckpt_manager {
+    inner: Mutex<CheckpointManager>,
+}
+
+thread_local! {
+    /// Managers whose call is running on this thread (callbacks included).
+    static ENTERED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks a manager as busy on this thread for the length of a call.
+struct Entered(usize);
+
+impl Entered {
+    fn enter(manager: *const ckpt_manager) -> FfiResult<Entered> {
+        let key = manager as usize;
+        ENTERED.with(|entered| {
+            let mut entered = entered.borrow_mut();
+            if entered.contains(&key) {
+                return Err(Failure::new(
+                    ckpt_status::ReentrantCall,
+                    "a callback called into the manager that is running it",
+                ));
+            }
+            entered.push(key);
+            Ok(Entered(key))
+        })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        ENTERED.with(|entered| entered.borrow_mut().retain(|&key| key != self.0));
+    }
+}
+
+/// Runs `body` with exclusive access to the manager.
+unsafe fn with_manager<T>(
+    manager: *const ckpt_manager,
+    body: impl FnOnce(&mut CheckpointManager) -> FfiResult<T>,
+) -> FfiResult<T> {
+    let handle = manager.as_ref().ok_or_else(|| Failure::null("manager"))?;
+    let _entered = Entered::enter(manager)?;
+    let mut inner = handle.inner.lock().map_err(|_| {
+        Failure::new(
+            ckpt_status::Panic,
+            "an earlier call on this manager panicked; free it and open a new one",
+        )
+    })?;
+    body(&mut inner)
+}
+
+/// Opens a manager on the options' directory and recovers its state from
+/// the `checkpoint` state file, as TF does. Creates nothing on disk.
+///
+/// `options` is borrowed; the manager keeps its own copy of the settings
+/// and shares the callbacks (see `ckpt_options_set_save_callback`). On
+/// success `*out_manager` owns a new handle to free with
+/// `ckpt_manager_free`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
+/// directory, no max_to_keep, an interval without a step counter),
+/// CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_CALLBACK_FAILED (clock). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_new(
+    options: *const ckpt_options,
+    out_manager: *mut *mut ckpt_manager,
+) -> ckpt_status {
+    guard(|| {
+        let options = options.as_ref().ok_or_else(|| Failure::null("options"))?;
+        let out = out_param(out_manager, "out_manager")?;
+        let manager = CheckpointManager::new(options.config().clone(), options.callbacks())?;
+        out.write(Box::into_raw(Box::new(ckpt_manager {
+            inner: Mutex::new(manager),
+        })))
+    })
+}
+
+/// Frees a manager and releases its callbacks' user data (finalizers run
+/// for callbacks no other options or manager holds). NULL is a no-op. No
+/// other call on this manager may be running or follow.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
+    guard_void(|| {
+        if !manager.is_null() {
+            drop(Box::from_raw(manager));
+        }
+    });
+}
+
+/// Saves a checkpoint: checks the interval gate, runs the save callback
+/// with the prefix `<directory>/<name>-<N>`, makes its files durable,
+/// commits it in the state file, then deletes or preserves the oldest ones
+/// beyond max_to_keep.
+///
+/// `checkpoint_number` is NULL to use the save counter's next value, or
+/// points to an explicit number (read during the call). `check_interval`
+/// false saves even within the interval (never twice at the same step).
+/// On success `*out_prefix` is the new checkpoint's prefix (caller frees
+/// with `ckpt_string_free`), or NULL when the interval gate skipped it.
+/// On failure nothing is committed and the manager is unchanged.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no save
+/// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_save(
+    manager: *mut ckpt_manager,
+    checkpoint_number: *const u64,
+    check_interval: bool,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_prefix, "out_prefix")?;
+        let number = checkpoint_number.as_ref().copied();
+        let prefix = with_manager(manager, |m| Ok(m.save(number, check_interval)?))?;
+        out.write(new_path_string(prefix.as_deref())?)
+    })
+}
+
+/// The latest checkpoint's prefix, as recorded in the state file (its
+/// files are not checked).
+///
+/// On success `*out_prefix` is a string the caller frees with
+/// `ckpt_string_free`, or NULL when there is none.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_latest(
+    manager: *const ckpt_manager,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_prefix, "out_prefix")?;
+        let latest = with_manager(manager, |m| Ok(m.latest_checkpoint()))?;
+        out.write(new_path_string(latest.as_deref())?)
+    })
+}
+
+/// The managed checkpoints' prefixes, oldest first. Preserved checkpoints
+/// are not listed.
+///
+/// On success `*out_list` is a list the caller frees with
+/// `ckpt_string_list_free` (possibly empty, never NULL).
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_checkpoints(
+    manager: *const ckpt_manager,
+    out_list: *mut *mut ckpt_string_list,
+) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_list, "out_list")?;
+        let checkpoints = with_manager(manager, |m| Ok(m.checkpoints()))?;
+        let list = ckpt_string_list::from_paths(&checkpoints)?;
+        out.write(Box::into_raw(Box::new(list)))
+    })
+}
+
+/// Restores the latest checkpoint through the restore callback, or, with
+/// none, runs the init callback (if set). With a checkpoint interval, the
+/// step counter's value becomes the last checkpoint step.
+///
+/// On success `*out_prefix` is the restored prefix (caller frees with
+/// `ckpt_string_free`), or NULL when there was nothing to restore.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
+/// checkpoint exists but no restore callback is set),
+/// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
+    manager: *mut ckpt_manager,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_prefix, "out_prefix")?;
+        let restored = with_manager(manager, |m| Ok(m.restore_or_initialize()?))?;
+        out.write(new_path_string(restored.as_deref())?)
+    })
+}
+
+/// The manager's directory, as given in the options.
+///
+/// On success `*out_directory` is a string the caller frees with
+/// `ckpt_string_free`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_directory(
+    manager: *const ckpt_manager,
+    out_directory: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_directory, "out_directory")?;
+        let directory = with_manager(manager, |m| {
+            new_c_string(m.directory().as_os_str().as_bytes())
+        })?;
+        out.write(directory)
+    })
+}
+
+/// The save counter: the number of saves, continued from the highest
+/// checkpoint number found when the manager opened. An unnumbered save
+/// uses the counter's next value.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_save_counter(
+    manager: *const ckpt_manager,
+    out_counter: *mut u64,
+) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_counter, "out_counter")?;
+        out.write(with_manager(manager, |m| Ok(m.save_counter()))?)
+    })
+}

@@ -1,0 +1,324 @@
+//! The C ABI: converts arguments, checks pointers, guards panics and maps
+//! errors to statuses. No policy here; everything else is in the Rust core.
+//!
+//! Conventions for every function (the header repeats them per function):
+//! fallible calls return `ckpt_status`; out-parameters are written only on
+//! `CKPT_STATUS_OK`; `ckpt_last_error_message()` explains the last failure
+//! on the calling thread; strings and lists the library returns are owned
+//! by the caller and freed with `ckpt_string_free` / `ckpt_string_list_free`.
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)] // The safety contract is in the header comments.
+
+mod directory;
+mod manager;
+mod options;
+
+pub use directory::*;
+pub use manager::*;
+pub use options::*;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+use crate::error::Error;
+
+/// Major version of this header; `ckpt_version()` returns the library's.
+pub const CKPT_VERSION_MAJOR: u32 = 0;
+/// Minor version of this header.
+pub const CKPT_VERSION_MINOR: u32 = 1;
+/// Patch version of this header.
+pub const CKPT_VERSION_PATCH: u32 = 0;
+
+/// The result of every fallible call. Values never change meaning; new
+/// statuses get new numbers.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ckpt_status {
+    /// Success.
+    Ok = 0,
+    /// A pointer argument that must not be NULL was NULL.
+    NullArgument = 1,
+    /// An option or argument has a value that cannot be used, or the call
+    /// needs something that is not configured (such as a save callback).
+    InvalidArgument = 2,
+    /// The directory's `checkpoint` state file exists but cannot be parsed
+    /// or used. Nothing was changed; the file is left as it is.
+    StateCorrupt = 3,
+    /// A file-system operation failed; the message names it and the errno text.
+    IoError = 4,
+    /// A user callback reported failure; the message holds its return code.
+    /// Nothing was committed.
+    CallbackFailed = 5,
+    /// A callback called back into the manager that is running it; the call
+    /// was refused instead of deadlocking.
+    ReentrantCall = 6,
+    /// A panic inside the library was caught. A manager that panicked
+    /// refuses later calls with this status; free it and open a new one.
+    Panic = 7,
+}
+
+/// A failed call: the status to return and the message to keep.
+pub(crate) struct Failure {
+    status: ckpt_status,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(status: ckpt_status, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn null(argument: &str) -> Self {
+        Failure::new(
+            ckpt_status::NullArgument,
+            format!("{argument} must not be NULL"),
+        )
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        let status = match &err {
+            Error::InvalidArgument(_) => ckpt_status::InvalidArgument,
+            Error::StateCorrupt { .. } => ckpt_status::StateCorrupt,
+            Error::Io { .. } => ckpt_status::IoError,
+            Error::Callback { .. } => ckpt_status::CallbackFailed,
+        };
+        Failure::new(status, err.to_string())
+    }
+}
+
+pub(crate) type FfiResult<T = ()> = Result<T, Failure>;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|last| *last.borrow_mut() = message);
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("internal error (panic): {detail}")
+}
+
+/// Runs an entry point's body: catches panics and records failures.
+pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> ckpt_status {
+    match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => ckpt_status::Ok,
+        Ok(Err(failure)) => {
+            set_last_error(&failure.message);
+            failure.status
+        }
+        Err(payload) => {
+            set_last_error(&panic_message(payload.as_ref()));
+            ckpt_status::Panic
+        }
+    }
+}
+
+/// For entry points that cannot fail (frees): a panic is swallowed, never
+/// unwound into C.
+pub(crate) fn guard_void(body: impl FnOnce()) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(body));
+}
+
+/// Checks an out-parameter for NULL before any work is done.
+pub(crate) fn out_param<T>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
+    if out.is_null() {
+        return Err(Failure::null(name));
+    }
+    Ok(OutParam(out))
+}
+
+/// An out-parameter known to be non-NULL, written once on success.
+pub(crate) struct OutParam<T>(*mut T);
+
+impl<T> OutParam<T> {
+    pub(crate) fn write(self, value: T) -> FfiResult {
+        // SAFETY: non-NULL checked; the caller promised it is writable.
+        unsafe { self.0.write(value) };
+        Ok(())
+    }
+}
+
+/// Borrows a C string argument as a path (any bytes but NUL).
+pub(crate) unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a Path> {
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    Ok(Path::new(OsStr::from_bytes(CStr::from_ptr(ptr).to_bytes())))
+}
+
+/// A newly allocated C string the caller frees with `ckpt_string_free`.
+pub(crate) fn new_c_string(bytes: &[u8]) -> FfiResult<*mut c_char> {
+    CString::new(bytes)
+        .map(CString::into_raw)
+        .map_err(|_| Failure::new(ckpt_status::InvalidArgument, "a path contains a NUL byte"))
+}
+
+pub(crate) fn new_path_string(path: Option<&Path>) -> FfiResult<*mut c_char> {
+    match path {
+        Some(path) => new_c_string(path.as_os_str().as_bytes()),
+        None => Ok(ptr::null_mut()),
+    }
+}
+
+/// A list of strings owned by the caller; free it with `ckpt_string_list_free`.
+#[repr(C)]
+pub struct ckpt_string_list {
+    /// `len` NUL-terminated strings.
+    pub items: *mut *mut c_char,
+    /// The number of strings.
+    pub len: usize,
+}
+
+impl ckpt_string_list {
+    pub(crate) fn from_byte_strings<'a>(
+        strings: impl IntoIterator<Item = &'a [u8]>,
+    ) -> FfiResult<ckpt_string_list> {
+        let mut items = Vec::new();
+        for bytes in strings {
+            match new_c_string(bytes) {
+                Ok(item) => items.push(item),
+                Err(failure) => {
+                    items.into_iter().for_each(|item| drop_c_string(item));
+                    return Err(failure);
+                }
+            }
+        }
+        let items = Box::into_raw(items.into_boxed_slice());
+        Ok(ckpt_string_list {
+            len: items.len(),
+            items: items.cast(),
+        })
+    }
+
+    pub(crate) fn from_paths(paths: &[PathBuf]) -> FfiResult<ckpt_string_list> {
+        Self::from_byte_strings(paths.iter().map(|p| p.as_os_str().as_bytes()))
+    }
+
+    /// Frees the strings and the array, not the struct itself.
+    unsafe fn free_items(&mut self) {
+        if self.items.is_null() {
+            return;
+        }
+        let items = Box::from_raw(ptr::slice_from_raw_parts_mut(self.items, self.len));
+        items.iter().for_each(|&item| drop_c_string(item));
+        self.items = ptr::null_mut();
+        self.len = 0;
+    }
+}
+
+fn drop_c_string(item: *mut c_char) {
+    if !item.is_null() {
+        // SAFETY: every string handed out was made by `CString::into_raw`.
+        drop(unsafe { CString::from_raw(item) });
+    }
+}
+
+/// The library's version, "MAJOR.MINOR.PATCH".
+///
+/// Returns a static string; never NULL, never freed. Thread-safe.
+#[no_mangle]
+pub extern "C" fn ckpt_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The detail of the last failed call made on this thread.
+///
+/// Returns a NUL-terminated string owned by the library, valid until the
+/// next failing call on the same thread; "" when no call has failed yet.
+/// Never NULL. Thread-safe: each thread has its own message.
+#[no_mangle]
+pub extern "C" fn ckpt_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|last| last.borrow().as_ptr())
+}
+
+/// The name of a status code, e.g. "CKPT_STATUS_IO_ERROR".
+///
+/// `status` may be any value; unknown values give "CKPT_STATUS_UNKNOWN".
+/// Returns a static string; never NULL, never freed. Thread-safe.
+#[no_mangle]
+pub extern "C" fn ckpt_status_name(status: i32) -> *const c_char {
+    let name: &'static str = match status {
+        0 => "CKPT_STATUS_OK\0",
+        1 => "CKPT_STATUS_NULL_ARGUMENT\0",
+        2 => "CKPT_STATUS_INVALID_ARGUMENT\0",
+        3 => "CKPT_STATUS_STATE_CORRUPT\0",
+        4 => "CKPT_STATUS_IO_ERROR\0",
+        5 => "CKPT_STATUS_CALLBACK_FAILED\0",
+        6 => "CKPT_STATUS_REENTRANT_CALL\0",
+        7 => "CKPT_STATUS_PANIC\0",
+        _ => "CKPT_STATUS_UNKNOWN\0",
+    };
+    name.as_ptr().cast()
+}
+
+/// Frees a string returned by the library. NULL is a no-op.
+///
+/// `string` must come from this library and not be freed twice.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_string_free(string: *mut c_char) {
+    guard_void(|| drop_c_string(string));
+}
+
+/// Frees a list returned by the library, with all its strings. NULL is a
+/// no-op.
+///
+/// `list` must come from this library and not be freed twice. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_string_list_free(list: *mut ckpt_string_list) {
+    guard_void(|| {
+        if !list.is_null() {
+            let mut list = Box::from_raw(list);
+            list.free_items();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_macros_match_the_package() {
+        assert_eq!(
+            format!("{CKPT_VERSION_MAJOR}.{CKPT_VERSION_MINOR}.{CKPT_VERSION_PATCH}"),
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+
+    #[test]
+    fn panics_become_a_status_with_a_message() {
+        let status = guard(|| panic!("boom"));
+        assert_eq!(status, ckpt_status::Panic);
+        let message = unsafe { CStr::from_ptr(ckpt_last_error_message()) };
+        assert_eq!(message.to_str().unwrap(), "internal error (panic): boom");
+    }
+
+    #[test]
+    fn status_names_cover_every_status() {
+        for status in 0..=7 {
+            let name = unsafe { CStr::from_ptr(ckpt_status_name(status)) };
+            assert_ne!(name.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+        }
+        let unknown = unsafe { CStr::from_ptr(ckpt_status_name(-1)) };
+        assert_eq!(unknown.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+    }
+}

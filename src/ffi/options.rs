@@ -1,0 +1,488 @@
+//! `ckpt_options`: the options builder and the C callback adapters.
+
+use std::ffi::{c_char, c_void, CString, OsStr};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{ckpt_status, guard, guard_void, out_param, path_arg, Failure, FfiResult};
+use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
+use crate::error::CallbackError;
+
+/// Releases a callback's `user_data` when the library no longer needs it.
+pub type ckpt_finalizer = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// Writes checkpoint `checkpoint_number`: every file it creates must be
+/// named `prefix` or `prefix.<suffix>` (e.g. `prefix.index`). `prefix` is
+/// valid only during the call. Returns 0 on success, any other value on
+/// failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that value).
+pub type ckpt_save_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        prefix: *const c_char,
+        checkpoint_number: u64,
+    ) -> i32,
+>;
+
+/// Restores the checkpoint at `prefix` (valid only during the call).
+/// Returns 0 on success, any other value on failure.
+pub type ckpt_restore_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, prefix: *const c_char) -> i32>;
+
+/// Initialises a fresh model when there is no checkpoint to restore.
+/// Returns 0 on success, any other value on failure.
+pub type ckpt_init_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> i32>;
+
+/// Writes the current training step to `*out_step`. Returns 0 on success,
+/// any other value on failure.
+pub type ckpt_step_counter_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, out_step: *mut i64) -> i32>;
+
+/// Returns wall-clock seconds since the Unix epoch (must be finite).
+pub type ckpt_clock_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> f64>;
+
+/// Deletes the checkpoint at `prefix` (valid only during the call),
+/// replacing the built-in deletion. Returns 0 on success.
+pub type ckpt_delete_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, prefix: *const c_char) -> i32>;
+
+/// Severity of a log message.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ckpt_log_level {
+    Info = 0,
+    Warning = 1,
+}
+
+/// Receives a log message (valid only during the call).
+pub type ckpt_log_callback = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, level: ckpt_log_level, message: *const c_char),
+>;
+
+/// A callback's `user_data`, finalized once when the last holder drops it.
+struct UserData {
+    ptr: *mut c_void,
+    finalizer: ckpt_finalizer,
+}
+
+// SAFETY: the header requires user_data to be usable from whichever thread
+// calls into the manager, and the finalizer from any thread.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
+impl Drop for UserData {
+    fn drop(&mut self) {
+        if let Some(finalizer) = self.finalizer {
+            // SAFETY: the user registered this finalizer for this pointer.
+            unsafe { finalizer(self.ptr) };
+        }
+    }
+}
+
+/// A C function pointer with its shared user data.
+struct CCallback<F> {
+    func: F,
+    data: Arc<UserData>,
+}
+
+impl<F: Copy> Clone for CCallback<F> {
+    fn clone(&self) -> Self {
+        CCallback {
+            func: self.func,
+            data: Arc::clone(&self.data),
+        }
+    }
+}
+
+/// A non-zero return code from a C callback.
+#[derive(Debug)]
+struct ReturnedCode(i32);
+
+impl fmt::Display for ReturnedCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "it returned error code {}", self.0)
+    }
+}
+
+impl std::error::Error for ReturnedCode {}
+
+fn check_code(code: i32) -> Result<(), CallbackError> {
+    match code {
+        0 => Ok(()),
+        code => Err(Box::new(ReturnedCode(code))),
+    }
+}
+
+fn path_c_string(path: &Path) -> Result<CString, CallbackError> {
+    Ok(CString::new(path.as_os_str().as_bytes())?)
+}
+
+type SaveFnPtr = unsafe extern "C" fn(*mut c_void, *const c_char, u64) -> i32;
+type PrefixFnPtr = unsafe extern "C" fn(*mut c_void, *const c_char) -> i32;
+type InitFnPtr = unsafe extern "C" fn(*mut c_void) -> i32;
+type StepFnPtr = unsafe extern "C" fn(*mut c_void, *mut i64) -> i32;
+type ClockFnPtr = unsafe extern "C" fn(*mut c_void) -> f64;
+type LogFnPtr = unsafe extern "C" fn(*mut c_void, ckpt_log_level, *const c_char);
+
+/// Options for `ckpt_manager_new`. Create with `ckpt_options_new`, set what
+/// you need, pass to `ckpt_manager_new` (as often as you like), then free
+/// with `ckpt_options_free`. Not thread-safe: use one options object from
+/// one thread at a time.
+pub struct ckpt_options {
+    config: Config,
+    save: Option<CCallback<SaveFnPtr>>,
+    restore: Option<CCallback<PrefixFnPtr>>,
+    init: Option<CCallback<InitFnPtr>>,
+    step_counter: Option<CCallback<StepFnPtr>>,
+    clock: Option<CCallback<ClockFnPtr>>,
+    delete: Option<CCallback<PrefixFnPtr>>,
+    log: Option<CCallback<LogFnPtr>>,
+}
+
+impl ckpt_options {
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The callbacks as Rust closures; each shares the C user data.
+    pub(crate) fn callbacks(&self) -> Callbacks {
+        let mut callbacks = Callbacks::new();
+        if let Some(cb) = self.save.clone() {
+            callbacks = callbacks.on_save(move |prefix, number| {
+                let prefix = path_c_string(prefix)?;
+                // SAFETY: the user registered this function for this data.
+                check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr(), number) })
+            });
+        }
+        if let Some(cb) = self.restore.clone() {
+            callbacks = callbacks.on_restore(move |prefix| {
+                let prefix = path_c_string(prefix)?;
+                check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
+            });
+        }
+        if let Some(cb) = self.init.clone() {
+            callbacks = callbacks.on_init(move || check_code(unsafe { (cb.func)(cb.data.ptr) }));
+        }
+        if let Some(cb) = self.step_counter.clone() {
+            callbacks = callbacks.step_counter(move || {
+                let mut step = 0i64;
+                check_code(unsafe { (cb.func)(cb.data.ptr, &mut step) })?;
+                Ok(step)
+            });
+        }
+        if let Some(cb) = self.clock.clone() {
+            callbacks = callbacks.clock(move || unsafe { (cb.func)(cb.data.ptr) });
+        }
+        if let Some(cb) = self.delete.clone() {
+            callbacks = callbacks.on_delete(move |prefix| {
+                let prefix = path_c_string(prefix)?;
+                check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
+            });
+        }
+        if let Some(cb) = self.log.clone() {
+            callbacks = callbacks.log(move |level, message| {
+                let level = match level {
+                    LogLevel::Info => ckpt_log_level::Info,
+                    LogLevel::Warning => ckpt_log_level::Warning,
+                };
+                let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+                unsafe { (cb.func)(cb.data.ptr, level, message.as_ptr()) }
+            });
+        }
+        callbacks
+    }
+}
+
+unsafe fn options_mut<'a>(options: *mut ckpt_options) -> FfiResult<&'a mut ckpt_options> {
+    options.as_mut().ok_or_else(|| Failure::null("options"))
+}
+
+/// Applies a change to the options after the NULL check.
+unsafe fn update(
+    options: *mut ckpt_options,
+    change: impl FnOnce(&mut ckpt_options) -> FfiResult,
+) -> ckpt_status {
+    guard(|| change(options_mut(options)?))
+}
+
+/// Creates options with TF's defaults: checkpoint name "ckpt", no
+/// preservation, no interval, no callbacks. A directory and max_to_keep
+/// (or keep-all) must be set before `ckpt_manager_new`.
+///
+/// On success `*out_options` owns a new object to free with
+/// `ckpt_options_free`. Errors: CKPT_STATUS_NULL_ARGUMENT. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -> ckpt_status {
+    guard(|| {
+        let out = out_param(out_options, "out_options")?;
+        out.write(Box::into_raw(Box::new(ckpt_options {
+            config: Config::default(),
+            save: None,
+            restore: None,
+            init: None,
+            step_counter: None,
+            clock: None,
+            delete: None,
+            log: None,
+        })))
+    })
+}
+
+/// Frees options. Managers built from them are unaffected. Callback
+/// finalizers run here unless a live manager still holds the callback, in
+/// which case they run when the last such manager is freed. NULL is a
+/// no-op. Not thread-safe with other calls on the same options.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_free(options: *mut ckpt_options) {
+    guard_void(|| {
+        if !options.is_null() {
+            drop(Box::from_raw(options));
+        }
+    });
+}
+
+/// Sets the checkpoint directory (required). It need not exist: the first
+/// save creates it. Any bytes but NUL; relative paths are relative to the
+/// process's working directory at each call.
+///
+/// `directory` is borrowed (copied). Errors: CKPT_STATUS_NULL_ARGUMENT,
+/// CKPT_STATUS_INVALID_ARGUMENT (empty). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_directory(
+    options: *mut ckpt_options,
+    directory: *const c_char,
+) -> ckpt_status {
+    update(options, |o| {
+        let directory = path_arg(directory, "directory")?;
+        Ok(o.config.set_directory(directory)?)
+    })
+}
+
+/// Keeps at most `max_to_keep` (> 0) managed checkpoints; older ones are
+/// deleted, or preserved by keep_checkpoint_every_n_hours.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
+/// (zero or negative). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
+    options: *mut ckpt_options,
+    max_to_keep: i64,
+) -> ckpt_status {
+    update(options, |o| {
+        let n = usize::try_from(max_to_keep).unwrap_or(0);
+        if n == 0 {
+            return Err(Failure::new(
+                ckpt_status::InvalidArgument,
+                format!("max_to_keep must be positive, not {max_to_keep}; use ckpt_options_set_keep_all to keep everything"),
+            ));
+        }
+        Ok(o.config.set_max_to_keep(MaxToKeep::Last(n))?)
+    })
+}
+
+/// Keeps every checkpoint and deletes none (TF's max_to_keep=None).
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_keep_all(options: *mut ckpt_options) -> ckpt_status {
+    update(options, |o| Ok(o.config.set_max_to_keep(MaxToKeep::All)?))
+}
+
+/// Preserves (never deletes) one checkpoint every `hours` hours among those
+/// that max_to_keep pushes out. 0 turns preservation off.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN,
+/// infinite or negative). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
+    options: *mut ckpt_options,
+    hours: f64,
+) -> ckpt_status {
+    update(options, |o| {
+        Ok(o.config.set_keep_checkpoint_every_n_hours(Some(hours))?)
+    })
+}
+
+/// Sets the checkpoint name: files are `<directory>/<name>-<N>...`.
+/// Default "ckpt".
+///
+/// `name` is borrowed (copied). Errors: CKPT_STATUS_NULL_ARGUMENT,
+/// CKPT_STATUS_INVALID_ARGUMENT (empty, contains '/', or "checkpoint",
+/// ".", ".."). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_checkpoint_name(
+    options: *mut ckpt_options,
+    name: *const c_char,
+) -> ckpt_status {
+    update(options, |o| {
+        let name = path_arg(name, "name")?;
+        Ok(o.config.set_checkpoint_name(OsStr::new(name))?)
+    })
+}
+
+/// Saves at most once every `interval` (> 0) steps, as read from the step
+/// counter callback, which must then be set too.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT.
+/// Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_checkpoint_interval(
+    options: *mut ckpt_options,
+    interval: i64,
+) -> ckpt_status {
+    update(options, |o| {
+        Ok(o.config.set_checkpoint_interval(Some(interval))?)
+    })
+}
+
+/// The step of the last checkpoint, for the interval gate (TF's
+/// last_checkpoint_step).
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_last_checkpoint_step(
+    options: *mut ckpt_options,
+    step: i64,
+) -> ckpt_status {
+    update(options, |o| {
+        o.config.set_last_checkpoint_step(Some(step));
+        Ok(())
+    })
+}
+
+/// Stores a callback and takes ownership of `user_data` on success: the
+/// finalizer runs once when the callback is replaced or no longer held.
+/// A NULL callback clears the slot and finalizes `user_data` at once.
+unsafe fn set_callback<F: Copy>(
+    options: *mut ckpt_options,
+    slot: impl FnOnce(&mut ckpt_options) -> &mut Option<CCallback<F>>,
+    func: Option<F>,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    update(options, |o| {
+        let data = Arc::new(UserData {
+            ptr: user_data,
+            finalizer,
+        });
+        *slot(o) = func.map(|func| CCallback { func, data });
+        Ok(())
+    })
+}
+
+/// Sets the save callback, which writes each checkpoint's files. Without
+/// one, `ckpt_manager_save` fails with CKPT_STATUS_INVALID_ARGUMENT.
+///
+/// Callback arguments, for every `ckpt_options_set_*_callback`: `user_data`
+/// is passed first to each call. On CKPT_STATUS_OK the library owns
+/// `user_data`: `finalizer` (may be NULL) is called on it exactly once,
+/// when the callback is replaced or when neither these options nor any
+/// manager built from them holds it any more. On error, ownership stays
+/// with the caller. A NULL callback clears the slot and finalizes
+/// `user_data` at once. Callbacks run on the thread that called into the
+/// manager, one at a time per manager; they must not unwind (C++
+/// exceptions, longjmp) through the library.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_save_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_save_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(options, |o| &mut o.save, callback, user_data, finalizer)
+}
+
+/// Sets the restore callback used by `ckpt_manager_restore_or_initialize`.
+/// Ownership and threading as for `ckpt_options_set_save_callback`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_restore_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_restore_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(options, |o| &mut o.restore, callback, user_data, finalizer)
+}
+
+/// Sets the init callback, run by `ckpt_manager_restore_or_initialize` when
+/// there is no checkpoint. Ownership and threading as for
+/// `ckpt_options_set_save_callback`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_init_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_init_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(options, |o| &mut o.init, callback, user_data, finalizer)
+}
+
+/// Sets the step counter read by the checkpoint interval. Ownership and
+/// threading as for `ckpt_options_set_save_callback`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_step_counter_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_step_counter_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(
+        options,
+        |o| &mut o.step_counter,
+        callback,
+        user_data,
+        finalizer,
+    )
+}
+
+/// Replaces the wall clock (seconds since the epoch) used for checkpoint
+/// timestamps, e.g. to test keep_checkpoint_every_n_hours. Ownership and
+/// threading as for `ckpt_options_set_save_callback`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_clock_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_clock_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(options, |o| &mut o.clock, callback, user_data, finalizer)
+}
+
+/// Replaces the built-in deletion of a swept checkpoint's files. Ownership
+/// and threading as for `ckpt_options_set_save_callback`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_delete_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_delete_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(options, |o| &mut o.delete, callback, user_data, finalizer)
+}
+
+/// Receives the manager's warnings (default: written to stderr). Ownership
+/// and threading as for `ckpt_options_set_save_callback`.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_log_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_log_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    set_callback(options, |o| &mut o.log, callback, user_data, finalizer)
+}

@@ -1,0 +1,23 @@
+//! ckpt-manager: a checkpoint manager for machine-learning training with a
+//! C ABI, matching `tf.train.CheckpointManager` and its `checkpoint` state
+//! file byte for byte.
+//!
+//! The Rust API is [`CheckpointManager`] with a [`Config`] and
+//! [`Callbacks`]; the C API in [`ffi`] is a thin layer over it, described by
+//! the generated header `include/ckpt_manager.h`.
+
+mod config;
+mod error;
+pub mod ffi;
+mod inspect;
+mod manager;
+pub mod paths;
+mod policy;
+pub mod state;
+mod storage;
+
+pub use config::{Callbacks, Config, LogLevel, MaxToKeep};
+pub use error::{CallbackError, Error, Result};
+pub use inspect::{checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint};
+pub use manager::CheckpointManager;
+pub use state::CheckpointState;

@@ -1,0 +1,108 @@
+//! Builds C and C++ programs against the checked-in header and the
+//! library `cargo test` just built, and runs them.
+
+#![allow(dead_code)] // Each test crate uses part of this module.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+pub const C_FLAGS: &[&str] = &[
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-g",
+];
+pub const CXX_FLAGS: &[&str] = &[
+    "-std=c++17",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+    "-g",
+];
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>/deps`, where `cargo test` builds `libckpt_manager.so`
+/// beside the test binaries (it is copied up to `target/<profile>` only by
+/// `cargo build`, so that copy may be stale).
+pub fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().expect("target/<profile>/deps").to_path_buf()
+}
+
+fn build_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c-programs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles `sources` (relative to the repo) into one program linked with
+/// the shared library, once per test process.
+pub fn program(compiler: &str, flags: &[&str], name: &str, sources: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
+    let output = build_dir().join(name);
+    let lib_dir = library_dir();
+    let mut command = Command::new(compiler);
+    command
+        .args(flags)
+        .arg("-I")
+        .arg(repo_root().join("include"))
+        .arg("-I")
+        .arg(repo_root().join("tests/c"))
+        .args(sources.iter().map(|s| repo_root().join(s)))
+        .arg("-o")
+        .arg(&output)
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(["-lckpt_manager", "-lpthread"]);
+    let result = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+    assert!(
+        result.status.success(),
+        "{compiler} failed for {name}:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    built.insert(name.to_owned(), output.clone());
+    output
+}
+
+pub fn c_program(name: &str, sources: &[&str]) -> PathBuf {
+    program("cc", C_FLAGS, name, sources)
+}
+
+/// Runs one case of a test program in a fresh directory and fails the Rust
+/// test with the program's output when the case fails.
+pub fn run_case(program: &Path, case: &str) {
+    let workdir = tempfile::tempdir().unwrap();
+    let output = Command::new(program)
+        // cargo's LD_LIBRARY_PATH lists the stale copy first; it beats RUNPATH.
+        .env("LD_LIBRARY_PATH", library_dir())
+        .arg(case)
+        .arg(workdir.path())
+        .output()
+        .unwrap();
+    assert_success(&output, &format!("{} {case}", program.display()));
+}
+
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
