@@ -177,7 +177,8 @@ fn shortest_digits(x: f64) -> (String, i32) {
     let mut rounded = exact.as_bytes()[..n].to_vec();
     let rest = &exact.as_bytes()[n..];
     let tie = rest[0] == b'5' && rest[1..].iter().all(|&d| d == b'0');
-    let round_up = rest[0] > b'5' || (rest[0] == b'5' && !tie) || (tie && rounded[n - 1] % 2 == 1);
+    let round_up =
+        rest[0] > b'5' || (rest[0] == b'5' && !tie) || (tie && (rounded[n - 1] - b'0') % 2 == 1);
     if round_up {
         // Carry; a carry out of the first digit changes the exponent, so keep `{:e}`'s answer.
         let mut i = n;
@@ -945,6 +946,10 @@ all_model_checkpoint_paths: \"a\\\"b\\'c\\\\d\\ne\\rf\\tg\\001h\\177i\"\n"
             (1.7976931348623157e308, "1.7976931348623157e+308"),
             (5e-324, "5e-324"),
             (2.2250738585072014e-308, "2.2250738585072014e-308"),
+            // Exact ties between two shortest candidates: Python rounds half to even.
+            (1113178120592002.0 + 0.25, "1113178120592002.2"),
+            (-233891771783429.0 - 0.625, "-233891771783429.62"),
+            (111659285584252.0 + 0.125, "111659285584252.12"),
             (f64::INFINITY, "inf"),
             (f64::NEG_INFINITY, "-inf"),
             (f64::NAN, "nan"),
