@@ -70,19 +70,16 @@ impl Config {
 
     /// `None` or `Some(0.0)` turns preservation off, as in TF.
     pub fn set_keep_checkpoint_every_n_hours(&mut self, hours: Option<f64>) -> Result<()> {
-        match hours {
-            Some(h) if !h.is_finite() || h < 0.0 => Err(Error::invalid(format!(
-                "keep_checkpoint_every_n_hours must be a finite number of hours >= 0, not {h}"
-            ))),
-            Some(h) if h == 0.0 => {
-                self.keep_checkpoint_every_n_hours = None;
-                Ok(())
+        self.keep_checkpoint_every_n_hours = match hours {
+            Some(h) if !h.is_finite() || h < 0.0 => {
+                return Err(Error::invalid(format!(
+                    "keep_checkpoint_every_n_hours must be a finite number of hours >= 0, not {h}"
+                )))
             }
-            other => {
-                self.keep_checkpoint_every_n_hours = other;
-                Ok(())
-            }
-        }
+            Some(h) if h > 0.0 => Some(h),
+            _ => None,
+        };
+        Ok(())
     }
 
     /// The file-name stem of every checkpoint: `<name>-<N>`.

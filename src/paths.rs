@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(trailing_number(&prefix), Some(42));
         assert_eq!(trailing_number(Path::new("d/unusual_prefix-2")), Some(2));
         assert_eq!(trailing_number(Path::new("d/ckpt-02")), None);
-        assert_eq!(trailing_number(Path::new("d/ckpt--1")), None);
+        assert_eq!(trailing_number(Path::new("d/ckpt-x")), None);
         assert_eq!(trailing_number(Path::new("d/ckpt")), None);
     }
 

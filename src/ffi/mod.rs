@@ -196,7 +196,7 @@ impl ckpt_string_list {
             match new_c_string(bytes) {
                 Ok(item) => items.push(item),
                 Err(failure) => {
-                    items.into_iter().for_each(|item| drop_c_string(item));
+                    items.into_iter().for_each(drop_c_string);
                     return Err(failure);
                 }
             }
