@@ -34,6 +34,18 @@
 // Patch version of this header.
 #define CKPT_VERSION_PATCH 0
 
+// `ckpt_latest_checkpoint_with_flags`: fail with
+// CKPT_STATUS_CHECKPOINT_DAMAGED instead of falling back to an older
+// checkpoint when the latest is damaged.
+#define CKPT_LATEST_NO_FALLBACK 1
+
+// `ckpt_latest_checkpoint_with_flags`: verify CRC32C checksums too, not
+// only that every file exists with its size (reads every byte).
+#define CKPT_LATEST_VERIFY_CHECKSUMS 2
+
+// Manifests larger than this are damaged, not read.
+#define MAX_MANIFEST_BYTES (16 << 20)
+
 // The result of every fallible call. Values never change meaning; new
 // statuses get new numbers.
 typedef enum {
@@ -58,6 +70,17 @@ typedef enum {
   // A panic inside the library was caught. A manager that panicked
   // refuses later calls with this status; free it and open a new one.
   CKPT_STATUS_PANIC = 7,
+  // A checkpoint's files are missing or do not match its manifest (sizes
+  // or CRC32C), or no intact checkpoint is left to fall back to.
+  CKPT_STATUS_CHECKPOINT_DAMAGED = 8,
+  // Another manager (the message names its process) is writing to the
+  // directory. Open this one read-only, or stop the other.
+  CKPT_STATUS_LOCKED = 9,
+  // The manager was opened read-only and the call would write.
+  CKPT_STATUS_READ_ONLY = 10,
+  // The checkpoint has files but no manifest (another tool wrote it), so
+  // it cannot be verified.
+  CKPT_STATUS_NO_MANIFEST = 11,
 } ckpt_status;
 
 // Severity of a log message.
@@ -167,16 +190,38 @@ void ckpt_string_free(char *string);
 // `list` must come from this library and not be freed twice. Thread-safe.
 void ckpt_string_list_free(ckpt_string_list *list);
 
-// The latest checkpoint named by `directory`'s state file, if any of its
-// files exist (no fallback to older checkpoints, as in TF).
+// The newest usable checkpoint named by `directory`'s state file: the
+// latest if its files are intact (every file in its manifest exists with
+// its size), otherwise the newest intact checkpoint the state file lists,
+// with a warning on stderr. Checkpoints without a manifest count as
+// intact when any of their files exist, as in TF.
 //
 // `directory` is borrowed. On success `*out_prefix` is a string the
 // caller frees with `ckpt_string_free`, or NULL when there is no state
-// file or the latest's files are missing.
+// file or no intact checkpoint.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
 // CKPT_STATUS_IO_ERROR. Thread-safe.
 ckpt_status ckpt_latest_checkpoint(const char *directory, char **out_prefix);
+
+// `ckpt_latest_checkpoint` with `flags`, a bitwise OR of
+// CKPT_LATEST_NO_FALLBACK and CKPT_LATEST_VERIFY_CHECKSUMS (0 for the
+// defaults).
+//
+// Errors: as `ckpt_latest_checkpoint`, plus CKPT_STATUS_CHECKPOINT_DAMAGED
+// (with CKPT_LATEST_NO_FALLBACK, the latest is damaged) and
+// CKPT_STATUS_INVALID_ARGUMENT (unknown flags). Thread-safe.
+ckpt_status ckpt_latest_checkpoint_with_flags(const char *directory,
+                                              uint32_t flags,
+                                              char **out_prefix);
+
+// Checks the checkpoint at `prefix` against its manifest, as
+// `ckpt_manager_verify` does, without a manager.
+//
+// `prefix` is borrowed. Returns CKPT_STATUS_OK when intact,
+// CKPT_STATUS_CHECKPOINT_DAMAGED, CKPT_STATUS_NO_MANIFEST,
+// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR. Thread-safe.
+ckpt_status ckpt_verify_checkpoint(const char *prefix, bool check_checksums);
 
 // Reads `directory`'s state file.
 //
@@ -212,7 +257,11 @@ ckpt_status ckpt_checkpoint_exists(const char *prefix, bool *out_exists);
 ckpt_status ckpt_remove_checkpoint(const char *prefix);
 
 // Opens a manager on the options' directory and recovers its state from
-// the `checkpoint` state file, as TF does. Creates nothing on disk.
+// the `checkpoint` state file, as TF does. A writer (the default) creates
+// the directory, takes its lock file `checkpoint.lock` (released by
+// `ckpt_manager_free` or the process's death), and removes what
+// interrupted saves left: temporary state files, and checkpoints of this
+// name whose save never committed. A read-only manager touches nothing.
 //
 // `options` is borrowed; the manager keeps its own copy of the settings
 // and shares the callbacks (see `ckpt_options_set_save_callback`). On
@@ -221,7 +270,8 @@ ckpt_status ckpt_remove_checkpoint(const char *prefix);
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
 // directory, no max_to_keep, an interval without a step counter),
-// CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
+// CKPT_STATUS_LOCKED (another manager writes there; the message names its
+// pid), CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
 // CKPT_STATUS_CALLBACK_FAILED (clock). Thread-safe.
 ckpt_status ckpt_manager_new(const ckpt_options *options, ckpt_manager **out_manager);
 
@@ -230,10 +280,12 @@ ckpt_status ckpt_manager_new(const ckpt_options *options, ckpt_manager **out_man
 // other call on this manager may be running or follow.
 void ckpt_manager_free(ckpt_manager *manager);
 
-// Saves a checkpoint: checks the interval gate, runs the save callback
-// with the prefix `<directory>/<name>-<N>`, makes its files durable,
-// commits it in the state file, then deletes or preserves the oldest ones
-// beyond max_to_keep.
+// Saves a checkpoint: checks the interval gate, marks the save pending,
+// runs the save callback with the prefix `<directory>/<name>-<N>`, writes
+// the manifest (`<prefix>.ckpt-manifest.json`: each file's size and
+// CRC32C), fsyncs the files and the directory, commits the checkpoint by
+// replacing the state file atomically, then deletes or preserves the
+// oldest ones beyond max_to_keep.
 //
 // `checkpoint_number` is NULL to use the save counter's next value, or
 // points to an explicit number (read during the call). `check_interval`
@@ -243,7 +295,8 @@ void ckpt_manager_free(ckpt_manager *manager);
 // On failure nothing is committed and the manager is unchanged.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no save
-// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
+// previous state stays valid), CKPT_STATUS_READ_ONLY,
 // CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
 ckpt_status ckpt_manager_save(ckpt_manager *manager,
                               const uint64_t *checkpoint_number,
@@ -270,16 +323,24 @@ ckpt_status ckpt_manager_latest(const ckpt_manager *manager, char **out_prefix);
 // Thread-safe.
 ckpt_status ckpt_manager_checkpoints(const ckpt_manager *manager, ckpt_string_list **out_list);
 
-// Restores the latest checkpoint through the restore callback, or, with
-// none, runs the init callback (if set). With a checkpoint interval, the
-// step counter's value becomes the last checkpoint step.
+// Restores the newest intact checkpoint through the restore callback, or,
+// with none, runs the init callback (if set). The latest is verified
+// against its manifest first (sizes, and CRC32C unless
+// `ckpt_options_set_verify_checksums` turned that off); if it is missing
+// or damaged, a warning goes to the log callback (stderr by default) and
+// the newest older checkpoint that verifies is restored instead. One
+// without a manifest (written by TF, say) is restored unverified. With a
+// checkpoint interval, the step counter's value becomes the last
+// checkpoint step.
 //
 // On success `*out_prefix` is the restored prefix (caller frees with
 // `ckpt_string_free`), or NULL when there was nothing to restore.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
 // checkpoint exists but no restore callback is set),
-// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+// CKPT_STATUS_CHECKPOINT_DAMAGED (no intact checkpoint is left),
+// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 ckpt_status ckpt_manager_restore_or_initialize(ckpt_manager *manager, char **out_prefix);
 
 // The manager's directory, as given in the options.
@@ -298,6 +359,27 @@ ckpt_status ckpt_manager_directory(const ckpt_manager *manager, char **out_direc
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
 // Thread-safe.
 ckpt_status ckpt_manager_save_counter(const ckpt_manager *manager, uint64_t *out_counter);
+
+// Checks a checkpoint against its manifest: every recorded file exists
+// with its size and, when `check_checksums`, its CRC32C.
+//
+// `prefix` is borrowed; NULL means the latest checkpoint.
+//
+// Returns CKPT_STATUS_OK when intact, CKPT_STATUS_CHECKPOINT_DAMAGED (the
+// message says which file and how), CKPT_STATUS_NO_MANIFEST (files but no
+// manifest), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
+// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR,
+// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+ckpt_status ckpt_manager_verify(const ckpt_manager *manager,
+                                const char *prefix,
+                                bool check_checksums);
+
+// Re-reads the state file, so that a read-only manager sees checkpoints
+// another process saved since it opened.
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
+// CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+ckpt_status ckpt_manager_reload(ckpt_manager *manager);
 
 // Creates options with TF's defaults: checkpoint name "ckpt", no
 // preservation, no interval, no callbacks. A directory and max_to_keep
@@ -360,6 +442,19 @@ ckpt_status ckpt_options_set_checkpoint_interval(ckpt_options *options, int64_t 
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
 ckpt_status ckpt_options_set_last_checkpoint_step(ckpt_options *options, int64_t step);
+
+// Opens managers read-only: no lock, no recovery, no writes (saves fail
+// with CKPT_STATUS_READ_ONLY). For evaluators that follow a directory
+// another process writes; `ckpt_manager_reload` picks up new checkpoints.
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+ckpt_status ckpt_options_set_read_only(ckpt_options *options, bool read_only);
+
+// Whether `ckpt_manager_restore_or_initialize` checks every file's
+// CRC32C against the manifest (true, the default) or only file sizes.
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+ckpt_status ckpt_options_set_verify_checksums(ckpt_options *options, bool verify);
 
 // Sets the save callback, which writes each checkpoint's files. Without
 // one, `ckpt_manager_save` fails with CKPT_STATUS_INVALID_ARGUMENT.

@@ -26,6 +26,8 @@ pub struct Config {
     pub(crate) checkpoint_name: OsString,
     pub(crate) checkpoint_interval: Option<i64>,
     pub(crate) last_checkpoint_step: Option<i64>,
+    pub(crate) read_only: bool,
+    pub(crate) verify_checksums: bool,
 }
 
 impl Default for Config {
@@ -37,6 +39,8 @@ impl Default for Config {
             checkpoint_name: OsString::from("ckpt"),
             checkpoint_interval: None,
             last_checkpoint_step: None,
+            read_only: false,
+            verify_checksums: true,
         }
     }
 }
@@ -113,6 +117,17 @@ impl Config {
 
     pub fn set_last_checkpoint_step(&mut self, step: Option<i64>) {
         self.last_checkpoint_step = step;
+    }
+
+    /// A read-only manager takes no lock and never writes: for evaluators
+    /// that follow a directory another process trains into.
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.read_only = read_only;
+    }
+
+    /// Whether restoring checks every file's CRC32C (default) or only sizes.
+    pub fn set_verify_checksums(&mut self, verify: bool) {
+        self.verify_checksums = verify;
     }
 
     pub fn directory(&self) -> &Path {

@@ -21,6 +21,14 @@ pub enum Error {
         callback: &'static str,
         source: CallbackError,
     },
+    /// Another manager holds the directory's lock.
+    Locked { path: PathBuf, holder: Option<u32> },
+    /// A write was asked of a read-only manager.
+    ReadOnly,
+    /// A checkpoint's files are missing or do not match its manifest.
+    Damaged { prefix: PathBuf, detail: String },
+    /// A checkpoint has files but no manifest, so it cannot be verified.
+    NoManifest { prefix: PathBuf },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,6 +61,26 @@ impl fmt::Display for Error {
             Error::Callback { callback, source } => {
                 write!(f, "the {callback} callback failed: {source}")
             }
+            Error::Locked { path, holder } => {
+                write!(
+                    f,
+                    "another manager is writing to this directory (lock '{}' held by ",
+                    path.display()
+                )?;
+                match holder {
+                    Some(pid) => write!(f, "process {pid})"),
+                    None => write!(f, "an unknown process)"),
+                }
+            }
+            Error::ReadOnly => write!(f, "the manager is read-only"),
+            Error::Damaged { prefix, detail } => {
+                write!(f, "checkpoint '{}' is damaged: {detail}", prefix.display())
+            }
+            Error::NoManifest { prefix } => write!(
+                f,
+                "checkpoint '{}' has no manifest and cannot be verified",
+                prefix.display()
+            ),
         }
     }
 }

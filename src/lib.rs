@@ -11,6 +11,7 @@ mod error;
 pub mod ffi;
 mod inspect;
 mod manager;
+mod manifest;
 pub mod paths;
 mod policy;
 pub mod state;
@@ -18,6 +19,11 @@ mod storage;
 
 pub use config::{Callbacks, Config, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, Result};
-pub use inspect::{checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint};
+pub use inspect::{
+    checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint,
+    verify_checkpoint, LatestOptions,
+};
 pub use manager::CheckpointManager;
+pub use manifest::{Manifest, Verification};
 pub use state::CheckpointState;
+pub use storage::Integrity;

@@ -1,15 +1,18 @@
-//! `CheckpointManager`: TF's manager over user callbacks, with a durable
-//! commit. Policy lives in `policy`, file work in `storage`.
+//! `CheckpointManager`: TF's manager over user callbacks, with a durable,
+//! verified commit. Policy lives in `policy`, file work in `storage`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
 use crate::error::{Error, Result};
+use crate::inspect;
+use crate::manifest::{Manifest, Verification, MANIFEST_SUFFIX, PENDING_SUFFIX};
 use crate::paths;
-use crate::policy::{interval_allows_save, Retention};
+use crate::policy::{self, interval_allows_save, Retention};
 use crate::state::CheckpointState;
-use crate::storage;
+use crate::storage::{self, DirectoryLock, Integrity};
 
 /// Decides when to save, names checkpoints, keeps and deletes them, and
 /// records them in the directory's `checkpoint` state file.
@@ -23,6 +26,8 @@ pub struct CheckpointManager {
     latest: Option<PathBuf>,
     save_counter: u64,
     last_checkpoint_step: Option<i64>,
+    /// Held by writers for the manager's life; `None` when read-only.
+    _lock: Option<DirectoryLock>,
 }
 
 impl std::fmt::Debug for CheckpointManager {
@@ -37,10 +42,19 @@ impl std::fmt::Debug for CheckpointManager {
 }
 
 impl CheckpointManager {
-    /// Opens a manager on `config.directory`, recovering the retention state
-    /// from its state file as TF does. Creates nothing on disk.
+    /// Opens a manager on `config.directory` and recovers the retention
+    /// state from its state file as TF does. A writer creates the
+    /// directory, takes its lock (failing with `Error::Locked` if another
+    /// manager has it), and removes what interrupted saves left behind.
+    /// A read-only manager touches nothing.
     pub fn new(config: Config, callbacks: Callbacks) -> Result<Self> {
         config.validate(&callbacks)?;
+        let lock = if config.read_only {
+            None
+        } else {
+            storage::create_directory(&config.directory)?;
+            Some(DirectoryLock::acquire(&config.directory)?)
+        };
         let mut manager = CheckpointManager {
             last_checkpoint_step: config.last_checkpoint_step,
             config,
@@ -48,38 +62,99 @@ impl CheckpointManager {
             retention: Retention::fresh(0.0),
             latest: None,
             save_counter: 0,
+            _lock: lock,
         };
-        let now = manager.now()?;
-        let directory = manager.config.directory.clone();
-        match storage::read_state(&directory)? {
-            None => manager.retention = Retention::fresh(now),
-            Some(state) => {
-                let entry =
-                    |bytes: &[u8]| paths::state_entry(&directory, &paths::path_from_bytes(bytes));
-                let entries = state
-                    .all_model_checkpoint_paths
-                    .iter()
-                    .map(|p| entry(p))
-                    .collect();
-                let (retention, clock_went_backwards) = Retention::recover(
-                    entries,
-                    &state.all_model_checkpoint_timestamps,
-                    state.last_preserved_timestamp,
-                    now,
-                );
-                if clock_went_backwards {
-                    manager.warn(&format!(
-                        "the clock ({now}) is earlier than the last preserved checkpoint's time ({}); \
-                         recovered checkpoints get the current time so none is deleted early",
-                        state.last_preserved_timestamp
-                    ));
-                }
-                manager.retention = retention;
-                manager.latest = Some(entry(&state.model_checkpoint_path));
-            }
+        manager.load_state()?;
+        if !manager.config.read_only {
+            manager.recover_interrupted_saves()?;
         }
         manager.save_counter = manager.highest_known_number()?;
         Ok(manager)
+    }
+
+    /// Rebuilds the retention state from the state file at the current time.
+    fn load_state(&mut self) -> Result<()> {
+        let now = self.now()?;
+        let directory = self.config.directory.clone();
+        let Some(state) = storage::read_state(&directory)? else {
+            self.retention = Retention::fresh(now);
+            self.latest = None;
+            return Ok(());
+        };
+        let entry = |bytes: &[u8]| paths::state_entry(&directory, &paths::path_from_bytes(bytes));
+        let entries = state
+            .all_model_checkpoint_paths
+            .iter()
+            .map(|p| entry(p))
+            .collect();
+        let (retention, clock_went_backwards) = Retention::recover(
+            entries,
+            &state.all_model_checkpoint_timestamps,
+            state.last_preserved_timestamp,
+            now,
+        );
+        if clock_went_backwards {
+            self.warn(&format!(
+                "the clock ({now}) is behind the last preserved checkpoint's time ({}); \
+                 recovered checkpoints get the current time so that none is deleted early",
+                state.last_preserved_timestamp
+            ));
+        }
+        self.retention = retention;
+        self.latest = Some(entry(&state.model_checkpoint_path));
+        Ok(())
+    }
+
+    /// Re-reads the state file: how a read-only manager sees the
+    /// checkpoints another process saved since it opened.
+    pub fn reload(&mut self) -> Result<()> {
+        self.load_state()?;
+        self.save_counter = self.save_counter.max(self.highest_known_number()?);
+        Ok(())
+    }
+
+    /// Removes checkpoints whose save was interrupted before its commit
+    /// (they carry a pending marker and the state file does not name
+    /// them), and temporary files of interrupted state or manifest writes.
+    /// Only files of this manager's own naming are touched.
+    fn recover_interrupted_saves(&mut self) -> Result<()> {
+        let directory = self.config.directory.clone();
+        let name = self.config.checkpoint_name.clone();
+        storage::remove_temporary_state_files(&directory)?;
+        let committed: HashSet<&Path> = self
+            .latest
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(
+                self.retention
+                    .managed()
+                    .iter()
+                    .map(|(entry, _)| entry.as_path()),
+            )
+            .collect();
+        let mut interrupted = Vec::new();
+        for number in storage::numbers_on_disk(&directory, &name, PENDING_SUFFIX)? {
+            let prefix = paths::checkpoint_prefix(&directory, &name, number);
+            let entry = Path::new(prefix.file_name().expect("a prefix ends in a file name"));
+            if committed.contains(entry) {
+                storage::clear_pending(&prefix)?;
+            } else {
+                interrupted.push(prefix);
+            }
+        }
+        for prefix in interrupted {
+            self.warn(&format!(
+                "removing '{}': its save was interrupted before it was committed",
+                prefix.display()
+            ));
+            storage::delete_checkpoint(&prefix)?;
+        }
+        let manifest_temp = format!("{MANIFEST_SUFFIX}.tmp");
+        for number in storage::numbers_on_disk(&directory, &name, &manifest_temp)? {
+            let prefix = paths::checkpoint_prefix(&directory, &name, number);
+            storage::remove_file(&paths::with_suffix(&prefix, &manifest_temp))?;
+        }
+        Ok(())
     }
 
     /// The number the next unnumbered save must exceed: the highest number
@@ -140,6 +215,9 @@ impl CheckpointManager {
         checkpoint_number: Option<u64>,
         check_interval: bool,
     ) -> Result<Option<PathBuf>> {
+        if self.config.read_only {
+            return Err(Error::ReadOnly);
+        }
         let mut step = self.last_checkpoint_step;
         if let Some(interval) = self.config.checkpoint_interval {
             let current = self.current_step()?;
@@ -155,16 +233,25 @@ impl CheckpointManager {
         let number = checkpoint_number.unwrap_or(counter);
         let directory = self.config.directory.clone();
         let prefix = paths::checkpoint_prefix(&directory, &self.config.checkpoint_name, number);
-        self.write_checkpoint(&prefix, number)?;
-
         let entry = PathBuf::from(prefix.file_name().expect("a prefix ends in a file name"));
+
+        let existed = storage::checkpoint_exists(&prefix)?;
         let mut retention = self.retention.clone();
-        retention.record(entry.clone(), self.now()?);
-        // The commit point: only now is the checkpoint the latest.
-        write_state(&directory, &entry, &retention)?;
+        let committed = self.write_checkpoint(&prefix, number).and_then(|()| {
+            retention.record(entry.clone(), self.now()?);
+            // The commit point: only now is the checkpoint the latest.
+            write_state(&directory, &entry, &retention)
+        });
+        if let Err(err) = committed {
+            abandon(&prefix, existed);
+            return Err(err);
+        }
         self.save_counter = counter;
         self.last_checkpoint_step = step;
         self.latest = Some(entry.clone());
+        if let Err(err) = storage::clear_pending(&prefix) {
+            self.warn(&format!("{err}; it is cleared when a manager next opens"));
+        }
 
         let swept = retention.sweep(
             self.max_to_keep(),
@@ -186,23 +273,19 @@ impl CheckpointManager {
         Ok(Some(prefix))
     }
 
-    /// Runs the save callback and makes its files durable. A failed save's
-    /// new files are removed; an existing checkpoint of that number is not.
+    /// Marks the save as pending, runs the save callback, records the
+    /// files in the manifest and makes everything durable.
     fn write_checkpoint(&mut self, prefix: &Path, number: u64) -> Result<()> {
         let Some(save) = self.callbacks.save.as_mut() else {
             return Err(Error::invalid("no save callback is set"));
         };
-        storage::create_directory(&self.config.directory)?;
-        let existed = storage::checkpoint_exists(prefix)?;
-        if let Err(source) = save(prefix, number) {
-            if !existed {
-                let _ = storage::delete_checkpoint(prefix);
-            }
-            return Err(Error::Callback {
-                callback: "save",
-                source,
-            });
-        }
+        storage::mark_pending(prefix)?;
+        save(prefix, number).map_err(|source| Error::Callback {
+            callback: "save",
+            source,
+        })?;
+        let files = storage::describe_checkpoint(prefix)?;
+        storage::write_manifest(prefix, &Manifest::new(number, files))?;
         storage::sync_checkpoint(prefix)
     }
 
@@ -236,8 +319,30 @@ impl CheckpointManager {
         }
     }
 
-    /// Restores the latest checkpoint and returns its prefix; with none,
-    /// runs the init callback (if any) and returns `None`.
+    fn verification(&self) -> Verification {
+        if self.config.verify_checksums {
+            Verification::Checksums
+        } else {
+            Verification::Sizes
+        }
+    }
+
+    /// Checks a checkpoint (the latest when `prefix` is `None`) against its
+    /// manifest.
+    pub fn verify(&self, prefix: Option<&Path>, verification: Verification) -> Result<Integrity> {
+        let prefix = match prefix {
+            Some(prefix) => prefix.to_path_buf(),
+            None => self
+                .latest_checkpoint()
+                .ok_or_else(|| Error::invalid("there is no latest checkpoint to verify"))?,
+        };
+        inspect::verify_checkpoint(&prefix, verification)
+    }
+
+    /// Restores the newest intact checkpoint and returns its prefix: the
+    /// latest, or, when it is damaged, the newest older one that verifies
+    /// (with a warning). With no checkpoint, runs the init callback (if
+    /// any) and returns `None`. `Error::Damaged` when none is intact.
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
         let Some(latest) = self.latest_checkpoint() else {
             if let Some(init) = self.callbacks.init.as_mut() {
@@ -248,17 +353,48 @@ impl CheckpointManager {
             }
             return Ok(None);
         };
-        let Some(restore) = self.callbacks.restore.as_mut() else {
+        if self.callbacks.restore.is_none() {
             return Err(Error::invalid("no restore callback is set"));
+        }
+        let unlisted = storage::numbers_on_disk(
+            &self.config.directory,
+            &self.config.checkpoint_name,
+            MANIFEST_SUFFIX,
+        )?;
+        let unlisted = unlisted.into_iter().rev().map(|number| {
+            paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number)
+        });
+        let candidates = policy::fallback_order(&latest, &self.checkpoints(), unlisted);
+        let verification = self.verification();
+        let mut warnings = Vec::new();
+        let found = inspect::first_intact(&candidates, verification, &mut |w| {
+            warnings.push(w.to_owned())
+        });
+        warnings.iter().for_each(|warning| self.warn(warning));
+        let Some((chosen, integrity)) = found? else {
+            return Err(Error::Damaged {
+                prefix: latest,
+                detail: "no older checkpoint is intact either".into(),
+            });
         };
-        restore(&latest).map_err(|source| Error::Callback {
+        if integrity == Integrity::NoManifest {
+            self.log(
+                LogLevel::Info,
+                &format!(
+                    "'{}' has no manifest; restoring it unverified",
+                    chosen.display()
+                ),
+            );
+        }
+        let restore = self.callbacks.restore.as_mut().expect("checked above");
+        restore(&chosen).map_err(|source| Error::Callback {
             callback: "restore",
             source,
         })?;
         if self.config.checkpoint_interval.is_some() {
             self.last_checkpoint_step = Some(self.current_step()?);
         }
-        Ok(Some(latest))
+        Ok(Some(chosen))
     }
 
     fn current_step(&mut self) -> Result<i64> {
@@ -290,11 +426,27 @@ impl CheckpointManager {
     }
 
     fn warn(&mut self, message: &str) {
+        self.log(LogLevel::Warning, message);
+    }
+
+    fn log(&mut self, level: LogLevel, message: &str) {
         match self.callbacks.log.as_mut() {
-            Some(log) => log(LogLevel::Warning, message),
-            None => eprintln!("ckpt-manager: warning: {message}"),
+            Some(log) => log(level, message),
+            None if level == LogLevel::Warning => eprintln!("ckpt-manager: warning: {message}"),
+            None => {}
         }
     }
+}
+
+/// Undoes a save that did not commit: a new checkpoint's files go; an
+/// existing one (a number saved again) keeps its files, which its old
+/// manifest no longer matches if the save got that far.
+fn abandon(prefix: &Path, existed: bool) {
+    let _ = if existed {
+        storage::clear_pending(prefix)
+    } else {
+        storage::delete_checkpoint(prefix)
+    };
 }
 
 /// Writes the state TF would write for this retention, `latest` being the

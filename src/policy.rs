@@ -1,6 +1,6 @@
 //! TF's retention and interval rules, pure: no clock, no files.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The managed checkpoints (oldest first, each with its save timestamp) and
 /// the timestamp of the last checkpoint preserved by
@@ -127,6 +127,23 @@ impl Retention {
     }
 }
 
+/// The order in which to try checkpoints when the latest may be damaged:
+/// the latest, then the listed ones newest first, then the others
+/// (preserved ones) in the order given; each once.
+pub fn fallback_order(
+    latest: &Path,
+    listed_oldest_first: &[PathBuf],
+    others: impl IntoIterator<Item = PathBuf>,
+) -> Vec<PathBuf> {
+    let mut order = vec![latest.to_path_buf()];
+    for candidate in listed_oldest_first.iter().rev().cloned().chain(others) {
+        if !order.contains(&candidate) {
+            order.push(candidate);
+        }
+    }
+    order
+}
+
 /// TF's interval gate: whether a save at `step` goes ahead, given the step
 /// of the last checkpoint. The same step never saves twice, even when
 /// `check_interval` is false.
@@ -206,6 +223,17 @@ mod tests {
         retention.record("b".into(), 2.0);
         retention.record("a".into(), 3.0);
         assert_eq!(names(retention.managed()), ["b", "a"]);
+    }
+
+    #[test]
+    fn fallback_tries_latest_then_newest_first() {
+        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        let order = fallback_order(
+            Path::new("c"),
+            &paths(&["a", "b", "c"]),
+            paths(&["z", "b", "y"]),
+        );
+        assert_eq!(order, paths(&["c", "b", "a", "z", "y"]));
     }
 
     #[test]

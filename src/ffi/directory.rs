@@ -4,10 +4,10 @@ use std::ffi::c_char;
 use std::ptr;
 
 use super::{
-    ckpt_status, ckpt_string_list, guard, guard_void, new_c_string, new_path_string, out_param,
-    path_arg,
+    ckpt_status, ckpt_string_list, guard, guard_void, integrity_result, new_c_string,
+    new_path_string, out_param, path_arg, verification, Failure,
 };
-use crate::inspect;
+use crate::inspect::{self, LatestOptions};
 
 /// A directory's `checkpoint` state file, paths joined onto the directory.
 /// Free with `ckpt_checkpoint_state_free`.
@@ -26,12 +26,23 @@ pub struct ckpt_checkpoint_state {
     pub last_preserved_timestamp: f64,
 }
 
-/// The latest checkpoint named by `directory`'s state file, if any of its
-/// files exist (no fallback to older checkpoints, as in TF).
+/// `ckpt_latest_checkpoint_with_flags`: fail with
+/// CKPT_STATUS_CHECKPOINT_DAMAGED instead of falling back to an older
+/// checkpoint when the latest is damaged.
+pub const CKPT_LATEST_NO_FALLBACK: u32 = 1;
+/// `ckpt_latest_checkpoint_with_flags`: verify CRC32C checksums too, not
+/// only that every file exists with its size (reads every byte).
+pub const CKPT_LATEST_VERIFY_CHECKSUMS: u32 = 2;
+
+/// The newest usable checkpoint named by `directory`'s state file: the
+/// latest if its files are intact (every file in its manifest exists with
+/// its size), otherwise the newest intact checkpoint the state file lists,
+/// with a warning on stderr. Checkpoints without a manifest count as
+/// intact when any of their files exist, as in TF.
 ///
 /// `directory` is borrowed. On success `*out_prefix` is a string the
 /// caller frees with `ckpt_string_free`, or NULL when there is no state
-/// file or the latest's files are missing.
+/// file or no intact checkpoint.
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
 /// CKPT_STATUS_IO_ERROR. Thread-safe.
@@ -40,11 +51,59 @@ pub unsafe extern "C" fn ckpt_latest_checkpoint(
     directory: *const c_char,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
+    ckpt_latest_checkpoint_with_flags(directory, 0, out_prefix)
+}
+
+/// `ckpt_latest_checkpoint` with `flags`, a bitwise OR of
+/// CKPT_LATEST_NO_FALLBACK and CKPT_LATEST_VERIFY_CHECKSUMS (0 for the
+/// defaults).
+///
+/// Errors: as `ckpt_latest_checkpoint`, plus CKPT_STATUS_CHECKPOINT_DAMAGED
+/// (with CKPT_LATEST_NO_FALLBACK, the latest is damaged) and
+/// CKPT_STATUS_INVALID_ARGUMENT (unknown flags). Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_latest_checkpoint_with_flags(
+    directory: *const c_char,
+    flags: u32,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
     guard(|| {
         let directory = path_arg(directory, "directory")?;
         let out = out_param(out_prefix, "out_prefix")?;
-        let latest = inspect::latest_checkpoint(directory)?;
+        let known = CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS;
+        if flags & !known != 0 {
+            return Err(Failure::new(
+                ckpt_status::InvalidArgument,
+                format!("unknown flags {:#x}", flags & !known),
+            ));
+        }
+        let options = LatestOptions {
+            fallback: flags & CKPT_LATEST_NO_FALLBACK == 0,
+            verification: verification(flags & CKPT_LATEST_VERIFY_CHECKSUMS != 0),
+        };
+        let mut warn = |message: &str| eprintln!("ckpt-manager: warning: {message}");
+        let latest = inspect::latest_checkpoint(directory, options, &mut warn)?;
         out.write(new_path_string(latest.as_deref())?)
+    })
+}
+
+/// Checks the checkpoint at `prefix` against its manifest, as
+/// `ckpt_manager_verify` does, without a manager.
+///
+/// `prefix` is borrowed. Returns CKPT_STATUS_OK when intact,
+/// CKPT_STATUS_CHECKPOINT_DAMAGED, CKPT_STATUS_NO_MANIFEST,
+/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_verify_checkpoint(
+    prefix: *const c_char,
+    check_checksums: bool,
+) -> ckpt_status {
+    guard(|| {
+        let prefix = path_arg(prefix, "prefix")?;
+        integrity_result(inspect::verify_checkpoint(
+            prefix,
+            verification(check_checksums),
+        )?)
     })
 }
 

@@ -4,12 +4,13 @@ use std::cell::RefCell;
 use std::ffi::c_char;
 use std::sync::Mutex;
 
+use std::os::unix::ffi::OsStrExt;
+
 use super::{
-    ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, new_c_string, new_path_string,
-    out_param, Failure, FfiResult,
+    ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, integrity_result, new_c_string,
+    new_path_string, out_param, path_arg, verification, Failure, FfiResult,
 };
 use crate::manager::CheckpointManager;
-use std::os::unix::ffi::OsStrExt;
 
 /// A checkpoint manager. Thread-safe: one handle may be used from several
 /// threads at once; calls on it are serialised inside.
@@ -65,7 +66,11 @@ unsafe fn with_manager<T>(
 }
 
 /// Opens a manager on the options' directory and recovers its state from
-/// the `checkpoint` state file, as TF does. Creates nothing on disk.
+/// the `checkpoint` state file, as TF does. A writer (the default) creates
+/// the directory, takes its lock file `checkpoint.lock` (released by
+/// `ckpt_manager_free` or the process's death), and removes what
+/// interrupted saves left: temporary state files, and checkpoints of this
+/// name whose save never committed. A read-only manager touches nothing.
 ///
 /// `options` is borrowed; the manager keeps its own copy of the settings
 /// and shares the callbacks (see `ckpt_options_set_save_callback`). On
@@ -74,7 +79,8 @@ unsafe fn with_manager<T>(
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
 /// directory, no max_to_keep, an interval without a step counter),
-/// CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_LOCKED (another manager writes there; the message names its
+/// pid), CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
 /// CKPT_STATUS_CALLBACK_FAILED (clock). Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_new(
@@ -103,10 +109,12 @@ pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
     });
 }
 
-/// Saves a checkpoint: checks the interval gate, runs the save callback
-/// with the prefix `<directory>/<name>-<N>`, makes its files durable,
-/// commits it in the state file, then deletes or preserves the oldest ones
-/// beyond max_to_keep.
+/// Saves a checkpoint: checks the interval gate, marks the save pending,
+/// runs the save callback with the prefix `<directory>/<name>-<N>`, writes
+/// the manifest (`<prefix>.ckpt-manifest.json`: each file's size and
+/// CRC32C), fsyncs the files and the directory, commits the checkpoint by
+/// replacing the state file atomically, then deletes or preserves the
+/// oldest ones beyond max_to_keep.
 ///
 /// `checkpoint_number` is NULL to use the save counter's next value, or
 /// points to an explicit number (read during the call). `check_interval`
@@ -116,7 +124,8 @@ pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
 /// On failure nothing is committed and the manager is unchanged.
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no save
-/// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+/// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
+/// previous state stays valid), CKPT_STATUS_READ_ONLY,
 /// CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_save(
@@ -174,16 +183,24 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
     })
 }
 
-/// Restores the latest checkpoint through the restore callback, or, with
-/// none, runs the init callback (if set). With a checkpoint interval, the
-/// step counter's value becomes the last checkpoint step.
+/// Restores the newest intact checkpoint through the restore callback, or,
+/// with none, runs the init callback (if set). The latest is verified
+/// against its manifest first (sizes, and CRC32C unless
+/// `ckpt_options_set_verify_checksums` turned that off); if it is missing
+/// or damaged, a warning goes to the log callback (stderr by default) and
+/// the newest older checkpoint that verifies is restored instead. One
+/// without a manifest (written by TF, say) is restored unverified. With a
+/// checkpoint interval, the step counter's value becomes the last
+/// checkpoint step.
 ///
 /// On success `*out_prefix` is the restored prefix (caller frees with
 /// `ckpt_string_free`), or NULL when there was nothing to restore.
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
 /// checkpoint exists but no restore callback is set),
-/// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// CKPT_STATUS_CHECKPOINT_DAMAGED (no intact checkpoint is left),
+/// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
     manager: *mut ckpt_manager,
@@ -232,4 +249,43 @@ pub unsafe extern "C" fn ckpt_manager_save_counter(
         let out = out_param(out_counter, "out_counter")?;
         out.write(with_manager(manager, |m| Ok(m.save_counter()))?)
     })
+}
+
+/// Checks a checkpoint against its manifest: every recorded file exists
+/// with its size and, when `check_checksums`, its CRC32C.
+///
+/// `prefix` is borrowed; NULL means the latest checkpoint.
+///
+/// Returns CKPT_STATUS_OK when intact, CKPT_STATUS_CHECKPOINT_DAMAGED (the
+/// message says which file and how), CKPT_STATUS_NO_MANIFEST (files but no
+/// manifest), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
+/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_verify(
+    manager: *const ckpt_manager,
+    prefix: *const c_char,
+    check_checksums: bool,
+) -> ckpt_status {
+    guard(|| {
+        let prefix = if prefix.is_null() {
+            None
+        } else {
+            Some(path_arg(prefix, "prefix")?)
+        };
+        let integrity = with_manager(manager, |m| {
+            Ok(m.verify(prefix, verification(check_checksums))?)
+        })?;
+        integrity_result(integrity)
+    })
+}
+
+/// Re-reads the state file, so that a read-only manager sees checkpoints
+/// another process saved since it opened.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
+/// CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt_status {
+    guard(|| with_manager(manager, |m| Ok(m.reload()?)))
 }

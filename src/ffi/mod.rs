@@ -60,6 +60,52 @@ pub enum ckpt_status {
     /// A panic inside the library was caught. A manager that panicked
     /// refuses later calls with this status; free it and open a new one.
     Panic = 7,
+    /// A checkpoint's files are missing or do not match its manifest (sizes
+    /// or CRC32C), or no intact checkpoint is left to fall back to.
+    CheckpointDamaged = 8,
+    /// Another manager (the message names its process) is writing to the
+    /// directory. Open this one read-only, or stop the other.
+    Locked = 9,
+    /// The manager was opened read-only and the call would write.
+    ReadOnly = 10,
+    /// The checkpoint has files but no manifest (another tool wrote it), so
+    /// it cannot be verified.
+    NoManifest = 11,
+}
+
+impl ckpt_status {
+    const ALL: [ckpt_status; 12] = [
+        ckpt_status::Ok,
+        ckpt_status::NullArgument,
+        ckpt_status::InvalidArgument,
+        ckpt_status::StateCorrupt,
+        ckpt_status::IoError,
+        ckpt_status::CallbackFailed,
+        ckpt_status::ReentrantCall,
+        ckpt_status::Panic,
+        ckpt_status::CheckpointDamaged,
+        ckpt_status::Locked,
+        ckpt_status::ReadOnly,
+        ckpt_status::NoManifest,
+    ];
+
+    /// The name the header gives the status, NUL-terminated.
+    fn c_name(self) -> &'static str {
+        match self {
+            ckpt_status::Ok => "CKPT_STATUS_OK\0",
+            ckpt_status::NullArgument => "CKPT_STATUS_NULL_ARGUMENT\0",
+            ckpt_status::InvalidArgument => "CKPT_STATUS_INVALID_ARGUMENT\0",
+            ckpt_status::StateCorrupt => "CKPT_STATUS_STATE_CORRUPT\0",
+            ckpt_status::IoError => "CKPT_STATUS_IO_ERROR\0",
+            ckpt_status::CallbackFailed => "CKPT_STATUS_CALLBACK_FAILED\0",
+            ckpt_status::ReentrantCall => "CKPT_STATUS_REENTRANT_CALL\0",
+            ckpt_status::Panic => "CKPT_STATUS_PANIC\0",
+            ckpt_status::CheckpointDamaged => "CKPT_STATUS_CHECKPOINT_DAMAGED\0",
+            ckpt_status::Locked => "CKPT_STATUS_LOCKED\0",
+            ckpt_status::ReadOnly => "CKPT_STATUS_READ_ONLY\0",
+            ckpt_status::NoManifest => "CKPT_STATUS_NO_MANIFEST\0",
+        }
+    }
 }
 
 /// A failed call: the status to return and the message to keep.
@@ -91,6 +137,10 @@ impl From<Error> for Failure {
             Error::StateCorrupt { .. } => ckpt_status::StateCorrupt,
             Error::Io { .. } => ckpt_status::IoError,
             Error::Callback { .. } => ckpt_status::CallbackFailed,
+            Error::Locked { .. } => ckpt_status::Locked,
+            Error::ReadOnly => ckpt_status::ReadOnly,
+            Error::Damaged { .. } => ckpt_status::CheckpointDamaged,
+            Error::NoManifest { .. } => ckpt_status::NoManifest,
         };
         Failure::new(status, err.to_string())
     }
@@ -178,6 +228,26 @@ pub(crate) fn new_path_string(path: Option<&Path>) -> FfiResult<*mut c_char> {
     }
 }
 
+pub(crate) fn verification(check_checksums: bool) -> crate::manifest::Verification {
+    if check_checksums {
+        crate::manifest::Verification::Checksums
+    } else {
+        crate::manifest::Verification::Sizes
+    }
+}
+
+/// Verification found no damage; a checkpoint without a manifest still
+/// gets its own status, since nothing was checked.
+pub(crate) fn integrity_result(integrity: crate::storage::Integrity) -> FfiResult {
+    match integrity {
+        crate::storage::Integrity::Intact => Ok(()),
+        crate::storage::Integrity::NoManifest => Err(Failure::new(
+            ckpt_status::NoManifest,
+            "the checkpoint has no manifest and cannot be verified",
+        )),
+    }
+}
+
 /// A list of strings owned by the caller; free it with `ckpt_string_list_free`.
 #[repr(C)]
 pub struct ckpt_string_list {
@@ -255,17 +325,10 @@ pub extern "C" fn ckpt_last_error_message() -> *const c_char {
 /// Returns a static string; never NULL, never freed. Thread-safe.
 #[no_mangle]
 pub extern "C" fn ckpt_status_name(status: i32) -> *const c_char {
-    let name: &'static str = match status {
-        0 => "CKPT_STATUS_OK\0",
-        1 => "CKPT_STATUS_NULL_ARGUMENT\0",
-        2 => "CKPT_STATUS_INVALID_ARGUMENT\0",
-        3 => "CKPT_STATUS_STATE_CORRUPT\0",
-        4 => "CKPT_STATUS_IO_ERROR\0",
-        5 => "CKPT_STATUS_CALLBACK_FAILED\0",
-        6 => "CKPT_STATUS_REENTRANT_CALL\0",
-        7 => "CKPT_STATUS_PANIC\0",
-        _ => "CKPT_STATUS_UNKNOWN\0",
-    };
+    let name = ckpt_status::ALL
+        .iter()
+        .find(|known| **known as i32 == status)
+        .map_or("CKPT_STATUS_UNKNOWN\0", |known| known.c_name());
     name.as_ptr().cast()
 }
 
@@ -314,8 +377,9 @@ mod tests {
 
     #[test]
     fn status_names_cover_every_status() {
-        for status in 0..=7 {
-            let name = unsafe { CStr::from_ptr(ckpt_status_name(status)) };
+        for (value, status) in ckpt_status::ALL.iter().enumerate() {
+            assert_eq!(*status as usize, value, "statuses are numbered densely");
+            let name = unsafe { CStr::from_ptr(ckpt_status_name(value as i32)) };
             assert_ne!(name.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
         }
         let unknown = unsafe { CStr::from_ptr(ckpt_status_name(-1)) };

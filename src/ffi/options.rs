@@ -351,6 +351,37 @@ pub unsafe extern "C" fn ckpt_options_set_last_checkpoint_step(
     })
 }
 
+/// Opens managers read-only: no lock, no recovery, no writes (saves fail
+/// with CKPT_STATUS_READ_ONLY). For evaluators that follow a directory
+/// another process writes; `ckpt_manager_reload` picks up new checkpoints.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_read_only(
+    options: *mut ckpt_options,
+    read_only: bool,
+) -> ckpt_status {
+    update(options, |o| {
+        o.config.set_read_only(read_only);
+        Ok(())
+    })
+}
+
+/// Whether `ckpt_manager_restore_or_initialize` checks every file's
+/// CRC32C against the manifest (true, the default) or only file sizes.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_verify_checksums(
+    options: *mut ckpt_options,
+    verify: bool,
+) -> ckpt_status {
+    update(options, |o| {
+        o.config.set_verify_checksums(verify);
+        Ok(())
+    })
+}
+
 /// Stores a callback and takes ownership of `user_data` on success: the
 /// finalizer runs once when the callback is replaced or no longer held.
 /// A NULL callback clears the slot and finalizes `user_data` at once.

@@ -1,99 +1,24 @@
-//! All file-system work: the state file (bounded reads, atomic durable
-//! writes) and a checkpoint's files (listing, syncing, deleting).
+//! A checkpoint's files: listing, syncing and deleting them.
 //!
-//! A checkpoint's files are the entries beside its prefix named exactly
-//! `<base>` or `<base>.<suffix>`, where `<base>` is the prefix's last
+//! The files of the checkpoint at prefix `P` are the entries beside it
+//! named exactly `<base>` or `<base>.<suffix>`, where `<base>` is `P`'s last
 //! component. Names are compared as bytes, never expanded as patterns.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::fault;
 use crate::error::{Error, Result};
-use crate::paths::{self, STATE_FILE_NAME};
-use crate::state::CheckpointState;
-
-/// State files larger than this are refused rather than read: a real one
-/// listing a million checkpoints is under 40 MiB.
-pub(crate) const MAX_STATE_FILE_BYTES: u64 = 64 << 20;
-
-/// Prefix of the temporary state files, as TF names them.
-pub(crate) const STATE_TEMP_PREFIX: &str = "checkpoint.tmp";
-
-pub fn state_file_path(directory: &Path) -> PathBuf {
-    directory.join(STATE_FILE_NAME)
-}
-
-/// Reads the state file. `Ok(None)` when the directory or the file does not
-/// exist; an error when it exists but cannot be read or used.
-pub fn read_state(directory: &Path) -> Result<Option<CheckpointState>> {
-    let path = state_file_path(directory);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(Error::io_at("open state file", &path, err)),
-    };
-    let corrupt = |detail: String| Error::StateCorrupt {
-        path: path.clone(),
-        detail,
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_STATE_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| Error::io_at("read state file", &path, err))?;
-    if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
-        return Err(corrupt(format!(
-            "larger than the {MAX_STATE_FILE_BYTES}-byte limit"
-        )));
-    }
-    let state = CheckpointState::parse(&bytes).map_err(|err| corrupt(err.to_string()))?;
-    if state.model_checkpoint_path.is_empty() {
-        return Err(corrupt("it names no model_checkpoint_path".into()));
-    }
-    Ok(Some(state))
-}
-
-/// Writes the state file atomically and durably: a temporary file in the
-/// same directory, fsync, rename over the old file, fsync of the directory.
-/// A crash at any point leaves either the old or the new file, whole.
-pub fn write_state(directory: &Path, state: &CheckpointState) -> Result<()> {
-    let final_path = state_file_path(directory);
-    let temp_path = directory.join(format!("{STATE_TEMP_PREFIX}{}", random_hex32()));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)?;
-        file.write_all(&state.to_text())?;
-        file.sync_all()
-    })();
-    let renamed = written.and_then(|()| fs::rename(&temp_path, &final_path));
-    if let Err(err) = renamed {
-        let _ = fs::remove_file(&temp_path);
-        return Err(Error::io_at("write state file", &final_path, err));
-    }
-    sync_directory(directory)
-}
-
-/// 32 random hex digits for temporary names, from the kernel.
-fn random_hex32() -> String {
-    let mut bytes = [0u8; 16];
-    // SAFETY: the buffer is valid for writes of its length.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if filled != bytes.len() as isize {
-        // No entropy source: pid and time still make a name no other writer uses now.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::manifest::{MANIFEST_SUFFIX, PENDING_SUFFIX};
+use crate::paths;
 
 pub fn sync_directory(directory: &Path) -> Result<()> {
-    File::open(directory)
-        .and_then(|dir| dir.sync_all())
+    fault::step()
+        .and_then(|()| File::open(directory)?.sync_all())
         .map_err(|err| Error::io_at("sync directory", directory, err))
 }
 
@@ -102,7 +27,8 @@ pub fn create_directory(directory: &Path) -> Result<()> {
     if directory.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(directory)
+    fault::step()
+        .and_then(|()| fs::create_dir_all(directory))
         .map_err(|err| Error::io_at("create directory", directory, err))?;
     match directory.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => sync_directory(parent),
@@ -110,7 +36,7 @@ pub fn create_directory(directory: &Path) -> Result<()> {
     }
 }
 
-fn parent_of(prefix: &Path) -> &Path {
+pub(crate) fn parent_of(prefix: &Path) -> &Path {
     match prefix.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -155,22 +81,31 @@ pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
     Ok(!checkpoint_files(prefix)?.is_empty())
 }
 
-/// The highest number among the entries of `directory` named
-/// `<name>-<N>[.<suffix>]`; `None` when there are none or no directory.
-pub fn highest_number_on_disk(directory: &Path, name: &std::ffi::OsStr) -> Result<Option<u64>> {
+/// The numbers N of the entries of `directory` named `<name>-<N>[.<suffix>]`
+/// that end in `suffix` (any entry when `suffix` is empty). Empty when the
+/// directory does not exist.
+pub fn numbers_on_disk(directory: &Path, name: &OsStr, suffix: &str) -> Result<BTreeSet<u64>> {
     let entries = match fs::read_dir(directory) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
         Err(err) => return Err(Error::io_at("list directory", directory, err)),
     };
-    let mut highest = None;
+    let mut numbers = BTreeSet::new();
     for entry in entries {
         let entry = entry.map_err(|err| Error::io_at("list directory", directory, err))?;
-        if let Some(number) = paths::own_checkpoint_number(&entry.file_name(), name) {
-            highest = highest.max(Some(number));
+        let file_name = entry.file_name();
+        if !file_name.as_bytes().ends_with(suffix.as_bytes()) {
+            continue;
+        }
+        if let Some(number) = paths::own_checkpoint_number(&file_name, name) {
+            numbers.insert(number);
         }
     }
-    Ok(highest)
+    Ok(numbers)
+}
+
+pub fn highest_number_on_disk(directory: &Path, name: &OsStr) -> Result<Option<u64>> {
+    Ok(numbers_on_disk(directory, name, "")?.last().copied())
 }
 
 /// Makes a checkpoint's files durable: each file, each directory the save
@@ -191,16 +126,18 @@ fn sync_tree(path: &Path) -> io::Result<()> {
     } else if !metadata.is_file() {
         return Ok(());
     }
+    fault::step()?;
     File::open(path)?.sync_all()
 }
 
-/// Deletes the checkpoint at `prefix`: its data files first and the
-/// `.index` file last, so that an interrupted deletion never leaves an
-/// index that points at missing data. Missing files are not an error.
+/// Deletes the checkpoint at `prefix`. The order keeps an interrupted
+/// deletion detectable: data first, then the `.index`, then the manifest
+/// (so what is left never verifies as whole), the pending marker last.
+/// Missing files are not an error.
 pub fn delete_checkpoint(prefix: &Path) -> Result<()> {
     let mut files = checkpoint_files(prefix)?;
-    let index = paths::with_suffix(prefix, ".index");
-    files.sort_by_key(|path| *path == index);
+    let last = [".index", MANIFEST_SUFFIX, PENDING_SUFFIX].map(|s| paths::with_suffix(prefix, s));
+    files.sort_by_key(|path| last.iter().position(|l| l == path));
     for path in &files {
         remove_entry(path).map_err(|err| Error::io_at("delete", path, err))?;
     }
@@ -210,8 +147,14 @@ pub fn delete_checkpoint(prefix: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes one file; a missing one is fine.
+pub fn remove_file(path: &Path) -> Result<()> {
+    remove_entry(path).map_err(|err| Error::io_at("remove", path, err))
+}
+
 /// Removes a file, a symlink (not its target) or a directory tree.
-fn remove_entry(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_entry(path: &Path) -> io::Result<()> {
+    fault::step()?;
     let result = match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -287,47 +230,28 @@ mod tests {
         let dir = root.path().join("run");
         fs::create_dir(&dir).unwrap();
         std::os::unix::fs::symlink(&outside, dir.join("ckpt-1")).unwrap();
+        std::os::unix::fs::symlink(outside.join("precious"), dir.join("ckpt-1.data")).unwrap();
         delete_checkpoint(&dir.join("ckpt-1")).unwrap();
         assert!(outside.join("precious").exists());
         assert!(!dir.join("ckpt-1").exists());
+        assert!(fs::symlink_metadata(dir.join("ckpt-1.data")).is_err());
     }
 
     #[test]
-    fn state_is_written_atomically_and_read_back() {
+    fn an_interrupted_deletion_leaves_the_manifest() {
         let root = tempfile::tempdir().unwrap();
-        assert_eq!(read_state(root.path()).unwrap(), None);
-        let state = CheckpointState {
-            model_checkpoint_path: b"ckpt-1".to_vec(),
-            all_model_checkpoint_paths: vec![b"ckpt-1".to_vec()],
-            all_model_checkpoint_timestamps: vec![1.5],
-            last_preserved_timestamp: 0.5,
-        };
-        write_state(root.path(), &state).unwrap();
-        assert_eq!(read_state(root.path()).unwrap(), Some(state));
-        let names: Vec<_> = fs::read_dir(root.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["checkpoint"]);
-    }
-
-    #[test]
-    fn unusable_state_files_are_errors() {
-        let root = tempfile::tempdir().unwrap();
-        for bytes in [
-            &b""[..],
-            b"model_checkpoint_path: \"\"\n",
-            b"\x00\xff garbage",
-        ] {
-            fs::write(state_file_path(root.path()), bytes).unwrap();
-            assert!(matches!(
-                read_state(root.path()),
-                Err(Error::StateCorrupt { .. })
-            ));
+        let prefix = root.path().join("ckpt-1");
+        for suffix in [".index", ".data-0", MANIFEST_SUFFIX, PENDING_SUFFIX] {
+            touch(&paths::with_suffix(&prefix, suffix));
         }
-        let huge = File::create(state_file_path(root.path())).unwrap();
-        huge.set_len(MAX_STATE_FILE_BYTES + 1).unwrap();
-        let err = read_state(root.path()).unwrap_err();
-        assert!(err.to_string().contains("limit"), "{err}");
+        // Two removals succeed, the third fails: data and index are gone.
+        fault::fail_after(Some(2));
+        assert!(delete_checkpoint(&prefix).is_err());
+        fault::fail_after(None);
+        let left: Vec<_> = checkpoint_files(&prefix).unwrap();
+        assert_eq!(
+            left,
+            [MANIFEST_SUFFIX, PENDING_SUFFIX].map(|s| paths::with_suffix(&prefix, s))
+        );
     }
 }

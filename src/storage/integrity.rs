@@ -1,0 +1,262 @@
+//! A checkpoint's integrity: describing its files (size, CRC32C), writing
+//! and checking the manifest, and the pending marker of a save in progress.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::fault;
+use super::files::{checkpoint_files, parent_of, remove_entry, sync_directory};
+use crate::error::{Error, Result};
+use crate::manifest::{
+    ByteString, FileRecord, Manifest, Verification, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES,
+    PENDING_SUFFIX,
+};
+use crate::paths;
+
+/// What verification found for a checkpoint that is not damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// Every file matches the manifest.
+    Intact,
+    /// Files exist but there is no manifest (written by another tool).
+    NoManifest,
+}
+
+/// Reads a whole file through its CRC32C in large chunks.
+fn checksum(path: &Path) -> io::Result<(u64, u32)> {
+    let mut file = File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let (mut size, mut crc) = (0u64, 0u32);
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok((size, crc));
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..read]);
+        size += read as u64;
+    }
+}
+
+/// Every regular file of the checkpoint (inside a `<prefix>` directory
+/// too) but the manifest and the marker, with its size and CRC32C.
+pub fn describe_checkpoint(prefix: &Path) -> Result<Vec<FileRecord>> {
+    let base_len = prefix.as_os_str().len();
+    let own = [MANIFEST_SUFFIX, PENDING_SUFFIX].map(|s| paths::with_suffix(prefix, s));
+    let mut pending: Vec<PathBuf> = checkpoint_files(prefix)?
+        .into_iter()
+        .filter(|path| !own.contains(path))
+        .collect();
+    let mut records = Vec::new();
+    while let Some(path) = pending.pop() {
+        let mut describe = || -> io::Result<()> {
+            let metadata = fs::symlink_metadata(&path)?;
+            if metadata.is_dir() {
+                for entry in fs::read_dir(&path)? {
+                    pending.push(entry?.path());
+                }
+            } else if metadata.is_file() {
+                let (size, crc32c) = checksum(&path)?;
+                let suffix = &path.as_os_str().as_bytes()[base_len..];
+                records.push(FileRecord {
+                    suffix: ByteString::from_bytes(suffix),
+                    size,
+                    crc32c,
+                });
+            }
+            Ok(())
+        };
+        describe().map_err(|err| Error::io_at("read checkpoint file", &path, err))?;
+    }
+    Ok(records)
+}
+
+/// Writes the manifest atomically (temporary file, rename). Durability
+/// comes from the checkpoint's sync, which covers the manifest too.
+pub fn write_manifest(prefix: &Path, manifest: &Manifest) -> Result<()> {
+    let path = paths::with_suffix(prefix, MANIFEST_SUFFIX);
+    let temp = paths::with_suffix(&path, ".tmp");
+    let written = (|| {
+        fault::step()?;
+        let mut file = File::create(&temp)?;
+        fault::step()?;
+        file.write_all(&manifest.to_json())?;
+        fault::step()?;
+        file.sync_all()?;
+        fault::step()?;
+        fs::rename(&temp, &path)
+    })();
+    written.map_err(|err| {
+        let _ = fs::remove_file(&temp);
+        Error::io_at("write manifest", &path, err)
+    })
+}
+
+fn read_manifest(prefix: &Path) -> Result<Option<Manifest>> {
+    let path = paths::with_suffix(prefix, MANIFEST_SUFFIX);
+    let damaged = |detail: String| Error::Damaged {
+        prefix: prefix.to_path_buf(),
+        detail,
+    };
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(Error::io_at("open manifest", &path, err)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| Error::io_at("read manifest", &path, err))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(damaged("its manifest is larger than 16 MiB".into()));
+    }
+    Manifest::from_json(&bytes)
+        .map(Some)
+        .map_err(|err| damaged(format!("its manifest is unreadable: {err}")))
+}
+
+/// Checks the checkpoint at `prefix` against its manifest. `Err(Damaged)`
+/// when a recorded file is missing, has another size or (with
+/// `Verification::Checksums`) another CRC32C, or when nothing of the
+/// checkpoint exists.
+pub fn verify_checkpoint(prefix: &Path, level: Verification) -> Result<Integrity> {
+    let damaged = |detail: String| Error::Damaged {
+        prefix: prefix.to_path_buf(),
+        detail,
+    };
+    let Some(manifest) = read_manifest(prefix)? else {
+        let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
+        let files = checkpoint_files(prefix)?;
+        return if files.iter().any(|file| *file != marker) {
+            Ok(Integrity::NoManifest)
+        } else {
+            Err(damaged("none of its files exist".into()))
+        };
+    };
+    for record in &manifest.files {
+        let mut path = prefix.as_os_str().to_os_string();
+        path.push(std::ffi::OsStr::from_bytes(record.suffix.as_bytes()));
+        let path = PathBuf::from(path);
+        let name = path.display();
+        let size = match fs::metadata(&path) {
+            Ok(metadata) => metadata.len(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(damaged(format!("'{name}' is missing")))
+            }
+            Err(err) => return Err(Error::io_at("inspect", &path, err)),
+        };
+        if size != record.size {
+            return Err(damaged(format!(
+                "'{name}' has {size} bytes, the manifest says {}",
+                record.size
+            )));
+        }
+        if level == Verification::Checksums {
+            let (_, crc) = checksum(&path).map_err(|err| Error::io_at("read", &path, err))?;
+            if crc != record.crc32c {
+                return Err(damaged(format!(
+                    "'{name}' has CRC32C {crc:08x}, the manifest says {:08x}",
+                    record.crc32c
+                )));
+            }
+        }
+    }
+    Ok(Integrity::Intact)
+}
+
+/// Marks a save of `prefix` as started, durably, before any of its files
+/// are written.
+pub fn mark_pending(prefix: &Path) -> Result<()> {
+    let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
+    fault::step()
+        .and_then(|()| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&marker)
+        })
+        .map_err(|err| Error::io_at("create", &marker, err))?;
+    sync_directory(parent_of(prefix))
+}
+
+/// Removes the pending marker once the state file names the checkpoint.
+pub fn clear_pending(prefix: &Path) -> Result<()> {
+    let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
+    remove_entry(&marker).map_err(|err| Error::io_at("remove", &marker, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(dir: &Path) -> PathBuf {
+        let prefix = dir.join("ckpt-3");
+        fs::write(paths::with_suffix(&prefix, ".index"), b"index").unwrap();
+        fs::write(
+            paths::with_suffix(&prefix, ".data-00000-of-00001"),
+            b"0123456789",
+        )
+        .unwrap();
+        fs::create_dir(&prefix).unwrap();
+        fs::write(prefix.join("shard"), b"shard").unwrap();
+        prefix
+    }
+
+    fn verify(prefix: &Path, level: Verification) -> std::result::Result<Integrity, String> {
+        verify_checkpoint(prefix, level).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn a_described_checkpoint_verifies_until_damaged() {
+        let root = tempfile::tempdir().unwrap();
+        let prefix = checkpoint(root.path());
+        assert_eq!(
+            verify(&prefix, Verification::Checksums),
+            Ok(Integrity::NoManifest)
+        );
+        let records = describe_checkpoint(&prefix).unwrap();
+        let suffixes: Vec<_> = records
+            .iter()
+            .map(|r| r.suffix.as_bytes().to_vec())
+            .collect();
+        assert!(suffixes.contains(&b"/shard".to_vec()) && suffixes.contains(&b".index".to_vec()));
+        write_manifest(&prefix, &Manifest::new(3, records)).unwrap();
+        assert_eq!(
+            verify(&prefix, Verification::Checksums),
+            Ok(Integrity::Intact)
+        );
+
+        // Same size, other bytes: only the checksum notices.
+        let data = paths::with_suffix(&prefix, ".data-00000-of-00001");
+        fs::write(&data, b"0123456780").unwrap();
+        assert_eq!(verify(&prefix, Verification::Sizes), Ok(Integrity::Intact));
+        let err = verify(&prefix, Verification::Checksums).unwrap_err();
+        assert!(err.contains("CRC32C"), "{err}");
+
+        fs::write(&data, b"short").unwrap();
+        let err = verify(&prefix, Verification::Sizes).unwrap_err();
+        assert!(err.contains("has 5 bytes, the manifest says 10"), "{err}");
+
+        fs::write(&data, b"0123456789").unwrap();
+        fs::remove_file(prefix.join("shard")).unwrap();
+        let err = verify(&prefix, Verification::Sizes).unwrap_err();
+        assert!(err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_manifest_or_no_files_is_damage() {
+        let root = tempfile::tempdir().unwrap();
+        let prefix = root.path().join("ckpt-1");
+        mark_pending(&prefix).unwrap();
+        assert!(verify(&prefix, Verification::Sizes)
+            .unwrap_err()
+            .contains("none of its files"));
+        clear_pending(&prefix).unwrap();
+        fs::write(paths::with_suffix(&prefix, MANIFEST_SUFFIX), b"{truncated").unwrap();
+        assert!(verify(&prefix, Verification::Sizes)
+            .unwrap_err()
+            .contains("manifest is unreadable"));
+    }
+}

@@ -1,0 +1,21 @@
+//! All file-system work, and nothing else: the state file, a checkpoint's
+//! files, their integrity, and the directory lock.
+
+mod fault;
+mod files;
+mod integrity;
+mod lock;
+mod state_file;
+
+pub use files::{
+    checkpoint_exists, create_directory, delete_checkpoint, highest_number_on_disk,
+    numbers_on_disk, remove_file, sync_checkpoint,
+};
+pub use integrity::{
+    clear_pending, describe_checkpoint, mark_pending, verify_checkpoint, write_manifest, Integrity,
+};
+pub use lock::DirectoryLock;
+pub use state_file::{read_state, remove_temporary_state_files, write_state};
+
+#[cfg(test)]
+pub use fault::{fail_after, io_steps_taken};
