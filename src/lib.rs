@@ -8,6 +8,8 @@
 
 mod config;
 mod error;
+#[cfg(test)]
+mod fault_injection_tests;
 pub mod ffi;
 mod inspect;
 mod manager;

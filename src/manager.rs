@@ -239,8 +239,8 @@ impl CheckpointManager {
         let mut retention = self.retention.clone();
         let committed = self.write_checkpoint(&prefix, number).and_then(|()| {
             retention.record(entry.clone(), self.now()?);
-            // The commit point: only now is the checkpoint the latest.
-            write_state(&directory, &entry, &retention)
+            // The commit point: once the rename is done the checkpoint is the latest.
+            storage::replace_state(&directory, &state_for(&entry, &retention))
         });
         if let Err(err) = committed {
             abandon(&prefix, existed);
@@ -249,28 +249,49 @@ impl CheckpointManager {
         self.save_counter = counter;
         self.last_checkpoint_step = step;
         self.latest = Some(entry.clone());
+        // Until the directory is synced the old state file may come back
+        // after a power loss, so nothing it names may be deleted yet.
+        let durable = match storage::sync_directory(&directory) {
+            Ok(()) => true,
+            Err(err) => {
+                self.warn(&format!(
+                    "{err}; '{}' is committed, older checkpoints are kept until the next save",
+                    prefix.display()
+                ));
+                false
+            }
+        };
         if let Err(err) = storage::clear_pending(&prefix) {
             self.warn(&format!("{err}; it is cleared when a manager next opens"));
         }
+        self.retention = retention;
+        if durable {
+            self.sweep(&directory, &entry);
+        }
+        Ok(Some(prefix))
+    }
 
-        let swept = retention.sweep(
+    /// Deletes or preserves the checkpoints beyond max_to_keep, then
+    /// rewrites the state file without them. Failures are warnings: the
+    /// new checkpoint is committed already and must be reported as saved.
+    fn sweep(&mut self, directory: &Path, latest: &Path) {
+        let swept = self.retention.sweep(
             self.max_to_keep(),
             self.config.keep_checkpoint_every_n_hours,
         );
-        self.retention = retention;
-        if !swept.is_empty() {
-            for old in &swept.delete {
-                self.delete_swept(old);
-            }
-            // Entries deleted above stay listed until here, so a crash in
-            // between leaves them tracked and they are swept again later.
-            if let Err(err) = write_state(&directory, &entry, &self.retention) {
-                self.warn(&format!(
-                    "the state file still lists swept checkpoints: {err}"
-                ));
-            }
+        if swept.is_empty() {
+            return;
         }
-        Ok(Some(prefix))
+        for old in &swept.delete {
+            self.delete_swept(old);
+        }
+        // Entries deleted above stay listed until here, so a crash in
+        // between leaves them tracked and they are swept again later.
+        if let Err(err) = storage::write_state(directory, &state_for(latest, &self.retention)) {
+            self.warn(&format!(
+                "the state file still lists swept checkpoints: {err}"
+            ));
+        }
     }
 
     /// Marks the save as pending, runs the save callback, records the
@@ -296,8 +317,7 @@ impl CheckpointManager {
         }
     }
 
-    /// Deletes a checkpoint the sweep dropped. Failures are warnings: the
-    /// new checkpoint is committed already and must be reported as saved.
+    /// Deletes a checkpoint the sweep dropped; a failure is a warning.
     fn delete_swept(&mut self, entry: &Path) {
         if !paths::is_plain_file_name(entry) {
             self.warn(&format!(
@@ -449,19 +469,18 @@ fn abandon(prefix: &Path, existed: bool) {
     };
 }
 
-/// Writes the state TF would write for this retention, `latest` being the
-/// newest managed entry.
-fn write_state(directory: &Path, latest: &Path, retention: &Retention) -> Result<()> {
+/// The state TF would write for this retention, `latest` being the newest
+/// managed entry.
+fn state_for(latest: &Path, retention: &Retention) -> CheckpointState {
     let (paths, timestamps) = retention
         .managed()
         .iter()
         .map(|(entry, timestamp)| (paths::path_bytes(entry).to_vec(), *timestamp))
         .unzip();
-    let state = CheckpointState {
+    CheckpointState {
         model_checkpoint_path: paths::path_bytes(latest).to_vec(),
         all_model_checkpoint_paths: paths,
         all_model_checkpoint_timestamps: timestamps,
         last_preserved_timestamp: retention.last_preserved(),
-    };
-    storage::write_state(directory, &state)
+    }
 }

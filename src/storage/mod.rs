@@ -9,13 +9,13 @@ mod state_file;
 
 pub use files::{
     checkpoint_exists, create_directory, delete_checkpoint, highest_number_on_disk,
-    numbers_on_disk, remove_file, sync_checkpoint,
+    numbers_on_disk, remove_file, sync_checkpoint, sync_directory,
 };
 pub use integrity::{
     clear_pending, describe_checkpoint, mark_pending, verify_checkpoint, write_manifest, Integrity,
 };
 pub use lock::DirectoryLock;
-pub use state_file::{read_state, remove_temporary_state_files, write_state};
+pub use state_file::{read_state, remove_temporary_state_files, replace_state, write_state};
 
 #[cfg(test)]
 pub use fault::{fail_after, io_steps_taken};

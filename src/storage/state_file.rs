@@ -51,10 +51,11 @@ pub fn read_state(directory: &Path) -> Result<Option<CheckpointState>> {
     Ok(Some(state))
 }
 
-/// Writes the state file atomically and durably: a temporary file in the
-/// same directory, fsync, rename over the old file, fsync of the directory.
-/// A crash at any point leaves either the old or the new file, whole.
-pub fn write_state(directory: &Path, state: &CheckpointState) -> Result<()> {
+/// Replaces the state file atomically: a temporary file in the same
+/// directory, fsync, rename over the old file. A crash at any point leaves
+/// either the old or the new file, whole. The rename is durable only once
+/// the directory is synced too (`write_state`, or the caller).
+pub fn replace_state(directory: &Path, state: &CheckpointState) -> Result<()> {
     let final_path = state_file_path(directory);
     let temp_path = directory.join(format!("{TEMP_PREFIX}{}", random_hex32()));
     let written = (|| {
@@ -70,10 +71,15 @@ pub fn write_state(directory: &Path, state: &CheckpointState) -> Result<()> {
         fault::step()?;
         fs::rename(&temp_path, &final_path)
     })();
-    if let Err(err) = written {
+    written.map_err(|err| {
         let _ = fs::remove_file(&temp_path);
-        return Err(Error::io_at("write state file", &final_path, err));
-    }
+        Error::io_at("write state file", &final_path, err)
+    })
+}
+
+/// `replace_state`, then the directory's fsync that makes it durable.
+pub fn write_state(directory: &Path, state: &CheckpointState) -> Result<()> {
+    replace_state(directory, state)?;
     sync_directory(directory)
 }
 
