@@ -28,6 +28,8 @@ run: $(BUILD_DIR)/tiny_trainer
 test:
 	./scripts/setup
 	cargo test
+	@echo "== the C and C++ programs again, under valgrind"
+	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
 
 clean:
 	cargo clean

@@ -4,12 +4,10 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 fn run_trainer(directory: &Path, args: &[&str]) -> String {
     let program = support::c_program("tiny_trainer", &["examples/tiny_trainer.c"]);
-    let output = Command::new(program)
-        .env("LD_LIBRARY_PATH", support::library_dir())
+    let output = support::command(&program)
         .arg(directory)
         .args(args)
         .output()
@@ -48,6 +46,14 @@ fn interrupted_and_resumed_matches_a_straight_run() {
     assert_eq!(files(&resumed), expected);
     let last = |dir: &Path| std::fs::read(dir.join("ckpt-5.model")).unwrap();
     assert_eq!(last(&straight), last(&resumed));
-    let summary = |out: &str| out.lines().last().unwrap().split(';').next().unwrap().to_owned();
+    let summary = |out: &str| {
+        out.lines()
+            .last()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(summary(&out), summary(&second));
 }

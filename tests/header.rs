@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::process::Command;
-
 #[test]
 fn checked_in_header_is_current() {
     let generated = include_str!(concat!(env!("OUT_DIR"), "/ckpt_manager.h"));
@@ -24,9 +22,6 @@ fn header_compiles_and_links_as_cpp17() {
         "header_compiles_cpp",
         &["tests/cpp/header_compiles.cpp"],
     );
-    let output = Command::new(&program)
-        .env("LD_LIBRARY_PATH", support::library_dir())
-        .output()
-        .unwrap();
+    let output = support::command(&program).output().unwrap();
     support::assert_success(&output, "header_compiles_cpp");
 }

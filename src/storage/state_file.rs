@@ -35,14 +35,20 @@ pub fn read_state(directory: &Path) -> Result<Option<CheckpointState>> {
         path: path.clone(),
         detail,
     };
+    let too_large = || corrupt(format!("larger than the {MAX_STATE_FILE_BYTES}-byte limit"));
+    if file
+        .metadata()
+        .is_ok_and(|m| m.len() > MAX_STATE_FILE_BYTES)
+    {
+        return Err(too_large());
+    }
     let mut bytes = Vec::new();
+    // Bounded again: the file may grow, or be a pipe.
     file.take(MAX_STATE_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|err| Error::io_at("read state file", &path, err))?;
     if bytes.len() as u64 > MAX_STATE_FILE_BYTES {
-        return Err(corrupt(format!(
-            "larger than the {MAX_STATE_FILE_BYTES}-byte limit"
-        )));
+        return Err(too_large());
     }
     let state = CheckpointState::parse(&bytes).map_err(|err| corrupt(err.to_string()))?;
     if state.model_checkpoint_path.is_empty() {

@@ -172,7 +172,10 @@ static void continue_from_unmanaged(const char *dir) {
   ckpt_options *options = world_options(&world, dir, 2);
   ckpt_manager *manager = open_manager(options);
   check_latest(manager, unusual_2);
-  CHECK(ckpt_manager_restore_or_initialize(manager, &(char *){NULL}) == CKPT_STATUS_OK);
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR(unusual_2, restored);
+  ckpt_string_free(restored);
   CHECK(save_counter(manager) == 2);
   world.now += 1;
   char *third = save(manager);

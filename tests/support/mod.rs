@@ -83,13 +83,34 @@ pub fn c_program(name: &str, sources: &[&str]) -> PathBuf {
     program("cc", C_FLAGS, name, sources)
 }
 
+/// A command running `program` against the freshly built library; under
+/// valgrind (memcheck: any invalid access or definite leak fails) when
+/// `CKPT_VALGRIND` is set.
+pub fn command(program: &Path) -> Command {
+    let mut command = if std::env::var_os("CKPT_VALGRIND").is_some() {
+        let mut valgrind = Command::new("valgrind");
+        valgrind.args([
+            "--quiet",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--show-leak-kinds=definite,indirect",
+        ]);
+        valgrind.arg(program);
+        valgrind
+    } else {
+        Command::new(program)
+    };
+    // cargo's LD_LIBRARY_PATH lists the stale copy first; it beats RUNPATH.
+    command.env("LD_LIBRARY_PATH", library_dir());
+    command
+}
+
 /// Runs one case of a test program in a fresh directory and fails the Rust
 /// test with the program's output when the case fails.
 pub fn run_case(program: &Path, case: &str) {
     let workdir = tempfile::tempdir().unwrap();
-    let output = Command::new(program)
-        // cargo's LD_LIBRARY_PATH lists the stale copy first; it beats RUNPATH.
-        .env("LD_LIBRARY_PATH", library_dir())
+    let output = command(program)
         .arg(case)
         .arg(workdir.path())
         .output()
