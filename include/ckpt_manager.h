@@ -46,6 +46,9 @@
 // Manifests larger than this are damaged, not read.
 #define MAX_MANIFEST_BYTES (16 << 20)
 
+// Headers larger than this are refused, as the safetensors crate does.
+#define MAX_HEADER_BYTES 100000000
+
 // The result of every fallible call. Values never change meaning; new
 // statuses get new numbers.
 typedef enum {
@@ -81,6 +84,10 @@ typedef enum {
   // The checkpoint has files but no manifest (another tool wrote it), so
   // it cannot be verified.
   CKPT_STATUS_NO_MANIFEST = 11,
+  // The registered tensors do not match the checkpoint's: a name, dtype
+  // or shape differs, or a tensor is on one side only (see the message).
+  // Nothing was restored.
+  CKPT_STATUS_TENSOR_MISMATCH = 12,
 } ckpt_status;
 
 // Severity of a log message.
@@ -88,6 +95,9 @@ typedef enum {
   CKPT_LOG_LEVEL_INFO = 0,
   CKPT_LOG_LEVEL_WARNING = 1,
 } ckpt_log_level;
+
+// Element types, named as in the safetensors format.
+typedef struct DType DType;
 
 // A checkpoint manager. Thread-safe: one handle may be used from several
 // threads at once; calls on it are serialised inside.
@@ -155,6 +165,8 @@ typedef int32_t (*ckpt_delete_callback)(void *user_data, const char *prefix);
 
 // Receives a log message (valid only during the call).
 typedef void (*ckpt_log_callback)(void *user_data, ckpt_log_level level, const char *message);
+
+
 
 #ifdef __cplusplus
 extern "C" {

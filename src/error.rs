@@ -29,6 +29,8 @@ pub enum Error {
     Damaged { prefix: PathBuf, detail: String },
     /// A checkpoint has files but no manifest, so it cannot be verified.
     NoManifest { prefix: PathBuf },
+    /// The registered tensors and a checkpoint's tensors differ.
+    TensorMismatch(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,6 +78,7 @@ impl fmt::Display for Error {
             Error::Damaged { prefix, detail } => {
                 write!(f, "checkpoint '{}' is damaged: {detail}", prefix.display())
             }
+            Error::TensorMismatch(message) => write!(f, "tensor mismatch: {message}"),
             Error::NoManifest { prefix } => write!(
                 f,
                 "checkpoint '{}' has no manifest and cannot be verified",

@@ -16,8 +16,10 @@ mod manager;
 mod manifest;
 pub mod paths;
 mod policy;
+mod safetensors;
 pub mod state;
 mod storage;
+mod tensors;
 
 pub use config::{Callbacks, Config, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, Result};
@@ -29,3 +31,4 @@ pub use manager::CheckpointManager;
 pub use manifest::{Manifest, Verification};
 pub use state::CheckpointState;
 pub use storage::Integrity;
+pub use tensors::DType;

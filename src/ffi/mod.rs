@@ -71,10 +71,14 @@ pub enum ckpt_status {
     /// The checkpoint has files but no manifest (another tool wrote it), so
     /// it cannot be verified.
     NoManifest = 11,
+    /// The registered tensors do not match the checkpoint's: a name, dtype
+    /// or shape differs, or a tensor is on one side only (see the message).
+    /// Nothing was restored.
+    TensorMismatch = 12,
 }
 
 impl ckpt_status {
-    const ALL: [ckpt_status; 12] = [
+    const ALL: [ckpt_status; 13] = [
         ckpt_status::Ok,
         ckpt_status::NullArgument,
         ckpt_status::InvalidArgument,
@@ -87,6 +91,7 @@ impl ckpt_status {
         ckpt_status::Locked,
         ckpt_status::ReadOnly,
         ckpt_status::NoManifest,
+        ckpt_status::TensorMismatch,
     ];
 
     /// The name the header gives the status, NUL-terminated.
@@ -104,6 +109,7 @@ impl ckpt_status {
             ckpt_status::Locked => "CKPT_STATUS_LOCKED\0",
             ckpt_status::ReadOnly => "CKPT_STATUS_READ_ONLY\0",
             ckpt_status::NoManifest => "CKPT_STATUS_NO_MANIFEST\0",
+            ckpt_status::TensorMismatch => "CKPT_STATUS_TENSOR_MISMATCH\0",
         }
     }
 }
@@ -141,6 +147,7 @@ impl From<Error> for Failure {
             Error::ReadOnly => ckpt_status::ReadOnly,
             Error::Damaged { .. } => ckpt_status::CheckpointDamaged,
             Error::NoManifest { .. } => ckpt_status::NoManifest,
+            Error::TensorMismatch(_) => ckpt_status::TensorMismatch,
         };
         Failure::new(status, err.to_string())
     }

@@ -1,0 +1,271 @@
+//! The registry of host buffers the built-in saver writes and restores.
+//! The caller owns each buffer and keeps it valid while it is registered.
+
+use std::collections::BTreeMap;
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+/// Element types, named as in the safetensors format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U64,
+    U32,
+    U16,
+    U8,
+    Bool,
+}
+
+impl DType {
+    pub const ALL: [DType; 13] = [
+        DType::F64,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U64,
+        DType::U32,
+        DType::U16,
+        DType::U8,
+        DType::Bool,
+    ];
+
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// The name in a safetensors header.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F64 => "F64",
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+            DType::I16 => "I16",
+            DType::I8 => "I8",
+            DType::U64 => "U64",
+            DType::U32 => "U32",
+            DType::U16 => "U16",
+            DType::U8 => "U8",
+            DType::Bool => "BOOL",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|dtype| dtype.name() == name)
+    }
+
+    /// Position in the file: larger alignment first, as the safetensors
+    /// crate lays tensors out, so every tensor stays naturally aligned.
+    pub(crate) fn layout_rank(self) -> u8 {
+        match self {
+            DType::U64 => 0,
+            DType::I64 => 1,
+            DType::F64 => 2,
+            DType::F32 => 3,
+            DType::U32 => 4,
+            DType::I32 => 5,
+            DType::BF16 => 6,
+            DType::F16 => 7,
+            DType::U16 => 8,
+            DType::I16 => 9,
+            DType::I8 => 10,
+            DType::U8 => 11,
+            DType::Bool => 12,
+        }
+    }
+}
+
+/// A registered host buffer.
+#[derive(Debug)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    data: NonNull<u8>,
+    byte_len: usize,
+}
+
+impl Tensor {
+    pub fn byte_len(&self) -> usize {
+        self.byte_len
+    }
+
+    /// The buffer's bytes.
+    ///
+    /// # Safety
+    /// The registration's contract: the buffer is valid for reads.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        std::slice::from_raw_parts(self.data.as_ptr(), self.byte_len)
+    }
+
+    /// The buffer, to restore into.
+    ///
+    /// # Safety
+    /// The registration's contract: the buffer is valid for writes and not
+    /// used by anything else during the call.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn bytes_mut(&self) -> &mut [u8] {
+        std::slice::from_raw_parts_mut(self.data.as_ptr(), self.byte_len)
+    }
+}
+
+/// Registered tensors by name.
+#[derive(Debug, Default)]
+pub struct TensorRegistry {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+// SAFETY: registration requires the buffers to stay valid and be usable
+// from whichever thread calls into the manager.
+unsafe impl Send for TensorRegistry {}
+
+/// The number of bytes of a tensor, or an error naming what is wrong.
+pub fn byte_len(name: &str, dtype: DType, shape: &[u64]) -> Result<usize> {
+    if let Some(axis) = shape.iter().position(|&dim| dim == 0) {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': dimension {axis} is 0; empty tensors cannot be registered"
+        )));
+    }
+    shape
+        .iter()
+        .try_fold(dtype.size() as u64, |bytes, &dim| bytes.checked_mul(dim))
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .filter(|&bytes| bytes <= isize::MAX as usize)
+        .ok_or_else(|| Error::invalid(format!("tensor '{name}': shape {shape:?} overflows")))
+}
+
+impl TensorRegistry {
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Registers a buffer of `shape` elements of `dtype` (an empty shape is
+    /// a scalar).
+    ///
+    /// # Safety
+    /// `data` must stay valid for reads and writes of the tensor's bytes,
+    /// from any thread that uses the manager, until it is unregistered or
+    /// the manager is dropped.
+    pub unsafe fn register(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: *mut u8,
+    ) -> Result<()> {
+        if name.is_empty() || name == "__metadata__" {
+            return Err(Error::invalid(format!(
+                "'{name}' is not a usable tensor name"
+            )));
+        }
+        if self.tensors.contains_key(name) {
+            return Err(Error::invalid(format!(
+                "a tensor named '{name}' is already registered"
+            )));
+        }
+        let byte_len = byte_len(name, dtype, shape)?;
+        let data = NonNull::new(data)
+            .ok_or_else(|| Error::invalid(format!("tensor '{name}': data is NULL")))?;
+        self.tensors.insert(
+            name.to_owned(),
+            Tensor {
+                name: name.to_owned(),
+                dtype,
+                shape: shape.to_vec(),
+                data,
+                byte_len,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn unregister(&mut self, name: &str) -> Result<()> {
+        self.tensors
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| Error::invalid(format!("no tensor named '{name}' is registered")))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Tensor> {
+        self.tensors.values()
+    }
+
+    /// The tensors in file order: larger alignment first, then by name.
+    pub fn in_file_order(&self) -> Vec<&Tensor> {
+        let mut tensors: Vec<&Tensor> = self.tensors.values().collect();
+        tensors.sort_by(|a, b| {
+            (a.dtype.layout_rank(), &a.name).cmp(&(b.dtype.layout_rank(), &b.name))
+        });
+        tensors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_checks_names_shapes_and_data() {
+        let mut registry = TensorRegistry::default();
+        let mut buffer = [0f32; 6];
+        let data = buffer.as_mut_ptr().cast();
+        unsafe {
+            registry.register("w", DType::F32, &[2, 3], data).unwrap();
+            let err = |result: Result<()>| result.unwrap_err().to_string();
+            assert!(err(registry.register("w", DType::F32, &[6], data)).contains("already"));
+            assert!(
+                err(registry.register("z", DType::F32, &[2, 0], data)).contains("dimension 1 is 0")
+            );
+            assert!(
+                err(registry.register("o", DType::F64, &[u64::MAX, 2], data)).contains("overflows")
+            );
+            assert!(
+                err(registry.register("n", DType::F32, &[1], std::ptr::null_mut()))
+                    .contains("NULL")
+            );
+            assert!(err(registry.register("__metadata__", DType::U8, &[1], data)).contains("name"));
+            registry.register("scalar", DType::I64, &[], data).unwrap();
+        }
+        assert_eq!(registry.get("w").unwrap().byte_len(), 24);
+        assert_eq!(registry.get("scalar").unwrap().byte_len(), 8);
+        let order: Vec<_> = registry
+            .in_file_order()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        assert_eq!(order, ["scalar", "w"]);
+        registry.unregister("w").unwrap();
+        assert!(registry.unregister("w").is_err());
+    }
+
+    #[test]
+    fn dtype_names_round_trip() {
+        for dtype in DType::ALL {
+            assert_eq!(DType::from_name(dtype.name()), Some(dtype));
+        }
+        assert_eq!(DType::from_name("F8_E4M3"), None);
+    }
+}

@@ -1,0 +1,2193 @@
+/* The C API's contract, case by case: statuses, messages, out-parameters
+ * left untouched on failure, callback ownership, threads, and exactly what
+ * ends up on disk (file names, state-file bytes).
+ *
+ * This program defines fsync() (see state_commit_sync_failure), so the
+ * library's fsyncs come here; outside that case they pass through to
+ * fdatasync(). */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "test_support.h"
+
+/* ------------------------------------------------------------------------
+ * Helpers local to this program. */
+
+/* Out-parameter sentinels: a failing call must leave these in place. */
+static char sentinel_text[] = "sentinel";
+static int manager_marker;
+#define SENTINEL_STRING sentinel_text
+#define SENTINEL_MANAGER ((ckpt_manager *)(void *)&manager_marker)
+
+static char *format(const char *fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  int length = vsnprintf(NULL, 0, fmt, args);
+  va_end(args);
+  CHECK(length >= 0);
+  char *text = malloc((size_t)length + 1);
+  CHECK(text != NULL);
+  va_start(args, fmt);
+  vsnprintf(text, (size_t)length + 1, fmt, args);
+  va_end(args);
+  return text;
+}
+
+static void make_dir(const char *path) {
+  if (mkdir(path, 0777) != 0) test_fail(__FILE__, __LINE__, "cannot mkdir %s", path);
+}
+
+static void write_bytes(const char *path, const void *data, size_t length) {
+  FILE *file = fopen(path, "wb");
+  if (file == NULL) test_fail(__FILE__, __LINE__, "cannot write %s", path);
+  CHECK(fwrite(data, 1, length, file) == length);
+  CHECK(fclose(file) == 0);
+}
+
+/* Writes `text` to `<dir>/<name>`. */
+static void write_in(const char *dir, const char *name, const char *text) {
+  char *path = join(dir, name);
+  write_text(path, text);
+  free(path);
+}
+
+/* The whole file and its length; NULL if it cannot be read. */
+static unsigned char *read_bytes(const char *path, size_t *out_length) {
+  FILE *file = fopen(path, "rb");
+  if (file == NULL) return NULL;
+  size_t capacity = 256, length = 0, got;
+  unsigned char *data = malloc(capacity);
+  CHECK(data != NULL);
+  while ((got = fread(data + length, 1, capacity - length, file)) > 0) {
+    length += got;
+    if (length == capacity) {
+      capacity *= 2;
+      data = realloc(data, capacity);
+      CHECK(data != NULL);
+    }
+  }
+  fclose(file);
+  *out_length = length;
+  return data;
+}
+
+#define CHECK_FILE_BYTES(path, data, length) \
+  check_file_bytes(__FILE__, __LINE__, (path), (data), (length))
+static void check_file_bytes(const char *file, int line, const char *path,
+                             const void *data, size_t length) {
+  size_t got_length = 0;
+  unsigned char *got = read_bytes(path, &got_length);
+  if (got == NULL) test_fail(file, line, "%s is missing", path);
+  if (got_length != length || memcmp(got, data, length) != 0)
+    test_fail(file, line, "%s changed (%zu bytes, expected %zu)", path,
+              got_length, length);
+  free(got);
+}
+
+/* `<dir>/<name>` holds exactly `text`. */
+#define CHECK_FILE_TEXT(dir, name, text) \
+  check_file_text(__FILE__, __LINE__, (dir), (name), (text))
+static void check_file_text(const char *file, int line, const char *dir,
+                            const char *name, const char *text) {
+  char *path = join(dir, name);
+  char *got = read_text(path);
+  if (got == NULL) test_fail(file, line, "%s is missing", path);
+  if (strcmp(got, text) != 0)
+    test_fail(file, line, "%s holds:\n%s\nexpected:\n%s", path, got, text);
+  free(got);
+  free(path);
+}
+
+#define CHECK_STATE_FILE(dir, text) CHECK_FILE_TEXT((dir), "checkpoint", (text))
+
+static int compare_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The directory's entries, sorted bytewise and separated by one space; ""
+ * when empty, NULL when the directory cannot be opened. */
+static char *listing(const char *dir) {
+  DIR *handle = opendir(dir);
+  if (handle == NULL) return NULL;
+  size_t count = 0, capacity = 16, total = 1;
+  char **names = malloc(capacity * sizeof *names);
+  CHECK(names != NULL);
+  struct dirent *entry;
+  while ((entry = readdir(handle)) != NULL) {
+    if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
+    if (count == capacity) {
+      capacity *= 2;
+      names = realloc(names, capacity * sizeof *names);
+      CHECK(names != NULL);
+    }
+    names[count] = strdup(entry->d_name);
+    CHECK(names[count] != NULL);
+    total += strlen(names[count]) + 1;
+    count++;
+  }
+  closedir(handle);
+  qsort(names, count, sizeof *names, compare_names);
+  char *text = malloc(total);
+  CHECK(text != NULL);
+  text[0] = '\0';
+  for (size_t i = 0; i < count; i++) {
+    if (i > 0) strcat(text, " ");
+    strcat(text, names[i]);
+    free(names[i]);
+  }
+  free(names);
+  return text;
+}
+
+#define CHECK_LISTING(dir, expected) \
+  check_listing(__FILE__, __LINE__, (dir), (expected))
+static void check_listing(const char *file, int line, const char *dir,
+                          const char *expected) {
+  char *got = listing(dir);
+  if (got == NULL || strcmp(got, expected) != 0)
+    test_fail(file, line, "%s holds [%s], expected [%s]", dir,
+              got ? got : "(no directory)", expected);
+  free(got);
+}
+
+/* Expected listings: a writer's directory holds the state file and the
+ * lock file; a TF-style checkpoint written through the manager is its
+ * .index, .data and manifest. */
+#define STATE_AND_LOCK "checkpoint checkpoint.lock"
+#define TF3(n)                                                   \
+  "ckpt-" #n ".ckpt-manifest.json ckpt-" #n ".data-00000-of-00001 " \
+  "ckpt-" #n ".index"
+
+/* Makes the thread's last error message a known one, so a check after a
+ * failing call sees the message that call set. */
+static const char reset_text[] =
+    "invalid argument: checkpoint_interval must be positive, not -424242";
+static void reset_message(void) {
+  ckpt_options *options = NULL;
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT,
+               ckpt_options_set_checkpoint_interval(options, -424242));
+  ckpt_options_free(options);
+  CHECK_STR(reset_text, ckpt_last_error_message());
+}
+
+static void check_message(const char *file, int line, const char *needle) {
+  const char *message = ckpt_last_error_message();
+  if (message == NULL || message[0] == '\0' || strcmp(message, reset_text) == 0 ||
+      strstr(message, needle) == NULL)
+    test_fail(file, line, "last error message \"%s\" should be new and contain \"%s\"",
+              message ? message : "(null)", needle);
+}
+
+/* `call` fails with `status` and sets a new message containing `needle`. */
+#define CHECK_FAILS(status, needle, call)        \
+  do {                                           \
+    reset_message();                             \
+    CHECK_STATUS((status), call);                \
+    check_message(__FILE__, __LINE__, (needle)); \
+  } while (0)
+
+static bool checkpoint_exists(const char *prefix) {
+  bool found = false;
+  CHECK_OK(ckpt_checkpoint_exists(prefix, &found));
+  return found;
+}
+
+static void check_latest(ckpt_manager *manager, const char *expected) {
+  char *latest = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_latest(manager, &latest));
+  CHECK(latest != SENTINEL_STRING);
+  CHECK_STR(expected, latest);
+  ckpt_string_free(latest);
+}
+
+static uint64_t save_counter(ckpt_manager *manager) {
+  uint64_t counter = 987654321;
+  CHECK_OK(ckpt_manager_save_counter(manager, &counter));
+  return counter;
+}
+
+static void check_latest_on_disk(const char *dir, const char *expected) {
+  char *latest = SENTINEL_STRING;
+  CHECK_OK(ckpt_latest_checkpoint(dir, &latest));
+  CHECK(latest != SENTINEL_STRING);
+  CHECK_STR(expected, latest);
+  ckpt_string_free(latest);
+}
+
+static void check_latest_with_flags(const char *dir, uint32_t flags, const char *expected) {
+  char *latest = SENTINEL_STRING;
+  CHECK_OK(ckpt_latest_checkpoint_with_flags(dir, flags, &latest));
+  CHECK(latest != SENTINEL_STRING);
+  CHECK_STR(expected, latest);
+  ckpt_string_free(latest);
+}
+
+static ckpt_checkpoint_state *read_state(const char *dir) {
+  ckpt_checkpoint_state *state = NULL;
+  CHECK_OK(ckpt_get_checkpoint_state(dir, &state));
+  CHECK(state != NULL);
+  return state;
+}
+
+/* Saves and checks the prefix's basename, then frees it. */
+static void save_expecting(ckpt_manager *manager, const char *basename) {
+  char *prefix = save(manager);
+  CHECK(prefix != NULL);
+  CHECK_STR(basename, base_name(prefix));
+  ckpt_string_free(prefix);
+}
+
+/* ------------------------------------------------------------------------
+ * 1. version */
+
+static void version(const char *dir) {
+  (void)dir;
+  char expected[64];
+  snprintf(expected, sizeof expected, "%d.%d.%d", CKPT_VERSION_MAJOR,
+           CKPT_VERSION_MINOR, CKPT_VERSION_PATCH);
+  CHECK(ckpt_version() != NULL);
+  CHECK_STR(expected, ckpt_version());
+  CHECK(ckpt_version() == ckpt_version()); /* static, not allocated */
+}
+
+/* ------------------------------------------------------------------------
+ * 2. status_names */
+
+static void status_names(const char *dir) {
+  (void)dir;
+  /* No call has failed on this thread yet. */
+  CHECK(ckpt_last_error_message() != NULL);
+  CHECK_STR("", ckpt_last_error_message());
+  struct {
+    ckpt_status status;
+    const char *name;
+  } names[] = {
+      {CKPT_STATUS_OK, "CKPT_STATUS_OK"},
+      {CKPT_STATUS_NULL_ARGUMENT, "CKPT_STATUS_NULL_ARGUMENT"},
+      {CKPT_STATUS_INVALID_ARGUMENT, "CKPT_STATUS_INVALID_ARGUMENT"},
+      {CKPT_STATUS_STATE_CORRUPT, "CKPT_STATUS_STATE_CORRUPT"},
+      {CKPT_STATUS_IO_ERROR, "CKPT_STATUS_IO_ERROR"},
+      {CKPT_STATUS_CALLBACK_FAILED, "CKPT_STATUS_CALLBACK_FAILED"},
+      {CKPT_STATUS_REENTRANT_CALL, "CKPT_STATUS_REENTRANT_CALL"},
+      {CKPT_STATUS_PANIC, "CKPT_STATUS_PANIC"},
+      {CKPT_STATUS_CHECKPOINT_DAMAGED, "CKPT_STATUS_CHECKPOINT_DAMAGED"},
+      {CKPT_STATUS_LOCKED, "CKPT_STATUS_LOCKED"},
+      {CKPT_STATUS_READ_ONLY, "CKPT_STATUS_READ_ONLY"},
+      {CKPT_STATUS_NO_MANIFEST, "CKPT_STATUS_NO_MANIFEST"},
+      {CKPT_STATUS_TENSOR_MISMATCH, "CKPT_STATUS_TENSOR_MISMATCH"},
+  };
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    CHECK((int)names[i].status == (int)i); /* values never change meaning */
+    CHECK_STR(names[i].name, ckpt_status_name((int32_t)names[i].status));
+  }
+  const int32_t unknown[] = {-1, 13, 999, INT32_MIN, INT32_MAX};
+  for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
+    CHECK_STR("CKPT_STATUS_UNKNOWN", ckpt_status_name(unknown[i]));
+}
+
+/* ------------------------------------------------------------------------
+ * 3. null_arguments */
+
+typedef struct {
+  int finalized;
+} fin_counter;
+
+static void count_finalizer(void *data) { ((fin_counter *)data)->finalized++; }
+
+static int32_t dummy_save(void *data, const char *prefix, uint64_t number) {
+  (void)data;
+  (void)prefix;
+  (void)number;
+  return 0;
+}
+static int32_t dummy_prefix(void *data, const char *prefix) {
+  (void)data;
+  (void)prefix;
+  return 0;
+}
+static int32_t dummy_init(void *data) {
+  (void)data;
+  return 0;
+}
+static int32_t dummy_step(void *data, int64_t *out_step) {
+  (void)data;
+  *out_step = 0;
+  return 0;
+}
+static double dummy_clock(void *data) {
+  (void)data;
+  return 100.0;
+}
+static void dummy_log(void *data, ckpt_log_level level, const char *message) {
+  (void)data;
+  (void)level;
+  (void)message;
+}
+
+enum { SLOT_SAVE, SLOT_RESTORE, SLOT_INIT, SLOT_STEP, SLOT_CLOCK, SLOT_DELETE, SLOT_LOG, SLOT_COUNT };
+static const char *const slot_names[SLOT_COUNT] = {
+    "save", "restore", "init", "step_counter", "clock", "delete", "log"};
+
+/* Sets (or, with_callback false, clears) one callback slot with a
+ * counting finalizer. */
+static ckpt_status set_slot(ckpt_options *options, int slot, bool with_callback,
+                            fin_counter *data) {
+  ckpt_finalizer finalizer = count_finalizer;
+  switch (slot) {
+    case SLOT_SAVE:
+      return ckpt_options_set_save_callback(options, with_callback ? dummy_save : NULL,
+                                            data, finalizer);
+    case SLOT_RESTORE:
+      return ckpt_options_set_restore_callback(
+          options, with_callback ? dummy_prefix : NULL, data, finalizer);
+    case SLOT_INIT:
+      return ckpt_options_set_init_callback(options, with_callback ? dummy_init : NULL,
+                                            data, finalizer);
+    case SLOT_STEP:
+      return ckpt_options_set_step_counter_callback(
+          options, with_callback ? dummy_step : NULL, data, finalizer);
+    case SLOT_CLOCK:
+      return ckpt_options_set_clock_callback(options, with_callback ? dummy_clock : NULL,
+                                             data, finalizer);
+    case SLOT_DELETE:
+      return ckpt_options_set_delete_callback(
+          options, with_callback ? dummy_prefix : NULL, data, finalizer);
+    default:
+      return ckpt_options_set_log_callback(options, with_callback ? dummy_log : NULL,
+                                           data, finalizer);
+  }
+}
+
+static void *fail_on_another_thread(void *arg) {
+  (void)arg;
+  CHECK_STATUS(CKPT_STATUS_NULL_ARGUMENT, ckpt_options_new(NULL));
+  return NULL;
+}
+
+static void null_arguments(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *ckpt_dir = join(dir, "run");
+  ckpt_options *options = world_options(&world, ckpt_dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  char *string = SENTINEL_STRING;
+  bool found = true;
+  uint64_t counter = 4242;
+  ckpt_string_list fake_list = {0}, *list = &fake_list;
+  ckpt_checkpoint_state fake_state = {0}, *state = &fake_state;
+  ckpt_manager *new_manager = SENTINEL_MANAGER;
+  const uint64_t number = 5;
+
+  /* Options. */
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_options", ckpt_options_new(NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_options_set_directory(NULL, dir));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "directory",
+              ckpt_options_set_directory(options, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_options_set_max_to_keep(NULL, 3));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_options_set_keep_all(NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_keep_checkpoint_every_n_hours(NULL, 1.0));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_checkpoint_name(NULL, "x"));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "name",
+              ckpt_options_set_checkpoint_name(options, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_checkpoint_interval(NULL, 2));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_last_checkpoint_step(NULL, 2));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_options_set_read_only(NULL, true));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_verify_checksums(NULL, false));
+  /* A setter that fails leaves user_data with the caller: no finalizer. */
+  fin_counter not_taken = {0};
+  for (int slot = 0; slot < SLOT_COUNT; slot++) {
+    CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", set_slot(NULL, slot, true, &not_taken));
+    CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", set_slot(NULL, slot, false, &not_taken));
+  }
+  CHECK(not_taken.finalized == 0);
+
+  /* Manager construction. */
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_manager_new(NULL, &new_manager));
+  CHECK(new_manager == SENTINEL_MANAGER);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_manager", ckpt_manager_new(options, NULL));
+
+  /* Manager calls. */
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager",
+              ckpt_manager_save(NULL, NULL, true, &string));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager",
+              ckpt_manager_save(NULL, &number, false, &string));
+  CHECK(string == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix",
+              ckpt_manager_save(manager, NULL, true, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix",
+              ckpt_manager_save(manager, &number, false, NULL));
+  CHECK(world.saves == 0);
+  CHECK_LISTING(ckpt_dir, "checkpoint.lock"); /* nothing was saved */
+
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_latest(NULL, &string));
+  CHECK(string == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix", ckpt_manager_latest(manager, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_checkpoints(NULL, &list));
+  CHECK(list == &fake_list);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_list", ckpt_manager_checkpoints(manager, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager",
+              ckpt_manager_restore_or_initialize(NULL, &string));
+  CHECK(string == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix",
+              ckpt_manager_restore_or_initialize(manager, NULL));
+  CHECK(world.inits == 0 && world.restores == 0);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_directory(NULL, &string));
+  CHECK(string == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_directory",
+              ckpt_manager_directory(manager, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_save_counter(NULL, &counter));
+  CHECK(counter == 4242);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_counter",
+              ckpt_manager_save_counter(manager, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_verify(NULL, NULL, false));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_verify(NULL, dir, true));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_reload(NULL));
+
+  /* Module-level calls. */
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "directory", ckpt_latest_checkpoint(NULL, &string));
+  CHECK(string == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix", ckpt_latest_checkpoint(dir, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "directory",
+              ckpt_latest_checkpoint_with_flags(NULL, 0, &string));
+  CHECK(string == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix",
+              ckpt_latest_checkpoint_with_flags(dir, CKPT_LATEST_NO_FALLBACK, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_verify_checkpoint(NULL, true));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "directory", ckpt_get_checkpoint_state(NULL, &state));
+  CHECK(state == &fake_state);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_state", ckpt_get_checkpoint_state(dir, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_checkpoint_exists(NULL, &found));
+  CHECK(found == true);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_exists", ckpt_checkpoint_exists(dir, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_remove_checkpoint(NULL));
+
+  /* The message is per thread: a failure elsewhere does not replace it. */
+  reset_message();
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, fail_on_another_thread, NULL) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK_STR(reset_text, ckpt_last_error_message());
+
+  /* The manager still works, with the settings from before the failures. */
+  char *directory = NULL;
+  CHECK_OK(ckpt_manager_directory(manager, &directory));
+  CHECK_STR(ckpt_dir, directory);
+  ckpt_string_free(directory);
+  save_expecting(manager, "ckpt-1");
+
+  /* Every free function accepts NULL. */
+  ckpt_string_free(NULL);
+  ckpt_string_list_free(NULL);
+  ckpt_checkpoint_state_free(NULL);
+  ckpt_manager_free(NULL);
+  ckpt_options_free(NULL);
+
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(ckpt_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 4. invalid_options */
+
+static void invalid_options(const char *dir) {
+  char *ckpt_dir = join(dir, "never");
+  ckpt_options *options = NULL;
+  ckpt_manager *manager = SENTINEL_MANAGER;
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "directory", ckpt_options_set_directory(options, ""));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "max_to_keep", ckpt_options_set_max_to_keep(options, 0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "max_to_keep", ckpt_options_set_max_to_keep(options, -1));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "max_to_keep",
+              ckpt_options_set_max_to_keep(options, INT64_MIN));
+  const double bad_hours[] = {NAN, INFINITY, -INFINITY, -1.0, -1e-9};
+  for (size_t i = 0; i < sizeof bad_hours / sizeof bad_hours[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "keep_checkpoint_every_n_hours",
+                ckpt_options_set_keep_checkpoint_every_n_hours(options, bad_hours[i]));
+  const char *bad_names[] = {"", "a/b", "/", "checkpoint", ".", ".."};
+  for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "checkpoint_name",
+                ckpt_options_set_checkpoint_name(options, bad_names[i]));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "interval",
+              ckpt_options_set_checkpoint_interval(options, 0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "interval",
+              ckpt_options_set_checkpoint_interval(options, -5));
+
+  /* No directory (the failed set did not set one). */
+  CHECK_OK(ckpt_options_set_max_to_keep(options, 3));
+  CHECK_OK(ckpt_options_set_save_callback(options, dummy_save, NULL, NULL));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "directory", ckpt_manager_new(options, &manager));
+  CHECK(manager == SENTINEL_MANAGER);
+  ckpt_options_free(options);
+
+  /* No max_to_keep (the failed sets did not set one). */
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_OK(ckpt_options_set_directory(options, ckpt_dir));
+  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT, ckpt_options_set_max_to_keep(options, 0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "max_to_keep", ckpt_manager_new(options, &manager));
+  CHECK(manager == SENTINEL_MANAGER);
+
+  /* An interval without a step counter. */
+  CHECK_OK(ckpt_options_set_max_to_keep(options, 3));
+  CHECK_OK(ckpt_options_set_checkpoint_interval(options, 2));
+  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT, ckpt_options_set_checkpoint_interval(options, 0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "step", ckpt_manager_new(options, &manager));
+  CHECK(manager == SENTINEL_MANAGER);
+  ckpt_options_free(options);
+  CHECK_LISTING(dir, ""); /* no failed construction created anything */
+
+  /* Failed sets keep the earlier values; no save callback: save refused. */
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_OK(ckpt_options_set_directory(options, ckpt_dir));
+  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT, ckpt_options_set_directory(options, ""));
+  CHECK_OK(ckpt_options_set_max_to_keep(options, 3));
+  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT, ckpt_options_set_max_to_keep(options, -1));
+  CHECK_OK(ckpt_options_set_keep_checkpoint_every_n_hours(options, 0.0)); /* 0 is "off" */
+  manager = open_manager(options);
+  char *directory = NULL;
+  CHECK_OK(ckpt_manager_directory(manager, &directory));
+  CHECK_STR(ckpt_dir, directory);
+  ckpt_string_free(directory);
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "save callback",
+              ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  const uint64_t number = 3;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "save callback",
+              ckpt_manager_save(manager, &number, false, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(save_counter(manager) == 0);
+  check_latest(manager, NULL);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  /* The writer made its directory and lock; the refused saves nothing. */
+  CHECK_LISTING(dir, "never");
+  CHECK_LISTING(ckpt_dir, "checkpoint.lock");
+  free(ckpt_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 5. nothing_created_at_construction */
+
+static void nothing_created_at_construction(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *root = join(dir, "a");
+  char *target = join(dir, "a/b/c");
+  char *first = join(target, "ckpt-1");
+
+  /* A read-only manager touches nothing: every query works without the
+   * directory existing. */
+  ckpt_options *options = world_options(&world, target, 2);
+  CHECK_OK(ckpt_options_set_read_only(options, true));
+  ckpt_manager *reader = open_manager(options);
+  check_latest(reader, NULL);
+  CHECK_CHECKPOINTS(reader, NULL);
+  CHECK(save_counter(reader) == 0);
+  char *restored = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_restore_or_initialize(reader, &restored));
+  CHECK(restored == NULL && world.inits == 1);
+  char *directory = NULL;
+  CHECK_OK(ckpt_manager_directory(reader, &directory));
+  CHECK_STR(target, directory);
+  ckpt_string_free(directory);
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_READ_ONLY, "read-only", ckpt_manager_save(reader, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING && world.saves == 0);
+  CHECK_OK(ckpt_manager_reload(reader));
+  check_latest_on_disk(target, NULL);
+  ckpt_checkpoint_state *state = &(ckpt_checkpoint_state){0};
+  CHECK_OK(ckpt_get_checkpoint_state(target, &state));
+  CHECK(state == NULL);
+  CHECK(!checkpoint_exists(first));
+  CHECK_OK(ckpt_remove_checkpoint(first));
+  CHECK_LISTING(dir, "");
+
+  /* A writer creates the directory (nested parents too) and its lock
+   * file, and nothing else until the first save. */
+  CHECK_OK(ckpt_options_set_read_only(options, false));
+  ckpt_manager *manager = open_manager(options);
+  CHECK_LISTING(dir, "a");
+  CHECK_LISTING(root, "b");
+  CHECK_LISTING(target, "checkpoint.lock");
+  check_latest(manager, NULL);
+  CHECK(save_counter(manager) == 0);
+  check_latest_on_disk(target, NULL);
+
+  /* One writer per directory; the second is refused, naming the first's
+   * process, and readers are still welcome. */
+  ckpt_manager *second = SENTINEL_MANAGER;
+  char pid[32];
+  snprintf(pid, sizeof pid, "%ld", (long)getpid());
+  CHECK_FAILS(CKPT_STATUS_LOCKED, pid, ckpt_manager_new(options, &second));
+  CHECK(second == SENTINEL_MANAGER);
+  CHECK_LISTING(target, "checkpoint.lock");
+
+  prefix = save(manager);
+  CHECK_STR(first, prefix);
+  CHECK_LISTING(target, STATE_AND_LOCK " " TF3(1));
+  check_latest_on_disk(target, first);
+  CHECK_OK(ckpt_manager_reload(reader)); /* the reader sees the new save */
+  check_latest(reader, first);
+  CHECK_CHECKPOINTS(reader, "ckpt-1");
+  CHECK(save_counter(reader) == 1);
+  ckpt_manager_free(reader);
+
+  /* Freeing the writer releases the lock. */
+  ckpt_manager_free(manager);
+  manager = open_manager(options);
+  check_latest(manager, first);
+  ckpt_manager_free(manager);
+
+  ckpt_string_free(prefix);
+  ckpt_options_free(options);
+  free(first);
+  free(target);
+  free(root);
+}
+
+/* ------------------------------------------------------------------------
+ * 6. save_callback_failure */
+
+typedef struct {
+  fake_world *world;
+  int32_t fail;       /* non-zero: write partial files, then return it */
+  bool partial_only;  /* on failure write only <prefix>.partial */
+  int calls;
+} flaky_saver;
+
+static int32_t flaky_save(void *data, const char *prefix, uint64_t number) {
+  flaky_saver *saver = data;
+  saver->calls++;
+  if (saver->fail == 0) return save_tf_style(saver->world, prefix, number);
+  char *path = format("%s.partial", prefix);
+  write_text(path, "half");
+  free(path);
+  if (!saver->partial_only) {
+    path = format("%s.index", prefix);
+    write_text(path, "half an index");
+    free(path);
+    path = format("%s.data-00000-of-00001.tempstate123", prefix);
+    write_text(path, "half the data");
+    free(path);
+    make_dir(prefix);
+    path = format("%s/shard", prefix);
+    write_text(path, "half a shard");
+    free(path);
+  }
+  return saver->fail;
+}
+
+static void save_callback_failure(const char *dir) {
+  fake_world world = {.now = 100.0};
+  flaky_saver saver = {.world = &world};
+  ckpt_options *options = world_options(&world, dir, 3);
+  CHECK_OK(ckpt_options_set_save_callback(options, flaky_save, &saver, NULL));
+  ckpt_manager *manager = open_manager(options);
+  world.now = 101.0;
+  save_expecting(manager, "ckpt-1");
+  world.now = 102.0;
+  save_expecting(manager, "ckpt-2");
+  char *state_path = join(dir, "checkpoint");
+  size_t state_length = 0;
+  unsigned char *state_before = read_bytes(state_path, &state_length);
+  CHECK(state_before != NULL);
+  char *listing_before = listing(dir);
+
+  world.now = 103.0;
+  saver.fail = 7;
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "7", ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(saver.calls == 3);
+  char *second = join(dir, "ckpt-2");
+  check_latest(manager, second);
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2");
+  CHECK(save_counter(manager) == 2);
+  CHECK_FILE_BYTES(state_path, state_before, state_length);
+  CHECK_LISTING(dir, listing_before); /* the partial ckpt-3 files are gone */
+
+  /* A failed save of an existing number does not delete that checkpoint. */
+  saver.fail = 9;
+  saver.partial_only = true;
+  const uint64_t one = 1;
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "9", ckpt_manager_save(manager, &one, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(exists(dir, "ckpt-1.index") && exists(dir, "ckpt-1.data-00000-of-00001"));
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2");
+  CHECK(save_counter(manager) == 2);
+  CHECK_FILE_BYTES(state_path, state_before, state_length);
+
+  /* The next save gets the number the failed one would have had. */
+  saver.fail = 0;
+  world.now = 104.0;
+  save_expecting(manager, "ckpt-3");
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2", "ckpt-3");
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-3\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-1\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-2\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-3\"\n"
+                   "all_model_checkpoint_timestamps: 101.0\n"
+                   "all_model_checkpoint_timestamps: 102.0\n"
+                   "all_model_checkpoint_timestamps: 104.0\n"
+                   "last_preserved_timestamp: 99.0\n");
+  CHECK_FILE_TEXT(dir, "ckpt-3.index", "3");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(state_before);
+  free(listing_before);
+  free(state_path);
+  free(second);
+}
+
+/* ------------------------------------------------------------------------
+ * 7. step_counter_and_clock_failures */
+
+static int32_t failing_step(void *data, int64_t *out_step) {
+  (void)data;
+  *out_step = 99;
+  return 3;
+}
+
+static double nan_clock(void *data) {
+  (void)data;
+  return NAN;
+}
+static double inf_clock(void *data) {
+  (void)data;
+  return INFINITY;
+}
+static double minus_inf_clock(void *data) {
+  (void)data;
+  return -INFINITY;
+}
+
+static void step_counter_and_clock_failures(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *ckpt_dir = join(dir, "run");
+  ckpt_options *options = world_options(&world, ckpt_dir, 3);
+  CHECK_OK(ckpt_options_set_step_counter_callback(options, failing_step, NULL, NULL));
+  CHECK_OK(ckpt_options_set_checkpoint_interval(options, 2));
+  ckpt_manager *manager = open_manager(options);
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "3", ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "3", ckpt_manager_save(manager, NULL, false, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(world.saves == 0);
+  CHECK(save_counter(manager) == 0);
+  check_latest(manager, NULL);
+  CHECK_LISTING(ckpt_dir, "checkpoint.lock");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  ckpt_clock_callback bad_clocks[] = {nan_clock, inf_clock, minus_inf_clock};
+  for (size_t i = 0; i < sizeof bad_clocks / sizeof bad_clocks[0]; i++) {
+    options = world_options(&world, ckpt_dir, 3);
+    CHECK_OK(ckpt_options_set_clock_callback(options, bad_clocks[i], NULL, NULL));
+    manager = SENTINEL_MANAGER;
+    CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "clock", ckpt_manager_new(options, &manager));
+    CHECK(manager == SENTINEL_MANAGER);
+    ckpt_options_free(options);
+  }
+  CHECK_LISTING(ckpt_dir, "checkpoint.lock");
+  free(ckpt_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 7b. clock_failure_during_save: the clock fails after the save callback
+ * wrote the files; nothing is committed and no files are left behind. */
+
+static void clock_failure_during_save(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  world.now = 101.0;
+  save_expecting(manager, "ckpt-1");
+  char *state_path = join(dir, "checkpoint");
+  size_t state_length = 0;
+  unsigned char *state_before = read_bytes(state_path, &state_length);
+
+  world.now = NAN;
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "clock", ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(save_counter(manager) == 1);
+  CHECK_CHECKPOINTS(manager, "ckpt-1");
+  CHECK_FILE_BYTES(state_path, state_before, state_length);
+  /* Not committed, so not left on disk either (a later manager would
+   * never manage nor delete these orphans). */
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(1));
+
+  world.now = 102.0;
+  save_expecting(manager, "ckpt-2");
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(1) " " TF3(2));
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(state_before);
+  free(state_path);
+}
+
+/* ------------------------------------------------------------------------
+ * 7c. state_write_failure: the commit (state-file rename) fails after the
+ * save callback wrote the files: IO_ERROR, nothing committed, no files of
+ * the uncommitted checkpoint and no temporary state file left behind. */
+
+static void state_write_failure(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  /* A directory where the state file goes: the rename onto it fails. */
+  char *state_path = join(dir, "checkpoint");
+  make_dir(state_path);
+  write_in(state_path, "keep", "keep");
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_IO_ERROR, "checkpoint", ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(world.saves == 1);
+  CHECK(save_counter(manager) == 0);
+  check_latest(manager, NULL);
+  CHECK_CHECKPOINTS(manager, NULL);
+  CHECK_LISTING(state_path, "keep");
+  CHECK_LISTING(dir, STATE_AND_LOCK); /* no ckpt-1 files, no temporary state file */
+
+  /* Once the obstacle is gone, the same number is used. */
+  char *keep = join(state_path, "keep");
+  CHECK(unlink(keep) == 0 && rmdir(state_path) == 0);
+  save_expecting(manager, "ckpt-1");
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(1));
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(keep);
+  free(state_path);
+}
+
+/* ------------------------------------------------------------------------
+ * 7d. state_commit_sync_failure: the state file's rename succeeds but the
+ * directory's fsync after it fails. The state file on disk then names the
+ * new checkpoint, so its files must not be deleted: whatever the status,
+ * the checkpoint the state file names must stay intact.
+ *
+ * fsync is interposed: this program's definition is the one the library
+ * binds to. It passes through to fdatasync except when told to fail. */
+
+static struct {
+  const char *state_path; /* fail a directory fsync once this file... */
+  const char *names;      /* ...contains this text */
+  int failed;
+} fsync_fault;
+
+int fsync(int fd) {
+  if (fsync_fault.state_path != NULL && fsync_fault.failed == 0) {
+    struct stat info;
+    if (fstat(fd, &info) == 0 && S_ISDIR(info.st_mode)) {
+      char *text = read_text(fsync_fault.state_path);
+      bool renamed = text != NULL && strstr(text, fsync_fault.names) != NULL;
+      free(text);
+      if (renamed) {
+        fsync_fault.failed++;
+        errno = EIO;
+        return -1;
+      }
+    }
+  }
+  return fdatasync(fd);
+}
+
+static void state_commit_sync_failure(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  save_expecting(manager, "ckpt-1");
+  char *state_path = join(dir, "checkpoint");
+  fsync_fault.state_path = state_path;
+  fsync_fault.names = "model_checkpoint_path: \"ckpt-2\"";
+  world.now += 1.0;
+  char *prefix = SENTINEL_STRING;
+  ckpt_status status = ckpt_manager_save(manager, NULL, true, &prefix);
+  fsync_fault.state_path = NULL;
+  CHECK(fsync_fault.failed == 1); /* the fault was injected */
+  CHECK(status == CKPT_STATUS_OK || status == CKPT_STATUS_IO_ERROR);
+  if (status == CKPT_STATUS_OK) ckpt_string_free(prefix);
+  else CHECK(prefix == SENTINEL_STRING);
+  /* The state file names ckpt-2: its files must be there and whole. */
+  CHECK_FILE_TEXT(dir, "checkpoint",
+                  "model_checkpoint_path: \"ckpt-2\"\n"
+                  "all_model_checkpoint_paths: \"ckpt-1\"\n"
+                  "all_model_checkpoint_paths: \"ckpt-2\"\n"
+                  "all_model_checkpoint_timestamps: 100.0\n"
+                  "all_model_checkpoint_timestamps: 101.0\n"
+                  "last_preserved_timestamp: 99.0\n");
+  char *second = join(dir, "ckpt-2");
+  check_latest_with_flags(dir, CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS, second);
+  ckpt_manager_free(manager);
+  /* A new manager agrees, and the next save does not reuse the number. */
+  manager = open_manager(options);
+  check_latest(manager, second);
+  world.now += 1.0;
+  save_expecting(manager, "ckpt-3");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(second);
+  free(state_path);
+}
+
+/* ------------------------------------------------------------------------
+ * 8. restore_without_callback */
+
+static int32_t failing_restore(void *data, const char *prefix) {
+  (void)prefix;
+  ((fake_world *)data)->restores++;
+  return 4;
+}
+
+static int32_t failing_init(void *data) {
+  ((fake_world *)data)->inits++;
+  return 6;
+}
+
+static void restore_without_callback(const char *dir) {
+  fake_world world = {.now = 100.0, .value = 3.0};
+  char *with = join(dir, "with"), *without = join(dir, "without");
+  ckpt_options *options = world_options(&world, with, 3);
+  ckpt_manager *manager = open_manager(options);
+  save_expecting(manager, "ckpt-1");
+  ckpt_manager_free(manager);
+
+  /* A checkpoint exists and there is no restore callback. */
+  CHECK_OK(ckpt_options_set_restore_callback(options, NULL, NULL, NULL));
+  manager = open_manager(options);
+  char *restored = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "restore",
+              ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK(restored == SENTINEL_STRING);
+  CHECK(world.inits == 0 && world.restores == 0); /* init is not a fallback */
+  ckpt_manager_free(manager);
+
+  /* The restore callback fails. */
+  CHECK_OK(ckpt_options_set_restore_callback(options, failing_restore, &world, NULL));
+  manager = open_manager(options);
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "4",
+              ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK(restored == SENTINEL_STRING);
+  CHECK(world.restores == 1 && world.inits == 0);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  /* Nothing to restore and no init callback: fine. */
+  options = world_options(&world, without, 3);
+  CHECK_OK(ckpt_options_set_init_callback(options, NULL, NULL, NULL));
+  manager = open_manager(options);
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK(restored == NULL);
+  ckpt_manager_free(manager);
+
+  /* Nothing to restore and the init callback fails. */
+  restored = SENTINEL_STRING;
+  CHECK_OK(ckpt_options_set_init_callback(options, failing_init, &world, NULL));
+  manager = open_manager(options);
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "6",
+              ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK(restored == SENTINEL_STRING);
+  CHECK(world.inits == 1);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  CHECK_LISTING(without, "checkpoint.lock");
+  free(with);
+  free(without);
+}
+
+/* ------------------------------------------------------------------------
+ * 9. finalizers */
+
+#define CHECK_FINALIZED(counter, expected, slot, when)                              \
+  do {                                                                             \
+    if ((counter).finalized != (expected))                                         \
+      test_fail(__FILE__, __LINE__, "%s callback: finalized %d times %s, expected %d", \
+                slot_names[slot], (counter).finalized, (when), (expected));        \
+  } while (0)
+
+/* Read-only, so that several managers may share the directory. */
+static ckpt_options *finalizer_options(const char *dir) {
+  ckpt_options *options = NULL;
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_OK(ckpt_options_set_directory(options, dir));
+  CHECK_OK(ckpt_options_set_max_to_keep(options, 2));
+  CHECK_OK(ckpt_options_set_read_only(options, true));
+  return options;
+}
+
+static void finalizers(const char *dir) {
+  char *ckpt_dir = join(dir, "never");
+  for (int slot = 0; slot < SLOT_COUNT; slot++) {
+    /* Options freed, no manager. */
+    fin_counter a = {0};
+    ckpt_options *options = finalizer_options(ckpt_dir);
+    CHECK_OK(set_slot(options, slot, true, &a));
+    CHECK_FINALIZED(a, 0, slot, "after set");
+    ckpt_options_free(options);
+    CHECK_FINALIZED(a, 1, slot, "after options free");
+
+    /* Options freed first, managers later: runs at the last manager's free. */
+    fin_counter b = {0};
+    options = finalizer_options(ckpt_dir);
+    CHECK_OK(set_slot(options, slot, true, &b));
+    ckpt_manager *first = open_manager(options);
+    ckpt_manager *second = open_manager(options);
+    ckpt_options_free(options);
+    CHECK_FINALIZED(b, 0, slot, "after options free with managers alive");
+    ckpt_manager_free(first);
+    CHECK_FINALIZED(b, 0, slot, "after the first manager's free");
+    ckpt_manager_free(second);
+    CHECK_FINALIZED(b, 1, slot, "after the last manager's free");
+
+    /* Manager freed first, options later. */
+    fin_counter c = {0};
+    options = finalizer_options(ckpt_dir);
+    CHECK_OK(set_slot(options, slot, true, &c));
+    ckpt_manager *manager = open_manager(options);
+    ckpt_manager_free(manager);
+    CHECK_FINALIZED(c, 0, slot, "after manager free with options alive");
+    ckpt_options_free(options);
+    CHECK_FINALIZED(c, 1, slot, "after options free");
+
+    /* Replaced by another setter call. */
+    fin_counter d = {0}, e = {0};
+    options = finalizer_options(ckpt_dir);
+    CHECK_OK(set_slot(options, slot, true, &d));
+    CHECK_OK(set_slot(options, slot, true, &e));
+    CHECK_FINALIZED(d, 1, slot, "after being replaced");
+    CHECK_FINALIZED(e, 0, slot, "after being set");
+    /* Replaced while a manager holds it: the manager keeps using it. */
+    fin_counter f = {0};
+    manager = open_manager(options);
+    CHECK_OK(set_slot(options, slot, true, &f));
+    CHECK_FINALIZED(e, 0, slot, "after being replaced while a manager holds it");
+    ckpt_manager_free(manager);
+    CHECK_FINALIZED(e, 1, slot, "after the holding manager's free");
+    CHECK_FINALIZED(f, 0, slot, "before options free");
+    ckpt_options_free(options);
+    CHECK_FINALIZED(f, 1, slot, "after options free");
+    CHECK_FINALIZED(d, 1, slot, "at the end");
+
+    /* A NULL callback finalizes its user data at once. */
+    fin_counter g = {0};
+    options = finalizer_options(ckpt_dir);
+    CHECK_OK(set_slot(options, slot, false, &g));
+    CHECK_FINALIZED(g, 1, slot, "after setting a NULL callback");
+    ckpt_options_free(options);
+    CHECK_FINALIZED(g, 1, slot, "after options free");
+
+    /* A NULL callback replacing a set one finalizes both. */
+    fin_counter h = {0}, i = {0};
+    options = finalizer_options(ckpt_dir);
+    CHECK_OK(set_slot(options, slot, true, &h));
+    CHECK_OK(set_slot(options, slot, false, &i));
+    CHECK_FINALIZED(h, 1, slot, "after being cleared");
+    CHECK_FINALIZED(i, 1, slot, "after setting a NULL callback");
+    ckpt_options_free(options);
+    CHECK_FINALIZED(h, 1, slot, "after options free");
+
+    /* A failed ckpt_manager_new keeps nothing. */
+    fin_counter j = {0};
+    CHECK_OK(ckpt_options_new(&options));
+    CHECK_OK(set_slot(options, slot, true, &j));
+    manager = SENTINEL_MANAGER;
+    CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT, ckpt_manager_new(options, &manager));
+    CHECK(manager == SENTINEL_MANAGER);
+    CHECK_FINALIZED(j, 0, slot, "after a failed ckpt_manager_new");
+    ckpt_options_free(options);
+    CHECK_FINALIZED(j, 1, slot, "after options free");
+  }
+  CHECK_LISTING(dir, "");
+  free(ckpt_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 10. reentrant_call */
+
+typedef struct {
+  fake_world *world;
+  ckpt_manager *self;
+  ckpt_manager *other;
+  const char *dir;
+  int32_t result;
+  int calls;
+  ckpt_status latest, save, counter, checkpoints, directory, restore, verify, reload;
+  ckpt_status other_latest, module_latest;
+  bool untouched;
+} reentry;
+
+static void try_reentering(reentry *r) {
+  char *string = SENTINEL_STRING;
+  uint64_t counter = 777;
+  ckpt_string_list fake_list = {0}, *list = &fake_list;
+  r->latest = ckpt_manager_latest(r->self, &string);
+  r->save = ckpt_manager_save(r->self, NULL, false, &string);
+  r->counter = ckpt_manager_save_counter(r->self, &counter);
+  r->checkpoints = ckpt_manager_checkpoints(r->self, &list);
+  r->directory = ckpt_manager_directory(r->self, &string);
+  r->restore = ckpt_manager_restore_or_initialize(r->self, &string);
+  r->verify = ckpt_manager_verify(r->self, NULL, false);
+  r->reload = ckpt_manager_reload(r->self);
+  r->untouched = string == SENTINEL_STRING && counter == 777 && list == &fake_list;
+  /* Another manager and the module functions are not reentrant calls. */
+  r->other_latest = ckpt_manager_latest(r->other, &string);
+  if (r->other_latest == CKPT_STATUS_OK) ckpt_string_free(string);
+  string = SENTINEL_STRING;
+  r->module_latest = ckpt_latest_checkpoint(r->dir, &string);
+  if (r->module_latest == CKPT_STATUS_OK) ckpt_string_free(string);
+}
+
+static int32_t reentrant_save(void *data, const char *prefix, uint64_t number) {
+  reentry *r = data;
+  r->calls++;
+  try_reentering(r);
+  if (r->result != 0) return r->result;
+  return save_tf_style(r->world, prefix, number);
+}
+
+static int32_t reentrant_restore(void *data, const char *prefix) {
+  reentry *r = data;
+  r->calls++;
+  try_reentering(r);
+  return restore_tf_style(r->world, prefix);
+}
+
+static void check_refused(const reentry *r) {
+  CHECK(r->latest == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->save == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->counter == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->checkpoints == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->directory == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->restore == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->verify == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->reload == CKPT_STATUS_REENTRANT_CALL);
+  CHECK(r->untouched);
+  CHECK(r->other_latest == CKPT_STATUS_OK);
+  CHECK(r->module_latest == CKPT_STATUS_OK);
+}
+
+static void reentrant_call(const char *dir) {
+  alarm(60); /* a deadlock fails the case instead of hanging it */
+  fake_world world = {.now = 100.0};
+  char *ckpt_dir = join(dir, "run"), *other_dir = join(dir, "other");
+  reentry r = {.world = &world, .dir = ckpt_dir};
+  ckpt_options *other_options = world_options(&world, other_dir, 2);
+  r.other = open_manager(other_options);
+  ckpt_options *options = world_options(&world, ckpt_dir, 2);
+  CHECK_OK(ckpt_options_set_save_callback(options, reentrant_save, &r, NULL));
+  CHECK_OK(ckpt_options_set_restore_callback(options, reentrant_restore, &r, NULL));
+  ckpt_manager *manager = open_manager(options);
+  r.self = manager;
+
+  save_expecting(manager, "ckpt-1");
+  CHECK(r.calls == 1 && world.saves == 1);
+  check_refused(&r);
+  CHECK(save_counter(manager) == 1);
+  CHECK_CHECKPOINTS(manager, "ckpt-1");
+
+  /* The callback fails after its refused calls: the save fails cleanly. */
+  r.result = 5;
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "5", ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  check_refused(&r);
+  CHECK(save_counter(manager) == 1);
+  CHECK_CHECKPOINTS(manager, "ckpt-1");
+
+  /* The manager is not left busy. */
+  r.result = 0;
+  save_expecting(manager, "ckpt-2");
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2");
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR("ckpt-2", base_name(restored));
+  ckpt_string_free(restored);
+  check_refused(&r);
+  CHECK(world.restores == 1);
+  save_expecting(manager, "ckpt-3");
+
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  ckpt_manager_free(r.other);
+  ckpt_options_free(other_options);
+  free(ckpt_dir);
+  free(other_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 11. threads */
+
+enum { THREADS = 4, SAVES_PER_THREAD = 25 };
+
+typedef struct {
+  ckpt_manager *manager;
+  uint64_t numbers[SAVES_PER_THREAD];
+  int failures;
+} worker;
+
+static void *save_many(void *arg) {
+  worker *w = arg;
+  for (int i = 0; i < SAVES_PER_THREAD; i++) {
+    char *prefix = NULL;
+    if (ckpt_manager_save(w->manager, NULL, true, &prefix) != CKPT_STATUS_OK ||
+        prefix == NULL || strncmp(base_name(prefix), "ckpt-", 5) != 0) {
+      w->failures++;
+      ckpt_string_free(prefix);
+      continue;
+    }
+    w->numbers[i] = strtoull(base_name(prefix) + 5, NULL, 10);
+    ckpt_string_free(prefix);
+    /* Readers interleave with the other threads' saves. */
+    ckpt_string_list *list = NULL;
+    if (ckpt_manager_checkpoints(w->manager, &list) != CKPT_STATUS_OK || list->len > 3 ||
+        list->len == 0)
+      w->failures++;
+    ckpt_string_list_free(list);
+    char *latest = NULL;
+    if (ckpt_manager_latest(w->manager, &latest) != CKPT_STATUS_OK || latest == NULL)
+      w->failures++;
+    ckpt_string_free(latest);
+  }
+  return NULL;
+}
+
+static void threads(const char *dir) {
+  alarm(120);
+  fake_world world = {.now = 1000.0};
+  ckpt_options *options = world_options(&world, dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  worker workers[THREADS];
+  pthread_t ids[THREADS];
+  for (int t = 0; t < THREADS; t++) {
+    workers[t] = (worker){.manager = manager};
+    CHECK(pthread_create(&ids[t], NULL, save_many, &workers[t]) == 0);
+  }
+  for (int t = 0; t < THREADS; t++) CHECK(pthread_join(ids[t], NULL) == 0);
+  bool seen[THREADS * SAVES_PER_THREAD + 1] = {false};
+  for (int t = 0; t < THREADS; t++) {
+    CHECK(workers[t].failures == 0);
+    for (int i = 0; i < SAVES_PER_THREAD; i++) {
+      uint64_t n = workers[t].numbers[i];
+      CHECK(n >= 1 && n <= THREADS * SAVES_PER_THREAD);
+      CHECK(!seen[n]);
+      seen[n] = true;
+    }
+  }
+  CHECK(world.saves == 100);
+  CHECK(save_counter(manager) == 100);
+  CHECK_CHECKPOINTS(manager, "ckpt-98", "ckpt-99", "ckpt-100");
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(100) " " TF3(98) " " TF3(99));
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-100\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-98\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-99\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-100\"\n"
+                   "all_model_checkpoint_timestamps: 1000.0\n"
+                   "all_model_checkpoint_timestamps: 1000.0\n"
+                   "all_model_checkpoint_timestamps: 1000.0\n"
+                   "last_preserved_timestamp: 999.0\n");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
+ * 12. glob_characters */
+
+static void fill_sibling(const char *sibling) {
+  make_dir(sibling);
+  write_in(sibling, "ckpt-1.index", "sibling index 1");
+  write_in(sibling, "ckpt-1.data-00000-of-00001", "sibling data 1");
+  write_in(sibling, "ckpt-2.index", "sibling index 2");
+  write_in(sibling, "ckpt-2.data-00000-of-00001", "sibling data 2");
+  write_in(sibling, "checkpoint", "model_checkpoint_path: \"ckpt-2\"\n");
+}
+
+static void check_sibling(const char *sibling) {
+  CHECK_LISTING(sibling,
+                "checkpoint ckpt-1.data-00000-of-00001 ckpt-1.index "
+                "ckpt-2.data-00000-of-00001 ckpt-2.index");
+  CHECK_FILE_TEXT(sibling, "ckpt-1.index", "sibling index 1");
+  CHECK_FILE_TEXT(sibling, "ckpt-1.data-00000-of-00001", "sibling data 1");
+  CHECK_FILE_TEXT(sibling, "ckpt-2.index", "sibling index 2");
+  CHECK_FILE_TEXT(sibling, "ckpt-2.data-00000-of-00001", "sibling data 2");
+  CHECK_FILE_TEXT(sibling, "checkpoint", "model_checkpoint_path: \"ckpt-2\"\n");
+}
+
+static void glob_characters(const char *dir) {
+  fake_world world = {.now = 100.0, .value = 5.0};
+  char *glob_dir = join(dir, "run[1]*?");
+  /* Siblings the pattern "run[1]*?" would match or nearly match. */
+  char *sibling = join(dir, "run1"), *matching = join(dir, "run1x");
+  fill_sibling(sibling);
+  fill_sibling(matching);
+
+  ckpt_options *options = world_options(&world, glob_dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  CHECK(save_counter(manager) == 0);
+  check_latest(manager, NULL);
+  char *paths[3];
+  for (int i = 0; i < 3; i++) {
+    world.now += 1.0;
+    paths[i] = save(manager);
+  }
+  CHECK_CHECKPOINTS(manager, "ckpt-2", "ckpt-3");
+  CHECK_LISTING(glob_dir, STATE_AND_LOCK " " TF3(2) " " TF3(3));
+  CHECK(!checkpoint_exists(paths[0]));
+  CHECK(checkpoint_exists(paths[1]) && checkpoint_exists(paths[2]));
+  check_latest_on_disk(glob_dir, paths[2]);
+  ckpt_checkpoint_state *state = read_state(glob_dir);
+  CHECK_STR(paths[2], state->model_checkpoint_path);
+  CHECK(state->all_model_checkpoint_paths.len == 2);
+  CHECK_STR(paths[1], state->all_model_checkpoint_paths.items[0]);
+  ckpt_checkpoint_state_free(state);
+
+  CHECK_OK(ckpt_remove_checkpoint(paths[1]));
+  CHECK(!checkpoint_exists(paths[1]));
+  CHECK_LISTING(glob_dir, STATE_AND_LOCK " " TF3(3));
+  CHECK_OK(ckpt_verify_checkpoint(paths[2], true));
+  ckpt_manager_free(manager);
+
+  /* A new manager recovers and restores from the literal directory. */
+  world.value = 0.0;
+  manager = open_manager(options);
+  CHECK(save_counter(manager) == 3);
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR(paths[2], restored);
+  CHECK(world.value == 5.0);
+  ckpt_string_free(restored);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  check_sibling(sibling);
+  check_sibling(matching);
+
+  /* Glob characters in the checkpoint name: "c?kpt" is not "cXkpt". */
+  char *star_dir = join(dir, "b*");
+  make_dir(star_dir);
+  write_in(star_dir, "cXkpt-1.index", "stranger");
+  write_in(star_dir, "cXkpt-5.data-00000-of-00001", "stranger");
+  options = world_options(&world, star_dir, 1);
+  CHECK_OK(ckpt_options_set_checkpoint_name(options, "c?kpt"));
+  manager = open_manager(options);
+  CHECK(save_counter(manager) == 0);
+  world.now += 1.0;
+  save_expecting(manager, "c?kpt-1");
+  world.now += 1.0;
+  save_expecting(manager, "c?kpt-2");
+  CHECK_LISTING(star_dir,
+                "c?kpt-2.ckpt-manifest.json c?kpt-2.data-00000-of-00001 c?kpt-2.index "
+                "cXkpt-1.index cXkpt-5.data-00000-of-00001 " STATE_AND_LOCK);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  for (int i = 0; i < 3; i++) ckpt_string_free(paths[i]);
+  free(glob_dir);
+  free(sibling);
+  free(matching);
+  free(star_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 13. deletes_only_own_files */
+
+typedef struct {
+  fake_world world;
+  const char *outside;
+} extras_world;
+
+/* A TF-style checkpoint plus a directory <prefix>/, <prefix>.extra and a
+ * symlink <prefix>.link to a directory outside. */
+static int32_t save_with_extras(void *data, const char *prefix, uint64_t number) {
+  extras_world *e = data;
+  int32_t result = save_tf_style(&e->world, prefix, number);
+  if (result != 0) return result;
+  make_dir(prefix);
+  write_in(prefix, "shard-0", "shard");
+  char *sub = join(prefix, "sub");
+  make_dir(sub);
+  write_in(sub, "deep", "deep");
+  free(sub);
+  char *path = format("%s.extra", prefix);
+  write_text(path, "extra");
+  free(path);
+  path = format("%s.link", prefix);
+  CHECK(symlink(e->outside, path) == 0);
+  free(path);
+  return 0;
+}
+
+static void deletes_only_own_files(const char *dir) {
+  char *ckpt_dir = join(dir, "run"), *outside = join(dir, "outside");
+  make_dir(outside);
+  write_in(outside, "precious", "precious");
+  extras_world e = {.world = {.now = 100.0}, .outside = outside};
+  ckpt_options *options = world_options(&e.world, ckpt_dir, 1);
+  CHECK_OK(ckpt_options_set_save_callback(options, save_with_extras, &e, NULL));
+  ckpt_manager *manager = open_manager(options);
+  save_expecting(manager, "ckpt-1");
+  CHECK_LISTING(ckpt_dir,
+                STATE_AND_LOCK " ckpt-1 ckpt-1.ckpt-manifest.json "
+                "ckpt-1.data-00000-of-00001 ckpt-1.extra ckpt-1.index ckpt-1.link");
+  const char *strays[] = {"ckpt-1-2.index", "ckpt-10.index", "other.txt",
+                          "ckpt_name-1.index", "ckpt-1_old", "xckpt-1.index"};
+  for (size_t i = 0; i < sizeof strays / sizeof strays[0]; i++)
+    write_in(ckpt_dir, strays[i], strays[i]);
+
+  save_expecting(manager, "ckpt-2"); /* sweeps ckpt-1 */
+  CHECK_CHECKPOINTS(manager, "ckpt-2");
+  CHECK_LISTING(ckpt_dir,
+                STATE_AND_LOCK " ckpt-1-2.index ckpt-10.index ckpt-1_old ckpt-2 "
+                "ckpt-2.ckpt-manifest.json ckpt-2.data-00000-of-00001 ckpt-2.extra "
+                "ckpt-2.index ckpt-2.link ckpt_name-1.index other.txt xckpt-1.index");
+  /* The manifest covers the files inside <prefix>/ too. */
+  char *second = join(ckpt_dir, "ckpt-2");
+  CHECK_OK(ckpt_verify_checkpoint(second, true));
+  char *deep = join(second, "sub/deep");
+  write_text(deep, "DEEP");
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "deep", ckpt_verify_checkpoint(second, true));
+  write_text(deep, "deep");
+  free(deep);
+  free(second);
+  for (size_t i = 0; i < sizeof strays / sizeof strays[0]; i++)
+    CHECK_FILE_TEXT(ckpt_dir, strays[i], strays[i]);
+  CHECK_LISTING(outside, "precious"); /* the symlink's target is kept */
+  CHECK_FILE_TEXT(outside, "precious", "precious");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(ckpt_dir);
+  free(outside);
+}
+
+/* ------------------------------------------------------------------------
+ * 14. delete_callback */
+
+typedef struct {
+  char *prefixes[8];
+  int count;
+  int32_t result;
+} deletions;
+
+static int32_t record_delete(void *data, const char *prefix) {
+  deletions *d = data;
+  CHECK(d->count < 8);
+  d->prefixes[d->count] = strdup(prefix);
+  CHECK(d->prefixes[d->count] != NULL);
+  d->count++;
+  return d->result;
+}
+
+static void delete_callback(const char *dir) {
+  fake_world world = {.now = 100.0};
+  deletions d = {.count = 0};
+  ckpt_options *options = world_options(&world, dir, 2);
+  CHECK_OK(ckpt_options_set_delete_callback(options, record_delete, &d, NULL));
+  ckpt_manager *manager = open_manager(options);
+  for (int i = 1; i <= 4; i++) {
+    world.now += 1.0;
+    char expected[16];
+    snprintf(expected, sizeof expected, "ckpt-%d", i);
+    save_expecting(manager, expected);
+  }
+  CHECK(d.count == 2);
+  char *first = join(dir, "ckpt-1"), *second = join(dir, "ckpt-2"), *third = join(dir, "ckpt-3");
+  CHECK_STR(first, d.prefixes[0]);
+  CHECK_STR(second, d.prefixes[1]);
+  CHECK_CHECKPOINTS(manager, "ckpt-3", "ckpt-4");
+  /* The callback deleted nothing, and the built-in deletion did not run. */
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(1) " " TF3(2) " " TF3(3) " " TF3(4));
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-4\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-3\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-4\"\n"
+                   "all_model_checkpoint_timestamps: 103.0\n"
+                   "all_model_checkpoint_timestamps: 104.0\n"
+                   "last_preserved_timestamp: 99.0\n");
+
+  /* A failing delete callback is a warning; the save still succeeds. */
+  d.result = 9;
+  CHECK(world.warnings == 0);
+  world.now += 1.0;
+  save_expecting(manager, "ckpt-5");
+  CHECK(d.count == 3);
+  CHECK_STR(third, d.prefixes[2]);
+  CHECK(world.warnings == 1);
+  CHECK(strstr(world.last_warning, "ckpt-3") != NULL);
+  CHECK(strstr(world.last_warning, "9") != NULL);
+  CHECK_CHECKPOINTS(manager, "ckpt-4", "ckpt-5");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  for (int i = 0; i < d.count; i++) free(d.prefixes[i]);
+  free(first);
+  free(second);
+  free(third);
+}
+
+/* ------------------------------------------------------------------------
+ * 15. never_overwrites_existing_numbers */
+
+static void never_overwrites_existing_numbers(const char *dir) {
+  fake_world world = {.now = 100.0, .value = 1.5};
+  write_in(dir, "ckpt-7.index", "seven's index");
+  write_in(dir, "ckpt-7.data-00000-of-00001", "seven's data");
+  write_in(dir, "other-50.index", "another name's");
+  write_in(dir, "ckpt-08.index", "not canonical");
+  ckpt_options *options = world_options(&world, dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  CHECK(save_counter(manager) == 7);
+  check_latest(manager, NULL);
+  CHECK_CHECKPOINTS(manager, NULL);
+  save_expecting(manager, "ckpt-8");
+  CHECK(save_counter(manager) == 8);
+  CHECK_CHECKPOINTS(manager, "ckpt-8");
+  CHECK_FILE_TEXT(dir, "ckpt-7.index", "seven's index");
+  CHECK_FILE_TEXT(dir, "ckpt-7.data-00000-of-00001", "seven's data");
+  CHECK_FILE_TEXT(dir, "ckpt-8.index", "8");
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-8\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-8\"\n"
+                   "all_model_checkpoint_timestamps: 100.0\n"
+                   "last_preserved_timestamp: 99.0\n");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
+ * 16. corrupt_state */
+
+static void corrupt_state(const char *dir) {
+  static const char binary[] = "\x00\x01\xff\xfe\x80garbage\x00\n";
+  struct {
+    const char *what;
+    const char *bytes;
+    size_t length;
+  } cases[] = {
+      {"empty", "", 0},
+      {"garbage", "garbage", 0},
+      {"binary", binary, sizeof binary - 1},
+      {"empty path", "model_checkpoint_path: \"\"\n", 0},
+      {"comment only", "# nothing here\n", 0},
+      {"unknown field",
+       "model_checkpoint_path: \"ckpt-1\"\nall_model_checkpoint_paths: \"ckpt-1\"\n"
+       "bogus_field: 1\n",
+       0},
+      {"truncated string",
+       "model_checkpoint_path: \"ckpt-1\"\nall_model_checkpoint_paths: \"ck", 0},
+  };
+  fake_world world = {.now = 100.0};
+  char *state_path = join(dir, "checkpoint");
+  write_in(dir, "ckpt-1.index", "index one");
+  write_in(dir, "ckpt-1.data-00000-of-00001", "data one");
+  ckpt_options *options = world_options(&world, dir, 2);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    size_t length = cases[i].length ? cases[i].length : strlen(cases[i].bytes);
+    write_bytes(state_path, cases[i].bytes, length);
+    fprintf(stderr, "state file: %s\n", cases[i].what);
+
+    /* A reader creates nothing, not even the lock file. */
+    ckpt_manager *manager = SENTINEL_MANAGER;
+    CHECK_OK(ckpt_options_set_read_only(options, true));
+    CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_manager_new(options, &manager));
+    CHECK(manager == SENTINEL_MANAGER);
+    if (i == 0) CHECK_LISTING(dir, "checkpoint ckpt-1.data-00000-of-00001 ckpt-1.index");
+    CHECK_OK(ckpt_options_set_read_only(options, false));
+    CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_manager_new(options, &manager));
+    CHECK(manager == SENTINEL_MANAGER);
+    ckpt_checkpoint_state fake_state = {0}, *state = &fake_state;
+    CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_get_checkpoint_state(dir, &state));
+    CHECK(state == &fake_state);
+    char *latest = SENTINEL_STRING;
+    CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_latest_checkpoint(dir, &latest));
+    CHECK(latest == SENTINEL_STRING);
+
+    CHECK_FILE_BYTES(state_path, cases[i].bytes, length);
+    CHECK_LISTING(dir, STATE_AND_LOCK " ckpt-1.data-00000-of-00001 ckpt-1.index");
+    CHECK_FILE_TEXT(dir, "ckpt-1.index", "index one");
+    CHECK_FILE_TEXT(dir, "ckpt-1.data-00000-of-00001", "data one");
+  }
+  CHECK(world.saves == 0 && world.inits == 0);
+  ckpt_options_free(options);
+  free(state_path);
+}
+
+/* ------------------------------------------------------------------------
+ * 17. reads_tf_written_state */
+
+static void check_state_paths(const ckpt_checkpoint_state *state, const char *latest,
+                              const char *first, const char *second) {
+  CHECK_STR(latest, state->model_checkpoint_path);
+  CHECK(state->all_model_checkpoint_paths.len == (second ? 2u : 1u));
+  CHECK_STR(first, state->all_model_checkpoint_paths.items[0]);
+  if (second) CHECK_STR(second, state->all_model_checkpoint_paths.items[1]);
+  CHECK(state->all_model_checkpoint_timestamps_len == 0);
+  CHECK(state->last_preserved_timestamp == 0.0);
+}
+
+/* Opens a manager on a directory whose state TF wrote, checks what it
+ * recovered, saves once and checks the state file and the files. */
+static void adopt_tf_state(const char *ckpt_dir, const char *latest,
+                           uint64_t counter, const char *first_save,
+                           const char *expected_state, const char *expected_files) {
+  fake_world world = {.now = 5000.0};
+  ckpt_options *options = world_options(&world, ckpt_dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  check_latest(manager, latest);
+  CHECK_CHECKPOINTS(manager, NULL); /* no timestamps: nothing is managed */
+  CHECK(save_counter(manager) == counter);
+  CHECK_FAILS(CKPT_STATUS_NO_MANIFEST, "manifest", ckpt_manager_verify(manager, NULL, true));
+  /* TF wrote it without a manifest: restored unverified. */
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR(latest, restored);
+  CHECK(world.restores == 1 && world.inits == 0 && world.warnings == 0);
+  ckpt_string_free(restored);
+  save_expecting(manager, first_save);
+  CHECK_OK(ckpt_manager_verify(manager, NULL, true));
+  CHECK_STATE_FILE(ckpt_dir, expected_state);
+  CHECK_LISTING(ckpt_dir, expected_files); /* old checkpoints are kept */
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+static void reads_tf_written_state(const char *dir) {
+  fake_world world = {.value = 1.0};
+  /* Old TF: absolute paths, no timestamps. */
+  char *abs_dir = join(dir, "absolute");
+  make_dir(abs_dir);
+  char *old100 = join(abs_dir, "model.ckpt-100"), *old200 = join(abs_dir, "model.ckpt-200");
+  CHECK(save_tf_style(&world, old100, 100) == 0);
+  CHECK(save_tf_style(&world, old200, 200) == 0);
+  char *text = format(
+      "model_checkpoint_path: \"%s\"\n"
+      "all_model_checkpoint_paths: \"%s\"\n"
+      "all_model_checkpoint_paths: \"%s\"\n",
+      old200, old100, old200);
+  write_in(abs_dir, "checkpoint", text);
+  free(text);
+  ckpt_checkpoint_state *state = read_state(abs_dir);
+  check_state_paths(state, old200, old100, old200);
+  ckpt_checkpoint_state_free(state);
+  check_latest_on_disk(abs_dir, old200);
+  adopt_tf_state(abs_dir, old200, 200, "ckpt-201",
+                 "model_checkpoint_path: \"ckpt-201\"\n"
+                 "all_model_checkpoint_paths: \"ckpt-201\"\n"
+                 "all_model_checkpoint_timestamps: 5000.0\n",
+                 STATE_AND_LOCK " ckpt-201.ckpt-manifest.json "
+                 "ckpt-201.data-00000-of-00001 ckpt-201.index "
+                 "model.ckpt-100.data-00000-of-00001 model.ckpt-100.index "
+                 "model.ckpt-200.data-00000-of-00001 model.ckpt-200.index");
+  CHECK_FILE_TEXT(abs_dir, "model.ckpt-200.index", "200");
+  CHECK_FILE_TEXT(abs_dir, "model.ckpt-100.index", "100");
+
+  /* "./" prefixes: joined as they are, without normalising. */
+  char *dot_dir = join(dir, "dot");
+  make_dir(dot_dir);
+  char *dot1 = join(dot_dir, "ckpt-1"), *dotted = join(dot_dir, "./ckpt-1");
+  CHECK(save_tf_style(&world, dot1, 1) == 0);
+  write_in(dot_dir, "checkpoint",
+           "model_checkpoint_path: \"./ckpt-1\"\n"
+           "all_model_checkpoint_paths: \"./ckpt-1\"\n");
+  state = read_state(dot_dir);
+  check_state_paths(state, dotted, dotted, NULL);
+  ckpt_checkpoint_state_free(state);
+  check_latest_on_disk(dot_dir, dotted);
+  adopt_tf_state(dot_dir, dot1, 1, "ckpt-2",
+                 "model_checkpoint_path: \"ckpt-2\"\n"
+                 "all_model_checkpoint_paths: \"ckpt-2\"\n"
+                 "all_model_checkpoint_timestamps: 5000.0\n",
+                 STATE_AND_LOCK " ckpt-1.data-00000-of-00001 ckpt-1.index " TF3(2));
+  CHECK_FILE_TEXT(dot_dir, "ckpt-1.index", "1");
+
+  /* A repeated model_checkpoint_path: the last one wins. */
+  char *rep_dir = join(dir, "repeated");
+  make_dir(rep_dir);
+  char *rep1 = join(rep_dir, "ckpt-1"), *rep2 = join(rep_dir, "ckpt-2");
+  CHECK(save_tf_style(&world, rep1, 1) == 0);
+  CHECK(save_tf_style(&world, rep2, 2) == 0);
+  write_in(rep_dir, "checkpoint",
+           "model_checkpoint_path: \"ckpt-1\"\n"
+           "all_model_checkpoint_paths: \"ckpt-1\"\n"
+           "all_model_checkpoint_paths: \"ckpt-2\"\n"
+           "model_checkpoint_path: \"ckpt-2\"\n");
+  state = read_state(rep_dir);
+  check_state_paths(state, rep2, rep1, rep2);
+  ckpt_checkpoint_state_free(state);
+  check_latest_on_disk(rep_dir, rep2);
+  adopt_tf_state(rep_dir, rep2, 2, "ckpt-3",
+                 "model_checkpoint_path: \"ckpt-3\"\n"
+                 "all_model_checkpoint_paths: \"ckpt-3\"\n"
+                 "all_model_checkpoint_timestamps: 5000.0\n",
+                 STATE_AND_LOCK " ckpt-1.data-00000-of-00001 ckpt-1.index "
+                 "ckpt-2.data-00000-of-00001 ckpt-2.index " TF3(3));
+  CHECK_FILE_TEXT(rep_dir, "ckpt-2.index", "2");
+
+  char *all[] = {abs_dir, old100, old200, dot_dir, dot1, dotted, rep_dir, rep1, rep2};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+}
+
+/* ------------------------------------------------------------------------
+ * 18. state_file_bytes */
+
+static void state_file_bytes(const char *dir) {
+  fake_world world = {.now = 1000.0};
+  char *weird_dir = join(dir, "weird");
+  ckpt_options *options = world_options(&world, weird_dir, 2);
+  CHECK_OK(ckpt_options_set_checkpoint_name(options, "we\"ird\\name"));
+  ckpt_manager *manager = open_manager(options);
+  world.now = 1784015299.2607172;
+  save_expecting(manager, "we\"ird\\name-1");
+  CHECK(exists(weird_dir, "we\"ird\\name-1.index"));
+  CHECK_STATE_FILE(weird_dir,
+                   "model_checkpoint_path: \"we\\\"ird\\\\name-1\"\n"
+                   "all_model_checkpoint_paths: \"we\\\"ird\\\\name-1\"\n"
+                   "all_model_checkpoint_timestamps: 1784015299.2607172\n"
+                   "last_preserved_timestamp: 999.0\n");
+  world.now = 1784015299.510666;
+  save_expecting(manager, "we\"ird\\name-2");
+  CHECK_STATE_FILE(weird_dir,
+                   "model_checkpoint_path: \"we\\\"ird\\\\name-2\"\n"
+                   "all_model_checkpoint_paths: \"we\\\"ird\\\\name-1\"\n"
+                   "all_model_checkpoint_paths: \"we\\\"ird\\\\name-2\"\n"
+                   "all_model_checkpoint_timestamps: 1784015299.2607172\n"
+                   "all_model_checkpoint_timestamps: 1784015299.510666\n"
+                   "last_preserved_timestamp: 999.0\n");
+  ckpt_manager_free(manager);
+  /* Read back: raw names, exact timestamps, and a manager recovers both. */
+  ckpt_checkpoint_state *state = read_state(weird_dir);
+  char *second = join(weird_dir, "we\"ird\\name-2");
+  CHECK_STR(second, state->model_checkpoint_path);
+  CHECK(state->all_model_checkpoint_timestamps_len == 2);
+  CHECK(state->all_model_checkpoint_timestamps[0] == 1784015299.2607172);
+  CHECK(state->all_model_checkpoint_timestamps[1] == 1784015299.510666);
+  CHECK(state->last_preserved_timestamp == 999.0);
+  ckpt_checkpoint_state_free(state);
+  world.now = 1784015300.0;
+  manager = open_manager(options);
+  check_latest(manager, second);
+  CHECK_CHECKPOINTS(manager, "we\"ird\\name-1", "we\"ird\\name-2");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  /* Non-ASCII names are written as octal escapes. */
+  char *utf8_dir = join(dir, "utf8");
+  world.now = 10000.0;
+  options = world_options(&world, utf8_dir, 2);
+  CHECK_OK(ckpt_options_set_checkpoint_name(options, "caf\xc3\xa9"));
+  manager = open_manager(options);
+  world.now = 1784015298.994252;
+  save_expecting(manager, "caf\xc3\xa9-1");
+  CHECK(exists(utf8_dir, "caf\xc3\xa9-1.index"));
+  CHECK_STATE_FILE(utf8_dir,
+                   "model_checkpoint_path: \"caf\\303\\251-1\"\n"
+                   "all_model_checkpoint_paths: \"caf\\303\\251-1\"\n"
+                   "all_model_checkpoint_timestamps: 1784015298.994252\n"
+                   "last_preserved_timestamp: 9999.0\n");
+  char *cafe = join(utf8_dir, "caf\xc3\xa9-1");
+  check_latest_on_disk(utf8_dir, cafe);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(cafe);
+  free(second);
+  free(weird_dir);
+  free(utf8_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 19. non_utf8_paths */
+
+static void non_utf8_paths(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *bad_dir = join(dir, "run\xff");
+  ckpt_options *options = world_options(&world, bad_dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  char *paths[3];
+  for (int i = 0; i < 3; i++) {
+    world.now += 1.0;
+    paths[i] = save(manager);
+    char *expected = format("%s/ckpt-%d", bad_dir, i + 1);
+    CHECK_STR(expected, paths[i]);
+    free(expected);
+  }
+  check_latest(manager, paths[2]);
+  CHECK_CHECKPOINTS(manager, "ckpt-2", "ckpt-3");
+  char *directory = NULL;
+  CHECK_OK(ckpt_manager_directory(manager, &directory));
+  CHECK_STR(bad_dir, directory);
+  ckpt_string_free(directory);
+  CHECK(!checkpoint_exists(paths[0]));
+  CHECK(checkpoint_exists(paths[1]) && checkpoint_exists(paths[2]));
+  check_latest_on_disk(bad_dir, paths[2]);
+  ckpt_checkpoint_state *state = read_state(bad_dir);
+  CHECK_STR(paths[2], state->model_checkpoint_path);
+  CHECK(state->all_model_checkpoint_paths.len == 2);
+  CHECK_STR(paths[1], state->all_model_checkpoint_paths.items[0]);
+  ckpt_checkpoint_state_free(state);
+  CHECK_OK(ckpt_verify_checkpoint(paths[2], true));
+  CHECK_OK(ckpt_remove_checkpoint(paths[2]));
+  CHECK(!checkpoint_exists(paths[2]));
+  check_latest_on_disk(bad_dir, paths[1]); /* falls back to the older one */
+  CHECK_LISTING(bad_dir, STATE_AND_LOCK " " TF3(2));
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  /* A non-UTF-8 checkpoint name: octal in the state file, raw bytes back. */
+  char *plain = join(dir, "plain");
+  options = world_options(&world, plain, 2);
+  CHECK_OK(ckpt_options_set_checkpoint_name(options, "k\xff"));
+  manager = open_manager(options);
+  world.now = 200.0;
+  save_expecting(manager, "k\xff" "-1");
+  CHECK_STATE_FILE(plain,
+                   "model_checkpoint_path: \"k\\377-1\"\n"
+                   "all_model_checkpoint_paths: \"k\\377-1\"\n"
+                   "all_model_checkpoint_timestamps: 200.0\n"
+                   "last_preserved_timestamp: 102.0\n");
+  ckpt_manager_free(manager);
+  manager = open_manager(options);
+  char *expected = join(plain, "k\xff" "-1");
+  check_latest(manager, expected);
+  CHECK_CHECKPOINTS(manager, "k\xff" "-1");
+  CHECK(save_counter(manager) == 1);
+  check_latest_on_disk(plain, expected);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(expected);
+  free(plain);
+  for (int i = 0; i < 3; i++) ckpt_string_free(paths[i]);
+  free(bad_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 20. latest_checkpoint_missing_files */
+
+static void remove_file_in(const char *dir, const char *name) {
+  char *path = join(dir, name);
+  CHECK(unlink(path) == 0);
+  free(path);
+}
+
+static void latest_checkpoint_missing_files(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *ckpt_dir = join(dir, "run");
+  check_latest_on_disk(ckpt_dir, NULL); /* no directory */
+  make_dir(ckpt_dir);
+  check_latest_on_disk(ckpt_dir, NULL); /* no state file */
+  check_latest_with_flags(ckpt_dir, CKPT_LATEST_NO_FALLBACK, NULL);
+  char *latest = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "flags",
+              ckpt_latest_checkpoint_with_flags(ckpt_dir, 4, &latest));
+  CHECK(latest == SENTINEL_STRING);
+
+  ckpt_options *options = world_options(&world, ckpt_dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  world.value = 1.0;
+  save_expecting(manager, "ckpt-1");
+  world.now += 1.0;
+  world.value = 2.0;
+  save_expecting(manager, "ckpt-2");
+  char *first = join(ckpt_dir, "ckpt-1"), *second = join(ckpt_dir, "ckpt-2");
+  check_latest_on_disk(ckpt_dir, second);
+  check_latest_with_flags(ckpt_dir, CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS,
+                          second);
+
+  /* Same size, other bytes: only a checksum check notices. */
+  write_in(ckpt_dir, "ckpt-2.data-00000-of-00001", "9");
+  check_latest_on_disk(ckpt_dir, second);
+  check_latest_with_flags(ckpt_dir, CKPT_LATEST_VERIFY_CHECKSUMS, first);
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "CRC32C",
+              ckpt_latest_checkpoint_with_flags(
+                  ckpt_dir, CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS, &latest));
+  CHECK(latest == SENTINEL_STRING);
+  write_in(ckpt_dir, "ckpt-2.data-00000-of-00001", "2");
+
+  /* A file of the latest removed by hand: the newest intact one is used,
+   * or, with no fallback, the damage is reported. */
+  remove_file_in(ckpt_dir, "ckpt-2.index");
+  check_latest_on_disk(ckpt_dir, first);
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "ckpt-2.index",
+              ckpt_latest_checkpoint_with_flags(ckpt_dir, CKPT_LATEST_NO_FALLBACK, &latest));
+  CHECK(latest == SENTINEL_STRING);
+  /* Restoring falls back too, with a warning. */
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR(first, restored);
+  CHECK(world.value == 1.0 && world.warnings >= 1);
+  ckpt_string_free(restored);
+
+  /* All of the latest's files gone: the same. */
+  remove_file_in(ckpt_dir, "ckpt-2.data-00000-of-00001");
+  remove_file_in(ckpt_dir, "ckpt-2.ckpt-manifest.json");
+  check_latest_on_disk(ckpt_dir, first);
+  /* Nothing intact left: NULL, and OK. */
+  CHECK_OK(ckpt_remove_checkpoint(first));
+  check_latest_on_disk(ckpt_dir, NULL);
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "ckpt-2",
+              ckpt_latest_checkpoint_with_flags(ckpt_dir, CKPT_LATEST_NO_FALLBACK, &latest));
+  CHECK(latest == SENTINEL_STRING);
+  restored = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "ckpt-2",
+              ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK(restored == SENTINEL_STRING);
+  /* The manager's latest is what the state file records. */
+  check_latest(manager, second);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  /* TF-written checkpoints (no manifest) count as intact while any of
+   * their files exists, as in TF; with none left, the older one is used. */
+  char *tf_dir = join(dir, "tf");
+  make_dir(tf_dir);
+  char *tf4 = join(tf_dir, "ckpt-4"), *tf5 = join(tf_dir, "ckpt-5");
+  CHECK(save_tf_style(&world, tf4, 4) == 0);
+  CHECK(save_tf_style(&world, tf5, 5) == 0);
+  write_in(tf_dir, "checkpoint",
+           "model_checkpoint_path: \"ckpt-5\"\n"
+           "all_model_checkpoint_paths: \"ckpt-4\"\n"
+           "all_model_checkpoint_paths: \"ckpt-5\"\n");
+  check_latest_on_disk(tf_dir, tf5);
+  remove_file_in(tf_dir, "ckpt-5.index");
+  check_latest_on_disk(tf_dir, tf5);
+  CHECK_FAILS(CKPT_STATUS_NO_MANIFEST, "manifest", ckpt_verify_checkpoint(tf5, false));
+  remove_file_in(tf_dir, "ckpt-5.data-00000-of-00001");
+  check_latest_with_flags(tf_dir, 0, tf4);
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "ckpt-5",
+              ckpt_latest_checkpoint_with_flags(tf_dir, CKPT_LATEST_NO_FALLBACK, &latest));
+  CHECK(latest == SENTINEL_STRING);
+
+  free(tf4);
+  free(tf5);
+  free(tf_dir);
+  free(first);
+  free(second);
+  free(ckpt_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 21. remove_checkpoint */
+
+static void remove_checkpoint(const char *dir) {
+  const char *own[] = {"ckpt-1.index", "ckpt-1.data-00000-of-00002",
+                       "ckpt-1.data-00001-of-00002", "ckpt-1.safetensors",
+                       "ckpt-1.index.tempstate42"};
+  const char *neighbours[] = {"ckpt-10.index", "ckpt-1-2.index", "ckpt-1_x", "ckpt-1x.index",
+                              "xckpt-1.index", "ckpt-2.index", "checkpoint"};
+  for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) write_in(dir, own[i], "own");
+  for (size_t i = 0; i < sizeof neighbours / sizeof neighbours[0]; i++)
+    write_in(dir, neighbours[i], neighbours[i]);
+  char *prefix = join(dir, "ckpt-1");
+  make_dir(prefix);
+  write_in(prefix, "shard", "shard");
+  char *sub = join(prefix, "sub");
+  make_dir(sub);
+  write_in(sub, "deep", "deep");
+  char *ten = join(dir, "ckpt-10");
+  make_dir(ten);
+  write_in(ten, "shard", "ten's shard");
+
+  CHECK(checkpoint_exists(prefix));
+  CHECK_OK(ckpt_remove_checkpoint(prefix));
+  CHECK(!checkpoint_exists(prefix));
+  CHECK_LISTING(dir,
+                "checkpoint ckpt-1-2.index ckpt-10 ckpt-10.index ckpt-1_x "
+                "ckpt-1x.index ckpt-2.index xckpt-1.index");
+  for (size_t i = 0; i < sizeof neighbours / sizeof neighbours[0]; i++)
+    CHECK_FILE_TEXT(dir, neighbours[i], neighbours[i]);
+  CHECK_FILE_TEXT(ten, "shard", "ten's shard");
+
+  /* Nothing to remove is fine, also in a directory that does not exist. */
+  CHECK_OK(ckpt_remove_checkpoint(prefix));
+  char *missing = join(dir, "no/such/ckpt-1");
+  CHECK_OK(ckpt_remove_checkpoint(missing));
+  bool found = true;
+  CHECK_OK(ckpt_checkpoint_exists(missing, &found));
+  CHECK(!found);
+
+  /* A relative prefix is relative to the working directory. */
+  CHECK(chdir(dir) == 0);
+  write_text("rel-1.index", "x");
+  write_text("rel-10.index", "x");
+  CHECK(checkpoint_exists("rel-1"));
+  CHECK_OK(ckpt_remove_checkpoint("rel-1"));
+  CHECK(!exists(dir, "rel-1.index") && exists(dir, "rel-10.index"));
+
+  free(missing);
+  free(ten);
+  free(sub);
+  free(prefix);
+}
+
+/* ------------------------------------------------------------------------
+ * 22. explicit_overwrite */
+
+static void explicit_overwrite(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 3);
+  ckpt_manager *manager = open_manager(options);
+  for (int i = 1; i <= 3; i++) {
+    world.now += 1.0;
+    char expected[16];
+    snprintf(expected, sizeof expected, "ckpt-%d", i);
+    save_expecting(manager, expected);
+  }
+  world.now = 104.0;
+  world.value = 2.0;
+  char *again = save_numbered(manager, 2);
+  CHECK_STR("ckpt-2", base_name(again));
+  check_latest(manager, again);
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-3", "ckpt-2");
+  CHECK(save_counter(manager) == 4);
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-2\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-1\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-3\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-2\"\n"
+                   "all_model_checkpoint_timestamps: 101.0\n"
+                   "all_model_checkpoint_timestamps: 103.0\n"
+                   "all_model_checkpoint_timestamps: 104.0\n"
+                   "last_preserved_timestamp: 99.0\n");
+  CHECK_FILE_TEXT(dir, "ckpt-2.data-00000-of-00001", "2");
+  CHECK_OK(ckpt_verify_checkpoint(again, true)); /* its manifest was rewritten */
+
+  world.now = 105.0;
+  save_expecting(manager, "ckpt-5"); /* the counter went past 4 */
+  CHECK_CHECKPOINTS(manager, "ckpt-3", "ckpt-2", "ckpt-5");
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(2) " " TF3(3) " " TF3(5));
+  world.now = 106.0;
+  ckpt_string_free(save_numbered(manager, 3));
+  CHECK_CHECKPOINTS(manager, "ckpt-2", "ckpt-5", "ckpt-3");
+  ckpt_manager_free(manager);
+
+  manager = open_manager(options);
+  CHECK_CHECKPOINTS(manager, "ckpt-2", "ckpt-5", "ckpt-3");
+  CHECK(save_counter(manager) == 5);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  ckpt_string_free(again);
+}
+
+/* ------------------------------------------------------------------------
+ * 23. lower_max_to_keep */
+
+static void lower_max_to_keep(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 0);
+  ckpt_manager *manager = open_manager(options);
+  for (int i = 1; i <= 5; i++) {
+    world.now += 1.0;
+    ckpt_string_free(save(manager));
+  }
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4", "ckpt-5");
+  ckpt_manager_free(manager);
+
+  CHECK_OK(ckpt_options_set_max_to_keep(options, 2));
+  manager = open_manager(options);
+  /* Opening sweeps nothing. */
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4", "ckpt-5");
+  for (int i = 1; i <= 5; i++) {
+    char *index = format("ckpt-%d.index", i);
+    CHECK(exists(dir, index));
+    free(index);
+  }
+  world.now = 110.0;
+  save_expecting(manager, "ckpt-6");
+  CHECK_CHECKPOINTS(manager, "ckpt-5", "ckpt-6");
+  CHECK_LISTING(dir, STATE_AND_LOCK " " TF3(5) " " TF3(6));
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-6\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-5\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-6\"\n"
+                   "all_model_checkpoint_timestamps: 105.0\n"
+                   "all_model_checkpoint_timestamps: 110.0\n"
+                   "last_preserved_timestamp: 99.0\n");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
+ * 24. directory_is_a_file */
+
+static void directory_is_a_file(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *file = join(dir, "file");
+  write_text(file, "precious");
+
+  /* Named before the manager opens: a writer cannot create it. */
+  ckpt_options *options = world_options(&world, file, 2);
+  ckpt_manager *manager = SENTINEL_MANAGER;
+  CHECK_FAILS(CKPT_STATUS_IO_ERROR, file, ckpt_manager_new(options, &manager));
+  CHECK(manager == SENTINEL_MANAGER);
+  char *latest = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_IO_ERROR, file, ckpt_latest_checkpoint(file, &latest));
+  CHECK(latest == SENTINEL_STRING);
+  ckpt_options_free(options);
+
+  /* Replaced by a file after the manager opened: the save fails. */
+  char *later = join(dir, "later"), *moved = join(dir, "moved");
+  options = world_options(&world, later, 2);
+  manager = open_manager(options);
+  CHECK(rename(later, moved) == 0);
+  write_text(later, "precious too");
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_IO_ERROR, later, ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK(world.saves == 0);
+  CHECK(save_counter(manager) == 0);
+  check_latest(manager, NULL);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  CHECK_LISTING(dir, "file later moved");
+  CHECK_LISTING(moved, "checkpoint.lock");
+  CHECK_FILE_TEXT(dir, "file", "precious");
+  CHECK_FILE_TEXT(dir, "later", "precious too");
+  free(file);
+  free(later);
+  free(moved);
+}
+
+int main(int argc, char **argv) {
+  static const test_case cases[] = {
+      {"version", version},
+      {"status_names", status_names},
+      {"null_arguments", null_arguments},
+      {"invalid_options", invalid_options},
+      {"nothing_created_at_construction", nothing_created_at_construction},
+      {"save_callback_failure", save_callback_failure},
+      {"step_counter_and_clock_failures", step_counter_and_clock_failures},
+      {"clock_failure_during_save", clock_failure_during_save},
+      {"state_write_failure", state_write_failure},
+      {"state_commit_sync_failure", state_commit_sync_failure},
+      {"restore_without_callback", restore_without_callback},
+      {"finalizers", finalizers},
+      {"reentrant_call", reentrant_call},
+      {"threads", threads},
+      {"glob_characters", glob_characters},
+      {"deletes_only_own_files", deletes_only_own_files},
+      {"delete_callback", delete_callback},
+      {"never_overwrites_existing_numbers", never_overwrites_existing_numbers},
+      {"corrupt_state", corrupt_state},
+      {"reads_tf_written_state", reads_tf_written_state},
+      {"state_file_bytes", state_file_bytes},
+      {"non_utf8_paths", non_utf8_paths},
+      {"latest_checkpoint_missing_files", latest_checkpoint_missing_files},
+      {"remove_checkpoint", remove_checkpoint},
+      {"explicit_overwrite", explicit_overwrite},
+      {"lower_max_to_keep", lower_max_to_keep},
+      {"directory_is_a_file", directory_is_a_file},
+  };
+  return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
+}
