@@ -96,6 +96,23 @@ typedef enum {
   CKPT_LOG_LEVEL_WARNING = 1,
 } ckpt_log_level;
 
+// Element types of `ckpt_manager_register_tensor`, as in safetensors.
+typedef enum {
+  CKPT_DTYPE_F64 = 0,
+  CKPT_DTYPE_F32 = 1,
+  CKPT_DTYPE_F16 = 2,
+  CKPT_DTYPE_BF16 = 3,
+  CKPT_DTYPE_I64 = 4,
+  CKPT_DTYPE_I32 = 5,
+  CKPT_DTYPE_I16 = 6,
+  CKPT_DTYPE_I8 = 7,
+  CKPT_DTYPE_U64 = 8,
+  CKPT_DTYPE_U32 = 9,
+  CKPT_DTYPE_U16 = 10,
+  CKPT_DTYPE_U8 = 11,
+  CKPT_DTYPE_BOOL = 12,
+} ckpt_dtype;
+
 // Element types, named as in the safetensors format.
 typedef struct DType DType;
 
@@ -393,6 +410,36 @@ ckpt_status ckpt_manager_verify(const ckpt_manager *manager,
 // CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 ckpt_status ckpt_manager_reload(ckpt_manager *manager);
 
+// Registers a host buffer with the built-in saver: every save writes all
+// registered tensors to `<prefix>.safetensors` (before the save callback,
+// if one is set, runs), and `ckpt_manager_restore_or_initialize` reads
+// them back into the buffers after checking every name, dtype and shape.
+//
+// `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
+// value. `shape` points to `ndim` dimensions, each > 0 (may be NULL when
+// `ndim` is 0: a scalar). `data` is borrowed: it must hold the tensor's
+// bytes (product of the shape times the dtype's size, in the host's
+// little-endian layout) and stay valid until the tensor is unregistered
+// or the manager freed; the library reads it during saves and writes it
+// during restores, so do not touch it from other threads then.
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
+// (duplicate or unusable name, unknown dtype, a zero or overflowing
+// dimension, NULL data), CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+ckpt_status ckpt_manager_register_tensor(ckpt_manager *manager,
+                                         const char *name,
+                                         uint32_t dtype,
+                                         const uint64_t *shape,
+                                         size_t ndim,
+                                         void *data);
+
+// Unregisters a tensor; its buffer is no longer read or written.
+//
+// `name` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
+// CKPT_STATUS_INVALID_ARGUMENT (not registered), CKPT_STATUS_REENTRANT_CALL.
+// Thread-safe.
+ckpt_status ckpt_manager_unregister_tensor(ckpt_manager *manager, const char *name);
+
 // Creates options with TF's defaults: checkpoint name "ckpt", no
 // preservation, no interval, no callbacks. A directory and max_to_keep
 // (or keep-all) must be set before `ckpt_manager_new`.
@@ -467,6 +514,13 @@ ckpt_status ckpt_options_set_read_only(ckpt_options *options, bool read_only);
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
 ckpt_status ckpt_options_set_verify_checksums(ckpt_options *options, bool verify);
+
+// Whether restoring registered tensors may skip tensors that are in the
+// checkpoint but not registered, or registered but not in it (default
+// false: either is CKPT_STATUS_TENSOR_MISMATCH).
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+ckpt_status ckpt_options_set_partial_restore(ckpt_options *options, bool partial);
 
 // Sets the save callback, which writes each checkpoint's files. Without
 // one, `ckpt_manager_save` fails with CKPT_STATUS_INVALID_ARGUMENT.

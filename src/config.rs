@@ -28,6 +28,7 @@ pub struct Config {
     pub(crate) last_checkpoint_step: Option<i64>,
     pub(crate) read_only: bool,
     pub(crate) verify_checksums: bool,
+    pub(crate) partial_restore: bool,
 }
 
 impl Default for Config {
@@ -41,6 +42,7 @@ impl Default for Config {
             last_checkpoint_step: None,
             read_only: false,
             verify_checksums: true,
+            partial_restore: false,
         }
     }
 }
@@ -128,6 +130,12 @@ impl Config {
     /// Whether restoring checks every file's CRC32C (default) or only sizes.
     pub fn set_verify_checksums(&mut self, verify: bool) {
         self.verify_checksums = verify;
+    }
+
+    /// Whether restoring registered tensors may skip tensors that are in
+    /// the checkpoint but not registered, or registered but not in it.
+    pub fn set_partial_restore(&mut self, partial: bool) {
+        self.partial_restore = partial;
     }
 
     pub fn directory(&self) -> &Path {

@@ -1,7 +1,7 @@
 //! `CheckpointManager`: TF's manager over user callbacks, with a durable,
 //! verified commit. Policy lives in `policy`, file work in `storage`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +12,8 @@ use crate::manifest::{Manifest, Verification, MANIFEST_SUFFIX, PENDING_SUFFIX};
 use crate::paths;
 use crate::policy::{self, interval_allows_save, Retention};
 use crate::state::CheckpointState;
-use crate::storage::{self, DirectoryLock, Integrity};
+use crate::storage::{self, DirectoryLock, Integrity, TENSOR_FILE_SUFFIX};
+use crate::tensors::{DType, TensorRegistry};
 
 /// Decides when to save, names checkpoints, keeps and deletes them, and
 /// records them in the directory's `checkpoint` state file.
@@ -26,6 +27,8 @@ pub struct CheckpointManager {
     latest: Option<PathBuf>,
     save_counter: u64,
     last_checkpoint_step: Option<i64>,
+    /// Host buffers the built-in saver writes to `<prefix>.safetensors`.
+    tensors: TensorRegistry,
     /// Held by writers for the manager's life; `None` when read-only.
     _lock: Option<DirectoryLock>,
 }
@@ -49,12 +52,6 @@ impl CheckpointManager {
     /// A read-only manager touches nothing.
     pub fn new(config: Config, callbacks: Callbacks) -> Result<Self> {
         config.validate(&callbacks)?;
-        let lock = if config.read_only {
-            None
-        } else {
-            storage::create_directory(&config.directory)?;
-            Some(DirectoryLock::acquire(&config.directory)?)
-        };
         let mut manager = CheckpointManager {
             last_checkpoint_step: config.last_checkpoint_step,
             config,
@@ -62,9 +59,16 @@ impl CheckpointManager {
             retention: Retention::fresh(0.0),
             latest: None,
             save_counter: 0,
-            _lock: lock,
+            tensors: TensorRegistry::default(),
+            _lock: None,
         };
-        manager.load_state()?;
+        // Read first, so that a failing clock creates nothing on disk.
+        let now = manager.now()?;
+        if !manager.config.read_only {
+            storage::create_directory(&manager.config.directory)?;
+            manager._lock = Some(DirectoryLock::acquire(&manager.config.directory)?);
+        }
+        manager.load_state(now)?;
         if !manager.config.read_only {
             manager.recover_interrupted_saves()?;
         }
@@ -72,9 +76,8 @@ impl CheckpointManager {
         Ok(manager)
     }
 
-    /// Rebuilds the retention state from the state file at the current time.
-    fn load_state(&mut self) -> Result<()> {
-        let now = self.now()?;
+    /// Rebuilds the retention state from the state file at time `now`.
+    fn load_state(&mut self, now: f64) -> Result<()> {
         let directory = self.config.directory.clone();
         let Some(state) = storage::read_state(&directory)? else {
             self.retention = Retention::fresh(now);
@@ -108,7 +111,8 @@ impl CheckpointManager {
     /// Re-reads the state file: how a read-only manager sees the
     /// checkpoints another process saved since it opened.
     pub fn reload(&mut self) -> Result<()> {
-        self.load_state()?;
+        let now = self.now()?;
+        self.load_state(now)?;
         self.save_counter = self.save_counter.max(self.highest_known_number()?);
         Ok(())
     }
@@ -219,12 +223,16 @@ impl CheckpointManager {
             return Err(Error::ReadOnly);
         }
         let mut step = self.last_checkpoint_step;
+        let mut current = None;
         if let Some(interval) = self.config.checkpoint_interval {
-            let current = self.current_step()?;
-            if !interval_allows_save(interval, step, current, check_interval) {
+            let now_step = self.current_step()?;
+            if !interval_allows_save(interval, step, now_step, check_interval) {
                 return Ok(None);
             }
-            step = Some(current);
+            step = Some(now_step);
+            current = step;
+        } else if self.callbacks.step_counter.is_some() {
+            current = Some(self.current_step()?);
         }
         let counter = self
             .save_counter
@@ -237,11 +245,13 @@ impl CheckpointManager {
 
         let existed = storage::checkpoint_exists(&prefix)?;
         let mut retention = self.retention.clone();
-        let committed = self.write_checkpoint(&prefix, number).and_then(|()| {
-            retention.record(entry.clone(), self.now()?);
-            // The commit point: once the rename is done the checkpoint is the latest.
-            storage::replace_state(&directory, &state_for(&entry, &retention))
-        });
+        let committed = self
+            .write_checkpoint(&prefix, number, current)
+            .and_then(|()| {
+                retention.record(entry.clone(), self.now()?);
+                // The commit point: once the rename is done the checkpoint is the latest.
+                storage::replace_state(&directory, &state_for(&entry, &retention))
+            });
         if let Err(err) = committed {
             abandon(&prefix, existed);
             return Err(err);
@@ -294,20 +304,62 @@ impl CheckpointManager {
         }
     }
 
-    /// Marks the save as pending, runs the save callback, records the
-    /// files in the manifest and makes everything durable.
-    fn write_checkpoint(&mut self, prefix: &Path, number: u64) -> Result<()> {
-        let Some(save) = self.callbacks.save.as_mut() else {
-            return Err(Error::invalid("no save callback is set"));
-        };
+    /// Marks the save as pending, writes the registered tensors and runs
+    /// the save callback, records the files in the manifest and makes
+    /// everything durable.
+    fn write_checkpoint(&mut self, prefix: &Path, number: u64, step: Option<i64>) -> Result<()> {
+        if self.callbacks.save.is_none() && self.tensors.is_empty() {
+            return Err(Error::invalid(
+                "no save callback is set and no tensor is registered",
+            ));
+        }
         storage::mark_pending(prefix)?;
-        save(prefix, number).map_err(|source| Error::Callback {
-            callback: "save",
-            source,
-        })?;
-        let files = storage::describe_checkpoint(prefix)?;
+        let mut known = Vec::new();
+        if !self.tensors.is_empty() {
+            let mut metadata =
+                BTreeMap::from([("checkpoint_number".to_owned(), number.to_string())]);
+            if let Some(step) = step {
+                metadata.insert("step".to_owned(), step.to_string());
+            }
+            let path = paths::with_suffix(prefix, TENSOR_FILE_SUFFIX);
+            known.push(storage::write_tensor_file(
+                &path,
+                TENSOR_FILE_SUFFIX,
+                &self.tensors,
+                &metadata,
+            )?);
+        }
+        if let Some(save) = self.callbacks.save.as_mut() {
+            save(prefix, number).map_err(|source| Error::Callback {
+                callback: "save",
+                source,
+            })?;
+        }
+        let files = storage::describe_checkpoint(prefix, &known)?;
         storage::write_manifest(prefix, &Manifest::new(number, files))?;
         storage::sync_checkpoint(prefix)
+    }
+
+    /// Registers a host buffer for the built-in saver: every save writes
+    /// it to `<prefix>.safetensors`, every restore reads it back.
+    ///
+    /// # Safety
+    /// `data` must stay valid for reads and writes of the tensor's bytes,
+    /// from any thread that uses the manager, until the tensor is
+    /// unregistered or the manager dropped; nothing else may write it
+    /// during a save or read it during a restore.
+    pub unsafe fn register_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: *mut u8,
+    ) -> Result<()> {
+        self.tensors.register(name, dtype, shape, data)
+    }
+
+    pub fn unregister_tensor(&mut self, name: &str) -> Result<()> {
+        self.tensors.unregister(name)
     }
 
     fn max_to_keep(&self) -> Option<usize> {
@@ -373,8 +425,10 @@ impl CheckpointManager {
             }
             return Ok(None);
         };
-        if self.callbacks.restore.is_none() {
-            return Err(Error::invalid("no restore callback is set"));
+        if self.callbacks.restore.is_none() && self.tensors.is_empty() {
+            return Err(Error::invalid(
+                "no restore callback is set and no tensor is registered",
+            ));
         }
         let unlisted = storage::numbers_on_disk(
             &self.config.directory,
@@ -406,11 +460,16 @@ impl CheckpointManager {
                 ),
             );
         }
-        let restore = self.callbacks.restore.as_mut().expect("checked above");
-        restore(&chosen).map_err(|source| Error::Callback {
-            callback: "restore",
-            source,
-        })?;
+        if !self.tensors.is_empty() {
+            let path = paths::with_suffix(&chosen, TENSOR_FILE_SUFFIX);
+            storage::read_tensor_file(&path, &self.tensors, self.config.partial_restore)?;
+        }
+        if let Some(restore) = self.callbacks.restore.as_mut() {
+            restore(&chosen).map_err(|source| Error::Callback {
+                callback: "restore",
+                source,
+            })?;
+        }
         if self.config.checkpoint_interval.is_some() {
             self.last_checkpoint_step = Some(self.current_step()?);
         }

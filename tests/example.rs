@@ -41,7 +41,16 @@ fn interrupted_and_resumed_matches_a_straight_run() {
     assert!(second.contains("resumed from"), "{second}");
     assert!(second.contains("ckpt-3 at step 30"), "{second}");
 
-    let expected = ["checkpoint", "ckpt-3.model", "ckpt-4.model", "ckpt-5.model"];
+    let expected = [
+        "checkpoint",
+        "checkpoint.lock",
+        "ckpt-3.ckpt-manifest.json",
+        "ckpt-3.model",
+        "ckpt-4.ckpt-manifest.json",
+        "ckpt-4.model",
+        "ckpt-5.ckpt-manifest.json",
+        "ckpt-5.model",
+    ];
     assert_eq!(files(&straight), expected);
     assert_eq!(files(&resumed), expected);
     let last = |dir: &Path| std::fs::read(dir.join("ckpt-5.model")).unwrap();

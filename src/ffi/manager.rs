@@ -1,16 +1,17 @@
 //! `ckpt_manager`: the handle and its calls.
 
 use std::cell::RefCell;
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 
 use std::os::unix::ffi::OsStrExt;
 
 use super::{
     ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, integrity_result, new_c_string,
-    new_path_string, out_param, path_arg, verification, Failure, FfiResult,
+    new_path_string, out_param, path_arg, utf8_arg, verification, Failure, FfiResult,
 };
 use crate::manager::CheckpointManager;
+use crate::tensors::DType;
 
 /// A checkpoint manager. Thread-safe: one handle may be used from several
 /// threads at once; calls on it are serialised inside.
@@ -288,4 +289,86 @@ pub unsafe extern "C" fn ckpt_manager_verify(
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt_status {
     guard(|| with_manager(manager, |m| Ok(m.reload()?)))
+}
+
+/// Element types of `ckpt_manager_register_tensor`, as in safetensors.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ckpt_dtype {
+    F64 = 0,
+    F32 = 1,
+    F16 = 2,
+    Bf16 = 3,
+    I64 = 4,
+    I32 = 5,
+    I16 = 6,
+    I8 = 7,
+    U64 = 8,
+    U32 = 9,
+    U16 = 10,
+    U8 = 11,
+    Bool = 12,
+}
+
+/// Registers a host buffer with the built-in saver: every save writes all
+/// registered tensors to `<prefix>.safetensors` (before the save callback,
+/// if one is set, runs), and `ckpt_manager_restore_or_initialize` reads
+/// them back into the buffers after checking every name, dtype and shape.
+///
+/// `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
+/// value. `shape` points to `ndim` dimensions, each > 0 (may be NULL when
+/// `ndim` is 0: a scalar). `data` is borrowed: it must hold the tensor's
+/// bytes (product of the shape times the dtype's size, in the host's
+/// little-endian layout) and stay valid until the tensor is unregistered
+/// or the manager freed; the library reads it during saves and writes it
+/// during restores, so do not touch it from other threads then.
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
+/// (duplicate or unusable name, unknown dtype, a zero or overflowing
+/// dimension, NULL data), CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_register_tensor(
+    manager: *mut ckpt_manager,
+    name: *const c_char,
+    dtype: u32,
+    shape: *const u64,
+    ndim: usize,
+    data: *mut c_void,
+) -> ckpt_status {
+    guard(|| {
+        let name = utf8_arg(name, "name")?;
+        let dtype = usize::try_from(dtype)
+            .ok()
+            .and_then(|index| DType::ALL.get(index).copied())
+            .ok_or_else(|| {
+                Failure::new(
+                    ckpt_status::InvalidArgument,
+                    format!("unknown dtype {dtype}"),
+                )
+            })?;
+        let shape = match (shape.is_null(), ndim) {
+            (_, 0) => &[][..],
+            (true, _) => return Err(Failure::null("shape")),
+            (false, _) => std::slice::from_raw_parts(shape, ndim),
+        };
+        with_manager(manager, |m| {
+            Ok(m.register_tensor(name, dtype, shape, data.cast())?)
+        })
+    })
+}
+
+/// Unregisters a tensor; its buffer is no longer read or written.
+///
+/// `name` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
+/// CKPT_STATUS_INVALID_ARGUMENT (not registered), CKPT_STATUS_REENTRANT_CALL.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_unregister_tensor(
+    manager: *mut ckpt_manager,
+    name: *const c_char,
+) -> ckpt_status {
+    guard(|| {
+        let name = utf8_arg(name, "name")?;
+        with_manager(manager, |m| Ok(m.unregister_tensor(name)?))
+    })
 }

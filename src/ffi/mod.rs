@@ -221,6 +221,16 @@ pub(crate) unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&
     Ok(Path::new(OsStr::from_bytes(CStr::from_ptr(ptr).to_bytes())))
 }
 
+/// Borrows a C string argument that must be UTF-8.
+pub(crate) unsafe fn utf8_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a str> {
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    CStr::from_ptr(ptr)
+        .to_str()
+        .map_err(|_| Failure::new(ckpt_status::InvalidArgument, format!("{name} is not UTF-8")))
+}
+
 /// A newly allocated C string the caller frees with `ckpt_string_free`.
 pub(crate) fn new_c_string(bytes: &[u8]) -> FfiResult<*mut c_char> {
     CString::new(bytes)
@@ -372,6 +382,30 @@ mod tests {
             format!("{CKPT_VERSION_MAJOR}.{CKPT_VERSION_MINOR}.{CKPT_VERSION_PATCH}"),
             env!("CARGO_PKG_VERSION")
         );
+    }
+
+    #[test]
+    fn dtype_values_follow_the_core_order() {
+        use crate::tensors::DType;
+        let c_names = [
+            (ckpt_dtype::F64, "F64"),
+            (ckpt_dtype::F32, "F32"),
+            (ckpt_dtype::F16, "F16"),
+            (ckpt_dtype::Bf16, "BF16"),
+            (ckpt_dtype::I64, "I64"),
+            (ckpt_dtype::I32, "I32"),
+            (ckpt_dtype::I16, "I16"),
+            (ckpt_dtype::I8, "I8"),
+            (ckpt_dtype::U64, "U64"),
+            (ckpt_dtype::U32, "U32"),
+            (ckpt_dtype::U16, "U16"),
+            (ckpt_dtype::U8, "U8"),
+            (ckpt_dtype::Bool, "BOOL"),
+        ];
+        assert_eq!(c_names.len(), DType::ALL.len());
+        for (c_dtype, name) in c_names {
+            assert_eq!(DType::ALL[c_dtype as usize].name(), name);
+        }
     }
 
     #[test]

@@ -382,6 +382,22 @@ pub unsafe extern "C" fn ckpt_options_set_verify_checksums(
     })
 }
 
+/// Whether restoring registered tensors may skip tensors that are in the
+/// checkpoint but not registered, or registered but not in it (default
+/// false: either is CKPT_STATUS_TENSOR_MISMATCH).
+///
+/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_partial_restore(
+    options: *mut ckpt_options,
+    partial: bool,
+) -> ckpt_status {
+    update(options, |o| {
+        o.config.set_partial_restore(partial);
+        Ok(())
+    })
+}
+
 /// Stores a callback and takes ownership of `user_data` on success: the
 /// finalizer runs once when the callback is replaced or no longer held.
 /// A NULL callback clears the slot and finalizes `user_data` at once.

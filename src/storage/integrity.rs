@@ -40,8 +40,9 @@ fn checksum(path: &Path) -> io::Result<(u64, u32)> {
 }
 
 /// Every regular file of the checkpoint (inside a `<prefix>` directory
-/// too) but the manifest and the marker, with its size and CRC32C.
-pub fn describe_checkpoint(prefix: &Path) -> Result<Vec<FileRecord>> {
+/// too) but the manifest and the marker, with its size and CRC32C. Files
+/// in `known` (same suffix and size) are not read again.
+pub fn describe_checkpoint(prefix: &Path, known: &[FileRecord]) -> Result<Vec<FileRecord>> {
     let base_len = prefix.as_os_str().len();
     let own = [MANIFEST_SUFFIX, PENDING_SUFFIX].map(|s| paths::with_suffix(prefix, s));
     let mut pending: Vec<PathBuf> = checkpoint_files(prefix)?
@@ -57,8 +58,15 @@ pub fn describe_checkpoint(prefix: &Path) -> Result<Vec<FileRecord>> {
                     pending.push(entry?.path());
                 }
             } else if metadata.is_file() {
-                let (size, crc32c) = checksum(&path)?;
                 let suffix = &path.as_os_str().as_bytes()[base_len..];
+                let computed = known
+                    .iter()
+                    .find(|r| r.suffix.as_bytes() == suffix && r.size == metadata.len());
+                if let Some(record) = computed {
+                    records.push(record.clone());
+                    return Ok(());
+                }
+                let (size, crc32c) = checksum(&path)?;
                 records.push(FileRecord {
                     suffix: ByteString::from_bytes(suffix),
                     size,
@@ -216,7 +224,7 @@ mod tests {
             verify(&prefix, Verification::Checksums),
             Ok(Integrity::NoManifest)
         );
-        let records = describe_checkpoint(&prefix).unwrap();
+        let records = describe_checkpoint(&prefix, &[]).unwrap();
         let suffixes: Vec<_> = records
             .iter()
             .map(|r| r.suffix.as_bytes().to_vec())

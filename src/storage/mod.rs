@@ -6,6 +6,7 @@ mod files;
 mod integrity;
 mod lock;
 mod state_file;
+mod tensor_file;
 
 pub use files::{
     checkpoint_exists, create_directory, delete_checkpoint, highest_number_on_disk,
@@ -16,6 +17,7 @@ pub use integrity::{
 };
 pub use lock::DirectoryLock;
 pub use state_file::{read_state, remove_temporary_state_files, replace_state, write_state};
+pub use tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
 
 #[cfg(test)]
 pub use fault::{fail_after, io_steps_taken};
