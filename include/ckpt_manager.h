@@ -362,6 +362,15 @@ ckpt_status ckpt_manager_checkpoints(const ckpt_manager *manager, ckpt_string_li
 // checkpoint interval, the step counter's value becomes the last
 // checkpoint step.
 //
+// Registered tensors are read from `<prefix>.safetensors` after its header
+// is validated and matched against the registry (a mismatch is
+// CKPT_STATUS_TENSOR_MISMATCH and leaves every buffer untouched), then
+// the restore callback, if set, runs. To read the file once, its CRC32C
+// is checked while it is read into the buffers: if it does not match, the
+// buffers hold damaged bytes until an older checkpoint is restored over
+// them; with none intact the call fails and the buffers' contents are
+// unspecified.
+//
 // On success `*out_prefix` is the restored prefix (caller frees with
 // `ckpt_string_free`), or NULL when there was nothing to restore.
 //

@@ -66,19 +66,21 @@ pub fn latest_checkpoint(
         .map(|bytes| paths::path_from_bytes(bytes))
         .collect();
     let candidates = policy::fallback_order(&latest, &listed, []);
-    Ok(first_intact(&candidates, options.verification, warn)?.map(|(path, _)| path))
+    let verify = |candidate: &Path| verify_checkpoint(candidate, options.verification);
+    Ok(first_usable(&candidates, warn, verify)?.map(|(path, _)| path))
 }
 
-/// The first candidate that verifies, warning about each damaged one and
-/// about a fallback. Errors other than damage stop the search.
-pub(crate) fn first_intact(
+/// The first candidate for which `try_one` succeeds, warning about each
+/// damaged one and about a fallback. Errors other than damage stop the
+/// search.
+pub(crate) fn first_usable<T>(
     candidates: &[PathBuf],
-    verification: Verification,
     warn: &mut dyn FnMut(&str),
-) -> Result<Option<(PathBuf, Integrity)>> {
+    mut try_one: impl FnMut(&Path) -> Result<T>,
+) -> Result<Option<(PathBuf, T)>> {
     for (index, candidate) in candidates.iter().enumerate() {
-        match verify_checkpoint(candidate, verification) {
-            Ok(integrity) => {
+        match try_one(candidate) {
+            Ok(value) => {
                 if index > 0 {
                     warn(&format!(
                         "falling back to '{}' because the latest checkpoint '{}' is damaged",
@@ -86,7 +88,7 @@ pub(crate) fn first_intact(
                         candidates[0].display()
                     ));
                 }
-                return Ok(Some((candidate.clone(), integrity)));
+                return Ok(Some((candidate.clone(), value)));
             }
             Err(err @ Error::Damaged { .. }) => warn(&err.to_string()),
             Err(err) => return Err(err),

@@ -440,10 +440,26 @@ impl CheckpointManager {
         });
         let candidates = policy::fallback_order(&latest, &self.checkpoints(), unlisted);
         let verification = self.verification();
+        let tensors = &self.tensors;
+        let partial = self.config.partial_restore;
+        // The tensor file is read in full anyway: check its CRC32C on the way
+        // rather than reading it twice.
+        let check_while_reading =
+            !tensors.is_empty() && verification == Verification::Checksums && !partial;
+        let load = |candidate: &Path| -> Result<Integrity> {
+            let (integrity, crc) = if check_while_reading {
+                storage::verify_checkpoint_deferring(candidate, TENSOR_FILE_SUFFIX)?
+            } else {
+                (inspect::verify_checkpoint(candidate, verification)?, None)
+            };
+            if !tensors.is_empty() {
+                let path = paths::with_suffix(candidate, TENSOR_FILE_SUFFIX);
+                storage::read_tensor_file(&path, tensors, partial, crc)?;
+            }
+            Ok(integrity)
+        };
         let mut warnings = Vec::new();
-        let found = inspect::first_intact(&candidates, verification, &mut |w| {
-            warnings.push(w.to_owned())
-        });
+        let found = inspect::first_usable(&candidates, &mut |w| warnings.push(w.to_owned()), load);
         warnings.iter().for_each(|warning| self.warn(warning));
         let Some((chosen, integrity)) = found? else {
             return Err(Error::Damaged {
@@ -459,10 +475,6 @@ impl CheckpointManager {
                     chosen.display()
                 ),
             );
-        }
-        if !self.tensors.is_empty() {
-            let path = paths::with_suffix(&chosen, TENSOR_FILE_SUFFIX);
-            storage::read_tensor_file(&path, &self.tensors, self.config.partial_restore)?;
         }
         if let Some(restore) = self.callbacks.restore.as_mut() {
             restore(&chosen).map_err(|source| Error::Callback {

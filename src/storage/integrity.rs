@@ -129,6 +129,24 @@ fn read_manifest(prefix: &Path) -> Result<Option<Manifest>> {
 /// `Verification::Checksums`) another CRC32C, or when nothing of the
 /// checkpoint exists.
 pub fn verify_checkpoint(prefix: &Path, level: Verification) -> Result<Integrity> {
+    verify(prefix, level, None).map(|(integrity, _)| integrity)
+}
+
+/// `verify_checkpoint` with checksums, except for the file `<prefix><suffix>`:
+/// its size is checked and its recorded CRC32C returned, for a caller that
+/// reads the whole file anyway to check it on the way.
+pub fn verify_checkpoint_deferring(
+    prefix: &Path,
+    suffix: &str,
+) -> Result<(Integrity, Option<u32>)> {
+    verify(prefix, Verification::Checksums, Some(suffix.as_bytes()))
+}
+
+fn verify(
+    prefix: &Path,
+    level: Verification,
+    deferred: Option<&[u8]>,
+) -> Result<(Integrity, Option<u32>)> {
     let damaged = |detail: String| Error::Damaged {
         prefix: prefix.to_path_buf(),
         detail,
@@ -137,11 +155,12 @@ pub fn verify_checkpoint(prefix: &Path, level: Verification) -> Result<Integrity
         let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
         let files = checkpoint_files(prefix)?;
         return if files.iter().any(|file| *file != marker) {
-            Ok(Integrity::NoManifest)
+            Ok((Integrity::NoManifest, None))
         } else {
             Err(damaged("none of its files exist".into()))
         };
     };
+    let mut deferred_crc = None;
     for record in &manifest.files {
         let mut path = prefix.as_os_str().to_os_string();
         path.push(std::ffi::OsStr::from_bytes(record.suffix.as_bytes()));
@@ -160,17 +179,28 @@ pub fn verify_checkpoint(prefix: &Path, level: Verification) -> Result<Integrity
                 record.size
             )));
         }
-        if level == Verification::Checksums {
+        if deferred == Some(record.suffix.as_bytes()) {
+            deferred_crc = Some(record.crc32c);
+        } else if level == Verification::Checksums {
             let (_, crc) = checksum(&path).map_err(|err| Error::io_at("read", &path, err))?;
-            if crc != record.crc32c {
-                return Err(damaged(format!(
-                    "'{name}' has CRC32C {crc:08x}, the manifest says {:08x}",
-                    record.crc32c
-                )));
-            }
+            check_crc(&path, crc, record.crc32c)?;
         }
     }
-    Ok(Integrity::Intact)
+    Ok((Integrity::Intact, deferred_crc))
+}
+
+/// `Err(Damaged)` unless a file's CRC32C is the one its manifest records.
+pub fn check_crc(path: &Path, actual: u32, recorded: u32) -> Result<()> {
+    if actual == recorded {
+        return Ok(());
+    }
+    Err(Error::Damaged {
+        prefix: path.to_path_buf(),
+        detail: format!(
+            "'{}' has CRC32C {actual:08x}, the manifest says {recorded:08x}",
+            path.display()
+        ),
+    })
 }
 
 /// Marks a save of `prefix` as started, durably, before any of its files

@@ -13,7 +13,8 @@ pub use files::{
     numbers_on_disk, remove_file, sync_checkpoint, sync_directory,
 };
 pub use integrity::{
-    clear_pending, describe_checkpoint, mark_pending, verify_checkpoint, write_manifest, Integrity,
+    clear_pending, describe_checkpoint, mark_pending, verify_checkpoint,
+    verify_checkpoint_deferring, write_manifest, Integrity,
 };
 pub use lock::DirectoryLock;
 pub use state_file::{read_state, remove_temporary_state_files, replace_state, write_state};

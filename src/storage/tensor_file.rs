@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::fault;
+use super::integrity::check_crc;
 use crate::error::{Error, Result};
 use crate::manifest::{ByteString, FileRecord};
 use crate::safetensors::{decode_header, encode_header, restore_plan, MAX_HEADER_BYTES};
@@ -57,8 +58,15 @@ pub fn write_tensor_file(
 
 /// Reads the tensors of `path` into the registered buffers. The whole
 /// header is validated and matched against the registry first, so a bad
-/// file or a mismatch leaves every buffer untouched.
-pub fn read_tensor_file(path: &Path, registry: &TensorRegistry, partial: bool) -> Result<()> {
+/// file or a mismatch leaves every buffer untouched. With `expected_crc`
+/// (and not `partial`, so every byte is read) the file's CRC32C is checked
+/// on the way: a mismatch is `Err(Damaged)` with the buffers overwritten.
+pub fn read_tensor_file(
+    path: &Path,
+    registry: &TensorRegistry,
+    partial: bool,
+    expected_crc: Option<u32>,
+) -> Result<()> {
     let io_error = |err| Error::io_at("read tensors from", path, err);
     let damaged = |detail: String| Error::Damaged {
         prefix: path.to_path_buf(),
@@ -85,11 +93,20 @@ pub fn read_tensor_file(path: &Path, registry: &TensorRegistry, partial: bool) -
     file.read_exact(&mut json).map_err(io_error)?;
     let header = decode_header(&json, file_len - data_start).map_err(damaged)?;
     let plan = restore_plan(&header, registry, partial)?;
+    let expected_crc = expected_crc.filter(|_| !partial);
+    let mut crc = crc32c::crc32c_append(crc32c::crc32c(&length), &json);
     for (tensor, offset) in plan {
         // SAFETY: registered buffers stay valid and unshared during the call.
         let buffer = unsafe { tensor.bytes_mut() };
         file.read_exact_at(buffer, data_start + offset)
             .map_err(io_error)?;
+        if expected_crc.is_some() {
+            // The plan follows the file's order and covers it all.
+            crc = crc32c::crc32c_append(crc, buffer);
+        }
     }
-    Ok(())
+    match expected_crc {
+        Some(expected) => check_crc(path, crc, expected),
+        None => Ok(()),
+    }
 }
