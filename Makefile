@@ -6,7 +6,7 @@ CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
 BUILD_DIR := build
 
-.PHONY: run test library clean
+.PHONY: run test bench library clean
 
 library:
 	cargo build --release
@@ -30,6 +30,9 @@ test:
 	cargo test
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
+
+bench:
+	cargo bench --bench save_restore
 
 clean:
 	cargo clean
