@@ -66,8 +66,8 @@ pub fn latest_checkpoint(
         .map(|bytes| paths::path_from_bytes(bytes))
         .collect();
     let candidates = policy::fallback_order(&latest, &listed, []);
-    let verify = |candidate: &Path| verify_checkpoint(candidate, options.verification);
-    Ok(first_usable(&candidates, warn, verify)?.map(|(path, _)| path))
+    let mut verify = |candidate: &Path| verify_checkpoint(candidate, options.verification);
+    Ok(first_usable(&candidates, warn, &mut verify)?.map(|(path, _)| path))
 }
 
 /// The first candidate for which `try_one` succeeds, warning about each
@@ -76,7 +76,7 @@ pub fn latest_checkpoint(
 pub(crate) fn first_usable<T>(
     candidates: &[PathBuf],
     warn: &mut dyn FnMut(&str),
-    mut try_one: impl FnMut(&Path) -> Result<T>,
+    try_one: &mut dyn FnMut(&Path) -> Result<T>,
 ) -> Result<Option<(PathBuf, T)>> {
     for (index, candidate) in candidates.iter().enumerate() {
         match try_one(candidate) {

@@ -28,7 +28,7 @@ pub use inspect::{
     verify_checkpoint, LatestOptions,
 };
 pub use manager::CheckpointManager;
-pub use manifest::{Manifest, Verification};
+pub use manifest::{ByteString, FileRecord, Manifest, Verification};
 pub use state::CheckpointState;
 pub use storage::Integrity;
 pub use tensors::DType;

@@ -304,8 +304,8 @@ impl CheckpointManager {
         }
     }
 
-    /// Marks the save as pending, writes the registered tensors and runs
-    /// the save callback, records the files in the manifest and makes
+    /// Marks the save as pending, runs the save callback and writes the
+    /// registered tensors, records the files in the manifest and makes
     /// everything durable.
     fn write_checkpoint(&mut self, prefix: &Path, number: u64, step: Option<i64>) -> Result<()> {
         if self.callbacks.save.is_none() && self.tensors.is_empty() {
@@ -314,6 +314,14 @@ impl CheckpointManager {
             ));
         }
         storage::mark_pending(prefix)?;
+        if let Some(save) = self.callbacks.save.as_mut() {
+            save(prefix, number).map_err(|source| Error::Callback {
+                callback: "save",
+                source,
+            })?;
+        }
+        // Written after the callback, so the CRC computed on the way is the
+        // file's even if the callback wrote the same name.
         let mut known = Vec::new();
         if !self.tensors.is_empty() {
             let mut metadata =
@@ -328,12 +336,6 @@ impl CheckpointManager {
                 &self.tensors,
                 &metadata,
             )?);
-        }
-        if let Some(save) = self.callbacks.save.as_mut() {
-            save(prefix, number).map_err(|source| Error::Callback {
-                callback: "save",
-                source,
-            })?;
         }
         let files = storage::describe_checkpoint(prefix, &known)?;
         storage::write_manifest(prefix, &Manifest::new(number, files))?;
@@ -446,7 +448,9 @@ impl CheckpointManager {
         // rather than reading it twice.
         let check_while_reading =
             !tensors.is_empty() && verification == Verification::Checksums && !partial;
-        let load = |candidate: &Path| -> Result<Integrity> {
+        // Set when a damaged tensor file was read into the buffers.
+        let mut overwritten_by: Option<PathBuf> = None;
+        let mut load = |candidate: &Path| -> Result<Integrity> {
             let (integrity, crc) = if check_while_reading {
                 storage::verify_checkpoint_deferring(candidate, TENSOR_FILE_SUFFIX)?
             } else {
@@ -454,17 +458,32 @@ impl CheckpointManager {
             };
             if !tensors.is_empty() {
                 let path = paths::with_suffix(candidate, TENSOR_FILE_SUFFIX);
-                storage::read_tensor_file(&path, tensors, partial, crc)?;
+                let read = storage::read_tensor_file(&path, tensors, partial, crc);
+                if matches!(read, Err(Error::Damaged { .. })) && crc.is_some() {
+                    overwritten_by = Some(candidate.to_path_buf());
+                }
+                read?;
             }
             Ok(integrity)
         };
         let mut warnings = Vec::new();
-        let found = inspect::first_usable(&candidates, &mut |w| warnings.push(w.to_owned()), load);
+        let found =
+            inspect::first_usable(&candidates, &mut |w| warnings.push(w.to_owned()), &mut load);
         warnings.iter().for_each(|warning| self.warn(warning));
-        let Some((chosen, integrity)) = found? else {
+        let found = match (found, overwritten_by) {
+            (Err(Error::TensorMismatch(message)), Some(damaged)) => {
+                return Err(Error::TensorMismatch(format!(
+                    "{message}; the buffers hold the bytes of the damaged checkpoint '{}'",
+                    damaged.display()
+                )))
+            }
+            (found, _) => found?,
+        };
+        let Some((chosen, integrity)) = found else {
+            let reason = warnings.first().map_or("", String::as_str);
             return Err(Error::Damaged {
                 prefix: latest,
-                detail: "no older checkpoint is intact either".into(),
+                detail: format!("no checkpoint is intact ({reason})"),
             });
         };
         if integrity == Integrity::NoManifest {

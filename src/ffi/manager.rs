@@ -200,8 +200,10 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
 /// the restore callback, if set, runs. To read the file once, its CRC32C
 /// is checked while it is read into the buffers: if it does not match, the
 /// buffers hold damaged bytes until an older checkpoint is restored over
-/// them; with none intact the call fails and the buffers' contents are
-/// unspecified.
+/// them. If that fails too (none intact, or an older checkpoint's tensors
+/// do not match the registry; the message says so), the buffers' contents
+/// are unspecified. A checkpoint without `<prefix>.safetensors` is a
+/// mismatch when tensors are registered (a partial restore skips it).
 ///
 /// On success `*out_prefix` is the restored prefix (caller frees with
 /// `ckpt_string_free`), or NULL when there was nothing to restore.
@@ -320,8 +322,9 @@ pub enum ckpt_dtype {
 }
 
 /// Registers a host buffer with the built-in saver: every save writes all
-/// registered tensors to `<prefix>.safetensors` (before the save callback,
-/// if one is set, runs), and `ckpt_manager_restore_or_initialize` reads
+/// registered tensors to `<prefix>.safetensors` (after the save callback,
+/// if one is set, has run; that file name belongs to the built-in saver),
+/// and `ckpt_manager_restore_or_initialize` reads
 /// them back into the buffers after checking every name, dtype and shape.
 ///
 /// `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`

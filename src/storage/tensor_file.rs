@@ -58,7 +58,8 @@ pub fn write_tensor_file(
 
 /// Reads the tensors of `path` into the registered buffers. The whole
 /// header is validated and matched against the registry first, so a bad
-/// file or a mismatch leaves every buffer untouched. With `expected_crc`
+/// file or a mismatch leaves every buffer untouched; no file at all is a
+/// mismatch too, or nothing to do for a partial restore. With `expected_crc`
 /// (and not `partial`, so every byte is read) the file's CRC32C is checked
 /// on the way: a mismatch is `Err(Damaged)` with the buffers overwritten.
 pub fn read_tensor_file(
@@ -72,7 +73,21 @@ pub fn read_tensor_file(
         prefix: path.to_path_buf(),
         detail,
     };
-    let mut file = File::open(path).map_err(io_error)?;
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound && partial => return Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let first = registry
+                .iter()
+                .next()
+                .map_or("", |tensor| tensor.name.as_str());
+            return Err(Error::TensorMismatch(format!(
+                "tensor '{first}' is registered but the checkpoint has no '{}' (allow a partial restore to skip it)",
+                path.display()
+            )));
+        }
+        Err(err) => return Err(io_error(err)),
+    };
     let file_len = file.metadata().map_err(io_error)?.len();
     let mut length = [0u8; 8];
     file.read_exact(&mut length)
