@@ -165,35 +165,6 @@ static void check_listing(const char *file, int line, const char *dir,
   "ckpt-" #n ".ckpt-manifest.json ckpt-" #n ".data-00000-of-00001 " \
   "ckpt-" #n ".index"
 
-/* Makes the thread's last error message a known one, so a check after a
- * failing call sees the message that call set. */
-static const char reset_text[] =
-    "invalid argument: checkpoint_interval must be positive, not -424242";
-static void reset_message(void) {
-  ckpt_options *options = NULL;
-  CHECK_OK(ckpt_options_new(&options));
-  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT,
-               ckpt_options_set_checkpoint_interval(options, -424242));
-  ckpt_options_free(options);
-  CHECK_STR(reset_text, ckpt_last_error_message());
-}
-
-static void check_message(const char *file, int line, const char *needle) {
-  const char *message = ckpt_last_error_message();
-  if (message == NULL || message[0] == '\0' || strcmp(message, reset_text) == 0 ||
-      strstr(message, needle) == NULL)
-    test_fail(file, line, "last error message \"%s\" should be new and contain \"%s\"",
-              message ? message : "(null)", needle);
-}
-
-/* `call` fails with `status` and sets a new message containing `needle`. */
-#define CHECK_FAILS(status, needle, call)        \
-  do {                                           \
-    reset_message();                             \
-    CHECK_STATUS((status), call);                \
-    check_message(__FILE__, __LINE__, (needle)); \
-  } while (0)
-
 static bool checkpoint_exists(const char *prefix) {
   bool found = false;
   CHECK_OK(ckpt_checkpoint_exists(prefix, &found));

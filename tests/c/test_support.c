@@ -23,6 +23,26 @@ void check_str(const char *file, int line, const char *expected,
               actual ? actual : "(null)", expected ? expected : "(null)");
 }
 
+const char reset_text[] =
+    "invalid argument: checkpoint_interval must be positive, not -424242";
+
+void reset_message(void) {
+  ckpt_options *options = NULL;
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_STATUS(CKPT_STATUS_INVALID_ARGUMENT,
+               ckpt_options_set_checkpoint_interval(options, -424242));
+  ckpt_options_free(options);
+  CHECK_STR(reset_text, ckpt_last_error_message());
+}
+
+void check_message(const char *file, int line, const char *needle) {
+  const char *message = ckpt_last_error_message();
+  if (message == NULL || message[0] == '\0' || strcmp(message, reset_text) == 0 ||
+      strstr(message, needle) == NULL)
+    test_fail(file, line, "last error message \"%s\" should be new and contain \"%s\"",
+              message ? message : "(null)", needle);
+}
+
 int run_test_case(const test_case *cases, size_t count, int argc, char **argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s CASE WORKDIR\n", argv[0]);

@@ -37,6 +37,21 @@ void test_fail(const char *file, int line, const char *format, ...);
 void check_str(const char *file, int line, const char *expected,
                const char *actual, const char *what);
 
+/* Makes the thread's last error message `reset_text`, so that a check
+ * after a failing call sees the message that call set. */
+extern const char reset_text[];
+void reset_message(void);
+/* Fails unless the last error message is new and contains `needle`. */
+void check_message(const char *file, int line, const char *needle);
+
+/* `call` fails with `status` and sets a new message containing `needle`. */
+#define CHECK_FAILS(status, needle, call)        \
+  do {                                           \
+    reset_message();                             \
+    CHECK_STATUS((status), call);                \
+    check_message(__FILE__, __LINE__, (needle)); \
+  } while (0)
+
 /* A test case gets a fresh, empty work directory that the harness removes. */
 typedef struct {
   const char *name;
