@@ -1,12 +1,13 @@
 # The two commands of this project (see README.md):
-#   make run   builds the library and runs the C example, interrupted and resumed
+#   make run   builds the library and runs the demo trainer, interrupted and resumed
+#   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
 BUILD_DIR := build
 
-.PHONY: run test bench library clean
+.PHONY: run tiny test bench library clean
 
 library:
 	cargo build --release
@@ -15,7 +16,27 @@ $(BUILD_DIR)/tiny_trainer: examples/tiny_trainer.c include/ckpt_manager.h librar
 	mkdir -p $(BUILD_DIR)
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(RELEASE_DIR) -lckpt_manager -Wl,-rpath,$(RELEASE_DIR)
 
-run: $(BUILD_DIR)/tiny_trainer
+$(BUILD_DIR)/mlp_trainer: examples/mlp_trainer.c include/ckpt_manager.h library
+	mkdir -p $(BUILD_DIR)
+	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(RELEASE_DIR) -lckpt_manager -Wl,-rpath,$(RELEASE_DIR) -lm
+
+# The demo: interrupted at step 1250, resumed by the same command without
+# --stop-at, then compared with a run straight through.
+run: $(BUILD_DIR)/mlp_trainer
+	rm -rf $(BUILD_DIR)/mlp-run $(BUILD_DIR)/mlp-straight
+	@echo "== first run, interrupted at step 1250"
+	$(BUILD_DIR)/mlp_trainer $(BUILD_DIR)/mlp-run --stop-at 1250
+	@echo "== second run, resumes from the latest checkpoint"
+	$(BUILD_DIR)/mlp_trainer $(BUILD_DIR)/mlp-run --export $(BUILD_DIR)/mlp-run.weights
+	@echo "== the checkpoint directory"
+	ls $(BUILD_DIR)/mlp-run
+	@echo "== a run straight through, in another directory (its last line)"
+	$(BUILD_DIR)/mlp_trainer $(BUILD_DIR)/mlp-straight --export $(BUILD_DIR)/mlp-straight.weights > $(BUILD_DIR)/mlp-straight.log
+	tail -n 1 $(BUILD_DIR)/mlp-straight.log
+	cmp $(BUILD_DIR)/mlp-run.weights $(BUILD_DIR)/mlp-straight.weights
+	@echo "== the weights of the interrupted run and the straight run are identical"
+
+tiny: $(BUILD_DIR)/tiny_trainer
 	rm -rf $(BUILD_DIR)/tiny-run
 	@echo "== first run, interrupted at step 34"
 	$(BUILD_DIR)/tiny_trainer $(BUILD_DIR)/tiny-run 50 34
@@ -33,6 +54,11 @@ test:
 
 bench:
 	cargo bench --bench save_restore
+
+# The crash torture's long mode: 5,000 SIGKILLs (cargo test does 300).
+.PHONY: torture
+torture:
+	CKPT_TORTURE_KILLS=5000 cargo test --release --test torture -- --nocapture
 
 clean:
 	cargo clean

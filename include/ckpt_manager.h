@@ -323,8 +323,8 @@ void ckpt_manager_free(ckpt_manager *manager);
 // with `ckpt_string_free`), or NULL when the interval gate skipped it.
 // On failure nothing is committed and the manager is unchanged.
 //
-// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no save
-// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither
+// a save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
 // previous state stays valid), CKPT_STATUS_READ_ONLY,
 // CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
 ckpt_status ckpt_manager_save(ckpt_manager *manager,
@@ -377,7 +377,8 @@ ckpt_status ckpt_manager_checkpoints(const ckpt_manager *manager, ckpt_string_li
 // `ckpt_string_free`), or NULL when there was nothing to restore.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
-// checkpoint exists but no restore callback is set),
+// checkpoint exists but neither a restore callback nor a tensor is set),
+// CKPT_STATUS_TENSOR_MISMATCH,
 // CKPT_STATUS_CHECKPOINT_DAMAGED (no intact checkpoint is left),
 // CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
 // CKPT_STATUS_REENTRANT_CALL. Thread-safe.
@@ -535,7 +536,9 @@ ckpt_status ckpt_options_set_verify_checksums(ckpt_options *options, bool verify
 ckpt_status ckpt_options_set_partial_restore(ckpt_options *options, bool partial);
 
 // Sets the save callback, which writes each checkpoint's files. Without
-// one, `ckpt_manager_save` fails with CKPT_STATUS_INVALID_ARGUMENT.
+// one, saves write only the tensors registered with
+// `ckpt_manager_register_tensor` (and fail with
+// CKPT_STATUS_INVALID_ARGUMENT when there are none).
 //
 // Callback arguments, for every `ckpt_options_set_*_callback`: `user_data`
 // is passed first to each call. On CKPT_STATUS_OK the library owns

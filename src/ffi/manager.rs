@@ -124,8 +124,8 @@ pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
 /// with `ckpt_string_free`), or NULL when the interval gate skipped it.
 /// On failure nothing is committed and the manager is unchanged.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no save
-/// callback), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither
+/// a save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
 /// previous state stays valid), CKPT_STATUS_READ_ONLY,
 /// CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
 #[no_mangle]
@@ -209,7 +209,8 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
 /// `ckpt_string_free`), or NULL when there was nothing to restore.
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
-/// checkpoint exists but no restore callback is set),
+/// checkpoint exists but neither a restore callback nor a tensor is set),
+/// CKPT_STATUS_TENSOR_MISMATCH,
 /// CKPT_STATUS_CHECKPOINT_DAMAGED (no intact checkpoint is left),
 /// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
 /// CKPT_STATUS_REENTRANT_CALL. Thread-safe.

@@ -419,7 +419,9 @@ unsafe fn set_callback<F: Copy>(
 }
 
 /// Sets the save callback, which writes each checkpoint's files. Without
-/// one, `ckpt_manager_save` fails with CKPT_STATUS_INVALID_ARGUMENT.
+/// one, saves write only the tensors registered with
+/// `ckpt_manager_register_tensor` (and fail with
+/// CKPT_STATUS_INVALID_ARGUMENT when there are none).
 ///
 /// Callback arguments, for every `ckpt_options_set_*_callback`: `user_data`
 /// is passed first to each call. On CKPT_STATUS_OK the library owns

@@ -46,6 +46,17 @@ fn build_dir() -> PathBuf {
 /// Compiles `sources` (relative to the repo) into one program linked with
 /// the shared library, once per test process.
 pub fn program(compiler: &str, flags: &[&str], name: &str, sources: &[&str]) -> PathBuf {
+    program_with_libs(compiler, flags, name, sources, &[])
+}
+
+/// `program`, with extra linker arguments (such as `-lm`) after the sources.
+pub fn program_with_libs(
+    compiler: &str,
+    flags: &[&str],
+    name: &str,
+    sources: &[&str],
+    libs: &[&str],
+) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
@@ -53,6 +64,9 @@ pub fn program(compiler: &str, flags: &[&str], name: &str, sources: &[&str]) -> 
         return path.clone();
     }
     let output = build_dir().join(name);
+    // Built aside and renamed into place: another test process may be
+    // running the previous binary ("Text file busy").
+    let building = build_dir().join(format!("{name}.{}.tmp", std::process::id()));
     let lib_dir = library_dir();
     let mut command = Command::new(compiler);
     command
@@ -63,10 +77,11 @@ pub fn program(compiler: &str, flags: &[&str], name: &str, sources: &[&str]) -> 
         .arg(repo_root().join("tests/c"))
         .args(sources.iter().map(|s| repo_root().join(s)))
         .arg("-o")
-        .arg(&output)
+        .arg(&building)
         .arg(format!("-L{}", lib_dir.display()))
         .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .args(["-lckpt_manager", "-lpthread"]);
+        .args(["-lckpt_manager", "-lpthread"])
+        .args(libs);
     let result = command
         .output()
         .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
@@ -75,12 +90,17 @@ pub fn program(compiler: &str, flags: &[&str], name: &str, sources: &[&str]) -> 
         "{compiler} failed for {name}:\n{}",
         String::from_utf8_lossy(&result.stderr)
     );
+    std::fs::rename(&building, &output).unwrap();
     built.insert(name.to_owned(), output.clone());
     output
 }
 
 pub fn c_program(name: &str, sources: &[&str]) -> PathBuf {
     program("cc", C_FLAGS, name, sources)
+}
+
+pub fn c_program_with_libs(name: &str, sources: &[&str], libs: &[&str]) -> PathBuf {
+    program_with_libs("cc", C_FLAGS, name, sources, libs)
 }
 
 /// A command running `program` against the freshly built library; under
