@@ -117,10 +117,11 @@ impl CheckpointManager {
         Ok(())
     }
 
-    /// Removes checkpoints whose save was interrupted before its commit
-    /// (they carry a pending marker and the state file does not name
-    /// them), and temporary files of interrupted state or manifest writes.
-    /// Only files of this manager's own naming are touched.
+    /// Removes checkpoints that carry a pending marker and that the state
+    /// file does not name: saves interrupted before their commit, and
+    /// swept checkpoints whose deletion was interrupted. Removes temporary
+    /// files of interrupted state or manifest writes too. Only files of
+    /// this manager's own naming are touched.
     fn recover_interrupted_saves(&mut self) -> Result<()> {
         let directory = self.config.directory.clone();
         let name = self.config.checkpoint_name.clone();
@@ -148,7 +149,7 @@ impl CheckpointManager {
         }
         for prefix in interrupted {
             self.warn(&format!(
-                "removing '{}': its save was interrupted before it was committed",
+                "removing '{}': it was being saved or deleted when the last writer stopped",
                 prefix.display()
             ));
             storage::delete_checkpoint(&prefix)?;
@@ -244,64 +245,64 @@ impl CheckpointManager {
         let entry = PathBuf::from(prefix.file_name().expect("a prefix ends in a file name"));
 
         let existed = storage::checkpoint_exists(&prefix)?;
+        self.write_checkpoint(&prefix, number, current)
+            .inspect_err(|_| abandon(&prefix, existed))?;
         let mut retention = self.retention.clone();
-        let committed = self
-            .write_checkpoint(&prefix, number, current)
-            .and_then(|()| {
-                retention.record(entry.clone(), self.now()?);
-                // The commit point: once the rename is done the checkpoint is the latest.
-                storage::replace_state(&directory, &state_for(&entry, &retention))
-            });
+        let recorded = self.now().map(|now| retention.record(entry.clone(), now));
+        // Decided before the commit, so that the one state file written
+        // already leaves them out; their markers let recovery on open
+        // finish the deletion if it is interrupted.
+        let swept = retention.sweep(
+            self.max_to_keep(),
+            self.config.keep_checkpoint_every_n_hours,
+        );
+        let doomed = self.deletable(&swept.delete);
+        let committed = recorded
+            .and_then(|()| storage::mark_pending_all(&doomed))
+            // The commit point: once the rename is done the checkpoint is the latest.
+            .and_then(|()| storage::replace_state(&directory, &state_for(&entry, &retention)));
         if let Err(err) = committed {
             abandon(&prefix, existed);
+            doomed.iter().for_each(|old| abandon(old, true));
             return Err(err);
         }
         self.save_counter = counter;
         self.last_checkpoint_step = step;
-        self.latest = Some(entry.clone());
+        self.latest = Some(entry);
+        self.retention = retention;
         // Until the directory is synced the old state file may come back
         // after a power loss, so nothing it names may be deleted yet.
-        let durable = match storage::sync_directory(&directory) {
-            Ok(()) => true,
-            Err(err) => {
-                self.warn(&format!(
-                    "{err}; '{}' is committed, older checkpoints are kept until the next save",
-                    prefix.display()
-                ));
-                false
-            }
-        };
+        if let Err(err) = storage::sync_directory(&directory) {
+            self.warn(&format!(
+                "{err}; '{}' is committed, old checkpoints are deleted when a manager next opens",
+                prefix.display()
+            ));
+            return Ok(Some(prefix));
+        }
         if let Err(err) = storage::clear_pending(&prefix) {
             self.warn(&format!("{err}; it is cleared when a manager next opens"));
         }
-        self.retention = retention;
-        if durable {
-            self.sweep(&directory, &entry);
+        for old in &doomed {
+            self.delete_swept(old);
         }
         Ok(Some(prefix))
     }
 
-    /// Deletes or preserves the checkpoints beyond max_to_keep, then
-    /// rewrites the state file without them. Failures are warnings: the
-    /// new checkpoint is committed already and must be reported as saved.
-    fn sweep(&mut self, directory: &Path, latest: &Path) {
-        let swept = self.retention.sweep(
-            self.max_to_keep(),
-            self.config.keep_checkpoint_every_n_hours,
-        );
-        if swept.is_empty() {
-            return;
+    /// The prefixes of swept entries that may be deleted: only those
+    /// directly inside the directory; the others are warned about.
+    fn deletable(&mut self, entries: &[PathBuf]) -> Vec<PathBuf> {
+        let mut prefixes = Vec::new();
+        for entry in entries {
+            if paths::is_plain_file_name(entry) {
+                prefixes.push(self.full_path(entry));
+            } else {
+                self.warn(&format!(
+                    "not deleting '{}': it is not directly inside the checkpoint directory",
+                    entry.display()
+                ));
+            }
         }
-        for old in &swept.delete {
-            self.delete_swept(old);
-        }
-        // Entries deleted above stay listed until here, so a crash in
-        // between leaves them tracked and they are swept again later.
-        if let Err(err) = storage::write_state(directory, &state_for(latest, &self.retention)) {
-            self.warn(&format!(
-                "the state file still lists swept checkpoints: {err}"
-            ));
-        }
+        prefixes
     }
 
     /// Marks the save as pending, runs the save callback and writes the
@@ -371,22 +372,19 @@ impl CheckpointManager {
         }
     }
 
-    /// Deletes a checkpoint the sweep dropped; a failure is a warning.
-    fn delete_swept(&mut self, entry: &Path) {
-        if !paths::is_plain_file_name(entry) {
-            self.warn(&format!(
-                "not deleting '{}': it is not directly inside the checkpoint directory",
-                entry.display()
-            ));
-            return;
-        }
-        let prefix = self.full_path(entry);
+    /// Deletes a checkpoint the sweep dropped, with the delete callback if
+    /// one is set. A failure is a warning: the new checkpoint is committed
+    /// already, and the pending marker left behind lets the next open
+    /// finish the deletion.
+    fn delete_swept(&mut self, prefix: &Path) {
         let result = match self.callbacks.delete.as_mut() {
-            Some(delete) => delete(&prefix).map_err(|source| Error::Callback {
-                callback: "delete",
-                source,
-            }),
-            None => storage::delete_checkpoint(&prefix),
+            Some(delete) => delete(prefix)
+                .map_err(|source| Error::Callback {
+                    callback: "delete",
+                    source,
+                })
+                .and_then(|()| storage::clear_pending(prefix)),
+            None => storage::delete_checkpoint(prefix),
         };
         if let Err(err) = result {
             self.warn(&format!("could not delete '{}': {err}", prefix.display()));

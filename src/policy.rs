@@ -18,12 +18,6 @@ pub struct SweepOutcome {
     pub preserved: Vec<PathBuf>,
 }
 
-impl SweepOutcome {
-    pub fn is_empty(&self) -> bool {
-        self.delete.is_empty() && self.preserved.is_empty()
-    }
-}
-
 impl Retention {
     /// No state file: set the clock back one second, as TF does, so a
     /// manager re-created at once does not preserve the next checkpoint.
@@ -177,7 +171,7 @@ mod tests {
         let outcome = retention.sweep(Some(3), None);
         assert_eq!(outcome.delete, vec![PathBuf::from("a")]);
         assert_eq!(names(retention.managed()), ["b", "c", "d"]);
-        assert!(retention.sweep(None, None).is_empty());
+        assert_eq!(retention.sweep(None, None), SweepOutcome::default());
     }
 
     #[test]

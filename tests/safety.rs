@@ -252,7 +252,7 @@ fn recovery_on_open_removes_interrupted_saves_and_nothing_else() {
     }
     let warnings = journal.lock().unwrap().warnings.join("\n");
     assert!(
-        warnings.contains("ckpt-4': its save was interrupted"),
+        warnings.contains("ckpt-4': it was being saved or deleted"),
         "{warnings}"
     );
     // The hand-made ckpt-9 is never overwritten: the counter continues past it.

@@ -183,19 +183,20 @@ fn verify(
             deferred_crc = Some(record.crc32c);
         } else if level == Verification::Checksums {
             let (_, crc) = checksum(&path).map_err(|err| Error::io_at("read", &path, err))?;
-            check_crc(&path, crc, record.crc32c)?;
+            check_crc(prefix, &path, crc, record.crc32c)?;
         }
     }
     Ok((Integrity::Intact, deferred_crc))
 }
 
-/// `Err(Damaged)` unless a file's CRC32C is the one its manifest records.
-pub fn check_crc(path: &Path, actual: u32, recorded: u32) -> Result<()> {
+/// `Err(Damaged)` unless the CRC32C of the file `path` of the checkpoint
+/// at `prefix` is the one its manifest records.
+pub fn check_crc(prefix: &Path, path: &Path, actual: u32, recorded: u32) -> Result<()> {
     if actual == recorded {
         return Ok(());
     }
     Err(Error::Damaged {
-        prefix: path.to_path_buf(),
+        prefix: prefix.to_path_buf(),
         detail: format!(
             "'{}' has CRC32C {actual:08x}, the manifest says {recorded:08x}",
             path.display()
@@ -206,20 +207,32 @@ pub fn check_crc(path: &Path, actual: u32, recorded: u32) -> Result<()> {
 /// Marks a save of `prefix` as started, durably, before any of its files
 /// are written.
 pub fn mark_pending(prefix: &Path) -> Result<()> {
-    let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
-    fault::step()
-        .and_then(|()| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&marker)
-        })
-        .map_err(|err| Error::io_at("create", &marker, err))?;
-    sync_directory(parent_of(prefix))
+    mark_pending_all(std::slice::from_ref(&prefix.to_path_buf()))
 }
 
-/// Removes the pending marker once the state file names the checkpoint.
+/// Marks checkpoints of one directory as pending (being saved or about to
+/// be deleted), with one fsync of the directory.
+pub fn mark_pending_all(prefixes: &[PathBuf]) -> Result<()> {
+    for prefix in prefixes {
+        let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
+        fault::step()
+            .and_then(|()| {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&marker)
+            })
+            .map_err(|err| Error::io_at("create", &marker, err))?;
+    }
+    match prefixes.first() {
+        Some(prefix) => sync_directory(parent_of(prefix)),
+        None => Ok(()),
+    }
+}
+
+/// Removes the pending marker: the state file names the checkpoint now,
+/// or its deletion is done.
 pub fn clear_pending(prefix: &Path) -> Result<()> {
     let marker = paths::with_suffix(prefix, PENDING_SUFFIX);
     remove_entry(&marker).map_err(|err| Error::io_at("remove", &marker, err))

@@ -13,11 +13,11 @@ pub use files::{
     numbers_on_disk, remove_file, sync_checkpoint, sync_directory,
 };
 pub use integrity::{
-    clear_pending, describe_checkpoint, mark_pending, verify_checkpoint,
+    clear_pending, describe_checkpoint, mark_pending, mark_pending_all, verify_checkpoint,
     verify_checkpoint_deferring, write_manifest, Integrity,
 };
 pub use lock::DirectoryLock;
-pub use state_file::{read_state, remove_temporary_state_files, replace_state, write_state};
+pub use state_file::{read_state, remove_temporary_state_files, replace_state};
 pub use tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::fault;
-use super::files::sync_directory;
 use crate::error::{Error, Result};
 use crate::paths::STATE_FILE_NAME;
 use crate::state::CheckpointState;
@@ -60,7 +59,7 @@ pub fn read_state(directory: &Path) -> Result<Option<CheckpointState>> {
 /// Replaces the state file atomically: a temporary file in the same
 /// directory, fsync, rename over the old file. A crash at any point leaves
 /// either the old or the new file, whole. The rename is durable only once
-/// the directory is synced too (`write_state`, or the caller).
+/// the directory is synced too, which is the caller's to do.
 pub fn replace_state(directory: &Path, state: &CheckpointState) -> Result<()> {
     let final_path = state_file_path(directory);
     let temp_path = directory.join(format!("{TEMP_PREFIX}{}", random_hex32()));
@@ -81,12 +80,6 @@ pub fn replace_state(directory: &Path, state: &CheckpointState) -> Result<()> {
         let _ = fs::remove_file(&temp_path);
         Error::io_at("write state file", &final_path, err)
     })
-}
-
-/// `replace_state`, then the directory's fsync that makes it durable.
-pub fn write_state(directory: &Path, state: &CheckpointState) -> Result<()> {
-    replace_state(directory, state)?;
-    sync_directory(directory)
 }
 
 /// Removes temporary state files a crash left behind (only names of the
@@ -149,7 +142,7 @@ mod tests {
             all_model_checkpoint_timestamps: vec![1.5],
             last_preserved_timestamp: 0.5,
         };
-        write_state(root.path(), &state).unwrap();
+        replace_state(root.path(), &state).unwrap();
         assert_eq!(read_state(root.path()).unwrap(), Some(state));
         assert_eq!(names(root.path()), ["checkpoint"]);
     }

@@ -121,7 +121,10 @@ pub fn read_tensor_file(
         }
     }
     match expected_crc {
-        Some(expected) => check_crc(path, crc, expected),
+        Some(expected) => {
+            let prefix = path.with_extension("");
+            check_crc(&prefix, path, crc, expected)
+        }
         None => Ok(()),
     }
 }
