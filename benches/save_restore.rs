@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench save_restore` (or `make bench`). Environment:
 //! `CKPT_BENCH_MIB` (default 1024), `CKPT_BENCH_TENSORS` (64),
-//! `CKPT_BENCH_ROUNDS` (5), `CKPT_BENCH_DIR` (target/bench). Reads start
+//! `CKPT_BENCH_ROUNDS` (6, made even), `CKPT_BENCH_PAUSE_MS` (2000, after a
+//! sync before each timed step), `CKPT_BENCH_DIR` (target/bench). Reads start
 //! from a cold page cache for both sides (posix_fadvise DONTNEED). Both
 //! sides write a new file each round, the order alternates between rounds,
 //! and deleting old files happens outside the timings (the manager keeps
@@ -55,15 +56,12 @@ fn plain_read(path: &Path, buffers: &mut [Vec<u8>]) -> Duration {
     start.elapsed()
 }
 
-/// Flushes what earlier steps left dirty, so it does not land in a timing.
+/// Flushes what earlier steps left dirty and lets the disk drain, so one
+/// step's write-back does not land in the next one's timing.
 fn settle() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
+    std::thread::sleep(Duration::from_secs_f64(env_number("CKPT_BENCH_PAUSE_MS", 2000) as f64 / 1000.0));
 }
 
 fn fill(buffers: &mut [Vec<u8>], round: usize) {
@@ -79,7 +77,8 @@ fn fill(buffers: &mut [Vec<u8>], round: usize) {
 fn main() {
     let total_mib = env_number("CKPT_BENCH_MIB", 1024);
     let count = env_number("CKPT_BENCH_TENSORS", 64);
-    let rounds = env_number("CKPT_BENCH_ROUNDS", 5);
+    // Even, so that each side goes first equally often.
+    let rounds = env_number("CKPT_BENCH_ROUNDS", 6).next_multiple_of(2);
     let root = std::env::var_os("CKPT_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench"));
@@ -143,16 +142,20 @@ fn main() {
         evict(&plain_path);
         evict(&tensor_file);
         state.iter_mut().for_each(|b| b.fill(0));
-        let mut timed_restore = |manager: &mut CheckpointManager| {
+        let timed_restore = |manager: &mut CheckpointManager| {
             let start = Instant::now();
             manager.restore_or_initialize().unwrap();
             start.elapsed()
         };
         if plain_first {
+            settle();
             plain_reads.push(plain_read(&plain_path, &mut plain));
+            settle();
             restores.push(timed_restore(&mut manager));
         } else {
+            settle();
             restores.push(timed_restore(&mut manager));
+            settle();
             plain_reads.push(plain_read(&plain_path, &mut plain));
         }
         let restored: Vec<u32> = state.iter().map(|b| crc32c::crc32c(b)).collect();
@@ -170,11 +173,12 @@ fn main() {
             restores[round].as_secs_f64()
         );
     }
-    let rate = |d: Duration| total / d.as_secs_f64() / (1 << 20) as f64;
-    let (plain_write, save) = (median(plain_writes), median(saves));
-    let (plain_read, restore) = (median(plain_reads), median(restores));
+    let rate = |d: Duration| total * rounds as f64 / d.as_secs_f64() / (1 << 20) as f64;
+    let sum = |values: &[Duration]| values.iter().sum::<Duration>();
+    let (plain_write, save) = (sum(&plain_writes), sum(&saves));
+    let (plain_read, restore) = (sum(&plain_reads), sum(&restores));
     println!();
-    println!("| (median of {rounds}) | plain | ckpt-manager | ratio |");
+    println!("| over {rounds} rounds | plain | ckpt-manager | ckpt-manager / plain |");
     println!("|---|---|---|---|");
     println!(
         "| save (write + fsync) | {:.0} MiB/s | {:.0} MiB/s | {:.0}% |",
