@@ -61,7 +61,9 @@ fn plain_read(path: &Path, buffers: &mut [Vec<u8>]) -> Duration {
 fn settle() {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_secs_f64(env_number("CKPT_BENCH_PAUSE_MS", 2000) as f64 / 1000.0));
+    std::thread::sleep(Duration::from_secs_f64(
+        env_number("CKPT_BENCH_PAUSE_MS", 2000) as f64 / 1000.0,
+    ));
 }
 
 fn fill(buffers: &mut [Vec<u8>], round: usize) {

@@ -50,6 +50,11 @@ impl Error {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
     }
+
+    /// Wraps a failure of the named callback: `.map_err(Error::callback("save"))`.
+    pub(crate) fn callback(callback: &'static str) -> impl FnOnce(CallbackError) -> Self {
+        move |source| Error::Callback { callback, source }
+    }
 }
 
 impl fmt::Display for Error {

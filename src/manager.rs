@@ -316,10 +316,7 @@ impl CheckpointManager {
         }
         storage::mark_pending(prefix)?;
         if let Some(save) = self.callbacks.save.as_mut() {
-            save(prefix, number).map_err(|source| Error::Callback {
-                callback: "save",
-                source,
-            })?;
+            save(prefix, number).map_err(Error::callback("save"))?;
         }
         // Written after the callback, so the CRC computed on the way is the
         // file's even if the callback wrote the same name.
@@ -379,10 +376,7 @@ impl CheckpointManager {
     fn delete_swept(&mut self, prefix: &Path) {
         let result = match self.callbacks.delete.as_mut() {
             Some(delete) => delete(prefix)
-                .map_err(|source| Error::Callback {
-                    callback: "delete",
-                    source,
-                })
+                .map_err(Error::callback("delete"))
                 .and_then(|()| storage::clear_pending(prefix)),
             None => storage::delete_checkpoint(prefix),
         };
@@ -418,10 +412,7 @@ impl CheckpointManager {
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
         let Some(latest) = self.latest_checkpoint() else {
             if let Some(init) = self.callbacks.init.as_mut() {
-                init().map_err(|source| Error::Callback {
-                    callback: "init",
-                    source,
-                })?;
+                init().map_err(Error::callback("init"))?;
             }
             return Ok(None);
         };
@@ -494,10 +485,7 @@ impl CheckpointManager {
             );
         }
         if let Some(restore) = self.callbacks.restore.as_mut() {
-            restore(&chosen).map_err(|source| Error::Callback {
-                callback: "restore",
-                source,
-            })?;
+            restore(&chosen).map_err(Error::callback("restore"))?;
         }
         if self.config.checkpoint_interval.is_some() {
             self.last_checkpoint_step = Some(self.current_step()?);
@@ -511,10 +499,7 @@ impl CheckpointManager {
             .step_counter
             .as_mut()
             .expect("validated: an interval comes with a step counter");
-        counter().map_err(|source| Error::Callback {
-            callback: "step_counter",
-            source,
-        })
+        counter().map_err(Error::callback("step_counter"))
     }
 
     fn now(&mut self) -> Result<f64> {

@@ -58,7 +58,10 @@ fn open(dir: &Path, size: usize, read_only: bool) -> Result<CheckpointManager, E
     config.set_read_only(read_only);
     let callbacks = Callbacks::new()
         .on_save(move |prefix, number| {
-            Ok(fs::write(format!("{}.data", prefix.display()), vec![number as u8; size])?)
+            Ok(fs::write(
+                format!("{}.data", prefix.display()),
+                vec![number as u8; size],
+            )?)
         })
         .on_restore(|prefix| {
             fs::read(format!("{}.data", prefix.display()))?;
@@ -70,7 +73,9 @@ fn open(dir: &Path, size: usize, read_only: bool) -> Result<CheckpointManager, E
 
 #[test]
 fn a_read_only_file_system_refuses_writers_and_serves_readers() {
-    let Some(tmpfs) = Tmpfs::mount("4m") else { return };
+    let Some(tmpfs) = Tmpfs::mount("4m") else {
+        return;
+    };
     let dir = tmpfs.point.join("run");
     let mut writer = open(&dir, 1000, false).unwrap();
     writer.save(None, true).unwrap();
@@ -81,7 +86,10 @@ fn a_read_only_file_system_refuses_writers_and_serves_readers() {
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(err.to_string().contains("Read-only file system"), "{err}");
     let mut reader = open(&dir, 1000, true).unwrap();
-    assert_eq!(reader.restore_or_initialize().unwrap(), Some(dir.join("ckpt-1")));
+    assert_eq!(
+        reader.restore_or_initialize().unwrap(),
+        Some(dir.join("ckpt-1"))
+    );
     let mut quiet = |_: &str| {};
     assert_eq!(
         latest_checkpoint(&dir, LatestOptions::default(), &mut quiet).unwrap(),
@@ -91,7 +99,9 @@ fn a_read_only_file_system_refuses_writers_and_serves_readers() {
 
 #[test]
 fn a_full_disk_fails_the_save_and_keeps_the_last_good_checkpoint() {
-    let Some(tmpfs) = Tmpfs::mount("1m") else { return };
+    let Some(tmpfs) = Tmpfs::mount("1m") else {
+        return;
+    };
     let dir = tmpfs.point.join("run");
     let mut manager = open(&dir, 400_000, false).unwrap();
     manager.save(None, true).unwrap();
@@ -102,8 +112,14 @@ fn a_full_disk_fails_the_save_and_keeps_the_last_good_checkpoint() {
     assert!(err.to_string().contains("No space left"), "{err}");
     assert_eq!(fs::read(dir.join("checkpoint")).unwrap(), state_before);
     assert_eq!(manager.latest_checkpoint(), Some(dir.join("ckpt-2")));
-    assert!(!dir.join("ckpt-3.data").exists(), "the failed save's files are removed");
+    assert!(
+        !dir.join("ckpt-3.data").exists(),
+        "the failed save's files are removed"
+    );
     drop(manager);
     let mut reopened = open(&dir, 400_000, false).unwrap();
-    assert_eq!(reopened.restore_or_initialize().unwrap(), Some(dir.join("ckpt-2")));
+    assert_eq!(
+        reopened.restore_or_initialize().unwrap(),
+        Some(dir.join("ckpt-2"))
+    );
 }

@@ -465,7 +465,10 @@ fn check_after_open(
         }
     };
     let warnings = warnings.lock().unwrap().clone();
-    if warnings.iter().any(|w| w.contains("it was being saved or deleted")) {
+    if warnings
+        .iter()
+        .any(|w| w.contains("it was being saved or deleted"))
+    {
         stats.parent_recoveries += 1;
     }
     let unexpected: Vec<_> = warnings
