@@ -405,9 +405,12 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
     let mut log = String::new();
     for (round, at) in rounds.iter().enumerate() {
         let (killed, stderr) = run_and_kill(&directory, *at);
-        let stdout = killed.unwrap_or_else(|| {
-            panic!("round {round} ({at:?}) finished before its kill (seed {seed})\n{log}")
-        });
+        let Some(stdout) = killed else {
+            // A fast disk can let the run reach its end first; the kills
+            // before it still count, and at least 5 must have landed.
+            log.push_str(&format!("== round {round}: {at:?}, finished before its kill\n"));
+            break;
+        };
         let stdout = stdout.replace(&dir_str, "DIR");
         log.push_str(&format!(
             "== round {round}: {at:?}, killed\n{stdout}{stderr}"
