@@ -2,6 +2,7 @@
 #   make run   builds the library and runs the demo trainer, interrupted and resumed
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
+#   (make install PREFIX=... installs the library; make bench, make torture)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
@@ -51,6 +52,11 @@ test:
 	cargo test
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
+	@echo "== the Python package, pip-installed into a fresh virtual environment"
+	rm -rf $(BUILD_DIR)/py-venv
+	python3 -m venv $(BUILD_DIR)/py-venv
+	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy ./bindings/python
+	$(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
 
 bench:
 	cargo bench --bench save_restore
@@ -59,6 +65,15 @@ bench:
 .PHONY: torture
 torture:
 	CKPT_TORTURE_KILLS=5000 cargo test --release --test torture -- --nocapture
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+# Installs the library, headers, pkg-config file and CMake package into
+# $(PREFIX) (DESTDIR stages it), in cargo-c's layout: see README.md.
+.PHONY: install
+install:
+	./scripts/install --prefix "$(PREFIX)" --destdir "$(DESTDIR)"
 
 clean:
 	cargo clean

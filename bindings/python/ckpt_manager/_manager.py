@@ -1,0 +1,591 @@
+"""CheckpointManager and the module-level functions, over the C API."""
+import ctypes
+import dataclasses
+import logging
+import operator
+import os
+import sys
+import threading
+import warnings
+
+from . import _lib
+from ._statuses import DTYPES, OK, REENTRANT_CALL
+from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
+
+logger = logging.getLogger("ckpt_manager")
+
+_LOG_LEVELS = {_lib.LOG_INFO: logging.INFO, _lib.LOG_WARNING: logging.WARNING}
+
+
+# ---------------------------------------------------------------- helpers
+
+def _encode_path(path, what="path"):
+    data = os.fsencode(os.fspath(path))
+    if b"\0" in data:
+        raise ValueError("%s contains a NUL byte: %r" % (what, path))
+    return data
+
+
+def _encode_text(text, what):
+    if not isinstance(text, str):
+        raise TypeError("%s must be a str, not %s" % (what, type(text).__name__))
+    data = text.encode("utf-8")
+    if b"\0" in data:
+        raise ValueError("%s contains a NUL character: %r" % (what, text))
+    return data
+
+
+def _take_string(pointer):
+    """Decode a library-owned string as a path and free it. None for NULL."""
+    if not pointer:
+        return None
+    try:
+        return os.fsdecode(ctypes.string_at(pointer))
+    finally:
+        _lib.ckpt_string_free(pointer)
+
+
+def _take_list(list_pointer):
+    try:
+        items = list_pointer.contents
+        return [os.fsdecode(ctypes.string_at(items.items[i])) for i in range(items.len)]
+    finally:
+        _lib.ckpt_string_list_free(list_pointer)
+
+
+def _last_error():
+    return _lib.ckpt_last_error_message().decode("utf-8", "backslashreplace")
+
+
+def _check(status):
+    if status != OK:
+        raise error_for_status(status, _last_error())
+
+
+def _to_int(value, what):
+    """An int from an int, a NumPy/TF scalar (`.numpy()`), or anything int()-able."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if isinstance(value, bool):
+        raise TypeError("%s must be an integer, not bool" % what)
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        as_int = int(value)
+    except (TypeError, ValueError):
+        raise TypeError("%s must be an integer, not %r" % (what, value)) from None
+    if as_int != value:
+        raise TypeError("%s must be an integer, not %r" % (what, value))
+    return as_int
+
+
+def _string_arg(pointer):
+    return os.fsdecode(ctypes.string_at(pointer))
+
+
+# --------------------------------------------------------- callbacks
+
+# Keys of the user_data of callbacks the library still holds. The library
+# calls _finalize exactly once per key when it no longer needs the callback;
+# tests use this to check that closing a manager releases its callbacks.
+_live_callbacks = set()
+_next_key = [0]
+_keys_lock = threading.Lock()
+
+
+def _new_key():
+    with _keys_lock:
+        _next_key[0] += 1
+        key = _next_key[0]
+        _live_callbacks.add(key)
+    return key
+
+
+@_lib.FINALIZER
+def _finalize(user_data):
+    try:
+        _live_callbacks.discard(user_data)
+    except Exception:  # interpreter shutdown: nothing left to do
+        pass
+
+
+class _Pending(threading.local):
+    """The exception a callback raised, per thread (callbacks run on the thread
+    that called into the manager)."""
+    exc = None
+    which = None
+
+
+def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, delete_fn,
+                 log_fn):
+    """ctypes callbacks (setter, CFUNCTYPE object) for the given Python callables.
+
+    They reference `pending` and the user's callables only, never the manager,
+    so that a manager is collected when unreachable."""
+
+    def failed(which, exc):
+        if pending.exc is None:  # keep the first one
+            pending.exc, pending.which = exc, which
+        return 1
+
+    result = []
+    if save_fn is not None:
+        def save(_user_data, prefix, number):
+            try:
+                save_fn(_string_arg(prefix), number)
+                return 0
+            except BaseException as exc:
+                return failed("save", exc)
+        result.append((_lib.ckpt_options_set_save_callback, _lib.SAVE_CB(save)))
+    if restore_fn is not None:
+        def restore(_user_data, prefix):
+            try:
+                restore_fn(_string_arg(prefix))
+                return 0
+            except BaseException as exc:
+                return failed("restore", exc)
+        result.append((_lib.ckpt_options_set_restore_callback, _lib.RESTORE_CB(restore)))
+    if init_fn is not None:
+        def init(_user_data):
+            try:
+                init_fn()
+                return 0
+            except BaseException as exc:
+                return failed("init", exc)
+        result.append((_lib.ckpt_options_set_init_callback, _lib.INIT_CB(init)))
+    if step_counter is not None:
+        def step(_user_data, out_step):
+            try:
+                value = step_counter() if callable(step_counter) else step_counter
+                out_step[0] = _to_int(value, "step_counter's value")
+                return 0
+            except BaseException as exc:
+                return failed("step_counter", exc)
+        result.append((_lib.ckpt_options_set_step_counter_callback, _lib.STEP_CB(step)))
+    if clock is not None:
+        def clock_cb(_user_data):
+            try:
+                return float(clock())
+            except BaseException as exc:
+                failed("clock", exc)
+                return float("nan")  # refused by the library as a clock failure
+        result.append((_lib.ckpt_options_set_clock_callback, _lib.CLOCK_CB(clock_cb)))
+    if delete_fn is not None:
+        def delete(_user_data, prefix):
+            try:
+                delete_fn(_string_arg(prefix))
+                return 0
+            except BaseException as exc:
+                return failed("delete", exc)
+        result.append((_lib.ckpt_options_set_delete_callback, _lib.DELETE_CB(delete)))
+
+    def log(_user_data, level, message):
+        try:
+            text = ctypes.string_at(message).decode("utf-8", "backslashreplace")
+            py_level = _LOG_LEVELS.get(level, logging.WARNING)
+            if log_fn is None:
+                logger.log(py_level, "%s", text)
+            else:
+                log_fn(py_level, text)
+        except BaseException as exc:
+            failed("log", exc)
+    result.append((_lib.ckpt_options_set_log_callback, _lib.LOG_CB(log)))
+    return result
+
+
+# ------------------------------------------------------------ manager
+
+class CheckpointManager:
+    """Manages the checkpoints of one directory, like tf.train.CheckpointManager.
+
+    `max_to_keep`: keep the newest N managed checkpoints (None keeps all).
+    `keep_checkpoint_every_n_hours`: preserve one checkpoint every N hours among
+    those max_to_keep pushes out (None: off). `checkpoint_name`: files are
+    `<directory>/<name>-<N>...`. `step_counter` (a callable returning an int,
+    or an object with `.numpy()` or `__int__`, such as a tf.Variable) and
+    `checkpoint_interval` gate saves to one every N steps. `init_fn()` runs in
+    restore_or_initialize() when there is no checkpoint.
+
+    `save_fn(prefix, checkpoint_number)` writes a checkpoint's files, each
+    named `prefix` or `prefix.<suffix>`; `restore_fn(prefix)` reads them back.
+    Alternatively (or in addition) register NumPy arrays with register_array()
+    and the built-in saver writes them to `<prefix>.safetensors`. `checkpoint`
+    may be an object with `write(prefix)` and `restore(prefix)` methods (as
+    tf.train.Checkpoint has) used when save_fn/restore_fn are not given.
+    A callback signals failure by raising: the exception propagates out of
+    the call that ran it, and nothing is committed.
+
+    Other options: `clock()` returns seconds since the epoch (for tests),
+    `read_only` opens without the lock and refuses writes, `verify_checksums`
+    (default True) checks CRC32C on restore, `partial_restore` lets the
+    built-in saver skip tensors on one side only, `delete_fn(prefix)` replaces
+    deletion, `log_fn(level, message)` receives warnings with a `logging`
+    level (default: the "ckpt_manager" logger), `last_checkpoint_step` as in TF.
+
+    Close it with close() or a `with` block; garbage collection closes it too.
+    """
+
+    def __init__(self, directory, max_to_keep, keep_checkpoint_every_n_hours=None,
+                 checkpoint_name="ckpt", step_counter=None, checkpoint_interval=None,
+                 init_fn=None, last_checkpoint_step=None, *, save_fn=None, restore_fn=None,
+                 checkpoint=None, clock=None, read_only=False, verify_checksums=True,
+                 partial_restore=False, delete_fn=None, log_fn=None):
+        self._handle = None
+        self._arrays = {}
+        self._callbacks = []
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pending = _Pending()
+        if checkpoint is not None:
+            if save_fn is None:
+                save_fn = lambda prefix, _number: checkpoint.write(prefix)  # noqa: E731
+            if restore_fn is None:
+                restore_fn = checkpoint.restore
+        for name, fn in (("save_fn", save_fn), ("restore_fn", restore_fn), ("init_fn", init_fn),
+                         ("clock", clock), ("delete_fn", delete_fn), ("log_fn", log_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError("%s must be callable, not %r" % (name, fn))
+        self._checkpoint_interval = (None if checkpoint_interval is None
+                                     else _to_int(checkpoint_interval, "checkpoint_interval"))
+
+        options = ctypes.c_void_p()
+        _check(_lib.ckpt_options_new(ctypes.byref(options)))
+        try:
+            _check(_lib.ckpt_options_set_directory(options, _encode_path(directory, "directory")))
+            if max_to_keep is None:
+                _check(_lib.ckpt_options_set_keep_all(options))
+            else:
+                _check(_lib.ckpt_options_set_max_to_keep(
+                    options, _to_int(max_to_keep, "max_to_keep")))
+            if keep_checkpoint_every_n_hours is not None:
+                _check(_lib.ckpt_options_set_keep_checkpoint_every_n_hours(
+                    options, float(keep_checkpoint_every_n_hours)))
+            _check(_lib.ckpt_options_set_checkpoint_name(
+                options, _encode_path(checkpoint_name, "checkpoint_name")))
+            if self._checkpoint_interval is not None:
+                _check(_lib.ckpt_options_set_checkpoint_interval(
+                    options, self._checkpoint_interval))
+            if last_checkpoint_step is not None:
+                _check(_lib.ckpt_options_set_last_checkpoint_step(
+                    options, _to_int(last_checkpoint_step, "last_checkpoint_step")))
+            _check(_lib.ckpt_options_set_read_only(options, bool(read_only)))
+            _check(_lib.ckpt_options_set_verify_checksums(options, bool(verify_checksums)))
+            _check(_lib.ckpt_options_set_partial_restore(options, bool(partial_restore)))
+            keys = []
+            for setter, cfunc in _trampolines(
+                    self._pending, save_fn=save_fn, restore_fn=restore_fn, init_fn=init_fn,
+                    step_counter=step_counter, clock=clock, delete_fn=delete_fn,
+                    log_fn=log_fn):
+                key = _new_key()
+                status = setter(options, cfunc, key, _finalize)
+                if status != OK:  # ownership stayed with us
+                    _live_callbacks.discard(key)
+                    _check(status)
+                self._callbacks.append(cfunc)
+                keys.append(key)
+            self._callback_keys = tuple(keys)
+            handle = ctypes.c_void_p()
+            status = _lib.ckpt_manager_new(options, ctypes.byref(handle))
+            self._raise_for(status)
+            self._handle = handle
+        finally:
+            _lib.ckpt_options_free(options)
+        if self._handle is None:  # pragma: no cover (the raise above)
+            self._callbacks = []
+
+    # -- plumbing
+
+    def _raise_for(self, status):
+        """Raise for `status`, preferring an exception a callback raised."""
+        pending = self._pending
+        exc, which = pending.exc, pending.which
+        pending.exc = pending.which = None
+        if exc is not None:
+            if status != OK:
+                if hasattr(exc, "add_note"):  # Python 3.11+
+                    exc.add_note("(raised in the %s callback run by ckpt_manager)" % which)
+                raise exc
+            warnings.warn("ckpt_manager: the %s callback raised %r; the call succeeded anyway"
+                          % (which, exc), RuntimeWarning, stacklevel=3)
+        _check(status)
+
+    class _Call:
+        __slots__ = ("manager",)
+
+        def __init__(self, manager):
+            self.manager = manager
+
+        def __enter__(self):
+            manager = self.manager
+            manager._lock.acquire()
+            if manager._handle is None:
+                manager._lock.release()
+                raise ValueError("operation on a closed CheckpointManager")
+            manager._depth += 1
+            return manager._handle
+
+        def __exit__(self, *exc_info):
+            self.manager._depth -= 1
+            self.manager._lock.release()
+
+    def _call(self):
+        return CheckpointManager._Call(self)
+
+    # -- TF's API
+
+    def save(self, checkpoint_number=None, check_interval=True):
+        """Saves a checkpoint; returns its prefix, or None when the interval skipped it."""
+        number_p = None
+        if checkpoint_number is not None:
+            number = _to_int(checkpoint_number, "checkpoint_number")
+            if number < 0 or number >= 1 << 64:
+                raise InvalidArgumentError(
+                    "checkpoint_number must be in [0, 2**64), not %d" % number,
+                    InvalidArgumentError.status)
+            number_p = ctypes.byref(ctypes.c_uint64(number))
+        out = ctypes.c_void_p()
+        with self._call() as handle:
+            status = _lib.ckpt_manager_save(handle, number_p, bool(check_interval),
+                                            ctypes.byref(out))
+            self._raise_for(status)
+        return _take_string(out.value)
+
+    def restore_or_initialize(self):
+        """Restores the newest intact checkpoint and returns its prefix, or runs
+        init_fn and returns None when there is none."""
+        out = ctypes.c_void_p()
+        with self._call() as handle:
+            status = _lib.ckpt_manager_restore_or_initialize(handle, ctypes.byref(out))
+            self._raise_for(status)
+        return _take_string(out.value)
+
+    @property
+    def latest_checkpoint(self):
+        """The latest checkpoint's prefix (as the state file records it), or None."""
+        out = ctypes.c_void_p()
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_latest(handle, ctypes.byref(out)))
+        return _take_string(out.value)
+
+    @property
+    def checkpoints(self):
+        """The managed checkpoints' prefixes, oldest first (preserved ones not listed)."""
+        out = ctypes.POINTER(_lib.StringList)()
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_checkpoints(handle, ctypes.byref(out)))
+        return _take_list(out)
+
+    @property
+    def directory(self):
+        out = ctypes.c_void_p()
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_directory(handle, ctypes.byref(out)))
+        return _take_string(out.value)
+
+    @property
+    def save_counter(self):
+        out = ctypes.c_uint64()
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_save_counter(handle, ctypes.byref(out)))
+        return out.value
+
+    @property
+    def checkpoint_interval(self):
+        return self._checkpoint_interval
+
+    # -- beyond TF
+
+    def verify(self, prefix=None, checksums=True):
+        """Checks a checkpoint (default: the latest) against its manifest; raises
+        CheckpointDamagedError or NoManifestError if it does not verify."""
+        encoded = None if prefix is None else _encode_path(prefix, "prefix")
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_verify(handle, encoded, bool(checksums)))
+
+    def reload(self):
+        """Re-reads the state file (a read-only manager sees new checkpoints)."""
+        with self._call() as handle:
+            self._raise_for(_lib.ckpt_manager_reload(handle))
+
+    def register_array(self, name, array):
+        """Registers a NumPy array with the built-in saver, without copying.
+
+        Every save writes it to `<prefix>.safetensors`; restore_or_initialize()
+        writes the checkpoint's values into it in place. The array must be
+        C-contiguous, writeable, aligned, native byte order, with no zero
+        dimension, of dtype float64/32/16, (u)int64/32/16/8, bool (or
+        ml_dtypes.bfloat16). The manager keeps a reference to it until
+        unregister(name) or close()."""
+        np = _numpy()
+        if not isinstance(array, np.ndarray):
+            raise TypeError("register_array needs a numpy.ndarray, not %s" % type(array).__name__)
+        dtype_name = _NUMPY_DTYPES.get(array.dtype.name)
+        if dtype_name is None or not array.dtype.isnative:
+            raise TypeError("unsupported dtype %s for %r (supported: %s, native byte order)"
+                            % (array.dtype.str, name, ", ".join(sorted(_NUMPY_DTYPES))))
+        flags = array.flags
+        if not flags.c_contiguous:
+            raise ValueError("array %r is not C-contiguous (use numpy.ascontiguousarray and "
+                             "register the copy)" % name)
+        if not flags.writeable:
+            raise ValueError("array %r is not writeable" % name)
+        if not flags.aligned:
+            raise ValueError("array %r is not aligned" % name)
+        encoded = _encode_text(name, "name")
+        ndim = array.ndim
+        shape = (ctypes.c_uint64 * max(ndim, 1))(*array.shape)
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_register_tensor(
+                handle, encoded, DTYPES[dtype_name], shape if ndim else None, ndim,
+                array.ctypes.data))
+            self._arrays[name] = array
+
+    def unregister(self, name):
+        """Unregisters an array; the manager no longer reads, writes or holds it."""
+        encoded = _encode_text(name, "name")
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_unregister_tensor(handle, encoded))
+            self._arrays.pop(name, None)
+
+    @property
+    def registered_arrays(self):
+        """{name: array} registered with the built-in saver."""
+        return dict(self._arrays)
+
+    @property
+    def closed(self):
+        return self._handle is None
+
+    def close(self):
+        """Frees the handle (releases the directory's lock and the callbacks).
+        Idempotent. Not allowed from inside one of this manager's callbacks."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        with lock:
+            if self._handle is None:
+                return
+            if self._depth:
+                raise ERRORS_BY_STATUS[REENTRANT_CALL](
+                    "close() called from a callback of the same manager", REENTRANT_CALL)
+            handle, self._handle = self._handle, None
+            _lib.ckpt_manager_free(handle)
+            self._arrays = {}
+            self._callbacks = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None) is None:
+            return
+        if sys.is_finalizing():
+            return  # the process exits: the kernel releases the lock
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        if self._handle is None:
+            return "<CheckpointManager (closed)>"
+        return "<CheckpointManager directory=%r latest=%r>" % (
+            self.directory, self.latest_checkpoint)
+
+
+_NUMPY_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+}
+
+
+def _numpy():
+    try:
+        import numpy
+    except ImportError as exc:
+        raise ImportError("register_array needs NumPy: pip install numpy") from exc
+    return numpy
+
+
+# ----------------------------------------------------- module functions
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointState:
+    """A directory's `checkpoint` state file (tf.train.get_checkpoint_state)."""
+    model_checkpoint_path: str
+    all_model_checkpoint_paths: list
+    all_model_checkpoint_timestamps: list
+    last_preserved_timestamp: float
+
+
+def latest_checkpoint(directory, *, fallback=True, verify_checksums=False):
+    """The newest usable checkpoint of `directory` (tf.train.latest_checkpoint),
+    or None. If the latest's files are damaged, the newest intact older one is
+    returned (with a warning on stderr) unless `fallback=False`, which raises
+    CheckpointDamagedError. `verify_checksums` checks CRC32C, not only sizes."""
+    flags = (0 if fallback else _lib.CKPT_LATEST_NO_FALLBACK) | (
+        _lib.CKPT_LATEST_VERIFY_CHECKSUMS if verify_checksums else 0)
+    out = ctypes.c_void_p()
+    _check(_lib.ckpt_latest_checkpoint_with_flags(
+        _encode_path(directory, "directory"), flags, ctypes.byref(out)))
+    return _take_string(out.value)
+
+
+def get_checkpoint_state(directory):
+    """The parsed state file of `directory` (paths joined onto it), or None."""
+    out = ctypes.POINTER(_lib.CheckpointState)()
+    _check(_lib.ckpt_get_checkpoint_state(_encode_path(directory, "directory"),
+                                          ctypes.byref(out)))
+    if not out:
+        return None
+    try:
+        s = out.contents
+        paths = s.all_model_checkpoint_paths
+        return CheckpointState(
+            model_checkpoint_path=os.fsdecode(ctypes.string_at(s.model_checkpoint_path)),
+            all_model_checkpoint_paths=[os.fsdecode(ctypes.string_at(paths.items[i]))
+                                        for i in range(paths.len)],
+            all_model_checkpoint_timestamps=[s.all_model_checkpoint_timestamps[i]
+                                             for i in range(s.all_model_checkpoint_timestamps_len)],
+            last_preserved_timestamp=s.last_preserved_timestamp)
+    finally:
+        _lib.ckpt_checkpoint_state_free(out)
+
+
+def checkpoint_exists(prefix):
+    """Whether any file `<prefix>` or `<prefix>.<suffix>` exists."""
+    out = ctypes.c_bool()
+    _check(_lib.ckpt_checkpoint_exists(_encode_path(prefix, "prefix"), ctypes.byref(out)))
+    return out.value
+
+
+def remove_checkpoint(prefix):
+    """Deletes every file of the checkpoint at `prefix`."""
+    _check(_lib.ckpt_remove_checkpoint(_encode_path(prefix, "prefix")))
+
+
+def verify_checkpoint(prefix, checksums=True):
+    """Checks the checkpoint at `prefix` against its manifest; raises
+    CheckpointDamagedError or NoManifestError if it does not verify."""
+    _check(_lib.ckpt_verify_checkpoint(_encode_path(prefix, "prefix"), bool(checksums)))
+
+
+def version():
+    """The loaded library's version, "MAJOR.MINOR.PATCH"."""
+    return _lib.version
+
+
+def status_name(status):
+    """The header's name of a status value, e.g. "CKPT_STATUS_IO_ERROR"."""
+    return _lib.ckpt_status_name(status).decode("ascii")
+
+
+def library_path():
+    """The path of the loaded libckpt_manager.so."""
+    return _lib.path

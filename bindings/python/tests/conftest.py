@@ -1,0 +1,67 @@
+"""Test setup: the tests load the repository's release build of the library
+through CKPT_MANAGER_LIBRARY (building it with cargo when it is missing) and
+import the package from this source tree, so they never test a stale install.
+Set CKPT_MANAGER_LIBRARY yourself to test another build."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(PYTHON_DIR))
+HEADER = os.path.join(REPO, "include", "ckpt_manager.h")
+RELEASE_LIBRARY = os.path.join(REPO, "target", "release", "libckpt_manager.so")
+
+
+def _ensure_library():
+    if os.environ.get("CKPT_MANAGER_LIBRARY"):
+        return
+    cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
+    if os.path.isfile(os.path.join(REPO, "Cargo.toml")) and os.path.isfile(cargo):
+        # Always run it: cargo is a no-op when the build is up to date, and a
+        # stale library would test old code.
+        subprocess.check_call([cargo, "build", "--release", "--lib", "--quiet"], cwd=REPO)
+    if not os.path.isfile(RELEASE_LIBRARY):
+        pytest.exit("libckpt_manager.so not found at %s and cargo could not build it; run "
+                    "`cargo build --release` in %s or set CKPT_MANAGER_LIBRARY"
+                    % (RELEASE_LIBRARY, REPO), returncode=3)
+    os.environ["CKPT_MANAGER_LIBRARY"] = RELEASE_LIBRARY
+
+
+_ensure_library()
+sys.path.insert(0, PYTHON_DIR)
+
+import ckpt_manager  # noqa: E402
+
+assert os.path.dirname(ckpt_manager.__file__) == os.path.join(PYTHON_DIR, "ckpt_manager"), \
+    ckpt_manager.__file__
+
+
+class FakeClock:
+    """TF's mocked time.time()."""
+
+    def __init__(self, now=1000.0):
+        self.now = float(now)
+
+    def __call__(self):
+        return self.now
+
+
+def tf_save(prefix, number):
+    """Writes what a TF checkpoint consists of."""
+    with open(prefix + ".index", "wb") as f:
+        f.write(b"index %d" % number)
+    with open(prefix + ".data-00000-of-00001", "wb") as f:
+        f.write(b"data %d" % number)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def directory(tmp_path):
+    return str(tmp_path / "ckpts")
