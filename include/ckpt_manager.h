@@ -43,12 +43,6 @@
 // only that every file exists with its size (reads every byte).
 #define CKPT_LATEST_VERIFY_CHECKSUMS 2
 
-// Manifests larger than this are damaged, not read.
-#define MAX_MANIFEST_BYTES (16 << 20)
-
-// Headers larger than this are refused, as the safetensors crate does.
-#define MAX_HEADER_BYTES 100000000
-
 // The result of every fallible call. Values never change meaning; new
 // statuses get new numbers.
 typedef enum {
@@ -113,9 +107,6 @@ typedef enum {
   CKPT_DTYPE_BOOL = 12,
 } ckpt_dtype;
 
-// Element types, named as in the safetensors format.
-typedef struct DType DType;
-
 // A checkpoint manager. Thread-safe: one handle may be used from several
 // threads at once; calls on it are serialised inside.
 typedef struct ckpt_manager ckpt_manager;
@@ -173,7 +164,9 @@ typedef int32_t (*ckpt_init_callback)(void *user_data);
 // any other value on failure.
 typedef int32_t (*ckpt_step_counter_callback)(void *user_data, int64_t *out_step);
 
-// Returns wall-clock seconds since the Unix epoch (must be finite).
+// Returns wall-clock seconds since the Unix epoch. A non-finite value (NaN,
+// infinity) reports failure: the call that read the clock returns
+// CKPT_STATUS_CALLBACK_FAILED and commits nothing.
 typedef double (*ckpt_clock_callback)(void *user_data);
 
 // Deletes the checkpoint at `prefix` (valid only during the call),

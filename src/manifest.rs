@@ -11,7 +11,7 @@ pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
 /// state file names them.
 pub const PENDING_SUFFIX: &str = ".ckpt-pending";
 /// Manifests larger than this are damaged, not read.
-pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 const FORMAT: &str = "ckpt-manager-manifest";
 const VERSION: u32 = 1;

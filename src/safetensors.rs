@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::tensors::{byte_len, DType, Tensor, TensorRegistry};
 
 /// Headers larger than this are refused, as the safetensors crate does.
-pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+pub(crate) const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// The key of the free-form string metadata in a header.
 const METADATA_KEY: &str = "__metadata__";

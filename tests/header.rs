@@ -25,3 +25,66 @@ fn header_compiles_and_links_as_cpp17() {
     let output = support::command(&program).output().unwrap();
     support::assert_success(&output, "header_compiles_cpp");
 }
+
+/// Every name the header defines is prefixed, so that it cannot clash with
+/// a user's own macros and types.
+#[test]
+fn every_name_in_the_header_is_prefixed() {
+    let header =
+        std::fs::read_to_string(support::repo_root().join("include/ckpt_manager.h")).unwrap();
+    let mut names = Vec::new();
+    for line in header.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("#define ") {
+            names.push(rest.split_whitespace().next().unwrap().to_owned());
+        } else if line.starts_with("typedef") || (line.starts_with("} ") && line.ends_with(';')) {
+            // `typedef struct x x;`, `typedef int32_t (*x)(...)`, `} x;`
+            let name = line
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .filter(|word| !word.is_empty())
+                .find(|word| {
+                    word.starts_with("ckpt_")
+                        || ![
+                            "typedef", "struct", "enum", "int32_t", "uint32_t", "void", "double",
+                            "const", "char", "int64_t", "uint64_t", "bool", "size_t",
+                        ]
+                        .contains(word)
+                });
+            names.extend(name.map(str::to_owned));
+        } else if let Some(open) = line.find('(') {
+            if line.contains("ckpt_status ")
+                || line.starts_with("void ")
+                || line.starts_with("const char *")
+            {
+                let before = &line[..open];
+                names.push(before.rsplit([' ', '*']).next().unwrap().to_owned());
+            }
+        }
+    }
+    let guard = ["CKPT_MANAGER_H"];
+    let stray: Vec<_> = names
+        .iter()
+        .filter(|name| {
+            !(name.starts_with("ckpt_")
+                || name.starts_with("CKPT_")
+                || guard.contains(&name.as_str()))
+        })
+        .collect();
+    assert!(names.len() > 60, "the scan found too few names: {names:?}");
+    assert!(
+        stray.is_empty(),
+        "unprefixed names in the header: {stray:?}"
+    );
+}
+
+/// The README's C++ and C examples are the files the tests build and run.
+#[test]
+fn readme_examples_are_the_tested_files() {
+    let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
+    let example =
+        std::fs::read_to_string(support::repo_root().join("bindings/cpp/examples/quickstart.cpp"))
+            .unwrap();
+    assert!(
+        readme.contains(&format!("```cpp\n{example}```")),
+        "README.md's ```cpp block must be bindings/cpp/examples/quickstart.cpp verbatim"
+    );
+}

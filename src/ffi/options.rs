@@ -39,7 +39,9 @@ pub type ckpt_init_callback = Option<unsafe extern "C" fn(user_data: *mut c_void
 pub type ckpt_step_counter_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, out_step: *mut i64) -> i32>;
 
-/// Returns wall-clock seconds since the Unix epoch (must be finite).
+/// Returns wall-clock seconds since the Unix epoch. A non-finite value (NaN,
+/// infinity) reports failure: the call that read the clock returns
+/// CKPT_STATUS_CALLBACK_FAILED and commits nothing.
 pub type ckpt_clock_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> f64>;
 
 /// Deletes the checkpoint at `prefix` (valid only during the call),

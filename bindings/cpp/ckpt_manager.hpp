@@ -1,0 +1,638 @@
+// ckpt_manager.hpp: a header-only C++17 wrapper of the ckpt-manager C API
+// (include/ckpt_manager.h).
+//
+//  - ckpt::Options is a move-only builder over ckpt_options; each setter
+//    throws ckpt::Error when the library refuses the value.
+//  - ckpt::Manager is a move-only RAII handle over ckpt_manager; a
+//    moved-from Manager is empty (its calls throw CKPT_STATUS_NULL_ARGUMENT).
+//  - Every failure is a ckpt::Error (a std::runtime_error) carrying the
+//    ckpt_status and the library's message.
+//  - Callbacks are std::function. An exception a callback throws is caught
+//    before it reaches the C library and rethrown, with its original type,
+//    from the wrapper call that ran the callback (see "Callbacks" below).
+//  - Where C returns "none" (a NULL string), the wrapper returns
+//    std::nullopt.
+//
+// Callbacks. Each std::function is copied to the heap and handed to the
+// library, which frees it (through a finalizer) once neither the options
+// nor any manager built from them holds it. When a callback throws, the
+// wrapper records the exception (on the calling thread) and reports
+// failure to the library: a non-zero code (save, restore, init,
+// step_counter, delete) or NaN (clock). The library then fails the call
+// with CKPT_STATUS_CALLBACK_FAILED and commits nothing, and the wrapper
+// rethrows the recorded exception instead of a ckpt::Error. Two callbacks
+// cannot report failure to the library in a way that stops the call:
+//  - on_delete: a failed deletion of an old checkpoint is only a warning,
+//    because the new checkpoint is already committed; save() still
+//    rethrows the exception, but the checkpoint it was saving is committed
+//    (latest() names it) and the next open finishes the deletion.
+//  - on_log: the call goes on; its exception is rethrown once the call
+//    has returned, whatever the call did.
+// If several callbacks throw during one call, the first exception wins.
+//
+// Threads: as in C. A Manager may be shared by threads (calls are
+// serialised by the library; callbacks run on the calling thread); moving
+// or destroying it may not overlap other calls. An Options object belongs
+// to one thread at a time. Callbacks shared by several managers built from
+// the same Options may run concurrently on different threads.
+#ifndef CKPT_MANAGER_HPP
+#define CKPT_MANAGER_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "ckpt_manager.h"
+
+namespace ckpt {
+
+// ---------------------------------------------------------------------------
+// Errors
+
+// A failed call: the library's status and its message.
+class Error : public std::runtime_error {
+ public:
+  Error(ckpt_status status, const std::string& message)
+      : std::runtime_error(message), status_(status) {}
+
+  ckpt_status status() const noexcept { return status_; }
+
+  // E.g. "CKPT_STATUS_LOCKED".
+  const char* status_name() const noexcept {
+    return ckpt_status_name(static_cast<int32_t>(status_));
+  }
+
+ private:
+  ckpt_status status_;
+};
+
+// The name of a status, e.g. "CKPT_STATUS_IO_ERROR".
+inline std::string status_name(ckpt_status status) {
+  return ckpt_status_name(static_cast<int32_t>(status));
+}
+
+// Throws Error with the calling thread's last error message unless
+// `status` is CKPT_STATUS_OK. Call it right after the failing C call.
+inline void check(ckpt_status status) {
+  if (status != CKPT_STATUS_OK) {
+    throw Error(status, ckpt_last_error_message());
+  }
+}
+
+// The code a callback returns to the library when it threw (the library's
+// message then says "returned -1"; the wrapper rethrows the exception).
+constexpr int32_t callback_exception_code = -1;
+
+namespace detail {
+
+// One wrapper call into the library: the first exception a callback throws
+// on this thread while the call runs is kept here. Scopes nest (a
+// callback may use another manager), so each restores the previous one.
+class CallScope {
+ public:
+  CallScope() noexcept : previous_(current()), error_() { current() = this; }
+  ~CallScope() { current() = previous_; }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+  // Called from a trampoline's catch block. Without a scope (a callback
+  // run outside any wrapper call) the exception cannot go anywhere and is
+  // dropped; the library still sees the failure code.
+  static void capture_current_exception() noexcept {
+    CallScope* scope = current();
+    if (scope != nullptr && !scope->error_) {
+      scope->error_ = std::current_exception();
+    }
+  }
+
+  std::exception_ptr error() const noexcept { return error_; }
+
+ private:
+  static CallScope*& current() noexcept {
+    static thread_local CallScope* scope = nullptr;
+    return scope;
+  }
+
+  CallScope* previous_;
+  std::exception_ptr error_;
+};
+
+// Runs `c_call` (returning a ckpt_status) in a CallScope; rethrows a
+// callback's exception, else throws Error for a failed status.
+template <class F>
+void call(F&& c_call) {
+  ckpt_status status;
+  std::exception_ptr error;
+  {
+    CallScope scope;
+    status = c_call();
+    error = scope.error();
+  }
+  if (error) std::rethrow_exception(error);
+  check(status);
+}
+
+struct StringDeleter {
+  void operator()(char* string) const noexcept { ckpt_string_free(string); }
+};
+// A string the library returned; freed by ckpt_string_free.
+using OwnedString = std::unique_ptr<char, StringDeleter>;
+
+struct StringListDeleter {
+  void operator()(ckpt_string_list* list) const noexcept { ckpt_string_list_free(list); }
+};
+using OwnedStringList = std::unique_ptr<ckpt_string_list, StringListDeleter>;
+
+inline std::optional<std::string> to_optional(const OwnedString& string) {
+  if (!string) return std::nullopt;
+  return std::string(string.get());
+}
+
+inline std::vector<std::string> to_vector(const ckpt_string_list* list) {
+  std::vector<std::string> result;
+  if (list == nullptr) return result;
+  result.reserve(list->len);
+  for (size_t i = 0; i < list->len; ++i) result.emplace_back(list->items[i]);
+  return result;
+}
+
+// Trampolines: C-compatible functions that call the std::function held in
+// `user_data`. None lets an exception escape (they are noexcept, and catch
+// everything).
+using SaveFn = std::function<void(const std::string& prefix, uint64_t number)>;
+using PrefixFn = std::function<void(const std::string& prefix)>;
+using InitFn = std::function<void()>;
+using StepFn = std::function<int64_t()>;
+using ClockFn = std::function<double()>;
+using LogFn = std::function<void(ckpt_log_level level, const std::string& message)>;
+
+template <class Fn>
+void finalize(void* user_data) noexcept {
+  delete static_cast<Fn*>(user_data);
+}
+
+inline int32_t save_trampoline(void* user_data, const char* prefix, uint64_t number) noexcept {
+  try {
+    (*static_cast<SaveFn*>(user_data))(std::string(prefix), number);
+    return 0;
+  } catch (...) {
+    CallScope::capture_current_exception();
+    return callback_exception_code;
+  }
+}
+
+inline int32_t prefix_trampoline(void* user_data, const char* prefix) noexcept {
+  try {
+    (*static_cast<PrefixFn*>(user_data))(std::string(prefix));
+    return 0;
+  } catch (...) {
+    CallScope::capture_current_exception();
+    return callback_exception_code;
+  }
+}
+
+inline int32_t init_trampoline(void* user_data) noexcept {
+  try {
+    (*static_cast<InitFn*>(user_data))();
+    return 0;
+  } catch (...) {
+    CallScope::capture_current_exception();
+    return callback_exception_code;
+  }
+}
+
+inline int32_t step_trampoline(void* user_data, int64_t* out_step) noexcept {
+  try {
+    *out_step = (*static_cast<StepFn*>(user_data))();
+    return 0;
+  } catch (...) {
+    CallScope::capture_current_exception();
+    return callback_exception_code;
+  }
+}
+
+inline double clock_trampoline(void* user_data) noexcept {
+  try {
+    return (*static_cast<ClockFn*>(user_data))();
+  } catch (...) {
+    CallScope::capture_current_exception();
+    // The library refuses a non-finite time: CKPT_STATUS_CALLBACK_FAILED.
+    return std::numeric_limits<double>::quiet_NaN();
+  }
+}
+
+inline void log_trampoline(void* user_data, ckpt_log_level level, const char* message) noexcept {
+  try {
+    (*static_cast<LogFn*>(user_data))(level, std::string(message));
+  } catch (...) {
+    CallScope::capture_current_exception();
+  }
+}
+
+// Maps a C++ element type to its ckpt_dtype.
+template <class T>
+struct dtype_of;
+template <> struct dtype_of<double> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_F64> {};
+template <> struct dtype_of<float> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_F32> {};
+template <> struct dtype_of<int64_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_I64> {};
+template <> struct dtype_of<int32_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_I32> {};
+template <> struct dtype_of<int16_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_I16> {};
+template <> struct dtype_of<int8_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_I8> {};
+template <> struct dtype_of<uint64_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_U64> {};
+template <> struct dtype_of<uint32_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_U32> {};
+template <> struct dtype_of<uint16_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_U16> {};
+template <> struct dtype_of<uint8_t> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_U8> {};
+template <> struct dtype_of<bool> : std::integral_constant<ckpt_dtype, CKPT_DTYPE_BOOL> {};
+
+template <class T, class = void>
+struct has_dtype : std::false_type {};
+template <class T>
+struct has_dtype<T, std::void_t<decltype(dtype_of<T>::value)>> : std::true_type {};
+
+}  // namespace detail
+
+// The ckpt_dtype of T (double, float, int8_t..int64_t, uint8_t..uint64_t,
+// bool). F16 and BF16 have no C++17 type: use the register_tensor
+// overload that takes a ckpt_dtype.
+template <class T>
+constexpr ckpt_dtype dtype_of_v = detail::dtype_of<std::remove_cv_t<T>>::value;
+
+// ---------------------------------------------------------------------------
+// Options
+
+// A builder for Manager: set the directory and max_to_keep (or keep_all),
+// then construct Managers from it (as many as you like). Each setter
+// returns *this and throws Error for a value the library refuses (e.g.
+// max_to_keep(0) is CKPT_STATUS_INVALID_ARGUMENT). Move-only; a moved-from
+// Options is empty and its setters throw CKPT_STATUS_NULL_ARGUMENT.
+// Passing an empty std::function clears that callback.
+class Options {
+ public:
+  Options() {
+    ckpt_options* options = nullptr;
+    check(ckpt_options_new(&options));
+    options_ = options;
+  }
+  ~Options() { ckpt_options_free(options_); }
+  Options(Options&& other) noexcept : options_(std::exchange(other.options_, nullptr)) {}
+  Options& operator=(Options&& other) noexcept {
+    if (this != &other) {
+      ckpt_options_free(options_);
+      options_ = std::exchange(other.options_, nullptr);
+    }
+    return *this;
+  }
+  Options(const Options&) = delete;
+  Options& operator=(const Options&) = delete;
+
+  // Required. Created by the first save if missing.
+  Options& directory(const std::string& directory) {
+    check(ckpt_options_set_directory(options_, directory.c_str()));
+    return *this;
+  }
+  // Keep at most this many managed checkpoints (> 0).
+  Options& max_to_keep(int64_t max_to_keep) {
+    check(ckpt_options_set_max_to_keep(options_, max_to_keep));
+    return *this;
+  }
+  // Keep every checkpoint (TF's max_to_keep=None).
+  Options& keep_all() {
+    check(ckpt_options_set_keep_all(options_));
+    return *this;
+  }
+  Options& keep_checkpoint_every_n_hours(double hours) {
+    check(ckpt_options_set_keep_checkpoint_every_n_hours(options_, hours));
+    return *this;
+  }
+  // Files are <directory>/<name>-<N>...; default "ckpt".
+  Options& checkpoint_name(const std::string& name) {
+    check(ckpt_options_set_checkpoint_name(options_, name.c_str()));
+    return *this;
+  }
+  // Save at most once every `interval` steps; needs step_counter.
+  Options& checkpoint_interval(int64_t interval) {
+    check(ckpt_options_set_checkpoint_interval(options_, interval));
+    return *this;
+  }
+  Options& last_checkpoint_step(int64_t step) {
+    check(ckpt_options_set_last_checkpoint_step(options_, step));
+    return *this;
+  }
+  Options& read_only(bool read_only = true) {
+    check(ckpt_options_set_read_only(options_, read_only));
+    return *this;
+  }
+  Options& verify_checksums(bool verify = true) {
+    check(ckpt_options_set_verify_checksums(options_, verify));
+    return *this;
+  }
+  Options& partial_restore(bool partial = true) {
+    check(ckpt_options_set_partial_restore(options_, partial));
+    return *this;
+  }
+
+  // Writes checkpoint `number`: every file named `prefix` or
+  // `prefix.<suffix>`. Throw to fail the save (nothing is committed).
+  Options& on_save(std::function<void(const std::string& prefix, uint64_t number)> callback) {
+    set(ckpt_options_set_save_callback, detail::save_trampoline, std::move(callback));
+    return *this;
+  }
+  // Restores the checkpoint at `prefix`.
+  Options& on_restore(std::function<void(const std::string& prefix)> callback) {
+    set(ckpt_options_set_restore_callback, detail::prefix_trampoline, std::move(callback));
+    return *this;
+  }
+  // Initialises a fresh model when there is no checkpoint.
+  Options& on_init(std::function<void()> callback) {
+    set(ckpt_options_set_init_callback, detail::init_trampoline, std::move(callback));
+    return *this;
+  }
+  // The current training step, for checkpoint_interval.
+  Options& step_counter(std::function<int64_t()> callback) {
+    set(ckpt_options_set_step_counter_callback, detail::step_trampoline, std::move(callback));
+    return *this;
+  }
+  // Wall-clock seconds since the epoch (finite).
+  Options& clock(std::function<double()> callback) {
+    set(ckpt_options_set_clock_callback, detail::clock_trampoline, std::move(callback));
+    return *this;
+  }
+  // Replaces the built-in deletion of swept checkpoints (see the note on
+  // exceptions at the top of this file).
+  Options& on_delete(std::function<void(const std::string& prefix)> callback) {
+    set(ckpt_options_set_delete_callback, detail::prefix_trampoline, std::move(callback));
+    return *this;
+  }
+  // Receives the manager's info and warning messages (default: warnings
+  // on stderr).
+  Options& on_log(std::function<void(ckpt_log_level level, const std::string& message)> callback) {
+    set(ckpt_options_set_log_callback, detail::log_trampoline, std::move(callback));
+    return *this;
+  }
+
+  // The C object, still owned by this Options.
+  const ckpt_options* get() const noexcept { return options_; }
+  ckpt_options* get() noexcept { return options_; }
+
+ private:
+  template <class Setter, class Trampoline, class Fn>
+  void set(Setter setter, Trampoline trampoline, Fn callback) {
+    if (!callback) {
+      check(setter(options_, nullptr, nullptr, nullptr));
+      return;
+    }
+    // The library owns the copy once the setter succeeds, and frees it
+    // with the finalizer; on failure it stays ours.
+    auto owned = std::make_unique<Fn>(std::move(callback));
+    check(setter(options_, trampoline, owned.get(), &detail::finalize<Fn>));
+    owned.release();
+  }
+
+  ckpt_options* options_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------
+// Manager
+
+// A checkpoint manager (tf.train.CheckpointManager). Move-only.
+class Manager {
+ public:
+  // Opens a manager on the options' directory and recovers its state.
+  // The options may be destroyed afterwards; the manager shares their
+  // callbacks. Throws Error (e.g. CKPT_STATUS_LOCKED when another writer
+  // holds the directory), or a callback's exception (clock).
+  explicit Manager(const Options& options) {
+    ckpt_manager* manager = nullptr;
+    detail::call([&] { return ckpt_manager_new(options.get(), &manager); });
+    manager_ = manager;
+  }
+  ~Manager() { reset(); }
+  Manager(Manager&& other) noexcept : manager_(std::exchange(other.manager_, nullptr)) {}
+  Manager& operator=(Manager&& other) noexcept {
+    if (this != &other) {
+      reset();
+      manager_ = std::exchange(other.manager_, nullptr);
+    }
+    return *this;
+  }
+  Manager(const Manager&) = delete;
+  Manager& operator=(const Manager&) = delete;
+
+  // False for a moved-from Manager.
+  explicit operator bool() const noexcept { return manager_ != nullptr; }
+  ckpt_manager* get() const noexcept { return manager_; }
+
+  // Saves a checkpoint numbered `number` (default: the save counter's next
+  // value). Returns its prefix, or nullopt when the interval skipped it.
+  // On failure nothing is committed and the manager is unchanged (but see
+  // on_delete).
+  std::optional<std::string> save(std::optional<uint64_t> number = std::nullopt,
+                                  bool check_interval = true) {
+    detail::OwnedString prefix;
+    detail::call([&] {
+      char* out = nullptr;
+      ckpt_status status = ckpt_manager_save(manager_, number ? &*number : nullptr,
+                                             check_interval, &out);
+      prefix.reset(out);
+      return status;
+    });
+    return detail::to_optional(prefix);
+  }
+
+  // The latest checkpoint's prefix, or nullopt when there is none.
+  std::optional<std::string> latest() const {
+    detail::OwnedString prefix;
+    detail::call([&] {
+      char* out = nullptr;
+      ckpt_status status = ckpt_manager_latest(manager_, &out);
+      prefix.reset(out);
+      return status;
+    });
+    return detail::to_optional(prefix);
+  }
+
+  // The managed checkpoints' prefixes, oldest first.
+  std::vector<std::string> checkpoints() const {
+    detail::OwnedStringList list;
+    detail::call([&] {
+      ckpt_string_list* out = nullptr;
+      ckpt_status status = ckpt_manager_checkpoints(manager_, &out);
+      list.reset(out);
+      return status;
+    });
+    return detail::to_vector(list.get());
+  }
+
+  // Restores the newest intact checkpoint (registered tensors, then
+  // on_restore) and returns its prefix, or runs on_init and returns
+  // nullopt when there is none.
+  std::optional<std::string> restore_or_initialize() {
+    detail::OwnedString prefix;
+    detail::call([&] {
+      char* out = nullptr;
+      ckpt_status status = ckpt_manager_restore_or_initialize(manager_, &out);
+      prefix.reset(out);
+      return status;
+    });
+    return detail::to_optional(prefix);
+  }
+
+  // The directory, as given in the options.
+  std::string directory() const {
+    detail::OwnedString path;
+    detail::call([&] {
+      char* out = nullptr;
+      ckpt_status status = ckpt_manager_directory(manager_, &out);
+      path.reset(out);
+      return status;
+    });
+    return path ? std::string(path.get()) : std::string();
+  }
+
+  uint64_t save_counter() const {
+    uint64_t counter = 0;
+    detail::call([&] { return ckpt_manager_save_counter(manager_, &counter); });
+    return counter;
+  }
+
+  // Checks a checkpoint (default: the latest) against its manifest; throws
+  // Error (CKPT_STATUS_CHECKPOINT_DAMAGED, CKPT_STATUS_NO_MANIFEST, ...)
+  // unless it is intact.
+  void verify(const std::optional<std::string>& prefix = std::nullopt,
+              bool checksums = true) const {
+    detail::call([&] {
+      return ckpt_manager_verify(manager_, prefix ? prefix->c_str() : nullptr, checksums);
+    });
+  }
+
+  // Re-reads the state file (a read-only manager sees new checkpoints).
+  void reload() {
+    detail::call([&] { return ckpt_manager_reload(manager_); });
+  }
+
+  // Registers a host buffer of T with the built-in saver. `data` must hold
+  // the product of `shape` elements (an empty shape is a scalar) and stay
+  // valid until unregistered or the manager is destroyed.
+  template <class T>
+  void register_tensor(const std::string& name, T* data, const std::vector<uint64_t>& shape) {
+    static_assert(detail::has_dtype<std::remove_cv_t<T>>::value,
+                  "ckpt::Manager::register_tensor: T must be double, float, int8_t..int64_t, "
+                  "uint8_t..uint64_t or bool (use the ckpt_dtype overload for F16/BF16)");
+    static_assert(!std::is_const<T>::value,
+                  "ckpt::Manager::register_tensor: restores write the buffer; it cannot be const");
+    register_tensor(name, dtype_of_v<T>, static_cast<void*>(data), shape);
+  }
+
+  // Registers a buffer of any dtype (e.g. CKPT_DTYPE_F16, CKPT_DTYPE_BF16).
+  void register_tensor(const std::string& name, ckpt_dtype dtype, void* data,
+                       const std::vector<uint64_t>& shape) {
+    detail::call([&] {
+      return ckpt_manager_register_tensor(manager_, name.c_str(), static_cast<uint32_t>(dtype),
+                                          shape.empty() ? nullptr : shape.data(), shape.size(),
+                                          data);
+    });
+  }
+
+  void unregister_tensor(const std::string& name) {
+    detail::call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); });
+  }
+
+  // Frees the manager now (releasing the directory's lock); it becomes empty.
+  void reset() noexcept {
+    if (manager_ != nullptr) {
+      detail::CallScope scope;  // nothing escapes a destructor
+      ckpt_manager_free(std::exchange(manager_, nullptr));
+    }
+  }
+
+ private:
+  ckpt_manager* manager_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------
+// Functions without a manager
+
+// The library's version, "MAJOR.MINOR.PATCH".
+inline std::string version() { return ckpt_version(); }
+
+// The newest usable checkpoint listed in `directory`'s state file, or
+// nullopt. `flags`: CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS.
+inline std::optional<std::string> latest_checkpoint(const std::string& directory,
+                                                    uint32_t flags = 0) {
+  detail::OwnedString prefix;
+  detail::call([&] {
+    char* out = nullptr;
+    ckpt_status status = ckpt_latest_checkpoint_with_flags(directory.c_str(), flags, &out);
+    prefix.reset(out);
+    return status;
+  });
+  return detail::to_optional(prefix);
+}
+
+// Whether any file of the checkpoint at `prefix` exists.
+inline bool checkpoint_exists(const std::string& prefix) {
+  bool exists = false;
+  detail::call([&] { return ckpt_checkpoint_exists(prefix.c_str(), &exists); });
+  return exists;
+}
+
+// Deletes every file of the checkpoint at `prefix` (none is not an error).
+inline void remove_checkpoint(const std::string& prefix) {
+  detail::call([&] { return ckpt_remove_checkpoint(prefix.c_str()); });
+}
+
+// Checks the checkpoint at `prefix` against its manifest; throws Error
+// unless it is intact.
+inline void verify_checkpoint(const std::string& prefix, bool checksums = true) {
+  detail::call([&] { return ckpt_verify_checkpoint(prefix.c_str(), checksums); });
+}
+
+// A directory's `checkpoint` state file (tf.train.get_checkpoint_state).
+struct CheckpointState {
+  std::string model_checkpoint_path{};
+  std::vector<std::string> all_model_checkpoint_paths{};
+  std::vector<double> all_model_checkpoint_timestamps{};
+  double last_preserved_timestamp = 0;
+};
+
+// The state file of `directory`, or nullopt when it has none.
+inline std::optional<CheckpointState> get_checkpoint_state(const std::string& directory) {
+  struct Deleter {
+    void operator()(ckpt_checkpoint_state* state) const noexcept {
+      ckpt_checkpoint_state_free(state);
+    }
+  };
+  std::unique_ptr<ckpt_checkpoint_state, Deleter> state;
+  detail::call([&] {
+    ckpt_checkpoint_state* out = nullptr;
+    ckpt_status status = ckpt_get_checkpoint_state(directory.c_str(), &out);
+    state.reset(out);
+    return status;
+  });
+  if (!state) return std::nullopt;
+  CheckpointState result;
+  if (state->model_checkpoint_path != nullptr) {
+    result.model_checkpoint_path = state->model_checkpoint_path;
+  }
+  result.all_model_checkpoint_paths = detail::to_vector(&state->all_model_checkpoint_paths);
+  if (state->all_model_checkpoint_timestamps != nullptr) {
+    result.all_model_checkpoint_timestamps.assign(
+        state->all_model_checkpoint_timestamps,
+        state->all_model_checkpoint_timestamps + state->all_model_checkpoint_timestamps_len);
+  }
+  result.last_preserved_timestamp = state->last_preserved_timestamp;
+  return result;
+}
+
+}  // namespace ckpt
+
+#endif  // CKPT_MANAGER_HPP

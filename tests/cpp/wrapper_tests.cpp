@@ -1,0 +1,733 @@
+// Tests of the C++ wrapper (bindings/cpp/ckpt_manager.hpp), run case by
+// case by tests/cpp_wrapper.rs under AddressSanitizer, LeakSanitizer and
+// UndefinedBehaviorSanitizer: `wrapper_tests CASE WORKDIR`.
+#include "ckpt_manager.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// A minimal harness
+
+[[noreturn]] void test_fail(const char* file, int line, const std::string& what) {
+  std::fprintf(stderr, "%s:%d: %s\n", file, line, what.c_str());
+  std::fflush(stderr);
+  std::exit(1);
+}
+
+#define CHECK(cond) \
+  do {              \
+    if (!(cond)) test_fail(__FILE__, __LINE__, "CHECK(" #cond ")"); \
+  } while (0)
+
+template <class A, class B>
+void check_eq(const char* file, int line, const A& actual, const B& expected, const char* text) {
+  if (!(actual == expected)) {
+    std::ostringstream out;
+    out << "CHECK_EQ(" << text << "): got " << actual << ", expected " << expected;
+    test_fail(file, line, out.str());
+  }
+}
+#define CHECK_EQ(actual, expected) check_eq(__FILE__, __LINE__, (actual), (expected), #actual)
+
+bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// Runs `body`, which must throw E; returns a copy of what it threw.
+template <class E, class F>
+E expect_throw(const char* file, int line, F&& body, const char* text) {
+  try {
+    body();
+  } catch (const E& caught) {
+    return caught;
+  } catch (const std::exception& other) {
+    test_fail(file, line, std::string(text) + " threw another exception: " + other.what());
+  } catch (...) {
+    test_fail(file, line, std::string(text) + " threw something else");
+  }
+  test_fail(file, line, std::string(text) + " did not throw");
+}
+#define EXPECT_THROW(E, ...) expect_throw<E>(__FILE__, __LINE__, [&] { __VA_ARGS__; }, #__VA_ARGS__)
+
+// A ckpt::Error with `status` whose message contains `needle`.
+#define EXPECT_ERROR(expected_status, needle, ...)                                       \
+  do {                                                                          \
+    ckpt::Error error_ = EXPECT_THROW(ckpt::Error, __VA_ARGS__);                \
+    if (error_.status() != (expected_status))                                            \
+      test_fail(__FILE__, __LINE__,                                                  \
+           std::string(#__VA_ARGS__) + ": status " + error_.status_name() +     \
+               ", expected " + ckpt::status_name(expected_status) + ": " + error_.what()); \
+    if (!contains(error_.what(), (needle)))                                     \
+      test_fail(__FILE__, __LINE__,                                                  \
+           std::string(#__VA_ARGS__) + ": message \"" + error_.what() +         \
+               "\" lacks \"" + (needle) + "\"");                                \
+  } while (0)
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+std::string base_name(const std::string& path) {
+  return path.substr(path.rfind('/') + 1);
+}
+
+std::vector<std::string> base_names(const std::vector<std::string>& paths) {
+  std::vector<std::string> names;
+  for (const auto& path : paths) names.push_back(base_name(path));
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string text;
+  for (const auto& item : items) text += (text.empty() ? "" : " ") + item;
+  return text;
+}
+
+// An exception type of the test's own, with a payload.
+struct ModelError : std::runtime_error {
+  ModelError(const std::string& message, int code) : std::runtime_error(message), code(code) {}
+  int code;
+};
+
+// A model saved to and restored from `<prefix>.model`, with a fake clock,
+// through std::function callbacks that capture it by reference.
+struct World {
+  double value = 0;
+  double now = 1000;
+  int64_t step = 0;
+  int saves = 0, restores = 0, inits = 0;
+  std::vector<std::string> log;
+
+  ckpt::Options options(const std::string& directory, int64_t max_to_keep = 3) {
+    ckpt::Options options;
+    options.directory(directory)
+        .max_to_keep(max_to_keep)
+        .clock([this] { return now; })
+        .on_save([this](const std::string& prefix, uint64_t number) {
+          write_file(prefix + ".model", std::to_string(value) + " " + std::to_string(number));
+          ++saves;
+        })
+        .on_restore([this](const std::string& prefix) {
+          std::istringstream in(read_file(prefix + ".model"));
+          in >> value;
+          ++restores;
+        })
+        .on_init([this] {
+          value = 1;
+          ++inits;
+        })
+        .on_log([this](ckpt_log_level level, const std::string& message) {
+          log.push_back((level == CKPT_LOG_LEVEL_WARNING ? "warning: " : "info: ") + message);
+        });
+    return options;
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Cases
+
+void round_trip(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  {
+    ckpt::Manager manager(world.options(dir, 2));
+    CHECK(!manager.restore_or_initialize().has_value());
+    CHECK_EQ(world.inits, 1);
+    CHECK_EQ(world.value, 1.0);
+    for (int i = 1; i <= 3; ++i) {
+      world.value = i * 1.5;
+      world.now += 10;
+      std::optional<std::string> prefix = manager.save();
+      CHECK(prefix.has_value());
+      CHECK_EQ(*prefix, dir + "/ckpt-" + std::to_string(i));
+    }
+    CHECK_EQ(world.saves, 3);
+    CHECK_EQ(manager.save_counter(), 3u);
+    CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-2 ckpt-3");
+    CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-3");
+    CHECK_EQ(manager.directory(), dir);
+    CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-1"));
+    manager.verify();
+    manager.verify(dir + "/ckpt-2", false);
+    // An explicit number, and a save that ignores the interval gate.
+    CHECK_EQ(manager.save(uint64_t{10}, false).value_or("none"), dir + "/ckpt-10");
+    CHECK_EQ(manager.save_counter(), 4u);  // as in TF, counted all the same
+    CHECK_EQ(read_file(dir + "/ckpt-10.model"), std::to_string(4.5) + " 10");
+  }
+  // The first manager released the lock; a second one resumes.
+  World resumed;
+  ckpt::Manager manager(resumed.options(dir, 2));
+  CHECK_EQ(manager.restore_or_initialize().value_or("none"), dir + "/ckpt-10");
+  CHECK_EQ(resumed.restores, 1);
+  CHECK_EQ(resumed.inits, 0);
+  CHECK_EQ(resumed.value, 4.5);
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-11");
+}
+
+void save_exception(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  bool fail_save = false;
+  ckpt::Options options = world.options(dir);
+  options.on_save([&](const std::string& prefix, uint64_t number) {
+    write_file(prefix + ".model", std::to_string(number));  // a partial checkpoint
+    if (fail_save) throw ModelError("disk on fire at " + base_name(prefix), 42);
+  });
+  ckpt::Manager manager(options);
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+
+  fail_save = true;
+  ModelError error = EXPECT_THROW(ModelError, manager.save());
+  CHECK_EQ(std::string(error.what()), "disk on fire at ckpt-2");
+  CHECK_EQ(error.code, 42);
+  // Nothing was committed: latest, counter, list and files are as before.
+  CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-1");
+  CHECK_EQ(manager.save_counter(), 1u);
+  CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-1");
+  CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-2"));
+  CHECK_EQ(ckpt::latest_checkpoint(dir).value_or("none"), dir + "/ckpt-1");
+
+  // Anything may be thrown, not only std::exception; it comes back as is.
+  options.on_save([](const std::string&, uint64_t) { throw 7; });
+  manager.reset();  // a manager keeps the callbacks it was built with
+  ckpt::Manager rebuilt(options);
+  CHECK_EQ(EXPECT_THROW(int, rebuilt.save()), 7);
+  CHECK_EQ(rebuilt.latest().value_or("none"), dir + "/ckpt-1");
+  CHECK_EQ(rebuilt.save_counter(), 1u);
+}
+
+void save_exception_then_success(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  bool fail = true;
+  ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2).on_save(
+      [&](const std::string& prefix, uint64_t) {
+        if (fail) throw std::logic_error("not yet");
+        write_file(prefix + ".model", "ok");
+      }));
+  std::logic_error error = EXPECT_THROW(std::logic_error, manager.save());
+  CHECK_EQ(std::string(error.what()), "not yet");
+  CHECK(!manager.latest().has_value());
+  CHECK_EQ(manager.save_counter(), 0u);
+  fail = false;
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  // The failed call left no exception behind for later calls.
+  CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-1");
+}
+
+void restore_exception(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  {
+    ckpt::Manager manager(world.options(dir));
+    world.value = 3;
+    manager.save();
+  }
+  ckpt::Options options = world.options(dir);
+  options.on_restore([](const std::string& prefix) {
+    throw ModelError("cannot read " + base_name(prefix), 5);
+  });
+  ckpt::Manager manager(options);
+  ModelError error = EXPECT_THROW(ModelError, manager.restore_or_initialize());
+  CHECK_EQ(std::string(error.what()), "cannot read ckpt-1");
+  CHECK_EQ(error.code, 5);
+  CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-1");
+  // Without an exception, a failed call is a ckpt::Error as usual.
+  options.on_restore(nullptr).on_init(nullptr);
+  manager.reset();
+  ckpt::Manager without_restore(options);
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "restore", without_restore.restore_or_initialize());
+}
+
+void init_exception(const std::string& workdir) {
+  ckpt::Options options;
+  options.directory(workdir + "/run").keep_all().on_init([] {
+    throw std::runtime_error("no initial weights");
+  });
+  ckpt::Manager manager(options);
+  auto error = EXPECT_THROW(std::runtime_error, manager.restore_or_initialize());
+  CHECK_EQ(std::string(error.what()), "no initial weights");
+  // It is the callback's std::runtime_error, not a ckpt::Error.
+  try {
+    manager.restore_or_initialize();
+    CHECK(false);
+  } catch (const ckpt::Error&) {
+    CHECK(false);
+  } catch (const std::runtime_error&) {
+  }
+}
+
+void step_counter_and_clock_exceptions(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  bool fail_step = false, fail_clock = false;
+  ckpt::Options options = world.options(dir);
+  options.checkpoint_interval(10)
+      .step_counter([&]() -> int64_t {
+        if (fail_step) throw ModelError("step unknown", 1);
+        return world.step;
+      })
+      .clock([&]() -> double {
+        if (fail_clock) throw ModelError("clock stopped", 2);
+        return world.now;
+      });
+  ckpt::Manager manager(options);
+  world.step = 10;
+  CHECK(manager.save().has_value());
+  world.step = 15;
+  CHECK(!manager.save().has_value());  // within the interval: skipped
+
+  fail_step = true;
+  world.step = 30;
+  CHECK_EQ(std::string(EXPECT_THROW(ModelError, manager.save()).what()), "step unknown");
+  fail_step = false;
+  fail_clock = true;
+  // The clock reports failure as NaN, which the library refuses.
+  CHECK_EQ(EXPECT_THROW(ModelError, manager.save()).code, 2);
+  CHECK_EQ(manager.save_counter(), 1u);
+  CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-1");
+
+  // The clock is read when a manager opens: the constructor rethrows.
+  manager.reset();
+  CHECK_EQ(std::string(EXPECT_THROW(ModelError, ckpt::Manager{options}).what()), "clock stopped");
+  fail_clock = false;
+  ckpt::Manager reopened(options);
+  CHECK_EQ(reopened.latest().value_or("none"), dir + "/ckpt-1");
+}
+
+void delete_exception(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  ckpt::Options options = world.options(dir, 1);
+  options.on_delete([](const std::string& prefix) {
+    throw ModelError("cannot delete " + base_name(prefix), 9);
+  });
+  ckpt::Manager manager(options);
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  // A failed deletion cannot fail the save: ckpt-2 is committed, and the
+  // wrapper still rethrows the callback's exception.
+  CHECK_EQ(std::string(EXPECT_THROW(ModelError, manager.save()).what()), "cannot delete ckpt-1");
+  CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-2");
+  CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-2");
+  CHECK(!world.log.empty());
+  CHECK(contains(world.log.back(), "could not delete"));
+}
+
+void log_exception(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  {
+    ckpt::Manager manager(world.options(dir));
+    world.value = 1;
+    manager.save();
+    world.value = 2;
+    manager.save();
+  }
+  // Damage the latest: restoring falls back to ckpt-1 with a warning, and
+  // the log callback throws on it.
+  write_file(dir + "/ckpt-2.model", "damaged, and of another size");
+  ckpt::Options options = world.options(dir);
+  options.on_log([](ckpt_log_level level, const std::string& message) {
+    if (level == CKPT_LOG_LEVEL_WARNING) throw ModelError("log: " + message, 3);
+  });
+  ckpt::Manager manager(options);
+  world.value = 0;
+  ModelError error = EXPECT_THROW(ModelError, manager.restore_or_initialize());
+  CHECK(contains(error.what(), "ckpt-2"));
+  // The call went on after the log callback threw: ckpt-1 was restored.
+  CHECK_EQ(world.value, 1.0);
+  CHECK_EQ(world.restores, 1);
+}
+
+void errors_carry_status_and_message(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  // Options refuse bad values at the setter.
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().max_to_keep(0));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().directory(""));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().checkpoint_name("a/b"));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().keep_checkpoint_every_n_hours(-1));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().checkpoint_interval(0));
+  {
+    ckpt::Error error = EXPECT_THROW(ckpt::Error, ckpt::Options().max_to_keep(0));
+    CHECK_EQ(std::string(error.status_name()), "CKPT_STATUS_INVALID_ARGUMENT");
+    CHECK(std::strlen(error.what()) > 0);
+    CHECK_EQ(std::string(error.what()), std::string(ckpt_last_error_message()));
+  }
+  // Options without a directory or max_to_keep.
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Manager{ckpt::Options().max_to_keep(1)});
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Manager{ckpt::Options().directory(dir)});
+
+  World world;
+  ckpt::Options options = world.options(dir);
+  ckpt::Manager writer(options);
+  writer.save();
+  // A second writer on the directory: LOCKED, naming the holder's pid.
+  EXPECT_ERROR(CKPT_STATUS_LOCKED, std::to_string(::getpid()), ckpt::Manager{options});
+  // A read-only manager opens beside it, and refuses to save.
+  options.read_only(true);
+  ckpt::Manager reader(options);
+  EXPECT_ERROR(CKPT_STATUS_READ_ONLY, "", reader.save());
+  writer.save();
+  CHECK_EQ(reader.latest().value_or("none"), dir + "/ckpt-1");
+  reader.reload();
+  CHECK_EQ(reader.latest().value_or("none"), dir + "/ckpt-2");
+
+  // Damage: verify throws CHECKPOINT_DAMAGED naming the file.
+  write_file(dir + "/ckpt-2.model", "x");
+  EXPECT_ERROR(CKPT_STATUS_CHECKPOINT_DAMAGED, "ckpt-2.model", writer.verify());
+  EXPECT_ERROR(CKPT_STATUS_CHECKPOINT_DAMAGED, "ckpt-2.model",
+               ckpt::verify_checkpoint(dir + "/ckpt-2"));
+  EXPECT_ERROR(CKPT_STATUS_CHECKPOINT_DAMAGED, "",
+               ckpt::latest_checkpoint(dir, CKPT_LATEST_NO_FALLBACK));
+  writer.verify(dir + "/ckpt-1");
+
+  // A corrupt state file.
+  const std::string corrupt = workdir + "/corrupt";
+  ckpt::Manager{ckpt::Options().directory(corrupt).keep_all().on_save(
+                    [](const std::string& prefix, uint64_t) { write_file(prefix, ""); })}
+      .save();
+  write_file(corrupt + "/checkpoint", "\x01\x02 not a state file");
+  EXPECT_ERROR(CKPT_STATUS_STATE_CORRUPT, "", ckpt::latest_checkpoint(corrupt));
+  EXPECT_ERROR(CKPT_STATUS_STATE_CORRUPT, "", ckpt::get_checkpoint_state(corrupt));
+
+  // A save without a save callback or a tensor.
+  ckpt::Manager bare(ckpt::Options().directory(workdir + "/bare").keep_all());
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", bare.save());
+}
+
+void optional_none(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  CHECK(!ckpt::latest_checkpoint(dir).has_value());  // no directory at all
+  CHECK(!ckpt::get_checkpoint_state(dir).has_value());
+  World world;
+  ckpt::Options options = world.options(dir);
+  options.checkpoint_interval(5).step_counter([&] { return world.step; }).last_checkpoint_step(0);
+  ckpt::Manager manager(options);
+  CHECK(!manager.latest().has_value());
+  CHECK(manager.checkpoints().empty());
+  CHECK_EQ(manager.save_counter(), 0u);
+  CHECK(!manager.restore_or_initialize().has_value());
+  CHECK(!ckpt::latest_checkpoint(dir).has_value());  // directory, no state file
+  world.step = 3;
+  CHECK(!manager.save().has_value());  // the interval skipped it
+  CHECK_EQ(world.saves, 0);
+  CHECK(manager.save(std::nullopt, false).has_value());  // forced, at step 3
+  world.step = 7;
+  CHECK(!manager.save().has_value());
+  world.step = 8;
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-2");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "",
+               ckpt::Manager(ckpt::Options().directory(workdir + "/empty").keep_all()).verify());
+}
+
+// Counts the copies of the callbacks' captured state that are alive.
+struct Token {
+  explicit Token(std::shared_ptr<int> count) : count(std::move(count)) {}
+  std::shared_ptr<int> count;
+};
+
+void move_semantics(const std::string& workdir) {
+  auto alive = std::make_shared<int>(0);
+  const std::string dir = workdir + "/run";
+  {
+    ckpt::Options options;
+    options.directory(dir).max_to_keep(2).on_save(
+        [token = Token(alive)](const std::string& prefix, uint64_t) {
+          write_file(prefix + ".model", std::to_string(token.count.use_count()));
+        });
+    CHECK_EQ(alive.use_count(), 2);  // ours, and the library's copy
+
+    ckpt::Options moved_options(std::move(options));
+    CHECK(options.get() == nullptr);
+    // A moved-from Options refuses everything, and a callback it cannot
+    // take is freed by the wrapper, not leaked (LeakSanitizer checks).
+    EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", options.max_to_keep(1));
+    EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", options.on_init([token = Token(alive)] {}));
+    CHECK_EQ(alive.use_count(), 2);
+
+    ckpt::Manager first(moved_options);
+    ckpt::Manager second(std::move(first));
+    CHECK(!first);
+    CHECK(first.get() == nullptr);
+    CHECK(second);
+    EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", first.latest());
+    EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", first.save());
+    CHECK_EQ(second.save().value_or("none"), dir + "/ckpt-1");
+
+    // Move assignment frees the target's manager (and its lock) first.
+    ckpt::Manager third(ckpt::Options().directory(workdir + "/other").keep_all());
+    third = std::move(second);
+    CHECK(!second);
+    CHECK_EQ(third.save().value_or("none"), dir + "/ckpt-2");
+    ckpt::Manager{ckpt::Options().directory(workdir + "/other").keep_all()};  // lock free
+    auto& self = third;
+    third = std::move(self);  // self-assignment keeps the manager
+    CHECK(third);
+    CHECK_EQ(third.latest().value_or("none"), dir + "/ckpt-2");
+
+    // The options may go first; the manager keeps the callback alive.
+    moved_options = ckpt::Options();
+    CHECK_EQ(alive.use_count(), 2);
+    CHECK_EQ(third.save().value_or("none"), dir + "/ckpt-3");
+    CHECK_EQ(read_file(dir + "/ckpt-3.model"), "2");
+    third.reset();
+    CHECK(!third);
+    // Freed exactly once: no copy is left (ASan would catch a double free).
+    CHECK_EQ(alive.use_count(), 1);
+  }
+  CHECK_EQ(alive.use_count(), 1);
+
+  // Replacing a callback frees the old one; an empty std::function clears it.
+  ckpt::Options options;
+  options.on_init([token = Token(alive)] {});
+  CHECK_EQ(alive.use_count(), 2);
+  options.on_init([] {});
+  CHECK_EQ(alive.use_count(), 1);
+  options.on_restore([token = Token(alive)](const std::string&) {});
+  options.on_restore(nullptr);
+  CHECK_EQ(alive.use_count(), 1);
+
+  static_assert(!std::is_copy_constructible<ckpt::Manager>::value, "move-only");
+  static_assert(!std::is_copy_assignable<ckpt::Manager>::value, "move-only");
+  static_assert(std::is_nothrow_move_constructible<ckpt::Manager>::value, "noexcept move");
+  static_assert(std::is_nothrow_move_assignable<ckpt::Manager>::value, "noexcept move");
+  static_assert(!std::is_copy_constructible<ckpt::Options>::value, "move-only");
+  static_assert(std::is_nothrow_move_constructible<ckpt::Options>::value, "noexcept move");
+}
+
+void tensors(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  float weights[2][3] = {{1.5f, -2.0f, 3.25f}, {0.0f, 4.0f, -0.5f}};
+  int64_t step = 1234;
+  double lr = 0.125;
+  std::vector<uint8_t> bytes = {1, 2, 255};
+  bool flags[2] = {true, false};
+  int16_t small[2] = {-7, 300};
+  uint16_t half[2] = {0x3c00, 0xc000};  // F16 1.0, -2.0
+  {
+    ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
+    manager.register_tensor("layer.weight", &weights[0][0], {2, 3});
+    manager.register_tensor("step", &step, {});
+    manager.register_tensor("lr", &lr, {});
+    manager.register_tensor("bytes", bytes.data(), {bytes.size()});
+    manager.register_tensor("flags", flags, {2});
+    manager.register_tensor("small", small, {2});
+    manager.register_tensor("half", CKPT_DTYPE_F16, half, {2});
+    EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.register_tensor("step", &step, {}));
+    EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.register_tensor("zero", &lr, {0}));
+    CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+    CHECK(ckpt::checkpoint_exists(dir + "/ckpt-1"));
+    manager.verify();
+  }
+  static_assert(ckpt::dtype_of_v<float> == CKPT_DTYPE_F32, "");
+  static_assert(ckpt::dtype_of_v<const uint32_t> == CKPT_DTYPE_U32, "");
+  static_assert(ckpt::dtype_of_v<int8_t> == CKPT_DTYPE_I8, "");
+  static_assert(ckpt::dtype_of_v<bool> == CKPT_DTYPE_BOOL, "");
+
+  float restored[2][3] = {};
+  int64_t restored_step = 0;
+  double restored_lr = 0;
+  std::vector<uint8_t> restored_bytes(3);
+  bool restored_flags[2] = {false, true};
+  int16_t restored_small[2] = {};
+  uint16_t restored_half[2] = {};
+  ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
+  manager.register_tensor("layer.weight", &restored[0][0], {2, 3});
+  manager.register_tensor("step", &restored_step, {});
+  manager.register_tensor("lr", &restored_lr, {});
+  manager.register_tensor("bytes", restored_bytes.data(), {3});
+  manager.register_tensor("flags", restored_flags, {2});
+  manager.register_tensor("small", restored_small, {2});
+  // A dtype that differs from the checkpoint's: nothing is restored.
+  manager.register_tensor("half", CKPT_DTYPE_BF16, restored_half, {2});
+  EXPECT_ERROR(CKPT_STATUS_TENSOR_MISMATCH, "half", manager.restore_or_initialize());
+  CHECK_EQ(restored_step, 0);
+  manager.unregister_tensor("half");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.unregister_tensor("half"));
+  manager.register_tensor("half", CKPT_DTYPE_F16, restored_half, {2});
+  CHECK_EQ(manager.restore_or_initialize().value_or("none"), dir + "/ckpt-1");
+  CHECK(std::memcmp(restored, weights, sizeof weights) == 0);
+  CHECK_EQ(restored_step, 1234);
+  CHECK_EQ(restored_lr, 0.125);
+  CHECK(restored_bytes == bytes);
+  CHECK(restored_flags[0] && !restored_flags[1]);
+  CHECK_EQ(restored_small[1], 300);
+  CHECK_EQ(restored_half[0], 0x3c00);
+  CHECK_EQ(restored_half[1], 0xc000);
+}
+
+void module_functions(const std::string& workdir) {
+  CHECK_EQ(ckpt::version(), std::to_string(CKPT_VERSION_MAJOR) + "." +
+                                std::to_string(CKPT_VERSION_MINOR) + "." +
+                                std::to_string(CKPT_VERSION_PATCH));
+  CHECK_EQ(ckpt::status_name(CKPT_STATUS_LOCKED), "CKPT_STATUS_LOCKED");
+  const std::string dir = workdir + "/run";
+  World world;
+  {
+    ckpt::Manager manager(world.options(dir));
+    world.now = 100;
+    manager.save();
+    world.now = 200;
+    manager.save();
+  }
+  CHECK_EQ(ckpt::latest_checkpoint(dir).value_or("none"), dir + "/ckpt-2");
+  CHECK_EQ(ckpt::latest_checkpoint(dir, CKPT_LATEST_VERIFY_CHECKSUMS).value_or("none"),
+           dir + "/ckpt-2");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::latest_checkpoint(dir, 1u << 7));
+  std::optional<ckpt::CheckpointState> state = ckpt::get_checkpoint_state(dir);
+  CHECK(state.has_value());
+  CHECK_EQ(state->model_checkpoint_path, dir + "/ckpt-2");
+  CHECK_EQ(joined(base_names(state->all_model_checkpoint_paths)), "ckpt-1 ckpt-2");
+  CHECK_EQ(state->all_model_checkpoint_timestamps.size(), 2u);
+  CHECK_EQ(state->all_model_checkpoint_timestamps[1], 200.0);
+
+  CHECK(ckpt::checkpoint_exists(dir + "/ckpt-1"));
+  CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-9"));
+  ckpt::verify_checkpoint(dir + "/ckpt-1");
+  ckpt::remove_checkpoint(dir + "/ckpt-2");
+  ckpt::remove_checkpoint(dir + "/ckpt-2");  // nothing left: not an error
+  CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-2"));
+  // The latest's files are gone: latest_checkpoint falls back to ckpt-1.
+  CHECK_EQ(ckpt::latest_checkpoint(dir).value_or("none"), dir + "/ckpt-1");
+  EXPECT_ERROR(CKPT_STATUS_CHECKPOINT_DAMAGED, "",
+               ckpt::latest_checkpoint(dir, CKPT_LATEST_NO_FALLBACK));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::checkpoint_exists(""));
+}
+
+// A callback may use another manager, whose callbacks throw and are caught
+// inside it; and a callback that calls its own manager gets REENTRANT_CALL,
+// which, left to propagate, comes out of the outer call as a ckpt::Error.
+void nested_calls(const std::string& workdir) {
+  World inner_world;
+  ckpt::Options inner_options = inner_world.options(workdir + "/inner");
+  inner_options.on_save([](const std::string&, uint64_t) { throw ModelError("inner", 1); });
+  ckpt::Manager inner(inner_options);
+  int inner_failures = 0;
+  ckpt::Manager* self = nullptr;
+  bool reenter = false;
+  ckpt::Manager outer(ckpt::Options().directory(workdir + "/outer").keep_all().on_save(
+      [&](const std::string& prefix, uint64_t) {
+        try {
+          inner.save();
+        } catch (const ModelError&) {
+          ++inner_failures;
+        }
+        if (reenter) self->latest();
+        write_file(prefix + ".model", "outer");
+      }));
+  self = &outer;
+  CHECK_EQ(outer.save().value_or("none"), workdir + "/outer/ckpt-1");
+  CHECK_EQ(inner_failures, 1);
+  reenter = true;
+  EXPECT_ERROR(CKPT_STATUS_REENTRANT_CALL, "", outer.save());
+  CHECK_EQ(inner_failures, 2);
+  CHECK_EQ(outer.save_counter(), 1u);
+}
+
+// One manager shared by threads: each thread gets its own callback's
+// exception, never another thread's.
+void threads(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  std::atomic<int> saves{0};
+  ckpt::Manager manager(ckpt::Options().directory(dir).keep_all().on_save(
+      [&](const std::string& prefix, uint64_t number) {
+        if (number % 2 == 0) throw ModelError(base_name(prefix), static_cast<int>(number));
+        write_file(prefix + ".model", "x");
+        ++saves;
+      }));
+  constexpr int kThreads = 4, kRounds = 25;
+  std::atomic<int> failures{0}, mixups{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        const uint64_t number = static_cast<uint64_t>(t * 1000 + round + 1);
+        try {
+          manager.save(number, false);
+          if (number % 2 == 0) ++mixups;
+        } catch (const ModelError& error) {
+          ++failures;
+          if (static_cast<uint64_t>(error.code) != number) ++mixups;
+        } catch (...) {
+          ++mixups;
+        }
+      }
+    });
+  }
+  for (auto& worker : workers) worker.join();
+  CHECK_EQ(mixups.load(), 0);
+  CHECK_EQ(saves.load() + failures.load(), kThreads * kRounds);
+  CHECK_EQ(manager.checkpoints().size(), static_cast<size_t>(saves.load()));
+}
+
+struct Case {
+  const char* name;
+  void (*run)(const std::string& workdir);
+};
+
+const Case cases[] = {
+    {"round_trip", round_trip},
+    {"save_exception", save_exception},
+    {"save_exception_then_success", save_exception_then_success},
+    {"restore_exception", restore_exception},
+    {"init_exception", init_exception},
+    {"step_counter_and_clock_exceptions", step_counter_and_clock_exceptions},
+    {"delete_exception", delete_exception},
+    {"log_exception", log_exception},
+    {"errors_carry_status_and_message", errors_carry_status_and_message},
+    {"optional_none", optional_none},
+    {"move_semantics", move_semantics},
+    {"tensors", tensors},
+    {"module_functions", module_functions},
+    {"nested_calls", nested_calls},
+    {"threads", threads},
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s CASE WORKDIR\n", argv[0]);
+    return 2;
+  }
+  for (const Case& test_case : cases) {
+    if (std::strcmp(test_case.name, argv[1]) == 0) {
+      try {
+        test_case.run(argv[2]);
+      } catch (const std::exception& error) {
+        std::fprintf(stderr, "%s: uncaught exception: %s\n", argv[1], error.what());
+        return 1;
+      } catch (...) {
+        std::fprintf(stderr, "%s: uncaught exception\n", argv[1]);
+        return 1;
+      }
+      std::printf("%s: ok\n", argv[1]);
+      return 0;
+    }
+  }
+  std::fprintf(stderr, "unknown case %s\n", argv[1]);
+  return 2;
+}
