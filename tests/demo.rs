@@ -408,7 +408,9 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
         let Some(stdout) = killed else {
             // A fast disk can let the run reach its end first; the kills
             // before it still count, and at least 5 must have landed.
-            log.push_str(&format!("== round {round}: {at:?}, finished before its kill\n"));
+            log.push_str(&format!(
+                "== round {round}: {at:?}, finished before its kill\n"
+            ));
             break;
         };
         let stdout = stdout.replace(&dir_str, "DIR");
