@@ -57,7 +57,7 @@ fn finished(directory: &Path, stdout: &str, export: &Path) -> Finished {
         stdout.contains(&format!("done at step {STEPS}:")),
         "{stdout}"
     );
-    let files = files(directory);
+    let files = support::file_names(directory);
     let kept = files
         .iter()
         .filter(|name| name.ends_with(".safetensors"))
@@ -89,15 +89,6 @@ fn straight_run() -> &'static (Finished, Duration) {
 
 fn straight() -> &'static Finished {
     &straight_run().0
-}
-
-fn files(directory: &Path) -> Vec<String> {
-    let mut names: Vec<_> = std::fs::read_dir(directory)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Every "step N  loss X  saved DIR/ckpt-K" line of an output.

@@ -16,15 +16,6 @@ fn run_trainer(directory: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-fn files(directory: &Path) -> Vec<String> {
-    let mut names: Vec<_> = std::fs::read_dir(directory)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn interrupted_and_resumed_matches_a_straight_run() {
     let root = tempfile::tempdir().unwrap();
@@ -51,8 +42,8 @@ fn interrupted_and_resumed_matches_a_straight_run() {
         "ckpt-5.ckpt-manifest.json",
         "ckpt-5.model",
     ];
-    assert_eq!(files(&straight), expected);
-    assert_eq!(files(&resumed), expected);
+    assert_eq!(support::file_names(&straight), expected);
+    assert_eq!(support::file_names(&resumed), expected);
     let last = |dir: &Path| std::fs::read(dir.join("ckpt-5.model")).unwrap();
     assert_eq!(last(&straight), last(&resumed));
     let summary = |out: &str| {

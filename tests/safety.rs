@@ -2,6 +2,8 @@
 //! the directory lock, read-only managers, verified restore with fallback,
 //! and state files that point outside the directory.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -60,15 +62,6 @@ fn open(dir: &Path, journal: &Shared) -> CheckpointManager {
     open_with(dir, journal, |_| {}).unwrap()
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn saved_three(dir: &Path, journal: &Shared) -> CheckpointManager {
     let mut manager = open(dir, journal);
     for _ in 0..3 {
@@ -83,8 +76,8 @@ fn each_checkpoint_has_a_manifest_and_verifies() {
     let journal = Shared::default();
     let manager = saved_three(root.path(), &journal);
     let latest = manager.latest_checkpoint().unwrap();
-    assert!(names(root.path()).contains(&"ckpt-3.ckpt-manifest.json".to_owned()));
-    assert!(!names(root.path())
+    assert!(support::file_names(root.path()).contains(&"ckpt-3.ckpt-manifest.json".to_owned()));
+    assert!(!support::file_names(root.path())
         .iter()
         .any(|name| name.ends_with(".ckpt-pending")));
     assert_eq!(
@@ -227,7 +220,7 @@ fn recovery_on_open_removes_interrupted_saves_and_nothing_else() {
         fs::write(dir.join(name), b"x").unwrap();
     }
     let manager = open(dir, &journal);
-    let left = names(dir);
+    let left = support::file_names(dir);
     for gone in [
         "ckpt-4.index",
         "ckpt-4.ckpt-pending",
@@ -275,9 +268,9 @@ fn a_second_writer_is_refused_and_a_reader_follows_along() {
         }
         other => panic!("expected Locked, got {other:?}"),
     }
-    let before = names(dir);
+    let before = support::file_names(dir);
     let mut reader = open_with(dir, &journal, |c| c.set_read_only(true)).unwrap();
-    assert_eq!(names(dir), before, "a reader writes nothing");
+    assert_eq!(support::file_names(dir), before, "a reader writes nothing");
     assert_eq!(reader.latest_checkpoint(), Some(dir.join("ckpt-3")));
     assert!(matches!(reader.save(None, true), Err(Error::ReadOnly)));
     writer.save(None, true).unwrap();
@@ -370,7 +363,7 @@ fn hostile_state_files_are_refused_and_left_alone() {
     ];
     for bytes in hostile {
         fs::write(&state, bytes).unwrap();
-        let before = names(dir);
+        let before = support::file_names(dir);
         let err = open_with(dir, &journal, |_| {}).unwrap_err();
         assert!(matches!(err, Error::StateCorrupt { .. }), "{err}");
         assert!(matches!(
@@ -378,7 +371,7 @@ fn hostile_state_files_are_refused_and_left_alone() {
             Err(Error::StateCorrupt { .. })
         ));
         assert_eq!(fs::read(&state).unwrap(), bytes);
-        assert_eq!(names(dir), before);
+        assert_eq!(support::file_names(dir), before);
     }
     // Huge: refused by its size, without reading it.
     let huge = fs::File::create(&state).unwrap();
