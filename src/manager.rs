@@ -70,7 +70,7 @@ impl CheckpointManager {
         }
         manager.load_state(now)?;
         if !manager.config.read_only {
-            manager.recover_interrupted_saves()?;
+            manager.finish_interrupted_writes()?;
         }
         manager.save_counter = manager.highest_known_number()?;
         Ok(manager)
@@ -122,7 +122,7 @@ impl CheckpointManager {
     /// swept checkpoints whose deletion was interrupted. Removes temporary
     /// files of interrupted state or manifest writes too. Only files of
     /// this manager's own naming are touched.
-    fn recover_interrupted_saves(&mut self) -> Result<()> {
+    fn finish_interrupted_writes(&mut self) -> Result<()> {
         let directory = self.config.directory.clone();
         let name = self.config.checkpoint_name.clone();
         storage::remove_temporary_state_files(&directory)?;
