@@ -67,7 +67,8 @@ impl Config {
     pub fn set_max_to_keep(&mut self, max_to_keep: MaxToKeep) -> Result<()> {
         if max_to_keep == MaxToKeep::Last(0) {
             return Err(Error::invalid(
-                "max_to_keep must be positive; use MaxToKeep::All to keep every checkpoint",
+                "max_to_keep must be a positive number; to keep every checkpoint, choose keep-all \
+                 (MaxToKeep::All, ckpt_options_set_keep_all, max_to_keep=None in Python)",
             ));
         }
         self.max_to_keep = Some(max_to_keep);

@@ -263,7 +263,10 @@ impl CheckpointManager {
             .and_then(|()| storage::replace_state(&directory, &state_for(&entry, &retention)));
         if let Err(err) = committed {
             abandon(&prefix, existed);
-            doomed.iter().for_each(|old| abandon(old, true));
+            // Still named by the old state file: they stay, unmarked.
+            doomed
+                .iter()
+                .for_each(|old| drop(storage::clear_pending(old)));
             return Err(err);
         }
         self.save_counter = counter;
@@ -335,9 +338,10 @@ impl CheckpointManager {
                 &metadata,
             )?);
         }
-        let files = storage::describe_checkpoint(prefix, &known)?;
-        storage::write_manifest(prefix, &Manifest::new(number, files))?;
-        storage::sync_checkpoint(prefix)
+        let files = storage::checkpoint_files(prefix)?;
+        let records = storage::describe_checkpoint(prefix, &files, &known)?;
+        let manifest = storage::write_manifest(prefix, &Manifest::new(number, records))?;
+        storage::sync_checkpoint(prefix, files.iter().chain([&manifest]))
     }
 
     /// Registers a host buffer for the built-in saver: every save writes

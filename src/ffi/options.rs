@@ -272,13 +272,8 @@ pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
     max_to_keep: i64,
 ) -> ckpt_status {
     update(options, |o| {
+        // Negative counts become 0, which the core refuses.
         let n = usize::try_from(max_to_keep).unwrap_or(0);
-        if n == 0 {
-            return Err(Failure::new(
-                ckpt_status::InvalidArgument,
-                format!("max_to_keep must be positive, not {max_to_keep}; use ckpt_options_set_keep_all to keep everything"),
-            ));
-        }
         Ok(o.config.set_max_to_keep(MaxToKeep::Last(n))?)
     })
 }

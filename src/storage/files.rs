@@ -108,11 +108,14 @@ pub fn highest_number_on_disk(directory: &Path, name: &OsStr) -> Result<Option<u
     Ok(numbers_on_disk(directory, name, "")?.last().copied())
 }
 
-/// Makes a checkpoint's files durable: each file, each directory the save
-/// callback made, and the directory that holds them.
-pub fn sync_checkpoint(prefix: &Path) -> Result<()> {
-    for path in checkpoint_files(prefix)? {
-        sync_tree(&path).map_err(|err| Error::io_at("sync checkpoint file", &path, err))?;
+/// Makes a checkpoint's files durable: each of `files` (with what is
+/// inside the directories among them), then the directory that holds them.
+pub fn sync_checkpoint<'a>(
+    prefix: &Path,
+    files: impl IntoIterator<Item = &'a PathBuf>,
+) -> Result<()> {
+    for path in files {
+        sync_tree(path).map_err(|err| Error::io_at("sync checkpoint file", path, err))?;
     }
     sync_directory(parent_of(prefix))
 }
@@ -206,7 +209,7 @@ mod tests {
                 "ckpt-1.safetensors"
             ]
         );
-        sync_checkpoint(&prefix).unwrap();
+        sync_checkpoint(&prefix, &checkpoint_files(&prefix).unwrap()).unwrap();
         delete_checkpoint(&prefix).unwrap();
         assert!(!checkpoint_exists(&prefix).unwrap());
         let mut left: Vec<_> = fs::read_dir(&dir)

@@ -39,15 +39,21 @@ fn checksum(path: &Path) -> io::Result<(u64, u32)> {
     }
 }
 
-/// Every regular file of the checkpoint (inside a `<prefix>` directory
-/// too) but the manifest and the marker, with its size and CRC32C. Files
-/// in `known` (same suffix and size) are not read again.
-pub fn describe_checkpoint(prefix: &Path, known: &[FileRecord]) -> Result<Vec<FileRecord>> {
+/// Every regular file among `files` (the checkpoint's entries, as
+/// `checkpoint_files` lists them; inside a `<prefix>` directory too) but
+/// the manifest and the marker, with its size and CRC32C. Files in `known`
+/// (same suffix and size) are not read again.
+pub fn describe_checkpoint(
+    prefix: &Path,
+    files: &[PathBuf],
+    known: &[FileRecord],
+) -> Result<Vec<FileRecord>> {
     let base_len = prefix.as_os_str().len();
     let own = [MANIFEST_SUFFIX, PENDING_SUFFIX].map(|s| paths::with_suffix(prefix, s));
-    let mut pending: Vec<PathBuf> = checkpoint_files(prefix)?
-        .into_iter()
+    let mut pending: Vec<PathBuf> = files
+        .iter()
         .filter(|path| !own.contains(path))
+        .cloned()
         .collect();
     let mut records = Vec::new();
     while let Some(path) = pending.pop() {
@@ -80,9 +86,9 @@ pub fn describe_checkpoint(prefix: &Path, known: &[FileRecord]) -> Result<Vec<Fi
     Ok(records)
 }
 
-/// Writes the manifest atomically (temporary file, rename). Durability
-/// comes from the checkpoint's sync, which covers the manifest too.
-pub fn write_manifest(prefix: &Path, manifest: &Manifest) -> Result<()> {
+/// Writes the manifest atomically (temporary file, rename) and returns its
+/// path. Durability comes from the checkpoint's sync, which must cover it.
+pub fn write_manifest(prefix: &Path, manifest: &Manifest) -> Result<PathBuf> {
     let path = paths::with_suffix(prefix, MANIFEST_SUFFIX);
     let temp = paths::with_suffix(&path, ".tmp");
     let written = (|| {
@@ -95,10 +101,13 @@ pub fn write_manifest(prefix: &Path, manifest: &Manifest) -> Result<()> {
         fault::step()?;
         fs::rename(&temp, &path)
     })();
-    written.map_err(|err| {
-        let _ = fs::remove_file(&temp);
-        Error::io_at("write manifest", &path, err)
-    })
+    match written {
+        Ok(()) => Ok(path),
+        Err(err) => {
+            let _ = fs::remove_file(&temp);
+            Err(Error::io_at("write manifest", &path, err))
+        }
+    }
 }
 
 fn read_manifest(prefix: &Path) -> Result<Option<Manifest>> {
@@ -267,7 +276,8 @@ mod tests {
             verify(&prefix, Verification::Checksums),
             Ok(Integrity::NoManifest)
         );
-        let records = describe_checkpoint(&prefix, &[]).unwrap();
+        let files = checkpoint_files(&prefix).unwrap();
+        let records = describe_checkpoint(&prefix, &files, &[]).unwrap();
         let suffixes: Vec<_> = records
             .iter()
             .map(|r| r.suffix.as_bytes().to_vec())

@@ -9,8 +9,8 @@ mod state_file;
 mod tensor_file;
 
 pub use files::{
-    checkpoint_exists, create_directory, delete_checkpoint, highest_number_on_disk,
-    numbers_on_disk, remove_file, sync_checkpoint, sync_directory,
+    checkpoint_exists, checkpoint_files, create_directory, delete_checkpoint,
+    highest_number_on_disk, numbers_on_disk, remove_file, sync_checkpoint, sync_directory,
 };
 pub use integrity::{
     clear_pending, describe_checkpoint, mark_pending, mark_pending_all, verify_checkpoint,
