@@ -75,8 +75,9 @@ typedef enum {
   CKPT_STATUS_LOCKED = 9,
   // The manager was opened read-only and the call would write.
   CKPT_STATUS_READ_ONLY = 10,
-  // The checkpoint has files but no manifest (another tool wrote it), so
-  // it cannot be verified.
+  // The checkpoint has files but no manifest (another tool wrote it), or
+  // only one of an earlier save (another tool saved it again), so it
+  // cannot be verified.
   CKPT_STATUS_NO_MANIFEST = 11,
   // The registered tensors do not match the checkpoint's: a name, dtype
   // or shape differs, or a tensor is on one side only (see the message).
@@ -117,6 +118,9 @@ typedef struct ckpt_manager ckpt_manager;
 // one thread at a time.
 typedef struct ckpt_options ckpt_options;
 
+// A file being written by a save callback; see `ckpt_save_file_open`.
+typedef struct ckpt_save_file ckpt_save_file;
+
 // A list of strings owned by the caller; free it with `ckpt_string_list_free`.
 typedef struct {
   // `len` NUL-terminated strings.
@@ -142,9 +146,14 @@ typedef struct {
 } ckpt_checkpoint_state;
 
 // Writes checkpoint `checkpoint_number`: every file it creates must be
-// named `prefix` or `prefix.<suffix>` (e.g. `prefix.index`). `prefix` is
-// valid only during the call. Returns 0 on success, any other value on
-// failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that value).
+// named `prefix`, `prefix.<suffix>` (e.g. `prefix.index`) or lie inside a
+// directory `prefix/`; regular files and directories only. `prefix` is the
+// save's staging prefix (`<dir>/<name>-<N>.ckpt-staging/<name>-<N>`), valid
+// only during the call; the files move to `<dir>/<name>-<N>...` at the
+// commit. Files may be written with `ckpt_save_file_open` so that the
+// library computes their CRC32C on the way. Returns 0 on success, any other
+// value on failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that
+// value); nothing is committed then and the staging directory is removed.
 typedef int32_t (*ckpt_save_callback)(void *user_data,
                                       const char *prefix,
                                       uint64_t checkpoint_number);
@@ -170,7 +179,9 @@ typedef int32_t (*ckpt_step_counter_callback)(void *user_data, int64_t *out_step
 typedef double (*ckpt_clock_callback)(void *user_data);
 
 // Deletes the checkpoint at `prefix` (valid only during the call),
-// replacing the built-in deletion. Returns 0 on success.
+// replacing the built-in deletion; it runs after the commit that swept the
+// checkpoint (if the process dies first, it is not run for it and the
+// files stay). Returns 0 on success.
 typedef int32_t (*ckpt_delete_callback)(void *user_data, const char *prefix);
 
 // Receives a log message (valid only during the call).
@@ -260,8 +271,9 @@ ckpt_status ckpt_get_checkpoint_state(const char *directory, ckpt_checkpoint_sta
 // Thread-safe.
 void ckpt_checkpoint_state_free(ckpt_checkpoint_state *state);
 
-// Whether any file of the checkpoint exists: `<prefix>` itself or a file
-// `<prefix>.<suffix>`. Names are matched literally (no glob patterns).
+// Whether the checkpoint exists: it has a manifest, or a file `<prefix>`
+// or `<prefix>.<suffix>` exists. Names are matched literally (no glob
+// patterns).
 //
 // `prefix` is borrowed. On success `*out_exists` is written.
 //
@@ -269,13 +281,17 @@ void ckpt_checkpoint_state_free(ckpt_checkpoint_state *state);
 // CKPT_STATUS_IO_ERROR. Thread-safe.
 ckpt_status ckpt_checkpoint_exists(const char *prefix, bool *out_exists);
 
-// Deletes every file of the checkpoint at `prefix` (`<prefix>`,
-// `<prefix>.<suffix>`), data files before the `.index` file. Nothing to
-// delete is not an error. Names are matched literally.
+// Deletes the files the checkpoint at `prefix` owns: those its manifest
+// lists (then the manifest, and directories left empty), or, without a
+// manifest, TensorFlow's `<prefix>.index` and
+// `<prefix>.data-NNNNN-of-NNNNN`. Data files go before the `.index` file.
+// Nothing else is deleted and nothing is recursed into; nothing to delete
+// is not an error.
 //
 // `prefix` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
-// CKPT_STATUS_INVALID_ARGUMENT, CKPT_STATUS_IO_ERROR. Thread-safe, but do
-// not remove a checkpoint a manager is saving.
+// CKPT_STATUS_INVALID_ARGUMENT (a prefix ending in `/`, `.` or `..`),
+// CKPT_STATUS_IO_ERROR. Thread-safe, but do not remove a checkpoint a
+// manager is saving.
 ckpt_status ckpt_remove_checkpoint(const char *prefix);
 
 // Opens a manager on the options' directory and recovers its state from
@@ -302,19 +318,25 @@ ckpt_status ckpt_manager_new(const ckpt_options *options, ckpt_manager **out_man
 // other call on this manager may be running or follow.
 void ckpt_manager_free(ckpt_manager *manager);
 
-// Saves a checkpoint: checks the interval gate, marks the save pending,
-// runs the save callback with the prefix `<directory>/<name>-<N>`, writes
-// the manifest (`<prefix>.ckpt-manifest.json`: each file's size and
-// CRC32C), fsyncs the files and the directory, commits the checkpoint by
-// replacing the state file atomically, then deletes or preserves the
-// oldest ones beyond max_to_keep.
+// Saves a checkpoint: checks the interval gate, makes the staging
+// directory `<directory>/<name>-<N>.ckpt-staging`, runs the save callback
+// with the staging prefix `<staging>/<name>-<N>` and writes the registered
+// tensors there, writes the manifest (`<prefix>.ckpt-manifest.json`: each
+// file's size and CRC32C) and a commit record, syncs them (the commit
+// point), moves the files to `<directory>/<name>-<N>...` (replacing those
+// of a number saved again), replaces the state file atomically, syncs the
+// directory, then deletes what the oldest checkpoints beyond max_to_keep
+// own, or preserves them.
 //
 // `checkpoint_number` is NULL to use the save counter's next value, or
 // points to an explicit number (read during the call). `check_interval`
 // false saves even within the interval (never twice at the same step).
 // On success `*out_prefix` is the new checkpoint's prefix (caller frees
 // with `ckpt_string_free`), or NULL when the interval gate skipped it.
-// On failure nothing is committed and the manager is unchanged.
+// On failure nothing is committed and the manager is unchanged, except
+// for an IO_ERROR whose message says the checkpoint "is committed" (or
+// "may still be committed"): the next save, restore or open then finishes
+// that commit.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither
 // a save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
@@ -401,7 +423,9 @@ ckpt_status ckpt_manager_save_counter(const ckpt_manager *manager, uint64_t *out
 //
 // Returns CKPT_STATUS_OK when intact, CKPT_STATUS_CHECKPOINT_DAMAGED (the
 // message says which file and how), CKPT_STATUS_NO_MANIFEST (files but no
-// manifest), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
+// manifest, or a manifest older than the save the state file records,
+// which another tool made), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and
+// no latest),
 // CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR,
 // CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 ckpt_status ckpt_manager_verify(const ckpt_manager *manager,
@@ -604,6 +628,38 @@ ckpt_status ckpt_options_set_log_callback(ckpt_options *options,
                                           ckpt_log_callback callback,
                                           void *user_data,
                                           ckpt_finalizer finalizer);
+
+// Creates `<prefix><suffix>` for a save callback to write through the
+// library: the library computes the file's CRC32C while it is written, so
+// it does not read the file again before the commit (a large speed-up for
+// large files). `prefix` must be the prefix the running save callback
+// received (the save's staging prefix); `suffix` is `.<name>` or
+// `/<path>` (parent directories are created). Both are borrowed for the
+// call.
+//
+// On success `*out_file` is a handle the caller must pass to
+// `ckpt_save_file_close` exactly once, before the save callback returns.
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not
+// the prefix of a save in progress; a suffix with `..`, `//` or NUL, or
+// one that is not `.`- or `/`-led), CKPT_STATUS_IO_ERROR. May be called
+// from any thread while the save callback runs.
+ckpt_status ckpt_save_file_open(const char *prefix, const char *suffix, ckpt_save_file **out_file);
+
+// Appends `length` bytes from `data` (borrowed for the call; NULL only
+// with `length` 0) to the file.
+//
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR (the file is
+// then incomplete: return failure from the save callback). One thread at
+// a time per file.
+ckpt_status ckpt_save_file_write(ckpt_save_file *file, const uint8_t *data, size_t length);
+
+// Finishes the file (its size and CRC32C go into the manifest) and frees
+// the handle, which must not be used again. NULL is a no-op returning OK.
+//
+// Errors: CKPT_STATUS_IO_ERROR (the handle is freed anyway; the file is
+// then read again for its CRC32C when the save is sealed).
+ckpt_status ckpt_save_file_close(ckpt_save_file *file);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -203,8 +203,10 @@ impl Callbacks {
         Self::default()
     }
 
-    /// Writes the checkpoint: every file it creates is named `<prefix>` or
-    /// `<prefix>.<suffix>`. Given the prefix and the checkpoint number.
+    /// Writes the checkpoint: every file it creates is named `<prefix>`,
+    /// `<prefix>.<suffix>` or lies inside a `<prefix>` directory. Given the
+    /// save's staging prefix and the checkpoint number; `SaveFile` writes a
+    /// file with its CRC32C computed on the way.
     pub fn on_save(
         mut self,
         f: impl FnMut(&Path, u64) -> Result<(), CallbackError> + Send + 'static,

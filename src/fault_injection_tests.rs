@@ -1,38 +1,99 @@
-//! Every write, fsync, rename and delete of a save, and of recovery on
-//! open, is made to fail in turn (ENOSPC from the test hook in `storage`).
-//! After each failure the last good checkpoint must still be the latest,
-//! restore intact, and no partial or temporary file may survive a reopen.
+//! Every store operation of a save, and of recovery on open, is made to
+//! fail in turn (ENOSPC from `FaultyStore`). After each failure, a reopen
+//! finds the last good checkpoint, or the new one when the failure came
+//! after the commit point, and it restores byte for byte; a number saved
+//! again restores as it was or as it became, never mixed; no staging or
+//! temporary file survives the reopen.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::storage::{fail_after, io_steps_taken};
+use crate::store::faulty::{FaultyStore, Steps};
+use crate::store::LocalStore;
 use crate::{Callbacks, CheckpointManager, Config, MaxToKeep};
 
-/// The bytes checkpoint `number` holds, sized so that files differ.
-fn payload(number: u64) -> Vec<u8> {
-    vec![number as u8; 100 + number as usize * 10]
+/// The bytes checkpoint `number` holds in save generation `generation`,
+/// sized so that files differ.
+fn payload(number: u64, generation: u8) -> Vec<u8> {
+    vec![number as u8 ^ generation; 100 + number as usize * 10 + generation as usize]
 }
 
-/// A manager whose checkpoints are `.index` + `.data` files holding
-/// `payload(number)`, restoring into `restored`.
-fn open(dir: &Path, restored: &Arc<Mutex<Option<Vec<u8>>>>) -> crate::Result<CheckpointManager> {
-    let config = Config::new(dir, MaxToKeep::Last(2))?;
-    let into = Arc::clone(restored);
-    let callbacks = Callbacks::new()
-        .on_save(|prefix, number| {
-            fs::write(crate::paths::with_suffix(prefix, ".index"), b"index")?;
-            let data = crate::paths::with_suffix(prefix, ".data-00000-of-00001");
-            Ok(fs::write(data, payload(number))?)
-        })
-        .on_restore(move |prefix| {
-            let data = crate::paths::with_suffix(prefix, ".data-00000-of-00001");
-            *into.lock().unwrap() = Some(fs::read(data)?);
-            Ok(())
-        })
-        .log(|_, _| {});
-    CheckpointManager::new(config, callbacks)
+struct Harness {
+    restored: Arc<Mutex<Option<Vec<u8>>>>,
+    generation: Arc<AtomicU8>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            restored: Arc::default(),
+            generation: Arc::default(),
+        }
+    }
+
+    /// A manager whose checkpoints are `.index` + `.data` files holding
+    /// `payload(number, generation)`, over a store failing as `steps` says.
+    fn open(&self, dir: &Path, steps: Arc<Steps>) -> crate::Result<CheckpointManager> {
+        let config = Config::new(dir, MaxToKeep::Last(2))?;
+        let (into, generation) = (Arc::clone(&self.restored), Arc::clone(&self.generation));
+        let callbacks = Callbacks::new()
+            .on_save(move |prefix, number| {
+                fs::write(crate::paths::with_suffix(prefix, ".index"), b"index")?;
+                let data = crate::paths::with_suffix(prefix, ".data-00000-of-00001");
+                Ok(fs::write(
+                    data,
+                    payload(number, generation.load(Ordering::SeqCst)),
+                )?)
+            })
+            .on_restore(move |prefix| {
+                let data = crate::paths::with_suffix(prefix, ".data-00000-of-00001");
+                *into.lock().unwrap() = Some(fs::read(data)?);
+                Ok(())
+            })
+            .log(|_, _| {});
+        let store = Arc::new(FaultyStore::new(LocalStore::new(dir), steps));
+        CheckpointManager::with_store(config, callbacks, store)
+    }
+
+    /// Reopens without failures: the latest must be `ckpt-<number>` and
+    /// restore one of `generations`' bytes; returns the generation found.
+    /// Only the state file, the lock and listed checkpoints' files are left.
+    fn check_recovered(&self, dir: &Path, number: u64, generations: &[u8]) -> u8 {
+        let mut manager = self
+            .open(dir, Steps::new())
+            .expect("reopening after a failure");
+        let latest = manager.latest_checkpoint().unwrap();
+        assert_eq!(latest, dir.join(format!("ckpt-{number}")));
+        assert_eq!(manager.restore_or_initialize().unwrap(), Some(latest));
+        let restored = self.restored.lock().unwrap().clone().unwrap();
+        let generation = *generations
+            .iter()
+            .find(|&&g| restored == payload(number, g))
+            .unwrap_or_else(|| panic!("ckpt-{number} restored bytes of no save: {restored:?}"));
+        let listed = manager.checkpoints();
+        for name in names(dir) {
+            if name == "checkpoint" || name == "checkpoint.lock" {
+                continue;
+            }
+            let owner = listed.iter().any(|prefix| {
+                let base = prefix.file_name().unwrap().to_str().unwrap();
+                name.strip_prefix(base)
+                    .is_some_and(|rest| rest.starts_with('.'))
+            });
+            assert!(
+                owner,
+                "'{name}' belongs to no listed checkpoint: {:?}",
+                names(dir)
+            );
+            assert!(
+                !name.contains(".ckpt-staging") && !name.contains(".tmp"),
+                "{name}"
+            );
+        }
+        generation
+    }
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -44,116 +105,147 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// After a reopen, only committed checkpoints' files, the state file and
-/// the lock are left, and the latest restores with the expected bytes.
-fn check_recovered(dir: &Path, expected_latest: u64) {
-    let restored = Arc::new(Mutex::new(None));
-    let mut manager = open(dir, &restored).expect("reopening after a failure");
-    let latest = manager.latest_checkpoint().unwrap();
-    assert_eq!(latest, dir.join(format!("ckpt-{expected_latest}")));
-    assert_eq!(manager.restore_or_initialize().unwrap(), Some(latest));
-    assert_eq!(
-        restored.lock().unwrap().as_deref(),
-        Some(&payload(expected_latest)[..])
-    );
-    let listed: Vec<PathBuf> = manager.checkpoints();
-    for name in names(dir) {
-        if name == "checkpoint" || name == "checkpoint.lock" {
-            continue;
+/// Saves ckpt-1..3, then saves `number` (a new one or 3 again) with every
+/// step after the first `allowed` failing; checks what a reopen finds.
+/// Returns whether the save took no more steps than allowed.
+fn fail_one_save(allowed: usize, number: u64, failures: &mut usize) -> bool {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let harness = Harness::new();
+    {
+        let mut manager = harness.open(dir, Steps::new()).unwrap();
+        for _ in 0..3 {
+            manager.save(None, true).unwrap();
         }
-        let owner = listed.iter().any(|prefix| {
-            let base = prefix.file_name().unwrap().to_str().unwrap();
-            name.strip_prefix(base)
-                .is_some_and(|rest| rest.starts_with('.'))
-        });
-        assert!(
-            owner,
-            "'{name}' belongs to no committed checkpoint: {:?}",
-            names(dir)
-        );
-        assert!(
-            !name.ends_with(".ckpt-pending") && !name.ends_with(".tmp"),
-            "{name}"
-        );
     }
+    harness.generation.store(1, Ordering::SeqCst);
+    let steps = Steps::new();
+    let mut manager = harness.open(dir, steps.clone()).unwrap();
+    steps.fail_after(Some(allowed));
+    let result = manager.save(Some(number), true);
+    let taken = steps.taken();
+    steps.fail_after(None);
+    // Whether the save is committed: yes, no, or unknown when undoing it
+    // failed too (then a reopen may roll it forward).
+    let committed = match &result {
+        Ok(prefix) => {
+            assert_eq!(
+                prefix.as_deref(),
+                Some(&*dir.join(format!("ckpt-{number}")))
+            );
+            Some(true)
+        }
+        Err(err) => {
+            *failures += 1;
+            let message = err.to_string();
+            assert!(message.contains("No space left"), "{message}");
+            assert_eq!(manager.save_counter(), 3, "a failed save changes nothing");
+            if message.contains("it is committed") {
+                Some(true)
+            } else if message.contains("it may still be committed") {
+                None
+            } else {
+                Some(false)
+            }
+        }
+    };
+    drop(manager);
+    if number == 3 {
+        let generation = harness.check_recovered(dir, 3, &[0, 1]);
+        if let Some(committed) = committed {
+            assert_eq!(
+                generation == 1,
+                committed,
+                "after step {allowed}: {result:?}"
+            );
+        }
+    } else {
+        let latest = harness.open(dir, Steps::new()).unwrap().latest_checkpoint();
+        let new = latest == Some(dir.join(format!("ckpt-{number}")));
+        if let Some(committed) = committed {
+            assert_eq!(new, committed, "after step {allowed}: {result:?}");
+        }
+        if new {
+            harness.check_recovered(dir, number, &[1]);
+        } else {
+            harness.check_recovered(dir, 3, &[0]);
+        }
+    }
+    taken <= allowed
 }
 
 #[test]
-fn every_failing_io_step_of_a_save_keeps_the_last_good_checkpoint() {
-    let mut failures_seen = 0;
-    for allowed_steps in 0.. {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path();
-        let restored = Arc::new(Mutex::new(None));
-        {
-            let mut manager = open(dir, &restored).unwrap();
-            for _ in 0..3 {
-                manager.save(None, true).unwrap();
-            }
-        }
-        let mut manager = open(dir, &restored).unwrap();
-        fail_after(Some(allowed_steps));
-        let result = manager.save(None, true);
-        let steps = io_steps_taken();
-        fail_after(None);
-        let committed = match &result {
-            Ok(prefix) => {
-                assert_eq!(prefix.as_deref(), Some(&*dir.join("ckpt-4")));
-                4
-            }
-            Err(err) => {
-                failures_seen += 1;
-                assert!(err.to_string().contains("No space left"), "{err}");
-                // The manager itself is unchanged and still usable.
-                assert_eq!(manager.latest_checkpoint(), Some(dir.join("ckpt-3")));
-                assert_eq!(manager.save_counter(), 3);
-                3
-            }
-        };
-        drop(manager);
-        check_recovered(dir, committed);
-        if steps <= allowed_steps {
-            // The save took fewer steps than allowed: every step has failed once.
-            assert!(result.is_ok());
-            assert!(failures_seen >= 8, "only {failures_seen} failing steps");
+fn every_failing_step_of_a_save_keeps_the_last_good_checkpoint() {
+    let mut failures = 0;
+    for allowed in 0.. {
+        if fail_one_save(allowed, 4, &mut failures) {
+            assert!(failures >= 8, "only {failures} failing steps");
             return;
         }
     }
 }
 
 #[test]
-fn every_failing_io_step_of_recovery_loses_nothing() {
-    for allowed_steps in 0.. {
+fn every_failing_step_of_a_resave_keeps_one_whole_version() {
+    let mut failures = 0;
+    for allowed in 0.. {
+        if fail_one_save(allowed, 3, &mut failures) {
+            assert!(failures >= 8, "only {failures} failing steps");
+            return;
+        }
+    }
+}
+
+#[test]
+fn every_failing_step_of_recovery_loses_nothing() {
+    for allowed in 0.. {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
-        let restored = Arc::new(Mutex::new(None));
+        let harness = Harness::new();
         {
-            let mut manager = open(dir, &restored).unwrap();
+            let mut manager = harness.open(dir, Steps::new()).unwrap();
             manager.save(None, true).unwrap();
             manager.save(None, true).unwrap();
         }
-        // What a crash in the middle of saving ckpt-3 leaves behind.
-        let interrupted = dir.join("ckpt-3");
-        crate::storage::mark_pending(&interrupted).unwrap();
-        fs::write(
-            crate::paths::with_suffix(&interrupted, ".index"),
-            b"partial",
-        )
-        .unwrap();
+        // What a crash in the middle of saving ckpt-3 leaves behind, and a
+        // temporary state file.
+        let staging = dir.join("ckpt-3.ckpt-staging");
+        fs::create_dir(&staging).unwrap();
+        fs::write(staging.join("ckpt-3.index"), b"partial").unwrap();
         fs::write(
             dir.join(format!("checkpoint.tmp{}", "0".repeat(32))),
             b"partial",
         )
         .unwrap();
 
-        fail_after(Some(allowed_steps));
-        let opened = open(dir, &restored);
-        let steps = io_steps_taken();
-        fail_after(None);
+        let steps = Steps::new();
+        steps.fail_after(Some(allowed));
+        let opened = harness.open(dir, steps.clone());
+        let taken = steps.taken();
         drop(opened);
-        check_recovered(dir, 2);
-        if steps <= allowed_steps {
+        harness.check_recovered(dir, 2, &[0]);
+        if taken <= allowed {
             return;
         }
     }
+}
+
+/// A save without a sweep takes three rounds of syncs, whatever the
+/// number of files: the staged files with the manifest, the commit record
+/// and the new state file; the staging directory with the directory; the
+/// directory after the renames.
+#[test]
+fn a_save_syncs_in_three_rounds() {
+    let root = tempfile::tempdir().unwrap();
+    let harness = Harness::new();
+    let steps = Steps::new();
+    let mut manager = harness.open(root.path(), steps.clone()).unwrap();
+    steps.fail_after(None);
+    manager.save(None, true).unwrap();
+    let operations = steps.operations();
+    let syncs = operations
+        .iter()
+        .filter(|op| matches!(**op, "sync_files" | "sync_directories" | "replace"))
+        .count();
+    assert_eq!(syncs, 3, "{operations:?}");
 }

@@ -2,28 +2,53 @@
 //! TF's module-level `latest_checkpoint`, `get_checkpoint_state`,
 //! `checkpoint_exists` and `remove_checkpoint`, and verification.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::integrity::{self, Integrity};
 use crate::manifest::Verification;
 use crate::paths;
 use crate::policy;
 use crate::state::CheckpointState;
-use crate::storage::{self, Integrity};
+use crate::state_file::{read_state, StateFile};
+use crate::store::LocalStore;
+
+/// How often `latest_checkpoint` reads a state file again that a writer
+/// changed while the candidates were being verified.
+const READER_RETRIES: usize = 20;
+
+/// The store holding a checkpoint prefix's files, and the prefix's base.
+/// A prefix must end in a file name: `run/` or `run/..` names no checkpoint.
+pub(crate) fn split_prefix(prefix: &Path) -> Result<(LocalStore, OsString)> {
+    let bytes = prefix.as_os_str().as_bytes();
+    let base = match prefix.file_name() {
+        Some(base) if !bytes.ends_with(b"/") && !bytes.ends_with(b"/.") && bytes != b"." => base,
+        _ => {
+            return Err(Error::invalid(format!(
+                "'{}' is not a checkpoint prefix: it must end in a file name",
+                prefix.display()
+            )))
+        }
+    };
+    Ok((LocalStore::of_prefix(prefix), base.to_owned()))
+}
 
 /// The directory's state file with every relative path joined onto the
 /// directory (absolute paths kept), as TF returns it. `None` without one.
 pub fn get_checkpoint_state(directory: &Path) -> Result<Option<CheckpointState>> {
-    let Some(mut state) = storage::read_state(directory)? else {
-        return Ok(None);
-    };
+    Ok(read_state(&LocalStore::new(directory))?.map(|file| joined(directory, file.state)))
+}
+
+fn joined(directory: &Path, mut state: CheckpointState) -> CheckpointState {
     let join = |bytes: &mut Vec<u8>| {
         let joined = directory.join(paths::path_from_bytes(bytes));
         *bytes = paths::path_bytes(&joined).to_vec();
     };
     join(&mut state.model_checkpoint_path);
     state.all_model_checkpoint_paths.iter_mut().for_each(join);
-    Ok(Some(state))
+    state
 }
 
 /// How `latest_checkpoint` treats a damaged latest checkpoint.
@@ -47,26 +72,54 @@ impl Default for LatestOptions {
 /// The newest checkpoint of the directory's state file that verifies:
 /// the latest, or (with `fallback`) the newest intact listed one, with a
 /// warning to `warn`. `None` without a state file or an intact checkpoint.
+/// When a writer changes the state file during the search, it starts again.
 pub fn latest_checkpoint(
     directory: &Path,
     options: LatestOptions,
     warn: &mut dyn FnMut(&str),
 ) -> Result<Option<PathBuf>> {
-    let Some(state) = get_checkpoint_state(directory)? else {
-        return Ok(None);
-    };
-    let latest = paths::path_from_bytes(&state.model_checkpoint_path);
-    if !options.fallback {
-        verify_checkpoint(&latest, options.verification)?;
-        return Ok(Some(latest));
+    let store = LocalStore::new(directory);
+    let mut retries = 0;
+    loop {
+        let Some(file) = read_state(&store)? else {
+            return Ok(None);
+        };
+        let found = latest_in(directory, &file, options, warn);
+        let settled = !matches!(found, Ok(None) | Err(Error::Damaged { .. }))
+            || retries == READER_RETRIES
+            || read_state(&store)?.map(|again| again.crc32c) == Some(file.crc32c);
+        if settled {
+            return found;
+        }
+        retries += 1;
     }
+}
+
+fn latest_in(
+    directory: &Path,
+    file: &StateFile,
+    options: LatestOptions,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Option<PathBuf>> {
+    let timestamps = &file.state.all_model_checkpoint_timestamps;
+    let state = joined(directory, file.state.clone());
+    let latest = paths::path_from_bytes(&state.model_checkpoint_path);
     let listed: Vec<PathBuf> = state
         .all_model_checkpoint_paths
         .iter()
         .map(|bytes| paths::path_from_bytes(bytes))
         .collect();
+    let saved_at = |candidate: &Path| {
+        let index = listed.iter().rposition(|listed| listed == candidate)?;
+        timestamps.get(index).copied()
+    };
+    let mut verify =
+        |candidate: &Path| verify_listed(candidate, options.verification, saved_at(candidate));
+    if !options.fallback {
+        verify(&latest)?;
+        return Ok(Some(latest));
+    }
     let candidates = policy::fallback_order(&latest, &listed, []);
-    let mut verify = |candidate: &Path| verify_checkpoint(candidate, options.verification);
     Ok(first_usable(&candidates, warn, &mut verify)?.map(|(path, _)| path))
 }
 
@@ -97,18 +150,50 @@ pub(crate) fn first_usable<T>(
     Ok(None)
 }
 
-/// Checks a checkpoint against its manifest: `Integrity::Intact`, or
-/// `Integrity::NoManifest` for files written without one (by TF, say).
+fn verify_listed(
+    prefix: &Path,
+    verification: Verification,
+    saved_at: Option<f64>,
+) -> Result<Integrity> {
+    let (store, base) = split_prefix(prefix)?;
+    integrity::verify(&store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
+}
+
+/// Checks a checkpoint against its manifest: `Integrity::Intact`,
+/// `Integrity::NoManifest` for files written without one (by TF, say), or
+/// `Integrity::ManifestOutdated` when the directory's state file records
+/// a later save of it than its manifest.
 pub fn verify_checkpoint(prefix: &Path, verification: Verification) -> Result<Integrity> {
-    storage::verify_checkpoint(prefix, verification)
+    let (store, base) = split_prefix(prefix)?;
+    // The time is only a hint: an unreadable state file leaves it out.
+    let saved_at = read_state(&store).ok().flatten().and_then(|file| {
+        let index = file
+            .state
+            .all_model_checkpoint_paths
+            .iter()
+            .rposition(|entry| entry.as_slice() == base.as_bytes())?;
+        file.state
+            .all_model_checkpoint_timestamps
+            .get(index)
+            .copied()
+    });
+    integrity::verify(&store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
 }
 
-/// Whether any file `<prefix>` or `<prefix>.<suffix>` exists.
+/// Whether the checkpoint at `prefix` has a manifest or any file.
 pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
-    storage::checkpoint_exists(prefix)
+    let (store, base) = split_prefix(prefix)?;
+    Ok(integrity::read_manifest(&store, &base)
+        .ok()
+        .flatten()
+        .is_some()
+        || integrity::has_files(&store, &base)?)
 }
 
-/// Deletes every file of the checkpoint at `prefix`; none existing is fine.
+/// Deletes the files the checkpoint at `prefix` owns: what its manifest
+/// lists, or TF's `.index` and `.data-NNNNN-of-NNNNN` files without one.
+/// Nothing else, and nothing existing is fine.
 pub fn remove_checkpoint(prefix: &Path) -> Result<()> {
-    storage::delete_checkpoint(prefix)
+    let (store, base) = split_prefix(prefix)?;
+    integrity::delete_owned(&store, &integrity::owned_files(&store, &base)?)
 }

@@ -12,14 +12,19 @@ mod error;
 mod fault_injection_tests;
 pub mod ffi;
 mod inspect;
+mod integrity;
 mod manager;
 mod manifest;
 pub mod paths;
 mod policy;
 mod safetensors;
+mod save_file;
 pub mod state;
-mod storage;
+mod state_file;
+mod store;
+mod tensor_file;
 mod tensors;
+mod transaction;
 
 pub use config::{Callbacks, Config, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, Result};
@@ -27,8 +32,9 @@ pub use inspect::{
     checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint,
     verify_checkpoint, LatestOptions,
 };
+pub use integrity::Integrity;
 pub use manager::CheckpointManager;
 pub use manifest::{ByteString, FileRecord, Manifest, Verification};
+pub use save_file::SaveFile;
 pub use state::CheckpointState;
-pub use storage::Integrity;
 pub use tensors::DType;

@@ -1,19 +1,31 @@
-//! `CheckpointManager`: TF's manager over user callbacks, with a durable,
-//! verified commit. Policy lives in `policy`, file work in `storage`.
+//! `CheckpointManager`: TF's manager over user callbacks: when to save,
+//! which number, what to keep. Policy lives in `policy`; the durable steps
+//! of a commit in `transaction`; file access in `store`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
 use crate::error::{Error, Result};
 use crate::inspect;
-use crate::manifest::{Manifest, Verification, MANIFEST_SUFFIX, PENDING_SUFFIX};
+use crate::integrity::{self, Integrity, Owned};
+use crate::manifest::{Verification, MANIFEST_SUFFIX};
 use crate::paths;
 use crate::policy::{self, interval_allows_save, Retention};
 use crate::state::CheckpointState;
-use crate::storage::{self, DirectoryLock, Integrity, TENSOR_FILE_SUFFIX};
+use crate::state_file::read_state;
+use crate::store::{DirectoryLock, LocalStore, Store};
+use crate::tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
 use crate::tensors::{DType, TensorRegistry};
+use crate::transaction::{self, CommitPlan, Transaction};
+
+/// How often a read-only manager re-reads a state file that changed under
+/// a restore before it gives up.
+const READER_RETRIES: usize = 20;
 
 /// Decides when to save, names checkpoints, keeps and deletes them, and
 /// records them in the directory's `checkpoint` state file.
@@ -29,6 +41,12 @@ pub struct CheckpointManager {
     last_checkpoint_step: Option<i64>,
     /// Host buffers the built-in saver writes to `<prefix>.safetensors`.
     tensors: TensorRegistry,
+    store: Arc<dyn Store>,
+    /// The CRC32C of the state file as last read or written.
+    state_crc: Option<u32>,
+    /// A commit failed after its commit point: recovery finishes it before
+    /// the next save or restore.
+    unfinished: bool,
     /// Held by writers for the manager's life; `None` when read-only.
     _lock: Option<DirectoryLock>,
 }
@@ -51,8 +69,20 @@ impl CheckpointManager {
     /// manager has it), and removes what interrupted saves left behind.
     /// A read-only manager touches nothing.
     pub fn new(config: Config, callbacks: Callbacks) -> Result<Self> {
+        let store = Arc::new(LocalStore::new(&config.directory));
+        Self::with_store(config, callbacks, store)
+    }
+
+    pub(crate) fn with_store(
+        config: Config,
+        callbacks: Callbacks,
+        store: Arc<dyn Store>,
+    ) -> Result<Self> {
         config.validate(&callbacks)?;
         let mut manager = CheckpointManager {
+            store,
+            state_crc: None,
+            unfinished: false,
             last_checkpoint_step: config.last_checkpoint_step,
             config,
             callbacks,
@@ -65,25 +95,56 @@ impl CheckpointManager {
         // Read first, so that a failing clock creates nothing on disk.
         let now = manager.now()?;
         if !manager.config.read_only {
-            storage::create_directory(&manager.config.directory)?;
+            create_directory(&manager.config.directory)?;
             manager._lock = Some(DirectoryLock::acquire(&manager.config.directory)?);
+            manager.recover()?;
         }
         manager.load_state(now)?;
-        if !manager.config.read_only {
-            manager.finish_interrupted_writes()?;
-        }
         manager.save_counter = manager.highest_known_number()?;
         Ok(manager)
+    }
+
+    /// Finishes or removes what interrupted saves left (see `transaction`).
+    fn recover(&mut self) -> Result<()> {
+        let named: HashSet<Vec<u8>> = match read_state(&*self.store)? {
+            Some(file) => std::iter::once(file.state.model_checkpoint_path)
+                .chain(file.state.all_model_checkpoint_paths)
+                .collect(),
+            None => HashSet::new(),
+        };
+        let mut warnings = Vec::new();
+        let recovered = transaction::recover(
+            &*self.store,
+            &|base: &OsStr| named.contains(base.as_bytes()),
+            &mut |warning| warnings.push(warning.to_owned()),
+        );
+        warnings.iter().for_each(|warning| self.warn(warning));
+        recovered
+    }
+
+    /// After a commit that failed past its commit point: finish it, and
+    /// take the state it wrote.
+    fn finish_unfinished(&mut self) -> Result<()> {
+        if !self.unfinished {
+            return Ok(());
+        }
+        self.recover()?;
+        self.unfinished = false;
+        let now = self.now()?;
+        self.load_state(now)
     }
 
     /// Rebuilds the retention state from the state file at time `now`.
     fn load_state(&mut self, now: f64) -> Result<()> {
         let directory = self.config.directory.clone();
-        let Some(state) = storage::read_state(&directory)? else {
+        let Some(file) = read_state(&*self.store)? else {
             self.retention = Retention::fresh(now);
             self.latest = None;
+            self.state_crc = None;
             return Ok(());
         };
+        self.state_crc = Some(file.crc32c);
+        let state = file.state;
         let entry = |bytes: &[u8]| paths::state_entry(&directory, &paths::path_from_bytes(bytes));
         let entries = state
             .all_model_checkpoint_paths
@@ -117,51 +178,6 @@ impl CheckpointManager {
         Ok(())
     }
 
-    /// Removes checkpoints that carry a pending marker and that the state
-    /// file does not name: saves interrupted before their commit, and
-    /// swept checkpoints whose deletion was interrupted. Removes temporary
-    /// files of interrupted state or manifest writes too. Only files of
-    /// this manager's own naming are touched.
-    fn finish_interrupted_writes(&mut self) -> Result<()> {
-        let directory = self.config.directory.clone();
-        let name = self.config.checkpoint_name.clone();
-        storage::remove_temporary_state_files(&directory)?;
-        let committed: HashSet<&Path> = self
-            .latest
-            .iter()
-            .map(PathBuf::as_path)
-            .chain(
-                self.retention
-                    .managed()
-                    .iter()
-                    .map(|(entry, _)| entry.as_path()),
-            )
-            .collect();
-        let mut interrupted = Vec::new();
-        for number in storage::numbers_on_disk(&directory, &name, PENDING_SUFFIX)? {
-            let prefix = paths::checkpoint_prefix(&directory, &name, number);
-            let entry = Path::new(prefix.file_name().expect("a prefix ends in a file name"));
-            if committed.contains(entry) {
-                storage::clear_pending(&prefix)?;
-            } else {
-                interrupted.push(prefix);
-            }
-        }
-        for prefix in interrupted {
-            self.warn(&format!(
-                "removing '{}': it was being saved or deleted when the last writer stopped",
-                prefix.display()
-            ));
-            storage::delete_checkpoint(&prefix)?;
-        }
-        let manifest_temp = format!("{MANIFEST_SUFFIX}.tmp");
-        for number in storage::numbers_on_disk(&directory, &name, &manifest_temp)? {
-            let prefix = paths::checkpoint_prefix(&directory, &name, number);
-            storage::remove_file(&paths::with_suffix(&prefix, &manifest_temp))?;
-        }
-        Ok(())
-    }
-
     /// The number the next unnumbered save must exceed: the highest number
     /// in the state file (under any name) or on disk under this name.
     fn highest_known_number(&self) -> Result<u64> {
@@ -170,8 +186,14 @@ impl CheckpointManager {
             .iter()
             .chain(self.retention.managed().iter().map(|(entry, _)| entry))
             .filter_map(|entry| paths::trailing_number(entry));
-        let on_disk =
-            storage::highest_number_on_disk(&self.config.directory, &self.config.checkpoint_name)?;
+        let root = Path::new("");
+        let entries = self
+            .store
+            .list(root)
+            .map_err(|err| Error::io_at("list directory", &self.config.directory, err))?;
+        let on_disk = entries.iter().filter_map(|entry| {
+            paths::own_checkpoint_number(&entry.name, &self.config.checkpoint_name)
+        });
         Ok(listed.chain(on_disk).max().unwrap_or(0))
     }
 
@@ -240,108 +262,119 @@ impl CheckpointManager {
             .checked_add(1)
             .ok_or_else(|| Error::invalid("the save counter is at its maximum"))?;
         let number = checkpoint_number.unwrap_or(counter);
-        let directory = self.config.directory.clone();
-        let prefix = paths::checkpoint_prefix(&directory, &self.config.checkpoint_name, number);
-        let entry = PathBuf::from(prefix.file_name().expect("a prefix ends in a file name"));
-
-        let existed = storage::checkpoint_exists(&prefix)?;
-        self.write_checkpoint(&prefix, number, current)
-            .inspect_err(|_| abandon(&prefix, existed))?;
-        let mut retention = self.retention.clone();
-        let recorded = self.now().map(|now| retention.record(entry.clone(), now));
-        // Decided before the commit, so that the one state file written
-        // already leaves them out; their markers let recovery on open
-        // finish the deletion if it is interrupted.
-        let swept = retention.sweep(
-            self.max_to_keep(),
-            self.config.keep_checkpoint_every_n_hours,
-        );
-        let doomed = self.deletable(&swept.delete);
-        let committed = recorded
-            .and_then(|()| storage::mark_pending_all(&doomed))
-            // The commit point: once the rename is done the checkpoint is the latest.
-            .and_then(|()| storage::replace_state(&directory, &state_for(&entry, &retention)));
-        if let Err(err) = committed {
-            abandon(&prefix, existed);
-            // Still named by the old state file: they stay, unmarked.
-            doomed
-                .iter()
-                .for_each(|old| drop(storage::clear_pending(old)));
-            return Err(err);
-        }
-        self.save_counter = counter;
-        self.last_checkpoint_step = step;
-        self.latest = Some(entry);
-        self.retention = retention;
-        // Until the directory is synced the old state file may come back
-        // after a power loss, so nothing it names may be deleted yet.
-        if let Err(err) = storage::sync_directory(&directory) {
-            self.warn(&format!(
-                "{err}; '{}' is committed, old checkpoints are deleted when a manager next opens",
-                prefix.display()
-            ));
-            return Ok(Some(prefix));
-        }
-        if let Err(err) = storage::clear_pending(&prefix) {
-            self.warn(&format!("{err}; it is cleared when a manager next opens"));
-        }
-        for old in &doomed {
-            self.delete_swept(old);
-        }
-        Ok(Some(prefix))
-    }
-
-    /// The prefixes of swept entries that may be deleted: only those
-    /// directly inside the directory; the others are warned about.
-    fn deletable(&mut self, entries: &[PathBuf]) -> Vec<PathBuf> {
-        let mut prefixes = Vec::new();
-        for entry in entries {
-            if paths::is_plain_file_name(entry) {
-                prefixes.push(self.full_path(entry));
-            } else {
-                self.warn(&format!(
-                    "not deleting '{}': it is not directly inside the checkpoint directory",
-                    entry.display()
-                ));
-            }
-        }
-        prefixes
-    }
-
-    /// Marks the save as pending, runs the save callback and writes the
-    /// registered tensors, records the files in the manifest and makes
-    /// everything durable.
-    fn write_checkpoint(&mut self, prefix: &Path, number: u64, step: Option<i64>) -> Result<()> {
+        let prefix =
+            paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number);
+        let base = prefix
+            .file_name()
+            .expect("a prefix ends in a file name")
+            .to_owned();
+        let entry = PathBuf::from(&base);
         if self.callbacks.save.is_none() && self.tensors.is_empty() {
             return Err(Error::invalid(
                 "no save callback is set and no tensor is registered",
             ));
         }
-        storage::mark_pending(prefix)?;
-        if let Some(save) = self.callbacks.save.as_mut() {
-            save(prefix, number).map_err(Error::callback("save"))?;
+        self.finish_unfinished()?;
+
+        let transaction = Transaction::begin(self.store.clone(), &base)?;
+        let planned = self
+            .write_checkpoint(&transaction, number, current)
+            .and_then(|()| transaction.seal())
+            .and_then(|sealed| Ok((sealed, self.plan(&base, &entry, number)?)));
+        let (sealed, (plan, retention)) = match planned {
+            Ok(planned) => planned,
+            Err(err) => {
+                transaction.abort();
+                return Err(err);
+            }
+        };
+        let swept: Vec<OsString> = plan.swept.iter().map(|(base, _)| base.clone()).collect();
+        let state_crc = crc32c::crc32c(&plan.state_after);
+        let committed = transaction.commit(sealed, plan).inspect_err(|_| {
+            self.unfinished = self
+                .store
+                .kind(&transaction::staging_name(&base))
+                .ok()
+                .flatten()
+                .is_some();
+        })?;
+        self.save_counter = counter;
+        self.last_checkpoint_step = step;
+        self.latest = Some(entry);
+        self.retention = retention;
+        self.state_crc = Some(state_crc);
+        for old in &swept {
+            self.run_delete_callback(&self.full_path(Path::new(old)));
         }
-        // Written after the callback, so the CRC computed on the way is the
-        // file's even if the callback wrote the same name.
-        let mut known = Vec::new();
+        if let Err(err) = committed.finish() {
+            self.unfinished = true;
+            self.warn(&format!(
+                "{err}; '{}' is committed, the old checkpoints are deleted by the next save or open",
+                prefix.display()
+            ));
+        }
+        Ok(Some(prefix))
+    }
+
+    /// The retention after this save and the commit that makes it so: the
+    /// new state, what the sweep drops and what a re-saved number replaces.
+    fn plan(&mut self, base: &OsStr, entry: &Path, number: u64) -> Result<(CommitPlan, Retention)> {
+        let now = self.now()?;
+        let mut retention = self.retention.clone();
+        retention.record(entry.to_path_buf(), now);
+        let outcome = retention.sweep(
+            self.max_to_keep(),
+            self.config.keep_checkpoint_every_n_hours,
+        );
+        let mut swept = Vec::new();
+        for old in &outcome.delete {
+            match deletable_base(old) {
+                // A delete callback replaces the built-in deletion.
+                Some(old_base) if old_base != base && self.callbacks.delete.is_some() => {
+                    swept.push((old_base.to_owned(), Owned::default()))
+                }
+                Some(old_base) if old_base != base => swept.push((
+                    old_base.to_owned(),
+                    integrity::owned_files(&*self.store, old_base)?,
+                )),
+                Some(_) => {}
+                None => self.warn(&format!(
+                    "not deleting '{}': it is not directly inside the checkpoint directory",
+                    old.display()
+                )),
+            }
+        }
+        let plan = CommitPlan {
+            number,
+            saved_at: now,
+            replaced: integrity::owned_files(&*self.store, base)?,
+            swept,
+            state_before: self.state_crc,
+            state_after: state_for(entry, &retention).to_text(),
+        };
+        Ok((plan, retention))
+    }
+
+    /// Runs the save callback and writes the registered tensors into the
+    /// transaction's staging prefix.
+    fn write_checkpoint(
+        &mut self,
+        transaction: &Transaction,
+        number: u64,
+        step: Option<i64>,
+    ) -> Result<()> {
+        if let Some(save) = self.callbacks.save.as_mut() {
+            save(&transaction.prefix(), number).map_err(Error::callback("save"))?;
+        }
         if !self.tensors.is_empty() {
             let mut metadata =
                 BTreeMap::from([("checkpoint_number".to_owned(), number.to_string())]);
             if let Some(step) = step {
                 metadata.insert("step".to_owned(), step.to_string());
             }
-            let path = paths::with_suffix(prefix, TENSOR_FILE_SUFFIX);
-            known.push(storage::write_tensor_file(
-                &path,
-                TENSOR_FILE_SUFFIX,
-                &self.tensors,
-                &metadata,
-            )?);
+            write_tensor_file(transaction, &self.tensors, &metadata)?;
         }
-        let files = storage::checkpoint_files(prefix)?;
-        let records = storage::describe_checkpoint(prefix, &files, &known)?;
-        let manifest = storage::write_manifest(prefix, &Manifest::new(number, records))?;
-        storage::sync_checkpoint(prefix, files.iter().chain([&manifest]))
+        Ok(())
     }
 
     /// Registers a host buffer for the built-in saver: every save writes
@@ -373,18 +406,14 @@ impl CheckpointManager {
         }
     }
 
-    /// Deletes a checkpoint the sweep dropped, with the delete callback if
-    /// one is set. A failure is a warning: the new checkpoint is committed
-    /// already, and the pending marker left behind lets the next open
-    /// finish the deletion.
-    fn delete_swept(&mut self, prefix: &Path) {
-        let result = match self.callbacks.delete.as_mut() {
-            Some(delete) => delete(prefix)
-                .map_err(Error::callback("delete"))
-                .and_then(|()| storage::clear_pending(prefix)),
-            None => storage::delete_checkpoint(prefix),
+    /// Runs the delete callback, which replaces the built-in deletion, on a
+    /// checkpoint the sweep dropped. A failure is a warning: the new
+    /// checkpoint is committed already.
+    fn run_delete_callback(&mut self, prefix: &Path) {
+        let Some(delete) = self.callbacks.delete.as_mut() else {
+            return;
         };
-        if let Err(err) = result {
+        if let Err(err) = delete(prefix).map_err(Error::callback("delete")) {
             self.warn(&format!("could not delete '{}': {err}", prefix.display()));
         }
     }
@@ -406,14 +435,56 @@ impl CheckpointManager {
                 .latest_checkpoint()
                 .ok_or_else(|| Error::invalid("there is no latest checkpoint to verify"))?,
         };
-        inspect::verify_checkpoint(&prefix, verification)
+        let (store, base) = self.locate(&prefix)?;
+        integrity::verify(&*store, &base, verification, self.saved_at(&prefix), None)
+            .map(|(i, _)| i)
+    }
+
+    /// The store and base of a checkpoint path: this directory's store for
+    /// its own checkpoints, the file system for entries elsewhere.
+    fn locate(&self, prefix: &Path) -> Result<(Arc<dyn Store>, OsString)> {
+        let (store, base) = inspect::split_prefix(prefix)?;
+        if store.root() == self.config.directory {
+            Ok((self.store.clone(), base))
+        } else {
+            Ok((Arc::new(store), base))
+        }
+    }
+
+    /// The time the state file records for a listed checkpoint.
+    fn saved_at(&self, prefix: &Path) -> Option<f64> {
+        let entry = paths::state_entry(&self.config.directory, prefix);
+        self.retention
+            .managed()
+            .iter()
+            .find(|(listed, _)| *listed == entry)
+            .map(|(_, timestamp)| *timestamp)
     }
 
     /// Restores the newest intact checkpoint and returns its prefix: the
     /// latest, or, when it is damaged, the newest older one that verifies
     /// (with a warning). With no checkpoint, runs the init callback (if
-    /// any) and returns `None`. `Error::Damaged` when none is intact.
+    /// any) and returns `None`. `Error::Damaged` when none is intact. A
+    /// read-only manager whose writer changed the state file during the
+    /// restore reads it again and retries.
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
+        self.finish_unfinished()?;
+        let mut retries = 0;
+        loop {
+            let restored = self.restore_once();
+            if restored.is_err() && self.config.read_only && retries < READER_RETRIES {
+                let now_crc = read_state(&*self.store)?.map(|file| file.crc32c);
+                if now_crc != self.state_crc {
+                    retries += 1;
+                    self.reload()?;
+                    continue;
+                }
+            }
+            return restored;
+        }
+    }
+
+    fn restore_once(&mut self) -> Result<Option<PathBuf>> {
         let Some(latest) = self.latest_checkpoint() else {
             if let Some(init) = self.callbacks.init.as_mut() {
                 init().map_err(Error::callback("init"))?;
@@ -425,33 +496,29 @@ impl CheckpointManager {
                 "no restore callback is set and no tensor is registered",
             ));
         }
-        let unlisted = storage::numbers_on_disk(
-            &self.config.directory,
-            &self.config.checkpoint_name,
-            MANIFEST_SUFFIX,
-        )?;
-        let unlisted = unlisted.into_iter().rev().map(|number| {
-            paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number)
-        });
-        let candidates = policy::fallback_order(&latest, &self.checkpoints(), unlisted);
+        let candidates = policy::fallback_order(&latest, &self.checkpoints(), self.unlisted()?);
+        let saved_at: HashMap<PathBuf, f64> = self
+            .retention
+            .managed()
+            .iter()
+            .map(|(entry, timestamp)| (self.full_path(entry), *timestamp))
+            .collect();
         let verification = self.verification();
-        let tensors = &self.tensors;
         let partial = self.config.partial_restore;
         // The tensor file is read in full anyway: check its CRC32C on the way
         // rather than reading it twice.
         let check_while_reading =
-            !tensors.is_empty() && verification == Verification::Checksums && !partial;
+            !self.tensors.is_empty() && verification == Verification::Checksums && !partial;
+        let deferred = check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes());
         // Set when a damaged tensor file was read into the buffers.
         let mut overwritten_by: Option<PathBuf> = None;
         let mut load = |candidate: &Path| -> Result<Integrity> {
-            let (integrity, crc) = if check_while_reading {
-                storage::verify_checkpoint_deferring(candidate, TENSOR_FILE_SUFFIX)?
-            } else {
-                (inspect::verify_checkpoint(candidate, verification)?, None)
-            };
-            if !tensors.is_empty() {
-                let path = paths::with_suffix(candidate, TENSOR_FILE_SUFFIX);
-                let read = storage::read_tensor_file(&path, tensors, partial, crc);
+            let (store, base) = self.locate(candidate)?;
+            let listed_at = saved_at.get(candidate).copied();
+            let (integrity, crc) =
+                integrity::verify(&*store, &base, verification, listed_at, deferred)?;
+            if !self.tensors.is_empty() {
+                let read = read_tensor_file(&*store, &base, &self.tensors, partial, crc);
                 if matches!(read, Err(Error::Damaged { .. })) && crc.is_some() {
                     overwritten_by = Some(candidate.to_path_buf());
                 }
@@ -479,14 +546,20 @@ impl CheckpointManager {
                 detail: format!("no checkpoint is intact ({reason})"),
             });
         };
-        if integrity == Integrity::NoManifest {
-            self.log(
+        match integrity {
+            Integrity::Intact => {}
+            Integrity::NoManifest => self.log(
                 LogLevel::Info,
                 &format!(
                     "'{}' has no manifest; restoring it unverified",
                     chosen.display()
                 ),
-            );
+            ),
+            Integrity::ManifestOutdated => self.warn(&format!(
+                "'{}' was saved again by a tool that writes no manifest (the state file's time for \
+                 it is later than its manifest's); restoring it unverified",
+                chosen.display()
+            )),
         }
         if let Some(restore) = self.callbacks.restore.as_mut() {
             restore(&chosen).map_err(Error::callback("restore"))?;
@@ -495,6 +568,45 @@ impl CheckpointManager {
             self.last_checkpoint_step = Some(self.current_step()?);
         }
         Ok(Some(chosen))
+    }
+
+    /// Checkpoints of this name that have a manifest but are not listed
+    /// (preserved ones), newest first.
+    fn unlisted(&self) -> Result<Vec<PathBuf>> {
+        let entries = self
+            .store
+            .list(Path::new(""))
+            .map_err(|err| Error::io_at("list directory", &self.config.directory, err))?;
+        let mut numbers: Vec<u64> = entries
+            .iter()
+            .filter_map(|entry| {
+                let base = entry
+                    .name
+                    .as_bytes()
+                    .strip_suffix(MANIFEST_SUFFIX.as_bytes())?;
+                let number = paths::own_checkpoint_number(
+                    OsStr::from_bytes(base),
+                    &self.config.checkpoint_name,
+                )?;
+                // Exactly `<name>-<N>`: not a file of another name.
+                (paths::checkpoint_prefix(Path::new(""), &self.config.checkpoint_name, number)
+                    .as_os_str()
+                    .as_bytes()
+                    == base)
+                    .then_some(number)
+            })
+            .collect();
+        numbers.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(numbers
+            .into_iter()
+            .map(|number| {
+                paths::checkpoint_prefix(
+                    &self.config.directory,
+                    &self.config.checkpoint_name,
+                    number,
+                )
+            })
+            .collect())
     }
 
     fn current_step(&mut self) -> Result<i64> {
@@ -535,15 +647,27 @@ impl CheckpointManager {
     }
 }
 
-/// Undoes a save that did not commit: a new checkpoint's files go; an
-/// existing one (a number saved again) keeps its files, which its old
-/// manifest no longer matches if the save got that far.
-fn abandon(prefix: &Path, existed: bool) {
-    let _ = if existed {
-        storage::clear_pending(prefix)
-    } else {
-        storage::delete_checkpoint(prefix)
-    };
+/// The base of a swept state entry the manager may delete: a plain name
+/// directly inside the directory that is not the state file or the lock.
+fn deletable_base(entry: &Path) -> Option<&OsStr> {
+    let reserved = [paths::STATE_FILE_NAME, crate::store::LOCK_FILE_NAME];
+    (paths::is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
+        .then(|| entry.as_os_str())
+}
+
+/// Creates the directory and its parents, durably.
+fn create_directory(directory: &Path) -> Result<()> {
+    if directory.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(directory)
+        .and_then(|()| match directory.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => {
+                std::fs::File::open(parent)?.sync_all()
+            }
+            _ => Ok(()),
+        })
+        .map_err(|err| Error::io_at("create directory", directory, err))
 }
 
 /// The state TF would write for this retention, `latest` being the newest

@@ -6,10 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
 pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
-/// Marks a checkpoint whose save has started and whose commit is not yet
-/// known to be done; recovery on open removes such checkpoints unless the
-/// state file names them.
-pub const PENDING_SUFFIX: &str = ".ckpt-pending";
+/// The marker of a save in progress in version 0.1 of this library; its
+/// recovery is still honoured.
+pub const LEGACY_PENDING_SUFFIX: &str = ".ckpt-pending";
 /// Manifests larger than this are damaged, not read.
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
@@ -51,7 +50,7 @@ impl ByteString {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     format: String,
     version: u32,
@@ -59,6 +58,11 @@ pub struct Manifest {
     pub number: u64,
     /// Sorted by suffix.
     pub files: Vec<FileRecord>,
+    /// The time the state file records for this save; absent in manifests
+    /// of version 0.1. Fields are added as optional so that older readers
+    /// still read newer manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_at: Option<f64>,
 }
 
 impl Manifest {
@@ -69,6 +73,7 @@ impl Manifest {
             version: VERSION,
             number,
             files,
+            saved_at: None,
         }
     }
 
@@ -86,7 +91,43 @@ impl Manifest {
         if manifest.version != VERSION {
             return Err(format!("unsupported manifest version {}", manifest.version));
         }
+        if manifest.files.is_empty() {
+            return Err("it lists no files".into());
+        }
+        for record in &manifest.files {
+            check_suffix(record.suffix.as_bytes())?;
+        }
         Ok(manifest)
+    }
+}
+
+/// A file suffix a checkpoint may own: `""` (the prefix itself),
+/// `.<name>` beside it, or `/<a>/<b>` inside the directory named like the
+/// prefix, with no empty, `.` or `..` component and no NUL byte. Anything
+/// else would name a file the checkpoint does not own.
+pub fn check_suffix(suffix: &[u8]) -> Result<(), String> {
+    let shown = || String::from_utf8_lossy(suffix).into_owned();
+    if suffix.contains(&0) {
+        return Err(format!("file suffix {:?} holds a NUL byte", shown()));
+    }
+    if suffix == MANIFEST_SUFFIX.as_bytes() {
+        return Err("the manifest lists itself".into());
+    }
+    let plain = match suffix.first() {
+        None => true,
+        Some(b'.') => !suffix.contains(&b'/'),
+        Some(b'/') => suffix[1..]
+            .split(|&b| b == b'/')
+            .all(|part| !part.is_empty() && part != b"." && part != b".."),
+        Some(_) => false,
+    };
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "file suffix {:?} does not name a file of the checkpoint",
+            shown()
+        ))
     }
 }
 
@@ -137,12 +178,47 @@ mod tests {
             b"{\"format\":\"x\",\"version\":1,\"number\":1,\"files\":[]}",
             b"{\"format\":\"ckpt-manager-manifest\",\"version\":9,\"number\":1,\"files\":[]}",
             b"{\"format\":\"ckpt-manager-manifest\",\"version\":1,\"number\":-1,\"files\":[]}",
+            b"{\"format\":\"ckpt-manager-manifest\",\"version\":1,\"number\":1,\"files\":[]}",
+            b"{\"format\":\"ckpt-manager-manifest\",\"version\":1,\"number\":1,\"files\":[{\"suffix\":\"/../../etc/hostname\",\"size\":1,\"crc32c\":0}]}",
         ] {
             assert!(
                 Manifest::from_json(bad).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod suffix_tests {
+    use super::check_suffix;
+
+    #[test]
+    fn only_names_of_the_checkpoint_are_suffixes() {
+        for good in [
+            &b""[..],
+            b".index",
+            b".data-00000-of-00001",
+            b"/shard",
+            b"/a/b.bin",
+            b".x\xff",
+        ] {
+            assert!(check_suffix(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            &b"/../../etc/hostname"[..],
+            b"/../../../../dev/zero",
+            b"/a/./b",
+            b"/a//b",
+            b"/",
+            b".a/b",
+            b"x",
+            b"-2.index",
+            b".in\0dex",
+            b".ckpt-manifest.json",
+        ] {
+            assert!(check_suffix(bad).is_err(), "{bad:?}");
         }
     }
 }

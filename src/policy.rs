@@ -1,5 +1,6 @@
 //! TF's retention and interval rules, pure: no clock, no files.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The managed checkpoints (oldest first, each with its save timestamp) and
@@ -51,6 +52,7 @@ impl Retention {
             managed: Vec::new(),
             last_preserved,
         };
+        let mut positions: HashMap<PathBuf, usize> = HashMap::new();
         let missing = timestamps.is_empty();
         for (index, entry) in entries.into_iter().enumerate() {
             let timestamp = if missing {
@@ -62,20 +64,20 @@ impl Retention {
                 }
             };
             let timestamp = timestamp.min(now);
-            if timestamp > last_preserved {
-                retention.insert_keeping_position(entry, timestamp);
+            if timestamp <= last_preserved {
+                continue;
+            }
+            // A repeated entry keeps its first position and takes the later
+            // timestamp: the behaviour of the ordered dict TF rebuilds.
+            match positions.get(&entry) {
+                Some(&position) => retention.managed[position].1 = timestamp,
+                None => {
+                    positions.insert(entry.clone(), retention.managed.len());
+                    retention.managed.push((entry, timestamp));
+                }
             }
         }
         (retention, clock_went_backwards)
-    }
-
-    /// A repeated entry keeps its first position and takes the later
-    /// timestamp: the behaviour of the ordered dict TF rebuilds.
-    fn insert_keeping_position(&mut self, entry: PathBuf, timestamp: f64) {
-        match self.managed.iter_mut().find(|(path, _)| *path == entry) {
-            Some(slot) => slot.1 = timestamp,
-            None => self.managed.push((entry, timestamp)),
-        }
     }
 
     pub fn managed(&self) -> &[(PathBuf, f64)] {
@@ -130,8 +132,9 @@ pub fn fallback_order(
     others: impl IntoIterator<Item = PathBuf>,
 ) -> Vec<PathBuf> {
     let mut order = vec![latest.to_path_buf()];
+    let mut seen = HashSet::from([latest.to_path_buf()]);
     for candidate in listed_oldest_first.iter().rev().cloned().chain(others) {
-        if !order.contains(&candidate) {
+        if seen.insert(candidate.clone()) {
             order.push(candidate);
         }
     }

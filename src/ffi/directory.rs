@@ -172,8 +172,9 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_free(state: *mut ckpt_checkpoint_
     });
 }
 
-/// Whether any file of the checkpoint exists: `<prefix>` itself or a file
-/// `<prefix>.<suffix>`. Names are matched literally (no glob patterns).
+/// Whether the checkpoint exists: it has a manifest, or a file `<prefix>`
+/// or `<prefix>.<suffix>` exists. Names are matched literally (no glob
+/// patterns).
 ///
 /// `prefix` is borrowed. On success `*out_exists` is written.
 ///
@@ -191,13 +192,17 @@ pub unsafe extern "C" fn ckpt_checkpoint_exists(
     })
 }
 
-/// Deletes every file of the checkpoint at `prefix` (`<prefix>`,
-/// `<prefix>.<suffix>`), data files before the `.index` file. Nothing to
-/// delete is not an error. Names are matched literally.
+/// Deletes the files the checkpoint at `prefix` owns: those its manifest
+/// lists (then the manifest, and directories left empty), or, without a
+/// manifest, TensorFlow's `<prefix>.index` and
+/// `<prefix>.data-NNNNN-of-NNNNN`. Data files go before the `.index` file.
+/// Nothing else is deleted and nothing is recursed into; nothing to delete
+/// is not an error.
 ///
 /// `prefix` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT, CKPT_STATUS_IO_ERROR. Thread-safe, but do
-/// not remove a checkpoint a manager is saving.
+/// CKPT_STATUS_INVALID_ARGUMENT (a prefix ending in `/`, `.` or `..`),
+/// CKPT_STATUS_IO_ERROR. Thread-safe, but do not remove a checkpoint a
+/// manager is saving.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_remove_checkpoint(prefix: *const c_char) -> ckpt_status {
     guard(|| {

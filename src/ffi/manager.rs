@@ -110,19 +110,25 @@ pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
     });
 }
 
-/// Saves a checkpoint: checks the interval gate, marks the save pending,
-/// runs the save callback with the prefix `<directory>/<name>-<N>`, writes
-/// the manifest (`<prefix>.ckpt-manifest.json`: each file's size and
-/// CRC32C), fsyncs the files and the directory, commits the checkpoint by
-/// replacing the state file atomically, then deletes or preserves the
-/// oldest ones beyond max_to_keep.
+/// Saves a checkpoint: checks the interval gate, makes the staging
+/// directory `<directory>/<name>-<N>.ckpt-staging`, runs the save callback
+/// with the staging prefix `<staging>/<name>-<N>` and writes the registered
+/// tensors there, writes the manifest (`<prefix>.ckpt-manifest.json`: each
+/// file's size and CRC32C) and a commit record, syncs them (the commit
+/// point), moves the files to `<directory>/<name>-<N>...` (replacing those
+/// of a number saved again), replaces the state file atomically, syncs the
+/// directory, then deletes what the oldest checkpoints beyond max_to_keep
+/// own, or preserves them.
 ///
 /// `checkpoint_number` is NULL to use the save counter's next value, or
 /// points to an explicit number (read during the call). `check_interval`
 /// false saves even within the interval (never twice at the same step).
 /// On success `*out_prefix` is the new checkpoint's prefix (caller frees
 /// with `ckpt_string_free`), or NULL when the interval gate skipped it.
-/// On failure nothing is committed and the manager is unchanged.
+/// On failure nothing is committed and the manager is unchanged, except
+/// for an IO_ERROR whose message says the checkpoint "is committed" (or
+/// "may still be committed"): the next save, restore or open then finishes
+/// that commit.
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither
 /// a save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
@@ -271,7 +277,9 @@ pub unsafe extern "C" fn ckpt_manager_save_counter(
 ///
 /// Returns CKPT_STATUS_OK when intact, CKPT_STATUS_CHECKPOINT_DAMAGED (the
 /// message says which file and how), CKPT_STATUS_NO_MANIFEST (files but no
-/// manifest), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
+/// manifest, or a manifest older than the save the state file records,
+/// which another tool made), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and
+/// no latest),
 /// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR,
 /// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 #[no_mangle]

@@ -13,10 +13,12 @@
 mod directory;
 mod manager;
 mod options;
+mod save_file;
 
 pub use directory::*;
 pub use manager::*;
 pub use options::*;
+pub use save_file::*;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString, OsStr};
@@ -68,8 +70,9 @@ pub enum ckpt_status {
     Locked = 9,
     /// The manager was opened read-only and the call would write.
     ReadOnly = 10,
-    /// The checkpoint has files but no manifest (another tool wrote it), so
-    /// it cannot be verified.
+    /// The checkpoint has files but no manifest (another tool wrote it), or
+    /// only one of an earlier save (another tool saved it again), so it
+    /// cannot be verified.
     NoManifest = 11,
     /// The registered tensors do not match the checkpoint's: a name, dtype
     /// or shape differs, or a tensor is on one side only (see the message).
@@ -253,14 +256,19 @@ pub(crate) fn verification(check_checksums: bool) -> crate::manifest::Verificati
     }
 }
 
-/// Verification found no damage; a checkpoint without a manifest still
-/// gets its own status, since nothing was checked.
-pub(crate) fn integrity_result(integrity: crate::storage::Integrity) -> FfiResult {
+/// Verification found no damage; a checkpoint without a usable manifest
+/// still gets its own status, since nothing was checked.
+pub(crate) fn integrity_result(integrity: crate::Integrity) -> FfiResult {
     match integrity {
-        crate::storage::Integrity::Intact => Ok(()),
-        crate::storage::Integrity::NoManifest => Err(Failure::new(
+        crate::Integrity::Intact => Ok(()),
+        crate::Integrity::NoManifest => Err(Failure::new(
             ckpt_status::NoManifest,
             "the checkpoint has no manifest and cannot be verified",
+        )),
+        crate::Integrity::ManifestOutdated => Err(Failure::new(
+            ckpt_status::NoManifest,
+            "the checkpoint was saved again by a tool that writes no manifest (the state file \
+             records a later save than its manifest) and cannot be verified",
         )),
     }
 }

@@ -14,9 +14,14 @@ use crate::error::CallbackError;
 pub type ckpt_finalizer = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// Writes checkpoint `checkpoint_number`: every file it creates must be
-/// named `prefix` or `prefix.<suffix>` (e.g. `prefix.index`). `prefix` is
-/// valid only during the call. Returns 0 on success, any other value on
-/// failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that value).
+/// named `prefix`, `prefix.<suffix>` (e.g. `prefix.index`) or lie inside a
+/// directory `prefix/`; regular files and directories only. `prefix` is the
+/// save's staging prefix (`<dir>/<name>-<N>.ckpt-staging/<name>-<N>`), valid
+/// only during the call; the files move to `<dir>/<name>-<N>...` at the
+/// commit. Files may be written with `ckpt_save_file_open` so that the
+/// library computes their CRC32C on the way. Returns 0 on success, any other
+/// value on failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that
+/// value); nothing is committed then and the staging directory is removed.
 pub type ckpt_save_callback = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -45,7 +50,9 @@ pub type ckpt_step_counter_callback =
 pub type ckpt_clock_callback = Option<unsafe extern "C" fn(user_data: *mut c_void) -> f64>;
 
 /// Deletes the checkpoint at `prefix` (valid only during the call),
-/// replacing the built-in deletion. Returns 0 on success.
+/// replacing the built-in deletion; it runs after the commit that swept the
+/// checkpoint (if the process dies first, it is not run for it and the
+/// files stay). Returns 0 on success.
 pub type ckpt_delete_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, prefix: *const c_char) -> i32>;
 

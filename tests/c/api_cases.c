@@ -1381,8 +1381,9 @@ typedef struct {
   const char *outside;
 } extras_world;
 
-/* A TF-style checkpoint plus a directory <prefix>/, <prefix>.extra and a
- * symlink <prefix>.link to a directory outside. */
+/* A TF-style checkpoint plus a directory <prefix>/ and <prefix>.extra; with
+ * `outside` set, also a symlink <prefix>.link to it, which the save refuses:
+ * a checkpoint holds regular files and directories only. */
 static int32_t save_with_extras(void *data, const char *prefix, uint64_t number) {
   extras_world *e = data;
   int32_t result = save_tf_style(&e->world, prefix, number);
@@ -1396,9 +1397,11 @@ static int32_t save_with_extras(void *data, const char *prefix, uint64_t number)
   char *path = format("%s.extra", prefix);
   write_text(path, "extra");
   free(path);
-  path = format("%s.link", prefix);
-  CHECK(symlink(e->outside, path) == 0);
-  free(path);
+  if (e->outside != NULL) {
+    path = format("%s.link", prefix);
+    CHECK(symlink(e->outside, path) == 0);
+    free(path);
+  }
   return 0;
 }
 
@@ -1410,10 +1413,16 @@ static void deletes_only_own_files(const char *dir) {
   ckpt_options *options = world_options(&e.world, ckpt_dir, 1);
   CHECK_OK(ckpt_options_set_save_callback(options, save_with_extras, &e, NULL));
   ckpt_manager *manager = open_manager(options);
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "ckpt-1.link",
+              ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK_LISTING(ckpt_dir, "checkpoint.lock");
+  e.outside = NULL;
   save_expecting(manager, "ckpt-1");
   CHECK_LISTING(ckpt_dir,
                 STATE_AND_LOCK " ckpt-1 ckpt-1.ckpt-manifest.json "
-                "ckpt-1.data-00000-of-00001 ckpt-1.extra ckpt-1.index ckpt-1.link");
+                "ckpt-1.data-00000-of-00001 ckpt-1.extra ckpt-1.index");
   const char *strays[] = {"ckpt-1-2.index", "ckpt-10.index", "other.txt",
                           "ckpt_name-1.index", "ckpt-1_old", "xckpt-1.index"};
   for (size_t i = 0; i < sizeof strays / sizeof strays[0]; i++)
@@ -1424,7 +1433,7 @@ static void deletes_only_own_files(const char *dir) {
   CHECK_LISTING(ckpt_dir,
                 STATE_AND_LOCK " ckpt-1-2.index ckpt-10.index ckpt-1_old ckpt-2 "
                 "ckpt-2.ckpt-manifest.json ckpt-2.data-00000-of-00001 ckpt-2.extra "
-                "ckpt-2.index ckpt-2.link ckpt_name-1.index other.txt xckpt-1.index");
+                "ckpt-2.index ckpt_name-1.index other.txt xckpt-1.index");
   /* The manifest covers the files inside <prefix>/ too. */
   char *second = join(ckpt_dir, "ckpt-2");
   CHECK_OK(ckpt_verify_checkpoint(second, true));
@@ -1436,7 +1445,7 @@ static void deletes_only_own_files(const char *dir) {
   free(second);
   for (size_t i = 0; i < sizeof strays / sizeof strays[0]; i++)
     CHECK_FILE_TEXT(ckpt_dir, strays[i], strays[i]);
-  CHECK_LISTING(outside, "precious"); /* the symlink's target is kept */
+  CHECK_LISTING(outside, "precious"); /* the refused symlink's target is kept */
   CHECK_FILE_TEXT(outside, "precious", "precious");
   ckpt_manager_free(manager);
   ckpt_options_free(options);
@@ -1951,11 +1960,12 @@ static void latest_checkpoint_missing_files(const char *dir) {
  * 21. remove_checkpoint */
 
 static void remove_checkpoint(const char *dir) {
-  const char *own[] = {"ckpt-1.index", "ckpt-1.data-00000-of-00002",
-                       "ckpt-1.data-00001-of-00002", "ckpt-1.safetensors",
-                       "ckpt-1.index.tempstate42"};
+  /* Without a manifest, a checkpoint owns TF's files only. */
+  const char *own[] = {"ckpt-1.index", "ckpt-1.data-00000-of-00002", "ckpt-1.data-00001-of-00002"};
   const char *neighbours[] = {"ckpt-10.index", "ckpt-1-2.index", "ckpt-1_x", "ckpt-1x.index",
-                              "xckpt-1.index", "ckpt-2.index", "checkpoint"};
+                              "xckpt-1.index", "ckpt-2.index", "checkpoint",
+                              "ckpt-1.safetensors", "ckpt-1.index.tempstate42",
+                              "ckpt-1.data-0-of-1"};
   for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) write_in(dir, own[i], "own");
   for (size_t i = 0; i < sizeof neighbours / sizeof neighbours[0]; i++)
     write_in(dir, neighbours[i], neighbours[i]);
@@ -1971,13 +1981,19 @@ static void remove_checkpoint(const char *dir) {
 
   CHECK(checkpoint_exists(prefix));
   CHECK_OK(ckpt_remove_checkpoint(prefix));
-  CHECK(!checkpoint_exists(prefix));
   CHECK_LISTING(dir,
-                "checkpoint ckpt-1-2.index ckpt-10 ckpt-10.index ckpt-1_x "
-                "ckpt-1x.index ckpt-2.index xckpt-1.index");
+                "checkpoint ckpt-1 ckpt-1-2.index ckpt-1.data-0-of-1 ckpt-1.index.tempstate42 "
+                "ckpt-1.safetensors ckpt-10 ckpt-10.index ckpt-1_x ckpt-1x.index ckpt-2.index "
+                "xckpt-1.index");
   for (size_t i = 0; i < sizeof neighbours / sizeof neighbours[0]; i++)
     CHECK_FILE_TEXT(dir, neighbours[i], neighbours[i]);
+  CHECK_FILE_TEXT(prefix, "shard", "shard"); /* no manifest names it: never recursed into */
   CHECK_FILE_TEXT(ten, "shard", "ten's shard");
+  /* A prefix that ends in '/' names no checkpoint. */
+  char *slash = format("%s/", prefix);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "prefix", ckpt_remove_checkpoint(slash));
+  CHECK_FILE_TEXT(prefix, "shard", "shard");
+  free(slash);
 
   /* Nothing to remove is fine, also in a directory that does not exist. */
   CHECK_OK(ckpt_remove_checkpoint(prefix));
@@ -2089,6 +2105,77 @@ static void lower_max_to_keep(const char *dir) {
 }
 
 /* ------------------------------------------------------------------------
+ * 30. save_file_writes: a save callback writes one file through the library
+ * (its CRC32C computed on the way) and one by itself; both are in the
+ * manifest and verify. Misuse is refused with a clear status. */
+
+typedef struct {
+  int calls;
+  ckpt_status outside_save, bad_suffix, null_file;
+} writer_world;
+
+static int32_t save_through_library(void *data, const char *prefix, uint64_t number) {
+  writer_world *w = data;
+  w->calls++;
+  ckpt_save_file *file = NULL;
+  CHECK_OK(ckpt_save_file_open(prefix, ".data-00000-of-00001", &file));
+  uint8_t block[4096];
+  for (int i = 0; i < 256; i++) {
+    memset(block, (int)(number + (uint64_t)i), sizeof block);
+    CHECK_OK(ckpt_save_file_write(file, block, sizeof block));
+  }
+  CHECK_OK(ckpt_save_file_write(file, NULL, 0));
+  CHECK_OK(ckpt_save_file_close(file));
+  ckpt_save_file *nested = NULL;
+  CHECK_OK(ckpt_save_file_open(prefix, "/shards/0", &nested));
+  CHECK_OK(ckpt_save_file_write(nested, (const uint8_t *)"shard", 5));
+  CHECK_OK(ckpt_save_file_close(nested));
+  ckpt_save_file *untouched = NULL;
+  w->bad_suffix = ckpt_save_file_open(prefix, "/../../escape", &untouched);
+  CHECK(untouched == NULL);
+  w->null_file = ckpt_save_file_write(NULL, block, 1);
+  char *index = format("%s.index", prefix);
+  write_text(index, "index");
+  free(index);
+  return 0;
+}
+
+static void save_file_writes(const char *dir) {
+  writer_world w = {0};
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 2);
+  CHECK_OK(ckpt_options_set_save_callback(options, save_through_library, &w, NULL));
+  ckpt_manager *manager = open_manager(options);
+  save_expecting(manager, "ckpt-1");
+  CHECK(w.calls == 1);
+  CHECK(w.bad_suffix == CKPT_STATUS_INVALID_ARGUMENT);
+  CHECK(w.null_file == CKPT_STATUS_NULL_ARGUMENT);
+  CHECK_LISTING(dir, STATE_AND_LOCK " ckpt-1 ckpt-1.ckpt-manifest.json "
+                     "ckpt-1.data-00000-of-00001 ckpt-1.index");
+  char *prefix = join(dir, "ckpt-1");
+  CHECK_OK(ckpt_verify_checkpoint(prefix, true));
+  char *data = join(dir, "ckpt-1.data-00000-of-00001");
+  FILE *f = fopen(data, "r+b");
+  CHECK(f != NULL && fseek(f, 4096 * 100, SEEK_SET) == 0 && fputc(0xEE, f) != EOF);
+  CHECK(fclose(f) == 0);
+  CHECK_FAILS(CKPT_STATUS_CHECKPOINT_DAMAGED, "CRC32C", ckpt_verify_checkpoint(prefix, true));
+
+  /* Outside a save, a prefix is refused, and nothing is created. */
+  ckpt_save_file *file = NULL;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not the prefix of a save in progress",
+              ckpt_save_file_open(prefix, ".late", &file));
+  CHECK(file == NULL);
+  CHECK(!exists(dir, "ckpt-1.late"));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_save_file_open(NULL, ".x", &file));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_file", ckpt_save_file_open(prefix, ".x", NULL));
+  CHECK_OK(ckpt_save_file_close(NULL));
+  free(data);
+  free(prefix);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
  * 24. directory_is_a_file */
 
 static void directory_is_a_file(const char *dir) {
@@ -2159,6 +2246,7 @@ int main(int argc, char **argv) {
       {"explicit_overwrite", explicit_overwrite},
       {"lower_max_to_keep", lower_max_to_keep},
       {"directory_is_a_file", directory_is_a_file},
+      {"save_file_writes", save_file_writes},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }

@@ -3,17 +3,14 @@
 //! buffers, reads straight into them, no copy of the state in memory.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::ffi::OsStr;
 
-use super::fault;
-use super::integrity::check_crc;
 use crate::error::{Error, Result};
-use crate::manifest::{ByteString, FileRecord};
+use crate::integrity::{check_crc, file_name};
 use crate::safetensors::{decode_header, encode_header, restore_plan, MAX_HEADER_BYTES};
+use crate::store::Store;
 use crate::tensors::TensorRegistry;
+use crate::transaction::Transaction;
 
 pub const TENSOR_FILE_SUFFIX: &str = ".safetensors";
 
@@ -21,62 +18,50 @@ pub const TENSOR_FILE_SUFFIX: &str = ".safetensors";
 #[cfg(target_endian = "big")]
 compile_error!("the built-in saver writes host memory as little-endian safetensors");
 
-/// Writes every registered tensor to `path` and returns its manifest
-/// record, the CRC32C computed on the way so the file is not read back.
+/// Writes every registered tensor to the save's `<prefix>.safetensors`,
+/// its CRC32C computed on the way.
 pub fn write_tensor_file(
-    path: &Path,
-    suffix: &str,
+    transaction: &Transaction,
     registry: &TensorRegistry,
     metadata: &BTreeMap<String, String>,
-) -> Result<FileRecord> {
+) -> Result<()> {
     let tensors = registry.in_file_order();
     let header = encode_header(&tensors, metadata);
-    let written = (|| -> io::Result<(u64, u32)> {
-        fault::step()?;
-        let mut file = File::create(path)?;
-        let mut crc = crc32c::crc32c(&header);
-        let mut size = header.len() as u64;
-        fault::step()?;
-        file.write_all(&header)?;
+    transaction.write_file(TENSOR_FILE_SUFFIX, |write| {
+        write(&header)?;
         for tensor in tensors {
             // SAFETY: registered buffers stay valid while registered.
-            let bytes = unsafe { tensor.bytes() };
-            crc = crc32c::crc32c_append(crc, bytes);
-            size += bytes.len() as u64;
-            fault::step()?;
-            file.write_all(bytes)?;
+            write(unsafe { tensor.bytes() })?;
         }
-        Ok((size, crc))
-    })();
-    let (size, crc32c) = written.map_err(|err| Error::io_at("write tensors to", path, err))?;
-    Ok(FileRecord {
-        suffix: ByteString::Text(suffix.to_owned()),
-        size,
-        crc32c,
+        Ok(())
     })
 }
 
-/// Reads the tensors of `path` into the registered buffers. The whole
-/// header is validated and matched against the registry first, so a bad
-/// file or a mismatch leaves every buffer untouched; no file at all is a
-/// mismatch too, or nothing to do for a partial restore. With `expected_crc`
-/// (and not `partial`, so every byte is read) the file's CRC32C is checked
-/// on the way: a mismatch is `Err(Damaged)` with the buffers overwritten.
+/// Reads the tensors of checkpoint `base` into the registered buffers.
+/// The whole header is validated and matched against the registry first,
+/// so a bad file or a mismatch leaves every buffer untouched; no file at
+/// all is a mismatch too, or nothing to do for a partial restore. With
+/// `expected_crc` (and not `partial`, so every byte is read) the file's
+/// CRC32C is checked on the way: a mismatch is `Err(Damaged)` with the
+/// buffers overwritten.
 pub fn read_tensor_file(
-    path: &Path,
+    store: &dyn Store,
+    base: &OsStr,
     registry: &TensorRegistry,
     partial: bool,
     expected_crc: Option<u32>,
 ) -> Result<()> {
-    let io_error = |err| Error::io_at("read tensors from", path, err);
+    let name = file_name(base, TENSOR_FILE_SUFFIX.as_bytes());
+    let path = store.local_path(&name);
+    let io_error = |err| Error::io_at("read tensors from", &path, err);
     let damaged = |detail: String| Error::Damaged {
-        prefix: path.to_path_buf(),
+        prefix: path.clone(),
         detail,
     };
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound && partial => return Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+    let file = match store.open_read(&name) {
+        Ok(Some(file)) => file,
+        Ok(None) if partial => return Ok(()),
+        Ok(None) => {
             let first = registry
                 .iter()
                 .next()
@@ -86,12 +71,17 @@ pub fn read_tensor_file(
                 path.display()
             )));
         }
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(damaged(err.to_string()))
+        }
         Err(err) => return Err(io_error(err)),
     };
-    let file_len = file.metadata().map_err(io_error)?.len();
+    let file_len = file.size();
     let mut length = [0u8; 8];
-    file.read_exact(&mut length)
-        .map_err(|_| damaged("shorter than a safetensors header".into()))?;
+    if file_len < 8 {
+        return Err(damaged("shorter than a safetensors header".into()));
+    }
+    file.read_exact_at(&mut length, 0).map_err(io_error)?;
     let header_len = u64::from_le_bytes(length);
     if header_len > MAX_HEADER_BYTES {
         return Err(damaged(format!(
@@ -105,7 +95,7 @@ pub fn read_tensor_file(
         )));
     }
     let mut json = vec![0u8; header_len as usize];
-    file.read_exact(&mut json).map_err(io_error)?;
+    file.read_exact_at(&mut json, 8).map_err(io_error)?;
     let header = decode_header(&json, file_len - data_start).map_err(damaged)?;
     let plan = restore_plan(&header, registry, partial)?;
     let expected_crc = expected_crc.filter(|_| !partial);
@@ -121,10 +111,12 @@ pub fn read_tensor_file(
         }
     }
     match expected_crc {
-        Some(expected) => {
-            let prefix = path.with_extension("");
-            check_crc(&prefix, path, crc, expected)
-        }
+        Some(expected) => check_crc(
+            &store.local_path(std::path::Path::new(base)),
+            &path,
+            crc,
+            expected,
+        ),
         None => Ok(()),
     }
 }

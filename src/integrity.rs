@@ -1,0 +1,284 @@
+//! What a checkpoint owns and whether it is whole: its manifest (read
+//! bounded and validated), the files it owns, verification against it,
+//! and deletion of exactly those files. A checkpoint is named by its base
+//! (`ckpt-3`) inside one store.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, Verification, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES};
+use crate::store::{self, Kind, Store};
+
+/// What verification found for a checkpoint that is not damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    /// Every file matches the manifest.
+    Intact,
+    /// Files exist but there is no manifest (written by another tool).
+    NoManifest,
+    /// The manifest describes an earlier save of this checkpoint: the state
+    /// file records a later save of it, made by a tool that writes no
+    /// manifest (TensorFlow). It is not verified, as with `NoManifest`.
+    ManifestOutdated,
+}
+
+/// `<base><suffix>` as a name in the store.
+pub fn file_name(base: &OsStr, suffix: &[u8]) -> PathBuf {
+    let mut name = base.as_bytes().to_vec();
+    name.extend_from_slice(suffix);
+    PathBuf::from(OsString::from_vec(name))
+}
+
+pub fn manifest_name(base: &OsStr) -> PathBuf {
+    file_name(base, MANIFEST_SUFFIX.as_bytes())
+}
+
+fn damaged(store: &dyn Store, base: &OsStr, detail: String) -> Error {
+    Error::Damaged {
+        prefix: store.local_path(Path::new(base)),
+        detail,
+    }
+}
+
+/// The checkpoint's manifest, validated; `None` when it has none.
+pub fn read_manifest(store: &dyn Store, base: &OsStr) -> Result<Option<Manifest>> {
+    let name = manifest_name(base);
+    let bytes = match store::read_bounded(store, &name, MAX_MANIFEST_BYTES) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+            return Err(damaged(
+                store,
+                base,
+                format!("its manifest is unusable: {err}"),
+            ))
+        }
+        Err(err) => return Err(Error::io_at("read manifest", &store.local_path(&name), err)),
+    };
+    let Some(bytes) = bytes else { return Ok(None) };
+    Manifest::from_json(&bytes)
+        .map(Some)
+        .map_err(|err| damaged(store, base, format!("its manifest is unusable: {err}")))
+}
+
+/// Whether a directory entry is one of TensorFlow's files of `base`:
+/// `<base>.index` or `<base>.data-NNNNN-of-NNNNN`.
+fn is_tensorflow_file(entry: &[u8], base: &[u8]) -> bool {
+    let Some(suffix) = entry.strip_prefix(base) else {
+        return false;
+    };
+    if suffix == b".index" {
+        return true;
+    }
+    let Some(shard) = suffix.strip_prefix(b".data-") else {
+        return false;
+    };
+    let digits = |part: &[u8]| part.len() == 5 && part.iter().all(u8::is_ascii_digit);
+    shard.len() == 14 && digits(&shard[..5]) && &shard[5..9] == b"-of-" && digits(&shard[9..])
+}
+
+/// The files a checkpoint owns, in the order to delete them (data, then
+/// the rest, the manifest last so an interrupted deletion never looks
+/// whole), and the directories they sit in, deepest first. With a
+/// manifest: what it lists. Without one: TensorFlow's `.index` and
+/// `.data-NNNNN-of-NNNNN` files, found by one listing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Owned {
+    pub files: Vec<PathBuf>,
+    pub directories: Vec<PathBuf>,
+}
+
+pub fn owned_files(store: &dyn Store, base: &OsStr) -> Result<Owned> {
+    let mut owned = Owned::default();
+    match read_manifest(store, base) {
+        Ok(Some(manifest)) => {
+            let mut suffixes: Vec<&[u8]> =
+                manifest.files.iter().map(|f| f.suffix.as_bytes()).collect();
+            suffixes.sort_by_key(|suffix| *suffix == b".index");
+            for suffix in suffixes {
+                owned.files.push(file_name(base, suffix));
+                let mut parent = suffix;
+                while let Some(cut) = parent.iter().rposition(|&b| b == b'/') {
+                    parent = &parent[..cut];
+                    if !parent.is_empty() {
+                        owned.directories.push(file_name(base, parent));
+                    } else {
+                        owned.directories.push(file_name(base, b""));
+                    }
+                }
+            }
+            owned.files.push(manifest_name(base));
+        }
+        Ok(None) => {
+            if store
+                .kind(&file_name(base, b".index"))
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return Ok(owned);
+            }
+            let entries = store.list(Path::new("")).map_err(|err| {
+                Error::io_at("list directory", &store.local_path(Path::new("")), err)
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .iter()
+                .filter(|entry| entry.kind != Kind::Directory)
+                .filter(|entry| is_tensorflow_file(entry.name.as_bytes(), base.as_bytes()))
+                .map(|entry| PathBuf::from(&entry.name))
+                .collect();
+            files.sort_by_key(|name| name.as_os_str().as_bytes().ends_with(b".index"));
+            owned.files = files;
+        }
+        // A damaged manifest owns nothing it can be trusted with but itself.
+        Err(Error::Damaged { .. }) => owned.files.push(manifest_name(base)),
+        Err(err) => return Err(err),
+    }
+    owned
+        .directories
+        .sort_by_key(|dir| std::cmp::Reverse(dir.as_os_str().len()));
+    owned.directories.dedup();
+    Ok(owned)
+}
+
+/// Deletes what a checkpoint owns: its files in order, then its
+/// directories if they are empty. Missing files are fine.
+pub fn delete_owned(store: &dyn Store, owned: &Owned) -> Result<()> {
+    for name in &owned.files {
+        store
+            .remove_file(name)
+            .map_err(|err| Error::io_at("delete", &store.local_path(name), err))?;
+    }
+    for name in &owned.directories {
+        match store.remove_empty_dir(name) {
+            // Something the checkpoint does not own is in it: it stays.
+            Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+            other => other.map_err(|err| Error::io_at("delete", &store.local_path(name), err))?,
+        }
+    }
+    Ok(())
+}
+
+/// Checks a checkpoint against its manifest. `saved_at` is the time the
+/// state file records for it, when it lists it: a later time than the
+/// manifest's means another tool saved it again since. `Err(Damaged)` when
+/// a listed file is missing, not a regular file, of another size or (with
+/// `Verification::Checksums`) of another CRC32C, or when nothing of the
+/// checkpoint exists. `deferred`: the suffix of a file whose CRC32C the
+/// caller checks while reading it anyway; its recorded CRC is returned.
+pub fn verify(
+    store: &dyn Store,
+    base: &OsStr,
+    level: Verification,
+    saved_at: Option<f64>,
+    deferred: Option<&[u8]>,
+) -> Result<(Integrity, Option<u32>)> {
+    let Some(manifest) = read_manifest(store, base)? else {
+        return if has_files(store, base)? {
+            Ok((Integrity::NoManifest, None))
+        } else {
+            Err(damaged(store, base, "none of its files exist".into()))
+        };
+    };
+    if let (Some(listed), Some(recorded)) = (saved_at, manifest.saved_at) {
+        if listed > recorded {
+            return Ok((Integrity::ManifestOutdated, None));
+        }
+    }
+    let mut deferred_crc = None;
+    for record in &manifest.files {
+        let name = file_name(base, record.suffix.as_bytes());
+        let shown = store.local_path(&name);
+        let file = match store.open_read(&name) {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                return Err(damaged(
+                    store,
+                    base,
+                    format!("'{}' is missing", shown.display()),
+                ))
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+                ) =>
+            {
+                return Err(damaged(
+                    store,
+                    base,
+                    format!("'{}': {err}", shown.display()),
+                ))
+            }
+            Err(err) => return Err(Error::io_at("open", &shown, err)),
+        };
+        if file.size() != record.size {
+            return Err(damaged(
+                store,
+                base,
+                format!(
+                    "'{}' has {} bytes, the manifest says {}",
+                    shown.display(),
+                    file.size(),
+                    record.size
+                ),
+            ));
+        }
+        if deferred == Some(record.suffix.as_bytes()) {
+            deferred_crc = Some(record.crc32c);
+        } else if level == Verification::Checksums {
+            let (_, crc) =
+                store::checksum(&*file).map_err(|err| Error::io_at("read", &shown, err))?;
+            check_crc(
+                &store.local_path(Path::new(base)),
+                &shown,
+                crc,
+                record.crc32c,
+            )?;
+        }
+    }
+    Ok((Integrity::Intact, deferred_crc))
+}
+
+/// Whether any file of a checkpoint without a manifest exists: TF's
+/// `.index`, or `<base>` or `<base>.<suffix>` (another tool's layout).
+pub fn has_files(store: &dyn Store, base: &OsStr) -> Result<bool> {
+    if store
+        .kind(&file_name(base, b".index"))
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return Ok(true);
+    }
+    let entries = store
+        .list(Path::new(""))
+        .map_err(|err| Error::io_at("list directory", &store.local_path(Path::new("")), err))?;
+    Ok(entries.iter().any(|entry| {
+        entry
+            .name
+            .as_bytes()
+            .strip_prefix(base.as_bytes())
+            .is_some_and(|rest| {
+                (rest.is_empty() || rest[0] == b'.')
+                    && !crate::transaction::is_reserved_suffix(rest)
+            })
+    }))
+}
+
+/// `Err(Damaged)` unless the CRC32C of the file `path` of the checkpoint
+/// at `prefix` is the one its manifest records.
+pub fn check_crc(prefix: &Path, path: &Path, actual: u32, recorded: u32) -> Result<()> {
+    if actual == recorded {
+        return Ok(());
+    }
+    Err(Error::Damaged {
+        prefix: prefix.to_path_buf(),
+        detail: format!(
+            "'{}' has CRC32C {actual:08x}, the manifest says {recorded:08x}",
+            path.display()
+        ),
+    })
+}

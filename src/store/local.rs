@@ -1,0 +1,279 @@
+//! The local POSIX file system: files are opened without following
+//! symlinks and without blocking on FIFOs, replaced through a synced
+//! temporary file and a rename, and synced concurrently.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::{Entry, Kind, ReadAt, Store};
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    /// The store of the directory that holds `prefix`'s files.
+    pub fn of_prefix(prefix: &Path) -> Self {
+        match prefix.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => LocalStore::new(parent),
+            _ => LocalStore::new("."),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &Path) -> PathBuf {
+        if name.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(name)
+        }
+    }
+
+    /// `Err` when a directory on the way to `name` is a symlink or not a
+    /// directory: nested names must stay inside the store.
+    fn check_parents(&self, name: &Path) -> io::Result<()> {
+        let mut parent = self.root.clone();
+        let components: Vec<_> = name.components().collect();
+        for component in &components[..components.len().saturating_sub(1)] {
+            let Component::Normal(part) = component else {
+                return Err(not_plain(name));
+            };
+            parent.push(part);
+            match fs::symlink_metadata(&parent) {
+                Ok(metadata) if metadata.is_dir() => {}
+                Ok(_) => return Err(not_plain(name)),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn not_plain(name: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("'{}' leaves the directory", name.display()),
+    )
+}
+
+fn kind_of(file_type: fs::FileType) -> Kind {
+    if file_type.is_file() {
+        Kind::File
+    } else if file_type.is_dir() {
+        Kind::Directory
+    } else {
+        Kind::Other
+    }
+}
+
+fn missing_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+fn missing_is_fine(result: io::Result<()>) -> io::Result<()> {
+    missing_is_none(result).map(drop)
+}
+
+struct LocalFile {
+    file: File,
+    size: u64,
+}
+
+impl ReadAt for LocalFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset.saturating_add(buffer.len() as u64) > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read beyond the file's size",
+            ));
+        }
+        self.file.read_exact_at(buffer, offset)
+    }
+}
+
+/// Runs `each` on every item, on up to 8 threads: fsyncs of independent
+/// files proceed in parallel on the device.
+fn concurrently(
+    names: &[PathBuf],
+    each: impl Fn(&Path) -> io::Result<()> + Sync,
+) -> io::Result<()> {
+    const THREADS: usize = 8;
+    if names.len() <= 1 {
+        return names.iter().try_for_each(|name| each(name));
+    }
+    let chunk = names.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().try_for_each(|name| each(name))))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<io::Result<Vec<()>>>()
+            .map(drop)
+    })
+}
+
+/// 32 random hex digits, for names no other writer uses.
+pub(crate) fn random_hex32() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: pid and time still make a name unused now.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store for LocalStore {
+    fn local_path(&self, name: &Path) -> PathBuf {
+        self.path(name)
+    }
+
+    fn list(&self, directory: &Path) -> io::Result<Vec<Entry>> {
+        let entries = match fs::read_dir(self.path(directory)) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        entries
+            .map(|entry| {
+                let entry = entry?;
+                Ok(Entry {
+                    kind: kind_of(entry.file_type()?),
+                    name: entry.file_name(),
+                })
+            })
+            .collect()
+    }
+
+    fn kind(&self, name: &Path) -> io::Result<Option<Kind>> {
+        self.check_parents(name)?;
+        missing_is_none(fs::symlink_metadata(self.path(name)))
+            .map(|m| m.map(|m| kind_of(m.file_type())))
+    }
+
+    fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>> {
+        self.check_parents(name)?;
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.path(name));
+        let file = match opened {
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "it is a symlink, not a regular file",
+                ))
+            }
+            other => missing_is_none(other)?,
+        };
+        let Some(file) = file else { return Ok(None) };
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it is not a regular file",
+            ));
+        }
+        Ok(Some(Box::new(LocalFile {
+            size: metadata.len(),
+            file,
+        })))
+    }
+
+    fn create(&self, name: &Path) -> io::Result<Box<dyn io::Write + Send>> {
+        self.check_parents(name)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.path(name))?;
+        Ok(Box::new(file))
+    }
+
+    fn create_dir(&self, name: &Path) -> io::Result<()> {
+        self.check_parents(name)?;
+        fs::create_dir(self.path(name))
+    }
+
+    fn sync_files(&self, names: &[PathBuf]) -> io::Result<()> {
+        concurrently(names, |name| File::open(self.path(name))?.sync_all())
+    }
+
+    fn sync_directories(&self, names: &[PathBuf]) -> io::Result<()> {
+        concurrently(names, |name| File::open(self.path(name))?.sync_all())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_parents(from)?;
+        self.check_parents(to)?;
+        fs::rename(self.path(from), self.path(to))
+    }
+
+    fn replace(&self, name: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut temp_name = name.as_os_str().to_os_string();
+        temp_name.push(format!(".tmp{}", random_hex32()));
+        let temp = self.path(Path::new(&temp_name));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&temp, self.path(name))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        written
+    }
+
+    fn remove_file(&self, name: &Path) -> io::Result<()> {
+        self.check_parents(name)?;
+        missing_is_fine(fs::remove_file(self.path(name)))
+    }
+
+    fn remove_empty_dir(&self, name: &Path) -> io::Result<()> {
+        self.check_parents(name)?;
+        missing_is_fine(fs::remove_dir(self.path(name)))
+    }
+
+    fn remove_staging(&self, name: &Path) -> io::Result<()> {
+        self.check_parents(name)?;
+        let path = self.path(name);
+        match fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.is_dir() => missing_is_fine(fs::remove_dir_all(&path)),
+            Ok(_) => fs::remove_file(&path),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Storage: the few operations the transaction and the readers need, on
+//! names relative to one checkpoint directory. It never decides what to
+//! keep. `LocalStore` is the POSIX file system; tests wrap it in a store
+//! that fails a chosen step.
+
+#[cfg(test)]
+pub(crate) mod faulty;
+mod local;
+mod lock;
+
+pub use lock::LOCK_FILE_NAME;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub(crate) use local::random_hex32;
+pub use local::LocalStore;
+pub use lock::DirectoryLock;
+
+/// What a name in the store is. Anything but a regular file or a
+/// directory (symlinks, FIFOs, devices) is `Other` and is never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Directory,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: std::ffi::OsString,
+    pub kind: Kind,
+}
+
+/// A regular file opened for reading. Reads never block on a FIFO and
+/// never go past the size the file had when opened.
+pub trait ReadAt: Send {
+    fn size(&self) -> u64;
+    /// Fills `buffer` from `offset`; a short file is an error.
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+/// The operations on a checkpoint directory. Names are relative paths
+/// without `.` or `..` components, built by the callers from validated
+/// parts.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Where a name lives on the local file system, for callbacks that
+    /// write staged files themselves.
+    fn local_path(&self, name: &Path) -> PathBuf;
+    /// The entries of a directory (`""` is the store's root); empty when it
+    /// does not exist.
+    fn list(&self, directory: &Path) -> io::Result<Vec<Entry>>;
+    /// What `name` is, without following a symlink; `None` when missing.
+    fn kind(&self, name: &Path) -> io::Result<Option<Kind>>;
+    /// Opens a regular file; `None` when missing, an error for anything
+    /// else (a symlink, a FIFO, a directory).
+    fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>>;
+    /// Creates (or truncates) a file to write.
+    fn create(&self, name: &Path) -> io::Result<Box<dyn io::Write + Send>>;
+    fn create_dir(&self, name: &Path) -> io::Result<()>;
+    /// Makes the contents of these files durable, concurrently.
+    fn sync_files(&self, names: &[PathBuf]) -> io::Result<()>;
+    /// Makes the entries of these directories durable, concurrently.
+    fn sync_directories(&self, names: &[PathBuf]) -> io::Result<()>;
+    /// Renames within the store, replacing a file at `to` atomically.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Replaces `name` atomically with `bytes`, written and synced aside
+    /// first; durable once the root is synced.
+    fn replace(&self, name: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Removes a file or symlink (never a directory); missing is fine.
+    fn remove_file(&self, name: &Path) -> io::Result<()>;
+    /// Removes an empty directory; missing is fine, non-empty an error.
+    fn remove_empty_dir(&self, name: &Path) -> io::Result<()>;
+    /// Removes a directory the transaction created, with what is in it
+    /// (symlinks removed, never followed).
+    fn remove_staging(&self, name: &Path) -> io::Result<()>;
+}
+
+/// Reads a whole regular file of at most `limit` bytes; `None` when
+/// missing. Larger files are `InvalidData`, not read.
+pub fn read_bounded(store: &dyn Store, name: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let Some(file) = store.open_read(name)? else {
+        return Ok(None);
+    };
+    let size = file.size();
+    if size > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it has {size} bytes, over the {limit}-byte limit"),
+        ));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(Some(bytes))
+}
+
+/// The size and CRC32C of a regular file, read in large chunks.
+pub fn checksum(file: &dyn ReadAt) -> io::Result<(u64, u32)> {
+    const CHUNK: u64 = 4 << 20;
+    let size = file.size();
+    let mut buffer = vec![0u8; CHUNK.min(size) as usize];
+    let (mut offset, mut crc) = (0u64, 0u32);
+    while offset < size {
+        let chunk = &mut buffer[..CHUNK.min(size - offset) as usize];
+        file.read_exact_at(chunk, offset)?;
+        crc = crc32c::crc32c_append(crc, chunk);
+        offset += chunk.len() as u64;
+    }
+    Ok((size, crc))
+}

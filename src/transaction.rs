@@ -1,0 +1,682 @@
+//! The commit of one checkpoint: the only code that knows the order of
+//! durable steps. Phases: `begin` makes a staging directory beside the
+//! checkpoints; the write phase fills it (callbacks, the tensor saver,
+//! `SaveFile`); `seal` describes what was written; `commit` writes the
+//! manifest and a commit record, syncs them (the commit point), then moves
+//! the files into place, replaces the state file and syncs the directory;
+//! `finish` deletes what the sweep dropped. `abort` before the commit point
+//! removes the staging directory and nothing else. `recover`, on open,
+//! rolls a recorded commit forward and removes unrecorded staging.
+//!
+//! Nothing a committed checkpoint owns is touched before the commit point:
+//! a save of an existing number writes aside and replaces the old files by
+//! renames, so a failure or a kill at any instant leaves either the old
+//! checkpoint or the new one, whole.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::integrity::{self, file_name, Owned};
+use crate::manifest::{
+    ByteString, FileRecord, Manifest, LEGACY_PENDING_SUFFIX, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES,
+};
+use crate::paths::STATE_FILE_NAME;
+use crate::state::CheckpointState;
+use crate::state_file::{read_state_bytes, MAX_STATE_FILE_BYTES};
+use crate::store::{self, random_hex32, Kind, Store};
+
+/// `<base>.ckpt-staging`: the directory a save of `<base>` writes into.
+pub const STAGING_SUFFIX: &str = ".ckpt-staging";
+/// The commit record inside the staging directory; its presence, durable,
+/// is the commit point.
+const RECORD_NAME: &str = "commit-record.json";
+const RECORD_FORMAT: &str = "ckpt-manager-commit";
+
+/// Suffixes of names this library uses for its own bookkeeping, never
+/// files of a checkpoint.
+pub fn is_reserved_suffix(suffix: &[u8]) -> bool {
+    suffix == STAGING_SUFFIX.as_bytes() || suffix == LEGACY_PENDING_SUFFIX.as_bytes()
+}
+
+fn io_at(action: &str, store: &dyn Store, name: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = store.local_path(name);
+    let action = action.to_owned();
+    move |err| Error::io_at(&action, &path, err)
+}
+
+/// Files written through the library during a save, by staged prefix, so
+/// that sealing need not read them again for their CRC32C.
+pub(crate) type Written = Arc<Mutex<Vec<FileRecord>>>;
+static OPEN_SAVES: Mutex<Option<HashMap<PathBuf, Written>>> = Mutex::new(None);
+
+fn open_saves() -> std::sync::MutexGuard<'static, Option<HashMap<PathBuf, Written>>> {
+    OPEN_SAVES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The written-files list of the save whose staged prefix is `prefix`.
+pub(crate) fn save_in_progress(prefix: &Path) -> Option<Written> {
+    open_saves().as_ref()?.get(prefix).cloned()
+}
+
+/// A save between `begin` and `commit` or `abort`.
+#[derive(Debug)]
+pub struct Transaction {
+    store: Arc<dyn Store>,
+    base: OsString,
+    staging: PathBuf,
+    written: Written,
+}
+
+/// What the staging directory holds once the write phase is over.
+#[derive(Debug)]
+pub struct Sealed {
+    files: Vec<FileRecord>,
+    directories: Vec<PathBuf>,
+}
+
+/// The decisions the manager made for this commit.
+#[derive(Debug)]
+pub struct CommitPlan {
+    pub number: u64,
+    pub saved_at: f64,
+    /// What the checkpoint of the same name owned before (a number saved
+    /// again); files the new one does not have are removed.
+    pub replaced: Owned,
+    /// Checkpoints the sweep dropped, with what each owns.
+    pub swept: Vec<(OsString, Owned)>,
+    /// The CRC32C of the state file as the manager last saw it.
+    pub state_before: Option<u32>,
+    /// The new state file's bytes.
+    pub state_after: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SweptRecord {
+    base: ByteString,
+    files: Vec<ByteString>,
+    directories: Vec<ByteString>,
+}
+
+/// What recovery needs to finish a commit: written, synced, before the
+/// first file of the directory changes.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommitRecord {
+    format: String,
+    version: u32,
+    /// Suffixes to move from staging into place, the manifest last.
+    moves: Vec<ByteString>,
+    /// Names of the replaced checkpoint's files the new one lacks.
+    remove: Vec<ByteString>,
+    remove_directories: Vec<ByteString>,
+    state_before: Option<u32>,
+    state_after: ByteString,
+    /// The new state file, written and synced aside before the commit point.
+    state_staged: ByteString,
+    swept: Vec<SweptRecord>,
+}
+
+fn bytes_of(path: &Path) -> ByteString {
+    ByteString::from_bytes(path.as_os_str().as_bytes())
+}
+
+fn path_of(bytes: &ByteString) -> PathBuf {
+    PathBuf::from(OsString::from_vec(bytes.as_bytes().to_vec()))
+}
+
+pub(crate) fn staging_name(base: &OsStr) -> PathBuf {
+    file_name(base, STAGING_SUFFIX.as_bytes())
+}
+
+impl Transaction {
+    /// Starts a save of `<base>`: an empty staging directory. One left by
+    /// an earlier save of the same name is recovered first.
+    pub fn begin(store: Arc<dyn Store>, base: &OsStr) -> Result<Transaction> {
+        let staging = staging_name(base);
+        if store
+            .kind(&staging)
+            .map_err(io_at("inspect", &*store, &staging))?
+            .is_some()
+        {
+            recover_staging(&*store, base, &mut |_| {})?;
+        }
+        store
+            .create_dir(&staging)
+            .map_err(io_at("create staging directory", &*store, &staging))?;
+        let transaction = Transaction {
+            written: Written::default(),
+            base: base.to_owned(),
+            staging,
+            store,
+        };
+        open_saves()
+            .get_or_insert_with(HashMap::new)
+            .insert(transaction.prefix(), transaction.written.clone());
+        Ok(transaction)
+    }
+
+    fn staged(&self, suffix: &[u8]) -> PathBuf {
+        self.staging.join(file_name(&self.base, suffix))
+    }
+
+    /// The prefix the write phase writes under: `<dir>/<base>.ckpt-staging/<base>`.
+    pub fn prefix(&self) -> PathBuf {
+        self.store.local_path(&self.staged(b""))
+    }
+
+    /// Writes `<prefix><suffix>` through `write`, with its CRC32C computed
+    /// on the way, and remembers it for the manifest.
+    pub fn write_file(
+        &self,
+        suffix: &str,
+        write: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
+    ) -> Result<()> {
+        let name = self.staged(suffix.as_bytes());
+        let mut file = self
+            .store
+            .create(&name)
+            .map_err(io_at("create", &*self.store, &name))?;
+        let (mut size, mut crc) = (0u64, 0u32);
+        write(&mut |bytes| {
+            crc = crc32c::crc32c_append(crc, bytes);
+            size += bytes.len() as u64;
+            file.write_all(bytes)
+        })
+        .and_then(|()| file.flush())
+        .map_err(io_at("write", &*self.store, &name))?;
+        self.written.lock().unwrap().push(FileRecord {
+            suffix: ByteString::from_bytes(suffix.as_bytes()),
+            size,
+            crc32c: crc,
+        });
+        Ok(())
+    }
+
+    /// Describes what the write phase left in staging: every regular file
+    /// named `<base>` or `<base>.<suffix>`, or inside a `<base>` directory,
+    /// with its size and CRC32C (read again only for files not written
+    /// through the library). Anything else there is an error.
+    pub fn seal(&self) -> Result<Sealed> {
+        let known = std::mem::take(&mut *self.written.lock().unwrap());
+        let mut sealed = Sealed {
+            files: Vec::new(),
+            directories: vec![self.staging.clone()],
+        };
+        let mut pending = vec![self.staging.clone()];
+        let staged_root = self.staged(b"");
+        let root_len = staged_root.as_os_str().len();
+        while let Some(directory) = pending.pop() {
+            let entries =
+                self.store
+                    .list(&directory)
+                    .map_err(io_at("list", &*self.store, &directory))?;
+            for entry in entries {
+                let name = directory.join(&entry.name);
+                let suffix = &name.as_os_str().as_bytes()[root_len.min(name.as_os_str().len())..];
+                let owned = name
+                    .as_os_str()
+                    .as_bytes()
+                    .starts_with(staged_root.as_os_str().as_bytes())
+                    && crate::manifest::check_suffix(suffix).is_ok();
+                if !owned {
+                    return Err(Error::invalid(format!(
+                        "the save wrote '{}', which is not a file of the checkpoint: write \
+                         only '<prefix>', '<prefix>.<suffix>' or inside a '<prefix>' directory",
+                        self.store.local_path(&name).display()
+                    )));
+                }
+                match entry.kind {
+                    Kind::Directory => {
+                        sealed.directories.push(name.clone());
+                        pending.push(name);
+                    }
+                    Kind::File => {
+                        let file = self
+                            .store
+                            .open_read(&name)
+                            .map_err(io_at("read", &*self.store, &name))?
+                            .ok_or_else(|| {
+                                Error::io_at(
+                                    "read",
+                                    &self.store.local_path(&name),
+                                    io::ErrorKind::NotFound.into(),
+                                )
+                            })?;
+                        let record = known
+                            .iter()
+                            .find(|r| r.suffix.as_bytes() == suffix && r.size == file.size())
+                            .cloned();
+                        let record = match record {
+                            Some(record) => record,
+                            None => {
+                                let (size, crc32c) = store::checksum(&*file).map_err(io_at(
+                                    "read",
+                                    &*self.store,
+                                    &name,
+                                ))?;
+                                FileRecord {
+                                    suffix: ByteString::from_bytes(suffix),
+                                    size,
+                                    crc32c,
+                                }
+                            }
+                        };
+                        sealed.files.push(record);
+                    }
+                    Kind::Other => {
+                        return Err(Error::invalid(format!(
+                            "the save made '{}', which is neither a regular file nor a directory",
+                            self.store.local_path(&name).display()
+                        )))
+                    }
+                }
+            }
+        }
+        if sealed.files.is_empty() {
+            return Err(Error::invalid(format!(
+                "the save wrote no file under '{}'",
+                self.prefix().display()
+            )));
+        }
+        Ok(sealed)
+    }
+
+    /// Writes the manifest and the commit record, syncs everything staged
+    /// (the commit point), then moves the files into place, replaces the
+    /// state file and syncs the directory. An error before the commit point
+    /// aborts; after it, the record stays for `recover` to finish, and the
+    /// error says so.
+    pub fn commit(self, sealed: Sealed, plan: CommitPlan) -> Result<Committed> {
+        let prepared = self.prepare(&sealed, &plan);
+        let record = match prepared {
+            Ok(record) => record,
+            Err(err) => {
+                let prefix = self.store.local_path(Path::new(&self.base));
+                return Err(match self.undo() {
+                    Ok(()) => err,
+                    // The record may be durable: recovery will roll it forward.
+                    Err(undo) => Error::io(
+                        format!(
+                            "commit '{}' ({err}) or undo it ({undo}); it may still be committed \
+                             when the directory is next opened",
+                            prefix.display()
+                        ),
+                        undo,
+                    ),
+                });
+            }
+        };
+        self.unregister();
+        apply(&*self.store, &self.base, &record, false).map_err(|err| {
+            let prefix = self.store.local_path(Path::new(&self.base));
+            Error::io(
+                format!(
+                    "finish the commit of '{}' (it is committed: the next save or open finishes it)",
+                    prefix.display()
+                ),
+                io::Error::other(err.to_string()),
+            )
+        })?;
+        Ok(Committed {
+            store: self.store.clone(),
+            base: self.base.clone(),
+            record,
+        })
+    }
+
+    fn prepare(&self, sealed: &Sealed, plan: &CommitPlan) -> Result<CommitRecord> {
+        let state_name = Path::new(STATE_FILE_NAME);
+        if !matches!(self.store.kind(state_name), Ok(None | Some(Kind::File))) {
+            return Err(Error::io_at(
+                "write state file",
+                &self.store.local_path(state_name),
+                io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"),
+            ));
+        }
+        let state_staged = PathBuf::from(format!("{STATE_FILE_NAME}.tmp{}", random_hex32()));
+        write_whole(&*self.store, &state_staged, &plan.state_after)?;
+        let mut manifest = Manifest::new(plan.number, sealed.files.clone());
+        manifest.saved_at = Some(plan.saved_at);
+        let manifest_staged = self.staged(MANIFEST_SUFFIX.as_bytes());
+        write_whole(&*self.store, &manifest_staged, &manifest.to_json())?;
+        let mut moves: Vec<ByteString> = manifest.files.iter().map(|f| f.suffix.clone()).collect();
+        moves.push(ByteString::from_bytes(MANIFEST_SUFFIX.as_bytes()));
+        let keeps = |name: &Path| {
+            moves
+                .iter()
+                .any(|suffix| file_name(&self.base, suffix.as_bytes()) == name)
+        };
+        let record = CommitRecord {
+            format: RECORD_FORMAT.into(),
+            version: 1,
+            remove: plan
+                .replaced
+                .files
+                .iter()
+                .filter(|name| !keeps(name))
+                .map(|n| bytes_of(n))
+                .collect(),
+            remove_directories: plan
+                .replaced
+                .directories
+                .iter()
+                .map(|n| bytes_of(n))
+                .collect(),
+            moves,
+            state_before: plan.state_before,
+            state_after: ByteString::from_bytes(&plan.state_after),
+            state_staged: bytes_of(&state_staged),
+            swept: plan
+                .swept
+                .iter()
+                .map(|(base, owned)| SweptRecord {
+                    base: ByteString::from_bytes(base.as_bytes()),
+                    files: owned.files.iter().map(|n| bytes_of(n)).collect(),
+                    directories: owned.directories.iter().map(|n| bytes_of(n)).collect(),
+                })
+                .collect(),
+        };
+        let record_name = self.staging.join(RECORD_NAME);
+        let json = serde_json::to_vec(&record).expect("a commit record always serialises");
+        write_whole(&*self.store, &record_name, &json)?;
+        let mut files: Vec<PathBuf> = sealed
+            .files
+            .iter()
+            .map(|f| self.staged(f.suffix.as_bytes()))
+            .collect();
+        files.extend([manifest_staged, record_name, state_staged]);
+        self.store
+            .sync_files(&files)
+            .map_err(io_at("sync", &*self.store, &self.staging))?;
+        // The root too: the staging directory's own entry must survive.
+        let mut directories = sealed.directories.clone();
+        directories.push(PathBuf::new());
+        self.store.sync_directories(&directories).map_err(io_at(
+            "sync",
+            &*self.store,
+            &self.staging,
+        ))?;
+        Ok(record)
+    }
+
+    /// Gives up before the commit point: the staging directory goes,
+    /// nothing else was touched. A staging directory that cannot be removed
+    /// is removed by the next save of the same name or the next open.
+    pub fn abort(self) {
+        let _ = self.undo();
+    }
+
+    /// Removes the commit record first, so that what is left is never
+    /// rolled forward, then the staging directory.
+    fn undo(&self) -> io::Result<()> {
+        self.unregister();
+        self.store.remove_file(&self.staging.join(RECORD_NAME))?;
+        self.store.remove_staging(&self.staging)
+    }
+
+    fn unregister(&self) {
+        if let Some(saves) = open_saves().as_mut() {
+            saves.remove(&self.prefix());
+        }
+    }
+}
+
+fn write_whole(store: &dyn Store, name: &Path, bytes: &[u8]) -> Result<()> {
+    store
+        .create(name)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.flush()))
+        .map_err(io_at("write", store, name))
+}
+
+/// A commit that is durable and in place; what the sweep dropped is still
+/// to be deleted.
+#[derive(Debug)]
+pub struct Committed {
+    store: Arc<dyn Store>,
+    base: OsString,
+    record: CommitRecord,
+}
+
+impl Committed {
+    /// Deletes the swept checkpoints' files and the staging directory.
+    pub fn finish(self) -> Result<()> {
+        finish(&*self.store, &self.base, &self.record, None)
+    }
+}
+
+/// Moves the staged files into place, removes what the replaced
+/// checkpoint had and the new one lacks, renames the staged state file
+/// over the old one, and syncs the directories. Each step can run again
+/// after a crash; `recovering` then first checks that the state file is
+/// still the one the commit replaces (a stale record must not undo a later
+/// commit).
+fn apply(store: &dyn Store, base: &OsStr, record: &CommitRecord, recovering: bool) -> Result<()> {
+    let staging = staging_name(base);
+    let mut created = Vec::new();
+    for suffix in &record.moves {
+        let to = file_name(base, suffix.as_bytes());
+        let from = staging.join(&to);
+        if store.kind(&from).map_err(io_at("inspect", store, &from))? != Some(Kind::File) {
+            continue; // moved before a crash
+        }
+        let mut parent = PathBuf::new();
+        let parts: Vec<_> = to.components().collect();
+        for part in &parts[..parts.len() - 1] {
+            parent.push(part);
+            match store
+                .kind(&parent)
+                .map_err(io_at("inspect", store, &parent))?
+            {
+                Some(Kind::Directory) => {}
+                None => {
+                    store
+                        .create_dir(&parent)
+                        .map_err(io_at("create directory", store, &parent))?;
+                    created.push(parent.clone());
+                }
+                Some(_) => {
+                    return Err(Error::io_at(
+                        "move into place",
+                        &store.local_path(&to),
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "a file stands where its directory goes",
+                        ),
+                    ))
+                }
+            }
+        }
+        store
+            .rename(&from, &to)
+            .map_err(io_at("move into place", store, &to))?;
+        if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !created.iter().any(|c| c == parent) {
+                created.push(parent.to_path_buf());
+            }
+        }
+    }
+    for name in &record.remove {
+        let name = path_of(name);
+        store
+            .remove_file(&name)
+            .map_err(io_at("delete", store, &name))?;
+    }
+    for name in &record.remove_directories {
+        let name = path_of(name);
+        match store.remove_empty_dir(&name) {
+            Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+            other => other.map_err(io_at("delete", store, &name))?,
+        }
+    }
+    let state_name = Path::new(STATE_FILE_NAME);
+    let staged = path_of(&record.state_staged);
+    let replaces = !recovering
+        || read_state_bytes(store)?.as_deref().map(crc32c::crc32c) == record.state_before;
+    let staged_exists = store
+        .kind(&staged)
+        .map_err(io_at("inspect", store, &staged))?
+        .is_some();
+    if replaces && staged_exists {
+        store
+            .rename(&staged, state_name)
+            .map_err(io_at("write state file", store, state_name))?;
+    } else if replaces {
+        store
+            .replace(state_name, record.state_after.as_bytes())
+            .map_err(io_at("write state file", store, state_name))?;
+    } else if staged_exists {
+        store
+            .remove_file(&staged)
+            .map_err(io_at("remove", store, &staged))?;
+    }
+    created.push(PathBuf::new());
+    store
+        .sync_directories(&created)
+        .map_err(io_at("sync", store, Path::new("")))
+}
+
+/// Deletes what the record's sweep dropped (except checkpoints the state
+/// file names again, when recovering a stale record), syncs the directory
+/// once, then removes the staging directory.
+fn finish(
+    store: &dyn Store,
+    base: &OsStr,
+    record: &CommitRecord,
+    named: Option<&[Vec<u8>]>,
+) -> Result<()> {
+    let mut deleted = false;
+    for swept in &record.swept {
+        if named.is_some_and(|named| named.iter().any(|entry| entry == swept.base.as_bytes())) {
+            continue;
+        }
+        let owned = Owned {
+            files: swept.files.iter().map(path_of).collect(),
+            directories: swept.directories.iter().map(path_of).collect(),
+        };
+        integrity::delete_owned(store, &owned)?;
+        deleted = true;
+    }
+    if deleted {
+        // Before the record goes: a deletion lost to a power cut is redone.
+        store
+            .sync_directories(&[PathBuf::new()])
+            .map_err(io_at("sync", store, Path::new("")))?;
+    }
+    let staging = staging_name(base);
+    store
+        .remove_staging(&staging)
+        .map_err(io_at("remove staging directory", store, &staging))
+}
+
+/// Finishes or undoes the staging of `<base>`: with a readable commit
+/// record, rolls the commit forward; without, removes the staging.
+fn recover_staging(store: &dyn Store, base: &OsStr, warn: &mut dyn FnMut(&str)) -> Result<()> {
+    let staging = staging_name(base);
+    let record_name = staging.join(RECORD_NAME);
+    let record = match store::read_bounded(
+        store,
+        &record_name,
+        MAX_STATE_FILE_BYTES + MAX_MANIFEST_BYTES,
+    ) {
+        Ok(Some(bytes)) => serde_json::from_slice::<CommitRecord>(&bytes)
+            .ok()
+            .filter(|record| record.format == RECORD_FORMAT && record.version == 1),
+        Ok(None) => None,
+        Err(err) if err.kind() == io::ErrorKind::InvalidData => None,
+        Err(err) => return Err(Error::io_at("read", &store.local_path(&record_name), err)),
+    };
+    let shown = store.local_path(Path::new(base));
+    match record {
+        Some(record) => {
+            warn(&format!(
+                "finishing the commit of '{}', interrupted when the last writer stopped",
+                shown.display()
+            ));
+            apply(store, base, &record, true)?;
+            let named = read_state_bytes(store)?
+                .and_then(|bytes| CheckpointState::parse(&bytes).ok())
+                .map(|state| {
+                    let mut named = state.all_model_checkpoint_paths;
+                    named.push(state.model_checkpoint_path);
+                    named
+                })
+                .unwrap_or_default();
+            finish(store, base, &record, Some(&named))
+        }
+        None => {
+            warn(&format!(
+                "removing an uncommitted save of '{}' left when the last writer stopped",
+                shown.display()
+            ));
+            store.remove_staging(&staging).map_err(io_at(
+                "remove staging directory",
+                store,
+                &staging,
+            ))
+        }
+    }
+}
+
+/// Recovery on open, for a writer holding the lock: every staging
+/// directory is rolled forward or removed, temporary state files go, and
+/// markers of version 0.1's interrupted saves are resolved: a marked
+/// checkpoint the state names keeps its files, one it does not name loses
+/// what it owns. `named` holds the bases the state file names.
+pub fn recover(
+    store: &dyn Store,
+    named: &dyn Fn(&OsStr) -> bool,
+    warn: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let root = Path::new("");
+    let entries = store
+        .list(root)
+        .map_err(io_at("list directory", store, root))?;
+    // Staging first: a commit to roll forward renames its staged state file.
+    for entry in &entries {
+        let name = entry.name.as_bytes();
+        if let Some(base) = name.strip_suffix(STAGING_SUFFIX.as_bytes()) {
+            if entry.kind == Kind::Directory {
+                recover_staging(store, OsStr::from_bytes(base), warn)?;
+            }
+        }
+    }
+    for entry in &entries {
+        let name = entry.name.as_bytes();
+        let legacy_manifest_temp = name.ends_with(format!("{MANIFEST_SUFFIX}.tmp").as_bytes());
+        if is_temporary_state_file(name) || legacy_manifest_temp {
+            let path = Path::new(&entry.name);
+            store
+                .remove_file(path)
+                .map_err(io_at("remove temporary state file", store, path))?;
+        } else if let Some(base) = name.strip_suffix(LEGACY_PENDING_SUFFIX.as_bytes()) {
+            let base = OsStr::from_bytes(base);
+            if !named(base) {
+                warn(&format!(
+                    "removing '{}': it was being saved or deleted when the last writer stopped",
+                    store.local_path(Path::new(base)).display()
+                ));
+                integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
+            }
+            let marker = Path::new(&entry.name);
+            store
+                .remove_file(marker)
+                .map_err(io_at("remove", store, marker))?;
+        }
+    }
+    Ok(())
+}
+
+/// `checkpoint.tmp` and 32 hex digits: this library's and TF's temporary
+/// state files, and nothing else.
+fn is_temporary_state_file(name: &[u8]) -> bool {
+    name.strip_prefix(b"checkpoint.tmp")
+        .is_some_and(|hex| hex.len() == 32 && hex.iter().all(u8::is_ascii_hexdigit))
+}
