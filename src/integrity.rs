@@ -90,6 +90,31 @@ pub struct Owned {
     pub directories: Vec<PathBuf>,
 }
 
+/// TensorFlow's files of `base`, data before the `.index`; one listing,
+/// only when the `.index` exists.
+fn tensorflow_files(store: &dyn Store, base: &OsStr) -> Result<Vec<PathBuf>> {
+    if store
+        .kind(&file_name(base, b".index"))
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Ok(Vec::new());
+    }
+    let root = Path::new("");
+    let entries = store
+        .list(root)
+        .map_err(|err| Error::io_at("list directory", &store.local_path(root), err))?;
+    let mut files: Vec<PathBuf> = entries
+        .iter()
+        .filter(|entry| entry.kind != Kind::Directory)
+        .filter(|entry| is_tensorflow_file(entry.name.as_bytes(), base.as_bytes()))
+        .map(|entry| PathBuf::from(&entry.name))
+        .collect();
+    files.sort_by_key(|name| name.as_os_str().as_bytes().ends_with(b".index"));
+    Ok(files)
+}
+
 pub fn owned_files(store: &dyn Store, base: &OsStr) -> Result<Owned> {
     let mut owned = Owned::default();
     match read_manifest(store, base) {
@@ -111,29 +136,13 @@ pub fn owned_files(store: &dyn Store, base: &OsStr) -> Result<Owned> {
             }
             owned.files.push(manifest_name(base));
         }
-        Ok(None) => {
-            if store
-                .kind(&file_name(base, b".index"))
-                .ok()
-                .flatten()
-                .is_none()
-            {
-                return Ok(owned);
-            }
-            let entries = store.list(Path::new("")).map_err(|err| {
-                Error::io_at("list directory", &store.local_path(Path::new("")), err)
-            })?;
-            let mut files: Vec<PathBuf> = entries
-                .iter()
-                .filter(|entry| entry.kind != Kind::Directory)
-                .filter(|entry| is_tensorflow_file(entry.name.as_bytes(), base.as_bytes()))
-                .map(|entry| PathBuf::from(&entry.name))
-                .collect();
-            files.sort_by_key(|name| name.as_os_str().as_bytes().ends_with(b".index"));
-            owned.files = files;
+        Ok(None) => owned.files = tensorflow_files(store, base)?,
+        // A damaged manifest cannot be trusted to name files: the checkpoint
+        // owns TF's files, if any, and the manifest itself.
+        Err(Error::Damaged { .. }) => {
+            owned.files = tensorflow_files(store, base)?;
+            owned.files.push(manifest_name(base));
         }
-        // A damaged manifest owns nothing it can be trusted with but itself.
-        Err(Error::Damaged { .. }) => owned.files.push(manifest_name(base)),
         Err(err) => return Err(err),
     }
     owned

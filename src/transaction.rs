@@ -562,7 +562,7 @@ fn finish(
             directories: swept.directories.iter().map(path_of).collect(),
         };
         integrity::delete_owned(store, &owned)?;
-        deleted = true;
+        deleted |= !owned.files.is_empty();
     }
     if deleted {
         // Before the record goes: a deletion lost to a power cut is redone.

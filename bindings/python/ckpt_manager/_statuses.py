@@ -16,7 +16,7 @@ STATUSES = (
     ('CHECKPOINT_DAMAGED', 8, "A checkpoint's files are missing or do not match its manifest (sizes or CRC32C), or no intact checkpoint is left to fall back to."),
     ('LOCKED', 9, 'Another manager (the message names its process) is writing to the directory. Open this one read-only, or stop the other.'),
     ('READ_ONLY', 10, 'The manager was opened read-only and the call would write.'),
-    ('NO_MANIFEST', 11, 'The checkpoint has files but no manifest (another tool wrote it), so it cannot be verified.'),
+    ('NO_MANIFEST', 11, 'The checkpoint has files but no manifest (another tool wrote it), or only one of an earlier save (another tool saved it again), so it cannot be verified.'),
     ('TENSOR_MISMATCH', 12, "The registered tensors do not match the checkpoint's: a name, dtype or shape differs, or a tensor is on one side only (see the message). Nothing was restored."),
 )
 
