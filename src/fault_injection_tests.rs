@@ -249,3 +249,51 @@ fn a_save_syncs_in_three_rounds() {
         .count();
     assert_eq!(syncs, 3, "{operations:?}");
 }
+
+/// A commit record that outlives its commit (its removal was lost, and a
+/// later save committed meanwhile) must not roll the directory back when
+/// it resurfaces: the state file is replaced only if it is still the one
+/// the record's commit replaced.
+#[test]
+fn a_stale_commit_record_does_not_undo_a_later_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let harness = Harness::new();
+    // How many steps a save of ckpt-1 takes, so that only the last one
+    // (removing the staging directory) fails.
+    let steps_of_a_save = {
+        let scratch = tempfile::tempdir().unwrap();
+        let steps = Steps::new();
+        let mut manager = harness.open(scratch.path(), steps.clone()).unwrap();
+        steps.fail_after(None);
+        manager.save(None, true).unwrap();
+        assert_eq!(steps.operations().last(), Some(&"remove_staging"));
+        steps.taken()
+    };
+    let steps = Steps::new();
+    let mut manager = harness.open(dir, steps.clone()).unwrap();
+    steps.fail_after(Some(steps_of_a_save - 1));
+    assert_eq!(manager.save(None, true).unwrap(), Some(dir.join("ckpt-1")));
+    drop(manager);
+    let staging = dir.join("ckpt-1.ckpt-staging");
+    let kept = root.path().join("stale-staging");
+    fs::create_dir(&kept).unwrap();
+    for entry in fs::read_dir(&staging).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), kept.join(entry.file_name())).unwrap();
+    }
+
+    let mut manager = harness.open(dir, Steps::new()).unwrap();
+    assert!(!staging.exists(), "the open finished the commit");
+    manager.save(None, true).unwrap();
+    drop(manager);
+    let state_after_ckpt_2 = fs::read(dir.join("checkpoint")).unwrap();
+    fs::rename(&kept, &staging).unwrap();
+
+    harness.check_recovered(dir, 2, &[0]);
+    assert_eq!(
+        fs::read(dir.join("checkpoint")).unwrap(),
+        state_after_ckpt_2
+    );
+    assert!(!staging.exists());
+}
