@@ -180,8 +180,9 @@ typedef double (*ckpt_clock_callback)(void *user_data);
 
 // Deletes the checkpoint at `prefix` (valid only during the call),
 // replacing the built-in deletion; it runs after the commit that swept the
-// checkpoint (if the process dies first, it is not run for it and the
-// files stay). Returns 0 on success.
+// checkpoint. If the process dies first, the next writer that opens the
+// directory runs its own delete callback on it (so make it idempotent), or
+// without one deletes the files the checkpoint owns. Returns 0 on success.
 typedef int32_t (*ckpt_delete_callback)(void *user_data, const char *prefix);
 
 // Receives a log message (valid only during the call).

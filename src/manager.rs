@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
 use crate::error::{Error, Result};
 use crate::inspect;
-use crate::integrity::{self, Integrity, Owned};
+use crate::integrity::{self, Integrity};
 use crate::manifest::{Verification, MANIFEST_SUFFIX};
 use crate::paths;
 use crate::policy::{self, interval_allows_save, Retention};
@@ -112,12 +112,27 @@ impl CheckpointManager {
                 .collect(),
             None => HashSet::new(),
         };
-        let mut warnings = Vec::new();
+        let (mut warnings, mut failed_deletes) = (Vec::new(), Vec::new());
+        let directory = &self.config.directory;
+        let delete = &mut self.callbacks.delete;
         let recovered = transaction::recover(
             &*self.store,
             &|base: &OsStr| named.contains(base.as_bytes()),
             &mut |warning| warnings.push(warning.to_owned()),
+            // A commit finished here: its dropped checkpoints still get the
+            // delete callback, which replaces the built-in deletion.
+            &mut |base| {
+                let Some(delete) = delete.as_mut() else {
+                    return false;
+                };
+                let prefix = directory.join(base);
+                if let Err(err) = delete(&prefix) {
+                    failed_deletes.push(format!("could not delete '{}': {err}", prefix.display()));
+                }
+                true
+            },
         );
+        warnings.extend(failed_deletes);
         warnings.iter().for_each(|warning| self.warn(warning));
         recovered
     }
@@ -306,7 +321,7 @@ impl CheckpointManager {
         for old in &swept {
             self.run_delete_callback(&self.full_path(Path::new(old)));
         }
-        if let Err(err) = committed.finish() {
+        if let Err(err) = committed.finish(self.callbacks.delete.is_some()) {
             self.unfinished = true;
             self.warn(&format!(
                 "{err}; '{}' is committed, the old checkpoints are deleted by the next save or open",
@@ -329,10 +344,6 @@ impl CheckpointManager {
         let mut swept = Vec::new();
         for old in &outcome.delete {
             match deletable_base(old) {
-                // A delete callback replaces the built-in deletion.
-                Some(old_base) if old_base != base && self.callbacks.delete.is_some() => {
-                    swept.push((old_base.to_owned(), Owned::default()))
-                }
                 Some(old_base) if old_base != base => swept.push((
                     old_base.to_owned(),
                     integrity::owned_files(&*self.store, old_base)?,

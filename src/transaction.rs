@@ -146,7 +146,7 @@ impl Transaction {
             .map_err(io_at("inspect", &*store, &staging))?
             .is_some()
         {
-            recover_staging(&*store, base, &mut |_| {})?;
+            recover_staging(&*store, base, &mut |_| {}, &mut |_| false)?;
         }
         store
             .create_dir(&staging)
@@ -446,9 +446,13 @@ pub struct Committed {
 }
 
 impl Committed {
-    /// Deletes the swept checkpoints' files and the staging directory.
-    pub fn finish(self) -> Result<()> {
-        finish(&*self.store, &self.base, &self.record, None)
+    /// Deletes the swept checkpoints' files (unless `deleted_by_callback`)
+    /// and the staging directory.
+    pub fn finish(self, deleted_by_callback: bool) -> Result<()> {
+        let store = &*self.store;
+        finish(store, &self.base, &self.record, None, &mut |_| {
+            deleted_by_callback
+        })
     }
 }
 
@@ -544,17 +548,22 @@ fn apply(store: &dyn Store, base: &OsStr, record: &CommitRecord, recovering: boo
 }
 
 /// Deletes what the record's sweep dropped (except checkpoints the state
-/// file names again, when recovering a stale record), syncs the directory
-/// once, then removes the staging directory.
+/// file names again, when recovering a stale record, and those `on_swept`
+/// says it deleted itself), syncs the directory once, then removes the
+/// staging directory.
 fn finish(
     store: &dyn Store,
     base: &OsStr,
     record: &CommitRecord,
     named: Option<&[Vec<u8>]>,
+    on_swept: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
     let mut deleted = false;
     for swept in &record.swept {
         if named.is_some_and(|named| named.iter().any(|entry| entry == swept.base.as_bytes())) {
+            continue;
+        }
+        if on_swept(OsStr::from_bytes(swept.base.as_bytes())) {
             continue;
         }
         let owned = Owned {
@@ -577,8 +586,14 @@ fn finish(
 }
 
 /// Finishes or undoes the staging of `<base>`: with a readable commit
-/// record, rolls the commit forward; without, removes the staging.
-fn recover_staging(store: &dyn Store, base: &OsStr, warn: &mut dyn FnMut(&str)) -> Result<()> {
+/// record, rolls the commit forward (`on_swept` hears of each checkpoint
+/// its sweep drops); without, removes the staging.
+fn recover_staging(
+    store: &dyn Store,
+    base: &OsStr,
+    warn: &mut dyn FnMut(&str),
+    on_swept: &mut dyn FnMut(&OsStr) -> bool,
+) -> Result<()> {
     let staging = staging_name(base);
     let record_name = staging.join(RECORD_NAME);
     let record = match store::read_bounded(
@@ -609,7 +624,7 @@ fn recover_staging(store: &dyn Store, base: &OsStr, warn: &mut dyn FnMut(&str)) 
                     named
                 })
                 .unwrap_or_default();
-            finish(store, base, &record, Some(&named))
+            finish(store, base, &record, Some(&named), on_swept)
         }
         None => {
             warn(&format!(
@@ -629,11 +644,15 @@ fn recover_staging(store: &dyn Store, base: &OsStr, warn: &mut dyn FnMut(&str)) 
 /// directory is rolled forward or removed, temporary state files go, and
 /// markers of version 0.1's interrupted saves are resolved: a marked
 /// checkpoint the state names keeps its files, one it does not name loses
-/// what it owns. `named` holds the bases the state file names.
+/// what it owns. `named` holds the bases the state file names; `on_swept`
+/// hears of each checkpoint a rolled-forward sweep drops and says whether
+/// it deleted it (the manager's delete callback); if not, the files it owns
+/// are deleted.
 pub fn recover(
     store: &dyn Store,
     named: &dyn Fn(&OsStr) -> bool,
     warn: &mut dyn FnMut(&str),
+    on_swept: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
     let root = Path::new("");
     let entries = store
@@ -644,7 +663,7 @@ pub fn recover(
         let name = entry.name.as_bytes();
         if let Some(base) = name.strip_suffix(STAGING_SUFFIX.as_bytes()) {
             if entry.kind == Kind::Directory {
-                recover_staging(store, OsStr::from_bytes(base), warn)?;
+                recover_staging(store, OsStr::from_bytes(base), warn, on_swept)?;
             }
         }
     }

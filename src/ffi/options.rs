@@ -51,8 +51,9 @@ pub type ckpt_clock_callback = Option<unsafe extern "C" fn(user_data: *mut c_voi
 
 /// Deletes the checkpoint at `prefix` (valid only during the call),
 /// replacing the built-in deletion; it runs after the commit that swept the
-/// checkpoint (if the process dies first, it is not run for it and the
-/// files stay). Returns 0 on success.
+/// checkpoint. If the process dies first, the next writer that opens the
+/// directory runs its own delete callback on it (so make it idempotent), or
+/// without one deletes the files the checkpoint owns. Returns 0 on success.
 pub type ckpt_delete_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, prefix: *const c_char) -> i32>;
 

@@ -40,7 +40,7 @@ impl LocalStore {
     }
 
     /// `Err` when a directory on the way to `name` is a symlink or not a
-    /// directory: nested names must stay inside the store.
+    /// directory (nested names must stay inside the store), or is missing.
     fn check_parents(&self, name: &Path) -> io::Result<()> {
         let mut parent = self.root.clone();
         let components: Vec<_> = name.components().collect();
@@ -56,6 +56,14 @@ impl LocalStore {
             }
         }
         Ok(())
+    }
+}
+
+impl LocalStore {
+    /// `check_parents`, with a missing directory on the way as `false`:
+    /// what was inside is gone too.
+    fn parents_exist(&self, name: &Path) -> io::Result<bool> {
+        missing_is_none(self.check_parents(name)).map(|checked| checked.is_some())
     }
 }
 
@@ -173,13 +181,17 @@ impl Store for LocalStore {
     }
 
     fn kind(&self, name: &Path) -> io::Result<Option<Kind>> {
-        self.check_parents(name)?;
+        if !self.parents_exist(name)? {
+            return Ok(None);
+        }
         missing_is_none(fs::symlink_metadata(self.path(name)))
             .map(|m| m.map(|m| kind_of(m.file_type())))
     }
 
     fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>> {
-        self.check_parents(name)?;
+        if !self.parents_exist(name)? {
+            return Ok(None);
+        }
         let opened = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -257,17 +269,23 @@ impl Store for LocalStore {
     }
 
     fn remove_file(&self, name: &Path) -> io::Result<()> {
-        self.check_parents(name)?;
+        if !self.parents_exist(name)? {
+            return Ok(());
+        }
         missing_is_fine(fs::remove_file(self.path(name)))
     }
 
     fn remove_empty_dir(&self, name: &Path) -> io::Result<()> {
-        self.check_parents(name)?;
+        if !self.parents_exist(name)? {
+            return Ok(());
+        }
         missing_is_fine(fs::remove_dir(self.path(name)))
     }
 
     fn remove_staging(&self, name: &Path) -> io::Result<()> {
-        self.check_parents(name)?;
+        if !self.parents_exist(name)? {
+            return Ok(());
+        }
         let path = self.path(name);
         match fs::symlink_metadata(&path) {
             Ok(metadata) if metadata.is_dir() => missing_is_fine(fs::remove_dir_all(&path)),

@@ -6,28 +6,29 @@
  * Usage: torture_child DIRECTORY [die-while-deleting]
  *
  * It opens a manager on DIRECTORY (max_to_keep 3, one checkpoint preserved
- * every TORTURE_KEEP_HOURS of a fake clock that advances 600 s per
- * checkpoint), restores the latest checkpoint, checking that every byte of
- * it is what the save callback wrote for that number, prints
- * "restored <prefix>" (or "restored none") on stdout, then saves forever.
+ * every TORTURE_KEEP_HOURS of a fake clock that advances 600 s per save),
+ * restores the latest checkpoint, checking that every byte of it is what
+ * one save wrote, prints "restored <prefix> save <G> by <P>" (or "restored
+ * none") on stdout, then saves forever.
  *
- * The fake clock is 1e6 + 600 * N, N being the number of the newest
- * checkpoint: read from the state file before the manager opens, then the
- * number being saved. So it continues monotonically across restarts
- * without the process keeping anything of its own.
+ * Saves are numbered by generation G: the committed saves so far, plus
+ * one. The fake clock shows 1e6 + 600 * G, so the state file's newest
+ * timestamp tells a restarted child the last committed generation. Most
+ * saves take the next checkpoint number; every RESAVE_LATEST_EVERY-th
+ * generation saves the latest number again, every RESAVE_OLDER_EVERY-th
+ * an older number still listed.
  *
- * Checkpoint N holds files whose names and sizes (a few hundred bytes to
- * about 1 MiB) are derived from N: `<prefix>.index`, two
- * `<prefix>.data-0000K-of-00002` and, for every third N, a directory
- * `<prefix>` with a file `shard` inside. Each file starts with a header
- * (magic, N, its own length) followed by bytes derived from N, the file and
- * the offset. tests/torture.rs reimplements the same layout to check the
- * latest checkpoint from the parent.
+ * Save G of checkpoint N by process P writes `<prefix>.index`, one or two
+ * `<prefix>.data-0000K-of-0000S` and sometimes a directory `<prefix>` with
+ * a file `shard` inside, the layout and sizes (a few hundred bytes to
+ * about 1 MiB) derived from N and G. Each file starts with a header
+ * (magic, N, its own length, G, P) followed by bytes derived from all of
+ * them, so that any file tells which save wrote it. tests/torture.rs
+ * reimplements the same layout.
  *
- * With `die-while-deleting`, the first checkpoint the sweep deletes has its
- * first data file removed (the built-in deletion removes data files first)
- * and the process then kills itself with SIGKILL: a kill at that instant of
- * a real run, made deterministic.
+ * With `die-while-deleting`, the first checkpoint the sweep deletes loses
+ * its index file (a delete callback) and the process then kills itself
+ * with SIGKILL: a kill at that instant of a real run, made deterministic.
  *
  * Exit codes (the parent expects none of them: only death by SIGKILL):
  *   2 usage, 3 the state file cannot be read, 4 the manager cannot open,
@@ -50,21 +51,30 @@
 #include "ckpt_manager.h"
 
 #define MAX_TO_KEEP 3
-/* With 600 s per checkpoint, one checkpoint in six is preserved. */
+/* With 600 s per save, one checkpoint in six is preserved. */
 #define TORTURE_KEEP_HOURS 1.0
 #define CLOCK_ORIGIN 1e6
 #define CLOCK_STEP 600.0
+#define RESAVE_LATEST_EVERY 7
+#define RESAVE_OLDER_EVERY 11
 
-#define HEADER_SIZE 24
-static const char MAGIC[8] = {'C', 'K', 'P', 'T', 't', 'o', 'r', '1'};
+#define HEADER_SIZE 40
+static const char MAGIC[8] = {'C', 'K', 'P', 'T', 't', 'o', 'r', '2'};
 
+/* File kinds: the index, data shards 0 and 1, the file in the directory. */
 enum { KIND_INDEX, KIND_DATA0, KIND_DATA1, KIND_SHARD, KIND_COUNT };
-static const char *const SUFFIXES[KIND_COUNT] = {
-    ".index", ".data-00000-of-00002", ".data-00001-of-00002", "/shard"};
 
-/* The number whose clock the fake clock shows. */
-static uint64_t clock_number;
-/* Set by the restore callback when what it read is not what was saved. */
+/* Which save wrote a checkpoint's files. */
+typedef struct {
+  uint64_t number, generation, nonce;
+} save_id;
+
+/* The generation the fake clock shows. */
+static uint64_t clock_generation;
+/* The save being written: its generation and this process. */
+static uint64_t save_generation, nonce;
+/* Set by the restore callback: what it read, or that it was inconsistent. */
+static save_id restored_id;
 static bool inconsistent;
 
 static uint64_t mix(uint64_t x) {
@@ -74,13 +84,36 @@ static uint64_t mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-static bool has_kind(uint64_t number, int kind) {
-  return kind != KIND_SHARD || number % 3 == 0;
+static uint64_t layout(uint64_t number, uint64_t generation) {
+  return mix(number ^ (generation << 32) ^ 0xa5a5);
+}
+
+static int data_shards(uint64_t number, uint64_t generation) {
+  return 1 + (int)(layout(number, generation) % 2);
+}
+
+static bool has_kind(uint64_t number, uint64_t generation, int kind) {
+  switch (kind) {
+    case KIND_DATA1: return data_shards(number, generation) == 2;
+    case KIND_SHARD: return layout(number, generation) / 2 % 3 == 0;
+    default: return true;
+  }
+}
+
+/* `suffix` receives the file's suffix after the prefix. */
+static void suffix_of(uint64_t number, uint64_t generation, int kind, char suffix[32]) {
+  switch (kind) {
+    case KIND_INDEX: snprintf(suffix, 32, ".index"); break;
+    case KIND_SHARD: snprintf(suffix, 32, "/shard"); break;
+    default:
+      snprintf(suffix, 32, ".data-%05d-of-%05d", kind - KIND_DATA0,
+               data_shards(number, generation));
+  }
 }
 
 /* Sizes from a few hundred bytes to a bit over 1 MiB. */
-static uint64_t file_size(uint64_t number, int kind) {
-  uint64_t h = mix(number * KIND_COUNT + (uint64_t)kind);
+static uint64_t file_size(uint64_t number, uint64_t generation, int kind) {
+  uint64_t h = mix((number * KIND_COUNT + (uint64_t)kind) ^ mix(generation));
   switch (kind) {
     case KIND_INDEX: return HEADER_SIZE + 256 + h % 4096;
     case KIND_DATA0: return 4096 + h % (1u << 20);
@@ -103,14 +136,16 @@ static uint64_t get_u64(const uint8_t *in) {
   return value;
 }
 
-/* The whole content of file `kind` of checkpoint `number` (malloc'd). */
-static uint8_t *file_content(uint64_t number, int kind, uint64_t size) {
+/* The whole content of file `kind` of save `id` (malloc'd). */
+static uint8_t *file_content(save_id id, int kind, uint64_t size) {
   uint8_t *bytes = malloc(size);
   if (bytes == NULL) return NULL;
   memcpy(bytes, MAGIC, sizeof MAGIC);
-  put_u64(bytes + 8, number);
+  put_u64(bytes + 8, id.number);
   put_u64(bytes + 16, size);
-  uint64_t seed = mix(number ^ ((uint64_t)kind << 56));
+  put_u64(bytes + 24, id.generation);
+  put_u64(bytes + 32, id.nonce);
+  uint64_t seed = mix(id.number ^ ((uint64_t)kind << 56)) ^ mix(id.generation ^ (id.nonce << 24));
   for (uint64_t i = HEADER_SIZE; i < size; i++) bytes[i] = body_byte(seed, i);
   return bytes;
 }
@@ -124,13 +159,15 @@ static char *path_of(const char *prefix, const char *suffix) {
 
 static int32_t save_files(void *user_data, const char *prefix, uint64_t number) {
   (void)user_data;
-  clock_number = number; /* the clock is read after this callback */
-  if (number % 3 == 0 && mkdir(prefix, 0755) != 0 && errno != EEXIST) return errno;
+  save_id id = {number, save_generation, nonce};
+  if (has_kind(number, id.generation, KIND_SHARD) && mkdir(prefix, 0755) != 0) return errno;
   for (int kind = 0; kind < KIND_COUNT; kind++) {
-    if (!has_kind(number, kind)) continue;
-    uint64_t size = file_size(number, kind);
-    uint8_t *bytes = file_content(number, kind, size);
-    char *path = path_of(prefix, SUFFIXES[kind]);
+    if (!has_kind(number, id.generation, kind)) continue;
+    uint64_t size = file_size(number, id.generation, kind);
+    uint8_t *bytes = file_content(id, kind, size);
+    char suffix[32];
+    suffix_of(number, id.generation, kind, suffix);
+    char *path = path_of(prefix, suffix);
     if (bytes == NULL || path == NULL) return ENOMEM;
     FILE *file = fopen(path, "wb");
     int32_t result = file == NULL ? errno : 0;
@@ -151,53 +188,87 @@ static uint64_t number_of(const char *prefix) {
   return dash == NULL ? 0 : strtoull(dash + 1, NULL, 10);
 }
 
-static bool file_is_consistent(const char *prefix, uint64_t number, int kind) {
-  char *path = path_of(prefix, SUFFIXES[kind]);
-  FILE *file = path == NULL ? NULL : fopen(path, "rb");
-  if (file == NULL) {
-    fprintf(stderr, "torture_child: cannot open %s%s\n", prefix, SUFFIXES[kind]);
-    free(path);
-    return false;
-  }
-  uint64_t expected = file_size(number, kind);
-  uint8_t *want = file_content(number, kind, expected);
-  uint8_t *got = malloc(expected + 1);
-  size_t read = got == NULL ? 0 : fread(got, 1, expected + 1, file);
-  fclose(file);
-  bool ok = want != NULL && got != NULL && read == expected &&
-            memcmp(got, MAGIC, sizeof MAGIC) == 0 && get_u64(got + 8) == number &&
-            get_u64(got + 16) == read && memcmp(got, want, expected) == 0;
+/* Reads the whole file (up to `limit` bytes) into `*out`; its length. */
+static size_t read_file(const char *path, size_t limit, uint8_t **out) {
+  FILE *file = fopen(path, "rb");
+  *out = file == NULL ? NULL : malloc(limit + 1);
+  size_t read = *out == NULL ? 0 : fread(*out, 1, limit + 1, file);
+  if (file != NULL) fclose(file);
+  return read;
+}
+
+static bool file_is_consistent(const char *prefix, save_id id, int kind) {
+  char suffix[32];
+  suffix_of(id.number, id.generation, kind, suffix);
+  char *path = path_of(prefix, suffix);
+  uint64_t expected = file_size(id.number, id.generation, kind);
+  uint8_t *want = file_content(id, kind, expected);
+  uint8_t *got = NULL;
+  size_t read = path == NULL ? 0 : read_file(path, expected, &got);
+  bool ok = want != NULL && got != NULL && read == expected && memcmp(got, want, expected) == 0;
   if (!ok)
-    fprintf(stderr, "torture_child: %s has %zu bytes not matching checkpoint %llu\n",
-            path, read, (unsigned long long)number);
+    fprintf(stderr, "torture_child: %s%s has %zu bytes, not save %llu of checkpoint %llu\n",
+            prefix, suffix, read, (unsigned long long)id.generation,
+            (unsigned long long)id.number);
   free(want);
   free(got);
   free(path);
   return ok;
 }
 
+/* Checks every file against the save the index names. */
 static int32_t restore_files(void *user_data, const char *prefix) {
   (void)user_data;
-  uint64_t number = number_of(prefix);
-  bool ok = number > 0;
+  save_id id = {number_of(prefix), 0, 0};
+  char *index = path_of(prefix, ".index");
+  uint8_t *header = NULL;
+  bool ok = index != NULL && read_file(index, HEADER_SIZE, &header) >= HEADER_SIZE &&
+            id.number > 0;
+  if (ok) {
+    id.generation = get_u64(header + 24);
+    id.nonce = get_u64(header + 32);
+  }
+  free(header);
+  free(index);
   for (int kind = 0; ok && kind < KIND_COUNT; kind++)
-    if (has_kind(number, kind)) ok = file_is_consistent(prefix, number, kind);
+    if (has_kind(id.number, id.generation, kind)) ok = file_is_consistent(prefix, id, kind);
   if (!ok) {
     inconsistent = true;
     return 42;
   }
+  restored_id = id;
   return 0;
 }
 
 static double fake_clock(void *user_data) {
   (void)user_data;
-  return CLOCK_ORIGIN + CLOCK_STEP * (double)clock_number;
+  return CLOCK_ORIGIN + CLOCK_STEP * (double)clock_generation;
 }
 
-/* Deletes like the built-in deletion, data first, and dies after one file. */
+/* The last committed generation: the state file's newest timestamp. */
+static uint64_t committed_generation(const char *directory) {
+  ckpt_checkpoint_state *state = NULL;
+  ckpt_status status = ckpt_get_checkpoint_state(directory, &state);
+  if (status != CKPT_STATUS_OK) {
+    fprintf(stderr, "torture_child: reading the state file: %s: %s\n",
+            ckpt_status_name((int32_t)status), ckpt_last_error_message());
+    exit(3);
+  }
+  double newest = CLOCK_ORIGIN;
+  if (state != NULL) {
+    for (size_t i = 0; i < state->all_model_checkpoint_timestamps_len; i++)
+      if (state->all_model_checkpoint_timestamps[i] > newest)
+        newest = state->all_model_checkpoint_timestamps[i];
+    if (state->last_preserved_timestamp > newest) newest = state->last_preserved_timestamp;
+  }
+  ckpt_checkpoint_state_free(state);
+  return (uint64_t)((newest - CLOCK_ORIGIN) / CLOCK_STEP + 0.5);
+}
+
+/* Deletes the index of the swept checkpoint, then dies. */
 static int32_t die_while_deleting(void *user_data, const char *prefix) {
   (void)user_data;
-  char *path = path_of(prefix, SUFFIXES[KIND_DATA0]);
+  char *path = path_of(prefix, ".index");
   if (path == NULL || unlink(path) != 0) return EIO;
   free(path);
   raise(SIGKILL);
@@ -210,6 +281,27 @@ static void fail(int code, const char *what, ckpt_status status) {
   exit(code);
 }
 
+/* The number save `generation` reuses, or 0 for the next one. */
+static uint64_t number_to_reuse(ckpt_manager *manager, uint64_t generation) {
+  uint64_t number = 0;
+  if (generation % RESAVE_LATEST_EVERY == 0) {
+    char *latest = NULL;
+    ckpt_status status = ckpt_manager_latest(manager, &latest);
+    if (status != CKPT_STATUS_OK) fail(6, "reading the latest", status);
+    if (latest != NULL) number = number_of(latest);
+    ckpt_string_free(latest);
+  } else if (generation % RESAVE_OLDER_EVERY == 0) {
+    ckpt_string_list *listed = NULL;
+    ckpt_status status = ckpt_manager_checkpoints(manager, &listed);
+    if (status != CKPT_STATUS_OK) fail(6, "listing the checkpoints", status);
+    /* Oldest first; the last one is the latest. */
+    if (listed->len >= 2)
+      number = number_of(listed->items[generation / RESAVE_OLDER_EVERY % (listed->len - 1)]);
+    ckpt_string_list_free(listed);
+  }
+  return number;
+}
+
 int main(int argc, char **argv) {
   bool die_in_sweep = argc == 3 && strcmp(argv[2], "die-while-deleting") == 0;
   if (argc != 2 && !die_in_sweep) {
@@ -217,13 +309,11 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *directory = argv[1];
+  nonce = (uint64_t)getpid();
 
-  /* The clock starts at the newest committed checkpoint's time. */
-  ckpt_checkpoint_state *state = NULL;
-  ckpt_status status = ckpt_get_checkpoint_state(directory, &state);
-  if (status != CKPT_STATUS_OK) fail(3, "reading the state file", status);
-  if (state != NULL) clock_number = number_of(state->model_checkpoint_path);
-  ckpt_checkpoint_state_free(state);
+  /* The clock starts at the next save's time: not behind a save that
+   * opening finishes (the manager takes no time later than the clock's). */
+  clock_generation = committed_generation(directory) + 1;
 
   ckpt_options *options = NULL;
   if (ckpt_options_new(&options) != CKPT_STATUS_OK ||
@@ -239,16 +329,22 @@ int main(int argc, char **argv) {
                                                         NULL) != CKPT_STATUS_OK))
     fail(4, "setting options", CKPT_STATUS_INVALID_ARGUMENT);
   ckpt_manager *manager = NULL;
-  status = ckpt_manager_new(options, &manager);
+  ckpt_status status = ckpt_manager_new(options, &manager);
   ckpt_options_free(options);
   if (status != CKPT_STATUS_OK) fail(4, "opening the manager", status);
+  /* Opening may have finished an interrupted commit. */
+  uint64_t generation = committed_generation(directory);
 
+  char *latest = NULL;
   uint64_t counter = 0;
-  if (ckpt_manager_save_counter(manager, &counter) != CKPT_STATUS_OK || counter < clock_number) {
-    fprintf(stderr, "torture_child: save counter %llu is behind the latest checkpoint %llu\n",
-            (unsigned long long)counter, (unsigned long long)clock_number);
+  if (ckpt_manager_latest(manager, &latest) != CKPT_STATUS_OK ||
+      ckpt_manager_save_counter(manager, &counter) != CKPT_STATUS_OK ||
+      (latest != NULL && counter < number_of(latest))) {
+    fprintf(stderr, "torture_child: save counter %llu is behind the latest checkpoint %s\n",
+            (unsigned long long)counter, latest != NULL ? latest : "none");
     return 4;
   }
+  ckpt_string_free(latest);
 
   char *restored = NULL;
   status = ckpt_manager_restore_or_initialize(manager, &restored);
@@ -257,13 +353,20 @@ int main(int argc, char **argv) {
     return 42;
   }
   if (status != CKPT_STATUS_OK) fail(5, "restoring", status);
-  printf("restored %s\n", restored != NULL ? restored : "none");
+  if (restored != NULL)
+    printf("restored %s save %llu by %llu\n", restored,
+           (unsigned long long)restored_id.generation, (unsigned long long)restored_id.nonce);
+  else
+    printf("restored none\n");
   fflush(stdout);
   ckpt_string_free(restored);
 
   for (;;) {
+    generation++;
+    uint64_t number = number_to_reuse(manager, generation);
+    save_generation = clock_generation = generation;
     char *saved = NULL;
-    status = ckpt_manager_save(manager, NULL, true, &saved);
+    status = ckpt_manager_save(manager, number != 0 ? &number : NULL, true, &saved);
     if (status != CKPT_STATUS_OK) fail(6, "saving", status);
     if (saved == NULL) {
       fprintf(stderr, "torture_child: a save was skipped\n");
