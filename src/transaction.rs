@@ -314,7 +314,6 @@ impl Transaction {
                 });
             }
         };
-        self.unregister();
         apply(&*self.store, &self.base, &record, false).map_err(|err| {
             let prefix = self.store.local_path(Path::new(&self.base));
             Error::io(
@@ -417,12 +416,14 @@ impl Transaction {
     /// Removes the commit record first, so that what is left is never
     /// rolled forward, then the staging directory.
     fn undo(&self) -> io::Result<()> {
-        self.unregister();
         self.store.remove_file(&self.staging.join(RECORD_NAME))?;
         self.store.remove_staging(&self.staging)
     }
+}
 
-    fn unregister(&self) {
+impl Drop for Transaction {
+    /// The write phase is over, however the transaction ended.
+    fn drop(&mut self) {
         if let Some(saves) = open_saves().as_mut() {
             saves.remove(&self.prefix());
         }
