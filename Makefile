@@ -2,7 +2,8 @@
 #   make run   builds the library and runs the demo trainer, interrupted and resumed
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
-#   (make install PREFIX=... installs the library; make bench, make torture)
+#   (make install PREFIX=... installs the library; make bench, make bench-commit,
+#   make torture)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
@@ -60,6 +61,11 @@ test:
 
 bench:
 	cargo bench --bench save_restore
+
+# The commit of this tree against the previous design (scripts/bench-commit).
+.PHONY: bench-commit
+bench-commit:
+	./scripts/bench-commit
 
 # The crash torture's long mode: 5,000 SIGKILLs (cargo test does 300).
 .PHONY: torture
