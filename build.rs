@@ -12,6 +12,10 @@ fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=CKPT_UPDATE_HEADER");
+    // benches/commit.rs also builds against a baseline without `SaveFile`;
+    // this tree has it.
+    println!("cargo:rustc-check-cfg=cfg(ckpt_bench_write_through)");
+    println!("cargo:rustc-cfg=ckpt_bench_write_through");
 
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is valid");
