@@ -168,6 +168,9 @@ pub fn format_double(x: f64) -> String {
 /// expansion of `x` to that length, half to even, and use it if it reads back as `x`.
 fn shortest_digits(x: f64) -> (String, i32) {
     let (digits, exp) = split_sci(&format!("{x:e}"));
+    if cannot_tie(x) {
+        return (digits, exp);
+    }
     // 800 digits hold the exact expansion of any f64 (at most 767 significant digits).
     let (exact, exact_exp) = split_sci(&format!("{x:.800e}"));
     if exact_exp != exp || exact.len() <= digits.len() {
@@ -200,6 +203,32 @@ fn shortest_digits(x: f64) -> (String, i32) {
         return (rounded, exp);
     }
     (digits, exp)
+}
+
+/// Whether no two shortest candidates can be equally near `x`, by arithmetic alone: a tie
+/// needs `x`'s exact decimal expansion to have at most 18 significant digits (17 at most in
+/// the shortest form, then a 5). Most doubles are ruled out here and skip the 800-digit
+/// expansion, which would otherwise dominate writing a large state file.
+fn cannot_tie(x: f64) -> bool {
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1u64 << 52) - 1);
+    let (mut mantissa, mut exponent) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased - 1075)
+    };
+    let zeros = mantissa.trailing_zeros();
+    mantissa >>= zeros;
+    exponent += zeros as i32;
+    if exponent >= 0 {
+        // An integer below 2^53 is printed exactly: no rounding, no tie.
+        return x < 9_007_199_254_740_992.0;
+    }
+    // x = mantissa * 5^k / 10^k with k = -exponent: the expansion ends k digits after the
+    // point, in a 5. One digit of margin for the floor of the logarithm.
+    let significant = x.log10().floor() as i64 - i64::from(exponent) + 1;
+    significant > 19
 }
 
 /// Splits Rust's `{:e}` output "d.dddeN" into its digits without the point, and N.
