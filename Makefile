@@ -2,13 +2,14 @@
 #   make run   builds the library and runs the demo trainer, interrupted and resumed
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
-#   (make install PREFIX=... installs the library; make bench, make torture)
+#   (make install PREFIX=... installs the library; make bench, make torture;
+#   make header regenerates include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
 BUILD_DIR := build
 
-.PHONY: run tiny test bench library clean
+.PHONY: run tiny test bench library clean header
 
 library:
 	cargo build --release
@@ -60,6 +61,10 @@ test:
 
 bench:
 	cargo bench --bench save_restore
+
+# cbindgen runs only here (and in the test that checks the header is current).
+header:
+	CKPT_UPDATE_HEADER=1 cargo test --test header checked_in_header_is_current
 
 # The crash torture's long mode: 5,000 SIGKILLs (cargo test does 300).
 .PHONY: torture
