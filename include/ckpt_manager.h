@@ -107,6 +107,12 @@ typedef enum {
   CKPT_DTYPE_BOOL = 12,
 } ckpt_dtype;
 
+// A directory's `checkpoint` state file, paths joined onto the directory:
+// what `ckpt_get_checkpoint_state` returns. Opaque, so that it can grow;
+// read it with the `ckpt_checkpoint_state_*` accessors and free it with
+// `ckpt_checkpoint_state_free`. Immutable: any thread may read it.
+typedef struct ckpt_checkpoint_state ckpt_checkpoint_state;
+
 // A checkpoint manager. Thread-safe: one handle may be used from several
 // threads at once; calls on it are serialised inside.
 typedef struct ckpt_manager ckpt_manager;
@@ -124,22 +130,6 @@ typedef struct {
   // The number of strings.
   size_t len;
 } ckpt_string_list;
-
-// A directory's `checkpoint` state file, paths joined onto the directory.
-// Free with `ckpt_checkpoint_state_free`.
-typedef struct {
-  // The latest checkpoint's prefix.
-  char *model_checkpoint_path;
-  // The managed checkpoints' prefixes, oldest first.
-  ckpt_string_list all_model_checkpoint_paths;
-  // Their save times in seconds since the epoch; may be fewer than the
-  // paths (none in files written by old TF versions).
-  double *all_model_checkpoint_timestamps;
-  // The number of timestamps.
-  size_t all_model_checkpoint_timestamps_len;
-  // The time of the last preserved checkpoint; 0 when absent.
-  double last_preserved_timestamp;
-} ckpt_checkpoint_state;
 
 // Writes checkpoint `checkpoint_number`: every file it creates must be
 // named `prefix` or `prefix.<suffix>` (e.g. `prefix.index`). `prefix` is
@@ -247,18 +237,50 @@ ckpt_status ckpt_verify_checkpoint(const char *prefix, bool check_checksums);
 
 // Reads `directory`'s state file.
 //
-// `directory` is borrowed. On success `*out_state` is a struct the caller
-// frees with `ckpt_checkpoint_state_free`, or NULL when there is no state
-// file.
+// `directory` is borrowed. On success `*out_state` is a new state the
+// caller reads with the `ckpt_checkpoint_state_*` accessors and frees
+// with `ckpt_checkpoint_state_free`, or NULL when there is no state file.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT (unparsable,
 // empty model_checkpoint_path, larger than 64 MiB), CKPT_STATUS_IO_ERROR.
 // Thread-safe.
 ckpt_status ckpt_get_checkpoint_state(const char *directory, ckpt_checkpoint_state **out_state);
 
-// Frees a state returned by `ckpt_get_checkpoint_state`. NULL is a no-op.
-// Thread-safe.
+// Frees a state returned by `ckpt_get_checkpoint_state`, with the strings
+// its accessors returned. NULL is a no-op. Thread-safe.
 void ckpt_checkpoint_state_free(ckpt_checkpoint_state *state);
+
+// The latest checkpoint's prefix (TF's `model_checkpoint_path`).
+//
+// Returns a string owned by `state`, valid until it is freed; NULL only
+// for a NULL `state`. Thread-safe.
+const char *ckpt_checkpoint_state_model_checkpoint_path(const ckpt_checkpoint_state *state);
+
+// The number of managed checkpoints' prefixes (TF's
+// `all_model_checkpoint_paths`); 0 for a NULL `state`. Thread-safe.
+size_t ckpt_checkpoint_state_path_count(const ckpt_checkpoint_state *state);
+
+// The managed checkpoint's prefix at `index`, oldest first.
+//
+// Returns a string owned by `state`, valid until it is freed; NULL when
+// `index` is not below `ckpt_checkpoint_state_path_count` or `state` is
+// NULL. Thread-safe.
+const char *ckpt_checkpoint_state_path(const ckpt_checkpoint_state *state, size_t index);
+
+// The number of save times (TF's `all_model_checkpoint_timestamps`): may
+// be fewer than the paths (none in files written by old TF versions); 0
+// for a NULL `state`. Thread-safe.
+size_t ckpt_checkpoint_state_timestamp_count(const ckpt_checkpoint_state *state);
+
+// The save time at `index` in seconds since the epoch, oldest first; NaN
+// when `index` is not below `ckpt_checkpoint_state_timestamp_count` or
+// `state` is NULL. Thread-safe.
+double ckpt_checkpoint_state_timestamp(const ckpt_checkpoint_state *state, size_t index);
+
+// The time of the last preserved checkpoint (TF's
+// `last_preserved_timestamp`); 0 when absent or for a NULL `state`.
+// Thread-safe.
+double ckpt_checkpoint_state_last_preserved_timestamp(const ckpt_checkpoint_state *state);
 
 // Whether any file of the checkpoint exists: `<prefix>` itself or a file
 // `<prefix>.<suffix>`. Names are matched literally (no glob patterns).

@@ -619,17 +619,16 @@ inline std::optional<CheckpointState> get_checkpoint_state(const std::string& di
     return status;
   });
   if (!state) return std::nullopt;
+  const ckpt_checkpoint_state* view = state.get();
   CheckpointState result;
-  if (state->model_checkpoint_path != nullptr) {
-    result.model_checkpoint_path = state->model_checkpoint_path;
+  result.model_checkpoint_path = ckpt_checkpoint_state_model_checkpoint_path(view);
+  for (size_t i = 0; i < ckpt_checkpoint_state_path_count(view); ++i) {
+    result.all_model_checkpoint_paths.emplace_back(ckpt_checkpoint_state_path(view, i));
   }
-  result.all_model_checkpoint_paths = detail::to_vector(&state->all_model_checkpoint_paths);
-  if (state->all_model_checkpoint_timestamps != nullptr) {
-    result.all_model_checkpoint_timestamps.assign(
-        state->all_model_checkpoint_timestamps,
-        state->all_model_checkpoint_timestamps + state->all_model_checkpoint_timestamps_len);
+  for (size_t i = 0; i < ckpt_checkpoint_state_timestamp_count(view); ++i) {
+    result.all_model_checkpoint_timestamps.push_back(ckpt_checkpoint_state_timestamp(view, i));
   }
-  result.last_preserved_timestamp = state->last_preserved_timestamp;
+  result.last_preserved_timestamp = ckpt_checkpoint_state_last_preserved_timestamp(view);
   return result;
 }
 

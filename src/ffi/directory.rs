@@ -1,29 +1,23 @@
 //! Module-level calls on a directory or prefix, needing no manager.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CString};
 use std::ptr;
 
 use super::{
-    ckpt_status, ckpt_string_list, guard, guard_void, integrity_result, new_c_string,
-    new_path_string, out_param, path_arg, verification, Failure,
+    c_string, ckpt_status, guard, guard_void, integrity_result, new_path_string, out_param,
+    path_arg, verification, Failure, FfiResult,
 };
 use crate::inspect::{self, LatestOptions};
 
-/// A directory's `checkpoint` state file, paths joined onto the directory.
-/// Free with `ckpt_checkpoint_state_free`.
-#[repr(C)]
+/// A directory's `checkpoint` state file, paths joined onto the directory:
+/// what `ckpt_get_checkpoint_state` returns. Opaque, so that it can grow;
+/// read it with the `ckpt_checkpoint_state_*` accessors and free it with
+/// `ckpt_checkpoint_state_free`. Immutable: any thread may read it.
 pub struct ckpt_checkpoint_state {
-    /// The latest checkpoint's prefix.
-    pub model_checkpoint_path: *mut c_char,
-    /// The managed checkpoints' prefixes, oldest first.
-    pub all_model_checkpoint_paths: ckpt_string_list,
-    /// Their save times in seconds since the epoch; may be fewer than the
-    /// paths (none in files written by old TF versions).
-    pub all_model_checkpoint_timestamps: *mut f64,
-    /// The number of timestamps.
-    pub all_model_checkpoint_timestamps_len: usize,
-    /// The time of the last preserved checkpoint; 0 when absent.
-    pub last_preserved_timestamp: f64,
+    model_checkpoint_path: CString,
+    all_model_checkpoint_paths: Vec<CString>,
+    all_model_checkpoint_timestamps: Vec<f64>,
+    last_preserved_timestamp: f64,
 }
 
 /// `ckpt_latest_checkpoint_with_flags`: fail with
@@ -109,9 +103,9 @@ pub unsafe extern "C" fn ckpt_verify_checkpoint(
 
 /// Reads `directory`'s state file.
 ///
-/// `directory` is borrowed. On success `*out_state` is a struct the caller
-/// frees with `ckpt_checkpoint_state_free`, or NULL when there is no state
-/// file.
+/// `directory` is borrowed. On success `*out_state` is a new state the
+/// caller reads with the `ckpt_checkpoint_state_*` accessors and frees
+/// with `ckpt_checkpoint_state_free`, or NULL when there is no state file.
 ///
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT (unparsable,
 /// empty model_checkpoint_path, larger than 64 MiB), CKPT_STATUS_IO_ERROR.
@@ -127,49 +121,108 @@ pub unsafe extern "C" fn ckpt_get_checkpoint_state(
         let Some(state) = inspect::get_checkpoint_state(directory)? else {
             return out.write(ptr::null_mut());
         };
-        let paths = ckpt_string_list::from_byte_strings(
-            state.all_model_checkpoint_paths.iter().map(Vec::as_slice),
-        )?;
-        let timestamps = Box::into_raw(state.all_model_checkpoint_timestamps.into_boxed_slice());
         let converted = ckpt_checkpoint_state {
-            model_checkpoint_path: ptr::null_mut(),
-            all_model_checkpoint_paths: paths,
-            all_model_checkpoint_timestamps_len: timestamps.len(),
-            all_model_checkpoint_timestamps: timestamps.cast(),
+            model_checkpoint_path: c_string(state.model_checkpoint_path)?,
+            all_model_checkpoint_paths: state
+                .all_model_checkpoint_paths
+                .into_iter()
+                .map(c_string)
+                .collect::<FfiResult<_>>()?,
+            all_model_checkpoint_timestamps: state.all_model_checkpoint_timestamps,
             last_preserved_timestamp: state.last_preserved_timestamp,
         };
-        let converted = Box::into_raw(Box::new(converted));
-        match new_c_string(&state.model_checkpoint_path) {
-            Ok(path) => {
-                (*converted).model_checkpoint_path = path;
-                out.write(converted)
-            }
-            Err(failure) => {
-                ckpt_checkpoint_state_free(converted);
-                Err(failure)
-            }
-        }
+        out.write(Box::into_raw(Box::new(converted)))
     })
 }
 
-/// Frees a state returned by `ckpt_get_checkpoint_state`. NULL is a no-op.
-/// Thread-safe.
+/// Frees a state returned by `ckpt_get_checkpoint_state`, with the strings
+/// its accessors returned. NULL is a no-op. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_free(state: *mut ckpt_checkpoint_state) {
     guard_void(|| {
-        if state.is_null() {
-            return;
-        }
-        let mut state = Box::from_raw(state);
-        super::ckpt_string_free(state.model_checkpoint_path);
-        state.all_model_checkpoint_paths.free_items();
-        if !state.all_model_checkpoint_timestamps.is_null() {
-            drop(Box::from_raw(ptr::slice_from_raw_parts_mut(
-                state.all_model_checkpoint_timestamps,
-                state.all_model_checkpoint_timestamps_len,
-            )));
+        if !state.is_null() {
+            drop(Box::from_raw(state));
         }
     });
+}
+
+/// The latest checkpoint's prefix (TF's `model_checkpoint_path`).
+///
+/// Returns a string owned by `state`, valid until it is freed; NULL only
+/// for a NULL `state`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_state_model_checkpoint_path(
+    state: *const ckpt_checkpoint_state,
+) -> *const c_char {
+    state
+        .as_ref()
+        .map_or(ptr::null(), |state| state.model_checkpoint_path.as_ptr())
+}
+
+/// The number of managed checkpoints' prefixes (TF's
+/// `all_model_checkpoint_paths`); 0 for a NULL `state`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_state_path_count(
+    state: *const ckpt_checkpoint_state,
+) -> usize {
+    state
+        .as_ref()
+        .map_or(0, |state| state.all_model_checkpoint_paths.len())
+}
+
+/// The managed checkpoint's prefix at `index`, oldest first.
+///
+/// Returns a string owned by `state`, valid until it is freed; NULL when
+/// `index` is not below `ckpt_checkpoint_state_path_count` or `state` is
+/// NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_state_path(
+    state: *const ckpt_checkpoint_state,
+    index: usize,
+) -> *const c_char {
+    state
+        .as_ref()
+        .and_then(|state| state.all_model_checkpoint_paths.get(index))
+        .map_or(ptr::null(), |path| path.as_ptr())
+}
+
+/// The number of save times (TF's `all_model_checkpoint_timestamps`): may
+/// be fewer than the paths (none in files written by old TF versions); 0
+/// for a NULL `state`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp_count(
+    state: *const ckpt_checkpoint_state,
+) -> usize {
+    state
+        .as_ref()
+        .map_or(0, |state| state.all_model_checkpoint_timestamps.len())
+}
+
+/// The save time at `index` in seconds since the epoch, oldest first; NaN
+/// when `index` is not below `ckpt_checkpoint_state_timestamp_count` or
+/// `state` is NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp(
+    state: *const ckpt_checkpoint_state,
+    index: usize,
+) -> f64 {
+    state
+        .as_ref()
+        .and_then(|state| state.all_model_checkpoint_timestamps.get(index))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The time of the last preserved checkpoint (TF's
+/// `last_preserved_timestamp`); 0 when absent or for a NULL `state`.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_state_last_preserved_timestamp(
+    state: *const ckpt_checkpoint_state,
+) -> f64 {
+    state
+        .as_ref()
+        .map_or(0.0, |state| state.last_preserved_timestamp)
 }
 
 /// Whether any file of the checkpoint exists: `<prefix>` itself or a file

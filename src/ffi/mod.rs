@@ -231,11 +231,15 @@ pub(crate) unsafe fn utf8_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&
         .map_err(|_| Failure::new(ckpt_status::InvalidArgument, format!("{name} is not UTF-8")))
 }
 
+/// Bytes from the core as a C string; a NUL inside cannot cross to C.
+pub(crate) fn c_string(bytes: impl Into<Vec<u8>>) -> FfiResult<CString> {
+    CString::new(bytes)
+        .map_err(|_| Failure::new(ckpt_status::InvalidArgument, "a path contains a NUL byte"))
+}
+
 /// A newly allocated C string the caller frees with `ckpt_string_free`.
 pub(crate) fn new_c_string(bytes: &[u8]) -> FfiResult<*mut c_char> {
-    CString::new(bytes)
-        .map(CString::into_raw)
-        .map_err(|_| Failure::new(ckpt_status::InvalidArgument, "a path contains a NUL byte"))
+    c_string(bytes).map(CString::into_raw)
 }
 
 pub(crate) fn new_path_string(path: Option<&Path>) -> FfiResult<*mut c_char> {

@@ -25,6 +25,7 @@ static char sentinel_text[] = "sentinel";
 static int manager_marker;
 #define SENTINEL_STRING sentinel_text
 #define SENTINEL_MANAGER ((ckpt_manager *)(void *)&manager_marker)
+#define SENTINEL_STATE ((ckpt_checkpoint_state *)(void *)&manager_marker)
 
 static char *format(const char *fmt, ...) {
   va_list args;
@@ -352,7 +353,7 @@ static void null_arguments(const char *dir) {
   bool found = true;
   uint64_t counter = 4242;
   ckpt_string_list fake_list = {0}, *list = &fake_list;
-  ckpt_checkpoint_state fake_state = {0}, *state = &fake_state;
+  ckpt_checkpoint_state *state = SENTINEL_STATE;
   ckpt_manager *new_manager = SENTINEL_MANAGER;
   const uint64_t number = 5;
 
@@ -437,7 +438,7 @@ static void null_arguments(const char *dir) {
               ckpt_latest_checkpoint_with_flags(dir, CKPT_LATEST_NO_FALLBACK, NULL));
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_verify_checkpoint(NULL, true));
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "directory", ckpt_get_checkpoint_state(NULL, &state));
-  CHECK(state == &fake_state);
+  CHECK(state == SENTINEL_STATE);
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_state", ckpt_get_checkpoint_state(dir, NULL));
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_checkpoint_exists(NULL, &found));
   CHECK(found == true);
@@ -579,7 +580,7 @@ static void nothing_created_at_construction(const char *dir) {
   CHECK(prefix == SENTINEL_STRING && world.saves == 0);
   CHECK_OK(ckpt_manager_reload(reader));
   check_latest_on_disk(target, NULL);
-  ckpt_checkpoint_state *state = &(ckpt_checkpoint_state){0};
+  ckpt_checkpoint_state *state = SENTINEL_STATE;
   CHECK_OK(ckpt_get_checkpoint_state(target, &state));
   CHECK(state == NULL);
   CHECK(!checkpoint_exists(first));
@@ -1322,9 +1323,9 @@ static void glob_characters(const char *dir) {
   CHECK(checkpoint_exists(paths[1]) && checkpoint_exists(paths[2]));
   check_latest_on_disk(glob_dir, paths[2]);
   ckpt_checkpoint_state *state = read_state(glob_dir);
-  CHECK_STR(paths[2], state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_paths.len == 2);
-  CHECK_STR(paths[1], state->all_model_checkpoint_paths.items[0]);
+  CHECK_STR(paths[2], ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_path_count(state) == 2);
+  CHECK_STR(paths[1], ckpt_checkpoint_state_path(state, 0));
   ckpt_checkpoint_state_free(state);
 
   CHECK_OK(ckpt_remove_checkpoint(paths[1]));
@@ -1578,9 +1579,9 @@ static void corrupt_state(const char *dir) {
     CHECK_OK(ckpt_options_set_read_only(options, false));
     CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_manager_new(options, &manager));
     CHECK(manager == SENTINEL_MANAGER);
-    ckpt_checkpoint_state fake_state = {0}, *state = &fake_state;
+    ckpt_checkpoint_state *state = SENTINEL_STATE;
     CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_get_checkpoint_state(dir, &state));
-    CHECK(state == &fake_state);
+    CHECK(state == SENTINEL_STATE);
     char *latest = SENTINEL_STRING;
     CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_latest_checkpoint(dir, &latest));
     CHECK(latest == SENTINEL_STRING);
@@ -1600,12 +1601,12 @@ static void corrupt_state(const char *dir) {
 
 static void check_state_paths(const ckpt_checkpoint_state *state, const char *latest,
                               const char *first, const char *second) {
-  CHECK_STR(latest, state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_paths.len == (second ? 2u : 1u));
-  CHECK_STR(first, state->all_model_checkpoint_paths.items[0]);
-  if (second) CHECK_STR(second, state->all_model_checkpoint_paths.items[1]);
-  CHECK(state->all_model_checkpoint_timestamps_len == 0);
-  CHECK(state->last_preserved_timestamp == 0.0);
+  CHECK_STR(latest, ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_path_count(state) == (second ? 2u : 1u));
+  CHECK_STR(first, ckpt_checkpoint_state_path(state, 0));
+  if (second) CHECK_STR(second, ckpt_checkpoint_state_path(state, 1));
+  CHECK(ckpt_checkpoint_state_timestamp_count(state) == 0);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == 0.0);
 }
 
 /* Opens a manager on a directory whose state TF wrote, checks what it
@@ -1740,11 +1741,20 @@ static void state_file_bytes(const char *dir) {
   /* Read back: raw names, exact timestamps, and a manager recovers both. */
   ckpt_checkpoint_state *state = read_state(weird_dir);
   char *second = join(weird_dir, "we\"ird\\name-2");
-  CHECK_STR(second, state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_timestamps_len == 2);
-  CHECK(state->all_model_checkpoint_timestamps[0] == 1784015299.2607172);
-  CHECK(state->all_model_checkpoint_timestamps[1] == 1784015299.510666);
-  CHECK(state->last_preserved_timestamp == 999.0);
+  CHECK_STR(second, ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_timestamp_count(state) == 2);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 0) == 1784015299.2607172);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 1) == 1784015299.510666);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == 999.0);
+  /* Past the end, and without a state, the accessors say "none". */
+  CHECK(ckpt_checkpoint_state_path(state, 2) == NULL);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 2) != ckpt_checkpoint_state_timestamp(state, 2));
+  CHECK(ckpt_checkpoint_state_model_checkpoint_path(NULL) == NULL);
+  CHECK(ckpt_checkpoint_state_path_count(NULL) == 0);
+  CHECK(ckpt_checkpoint_state_path(NULL, 0) == NULL);
+  CHECK(ckpt_checkpoint_state_timestamp_count(NULL) == 0);
+  CHECK(ckpt_checkpoint_state_timestamp(NULL, 0) != ckpt_checkpoint_state_timestamp(NULL, 0));
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(NULL) == 0.0);
   ckpt_checkpoint_state_free(state);
   world.now = 1784015300.0;
   manager = open_manager(options);
@@ -1803,9 +1813,9 @@ static void non_utf8_paths(const char *dir) {
   CHECK(checkpoint_exists(paths[1]) && checkpoint_exists(paths[2]));
   check_latest_on_disk(bad_dir, paths[2]);
   ckpt_checkpoint_state *state = read_state(bad_dir);
-  CHECK_STR(paths[2], state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_paths.len == 2);
-  CHECK_STR(paths[1], state->all_model_checkpoint_paths.items[0]);
+  CHECK_STR(paths[2], ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_path_count(state) == 2);
+  CHECK_STR(paths[1], ckpt_checkpoint_state_path(state, 0));
   ckpt_checkpoint_state_free(state);
   CHECK_OK(ckpt_verify_checkpoint(paths[2], true));
   CHECK_OK(ckpt_remove_checkpoint(paths[2]));

@@ -222,7 +222,7 @@ int main(int argc, char **argv) {
   ckpt_checkpoint_state *state = NULL;
   ckpt_status status = ckpt_get_checkpoint_state(directory, &state);
   if (status != CKPT_STATUS_OK) fail(3, "reading the state file", status);
-  if (state != NULL) clock_number = number_of(state->model_checkpoint_path);
+  if (state != NULL) clock_number = number_of(ckpt_checkpoint_state_model_checkpoint_path(state));
   ckpt_checkpoint_state_free(state);
 
   ckpt_options *options = NULL;

@@ -60,16 +60,6 @@ class StringList(ctypes.Structure):
     _fields_ = [("items", ctypes.POINTER(ctypes.c_void_p)), ("len", ctypes.c_size_t)]
 
 
-class CheckpointState(ctypes.Structure):
-    _fields_ = [
-        ("model_checkpoint_path", ctypes.c_void_p),
-        ("all_model_checkpoint_paths", StringList),
-        ("all_model_checkpoint_timestamps", ctypes.POINTER(ctypes.c_double)),
-        ("all_model_checkpoint_timestamps_len", ctypes.c_size_t),
-        ("last_preserved_timestamp", ctypes.c_double),
-    ]
-
-
 # Callback types. Strings arrive as c_void_p so that ctypes does not decode or
 # copy them behind our back; _string_at reads the bytes.
 SAVE_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, c_void_p, ctypes.c_uint64)
@@ -101,10 +91,20 @@ ckpt_latest_checkpoint_with_flags = _proto(
     "ckpt_latest_checkpoint_with_flags", status_t, ctypes.c_char_p, ctypes.c_uint32, _OUT_STR)
 ckpt_verify_checkpoint = _proto("ckpt_verify_checkpoint", status_t, ctypes.c_char_p, ctypes.c_bool)
 ckpt_get_checkpoint_state = _proto(
-    "ckpt_get_checkpoint_state", status_t, ctypes.c_char_p,
-    ctypes.POINTER(ctypes.POINTER(CheckpointState)))
-ckpt_checkpoint_state_free = _proto(
-    "ckpt_checkpoint_state_free", None, ctypes.POINTER(CheckpointState))
+    "ckpt_get_checkpoint_state", status_t, ctypes.c_char_p, ctypes.POINTER(c_void_p))
+ckpt_checkpoint_state_free = _proto("ckpt_checkpoint_state_free", None, c_void_p)
+ckpt_checkpoint_state_model_checkpoint_path = _proto(
+    "ckpt_checkpoint_state_model_checkpoint_path", c_void_p, c_void_p)
+ckpt_checkpoint_state_path_count = _proto(
+    "ckpt_checkpoint_state_path_count", ctypes.c_size_t, c_void_p)
+ckpt_checkpoint_state_path = _proto(
+    "ckpt_checkpoint_state_path", c_void_p, c_void_p, ctypes.c_size_t)
+ckpt_checkpoint_state_timestamp_count = _proto(
+    "ckpt_checkpoint_state_timestamp_count", ctypes.c_size_t, c_void_p)
+ckpt_checkpoint_state_timestamp = _proto(
+    "ckpt_checkpoint_state_timestamp", ctypes.c_double, c_void_p, ctypes.c_size_t)
+ckpt_checkpoint_state_last_preserved_timestamp = _proto(
+    "ckpt_checkpoint_state_last_preserved_timestamp", ctypes.c_double, c_void_p)
 ckpt_checkpoint_exists = _proto(
     "ckpt_checkpoint_exists", status_t, ctypes.c_char_p, ctypes.POINTER(ctypes.c_bool))
 ckpt_remove_checkpoint = _proto("ckpt_remove_checkpoint", status_t, ctypes.c_char_p)

@@ -539,23 +539,25 @@ def latest_checkpoint(directory, *, fallback=True, verify_checksums=False):
 
 def get_checkpoint_state(directory):
     """The parsed state file of `directory` (paths joined onto it), or None."""
-    out = ctypes.POINTER(_lib.CheckpointState)()
+    out = ctypes.c_void_p()
     _check(_lib.ckpt_get_checkpoint_state(_encode_path(directory, "directory"),
                                           ctypes.byref(out)))
     if not out:
         return None
+    state = out.value
     try:
-        s = out.contents
-        paths = s.all_model_checkpoint_paths
         return CheckpointState(
-            model_checkpoint_path=os.fsdecode(ctypes.string_at(s.model_checkpoint_path)),
-            all_model_checkpoint_paths=[os.fsdecode(ctypes.string_at(paths.items[i]))
-                                        for i in range(paths.len)],
-            all_model_checkpoint_timestamps=[s.all_model_checkpoint_timestamps[i]
-                                             for i in range(s.all_model_checkpoint_timestamps_len)],
-            last_preserved_timestamp=s.last_preserved_timestamp)
+            model_checkpoint_path=_string_arg(
+                _lib.ckpt_checkpoint_state_model_checkpoint_path(state)),
+            all_model_checkpoint_paths=[
+                _string_arg(_lib.ckpt_checkpoint_state_path(state, i))
+                for i in range(_lib.ckpt_checkpoint_state_path_count(state))],
+            all_model_checkpoint_timestamps=[
+                _lib.ckpt_checkpoint_state_timestamp(state, i)
+                for i in range(_lib.ckpt_checkpoint_state_timestamp_count(state))],
+            last_preserved_timestamp=_lib.ckpt_checkpoint_state_last_preserved_timestamp(state))
     finally:
-        _lib.ckpt_checkpoint_state_free(out)
+        _lib.ckpt_checkpoint_state_free(state)
 
 
 def checkpoint_exists(prefix):
