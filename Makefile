@@ -50,6 +50,7 @@ tiny: $(BUILD_DIR)/tiny_trainer
 
 test:
 	./scripts/setup
+	cargo clippy --all-targets -- -D warnings
 	cargo test
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example

@@ -123,7 +123,8 @@ typedef struct ckpt_manager ckpt_manager;
 // one thread at a time.
 typedef struct ckpt_options ckpt_options;
 
-// A list of strings owned by the caller; free it with `ckpt_string_list_free`.
+// A list of strings owned by the caller; free it with
+// `ckpt_string_list_free`.
 typedef struct {
   // `len` NUL-terminated strings.
   char **items;

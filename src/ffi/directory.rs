@@ -3,6 +3,7 @@
 use std::ffi::{c_char, CString};
 use std::ptr;
 
+use super::handle::{self, BoxCastable};
 use super::{
     c_string, ckpt_status, guard, guard_void, integrity_result, new_path_string, out_param,
     path_arg, verification, Failure, FfiResult,
@@ -14,6 +15,16 @@ use crate::inspect::{self, LatestOptions};
 /// read it with the `ckpt_checkpoint_state_*` accessors and free it with
 /// `ckpt_checkpoint_state_free`. Immutable: any thread may read it.
 pub struct ckpt_checkpoint_state {
+    _private: [u8; 0],
+}
+
+impl BoxCastable for ckpt_checkpoint_state {
+    type RustType = CheckpointState;
+}
+
+/// What a `ckpt_checkpoint_state` points to: the strings its accessors
+/// lend out live here.
+pub(crate) struct CheckpointState {
     model_checkpoint_path: CString,
     all_model_checkpoint_paths: Vec<CString>,
     all_model_checkpoint_timestamps: Vec<f64>,
@@ -45,7 +56,8 @@ pub unsafe extern "C" fn ckpt_latest_checkpoint(
     directory: *const c_char,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    ckpt_latest_checkpoint_with_flags(directory, 0, out_prefix)
+    // SAFETY: the same arguments, with the same contract.
+    unsafe { ckpt_latest_checkpoint_with_flags(directory, 0, out_prefix) }
 }
 
 /// `ckpt_latest_checkpoint` with `flags`, a bitwise OR of
@@ -62,8 +74,13 @@ pub unsafe extern "C" fn ckpt_latest_checkpoint_with_flags(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let directory = path_arg(directory, "directory")?;
-        let out = out_param(out_prefix, "out_prefix")?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (directory, out) = unsafe {
+            (
+                path_arg(directory, "directory")?,
+                out_param(out_prefix, "out_prefix")?,
+            )
+        };
         let known = CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS;
         if flags & !known != 0 {
             return Err(Failure::new(
@@ -93,7 +110,8 @@ pub unsafe extern "C" fn ckpt_verify_checkpoint(
     check_checksums: bool,
 ) -> ckpt_status {
     guard(|| {
-        let prefix = path_arg(prefix, "prefix")?;
+        // SAFETY: NULL or a NUL-terminated string (header).
+        let prefix = unsafe { path_arg(prefix, "prefix") }?;
         integrity_result(inspect::verify_checkpoint(
             prefix,
             verification(check_checksums),
@@ -116,12 +134,17 @@ pub unsafe extern "C" fn ckpt_get_checkpoint_state(
     out_state: *mut *mut ckpt_checkpoint_state,
 ) -> ckpt_status {
     guard(|| {
-        let directory = path_arg(directory, "directory")?;
-        let out = out_param(out_state, "out_state")?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (directory, out) = unsafe {
+            (
+                path_arg(directory, "directory")?,
+                out_param(out_state, "out_state")?,
+            )
+        };
         let Some(state) = inspect::get_checkpoint_state(directory)? else {
             return out.write(ptr::null_mut());
         };
-        let converted = ckpt_checkpoint_state {
+        let converted = CheckpointState {
             model_checkpoint_path: c_string(state.model_checkpoint_path)?,
             all_model_checkpoint_paths: state
                 .all_model_checkpoint_paths
@@ -131,7 +154,7 @@ pub unsafe extern "C" fn ckpt_get_checkpoint_state(
             all_model_checkpoint_timestamps: state.all_model_checkpoint_timestamps,
             last_preserved_timestamp: state.last_preserved_timestamp,
         };
-        out.write(Box::into_raw(Box::new(converted)))
+        out.write(handle::to_handle(converted))
     })
 }
 
@@ -139,11 +162,8 @@ pub unsafe extern "C" fn ckpt_get_checkpoint_state(
 /// its accessors returned. NULL is a no-op. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_free(state: *mut ckpt_checkpoint_state) {
-    guard_void(|| {
-        if !state.is_null() {
-            drop(Box::from_raw(state));
-        }
-    });
+    // SAFETY: a state from ckpt_get_checkpoint_state, freed once (header).
+    guard_void(|| unsafe { handle::free_handle(state) });
 }
 
 /// The latest checkpoint's prefix (TF's `model_checkpoint_path`).
@@ -154,8 +174,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_free(state: *mut ckpt_checkpoint_
 pub unsafe extern "C" fn ckpt_checkpoint_state_model_checkpoint_path(
     state: *const ckpt_checkpoint_state,
 ) -> *const c_char {
-    state
-        .as_ref()
+    // SAFETY: NULL or a live state (header).
+    unsafe { handle::borrow(state) }
         .map_or(ptr::null(), |state| state.model_checkpoint_path.as_ptr())
 }
 
@@ -165,9 +185,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_model_checkpoint_path(
 pub unsafe extern "C" fn ckpt_checkpoint_state_path_count(
     state: *const ckpt_checkpoint_state,
 ) -> usize {
-    state
-        .as_ref()
-        .map_or(0, |state| state.all_model_checkpoint_paths.len())
+    // SAFETY: NULL or a live state (header).
+    unsafe { handle::borrow(state) }.map_or(0, |state| state.all_model_checkpoint_paths.len())
 }
 
 /// The managed checkpoint's prefix at `index`, oldest first.
@@ -180,8 +199,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_path(
     state: *const ckpt_checkpoint_state,
     index: usize,
 ) -> *const c_char {
-    state
-        .as_ref()
+    // SAFETY: NULL or a live state (header).
+    unsafe { handle::borrow(state) }
         .and_then(|state| state.all_model_checkpoint_paths.get(index))
         .map_or(ptr::null(), |path| path.as_ptr())
 }
@@ -193,9 +212,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_path(
 pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp_count(
     state: *const ckpt_checkpoint_state,
 ) -> usize {
-    state
-        .as_ref()
-        .map_or(0, |state| state.all_model_checkpoint_timestamps.len())
+    // SAFETY: NULL or a live state (header).
+    unsafe { handle::borrow(state) }.map_or(0, |state| state.all_model_checkpoint_timestamps.len())
 }
 
 /// The save time at `index` in seconds since the epoch, oldest first; NaN
@@ -206,8 +224,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp(
     state: *const ckpt_checkpoint_state,
     index: usize,
 ) -> f64 {
-    state
-        .as_ref()
+    // SAFETY: NULL or a live state (header).
+    unsafe { handle::borrow(state) }
         .and_then(|state| state.all_model_checkpoint_timestamps.get(index))
         .copied()
         .unwrap_or(f64::NAN)
@@ -220,9 +238,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp(
 pub unsafe extern "C" fn ckpt_checkpoint_state_last_preserved_timestamp(
     state: *const ckpt_checkpoint_state,
 ) -> f64 {
-    state
-        .as_ref()
-        .map_or(0.0, |state| state.last_preserved_timestamp)
+    // SAFETY: NULL or a live state (header).
+    unsafe { handle::borrow(state) }.map_or(0.0, |state| state.last_preserved_timestamp)
 }
 
 /// Whether any file of the checkpoint exists: `<prefix>` itself or a file
@@ -238,8 +255,13 @@ pub unsafe extern "C" fn ckpt_checkpoint_exists(
     out_exists: *mut bool,
 ) -> ckpt_status {
     guard(|| {
-        let prefix = path_arg(prefix, "prefix")?;
-        let out = out_param(out_exists, "out_exists")?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (prefix, out) = unsafe {
+            (
+                path_arg(prefix, "prefix")?,
+                out_param(out_exists, "out_exists")?,
+            )
+        };
         out.write(inspect::checkpoint_exists(prefix)?)
     })
 }
@@ -254,7 +276,8 @@ pub unsafe extern "C" fn ckpt_checkpoint_exists(
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_remove_checkpoint(prefix: *const c_char) -> ckpt_status {
     guard(|| {
-        let prefix = path_arg(prefix, "prefix")?;
+        // SAFETY: NULL or a NUL-terminated string (header).
+        let prefix = unsafe { path_arg(prefix, "prefix") }?;
         Ok(inspect::remove_checkpoint(prefix)?)
     })
 }

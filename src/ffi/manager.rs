@@ -2,13 +2,14 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
-use std::os::unix::ffi::OsStrExt;
-
+use super::handle::{self, BoxCastable};
 use super::{
-    ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, integrity_result, new_c_string,
-    new_path_string, out_param, path_arg, utf8_arg, verification, Failure, FfiResult,
+    c_string, ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, handle_arg,
+    integrity_result, new_path_string, new_string_list, out_param, path_arg, utf8_arg,
+    verification, Failure, FfiResult,
 };
 use crate::manager::CheckpointManager;
 use crate::tensors::DType;
@@ -16,6 +17,15 @@ use crate::tensors::DType;
 /// A checkpoint manager. Thread-safe: one handle may be used from several
 /// threads at once; calls on it are serialised inside.
 pub struct ckpt_manager {
+    _private: [u8; 0],
+}
+
+impl BoxCastable for ckpt_manager {
+    type RustType = Manager;
+}
+
+/// What a `ckpt_manager` points to.
+pub(crate) struct Manager {
     inner: Mutex<CheckpointManager>,
 }
 
@@ -28,8 +38,8 @@ thread_local! {
 struct Entered(usize);
 
 impl Entered {
-    fn enter(manager: *const ckpt_manager) -> FfiResult<Entered> {
-        let key = manager as usize;
+    fn enter(manager: &Manager) -> FfiResult<Entered> {
+        let key = manager as *const Manager as usize;
         ENTERED.with(|entered| {
             let mut entered = entered.borrow_mut();
             if entered.contains(&key) {
@@ -50,20 +60,27 @@ impl Drop for Entered {
     }
 }
 
-/// Runs `body` with exclusive access to the manager.
-unsafe fn with_manager<T>(
-    manager: *const ckpt_manager,
-    body: impl FnOnce(&mut CheckpointManager) -> FfiResult<T>,
-) -> FfiResult<T> {
-    let handle = manager.as_ref().ok_or_else(|| Failure::null("manager"))?;
-    let _entered = Entered::enter(manager)?;
-    let mut inner = handle.inner.lock().map_err(|_| {
-        Failure::new(
-            ckpt_status::Panic,
-            "an earlier call on this manager panicked; free it and open a new one",
-        )
-    })?;
-    body(&mut inner)
+impl Manager {
+    /// Runs `body` with exclusive access to the manager.
+    fn call<T>(&self, body: impl FnOnce(&mut CheckpointManager) -> FfiResult<T>) -> FfiResult<T> {
+        let _entered = Entered::enter(self)?;
+        let mut inner = self.inner.lock().map_err(|_| {
+            Failure::new(
+                ckpt_status::Panic,
+                "an earlier call on this manager panicked; free it and open a new one",
+            )
+        })?;
+        body(&mut inner)
+    }
+}
+
+/// The manager behind a handle argument.
+///
+/// # Safety
+/// `manager` is NULL or a live handle from `ckpt_manager_new`.
+unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<&'a Manager> {
+    // SAFETY: forwarded to the caller.
+    unsafe { handle_arg(manager, "manager") }
 }
 
 /// Opens a manager on the options' directory and recovers its state from
@@ -89,12 +106,14 @@ pub unsafe extern "C" fn ckpt_manager_new(
     out_manager: *mut *mut ckpt_manager,
 ) -> ckpt_status {
     guard(|| {
-        let options = options.as_ref().ok_or_else(|| Failure::null("options"))?;
-        let out = out_param(out_manager, "out_manager")?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let options = unsafe { handle_arg(options, "options") }?;
+        // SAFETY: as above.
+        let out = unsafe { out_param(out_manager, "out_manager") }?;
         let manager = CheckpointManager::new(options.config().clone(), options.callbacks())?;
-        out.write(Box::into_raw(Box::new(ckpt_manager {
+        out.write(handle::to_handle(Manager {
             inner: Mutex::new(manager),
-        })))
+        }))
     })
 }
 
@@ -103,11 +122,9 @@ pub unsafe extern "C" fn ckpt_manager_new(
 /// other call on this manager may be running or follow.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
-    guard_void(|| {
-        if !manager.is_null() {
-            drop(Box::from_raw(manager));
-        }
-    });
+    // SAFETY: a handle from ckpt_manager_new, freed once, with no call on
+    // it running or following (header).
+    guard_void(|| unsafe { handle::free_handle(manager) });
 }
 
 /// Saves a checkpoint: checks the interval gate, marks the save pending,
@@ -136,9 +153,12 @@ pub unsafe extern "C" fn ckpt_manager_save(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_prefix, "out_prefix")?;
-        let number = checkpoint_number.as_ref().copied();
-        let prefix = with_manager(manager, |m| Ok(m.save(number, check_interval)?))?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        // SAFETY: NULL or a readable number (header).
+        let number = unsafe { checkpoint_number.as_ref() }.copied();
+        let prefix = manager.call(|m| Ok(m.save(number, check_interval)?))?;
         out.write(new_path_string(prefix.as_deref())?)
     })
 }
@@ -157,8 +177,10 @@ pub unsafe extern "C" fn ckpt_manager_latest(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_prefix, "out_prefix")?;
-        let latest = with_manager(manager, |m| Ok(m.latest_checkpoint()))?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let latest = manager.call(|m| Ok(m.latest_checkpoint()))?;
         out.write(new_path_string(latest.as_deref())?)
     })
 }
@@ -177,10 +199,10 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
     out_list: *mut *mut ckpt_string_list,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_list, "out_list")?;
-        let checkpoints = with_manager(manager, |m| Ok(m.checkpoints()))?;
-        let list = ckpt_string_list::from_paths(&checkpoints)?;
-        out.write(Box::into_raw(Box::new(list)))
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe { (manager_arg(manager)?, out_param(out_list, "out_list")?) };
+        let checkpoints = manager.call(|m| Ok(m.checkpoints()))?;
+        out.write(new_string_list(&checkpoints)?)
     })
 }
 
@@ -220,8 +242,10 @@ pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_prefix, "out_prefix")?;
-        let restored = with_manager(manager, |m| Ok(m.restore_or_initialize()?))?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let restored = manager.call(|m| Ok(m.restore_or_initialize()?))?;
         out.write(new_path_string(restored.as_deref())?)
     })
 }
@@ -239,11 +263,15 @@ pub unsafe extern "C" fn ckpt_manager_directory(
     out_directory: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_directory, "out_directory")?;
-        let directory = with_manager(manager, |m| {
-            new_c_string(m.directory().as_os_str().as_bytes())
-        })?;
-        out.write(directory)
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                out_param(out_directory, "out_directory")?,
+            )
+        };
+        let directory = manager.call(|m| c_string(m.directory().as_os_str().as_bytes()))?;
+        out.write(handle::to_c_string(directory))
     })
 }
 
@@ -259,8 +287,14 @@ pub unsafe extern "C" fn ckpt_manager_save_counter(
     out_counter: *mut u64,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_counter, "out_counter")?;
-        out.write(with_manager(manager, |m| Ok(m.save_counter()))?)
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                out_param(out_counter, "out_counter")?,
+            )
+        };
+        out.write(manager.call(|m| Ok(m.save_counter()))?)
     })
 }
 
@@ -281,14 +315,15 @@ pub unsafe extern "C" fn ckpt_manager_verify(
     check_checksums: bool,
 ) -> ckpt_status {
     guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let manager = unsafe { manager_arg(manager) }?;
         let prefix = if prefix.is_null() {
             None
         } else {
-            Some(path_arg(prefix, "prefix")?)
+            // SAFETY: a NUL-terminated string (header).
+            Some(unsafe { path_arg(prefix, "prefix") }?)
         };
-        let integrity = with_manager(manager, |m| {
-            Ok(m.verify(prefix, verification(check_checksums))?)
-        })?;
+        let integrity = manager.call(|m| Ok(m.verify(prefix, verification(check_checksums))?))?;
         integrity_result(integrity)
     })
 }
@@ -300,7 +335,8 @@ pub unsafe extern "C" fn ckpt_manager_verify(
 /// CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt_status {
-    guard(|| with_manager(manager, |m| Ok(m.reload()?)))
+    // SAFETY: NULL or a live handle (header).
+    guard(|| unsafe { manager_arg(manager) }?.call(|m| Ok(m.reload()?)))
 }
 
 /// Element types of `ckpt_manager_register_tensor`, as in safetensors.
@@ -349,7 +385,8 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
     data: *mut c_void,
 ) -> ckpt_status {
     guard(|| {
-        let name = utf8_arg(name, "name")?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
         let dtype = usize::try_from(dtype)
             .ok()
             .and_then(|index| DType::ALL.get(index).copied())
@@ -362,10 +399,13 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
         let shape = match (shape.is_null(), ndim) {
             (_, 0) => &[][..],
             (true, _) => return Err(Failure::null("shape")),
-            (false, _) => std::slice::from_raw_parts(shape, ndim),
+            // SAFETY: `ndim` readable dimensions (header).
+            (false, _) => unsafe { std::slice::from_raw_parts(shape, ndim) },
         };
-        with_manager(manager, |m| {
-            Ok(m.register_tensor(name, dtype, shape, data.cast())?)
+        manager.call(|m| {
+            // SAFETY: the caller keeps `data` valid for the tensor's bytes
+            // until it is unregistered or the manager freed (header).
+            Ok(unsafe { m.register_tensor(name, dtype, shape, data.cast()) }?)
         })
     })
 }
@@ -381,7 +421,8 @@ pub unsafe extern "C" fn ckpt_manager_unregister_tensor(
     name: *const c_char,
 ) -> ckpt_status {
     guard(|| {
-        let name = utf8_arg(name, "name")?;
-        with_manager(manager, |m| Ok(m.unregister_tensor(name)?))
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
+        manager.call(|m| Ok(m.unregister_tensor(name)?))
     })
 }

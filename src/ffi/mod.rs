@@ -6,15 +6,23 @@
 //! `CKPT_STATUS_OK`; `ckpt_last_error_message()` explains the last failure
 //! on the calling thread; strings and lists the library returns are owned
 //! by the caller and freed with `ckpt_string_free` / `ckpt_string_list_free`.
+//!
+//! Every pointer crosses through `handle` (ownership) or one of the
+//! argument helpers below (borrows), each an `unsafe fn` whose contract is
+//! the header's; entry points fence each use in its own `unsafe` block.
 
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // The safety contract is in the header comments.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod directory;
+mod handle;
 mod manager;
 mod options;
 
 pub use directory::*;
+pub use handle::ckpt_string_list;
 pub use manager::*;
 pub use options::*;
 
@@ -26,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 
 use crate::error::Error;
+use handle::BoxCastable;
 
 /// Major version of this header; `ckpt_version()` returns the library's.
 pub const CKPT_VERSION_MAJOR: u32 = 0;
@@ -195,40 +204,69 @@ pub(crate) fn guard_void(body: impl FnOnce()) {
 }
 
 /// Checks an out-parameter for NULL before any work is done.
-pub(crate) fn out_param<T>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
+///
+/// # Safety
+/// `out` is NULL or valid for a write of `T` until the `OutParam` is used.
+pub(crate) unsafe fn out_param<T>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
     if out.is_null() {
         return Err(Failure::null(name));
     }
     Ok(OutParam(out))
 }
 
-/// An out-parameter known to be non-NULL, written once on success.
+/// An out-parameter known to be non-NULL and writable, written once on
+/// success.
 pub(crate) struct OutParam<T>(*mut T);
 
 impl<T> OutParam<T> {
     pub(crate) fn write(self, value: T) -> FfiResult {
-        // SAFETY: non-NULL checked; the caller promised it is writable.
+        // SAFETY: non-NULL, and writable as `out_param`'s caller promised.
         unsafe { self.0.write(value) };
         Ok(())
     }
 }
 
+/// The value behind a handle argument.
+///
+/// # Safety
+/// As for `handle::borrow`.
+pub(crate) unsafe fn handle_arg<'a, C: BoxCastable>(
+    handle: *const C,
+    name: &str,
+) -> FfiResult<&'a C::RustType> {
+    // SAFETY: forwarded to the caller.
+    unsafe { handle::borrow(handle) }.ok_or_else(|| Failure::null(name))
+}
+
 /// Borrows a C string argument as a path (any bytes but NUL).
+///
+/// # Safety
+/// `ptr` is NULL or a NUL-terminated string that outlives `'a`.
 pub(crate) unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a Path> {
-    if ptr.is_null() {
-        return Err(Failure::null(name));
-    }
-    Ok(Path::new(OsStr::from_bytes(CStr::from_ptr(ptr).to_bytes())))
+    // SAFETY: forwarded to the caller.
+    let bytes = unsafe { c_str_arg(ptr, name) }?.to_bytes();
+    Ok(Path::new(OsStr::from_bytes(bytes)))
 }
 
 /// Borrows a C string argument that must be UTF-8.
+///
+/// # Safety
+/// As for `path_arg`.
 pub(crate) unsafe fn utf8_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a str> {
+    // SAFETY: forwarded to the caller.
+    unsafe { c_str_arg(ptr, name) }?
+        .to_str()
+        .map_err(|_| Failure::new(ckpt_status::InvalidArgument, format!("{name} is not UTF-8")))
+}
+
+/// # Safety
+/// As for `path_arg`.
+unsafe fn c_str_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a CStr> {
     if ptr.is_null() {
         return Err(Failure::null(name));
     }
-    CStr::from_ptr(ptr)
-        .to_str()
-        .map_err(|_| Failure::new(ckpt_status::InvalidArgument, format!("{name} is not UTF-8")))
+    // SAFETY: non-NULL and NUL-terminated (the contract).
+    Ok(unsafe { CStr::from_ptr(ptr) })
 }
 
 /// Bytes from the core as a C string; a NUL inside cannot cross to C.
@@ -237,16 +275,22 @@ pub(crate) fn c_string(bytes: impl Into<Vec<u8>>) -> FfiResult<CString> {
         .map_err(|_| Failure::new(ckpt_status::InvalidArgument, "a path contains a NUL byte"))
 }
 
-/// A newly allocated C string the caller frees with `ckpt_string_free`.
-pub(crate) fn new_c_string(bytes: &[u8]) -> FfiResult<*mut c_char> {
-    c_string(bytes).map(CString::into_raw)
-}
-
+/// A new string for the caller to free with `ckpt_string_free`, or NULL
+/// for `None`.
 pub(crate) fn new_path_string(path: Option<&Path>) -> FfiResult<*mut c_char> {
     match path {
-        Some(path) => new_c_string(path.as_os_str().as_bytes()),
+        Some(path) => c_string(path.as_os_str().as_bytes()).map(handle::to_c_string),
         None => Ok(ptr::null_mut()),
     }
+}
+
+/// A new list for the caller to free with `ckpt_string_list_free`.
+pub(crate) fn new_string_list(paths: &[PathBuf]) -> FfiResult<*mut ckpt_string_list> {
+    let strings = paths
+        .iter()
+        .map(|path| c_string(path.as_os_str().as_bytes()))
+        .collect::<FfiResult<_>>()?;
+    Ok(handle::to_handle(ckpt_string_list::new(strings)))
 }
 
 pub(crate) fn verification(check_checksums: bool) -> crate::manifest::Verification {
@@ -266,59 +310,6 @@ pub(crate) fn integrity_result(integrity: crate::storage::Integrity) -> FfiResul
             ckpt_status::NoManifest,
             "the checkpoint has no manifest and cannot be verified",
         )),
-    }
-}
-
-/// A list of strings owned by the caller; free it with `ckpt_string_list_free`.
-#[repr(C)]
-pub struct ckpt_string_list {
-    /// `len` NUL-terminated strings.
-    pub items: *mut *mut c_char,
-    /// The number of strings.
-    pub len: usize,
-}
-
-impl ckpt_string_list {
-    pub(crate) fn from_byte_strings<'a>(
-        strings: impl IntoIterator<Item = &'a [u8]>,
-    ) -> FfiResult<ckpt_string_list> {
-        let mut items = Vec::new();
-        for bytes in strings {
-            match new_c_string(bytes) {
-                Ok(item) => items.push(item),
-                Err(failure) => {
-                    items.into_iter().for_each(drop_c_string);
-                    return Err(failure);
-                }
-            }
-        }
-        let items = Box::into_raw(items.into_boxed_slice());
-        Ok(ckpt_string_list {
-            len: items.len(),
-            items: items.cast(),
-        })
-    }
-
-    pub(crate) fn from_paths(paths: &[PathBuf]) -> FfiResult<ckpt_string_list> {
-        Self::from_byte_strings(paths.iter().map(|p| p.as_os_str().as_bytes()))
-    }
-
-    /// Frees the strings and the array, not the struct itself.
-    unsafe fn free_items(&mut self) {
-        if self.items.is_null() {
-            return;
-        }
-        let items = Box::from_raw(ptr::slice_from_raw_parts_mut(self.items, self.len));
-        items.iter().for_each(|&item| drop_c_string(item));
-        self.items = ptr::null_mut();
-        self.len = 0;
-    }
-}
-
-fn drop_c_string(item: *mut c_char) {
-    if !item.is_null() {
-        // SAFETY: every string handed out was made by `CString::into_raw`.
-        drop(unsafe { CString::from_raw(item) });
     }
 }
 
@@ -359,7 +350,8 @@ pub extern "C" fn ckpt_status_name(status: i32) -> *const c_char {
 /// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_string_free(string: *mut c_char) {
-    guard_void(|| drop_c_string(string));
+    // SAFETY: a string this library returned, freed once (the contract).
+    guard_void(|| unsafe { handle::free_c_string(string) });
 }
 
 /// Frees a list returned by the library, with all its strings. NULL is a
@@ -368,17 +360,20 @@ pub unsafe extern "C" fn ckpt_string_free(string: *mut c_char) {
 /// `list` must come from this library and not be freed twice. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_string_list_free(list: *mut ckpt_string_list) {
-    guard_void(|| {
-        if !list.is_null() {
-            let mut list = Box::from_raw(list);
-            list.free_items();
-        }
-    });
+    // SAFETY: a list this library returned, freed once (the contract).
+    guard_void(|| unsafe { handle::free_handle(list) });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A string the library returns and keeps (static or thread-local).
+    fn library_str(ptr: *const c_char) -> &'static str {
+        // SAFETY: these calls return NUL-terminated strings that outlive the
+        // test's use of them.
+        unsafe { CStr::from_ptr(ptr) }.to_str().unwrap()
+    }
 
     #[test]
     fn version_macros_match_the_package() {
@@ -416,18 +411,19 @@ mod tests {
     fn panics_become_a_status_with_a_message() {
         let status = guard(|| panic!("boom"));
         assert_eq!(status, ckpt_status::Panic);
-        let message = unsafe { CStr::from_ptr(ckpt_last_error_message()) };
-        assert_eq!(message.to_str().unwrap(), "internal error (panic): boom");
+        assert_eq!(
+            library_str(ckpt_last_error_message()),
+            "internal error (panic): boom"
+        );
     }
 
     #[test]
     fn status_names_cover_every_status() {
         for (value, status) in ckpt_status::ALL.iter().enumerate() {
             assert_eq!(*status as usize, value, "statuses are numbered densely");
-            let name = unsafe { CStr::from_ptr(ckpt_status_name(value as i32)) };
-            assert_ne!(name.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+            let name = library_str(ckpt_status_name(value as i32));
+            assert_ne!(name, "CKPT_STATUS_UNKNOWN");
         }
-        let unknown = unsafe { CStr::from_ptr(ckpt_status_name(-1)) };
-        assert_eq!(unknown.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+        assert_eq!(library_str(ckpt_status_name(-1)), "CKPT_STATUS_UNKNOWN");
     }
 }

@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::handle::{self, BoxCastable};
 use super::{ckpt_status, guard, guard_void, out_param, path_arg, Failure, FfiResult};
 use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
 use crate::error::CallbackError;
@@ -68,9 +69,11 @@ struct UserData {
     finalizer: ckpt_finalizer,
 }
 
-// SAFETY: the header requires user_data to be usable from whichever thread
-// calls into the manager, and the finalizer from any thread.
+// SAFETY: the header requires user_data and the finalizer to be usable
+// from any thread.
 unsafe impl Send for UserData {}
+// SAFETY: the header requires user_data to be usable from several threads
+// at once: managers built from one options object share it.
 unsafe impl Sync for UserData {}
 
 impl Drop for UserData {
@@ -132,6 +135,15 @@ type LogFnPtr = unsafe extern "C" fn(*mut c_void, ckpt_log_level, *const c_char)
 /// with `ckpt_options_free`. Not thread-safe: use one options object from
 /// one thread at a time.
 pub struct ckpt_options {
+    _private: [u8; 0],
+}
+
+impl BoxCastable for ckpt_options {
+    type RustType = Options;
+}
+
+/// What a `ckpt_options` points to.
+pub(crate) struct Options {
     config: Config,
     save: Option<CCallback<SaveFnPtr>>,
     restore: Option<CCallback<PrefixFnPtr>>,
@@ -142,7 +154,7 @@ pub struct ckpt_options {
     log: Option<CCallback<LogFnPtr>>,
 }
 
-impl ckpt_options {
+impl Options {
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
@@ -153,32 +165,38 @@ impl ckpt_options {
         if let Some(cb) = self.save.clone() {
             callbacks = callbacks.on_save(move |prefix, number| {
                 let prefix = path_c_string(prefix)?;
-                // SAFETY: the user registered this function for this data.
+                // SAFETY: the user set `func` for `data` (header); `prefix`
+                // outlives the call.
                 check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr(), number) })
             });
         }
         if let Some(cb) = self.restore.clone() {
             callbacks = callbacks.on_restore(move |prefix| {
                 let prefix = path_c_string(prefix)?;
+                // SAFETY: as for save.
                 check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
             });
         }
         if let Some(cb) = self.init.clone() {
+            // SAFETY: the user set `func` for `data` (header).
             callbacks = callbacks.on_init(move || check_code(unsafe { (cb.func)(cb.data.ptr) }));
         }
         if let Some(cb) = self.step_counter.clone() {
             callbacks = callbacks.step_counter(move || {
                 let mut step = 0i64;
+                // SAFETY: as for init; `step` outlives the call.
                 check_code(unsafe { (cb.func)(cb.data.ptr, &mut step) })?;
                 Ok(step)
             });
         }
         if let Some(cb) = self.clock.clone() {
+            // SAFETY: the user set `func` for `data` (header).
             callbacks = callbacks.clock(move || unsafe { (cb.func)(cb.data.ptr) });
         }
         if let Some(cb) = self.delete.clone() {
             callbacks = callbacks.on_delete(move |prefix| {
                 let prefix = path_c_string(prefix)?;
+                // SAFETY: as for save.
                 check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
             });
         }
@@ -189,6 +207,7 @@ impl ckpt_options {
                     LogLevel::Warning => ckpt_log_level::Warning,
                 };
                 let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+                // SAFETY: as for save; `message` outlives the call.
                 unsafe { (cb.func)(cb.data.ptr, level, message.as_ptr()) }
             });
         }
@@ -196,16 +215,21 @@ impl ckpt_options {
     }
 }
 
-unsafe fn options_mut<'a>(options: *mut ckpt_options) -> FfiResult<&'a mut ckpt_options> {
-    options.as_mut().ok_or_else(|| Failure::null("options"))
-}
-
 /// Applies a change to the options after the NULL check.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `ckpt_options_new` that no
+/// other thread uses during the call.
 unsafe fn update(
     options: *mut ckpt_options,
-    change: impl FnOnce(&mut ckpt_options) -> FfiResult,
+    change: impl FnOnce(&mut Options) -> FfiResult,
 ) -> ckpt_status {
-    guard(|| change(options_mut(options)?))
+    guard(|| {
+        // SAFETY: forwarded to the caller.
+        let options =
+            unsafe { handle::borrow_mut(options) }.ok_or_else(|| Failure::null("options"))?;
+        change(options)
+    })
 }
 
 /// Creates options with TF's defaults: checkpoint name "ckpt", no
@@ -217,8 +241,9 @@ unsafe fn update(
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_options, "out_options")?;
-        out.write(Box::into_raw(Box::new(ckpt_options {
+        // SAFETY: NULL or writable (header).
+        let out = unsafe { out_param(out_options, "out_options") }?;
+        out.write(handle::to_handle(Options {
             config: Config::default(),
             save: None,
             restore: None,
@@ -227,7 +252,7 @@ pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -
             clock: None,
             delete: None,
             log: None,
-        })))
+        }))
     })
 }
 
@@ -237,11 +262,9 @@ pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -
 /// no-op. Not thread-safe with other calls on the same options.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_free(options: *mut ckpt_options) {
-    guard_void(|| {
-        if !options.is_null() {
-            drop(Box::from_raw(options));
-        }
-    });
+    // SAFETY: a handle from ckpt_options_new, freed once and not in use
+    // (header).
+    guard_void(|| unsafe { handle::free_handle(options) });
 }
 
 /// Sets the checkpoint directory (required). It need not exist: the first
@@ -255,10 +278,14 @@ pub unsafe extern "C" fn ckpt_options_set_directory(
     options: *mut ckpt_options,
     directory: *const c_char,
 ) -> ckpt_status {
-    update(options, |o| {
-        let directory = path_arg(directory, "directory")?;
-        Ok(o.config.set_directory(directory)?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call, `directory` NULL or a NUL-terminated string (header).
+    unsafe {
+        update(options, |o| {
+            let directory = path_arg(directory, "directory")?;
+            Ok(o.config.set_directory(directory)?)
+        })
+    }
 }
 
 /// Keeps at most `max_to_keep` (> 0) managed checkpoints; older ones are
@@ -271,11 +298,15 @@ pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
     options: *mut ckpt_options,
     max_to_keep: i64,
 ) -> ckpt_status {
-    update(options, |o| {
-        // Negative counts become 0, which the core refuses.
-        let n = usize::try_from(max_to_keep).unwrap_or(0);
-        Ok(o.config.set_max_to_keep(MaxToKeep::Last(n))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            // Negative counts become 0, which the core refuses.
+            let n = usize::try_from(max_to_keep).unwrap_or(0);
+            Ok(o.config.set_max_to_keep(MaxToKeep::Last(n))?)
+        })
+    }
 }
 
 /// Keeps every checkpoint and deletes none (TF's max_to_keep=None).
@@ -283,7 +314,9 @@ pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
 /// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_keep_all(options: *mut ckpt_options) -> ckpt_status {
-    update(options, |o| Ok(o.config.set_max_to_keep(MaxToKeep::All)?))
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { update(options, |o| Ok(o.config.set_max_to_keep(MaxToKeep::All)?)) }
 }
 
 /// Preserves (never deletes) one checkpoint every `hours` hours among those
@@ -296,9 +329,13 @@ pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
     options: *mut ckpt_options,
     hours: f64,
 ) -> ckpt_status {
-    update(options, |o| {
-        Ok(o.config.set_keep_checkpoint_every_n_hours(Some(hours))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_keep_checkpoint_every_n_hours(Some(hours))?)
+        })
+    }
 }
 
 /// Sets the checkpoint name: files are `<directory>/<name>-<N>...`.
@@ -312,10 +349,14 @@ pub unsafe extern "C" fn ckpt_options_set_checkpoint_name(
     options: *mut ckpt_options,
     name: *const c_char,
 ) -> ckpt_status {
-    update(options, |o| {
-        let name = path_arg(name, "name")?;
-        Ok(o.config.set_checkpoint_name(OsStr::new(name))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call, `name` NULL or a NUL-terminated string (header).
+    unsafe {
+        update(options, |o| {
+            let name = path_arg(name, "name")?;
+            Ok(o.config.set_checkpoint_name(OsStr::new(name))?)
+        })
+    }
 }
 
 /// Saves at most once every `interval` (> 0) steps, as read from the step
@@ -328,9 +369,13 @@ pub unsafe extern "C" fn ckpt_options_set_checkpoint_interval(
     options: *mut ckpt_options,
     interval: i64,
 ) -> ckpt_status {
-    update(options, |o| {
-        Ok(o.config.set_checkpoint_interval(Some(interval))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_checkpoint_interval(Some(interval))?)
+        })
+    }
 }
 
 /// The step of the last checkpoint, for the interval gate (TF's
@@ -342,10 +387,14 @@ pub unsafe extern "C" fn ckpt_options_set_last_checkpoint_step(
     options: *mut ckpt_options,
     step: i64,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_last_checkpoint_step(Some(step));
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_last_checkpoint_step(Some(step));
+            Ok(())
+        })
+    }
 }
 
 /// Opens managers read-only: no lock, no recovery, no writes (saves fail
@@ -358,10 +407,14 @@ pub unsafe extern "C" fn ckpt_options_set_read_only(
     options: *mut ckpt_options,
     read_only: bool,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_read_only(read_only);
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_read_only(read_only);
+            Ok(())
+        })
+    }
 }
 
 /// Whether `ckpt_manager_restore_or_initialize` checks every file's
@@ -373,10 +426,14 @@ pub unsafe extern "C" fn ckpt_options_set_verify_checksums(
     options: *mut ckpt_options,
     verify: bool,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_verify_checksums(verify);
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_verify_checksums(verify);
+            Ok(())
+        })
+    }
 }
 
 /// Whether restoring registered tensors may skip tensors that are in the
@@ -389,30 +446,40 @@ pub unsafe extern "C" fn ckpt_options_set_partial_restore(
     options: *mut ckpt_options,
     partial: bool,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_partial_restore(partial);
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_partial_restore(partial);
+            Ok(())
+        })
+    }
 }
 
 /// Stores a callback and takes ownership of `user_data` on success: the
 /// finalizer runs once when the callback is replaced or no longer held.
 /// A NULL callback clears the slot and finalizes `user_data` at once.
+///
+/// # Safety
+/// As for `update`.
 unsafe fn set_callback<F: Copy>(
     options: *mut ckpt_options,
-    slot: impl FnOnce(&mut ckpt_options) -> &mut Option<CCallback<F>>,
+    slot: impl FnOnce(&mut Options) -> &mut Option<CCallback<F>>,
     func: Option<F>,
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    update(options, |o| {
-        let data = Arc::new(UserData {
-            ptr: user_data,
-            finalizer,
-        });
-        *slot(o) = func.map(|func| CCallback { func, data });
-        Ok(())
-    })
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        update(options, |o| {
+            let data = Arc::new(UserData {
+                ptr: user_data,
+                finalizer,
+            });
+            *slot(o) = func.map(|func| CCallback { func, data });
+            Ok(())
+        })
+    }
 }
 
 /// Sets the save callback, which writes each checkpoint's files. Without
@@ -438,7 +505,9 @@ pub unsafe extern "C" fn ckpt_options_set_save_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.save, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.save, callback, user_data, finalizer) }
 }
 
 /// Sets the restore callback used by `ckpt_manager_restore_or_initialize`.
@@ -452,7 +521,9 @@ pub unsafe extern "C" fn ckpt_options_set_restore_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.restore, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.restore, callback, user_data, finalizer) }
 }
 
 /// Sets the init callback, run by `ckpt_manager_restore_or_initialize` when
@@ -467,7 +538,9 @@ pub unsafe extern "C" fn ckpt_options_set_init_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.init, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.init, callback, user_data, finalizer) }
 }
 
 /// Sets the step counter read by the checkpoint interval. Ownership and
@@ -481,13 +554,17 @@ pub unsafe extern "C" fn ckpt_options_set_step_counter_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(
-        options,
-        |o| &mut o.step_counter,
-        callback,
-        user_data,
-        finalizer,
-    )
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        set_callback(
+            options,
+            |o| &mut o.step_counter,
+            callback,
+            user_data,
+            finalizer,
+        )
+    }
 }
 
 /// Replaces the wall clock (seconds since the epoch) used for checkpoint
@@ -502,7 +579,9 @@ pub unsafe extern "C" fn ckpt_options_set_clock_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.clock, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.clock, callback, user_data, finalizer) }
 }
 
 /// Replaces the built-in deletion of a swept checkpoint's files. Ownership
@@ -516,7 +595,9 @@ pub unsafe extern "C" fn ckpt_options_set_delete_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.delete, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.delete, callback, user_data, finalizer) }
 }
 
 /// Receives the manager's warnings (default: written to stderr). Ownership
@@ -530,5 +611,7 @@ pub unsafe extern "C" fn ckpt_options_set_log_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.log, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.log, callback, user_data, finalizer) }
 }
