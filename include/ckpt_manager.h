@@ -43,9 +43,13 @@
 // only that every file exists with its size (reads every byte).
 #define CKPT_LATEST_VERIFY_CHECKSUMS 2
 
-// The result of every fallible call. Values never change meaning; new
-// statuses get new numbers.
-typedef enum {
+// The result of every fallible call: a `uint32_t`. Values never change
+// meaning; new statuses get new numbers.
+enum ckpt_status
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   // Success.
   CKPT_STATUS_OK = 0,
   // A pointer argument that must not be NULL was NULL.
@@ -82,16 +86,40 @@ typedef enum {
   // or shape differs, or a tensor is on one side only (see the message).
   // Nothing was restored.
   CKPT_STATUS_TENSOR_MISMATCH = 12,
-} ckpt_status;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ckpt_status ckpt_status;
+#else
+typedef uint32_t ckpt_status;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
-// Severity of a log message.
-typedef enum {
+// Severity of a log message: a `uint32_t`.
+enum ckpt_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   CKPT_LOG_LEVEL_INFO = 0,
   CKPT_LOG_LEVEL_WARNING = 1,
-} ckpt_log_level;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ckpt_log_level ckpt_log_level;
+#else
+typedef uint32_t ckpt_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
-// Element types of `ckpt_manager_register_tensor`, as in safetensors.
-typedef enum {
+// Element types of the built-in saver, named as in the safetensors format.
+// `ckpt_dtype` in C, a `uint32_t`: the values of
+// `ckpt_manager_register_tensor`'s `dtype`, which never change.
+enum ckpt_dtype
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
   CKPT_DTYPE_F64 = 0,
   CKPT_DTYPE_F32 = 1,
   CKPT_DTYPE_F16 = 2,
@@ -105,7 +133,14 @@ typedef enum {
   CKPT_DTYPE_U16 = 10,
   CKPT_DTYPE_U8 = 11,
   CKPT_DTYPE_BOOL = 12,
-} ckpt_dtype;
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ckpt_dtype ckpt_dtype;
+#else
+typedef uint32_t ckpt_dtype;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
 
 // A directory's `checkpoint` state file, paths joined onto the directory:
 // what `ckpt_get_checkpoint_state` returns. Opaque, so that it can grow;
@@ -167,7 +202,8 @@ typedef int32_t (*ckpt_delete_callback)(void *user_data, const char *prefix);
 // Receives a log message (valid only during the call).
 typedef void (*ckpt_log_callback)(void *user_data, ckpt_log_level level, const char *message);
 
-
+// In value order (a test checks it).
+#define ckpt_dtype_ALL { ckpt_dtype_F64, ckpt_dtype_F32, ckpt_dtype_F16, ckpt_dtype_BF16, ckpt_dtype_I64, ckpt_dtype_I32, ckpt_dtype_I16, ckpt_dtype_I8, ckpt_dtype_U64, ckpt_dtype_U32, ckpt_dtype_U16, ckpt_dtype_U8, ckpt_dtype_Bool, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -189,7 +225,7 @@ const char *ckpt_last_error_message(void);
 //
 // `status` may be any value; unknown values give "CKPT_STATUS_UNKNOWN".
 // Returns a static string; never NULL, never freed. Thread-safe.
-const char *ckpt_status_name(int32_t status);
+const char *ckpt_status_name(uint32_t status);
 
 // Frees a string returned by the library. NULL is a no-op.
 //

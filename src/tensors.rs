@@ -6,25 +6,29 @@ use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
 
-/// Element types, named as in the safetensors format.
+/// Element types of the built-in saver, named as in the safetensors format.
+/// `ckpt_dtype` in C, a `uint32_t`: the values of
+/// `ckpt_manager_register_tensor`'s `dtype`, which never change.
+#[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
-    F64,
-    F32,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U64,
-    U32,
-    U16,
-    U8,
-    Bool,
+    F64 = 0,
+    F32 = 1,
+    F16 = 2,
+    BF16 = 3,
+    I64 = 4,
+    I32 = 5,
+    I16 = 6,
+    I8 = 7,
+    U64 = 8,
+    U32 = 9,
+    U16 = 10,
+    U8 = 11,
+    Bool = 12,
 }
 
 impl DType {
+    /// In value order (a test checks it).
     pub const ALL: [DType; 13] = [
         DType::F64,
         DType::F32,
@@ -71,6 +75,11 @@ impl DType {
 
     pub fn from_name(name: &str) -> Option<DType> {
         DType::ALL.into_iter().find(|dtype| dtype.name() == name)
+    }
+
+    /// The dtype of a C `ckpt_dtype` value, if it is one.
+    pub fn from_u32(value: u32) -> Option<DType> {
+        DType::ALL.get(usize::try_from(value).ok()?).copied()
     }
 
     /// Position in the file: larger alignment first, as the safetensors
@@ -262,10 +271,13 @@ mod tests {
     }
 
     #[test]
-    fn dtype_names_round_trip() {
+    fn dtype_names_and_values_round_trip() {
         for dtype in DType::ALL {
             assert_eq!(DType::from_name(dtype.name()), Some(dtype));
+            assert_eq!(DType::from_u32(dtype as u32), Some(dtype));
         }
         assert_eq!(DType::from_name("F8_E4M3"), None);
+        assert_eq!(DType::from_u32(DType::ALL.len() as u32), None);
+        assert_eq!(DType::from_u32(u32::MAX), None);
     }
 }

@@ -54,6 +54,46 @@ fn header_compiles_and_links_as_cpp17() {
     support::assert_success(&output, "header_compiles_cpp");
 }
 
+/// `NAME = value` for each enumerator of `enum <type_name>` in the header.
+fn enumerators(header: &str, type_name: &str) -> Vec<(String, u32)> {
+    let body = header
+        .split(&format!("enum {type_name}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("};").next())
+        .unwrap_or_else(|| panic!("no enum {type_name} in the header"));
+    body.lines()
+        .filter_map(|line| line.trim().strip_suffix(','))
+        .filter_map(|item| item.split_once(" = "))
+        .map(|(name, value)| (name.to_owned(), value.parse().unwrap()))
+        .collect()
+}
+
+/// The status and dtype tables have one source each, the Rust enums: the
+/// header's enumerators (cbindgen's rendering of them) are what the
+/// library names, every value is taken, and the next one is unknown.
+#[test]
+fn header_enums_match_the_library() {
+    use ckpt_manager::{ffi::ckpt_status_name, DType};
+    let header = std::fs::read_to_string(checked_in_header()).unwrap();
+    let statuses = enumerators(&header, "ckpt_status");
+    for (index, (name, value)) in statuses.iter().enumerate() {
+        assert_eq!(*value as usize, index, "statuses are numbered densely");
+        // SAFETY: ckpt_status_name returns a static NUL-terminated string.
+        let library = unsafe { std::ffi::CStr::from_ptr(ckpt_status_name(*value)) };
+        assert_eq!(library.to_str().unwrap(), name);
+    }
+    // SAFETY: as above.
+    let next = unsafe { std::ffi::CStr::from_ptr(ckpt_status_name(statuses.len() as u32)) };
+    assert_eq!(next.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+
+    let dtypes = enumerators(&header, "ckpt_dtype");
+    assert_eq!(dtypes.len(), DType::ALL.len());
+    for (name, value) in dtypes {
+        let dtype = DType::from_u32(value).unwrap();
+        assert_eq!(name, format!("CKPT_DTYPE_{}", dtype.name()));
+    }
+}
+
 /// Every name the header defines is prefixed, so that it cannot clash with
 /// a user's own macros and types.
 #[test]

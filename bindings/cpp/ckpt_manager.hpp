@@ -68,7 +68,7 @@ class Error : public std::runtime_error {
 
   // E.g. "CKPT_STATUS_LOCKED".
   const char* status_name() const noexcept {
-    return ckpt_status_name(static_cast<int32_t>(status_));
+    return ckpt_status_name(status_);
   }
 
  private:
@@ -77,7 +77,7 @@ class Error : public std::runtime_error {
 
 // The name of a status, e.g. "CKPT_STATUS_IO_ERROR".
 inline std::string status_name(ckpt_status status) {
-  return ckpt_status_name(static_cast<int32_t>(status));
+  return ckpt_status_name(status);
 }
 
 // Throws Error with the calling thread's last error message unless

@@ -22,12 +22,13 @@ _VERSION = re.compile(r"^#define\s+CKPT_VERSION_(MAJOR|MINOR|PATCH)\s+(\d+)\s*$"
 
 
 def parse_enum(header_text, type_name, prefix):
-    """[(name without prefix, value, doc comment)] of a `typedef enum`."""
-    enum = re.compile(r"typedef\s+enum\s*\{(?P<body>[^}]*)\}\s*%s\s*;" % type_name, re.S)
+    """[(name without prefix, value, doc comment)] of `enum <type_name> {...};`
+    (a fixed-width enum: cbindgen wraps its `: uint32_t` in #if lines)."""
+    enum = re.compile(r"^enum\s+%s\b[^{;]*\{(?P<body>[^}]*)\};" % type_name, re.S | re.M)
     member_re = re.compile(_MEMBER % prefix)
     match = enum.search(header_text)
     if match is None:
-        raise ValueError("no `typedef enum { ... } %s;` in the header" % type_name)
+        raise ValueError("no `enum %s { ... };` in the header" % type_name)
     statuses, doc = [], []
     for line in match.group("body").splitlines():
         stripped = line.strip()

@@ -339,25 +339,6 @@ pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt
     guard(|| unsafe { manager_arg(manager) }?.call(|m| Ok(m.reload()?)))
 }
 
-/// Element types of `ckpt_manager_register_tensor`, as in safetensors.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ckpt_dtype {
-    F64 = 0,
-    F32 = 1,
-    F16 = 2,
-    Bf16 = 3,
-    I64 = 4,
-    I32 = 5,
-    I16 = 6,
-    I8 = 7,
-    U64 = 8,
-    U32 = 9,
-    U16 = 10,
-    U8 = 11,
-    Bool = 12,
-}
-
 /// Registers a host buffer with the built-in saver: every save writes all
 /// registered tensors to `<prefix>.safetensors` (after the save callback,
 /// if one is set, has run; that file name belongs to the built-in saver),
@@ -387,15 +368,12 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
         let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
-        let dtype = usize::try_from(dtype)
-            .ok()
-            .and_then(|index| DType::ALL.get(index).copied())
-            .ok_or_else(|| {
-                Failure::new(
-                    ckpt_status::InvalidArgument,
-                    format!("unknown dtype {dtype}"),
-                )
-            })?;
+        let dtype = DType::from_u32(dtype).ok_or_else(|| {
+            Failure::new(
+                ckpt_status::InvalidArgument,
+                format!("unknown dtype {dtype}"),
+            )
+        })?;
         let shape = match (shape.is_null(), ndim) {
             (_, 0) => &[][..],
             (true, _) => return Err(Failure::null("shape")),

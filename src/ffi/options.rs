@@ -50,8 +50,8 @@ pub type ckpt_clock_callback = Option<unsafe extern "C" fn(user_data: *mut c_voi
 pub type ckpt_delete_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, prefix: *const c_char) -> i32>;
 
-/// Severity of a log message.
-#[repr(C)]
+/// Severity of a log message: a `uint32_t`.
+#[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ckpt_log_level {
     Info = 0,

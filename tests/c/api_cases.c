@@ -233,6 +233,11 @@ static void version(const char *dir) {
 /* ------------------------------------------------------------------------
  * 2. status_names */
 
+/* The enums have a fixed width, whatever the compiler makes of a C enum. */
+_Static_assert(sizeof(ckpt_status) == sizeof(uint32_t), "ckpt_status is a uint32_t");
+_Static_assert(sizeof(ckpt_log_level) == sizeof(uint32_t), "ckpt_log_level is a uint32_t");
+_Static_assert(sizeof(ckpt_dtype) == sizeof(uint32_t), "ckpt_dtype is a uint32_t");
+
 static void status_names(const char *dir) {
   (void)dir;
   /* No call has failed on this thread yet. */
@@ -257,10 +262,10 @@ static void status_names(const char *dir) {
       {CKPT_STATUS_TENSOR_MISMATCH, "CKPT_STATUS_TENSOR_MISMATCH"},
   };
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-    CHECK((int)names[i].status == (int)i); /* values never change meaning */
-    CHECK_STR(names[i].name, ckpt_status_name((int32_t)names[i].status));
+    CHECK(names[i].status == i); /* values never change meaning */
+    CHECK_STR(names[i].name, ckpt_status_name(names[i].status));
   }
-  const int32_t unknown[] = {-1, 13, 999, INT32_MIN, INT32_MAX};
+  const uint32_t unknown[] = {13, 999, (uint32_t)INT32_MAX + 1, UINT32_MAX};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
     CHECK_STR("CKPT_STATUS_UNKNOWN", ckpt_status_name(unknown[i]));
 }

@@ -395,7 +395,7 @@ static void run_hostile(const char *dir, const hostile *h) {
   ckpt_status status = ckpt_manager_restore_or_initialize(manager, &restored);
   if (status != h->expected)
     test_fail(__FILE__, __LINE__, "restore returned %s, expected %s: %s",
-              ckpt_status_name((int32_t)status), ckpt_status_name((int32_t)h->expected),
+              ckpt_status_name((uint32_t)status), ckpt_status_name((uint32_t)h->expected),
               ckpt_last_error_message());
   if (h->expected == CKPT_STATUS_OK) {
     CHECK(restored != NULL && strcmp(restored, prefix) == 0);

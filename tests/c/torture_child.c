@@ -205,7 +205,7 @@ static int32_t die_while_deleting(void *user_data, const char *prefix) {
 }
 
 static void fail(int code, const char *what, ckpt_status status) {
-  fprintf(stderr, "torture_child: %s: %s: %s\n", what, ckpt_status_name((int32_t)status),
+  fprintf(stderr, "torture_child: %s: %s: %s\n", what, ckpt_status_name((uint32_t)status),
           ckpt_last_error_message());
   exit(code);
 }

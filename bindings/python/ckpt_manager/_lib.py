@@ -53,7 +53,7 @@ lib, path = _load()
 
 c_char_p_p = ctypes.POINTER(ctypes.c_char_p)
 c_void_p = ctypes.c_void_p
-status_t = ctypes.c_int  # C enum ckpt_status
+status_t = ctypes.c_uint32  # ckpt_status
 
 
 class StringList(ctypes.Structure):
@@ -69,7 +69,7 @@ INIT_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p)
 STEP_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, ctypes.POINTER(ctypes.c_int64))
 CLOCK_CB = ctypes.CFUNCTYPE(ctypes.c_double, c_void_p)
 DELETE_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, c_void_p)
-LOG_CB = ctypes.CFUNCTYPE(None, c_void_p, ctypes.c_int, c_void_p)
+LOG_CB = ctypes.CFUNCTYPE(None, c_void_p, ctypes.c_uint32, c_void_p)
 
 _OUT_STR = ctypes.POINTER(ctypes.c_void_p)
 
@@ -83,7 +83,7 @@ def _proto(name, restype, *argtypes):
 
 ckpt_version = _proto("ckpt_version", ctypes.c_char_p)
 ckpt_last_error_message = _proto("ckpt_last_error_message", ctypes.c_char_p)
-ckpt_status_name = _proto("ckpt_status_name", ctypes.c_char_p, ctypes.c_int32)
+ckpt_status_name = _proto("ckpt_status_name", ctypes.c_char_p, ctypes.c_uint32)
 ckpt_string_free = _proto("ckpt_string_free", None, c_void_p)
 ckpt_string_list_free = _proto("ckpt_string_list_free", None, ctypes.POINTER(StringList))
 ckpt_latest_checkpoint = _proto("ckpt_latest_checkpoint", status_t, ctypes.c_char_p, _OUT_STR)
