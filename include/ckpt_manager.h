@@ -357,8 +357,13 @@ ckpt_status ckpt_remove_checkpoint(const char *prefix);
 ckpt_status ckpt_manager_new(const ckpt_options *options, ckpt_manager **out_manager);
 
 // Frees a manager and releases its callbacks' user data (finalizers run
-// for callbacks no other options or manager holds). NULL is a no-op. No
-// other call on this manager may be running or follow.
+// for callbacks no other options or manager holds). NULL is a no-op.
+//
+// Called from inside one of this manager's own calls on the same thread
+// (from a callback, or a finalizer this free runs), it is refused: nothing
+// is freed, the manager stays usable, and `ckpt_last_error_message()`
+// says so. No call on this manager may be running on another thread or
+// follow.
 void ckpt_manager_free(ckpt_manager *manager);
 
 // Saves a checkpoint: checks the interval gate, marks the save pending,

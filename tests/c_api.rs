@@ -64,6 +64,7 @@ c_cases!(api_cases, "api_cases.c":
     explicit_overwrite,
     lower_max_to_keep,
     directory_is_a_file,
+    free_inside_callback,
 );
 
 c_cases!(tensor_cases, "tensor_cases.c":

@@ -104,6 +104,7 @@ cases!(
     module_functions,
     nested_calls,
     threads,
+    reset_inside_callback,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

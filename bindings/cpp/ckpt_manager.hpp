@@ -97,9 +97,14 @@ namespace detail {
 // One wrapper call into the library: the first exception a callback throws
 // on this thread while the call runs is kept here. Scopes nest (a
 // callback may use another manager), so each restores the previous one.
+// A scope also names the manager it calls, so that Manager::reset() can
+// tell it is inside one of that manager's own calls.
 class CallScope {
  public:
-  CallScope() noexcept : previous_(current()), error_() { current() = this; }
+  explicit CallScope(const ckpt_manager* manager = nullptr) noexcept
+      : previous_(current()), manager_(manager), error_() {
+    current() = this;
+  }
   ~CallScope() { current() = previous_; }
   CallScope(const CallScope&) = delete;
   CallScope& operator=(const CallScope&) = delete;
@@ -114,6 +119,14 @@ class CallScope {
     }
   }
 
+  // Whether a call on `manager` is running on this thread.
+  static bool running(const ckpt_manager* manager) noexcept {
+    for (const CallScope* scope = current(); scope != nullptr; scope = scope->previous_) {
+      if (scope->manager_ == manager) return true;
+    }
+    return false;
+  }
+
   std::exception_ptr error() const noexcept { return error_; }
 
  private:
@@ -123,17 +136,19 @@ class CallScope {
   }
 
   CallScope* previous_;
+  const ckpt_manager* manager_;
   std::exception_ptr error_;
 };
 
-// Runs `c_call` (returning a ckpt_status) in a CallScope; rethrows a
-// callback's exception, else throws Error for a failed status.
+// Runs `c_call` (returning a ckpt_status) in a CallScope for `manager`
+// (none for functions without one); rethrows a callback's exception, else
+// throws Error for a failed status.
 template <class F>
-void call(F&& c_call) {
+void call(F&& c_call, const ckpt_manager* manager = nullptr) {
   ckpt_status status;
   std::exception_ptr error;
   {
-    CallScope scope;
+    CallScope scope(manager);
     status = c_call();
     error = scope.error();
   }
@@ -444,7 +459,7 @@ class Manager {
                                              check_interval, &out);
       prefix.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_optional(prefix);
   }
 
@@ -456,7 +471,7 @@ class Manager {
       ckpt_status status = ckpt_manager_latest(manager_, &out);
       prefix.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_optional(prefix);
   }
 
@@ -468,7 +483,7 @@ class Manager {
       ckpt_status status = ckpt_manager_checkpoints(manager_, &out);
       list.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_vector(list.get());
   }
 
@@ -482,7 +497,7 @@ class Manager {
       ckpt_status status = ckpt_manager_restore_or_initialize(manager_, &out);
       prefix.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_optional(prefix);
   }
 
@@ -494,13 +509,13 @@ class Manager {
       ckpt_status status = ckpt_manager_directory(manager_, &out);
       path.reset(out);
       return status;
-    });
+    }, manager_);
     return path ? std::string(path.get()) : std::string();
   }
 
   uint64_t save_counter() const {
     uint64_t counter = 0;
-    detail::call([&] { return ckpt_manager_save_counter(manager_, &counter); });
+    detail::call([&] { return ckpt_manager_save_counter(manager_, &counter); }, manager_);
     return counter;
   }
 
@@ -511,12 +526,12 @@ class Manager {
               bool checksums = true) const {
     detail::call([&] {
       return ckpt_manager_verify(manager_, prefix ? prefix->c_str() : nullptr, checksums);
-    });
+    }, manager_);
   }
 
   // Re-reads the state file (a read-only manager sees new checkpoints).
   void reload() {
-    detail::call([&] { return ckpt_manager_reload(manager_); });
+    detail::call([&] { return ckpt_manager_reload(manager_); }, manager_);
   }
 
   // Registers a host buffer of T with the built-in saver. `data` must hold
@@ -539,16 +554,21 @@ class Manager {
       return ckpt_manager_register_tensor(manager_, name.c_str(), static_cast<uint32_t>(dtype),
                                           shape.empty() ? nullptr : shape.data(), shape.size(),
                                           data);
-    });
+    }, manager_);
   }
 
   void unregister_tensor(const std::string& name) {
-    detail::call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); });
+    detail::call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); },
+                 manager_);
   }
 
-  // Frees the manager now (releasing the directory's lock); it becomes empty.
+  // Frees the manager now (releasing the directory's lock); it becomes
+  // empty. Inside one of this manager's own calls (from its callback) the
+  // library refuses to free it, so this does nothing and the manager stays
+  // usable; a Manager destroyed there leaks its handle instead of freeing
+  // it under the running call.
   void reset() noexcept {
-    if (manager_ != nullptr) {
+    if (manager_ != nullptr && !detail::CallScope::running(manager_)) {
       detail::CallScope scope;  // nothing escapes a destructor
       ckpt_manager_free(std::exchange(manager_, nullptr));
     }

@@ -7,9 +7,9 @@ use std::sync::Mutex;
 
 use super::handle::{self, BoxCastable};
 use super::{
-    c_string, ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, handle_arg,
-    integrity_result, new_path_string, new_string_list, out_param, path_arg, utf8_arg,
-    verification, Failure, FfiResult,
+    c_string, ckpt_options, ckpt_status, ckpt_string_list, guard, handle_arg, integrity_result,
+    new_path_string, new_string_list, out_param, path_arg, utf8_arg, verification, Failure,
+    FfiResult,
 };
 use crate::manager::CheckpointManager;
 use crate::tensors::DType;
@@ -34,12 +34,13 @@ thread_local! {
     static ENTERED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Marks a manager as busy on this thread for the length of a call.
+/// Marks a manager as busy on this thread for the length of a call. Keyed
+/// by address, so that it can be checked before the handle is read.
 struct Entered(usize);
 
 impl Entered {
-    fn enter(manager: &Manager) -> FfiResult<Entered> {
-        let key = manager as *const Manager as usize;
+    fn enter(manager: *const ckpt_manager) -> FfiResult<Entered> {
+        let key = manager as usize;
         ENTERED.with(|entered| {
             let mut entered = entered.borrow_mut();
             if entered.contains(&key) {
@@ -60,11 +61,16 @@ impl Drop for Entered {
     }
 }
 
-impl Manager {
+/// A manager argument, busy on this thread while it is held.
+struct ManagerArg<'a> {
+    manager: &'a Manager,
+    _entered: Entered,
+}
+
+impl ManagerArg<'_> {
     /// Runs `body` with exclusive access to the manager.
     fn call<T>(&self, body: impl FnOnce(&mut CheckpointManager) -> FfiResult<T>) -> FfiResult<T> {
-        let _entered = Entered::enter(self)?;
-        let mut inner = self.inner.lock().map_err(|_| {
+        let mut inner = self.manager.inner.lock().map_err(|_| {
             Failure::new(
                 ckpt_status::Panic,
                 "an earlier call on this manager panicked; free it and open a new one",
@@ -74,13 +80,22 @@ impl Manager {
     }
 }
 
-/// The manager behind a handle argument.
+/// The manager behind a handle argument, marked busy on this thread; a
+/// call from inside one of its own calls is refused before the handle is
+/// read (it may be in the middle of `ckpt_manager_free`).
 ///
 /// # Safety
 /// `manager` is NULL or a live handle from `ckpt_manager_new`.
-unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<&'a Manager> {
-    // SAFETY: forwarded to the caller.
-    unsafe { handle_arg(manager, "manager") }
+unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<'a>> {
+    if manager.is_null() {
+        return Err(Failure::null("manager"));
+    }
+    let entered = Entered::enter(manager)?;
+    Ok(ManagerArg {
+        // SAFETY: forwarded to the caller.
+        manager: unsafe { handle_arg(manager, "manager") }?,
+        _entered: entered,
+    })
 }
 
 /// Opens a manager on the options' directory and recovers its state from
@@ -118,13 +133,32 @@ pub unsafe extern "C" fn ckpt_manager_new(
 }
 
 /// Frees a manager and releases its callbacks' user data (finalizers run
-/// for callbacks no other options or manager holds). NULL is a no-op. No
-/// other call on this manager may be running or follow.
+/// for callbacks no other options or manager holds). NULL is a no-op.
+///
+/// Called from inside one of this manager's own calls on the same thread
+/// (from a callback, or a finalizer this free runs), it is refused: nothing
+/// is freed, the manager stays usable, and `ckpt_last_error_message()`
+/// says so. No call on this manager may be running on another thread or
+/// follow.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
-    // SAFETY: a handle from ckpt_manager_new, freed once, with no call on
-    // it running or following (header).
-    guard_void(|| unsafe { handle::free_handle(manager) });
+    // The status is dropped: C expects nothing back from a free.
+    let _ = guard(|| {
+        // Held while the manager drops, so that finalizers cannot free it
+        // twice or call into it.
+        let _entered = Entered::enter(manager).map_err(|_| {
+            Failure::new(
+                ckpt_status::ReentrantCall,
+                "ckpt_manager_free was called from inside one of that manager's own calls; \
+                 the manager was not freed",
+            )
+        })?;
+        // SAFETY: NULL or a handle from ckpt_manager_new, freed once, with
+        // no call on it running (this thread's were refused above; other
+        // threads' are excluded by the header) or following.
+        unsafe { handle::free_handle(manager) };
+        Ok(())
+    });
 }
 
 /// Saves a checkpoint: checks the interval gate, marks the save pending,

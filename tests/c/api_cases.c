@@ -2145,6 +2145,108 @@ static void directory_is_a_file(const char *dir) {
   free(moved);
 }
 
+/* ------------------------------------------------------------------------
+ * 25. free_inside_callback: freeing a manager from inside one of its own
+ * calls is refused and the manager stays usable (valgrind: no invalid
+ * access, no double free). */
+
+typedef struct {
+  fake_world *world;
+  ckpt_manager *self;  /* the manager whose callbacks these are */
+  ckpt_manager *outer; /* a manager whose call runs around self's, or NULL */
+  int refused;         /* frees refused, each with the message */
+  int attempts;
+  ckpt_status latest;  /* what the finalizer's call on self returned */
+} freeing;
+
+static void try_free(freeing *f, ckpt_manager *target) {
+  reset_message();
+  ckpt_manager_free(target);
+  f->attempts++;
+  if (strstr(ckpt_last_error_message(), "was not freed") != NULL) f->refused++;
+}
+
+static int32_t freeing_save(void *data, const char *prefix, uint64_t number) {
+  freeing *f = data;
+  try_free(f, f->self);
+  if (f->outer != NULL) try_free(f, f->outer);
+  return save_tf_style(f->world, prefix, number);
+}
+
+static int32_t freeing_restore(void *data, const char *prefix) {
+  freeing *f = data;
+  try_free(f, f->self);
+  return restore_tf_style(f->world, prefix);
+}
+
+/* Runs inside ckpt_manager_free(self): a second free and any call are
+ * refused instead of touching the manager being freed. */
+static void freeing_finalizer(void *data) {
+  freeing *f = data;
+  try_free(f, f->self);
+  char *latest = SENTINEL_STRING;
+  f->latest = ckpt_manager_latest(f->self, &latest);
+}
+
+/* The outer manager's save saves the inner one, whose callbacks free. */
+static int32_t save_inner(void *data, const char *prefix, uint64_t number) {
+  freeing *f = data;
+  char *inner = save(f->self);
+  CHECK(inner != NULL);
+  ckpt_string_free(inner);
+  return save_tf_style(f->world, prefix, number);
+}
+
+static void free_inside_callback(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *ckpt_dir = join(dir, "run");
+  freeing f = {.world = &world, .latest = CKPT_STATUS_OK};
+  ckpt_options *options = world_options(&world, ckpt_dir, 2);
+  CHECK_OK(ckpt_options_set_save_callback(options, freeing_save, &f, NULL));
+  CHECK_OK(ckpt_options_set_restore_callback(options, freeing_restore, &f, NULL));
+  CHECK_OK(ckpt_options_set_init_callback(options, init_world, &f, freeing_finalizer));
+  ckpt_manager *manager = open_manager(options);
+  f.self = manager;
+
+  /* From its own save and restore callbacks: refused, the calls succeed. */
+  save_expecting(manager, "ckpt-1");
+  CHECK(f.attempts == 1 && f.refused == 1);
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR("ckpt-1", base_name(restored));
+  ckpt_string_free(restored);
+  CHECK(f.attempts == 2 && f.refused == 2);
+  save_expecting(manager, "ckpt-2");
+  CHECK(f.refused == 3);
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2");
+
+  /* Nested: while another manager's call runs around this one's, neither
+   * can be freed from the inner callback. */
+  fake_world outer_world = {.now = 100.0};
+  char *outer_dir = join(dir, "outer");
+  ckpt_options *outer_options = world_options(&outer_world, outer_dir, 2);
+  freeing outer = {.world = &outer_world, .self = manager};
+  CHECK_OK(ckpt_options_set_save_callback(outer_options, save_inner, &outer, NULL));
+  ckpt_manager *outer_manager = open_manager(outer_options);
+  f.outer = outer_manager;
+  save_expecting(outer_manager, "ckpt-1");
+  CHECK(f.attempts == 5 && f.refused == 5);
+  CHECK_CHECKPOINTS(manager, "ckpt-2", "ckpt-3");
+  f.outer = NULL;
+  ckpt_manager_free(outer_manager);
+  ckpt_options_free(outer_options);
+
+  /* Outside any call the free works, and the finalizer it runs can neither
+   * free the manager again nor call into it. */
+  ckpt_options_free(options);
+  CHECK(f.attempts == 5);
+  ckpt_manager_free(manager);
+  CHECK(f.attempts == 6 && f.refused == 6);
+  CHECK(f.latest == CKPT_STATUS_REENTRANT_CALL);
+  free(ckpt_dir);
+  free(outer_dir);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"version", version},
@@ -2174,6 +2276,7 @@ int main(int argc, char **argv) {
       {"explicit_overwrite", explicit_overwrite},
       {"lower_max_to_keep", lower_max_to_keep},
       {"directory_is_a_file", directory_is_a_file},
+      {"free_inside_callback", free_inside_callback},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }
