@@ -486,16 +486,17 @@ ckpt_status ckpt_manager_reload(ckpt_manager *manager);
 // them back into the buffers after checking every name, dtype and shape.
 //
 // `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
-// value. `shape` points to `ndim` dimensions, each > 0 (may be NULL when
-// `ndim` is 0: a scalar). `data` is borrowed: it must hold the tensor's
-// bytes (product of the shape times the dtype's size, in the host's
-// little-endian layout) and stay valid until the tensor is unregistered
+// value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is
+// 0: a scalar); a dimension of 0 makes an empty tensor, saved with its
+// shape. `data` is borrowed: it must hold the tensor's bytes (product of
+// the shape times the dtype's size, in the host's little-endian layout;
+// may be NULL when that is 0) and stay valid until the tensor is unregistered
 // or the manager freed; the library reads it during saves and writes it
 // during restores, so do not touch it from other threads then.
 //
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
-// (duplicate or unusable name, unknown dtype, a zero or overflowing
-// dimension, NULL data), CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+// (duplicate or unusable name, unknown dtype, an overflowing shape, NULL
+// data for a tensor with bytes), CKPT_STATUS_REENTRANT_CALL. Thread-safe.
 ckpt_status ckpt_manager_register_tensor(ckpt_manager *manager,
                                          const char *name,
                                          uint32_t dtype,

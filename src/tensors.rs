@@ -147,13 +147,9 @@ pub struct TensorRegistry {
 // from whichever thread calls into the manager.
 unsafe impl Send for TensorRegistry {}
 
-/// The number of bytes of a tensor, or an error naming what is wrong.
+/// The number of bytes of a tensor (0 when a dimension is 0), or an error
+/// naming what is wrong.
 pub fn byte_len(name: &str, dtype: DType, shape: &[u64]) -> Result<usize> {
-    if let Some(axis) = shape.iter().position(|&dim| dim == 0) {
-        return Err(Error::invalid(format!(
-            "tensor '{name}': dimension {axis} is 0; empty tensors cannot be registered"
-        )));
-    }
     shape
         .iter()
         .try_fold(dtype.size() as u64, |bytes, &dim| bytes.checked_mul(dim))
@@ -168,7 +164,8 @@ impl TensorRegistry {
     }
 
     /// Registers a buffer of `shape` elements of `dtype` (an empty shape is
-    /// a scalar).
+    /// a scalar; a zero dimension, an empty tensor, whose `data` may be
+    /// NULL).
     ///
     /// # Safety
     /// `data` must stay valid for reads and writes of the tensor's bytes,
@@ -192,8 +189,11 @@ impl TensorRegistry {
             )));
         }
         let byte_len = byte_len(name, dtype, shape)?;
-        let data = NonNull::new(data)
-            .ok_or_else(|| Error::invalid(format!("tensor '{name}': data is NULL")))?;
+        // No byte of an empty tensor is ever read or written.
+        let data = match NonNull::new(data) {
+            None if byte_len == 0 => NonNull::dangling(),
+            data => data.ok_or_else(|| Error::invalid(format!("tensor '{name}': data is NULL")))?,
+        };
         self.tensors.insert(
             name.to_owned(),
             Tensor {
@@ -245,9 +245,9 @@ mod tests {
             registry.register("w", DType::F32, &[2, 3], data).unwrap();
             let err = |result: Result<()>| result.unwrap_err().to_string();
             assert!(err(registry.register("w", DType::F32, &[6], data)).contains("already"));
-            assert!(
-                err(registry.register("z", DType::F32, &[2, 0], data)).contains("dimension 1 is 0")
-            );
+            registry.register("z", DType::F32, &[2, 0], data).unwrap();
+            let null = std::ptr::null_mut();
+            registry.register("e", DType::F64, &[0], null).unwrap();
             assert!(
                 err(registry.register("o", DType::F64, &[u64::MAX, 2], data)).contains("overflows")
             );
@@ -265,7 +265,7 @@ mod tests {
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        assert_eq!(order, ["scalar", "w"]);
+        assert_eq!(order, ["scalar", "e", "w", "z"]);
         registry.unregister("w").unwrap();
         assert!(registry.unregister("w").is_err());
     }

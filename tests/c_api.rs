@@ -69,6 +69,7 @@ c_cases!(api_cases, "api_cases.c":
 
 c_cases!(tensor_cases, "tensor_cases.c":
     registration_errors,
+    empty_tensors,
     all_dtypes_round_trip,
     callback_and_builtin_saver,
     partial_restore_files,

@@ -414,9 +414,9 @@ class CheckpointManager:
 
         Every save writes it to `<prefix>.safetensors`; restore_or_initialize()
         writes the checkpoint's values into it in place. The array must be
-        C-contiguous, writeable, aligned, native byte order, with no zero
-        dimension, of dtype float64/32/16, (u)int64/32/16/8, bool (or
-        ml_dtypes.bfloat16). The manager keeps a reference to it until
+        C-contiguous, writeable, aligned, native byte order, of dtype
+        float64/32/16, (u)int64/32/16/8, bool (or ml_dtypes.bfloat16); it may
+        be empty (a zero dimension). The manager keeps a reference to it until
         unregister(name) or close()."""
         np = _numpy()
         if not isinstance(array, np.ndarray):
