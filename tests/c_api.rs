@@ -65,6 +65,7 @@ c_cases!(api_cases, "api_cases.c":
     lower_max_to_keep,
     directory_is_a_file,
     free_inside_callback,
+    shared_callbacks,
 );
 
 c_cases!(tensor_cases, "tensor_cases.c":

@@ -104,6 +104,7 @@ cases!(
     module_functions,
     nested_calls,
     threads,
+    shared_options_threads,
     reset_inside_callback,
 );
 

@@ -94,6 +94,37 @@ fn header_enums_match_the_library() {
     }
 }
 
+/// Every function's comment states who owns each pointer, the result, the
+/// errors, which threads may call it and which run its callbacks.
+#[test]
+fn every_function_documents_its_contract() {
+    let header = std::fs::read_to_string(checked_in_header()).unwrap();
+    let functions = header
+        .split("extern \"C\" {")
+        .nth(1)
+        .and_then(|rest| rest.split("}  // extern").next())
+        .unwrap();
+    let mut comment = String::new();
+    let (mut checked, mut in_declaration) = (0, false);
+    for line in functions.lines().map(str::trim) {
+        if in_declaration {
+            in_declaration = !line.ends_with(';');
+        } else if let Some(text) = line.strip_prefix("//") {
+            comment.push_str(text);
+            comment.push('\n');
+        } else if !line.is_empty() && !line.starts_with('#') {
+            let name = line.split('(').next().unwrap();
+            for label in ["Ownership", "Returns:", "Errors:", "Threads:", "Callbacks:"] {
+                assert!(comment.contains(label), "{name}: no {label}\n{comment}");
+            }
+            checked += 1;
+            comment.clear();
+            in_declaration = !line.ends_with(';');
+        }
+    }
+    assert!(checked > 40, "the scan found only {checked} declarations");
+}
+
 /// Every name the header defines is prefixed, so that it cannot clash with
 /// a user's own macros and types.
 #[test]
@@ -101,6 +132,9 @@ fn every_name_in_the_header_is_prefixed() {
     let header = std::fs::read_to_string(checked_in_header()).unwrap();
     let mut names = Vec::new();
     for line in header.lines().map(str::trim) {
+        if line.starts_with("//") || line.starts_with("/*") || line.starts_with('*') {
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("#define ") {
             names.push(rest.split_whitespace().next().unwrap().to_owned());
         } else if line.starts_with("typedef") || (line.starts_with("} ") && line.ends_with(';')) {
@@ -119,8 +153,9 @@ fn every_name_in_the_header_is_prefixed() {
             names.extend(name.map(str::to_owned));
         } else if let Some(open) = line.find('(') {
             if line.contains("ckpt_status ")
-                || line.starts_with("void ")
-                || line.starts_with("const char *")
+                || ["void ", "const char *", "size_t ", "double "]
+                    .iter()
+                    .any(|result| line.starts_with(result))
             {
                 let before = &line[..open];
                 names.push(before.rsplit([' ', '*']).next().unwrap().to_owned());

@@ -39,18 +39,20 @@ pub const CKPT_LATEST_NO_FALLBACK: u32 = 1;
 /// only that every file exists with its size (reads every byte).
 pub const CKPT_LATEST_VERIFY_CHECKSUMS: u32 = 2;
 
-/// The newest usable checkpoint named by `directory`'s state file: the
-/// latest if its files are intact (every file in its manifest exists with
-/// its size), otherwise the newest intact checkpoint the state file lists,
-/// with a warning on stderr. Checkpoints without a manifest count as
-/// intact when any of their files exist, as in TF.
+/// The newest usable checkpoint named by `directory`'s state file: the latest
+/// if its files are intact (every file in its manifest exists with its size),
+/// otherwise the newest intact checkpoint the state file lists, with a warning
+/// on stderr. Checkpoints without a manifest count as intact when any of their
+/// files exist, as in TF.
 ///
-/// `directory` is borrowed. On success `*out_prefix` is a string the
-/// caller frees with `ckpt_string_free`, or NULL when there is no state
-/// file or no intact checkpoint.
-///
+/// Ownership: `directory` is borrowed. On success `*out_prefix` is a new string
+/// the caller frees with `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the prefix, or NULL when there is no state file
+/// or no intact checkpoint; or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
-/// CKPT_STATUS_IO_ERROR. Thread-safe.
+/// CKPT_STATUS_IO_ERROR.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_latest_checkpoint(
     directory: *const c_char,
@@ -64,9 +66,12 @@ pub unsafe extern "C" fn ckpt_latest_checkpoint(
 /// CKPT_LATEST_NO_FALLBACK and CKPT_LATEST_VERIFY_CHECKSUMS (0 for the
 /// defaults).
 ///
+/// Ownership and Returns: as `ckpt_latest_checkpoint`.
 /// Errors: as `ckpt_latest_checkpoint`, plus CKPT_STATUS_CHECKPOINT_DAMAGED
 /// (with CKPT_LATEST_NO_FALLBACK, the latest is damaged) and
-/// CKPT_STATUS_INVALID_ARGUMENT (unknown flags). Thread-safe.
+/// CKPT_STATUS_INVALID_ARGUMENT (unknown flags).
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_latest_checkpoint_with_flags(
     directory: *const c_char,
@@ -101,9 +106,12 @@ pub unsafe extern "C" fn ckpt_latest_checkpoint_with_flags(
 /// Checks the checkpoint at `prefix` against its manifest, as
 /// `ckpt_manager_verify` does, without a manager.
 ///
-/// `prefix` is borrowed. Returns CKPT_STATUS_OK when intact,
-/// CKPT_STATUS_CHECKPOINT_DAMAGED, CKPT_STATUS_NO_MANIFEST,
-/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR. Thread-safe.
+/// Ownership: `prefix` is borrowed.
+/// Returns: CKPT_STATUS_OK when intact, or an error.
+/// Errors: CKPT_STATUS_CHECKPOINT_DAMAGED, CKPT_STATUS_NO_MANIFEST,
+/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_verify_checkpoint(
     prefix: *const c_char,
@@ -121,13 +129,15 @@ pub unsafe extern "C" fn ckpt_verify_checkpoint(
 
 /// Reads `directory`'s state file.
 ///
-/// `directory` is borrowed. On success `*out_state` is a new state the
-/// caller reads with the `ckpt_checkpoint_state_*` accessors and frees
-/// with `ckpt_checkpoint_state_free`, or NULL when there is no state file.
-///
+/// Ownership: `directory` is borrowed. On success `*out_state` is a new state
+/// the caller reads with the `ckpt_checkpoint_state_*` accessors and frees with
+/// `ckpt_checkpoint_state_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the state, or NULL when there is no state file;
+/// or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT (unparsable,
 /// empty model_checkpoint_path, larger than 64 MiB), CKPT_STATUS_IO_ERROR.
-/// Thread-safe.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_get_checkpoint_state(
     directory: *const c_char,
@@ -158,8 +168,14 @@ pub unsafe extern "C" fn ckpt_get_checkpoint_state(
     })
 }
 
-/// Frees a state returned by `ckpt_get_checkpoint_state`, with the strings
-/// its accessors returned. NULL is a no-op. Thread-safe.
+/// Frees a state returned by `ckpt_get_checkpoint_state`, with the strings its
+/// accessors returned. NULL is a no-op.
+///
+/// Ownership: takes `state`, which must not be freed twice.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: any thread, once no other thread reads the state.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_free(state: *mut ckpt_checkpoint_state) {
     // SAFETY: a state from ckpt_get_checkpoint_state, freed once (header).
@@ -168,8 +184,12 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_free(state: *mut ckpt_checkpoint_
 
 /// The latest checkpoint's prefix (TF's `model_checkpoint_path`).
 ///
-/// Returns a string owned by `state`, valid until it is freed; NULL only
-/// for a NULL `state`. Thread-safe.
+/// Ownership: `state` is borrowed; the string belongs to it and stays valid
+/// until it is freed.
+/// Returns: the prefix; NULL only for a NULL `state`.
+/// Errors: none.
+/// Threads: any thread; a state is immutable.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_model_checkpoint_path(
     state: *const ckpt_checkpoint_state,
@@ -180,7 +200,13 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_model_checkpoint_path(
 }
 
 /// The number of managed checkpoints' prefixes (TF's
-/// `all_model_checkpoint_paths`); 0 for a NULL `state`. Thread-safe.
+/// `all_model_checkpoint_paths`).
+///
+/// Ownership: `state` is borrowed.
+/// Returns: the count; 0 for a NULL `state`.
+/// Errors: none.
+/// Threads: any thread; a state is immutable.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_path_count(
     state: *const ckpt_checkpoint_state,
@@ -191,9 +217,13 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_path_count(
 
 /// The managed checkpoint's prefix at `index`, oldest first.
 ///
-/// Returns a string owned by `state`, valid until it is freed; NULL when
-/// `index` is not below `ckpt_checkpoint_state_path_count` or `state` is
-/// NULL. Thread-safe.
+/// Ownership: `state` is borrowed; the string belongs to it and stays valid
+/// until it is freed.
+/// Returns: the prefix; NULL when `index` is not below
+/// `ckpt_checkpoint_state_path_count` or `state` is NULL.
+/// Errors: none.
+/// Threads: any thread; a state is immutable.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_path(
     state: *const ckpt_checkpoint_state,
@@ -205,9 +235,14 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_path(
         .map_or(ptr::null(), |path| path.as_ptr())
 }
 
-/// The number of save times (TF's `all_model_checkpoint_timestamps`): may
-/// be fewer than the paths (none in files written by old TF versions); 0
-/// for a NULL `state`. Thread-safe.
+/// The number of save times (TF's `all_model_checkpoint_timestamps`): may be
+/// fewer than the paths (none in files written by old TF versions).
+///
+/// Ownership: `state` is borrowed.
+/// Returns: the count; 0 for a NULL `state`.
+/// Errors: none.
+/// Threads: any thread; a state is immutable.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp_count(
     state: *const ckpt_checkpoint_state,
@@ -216,9 +251,14 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp_count(
     unsafe { handle::borrow(state) }.map_or(0, |state| state.all_model_checkpoint_timestamps.len())
 }
 
-/// The save time at `index` in seconds since the epoch, oldest first; NaN
-/// when `index` is not below `ckpt_checkpoint_state_timestamp_count` or
-/// `state` is NULL. Thread-safe.
+/// The save time at `index` in seconds since the epoch, oldest first.
+///
+/// Ownership: `state` is borrowed.
+/// Returns: the time; NaN when `index` is not below
+/// `ckpt_checkpoint_state_timestamp_count` or `state` is NULL.
+/// Errors: none.
+/// Threads: any thread; a state is immutable.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp(
     state: *const ckpt_checkpoint_state,
@@ -231,9 +271,13 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_timestamp(
         .unwrap_or(f64::NAN)
 }
 
-/// The time of the last preserved checkpoint (TF's
-/// `last_preserved_timestamp`); 0 when absent or for a NULL `state`.
-/// Thread-safe.
+/// The time of the last preserved checkpoint (TF's `last_preserved_timestamp`).
+///
+/// Ownership: `state` is borrowed.
+/// Returns: the time; 0 when absent or for a NULL `state`.
+/// Errors: none.
+/// Threads: any thread; a state is immutable.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_state_last_preserved_timestamp(
     state: *const ckpt_checkpoint_state,
@@ -245,10 +289,12 @@ pub unsafe extern "C" fn ckpt_checkpoint_state_last_preserved_timestamp(
 /// Whether any file of the checkpoint exists: `<prefix>` itself or a file
 /// `<prefix>.<suffix>`. Names are matched literally (no glob patterns).
 ///
-/// `prefix` is borrowed. On success `*out_exists` is written.
-///
+/// Ownership: `prefix` is borrowed; `*out_exists` is written on success.
+/// Returns: CKPT_STATUS_OK with the answer, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT,
-/// CKPT_STATUS_IO_ERROR. Thread-safe.
+/// CKPT_STATUS_IO_ERROR.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_checkpoint_exists(
     prefix: *const c_char,
@@ -267,12 +313,15 @@ pub unsafe extern "C" fn ckpt_checkpoint_exists(
 }
 
 /// Deletes every file of the checkpoint at `prefix` (`<prefix>`,
-/// `<prefix>.<suffix>`), data files before the `.index` file. Nothing to
-/// delete is not an error. Names are matched literally.
+/// `<prefix>.<suffix>`), data files before the `.index` file. Nothing to delete
+/// is not an error. Names are matched literally.
 ///
-/// `prefix` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT, CKPT_STATUS_IO_ERROR. Thread-safe, but do
-/// not remove a checkpoint a manager is saving.
+/// Ownership: `prefix` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT,
+/// CKPT_STATUS_IO_ERROR.
+/// Threads: any thread, but do not remove a checkpoint a manager is saving.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_remove_checkpoint(prefix: *const c_char) -> ckpt_status {
     guard(|| {

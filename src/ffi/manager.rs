@@ -98,23 +98,25 @@ unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<
     })
 }
 
-/// Opens a manager on the options' directory and recovers its state from
-/// the `checkpoint` state file, as TF does. A writer (the default) creates
-/// the directory, takes its lock file `checkpoint.lock` (released by
-/// `ckpt_manager_free` or the process's death), and removes what
-/// interrupted saves left: temporary state files, and checkpoints of this
-/// name whose save never committed. A read-only manager touches nothing.
+/// Opens a manager on the options' directory and recovers its state from the
+/// `checkpoint` state file, as TF does. A writer (the default) creates the
+/// directory, takes its lock file `checkpoint.lock` (released by
+/// `ckpt_manager_free` or the process's death), and removes what interrupted
+/// saves left: temporary state files, and checkpoints of this name whose save
+/// never committed. A read-only manager touches nothing.
 ///
-/// `options` is borrowed; the manager keeps its own copy of the settings
-/// and shares the callbacks (see `ckpt_options_set_save_callback`). On
-/// success `*out_manager` owns a new handle to free with
-/// `ckpt_manager_free`.
-///
+/// Ownership: `options` is borrowed; the manager keeps its own copy of the
+/// settings and shares the callbacks and their user_data (see
+/// `ckpt_options_set_save_callback`). On success `*out_manager` is a new handle
+/// the caller frees with `ckpt_manager_free`.
+/// Returns: CKPT_STATUS_OK with the manager, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
 /// directory, no max_to_keep, an interval without a step counter),
 /// CKPT_STATUS_LOCKED (another manager writes there; the message names its
 /// pid), CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
-/// CKPT_STATUS_CALLBACK_FAILED (clock). Thread-safe.
+/// CKPT_STATUS_CALLBACK_FAILED (clock).
+/// Threads: any thread, one at a time per options object.
+/// Callbacks: the clock and log callbacks run on the calling thread.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_new(
     options: *const ckpt_options,
@@ -132,14 +134,19 @@ pub unsafe extern "C" fn ckpt_manager_new(
     })
 }
 
-/// Frees a manager and releases its callbacks' user data (finalizers run
-/// for callbacks no other options or manager holds). NULL is a no-op.
+/// Frees a manager and releases its callbacks' user data. NULL is a no-op.
 ///
-/// Called from inside one of this manager's own calls on the same thread
-/// (from a callback, or a finalizer this free runs), it is refused: nothing
-/// is freed, the manager stays usable, and `ckpt_last_error_message()`
-/// says so. No call on this manager may be running on another thread or
-/// follow.
+/// Called from inside one of this manager's own calls on the same thread (from
+/// one of its callbacks, or a finalizer this free runs), it is refused: nothing
+/// is freed, the manager stays usable, and `ckpt_last_error_message()` says so.
+///
+/// Ownership: takes `manager`, unless refused.
+/// Returns: nothing.
+/// Errors: none returned; a refusal is in `ckpt_last_error_message()`.
+/// Threads: any thread, once no call on this manager runs on another thread or
+/// follows.
+/// Callbacks: finalizers of callbacks that neither options nor another manager
+/// still hold run on the calling thread.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
     // The status is dropped: C expects nothing back from a free.
@@ -161,24 +168,32 @@ pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
     });
 }
 
-/// Saves a checkpoint: checks the interval gate, marks the save pending,
-/// runs the save callback with the prefix `<directory>/<name>-<N>`, writes
-/// the manifest (`<prefix>.ckpt-manifest.json`: each file's size and
-/// CRC32C), fsyncs the files and the directory, commits the checkpoint by
-/// replacing the state file atomically, then deletes or preserves the
-/// oldest ones beyond max_to_keep.
+/// Saves a checkpoint: checks the interval gate, marks the save pending, runs
+/// the save callback with the prefix `<directory>/<name>-<N>`, writes the
+/// manifest (`<prefix>.ckpt-manifest.json`: each file's size and CRC32C),
+/// fsyncs the files and the directory, commits the checkpoint by replacing the
+/// state file atomically, then deletes or preserves the oldest ones beyond
+/// max_to_keep.
 ///
-/// `checkpoint_number` is NULL to use the save counter's next value, or
-/// points to an explicit number (read during the call). `check_interval`
-/// false saves even within the interval (never twice at the same step).
-/// On success `*out_prefix` is the new checkpoint's prefix (caller frees
-/// with `ckpt_string_free`), or NULL when the interval gate skipped it.
-/// On failure nothing is committed and the manager is unchanged.
+/// `checkpoint_number` is NULL to use the save counter's next value, or points
+/// to an explicit number. `check_interval` false saves even within the interval
+/// (never twice at the same step). On failure nothing is committed and the
+/// manager is unchanged.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither
-/// a save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
-/// previous state stays valid), CKPT_STATUS_READ_ONLY,
-/// CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
+/// Ownership: `manager` and `checkpoint_number` are borrowed for the call. On
+/// success `*out_prefix` is a new string the caller frees with
+/// `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the new checkpoint's prefix, or NULL when the
+/// interval gate skipped it; or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither a
+/// save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED,
+/// CKPT_STATUS_IO_ERROR (the previous state stays valid),
+/// CKPT_STATUS_READ_ONLY, CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the step counter, save, clock, delete and log callbacks run on
+/// the calling thread, during the call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_save(
     manager: *mut ckpt_manager,
@@ -197,14 +212,18 @@ pub unsafe extern "C" fn ckpt_manager_save(
     })
 }
 
-/// The latest checkpoint's prefix, as recorded in the state file (its
-/// files are not checked).
+/// The latest checkpoint's prefix, as recorded in the state file (its files are
+/// not checked).
 ///
-/// On success `*out_prefix` is a string the caller frees with
-/// `ckpt_string_free`, or NULL when there is none.
-///
+/// Ownership: `manager` is borrowed. On success `*out_prefix` is a new string
+/// the caller frees with `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the prefix, or NULL when there is none; or an
+/// error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_latest(
     manager: *const ckpt_manager,
@@ -219,14 +238,18 @@ pub unsafe extern "C" fn ckpt_manager_latest(
     })
 }
 
-/// The managed checkpoints' prefixes, oldest first. Preserved checkpoints
-/// are not listed.
+/// The managed checkpoints' prefixes, oldest first. Preserved checkpoints are
+/// not listed.
 ///
-/// On success `*out_list` is a list the caller frees with
-/// `ckpt_string_list_free` (possibly empty, never NULL).
-///
+/// Ownership: `manager` is borrowed. On success `*out_list` is a new list the
+/// caller frees with `ckpt_string_list_free`.
+/// Returns: CKPT_STATUS_OK with the list (possibly empty, never NULL), or an
+/// error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_checkpoints(
     manager: *const ckpt_manager,
@@ -240,36 +263,40 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
     })
 }
 
-/// Restores the newest intact checkpoint through the restore callback, or,
-/// with none, runs the init callback (if set). The latest is verified
-/// against its manifest first (sizes, and CRC32C unless
-/// `ckpt_options_set_verify_checksums` turned that off); if it is missing
-/// or damaged, a warning goes to the log callback (stderr by default) and
-/// the newest older checkpoint that verifies is restored instead. One
-/// without a manifest (written by TF, say) is restored unverified. With a
-/// checkpoint interval, the step counter's value becomes the last
-/// checkpoint step.
+/// Restores the newest intact checkpoint through the restore callback, or, with
+/// none, runs the init callback (if set). The latest is verified against its
+/// manifest first (sizes, and CRC32C unless `ckpt_options_set_verify_checksums`
+/// turned that off); if it is missing or damaged, a warning goes to the log
+/// callback (stderr by default) and the newest older checkpoint that verifies
+/// is restored instead. One without a manifest (written by TF, say) is restored
+/// unverified. With a checkpoint interval, the step counter's value becomes the
+/// last checkpoint step.
 ///
-/// Registered tensors are read from `<prefix>.safetensors` after its header
-/// is validated and matched against the registry (a mismatch is
-/// CKPT_STATUS_TENSOR_MISMATCH and leaves every buffer untouched), then
-/// the restore callback, if set, runs. To read the file once, its CRC32C
-/// is checked while it is read into the buffers: if it does not match, the
-/// buffers hold damaged bytes until an older checkpoint is restored over
-/// them. If that fails too (none intact, or an older checkpoint's tensors
-/// do not match the registry; the message says so), the buffers' contents
-/// are unspecified. A checkpoint without `<prefix>.safetensors` is a
-/// mismatch when tensors are registered (a partial restore skips it).
+/// Registered tensors are read from `<prefix>.safetensors` after its header is
+/// validated and matched against the registry (a mismatch is
+/// CKPT_STATUS_TENSOR_MISMATCH and leaves every buffer untouched), then the
+/// restore callback, if set, runs. To read the file once, its CRC32C is checked
+/// while it is read into the buffers: if it does not match, the buffers hold
+/// damaged bytes until an older checkpoint is restored over them. If that fails
+/// too (none intact, or an older checkpoint's tensors do not match the
+/// registry; the message says so), the buffers' contents are unspecified. A
+/// checkpoint without `<prefix>.safetensors` is a mismatch when tensors are
+/// registered (a partial restore skips it).
 ///
-/// On success `*out_prefix` is the restored prefix (caller frees with
-/// `ckpt_string_free`), or NULL when there was nothing to restore.
-///
+/// Ownership: `manager` is borrowed. On success `*out_prefix` is a new string
+/// the caller frees with `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the restored prefix, or NULL when there was
+/// nothing to restore; or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
 /// checkpoint exists but neither a restore callback nor a tensor is set),
-/// CKPT_STATUS_TENSOR_MISMATCH,
-/// CKPT_STATUS_CHECKPOINT_DAMAGED (no intact checkpoint is left),
-/// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
-/// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// CKPT_STATUS_TENSOR_MISMATCH, CKPT_STATUS_CHECKPOINT_DAMAGED (no intact
+/// checkpoint is left), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the restore, init, step counter and log callbacks run on the
+/// calling thread, during the call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
     manager: *mut ckpt_manager,
@@ -286,11 +313,14 @@ pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
 
 /// The manager's directory, as given in the options.
 ///
-/// On success `*out_directory` is a string the caller frees with
-/// `ckpt_string_free`.
-///
+/// Ownership: `manager` is borrowed. On success `*out_directory` is a new
+/// string the caller frees with `ckpt_string_free`.
+/// Returns: CKPT_STATUS_OK with the directory, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_directory(
     manager: *const ckpt_manager,
@@ -309,12 +339,17 @@ pub unsafe extern "C" fn ckpt_manager_directory(
     })
 }
 
-/// The save counter: the number of saves, continued from the highest
-/// checkpoint number found when the manager opened. An unnumbered save
-/// uses the counter's next value.
+/// The save counter: the number of saves, continued from the highest checkpoint
+/// number found when the manager opened. An unnumbered save uses the counter's
+/// next value.
 ///
+/// Ownership: `manager` is borrowed; `*out_counter` is written on success.
+/// Returns: CKPT_STATUS_OK with the counter, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_save_counter(
     manager: *const ckpt_manager,
@@ -332,16 +367,20 @@ pub unsafe extern "C" fn ckpt_manager_save_counter(
     })
 }
 
-/// Checks a checkpoint against its manifest: every recorded file exists
-/// with its size and, when `check_checksums`, its CRC32C.
+/// Checks a checkpoint against its manifest: every recorded file exists with
+/// its size and, when `check_checksums`, its CRC32C.
 ///
-/// `prefix` is borrowed; NULL means the latest checkpoint.
-///
-/// Returns CKPT_STATUS_OK when intact, CKPT_STATUS_CHECKPOINT_DAMAGED (the
-/// message says which file and how), CKPT_STATUS_NO_MANIFEST (files but no
-/// manifest), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
-/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR,
-/// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// Ownership: `manager` and `prefix` are borrowed; `prefix` NULL means the
+/// latest checkpoint.
+/// Returns: CKPT_STATUS_OK when intact, or an error.
+/// Errors: CKPT_STATUS_CHECKPOINT_DAMAGED (the message says which file and
+/// how), CKPT_STATUS_NO_MANIFEST (files but no manifest),
+/// CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
+/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_verify(
     manager: *const ckpt_manager,
@@ -365,8 +404,15 @@ pub unsafe extern "C" fn ckpt_manager_verify(
 /// Re-reads the state file, so that a read-only manager sees checkpoints
 /// another process saved since it opened.
 ///
+/// Ownership: `manager` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
-/// CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// CKPT_STATUS_IO_ERROR, CKPT_STATUS_CALLBACK_FAILED (clock),
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the clock and log callbacks run on the calling thread.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt_status {
     // SAFETY: NULL or a live handle (header).
@@ -374,23 +420,29 @@ pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt
 }
 
 /// Registers a host buffer with the built-in saver: every save writes all
-/// registered tensors to `<prefix>.safetensors` (after the save callback,
-/// if one is set, has run; that file name belongs to the built-in saver),
-/// and `ckpt_manager_restore_or_initialize` reads
-/// them back into the buffers after checking every name, dtype and shape.
+/// registered tensors to `<prefix>.safetensors` (after the save callback, if
+/// one is set, has run; that file name belongs to the built-in saver), and
+/// `ckpt_manager_restore_or_initialize` reads them back into the buffers after
+/// checking every name, dtype and shape.
 ///
 /// `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
-/// value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is
-/// 0: a scalar); a dimension of 0 makes an empty tensor, saved with its
-/// shape. `data` is borrowed: it must hold the tensor's bytes (product of
-/// the shape times the dtype's size, in the host's little-endian layout;
-/// may be NULL when that is 0) and stay valid until the tensor is unregistered
-/// or the manager freed; the library reads it during saves and writes it
-/// during restores, so do not touch it from other threads then.
+/// value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is 0: a
+/// scalar); a dimension of 0 makes an empty tensor, saved with its shape.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
-/// (duplicate or unusable name, unknown dtype, an overflowing shape, NULL
-/// data for a tensor with bytes), CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// Ownership: `manager`, `name` and `shape` are borrowed for the call. `data`
+/// is borrowed until the tensor is unregistered or the manager freed: it must
+/// hold the tensor's bytes (the product of the shape times the dtype's size, in
+/// the host's little-endian layout; may be NULL when that is 0). The library
+/// reads it during saves and writes it during restores, so do not touch it from
+/// other threads then.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (duplicate
+/// or unusable name, unknown dtype, an overflowing shape, NULL data for a
+/// tensor with bytes), CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_register_tensor(
     manager: *mut ckpt_manager,
@@ -425,9 +477,14 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
 
 /// Unregisters a tensor; its buffer is no longer read or written.
 ///
-/// `name` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT (not registered), CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Ownership: `manager` and `name` are borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not
+/// registered), CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_unregister_tensor(
     manager: *mut ckpt_manager,

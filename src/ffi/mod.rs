@@ -318,7 +318,11 @@ pub(crate) fn integrity_result(integrity: crate::storage::Integrity) -> FfiResul
 
 /// The library's version, "MAJOR.MINOR.PATCH".
 ///
-/// Returns a static string; never NULL, never freed. Thread-safe.
+/// Ownership: the string is static; never freed.
+/// Returns: the version; never NULL.
+/// Errors: none.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub extern "C" fn ckpt_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
@@ -326,9 +330,12 @@ pub extern "C" fn ckpt_version() -> *const c_char {
 
 /// The detail of the last failed call made on this thread.
 ///
-/// Returns a NUL-terminated string owned by the library, valid until the
-/// next failing call on the same thread; "" when no call has failed yet.
-/// Never NULL. Thread-safe: each thread has its own message.
+/// Ownership: the string belongs to the library and stays valid until the next
+/// failing call on the same thread.
+/// Returns: the message; "" when no call has failed yet; never NULL.
+/// Errors: none.
+/// Threads: any thread; each thread has its own message.
+/// Callbacks: none run.
 #[no_mangle]
 pub extern "C" fn ckpt_last_error_message() -> *const c_char {
     LAST_ERROR.with(|last| last.borrow().as_ptr())
@@ -336,8 +343,12 @@ pub extern "C" fn ckpt_last_error_message() -> *const c_char {
 
 /// The name of a status code, e.g. "CKPT_STATUS_IO_ERROR".
 ///
-/// `status` may be any value; unknown values give "CKPT_STATUS_UNKNOWN".
-/// Returns a static string; never NULL, never freed. Thread-safe.
+/// Ownership: the string is static; never freed.
+/// Returns: the name; "CKPT_STATUS_UNKNOWN" for a value that is not a status;
+/// never NULL.
+/// Errors: none (any value may be passed).
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub extern "C" fn ckpt_status_name(status: u32) -> *const c_char {
     usize::try_from(status)
@@ -348,18 +359,26 @@ pub extern "C" fn ckpt_status_name(status: u32) -> *const c_char {
 
 /// Frees a string returned by the library. NULL is a no-op.
 ///
-/// `string` must come from this library and not be freed twice.
-/// Thread-safe.
+/// Ownership: takes `string`, which must come from this library and not be
+/// freed twice.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_string_free(string: *mut c_char) {
     // SAFETY: a string this library returned, freed once (the contract).
     guard_void(|| unsafe { handle::free_c_string(string) });
 }
 
-/// Frees a list returned by the library, with all its strings. NULL is a
-/// no-op.
+/// Frees a list returned by the library, with all its strings. NULL is a no-op.
 ///
-/// `list` must come from this library and not be freed twice. Thread-safe.
+/// Ownership: takes `list`, which must come from this library and not be freed
+/// twice.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_string_list_free(list: *mut ckpt_string_list) {
     // SAFETY: a list this library returned, freed once (the contract).

@@ -232,12 +232,16 @@ unsafe fn update(
     })
 }
 
-/// Creates options with TF's defaults: checkpoint name "ckpt", no
-/// preservation, no interval, no callbacks. A directory and max_to_keep
-/// (or keep-all) must be set before `ckpt_manager_new`.
+/// Creates options with TF's defaults: checkpoint name "ckpt", no preservation,
+/// no interval, no callbacks. A directory and max_to_keep (or keep-all) must be
+/// set before `ckpt_manager_new`.
 ///
-/// On success `*out_options` owns a new object to free with
-/// `ckpt_options_free`. Errors: CKPT_STATUS_NULL_ARGUMENT. Thread-safe.
+/// Ownership: on success `*out_options` is a new object the caller frees with
+/// `ckpt_options_free`.
+/// Returns: CKPT_STATUS_OK with the options, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -> ckpt_status {
     guard(|| {
@@ -256,10 +260,14 @@ pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -
     })
 }
 
-/// Frees options. Managers built from them are unaffected. Callback
-/// finalizers run here unless a live manager still holds the callback, in
-/// which case they run when the last such manager is freed. NULL is a
-/// no-op. Not thread-safe with other calls on the same options.
+/// Frees options. Managers built from them are unaffected. NULL is a no-op.
+///
+/// Ownership: takes `options`.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: one thread at a time per options object.
+/// Callbacks: finalizers of callbacks no live manager holds run here, on the
+/// calling thread; the others run when the last manager holding them is freed.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_free(options: *mut ckpt_options) {
     // SAFETY: a handle from ckpt_options_new, freed once and not in use
@@ -267,12 +275,16 @@ pub unsafe extern "C" fn ckpt_options_free(options: *mut ckpt_options) {
     guard_void(|| unsafe { handle::free_handle(options) });
 }
 
-/// Sets the checkpoint directory (required). It need not exist: the first
-/// save creates it. Any bytes but NUL; relative paths are relative to the
-/// process's working directory at each call.
+/// Sets the checkpoint directory (required). It need not exist: the first save
+/// creates it. Any bytes but NUL; relative paths are relative to the process's
+/// working directory at each call.
 ///
-/// `directory` is borrowed (copied). Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT (empty). Not thread-safe (per options).
+/// Ownership: `options` is borrowed; `directory` is borrowed (copied).
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_NULL_ARGUMENT
+/// (`directory`), CKPT_STATUS_INVALID_ARGUMENT (empty).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_directory(
     options: *mut ckpt_options,
@@ -291,8 +303,12 @@ pub unsafe extern "C" fn ckpt_options_set_directory(
 /// Keeps at most `max_to_keep` (> 0) managed checkpoints; older ones are
 /// deleted, or preserved by keep_checkpoint_every_n_hours.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
-/// (zero or negative). Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (zero or negative).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
     options: *mut ckpt_options,
@@ -311,7 +327,11 @@ pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
 
 /// Keeps every checkpoint and deletes none (TF's max_to_keep=None).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_keep_all(options: *mut ckpt_options) -> ckpt_status {
     // SAFETY: `options` is NULL or a live handle no other thread uses
@@ -322,8 +342,12 @@ pub unsafe extern "C" fn ckpt_options_set_keep_all(options: *mut ckpt_options) -
 /// Preserves (never deletes) one checkpoint every `hours` hours among those
 /// that max_to_keep pushes out. 0 turns preservation off.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN,
-/// infinite or negative). Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (NaN, infinite or negative).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
     options: *mut ckpt_options,
@@ -338,12 +362,16 @@ pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
     }
 }
 
-/// Sets the checkpoint name: files are `<directory>/<name>-<N>...`.
-/// Default "ckpt".
+/// Sets the checkpoint name: files are `<directory>/<name>-<N>...`. Default
+/// "ckpt".
 ///
-/// `name` is borrowed (copied). Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT (empty, contains '/', or "checkpoint",
-/// ".", ".."). Not thread-safe (per options).
+/// Ownership: `options` is borrowed; `name` is borrowed (copied).
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_NULL_ARGUMENT
+/// (`name`), CKPT_STATUS_INVALID_ARGUMENT (empty, contains '/', or
+/// "checkpoint", ".", "..").
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_checkpoint_name(
     options: *mut ckpt_options,
@@ -362,8 +390,12 @@ pub unsafe extern "C" fn ckpt_options_set_checkpoint_name(
 /// Saves at most once every `interval` (> 0) steps, as read from the step
 /// counter callback, which must then be set too.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT.
-/// Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (zero or negative).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_checkpoint_interval(
     options: *mut ckpt_options,
@@ -381,7 +413,11 @@ pub unsafe extern "C" fn ckpt_options_set_checkpoint_interval(
 /// The step of the last checkpoint, for the interval gate (TF's
 /// last_checkpoint_step).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_last_checkpoint_step(
     options: *mut ckpt_options,
@@ -397,11 +433,15 @@ pub unsafe extern "C" fn ckpt_options_set_last_checkpoint_step(
     }
 }
 
-/// Opens managers read-only: no lock, no recovery, no writes (saves fail
-/// with CKPT_STATUS_READ_ONLY). For evaluators that follow a directory
-/// another process writes; `ckpt_manager_reload` picks up new checkpoints.
+/// Opens managers read-only: no lock, no recovery, no writes (saves fail with
+/// CKPT_STATUS_READ_ONLY). For evaluators that follow a directory another
+/// process writes; `ckpt_manager_reload` picks up new checkpoints.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_read_only(
     options: *mut ckpt_options,
@@ -417,10 +457,14 @@ pub unsafe extern "C" fn ckpt_options_set_read_only(
     }
 }
 
-/// Whether `ckpt_manager_restore_or_initialize` checks every file's
-/// CRC32C against the manifest (true, the default) or only file sizes.
+/// Whether `ckpt_manager_restore_or_initialize` checks every file's CRC32C
+/// against the manifest (true, the default) or only file sizes.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_verify_checksums(
     options: *mut ckpt_options,
@@ -437,10 +481,14 @@ pub unsafe extern "C" fn ckpt_options_set_verify_checksums(
 }
 
 /// Whether restoring registered tensors may skip tensors that are in the
-/// checkpoint but not registered, or registered but not in it (default
-/// false: either is CKPT_STATUS_TENSOR_MISMATCH).
+/// checkpoint but not registered, or registered but not in it (default false:
+/// either is CKPT_STATUS_TENSOR_MISMATCH).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_partial_restore(
     options: *mut ckpt_options,
@@ -482,22 +530,30 @@ unsafe fn set_callback<F: Copy>(
     }
 }
 
-/// Sets the save callback, which writes each checkpoint's files. Without
-/// one, saves write only the tensors registered with
-/// `ckpt_manager_register_tensor` (and fail with
-/// CKPT_STATUS_INVALID_ARGUMENT when there are none).
+/// Sets the save callback, which writes each checkpoint's files. Without one,
+/// saves write only the tensors registered with `ckpt_manager_register_tensor`
+/// (and fail with CKPT_STATUS_INVALID_ARGUMENT when there are none).
 ///
-/// Callback arguments, for every `ckpt_options_set_*_callback`: `user_data`
-/// is passed first to each call. On CKPT_STATUS_OK the library owns
-/// `user_data`: `finalizer` (may be NULL) is called on it exactly once,
-/// when the callback is replaced or when neither these options nor any
-/// manager built from them holds it any more. On error, ownership stays
-/// with the caller. A NULL callback clears the slot and finalizes
-/// `user_data` at once. Callbacks run on the thread that called into the
-/// manager, one at a time per manager; they must not unwind (C++
-/// exceptions, longjmp) through the library.
+/// For every `ckpt_options_set_*_callback`: `user_data` is passed first to each
+/// call of `callback`. A NULL callback clears the slot.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data`: `finalizer` (may be NULL) is called on it exactly once, when
+/// the callback is replaced or cleared, or when neither these options nor any
+/// manager built from them holds it any more. On error, ownership stays with
+/// the caller.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: each callback runs later, on the thread that called the manager
+/// function running it, during that call; one manager runs its callbacks one at
+/// a time. Managers built from the same options share `callback` and
+/// `user_data`, so their callbacks may run at the same time on different
+/// threads: make such `user_data` thread-safe, or give each manager options of
+/// its own. The finalizer may run on any thread (the one that frees the last
+/// holder). A replaced or cleared callback's finalizer runs here, on the
+/// calling thread, if nothing else holds it. Callbacks must not unwind through
+/// the library (see "Callbacks and exceptions" at the top of this header).
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_save_callback(
     options: *mut ckpt_options,
@@ -511,9 +567,16 @@ pub unsafe extern "C" fn ckpt_options_set_save_callback(
 }
 
 /// Sets the restore callback used by `ckpt_manager_restore_or_initialize`.
-/// Ownership and threading as for `ckpt_options_set_save_callback`.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the restore callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_restore_callback(
     options: *mut ckpt_options,
@@ -527,10 +590,17 @@ pub unsafe extern "C" fn ckpt_options_set_restore_callback(
 }
 
 /// Sets the init callback, run by `ckpt_manager_restore_or_initialize` when
-/// there is no checkpoint. Ownership and threading as for
-/// `ckpt_options_set_save_callback`.
+/// there is no checkpoint.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the init callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_init_callback(
     options: *mut ckpt_options,
@@ -543,10 +613,17 @@ pub unsafe extern "C" fn ckpt_options_set_init_callback(
     unsafe { set_callback(options, |o| &mut o.init, callback, user_data, finalizer) }
 }
 
-/// Sets the step counter read by the checkpoint interval. Ownership and
-/// threading as for `ckpt_options_set_save_callback`.
+/// Sets the step counter read by the checkpoint interval.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the step counter callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_step_counter_callback(
     options: *mut ckpt_options,
@@ -568,10 +645,17 @@ pub unsafe extern "C" fn ckpt_options_set_step_counter_callback(
 }
 
 /// Replaces the wall clock (seconds since the epoch) used for checkpoint
-/// timestamps, e.g. to test keep_checkpoint_every_n_hours. Ownership and
-/// threading as for `ckpt_options_set_save_callback`.
+/// timestamps, e.g. to test keep_checkpoint_every_n_hours.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the clock callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_clock_callback(
     options: *mut ckpt_options,
@@ -584,10 +668,17 @@ pub unsafe extern "C" fn ckpt_options_set_clock_callback(
     unsafe { set_callback(options, |o| &mut o.clock, callback, user_data, finalizer) }
 }
 
-/// Replaces the built-in deletion of a swept checkpoint's files. Ownership
-/// and threading as for `ckpt_options_set_save_callback`.
+/// Replaces the built-in deletion of a swept checkpoint's files.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the delete callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_delete_callback(
     options: *mut ckpt_options,
@@ -600,10 +691,17 @@ pub unsafe extern "C" fn ckpt_options_set_delete_callback(
     unsafe { set_callback(options, |o| &mut o.delete, callback, user_data, finalizer) }
 }
 
-/// Receives the manager's warnings (default: written to stderr). Ownership
-/// and threading as for `ckpt_options_set_save_callback`.
+/// Receives the manager's warnings (default: written to stderr).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the log callback runs later, as for the save callback; a replaced
+/// or cleared callback's finalizer runs here, on the calling thread, if nothing
+/// else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_log_callback(
     options: *mut ckpt_options,

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "test_support.h"
@@ -2247,6 +2248,112 @@ static void free_inside_callback(const char *dir) {
   free(outer_dir);
 }
 
+/* ------------------------------------------------------------------------
+ * 26. shared_callbacks: managers built from one options object share its
+ * callbacks and their user_data, and run them at the same time on
+ * different threads; one manager runs its callbacks one at a time. */
+
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t changed;
+  int inside;      /* save callbacks running now */
+  int max_inside;  /* the most that ever ran at once */
+  int calls;
+  int wait_ms;     /* how long a callback waits for a second one */
+  int finalized;
+} rendezvous;
+
+/* Waits (up to wait_ms) until two save callbacks have run at once. */
+static int32_t meet_in_save(void *data, const char *prefix, uint64_t number) {
+  (void)number;
+  rendezvous *r = data;
+  CHECK(pthread_mutex_lock(&r->lock) == 0);
+  r->calls++;
+  if (++r->inside > r->max_inside) r->max_inside = r->inside;
+  CHECK(pthread_cond_broadcast(&r->changed) == 0);
+  struct timespec deadline;
+  CHECK(clock_gettime(CLOCK_REALTIME, &deadline) == 0);
+  long nanoseconds = deadline.tv_nsec + (long)r->wait_ms % 1000 * 1000000L;
+  deadline.tv_sec += r->wait_ms / 1000 + nanoseconds / 1000000000L;
+  deadline.tv_nsec = nanoseconds % 1000000000L;
+  while (r->max_inside < 2 &&
+         pthread_cond_timedwait(&r->changed, &r->lock, &deadline) != ETIMEDOUT) {
+  }
+  r->inside--;
+  CHECK(pthread_mutex_unlock(&r->lock) == 0);
+  write_text(prefix, "x"); /* a checkpoint may be the one file `prefix` */
+  return 0;
+}
+
+static void finalize_rendezvous(void *data) { ((rendezvous *)data)->finalized++; }
+
+typedef struct {
+  ckpt_manager *manager;
+  int saves;
+  int failures;
+} saver;
+
+static void *save_some(void *arg) {
+  saver *s = arg;
+  for (int i = 0; i < s->saves; i++) {
+    char *prefix = NULL;
+    if (ckpt_manager_save(s->manager, NULL, false, &prefix) != CKPT_STATUS_OK) s->failures++;
+    ckpt_string_free(prefix);
+  }
+  return NULL;
+}
+
+static void save_on_two_threads(saver *a, saver *b) {
+  pthread_t threads[2];
+  CHECK(pthread_create(&threads[0], NULL, save_some, a) == 0);
+  CHECK(pthread_create(&threads[1], NULL, save_some, b) == 0);
+  CHECK(pthread_join(threads[0], NULL) == 0 && pthread_join(threads[1], NULL) == 0);
+  CHECK(a->failures == 0 && b->failures == 0);
+}
+
+static void shared_callbacks(const char *dir) {
+  alarm(120);
+  rendezvous r = {.wait_ms = 20000};
+  CHECK(pthread_mutex_init(&r.lock, NULL) == 0 && pthread_cond_init(&r.changed, NULL) == 0);
+  char *first_dir = join(dir, "first"), *second_dir = join(dir, "second");
+  ckpt_options *options = NULL;
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_OK(ckpt_options_set_keep_all(options));
+  CHECK_OK(ckpt_options_set_save_callback(options, meet_in_save, &r, finalize_rendezvous));
+  CHECK_OK(ckpt_options_set_directory(options, first_dir));
+  ckpt_manager *first = open_manager(options);
+  CHECK_OK(ckpt_options_set_directory(options, second_dir));
+  ckpt_manager *second = open_manager(options);
+  ckpt_options_free(options);
+
+  /* Two managers: their save callbacks meet, on one shared user_data. */
+  saver a = {.manager = first, .saves = 3}, b = {.manager = second, .saves = 3};
+  save_on_two_threads(&a, &b);
+  CHECK(r.max_inside == 2 && r.calls == 6);
+  CHECK_CHECKPOINTS(first, "ckpt-1", "ckpt-2", "ckpt-3");
+  CHECK_CHECKPOINTS(second, "ckpt-1", "ckpt-2", "ckpt-3");
+
+  /* One manager on two threads: its callbacks never overlap, even when
+   * each waits a while for a partner. */
+  r.max_inside = 0;
+  r.wait_ms = 100;
+  a.saves = b.saves = 2;
+  b.manager = first;
+  save_on_two_threads(&a, &b);
+  CHECK(r.max_inside == 1 && r.calls == 10);
+  CHECK_CHECKPOINTS(first, "ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4", "ckpt-5", "ckpt-6", "ckpt-7");
+
+  /* The shared user_data is finalized once, by the last holder. */
+  ckpt_manager_free(first);
+  CHECK(r.finalized == 0);
+  ckpt_manager_free(second);
+  CHECK(r.finalized == 1);
+  pthread_cond_destroy(&r.changed);
+  pthread_mutex_destroy(&r.lock);
+  free(first_dir);
+  free(second_dir);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"version", version},
@@ -2277,6 +2384,7 @@ int main(int argc, char **argv) {
       {"lower_max_to_keep", lower_max_to_keep},
       {"directory_is_a_file", directory_is_a_file},
       {"free_inside_callback", free_inside_callback},
+      {"shared_callbacks", shared_callbacks},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }

@@ -683,6 +683,45 @@ void threads(const std::string& workdir) {
   CHECK_EQ(manager.checkpoints().size(), static_cast<size_t>(saves.load()));
 }
 
+// Two managers built from one Options share its callbacks, which then run
+// on both threads at once: each thread still gets its own callback's
+// exception, carried across the C boundary once.
+void shared_options_threads(const std::string& workdir) {
+  std::atomic<int> saves{0};
+  ckpt::Options options;
+  options.keep_all().on_save([&](const std::string& prefix, uint64_t number) {
+    if (number % 2 == 0) throw ModelError(base_name(prefix), static_cast<int>(number));
+    write_file(prefix + ".model", "x");
+    ++saves;
+  });
+  ckpt::Manager first(options.directory(workdir + "/first"));
+  ckpt::Manager second(options.directory(workdir + "/second"));
+  constexpr int kRounds = 40;
+  std::atomic<int> failures{0}, mixups{0};
+  auto work = [&](ckpt::Manager& manager) {
+    for (int round = 1; round <= kRounds; ++round) {
+      const auto number = static_cast<uint64_t>(round);
+      try {
+        manager.save(number, false);
+        if (number % 2 == 0) ++mixups;
+      } catch (const ModelError& error) {
+        ++failures;
+        if (static_cast<uint64_t>(error.code) != number) ++mixups;
+      } catch (...) {
+        ++mixups;
+      }
+    }
+  };
+  std::thread a(work, std::ref(first)), b(work, std::ref(second));
+  a.join();
+  b.join();
+  CHECK_EQ(mixups.load(), 0);
+  CHECK_EQ(failures.load(), kRounds);
+  CHECK_EQ(saves.load(), kRounds);
+  CHECK_EQ(first.checkpoints().size(), static_cast<size_t>(kRounds / 2));
+  CHECK_EQ(second.checkpoints().size(), static_cast<size_t>(kRounds / 2));
+}
+
 // Freeing a manager inside its own callback is refused: reset() does
 // nothing there, ckpt_manager_free is refused by the library, and the
 // manager stays usable (ASan: no use after free; LSan: nothing leaks).
@@ -728,6 +767,7 @@ const Case cases[] = {
     {"module_functions", module_functions},
     {"nested_calls", nested_calls},
     {"threads", threads},
+    {"shared_options_threads", shared_options_threads},
     {"reset_inside_callback", reset_inside_callback},
 };
 
