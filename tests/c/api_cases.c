@@ -2203,9 +2203,8 @@ static void free_inside_callback(const char *dir) {
   char *ckpt_dir = join(dir, "run");
   freeing f = {.world = &world, .latest = CKPT_STATUS_OK};
   ckpt_options *options = world_options(&world, ckpt_dir, 2);
-  CHECK_OK(ckpt_options_set_save_callback(options, freeing_save, &f, NULL));
+  CHECK_OK(ckpt_options_set_save_callback(options, freeing_save, &f, freeing_finalizer));
   CHECK_OK(ckpt_options_set_restore_callback(options, freeing_restore, &f, NULL));
-  CHECK_OK(ckpt_options_set_init_callback(options, init_world, &f, freeing_finalizer));
   ckpt_manager *manager = open_manager(options);
   f.self = manager;
 

@@ -647,6 +647,24 @@ void nested_calls(const std::string& workdir) {
   CHECK_EQ(outer.save_counter(), 1u);
 }
 
+// Saves `rounds` numbers from `first` on with a save callback that throws
+// ModelError(number) for even numbers: each must come back to this thread.
+void save_expecting_own_errors(ckpt::Manager& manager, uint64_t first, int rounds,
+                               std::atomic<int>& failures, std::atomic<int>& mixups) {
+  for (int round = 0; round < rounds; ++round) {
+    const uint64_t number = first + static_cast<uint64_t>(round);
+    try {
+      manager.save(number, false);
+      if (number % 2 == 0) ++mixups;
+    } catch (const ModelError& error) {
+      ++failures;
+      if (static_cast<uint64_t>(error.code) != number) ++mixups;
+    } catch (...) {
+      ++mixups;
+    }
+  }
+}
+
 // One manager shared by threads: each thread gets its own callback's
 // exception, never another thread's.
 void threads(const std::string& workdir) {
@@ -663,18 +681,8 @@ void threads(const std::string& workdir) {
   std::vector<std::thread> workers;
   for (int t = 0; t < kThreads; ++t) {
     workers.emplace_back([&, t] {
-      for (int round = 0; round < kRounds; ++round) {
-        const uint64_t number = static_cast<uint64_t>(t * 1000 + round + 1);
-        try {
-          manager.save(number, false);
-          if (number % 2 == 0) ++mixups;
-        } catch (const ModelError& error) {
-          ++failures;
-          if (static_cast<uint64_t>(error.code) != number) ++mixups;
-        } catch (...) {
-          ++mixups;
-        }
-      }
+      save_expecting_own_errors(manager, static_cast<uint64_t>(t * 1000 + 1), kRounds, failures,
+                                mixups);
     });
   }
   for (auto& worker : workers) worker.join();
@@ -699,18 +707,7 @@ void shared_options_threads(const std::string& workdir) {
   constexpr int kRounds = 40;
   std::atomic<int> failures{0}, mixups{0};
   auto work = [&](ckpt::Manager& manager) {
-    for (int round = 1; round <= kRounds; ++round) {
-      const auto number = static_cast<uint64_t>(round);
-      try {
-        manager.save(number, false);
-        if (number % 2 == 0) ++mixups;
-      } catch (const ModelError& error) {
-        ++failures;
-        if (static_cast<uint64_t>(error.code) != number) ++mixups;
-      } catch (...) {
-        ++mixups;
-      }
-    }
+    save_expecting_own_errors(manager, 1, kRounds, failures, mixups);
   };
   std::thread a(work, std::ref(first)), b(work, std::ref(second));
   a.join();
