@@ -3,13 +3,14 @@
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make torture)
+#   make torture; make header regenerates include/ckpt_manager.h after a change
+#   to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
 BUILD_DIR := build
 
-.PHONY: run tiny test bench library clean
+.PHONY: run tiny test bench library clean header
 
 library:
 	cargo build --release
@@ -50,6 +51,7 @@ tiny: $(BUILD_DIR)/tiny_trainer
 
 test:
 	./scripts/setup
+	cargo clippy --all-targets -- -D warnings
 	cargo test
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
@@ -62,10 +64,16 @@ test:
 bench:
 	cargo bench --bench save_restore
 
+#   (make install PREFIX=... installs the library; make bench, make bench-commit,
 # The commit of this tree against the previous design (scripts/bench-commit).
 .PHONY: bench-commit
 bench-commit:
 	./scripts/bench-commit
+
+# cbindgen runs only here (and in the test that checks the header is current).
+.PHONY: header
+header:
+	CKPT_UPDATE_HEADER=1 cargo test --test header checked_in_header_is_current
 
 # The crash torture's long mode: 5,000 SIGKILLs (cargo test does 300).
 .PHONY: torture

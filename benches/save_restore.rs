@@ -5,14 +5,13 @@
 //! `CKPT_BENCH_MIB` (default 1024), `CKPT_BENCH_TENSORS` (64),
 //! `CKPT_BENCH_ROUNDS` (6, made even), `CKPT_BENCH_PAUSE_MS` (2000, after a
 //! sync before each timed step), `CKPT_BENCH_DIR` (target/bench). Reads start
-//! from a cold page cache for both sides (posix_fadvise DONTNEED). Both
-//! sides write a new file each round, the order alternates between rounds,
-//! and deleting old files happens outside the timings (the manager keeps
-//! everything, so no sweep runs inside a save).
+//! from a cold page cache for both sides (posix_fadvise DONTNEED, Linux
+//! only). Both sides write a new file each round, the order alternates
+//! between rounds, and deleting old files happens outside the timings (the
+//! manager keeps everything, so no sweep runs inside a save).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,12 +25,18 @@ fn env_number(name: &str, default: usize) -> usize {
 }
 
 /// Drops a file's clean pages from the page cache.
+#[cfg(target_os = "linux")]
 fn evict(path: &Path) {
+    use std::os::unix::io::AsRawFd;
     let file = File::open(path).unwrap();
     // SAFETY: a valid descriptor; the advice has no memory effects.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(rc, 0, "posix_fadvise failed");
 }
+
+/// Elsewhere (macOS has no posix_fadvise) reads may start from a warm cache.
+#[cfg(not(target_os = "linux"))]
+fn evict(_path: &Path) {}
 
 fn plain_write(path: &Path, buffers: &[Vec<u8>]) -> Duration {
     let start = Instant::now();

@@ -663,7 +663,7 @@ impl CheckpointManager {
 fn deletable_base(entry: &Path) -> Option<&OsStr> {
     let reserved = [paths::STATE_FILE_NAME, crate::store::LOCK_FILE_NAME];
     (paths::is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
-        .then(|| entry.as_os_str())
+        .then_some(entry.as_os_str())
 }
 
 /// Creates the directory and its parents, durably.

@@ -213,14 +213,13 @@ fn cannot_tie(x: f64) -> bool {
     let bits = x.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
     let fraction = bits & ((1u64 << 52) - 1);
-    let (mut mantissa, mut exponent) = if biased == 0 {
+    let (mantissa, exponent) = if biased == 0 {
         (fraction, -1074)
     } else {
         (fraction | (1 << 52), biased - 1075)
     };
-    let zeros = mantissa.trailing_zeros();
-    mantissa >>= zeros;
-    exponent += zeros as i32;
+    // Trailing zero bits of the mantissa do not lengthen the expansion.
+    let exponent = exponent + mantissa.trailing_zeros() as i32;
     if exponent >= 0 {
         // An integer below 2^53 is printed exactly: no rounding, no tie.
         return x < 9_007_199_254_740_992.0;

@@ -6,25 +6,29 @@ use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
 
-/// Element types, named as in the safetensors format.
+/// Element types of the built-in saver, named as in the safetensors format.
+/// `ckpt_dtype` in C, a `uint32_t`: the values of
+/// `ckpt_manager_register_tensor`'s `dtype`, which never change.
+#[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
-    F64,
-    F32,
-    F16,
-    BF16,
-    I64,
-    I32,
-    I16,
-    I8,
-    U64,
-    U32,
-    U16,
-    U8,
-    Bool,
+    F64 = 0,
+    F32 = 1,
+    F16 = 2,
+    BF16 = 3,
+    I64 = 4,
+    I32 = 5,
+    I16 = 6,
+    I8 = 7,
+    U64 = 8,
+    U32 = 9,
+    U16 = 10,
+    U8 = 11,
+    Bool = 12,
 }
 
 impl DType {
+    /// In value order (a test checks it).
     pub const ALL: [DType; 13] = [
         DType::F64,
         DType::F32,
@@ -71,6 +75,11 @@ impl DType {
 
     pub fn from_name(name: &str) -> Option<DType> {
         DType::ALL.into_iter().find(|dtype| dtype.name() == name)
+    }
+
+    /// The dtype of a C `ckpt_dtype` value, if it is one.
+    pub fn from_u32(value: u32) -> Option<DType> {
+        DType::ALL.get(usize::try_from(value).ok()?).copied()
     }
 
     /// Position in the file: larger alignment first, as the safetensors
@@ -138,13 +147,9 @@ pub struct TensorRegistry {
 // from whichever thread calls into the manager.
 unsafe impl Send for TensorRegistry {}
 
-/// The number of bytes of a tensor, or an error naming what is wrong.
+/// The number of bytes of a tensor (0 when a dimension is 0), or an error
+/// naming what is wrong.
 pub fn byte_len(name: &str, dtype: DType, shape: &[u64]) -> Result<usize> {
-    if let Some(axis) = shape.iter().position(|&dim| dim == 0) {
-        return Err(Error::invalid(format!(
-            "tensor '{name}': dimension {axis} is 0; empty tensors cannot be registered"
-        )));
-    }
     shape
         .iter()
         .try_fold(dtype.size() as u64, |bytes, &dim| bytes.checked_mul(dim))
@@ -159,7 +164,8 @@ impl TensorRegistry {
     }
 
     /// Registers a buffer of `shape` elements of `dtype` (an empty shape is
-    /// a scalar).
+    /// a scalar; a zero dimension, an empty tensor, whose `data` may be
+    /// NULL).
     ///
     /// # Safety
     /// `data` must stay valid for reads and writes of the tensor's bytes,
@@ -183,8 +189,11 @@ impl TensorRegistry {
             )));
         }
         let byte_len = byte_len(name, dtype, shape)?;
-        let data = NonNull::new(data)
-            .ok_or_else(|| Error::invalid(format!("tensor '{name}': data is NULL")))?;
+        // No byte of an empty tensor is ever read or written.
+        let data = match NonNull::new(data) {
+            None if byte_len == 0 => NonNull::dangling(),
+            data => data.ok_or_else(|| Error::invalid(format!("tensor '{name}': data is NULL")))?,
+        };
         self.tensors.insert(
             name.to_owned(),
             Tensor {
@@ -236,9 +245,9 @@ mod tests {
             registry.register("w", DType::F32, &[2, 3], data).unwrap();
             let err = |result: Result<()>| result.unwrap_err().to_string();
             assert!(err(registry.register("w", DType::F32, &[6], data)).contains("already"));
-            assert!(
-                err(registry.register("z", DType::F32, &[2, 0], data)).contains("dimension 1 is 0")
-            );
+            registry.register("z", DType::F32, &[2, 0], data).unwrap();
+            let null = std::ptr::null_mut();
+            registry.register("e", DType::F64, &[0], null).unwrap();
             assert!(
                 err(registry.register("o", DType::F64, &[u64::MAX, 2], data)).contains("overflows")
             );
@@ -256,16 +265,19 @@ mod tests {
             .iter()
             .map(|t| t.name.clone())
             .collect();
-        assert_eq!(order, ["scalar", "w"]);
+        assert_eq!(order, ["scalar", "e", "w", "z"]);
         registry.unregister("w").unwrap();
         assert!(registry.unregister("w").is_err());
     }
 
     #[test]
-    fn dtype_names_round_trip() {
+    fn dtype_names_and_values_round_trip() {
         for dtype in DType::ALL {
             assert_eq!(DType::from_name(dtype.name()), Some(dtype));
+            assert_eq!(DType::from_u32(dtype as u32), Some(dtype));
         }
         assert_eq!(DType::from_name("F8_E4M3"), None);
+        assert_eq!(DType::from_u32(DType::ALL.len() as u32), None);
+        assert_eq!(DType::from_u32(u32::MAX), None);
     }
 }

@@ -65,10 +65,13 @@ c_cases!(api_cases, "api_cases.c":
     lower_max_to_keep,
     directory_is_a_file,
     save_file_writes,
+    free_inside_callback,
+    shared_callbacks,
 );
 
 c_cases!(tensor_cases, "tensor_cases.c":
     registration_errors,
+    empty_tensors,
     all_dtypes_round_trip,
     callback_and_builtin_saver,
     partial_restore_files,

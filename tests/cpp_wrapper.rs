@@ -104,6 +104,8 @@ cases!(
     module_functions,
     nested_calls,
     threads,
+    shared_options_threads,
+    reset_inside_callback,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

@@ -1,6 +1,8 @@
 //! A read-only file system and a full disk, made real with small tmpfs
 //! mounts. Mounting needs root (CI runs as root); elsewhere these tests
-//! say so and pass without checking anything.
+//! say so and pass without checking anything. Linux only (tmpfs, mount(8)).
+
+#![cfg(target_os = "linux")]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -68,7 +68,7 @@ class Error : public std::runtime_error {
 
   // E.g. "CKPT_STATUS_LOCKED".
   const char* status_name() const noexcept {
-    return ckpt_status_name(static_cast<int32_t>(status_));
+    return ckpt_status_name(status_);
   }
 
  private:
@@ -77,7 +77,7 @@ class Error : public std::runtime_error {
 
 // The name of a status, e.g. "CKPT_STATUS_IO_ERROR".
 inline std::string status_name(ckpt_status status) {
-  return ckpt_status_name(static_cast<int32_t>(status));
+  return ckpt_status_name(status);
 }
 
 // Throws Error with the calling thread's last error message unless
@@ -97,9 +97,14 @@ namespace detail {
 // One wrapper call into the library: the first exception a callback throws
 // on this thread while the call runs is kept here. Scopes nest (a
 // callback may use another manager), so each restores the previous one.
+// A scope also names the manager it calls, so that Manager::reset() can
+// tell it is inside one of that manager's own calls.
 class CallScope {
  public:
-  CallScope() noexcept : previous_(current()), error_() { current() = this; }
+  explicit CallScope(const ckpt_manager* manager = nullptr) noexcept
+      : previous_(current()), manager_(manager), error_() {
+    current() = this;
+  }
   ~CallScope() { current() = previous_; }
   CallScope(const CallScope&) = delete;
   CallScope& operator=(const CallScope&) = delete;
@@ -114,6 +119,14 @@ class CallScope {
     }
   }
 
+  // Whether a call on `manager` is running on this thread.
+  static bool running(const ckpt_manager* manager) noexcept {
+    for (const CallScope* scope = current(); scope != nullptr; scope = scope->previous_) {
+      if (scope->manager_ == manager) return true;
+    }
+    return false;
+  }
+
   std::exception_ptr error() const noexcept { return error_; }
 
  private:
@@ -123,17 +136,19 @@ class CallScope {
   }
 
   CallScope* previous_;
+  const ckpt_manager* manager_;
   std::exception_ptr error_;
 };
 
-// Runs `c_call` (returning a ckpt_status) in a CallScope; rethrows a
-// callback's exception, else throws Error for a failed status.
+// Runs `c_call` (returning a ckpt_status) in a CallScope for `manager`
+// (none for functions without one); rethrows a callback's exception, else
+// throws Error for a failed status.
 template <class F>
-void call(F&& c_call) {
+void call(F&& c_call, const ckpt_manager* manager = nullptr) {
   ckpt_status status;
   std::exception_ptr error;
   {
-    CallScope scope;
+    CallScope scope(manager);
     status = c_call();
     error = scope.error();
   }
@@ -444,7 +459,7 @@ class Manager {
                                              check_interval, &out);
       prefix.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_optional(prefix);
   }
 
@@ -456,7 +471,7 @@ class Manager {
       ckpt_status status = ckpt_manager_latest(manager_, &out);
       prefix.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_optional(prefix);
   }
 
@@ -468,7 +483,7 @@ class Manager {
       ckpt_status status = ckpt_manager_checkpoints(manager_, &out);
       list.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_vector(list.get());
   }
 
@@ -482,7 +497,7 @@ class Manager {
       ckpt_status status = ckpt_manager_restore_or_initialize(manager_, &out);
       prefix.reset(out);
       return status;
-    });
+    }, manager_);
     return detail::to_optional(prefix);
   }
 
@@ -494,13 +509,13 @@ class Manager {
       ckpt_status status = ckpt_manager_directory(manager_, &out);
       path.reset(out);
       return status;
-    });
+    }, manager_);
     return path ? std::string(path.get()) : std::string();
   }
 
   uint64_t save_counter() const {
     uint64_t counter = 0;
-    detail::call([&] { return ckpt_manager_save_counter(manager_, &counter); });
+    detail::call([&] { return ckpt_manager_save_counter(manager_, &counter); }, manager_);
     return counter;
   }
 
@@ -511,12 +526,12 @@ class Manager {
               bool checksums = true) const {
     detail::call([&] {
       return ckpt_manager_verify(manager_, prefix ? prefix->c_str() : nullptr, checksums);
-    });
+    }, manager_);
   }
 
   // Re-reads the state file (a read-only manager sees new checkpoints).
   void reload() {
-    detail::call([&] { return ckpt_manager_reload(manager_); });
+    detail::call([&] { return ckpt_manager_reload(manager_); }, manager_);
   }
 
   // Registers a host buffer of T with the built-in saver. `data` must hold
@@ -539,16 +554,21 @@ class Manager {
       return ckpt_manager_register_tensor(manager_, name.c_str(), static_cast<uint32_t>(dtype),
                                           shape.empty() ? nullptr : shape.data(), shape.size(),
                                           data);
-    });
+    }, manager_);
   }
 
   void unregister_tensor(const std::string& name) {
-    detail::call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); });
+    detail::call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); },
+                 manager_);
   }
 
-  // Frees the manager now (releasing the directory's lock); it becomes empty.
+  // Frees the manager now (releasing the directory's lock); it becomes
+  // empty. Inside one of this manager's own calls (from its callback) the
+  // library refuses to free it, so this does nothing and the manager stays
+  // usable; a Manager destroyed there leaks its handle instead of freeing
+  // it under the running call.
   void reset() noexcept {
-    if (manager_ != nullptr) {
+    if (manager_ != nullptr && !detail::CallScope::running(manager_)) {
       detail::CallScope scope;  // nothing escapes a destructor
       ckpt_manager_free(std::exchange(manager_, nullptr));
     }
@@ -619,17 +639,16 @@ inline std::optional<CheckpointState> get_checkpoint_state(const std::string& di
     return status;
   });
   if (!state) return std::nullopt;
+  const ckpt_checkpoint_state* view = state.get();
   CheckpointState result;
-  if (state->model_checkpoint_path != nullptr) {
-    result.model_checkpoint_path = state->model_checkpoint_path;
+  result.model_checkpoint_path = ckpt_checkpoint_state_model_checkpoint_path(view);
+  for (size_t i = 0; i < ckpt_checkpoint_state_path_count(view); ++i) {
+    result.all_model_checkpoint_paths.emplace_back(ckpt_checkpoint_state_path(view, i));
   }
-  result.all_model_checkpoint_paths = detail::to_vector(&state->all_model_checkpoint_paths);
-  if (state->all_model_checkpoint_timestamps != nullptr) {
-    result.all_model_checkpoint_timestamps.assign(
-        state->all_model_checkpoint_timestamps,
-        state->all_model_checkpoint_timestamps + state->all_model_checkpoint_timestamps_len);
+  for (size_t i = 0; i < ckpt_checkpoint_state_timestamp_count(view); ++i) {
+    result.all_model_checkpoint_timestamps.push_back(ckpt_checkpoint_state_timestamp(view, i));
   }
-  result.last_preserved_timestamp = state->last_preserved_timestamp;
+  result.last_preserved_timestamp = ckpt_checkpoint_state_last_preserved_timestamp(view);
   return result;
 }
 

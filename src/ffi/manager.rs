@@ -2,13 +2,14 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 
-use std::os::unix::ffi::OsStrExt;
-
+use super::handle::{self, BoxCastable};
 use super::{
-    ckpt_options, ckpt_status, ckpt_string_list, guard, guard_void, integrity_result, new_c_string,
-    new_path_string, out_param, path_arg, utf8_arg, verification, Failure, FfiResult,
+    c_string, ckpt_options, ckpt_status, ckpt_string_list, guard, handle_arg, integrity_result,
+    new_path_string, new_string_list, out_param, path_arg, utf8_arg, verification, Failure,
+    FfiResult,
 };
 use crate::manager::CheckpointManager;
 use crate::tensors::DType;
@@ -16,6 +17,15 @@ use crate::tensors::DType;
 /// A checkpoint manager. Thread-safe: one handle may be used from several
 /// threads at once; calls on it are serialised inside.
 pub struct ckpt_manager {
+    _private: [u8; 0],
+}
+
+impl BoxCastable for ckpt_manager {
+    type RustType = Manager;
+}
+
+/// What a `ckpt_manager` points to.
+pub(crate) struct Manager {
     inner: Mutex<CheckpointManager>,
 }
 
@@ -24,7 +34,8 @@ thread_local! {
     static ENTERED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Marks a manager as busy on this thread for the length of a call.
+/// Marks a manager as busy on this thread for the length of a call. Keyed
+/// by address, so that it can be checked before the handle is read.
 struct Entered(usize);
 
 impl Entered {
@@ -50,90 +61,146 @@ impl Drop for Entered {
     }
 }
 
-/// Runs `body` with exclusive access to the manager.
-unsafe fn with_manager<T>(
-    manager: *const ckpt_manager,
-    body: impl FnOnce(&mut CheckpointManager) -> FfiResult<T>,
-) -> FfiResult<T> {
-    let handle = manager.as_ref().ok_or_else(|| Failure::null("manager"))?;
-    let _entered = Entered::enter(manager)?;
-    let mut inner = handle.inner.lock().map_err(|_| {
-        Failure::new(
-            ckpt_status::Panic,
-            "an earlier call on this manager panicked; free it and open a new one",
-        )
-    })?;
-    body(&mut inner)
+/// A manager argument, busy on this thread while it is held.
+struct ManagerArg<'a> {
+    manager: &'a Manager,
+    _entered: Entered,
 }
 
-/// Opens a manager on the options' directory and recovers its state from
-/// the `checkpoint` state file, as TF does. A writer (the default) creates
-/// the directory, takes its lock file `checkpoint.lock` (released by
-/// `ckpt_manager_free` or the process's death), and removes what
-/// interrupted saves left: temporary state files, and checkpoints of this
-/// name whose save never committed. A read-only manager touches nothing.
+impl ManagerArg<'_> {
+    /// Runs `body` with exclusive access to the manager.
+    fn call<T>(&self, body: impl FnOnce(&mut CheckpointManager) -> FfiResult<T>) -> FfiResult<T> {
+        let mut inner = self.manager.inner.lock().map_err(|_| {
+            Failure::new(
+                ckpt_status::Panic,
+                "an earlier call on this manager panicked; free it and open a new one",
+            )
+        })?;
+        body(&mut inner)
+    }
+}
+
+/// The manager behind a handle argument, marked busy on this thread; a
+/// call from inside one of its own calls is refused before the handle is
+/// read (it may be in the middle of `ckpt_manager_free`).
 ///
-/// `options` is borrowed; the manager keeps its own copy of the settings
-/// and shares the callbacks (see `ckpt_options_set_save_callback`). On
-/// success `*out_manager` owns a new handle to free with
-/// `ckpt_manager_free`.
+/// # Safety
+/// `manager` is NULL or a live handle from `ckpt_manager_new`.
+unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<'a>> {
+    if manager.is_null() {
+        return Err(Failure::null("manager"));
+    }
+    let entered = Entered::enter(manager)?;
+    Ok(ManagerArg {
+        // SAFETY: forwarded to the caller.
+        manager: unsafe { handle_arg(manager, "manager") }?,
+        _entered: entered,
+    })
+}
+
+/// Opens a manager on the options' directory and recovers its state from the
+/// `checkpoint` state file, as TF does. A writer (the default) creates the
+/// directory, takes its lock file `checkpoint.lock` (released by
+/// `ckpt_manager_free` or the process's death), and finishes what interrupted
+/// saves left: a save past its commit point is rolled forward (its sweep
+/// included), one before it is removed, and temporary state files go. A
+/// read-only manager touches nothing.
 ///
+/// Ownership: `options` is borrowed; the manager keeps its own copy of the
+/// settings and shares the callbacks and their user_data (see
+/// `ckpt_options_set_save_callback`). On success `*out_manager` is a new handle
+/// the caller frees with `ckpt_manager_free`.
+/// Returns: CKPT_STATUS_OK with the manager, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
 /// directory, no max_to_keep, an interval without a step counter),
 /// CKPT_STATUS_LOCKED (another manager writes there; the message names its
 /// pid), CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
-/// CKPT_STATUS_CALLBACK_FAILED (clock). Thread-safe.
+/// CKPT_STATUS_CALLBACK_FAILED (clock).
+/// Threads: any thread, one at a time per options object.
+/// Callbacks: the clock and log callbacks, and the delete callback for the
+/// sweep of a commit it finishes, run on the calling thread.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_new(
     options: *const ckpt_options,
     out_manager: *mut *mut ckpt_manager,
 ) -> ckpt_status {
     guard(|| {
-        let options = options.as_ref().ok_or_else(|| Failure::null("options"))?;
-        let out = out_param(out_manager, "out_manager")?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let options = unsafe { handle_arg(options, "options") }?;
+        // SAFETY: as above.
+        let out = unsafe { out_param(out_manager, "out_manager") }?;
         let manager = CheckpointManager::new(options.config().clone(), options.callbacks())?;
-        out.write(Box::into_raw(Box::new(ckpt_manager {
+        out.write(handle::to_handle(Manager {
             inner: Mutex::new(manager),
-        })))
+        }))
     })
 }
 
-/// Frees a manager and releases its callbacks' user data (finalizers run
-/// for callbacks no other options or manager holds). NULL is a no-op. No
-/// other call on this manager may be running or follow.
+/// Frees a manager and releases its callbacks' user data. NULL is a no-op.
+///
+/// Called from inside one of this manager's own calls on the same thread (from
+/// one of its callbacks, or a finalizer this free runs), it is refused: nothing
+/// is freed, the manager stays usable, and `ckpt_last_error_message()` says so.
+///
+/// Ownership: takes `manager`, unless refused.
+/// Returns: nothing.
+/// Errors: none returned; a refusal is in `ckpt_last_error_message()`.
+/// Threads: any thread, once no call on this manager runs on another thread or
+/// follows.
+/// Callbacks: finalizers of callbacks that neither options nor another manager
+/// still hold run on the calling thread.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
-    guard_void(|| {
-        if !manager.is_null() {
-            drop(Box::from_raw(manager));
-        }
+    // The status is dropped: C expects nothing back from a free.
+    let _ = guard(|| {
+        // Held while the manager drops, so that finalizers cannot free it
+        // twice or call into it.
+        let _entered = Entered::enter(manager).map_err(|_| {
+            Failure::new(
+                ckpt_status::ReentrantCall,
+                "ckpt_manager_free was called from inside one of that manager's own calls; \
+                 the manager was not freed",
+            )
+        })?;
+        // SAFETY: NULL or a handle from ckpt_manager_new, freed once, with
+        // no call on it running (this thread's were refused above; other
+        // threads' are excluded by the header) or following.
+        unsafe { handle::free_handle(manager) };
+        Ok(())
     });
 }
 
-/// Saves a checkpoint: checks the interval gate, makes the staging
-/// directory `<directory>/<name>-<N>.ckpt-staging`, runs the save callback
-/// with the staging prefix `<staging>/<name>-<N>` and writes the registered
-/// tensors there, writes the manifest (`<prefix>.ckpt-manifest.json`: each
-/// file's size and CRC32C) and a commit record, syncs them (the commit
-/// point), moves the files to `<directory>/<name>-<N>...` (replacing those
-/// of a number saved again), replaces the state file atomically, syncs the
-/// directory, then deletes what the oldest checkpoints beyond max_to_keep
-/// own, or preserves them.
+/// Saves a checkpoint: checks the interval gate, makes the staging directory
+/// `<directory>/<name>-<N>.ckpt-staging`, runs the save callback with the
+/// staging prefix `<staging>/<name>-<N>` and writes the registered tensors
+/// there, writes the manifest (`<prefix>.ckpt-manifest.json`: each file's size
+/// and CRC32C) and a commit record, syncs them (the commit point), moves the
+/// files to `<directory>/<name>-<N>...` (replacing those of a number saved
+/// again), replaces the state file atomically, syncs the directory, then
+/// deletes what the oldest checkpoints beyond max_to_keep own, or preserves
+/// them.
 ///
-/// `checkpoint_number` is NULL to use the save counter's next value, or
-/// points to an explicit number (read during the call). `check_interval`
-/// false saves even within the interval (never twice at the same step).
-/// On success `*out_prefix` is the new checkpoint's prefix (caller frees
-/// with `ckpt_string_free`), or NULL when the interval gate skipped it.
-/// On failure nothing is committed and the manager is unchanged, except
-/// for an IO_ERROR whose message says the checkpoint "is committed" (or
-/// "may still be committed"): the next save, restore or open then finishes
-/// that commit.
+/// `checkpoint_number` is NULL to use the save counter's next value, or points
+/// to an explicit number. `check_interval` false saves even within the interval
+/// (never twice at the same step). On failure nothing is committed and the
+/// manager is unchanged, except for a CKPT_STATUS_IO_ERROR whose message says
+/// the checkpoint "is committed" (or "may still be committed"): the next save,
+/// restore or open finishes that commit.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither
-/// a save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR (the
-/// previous state stays valid), CKPT_STATUS_READ_ONLY,
-/// CKPT_STATUS_REENTRANT_CALL. Thread-safe (serialised per manager).
+/// Ownership: `manager` and `checkpoint_number` are borrowed for the call. On
+/// success `*out_prefix` is a new string the caller frees with
+/// `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the new checkpoint's prefix, or NULL when the
+/// interval gate skipped it; or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither a
+/// save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED,
+/// CKPT_STATUS_IO_ERROR (the previous state stays valid),
+/// CKPT_STATUS_READ_ONLY, CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the step counter, save, clock, delete and log callbacks run on
+/// the calling thread, during the call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_save(
     manager: *mut ckpt_manager,
@@ -142,146 +209,187 @@ pub unsafe extern "C" fn ckpt_manager_save(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_prefix, "out_prefix")?;
-        let number = checkpoint_number.as_ref().copied();
-        let prefix = with_manager(manager, |m| Ok(m.save(number, check_interval)?))?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        // SAFETY: NULL or a readable number (header).
+        let number = unsafe { checkpoint_number.as_ref() }.copied();
+        let prefix = manager.call(|m| Ok(m.save(number, check_interval)?))?;
         out.write(new_path_string(prefix.as_deref())?)
     })
 }
 
-/// The latest checkpoint's prefix, as recorded in the state file (its
-/// files are not checked).
+/// The latest checkpoint's prefix, as recorded in the state file (its files are
+/// not checked).
 ///
-/// On success `*out_prefix` is a string the caller frees with
-/// `ckpt_string_free`, or NULL when there is none.
-///
+/// Ownership: `manager` is borrowed. On success `*out_prefix` is a new string
+/// the caller frees with `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the prefix, or NULL when there is none; or an
+/// error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_latest(
     manager: *const ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_prefix, "out_prefix")?;
-        let latest = with_manager(manager, |m| Ok(m.latest_checkpoint()))?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let latest = manager.call(|m| Ok(m.latest_checkpoint()))?;
         out.write(new_path_string(latest.as_deref())?)
     })
 }
 
-/// The managed checkpoints' prefixes, oldest first. Preserved checkpoints
-/// are not listed.
+/// The managed checkpoints' prefixes, oldest first. Preserved checkpoints are
+/// not listed.
 ///
-/// On success `*out_list` is a list the caller frees with
-/// `ckpt_string_list_free` (possibly empty, never NULL).
-///
+/// Ownership: `manager` is borrowed. On success `*out_list` is a new list the
+/// caller frees with `ckpt_string_list_free`.
+/// Returns: CKPT_STATUS_OK with the list (possibly empty, never NULL), or an
+/// error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_checkpoints(
     manager: *const ckpt_manager,
     out_list: *mut *mut ckpt_string_list,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_list, "out_list")?;
-        let checkpoints = with_manager(manager, |m| Ok(m.checkpoints()))?;
-        let list = ckpt_string_list::from_paths(&checkpoints)?;
-        out.write(Box::into_raw(Box::new(list)))
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe { (manager_arg(manager)?, out_param(out_list, "out_list")?) };
+        let checkpoints = manager.call(|m| Ok(m.checkpoints()))?;
+        out.write(new_string_list(&checkpoints)?)
     })
 }
 
-/// Restores the newest intact checkpoint through the restore callback, or,
-/// with none, runs the init callback (if set). The latest is verified
-/// against its manifest first (sizes, and CRC32C unless
-/// `ckpt_options_set_verify_checksums` turned that off); if it is missing
-/// or damaged, a warning goes to the log callback (stderr by default) and
-/// the newest older checkpoint that verifies is restored instead. One
-/// without a manifest (written by TF, say) is restored unverified. With a
-/// checkpoint interval, the step counter's value becomes the last
-/// checkpoint step.
+/// Restores the newest intact checkpoint through the restore callback, or, with
+/// none, runs the init callback (if set). The latest is verified against its
+/// manifest first (sizes, and CRC32C unless `ckpt_options_set_verify_checksums`
+/// turned that off); if it is missing or damaged, a warning goes to the log
+/// callback (stderr by default) and the newest older checkpoint that verifies
+/// is restored instead. One without a manifest (written by TF, say) is restored
+/// unverified. With a checkpoint interval, the step counter's value becomes the
+/// last checkpoint step.
 ///
-/// Registered tensors are read from `<prefix>.safetensors` after its header
-/// is validated and matched against the registry (a mismatch is
-/// CKPT_STATUS_TENSOR_MISMATCH and leaves every buffer untouched), then
-/// the restore callback, if set, runs. To read the file once, its CRC32C
-/// is checked while it is read into the buffers: if it does not match, the
-/// buffers hold damaged bytes until an older checkpoint is restored over
-/// them. If that fails too (none intact, or an older checkpoint's tensors
-/// do not match the registry; the message says so), the buffers' contents
-/// are unspecified. A checkpoint without `<prefix>.safetensors` is a
-/// mismatch when tensors are registered (a partial restore skips it).
+/// Registered tensors are read from `<prefix>.safetensors` after its header is
+/// validated and matched against the registry (a mismatch is
+/// CKPT_STATUS_TENSOR_MISMATCH and leaves every buffer untouched), then the
+/// restore callback, if set, runs. To read the file once, its CRC32C is checked
+/// while it is read into the buffers: if it does not match, the buffers hold
+/// damaged bytes until an older checkpoint is restored over them. If that fails
+/// too (none intact, or an older checkpoint's tensors do not match the
+/// registry; the message says so), the buffers' contents are unspecified. A
+/// checkpoint without `<prefix>.safetensors` is a mismatch when tensors are
+/// registered (a partial restore skips it).
 ///
-/// On success `*out_prefix` is the restored prefix (caller frees with
-/// `ckpt_string_free`), or NULL when there was nothing to restore.
-///
+/// Ownership: `manager` is borrowed. On success `*out_prefix` is a new string
+/// the caller frees with `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the restored prefix, or NULL when there was
+/// nothing to restore; or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a
 /// checkpoint exists but neither a restore callback nor a tensor is set),
-/// CKPT_STATUS_TENSOR_MISMATCH,
-/// CKPT_STATUS_CHECKPOINT_DAMAGED (no intact checkpoint is left),
-/// CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
-/// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// CKPT_STATUS_TENSOR_MISMATCH, CKPT_STATUS_CHECKPOINT_DAMAGED (no intact
+/// checkpoint is left), CKPT_STATUS_CALLBACK_FAILED, CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the restore, init, step counter, clock and log callbacks (and
+/// the delete callback when it finishes an interrupted commit) run on the
+/// calling thread, during the call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
     manager: *mut ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_prefix, "out_prefix")?;
-        let restored = with_manager(manager, |m| Ok(m.restore_or_initialize()?))?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let restored = manager.call(|m| Ok(m.restore_or_initialize()?))?;
         out.write(new_path_string(restored.as_deref())?)
     })
 }
 
 /// The manager's directory, as given in the options.
 ///
-/// On success `*out_directory` is a string the caller frees with
-/// `ckpt_string_free`.
-///
+/// Ownership: `manager` is borrowed. On success `*out_directory` is a new
+/// string the caller frees with `ckpt_string_free`.
+/// Returns: CKPT_STATUS_OK with the directory, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_directory(
     manager: *const ckpt_manager,
     out_directory: *mut *mut c_char,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_directory, "out_directory")?;
-        let directory = with_manager(manager, |m| {
-            new_c_string(m.directory().as_os_str().as_bytes())
-        })?;
-        out.write(directory)
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                out_param(out_directory, "out_directory")?,
+            )
+        };
+        let directory = manager.call(|m| c_string(m.directory().as_os_str().as_bytes()))?;
+        out.write(handle::to_c_string(directory))
     })
 }
 
-/// The save counter: the number of saves, continued from the highest
-/// checkpoint number found when the manager opened. An unnumbered save
-/// uses the counter's next value.
+/// The save counter: the number of saves, continued from the highest checkpoint
+/// number found when the manager opened. An unnumbered save uses the counter's
+/// next value.
 ///
+/// Ownership: `manager` is borrowed; `*out_counter` is written on success.
+/// Returns: CKPT_STATUS_OK with the counter, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_save_counter(
     manager: *const ckpt_manager,
     out_counter: *mut u64,
 ) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_counter, "out_counter")?;
-        out.write(with_manager(manager, |m| Ok(m.save_counter()))?)
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                out_param(out_counter, "out_counter")?,
+            )
+        };
+        out.write(manager.call(|m| Ok(m.save_counter()))?)
     })
 }
 
-/// Checks a checkpoint against its manifest: every recorded file exists
-/// with its size and, when `check_checksums`, its CRC32C.
+/// Checks a checkpoint against its manifest: every recorded file exists with
+/// its size and, when `check_checksums`, its CRC32C.
 ///
-/// `prefix` is borrowed; NULL means the latest checkpoint.
-///
-/// Returns CKPT_STATUS_OK when intact, CKPT_STATUS_CHECKPOINT_DAMAGED (the
-/// message says which file and how), CKPT_STATUS_NO_MANIFEST (files but no
-/// manifest, or a manifest older than the save the state file records,
-/// which another tool made), CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and
-/// no latest),
-/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR,
-/// CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// Ownership: `manager` and `prefix` are borrowed; `prefix` NULL means the
+/// latest checkpoint.
+/// Returns: CKPT_STATUS_OK when intact, or an error.
+/// Errors: CKPT_STATUS_CHECKPOINT_DAMAGED (the message says which file and
+/// how), CKPT_STATUS_NO_MANIFEST (files but no manifest, or a manifest older
+/// than the save the state file records, which another tool made),
+/// CKPT_STATUS_INVALID_ARGUMENT (NULL prefix and no latest),
+/// CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_verify(
     manager: *const ckpt_manager,
@@ -289,14 +397,15 @@ pub unsafe extern "C" fn ckpt_manager_verify(
     check_checksums: bool,
 ) -> ckpt_status {
     guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let manager = unsafe { manager_arg(manager) }?;
         let prefix = if prefix.is_null() {
             None
         } else {
-            Some(path_arg(prefix, "prefix")?)
+            // SAFETY: a NUL-terminated string (header).
+            Some(unsafe { path_arg(prefix, "prefix") }?)
         };
-        let integrity = with_manager(manager, |m| {
-            Ok(m.verify(prefix, verification(check_checksums))?)
-        })?;
+        let integrity = manager.call(|m| Ok(m.verify(prefix, verification(check_checksums))?))?;
         integrity_result(integrity)
     })
 }
@@ -304,49 +413,45 @@ pub unsafe extern "C" fn ckpt_manager_verify(
 /// Re-reads the state file, so that a read-only manager sees checkpoints
 /// another process saved since it opened.
 ///
+/// Ownership: `manager` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_STATE_CORRUPT,
-/// CKPT_STATUS_IO_ERROR, CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// CKPT_STATUS_IO_ERROR, CKPT_STATUS_CALLBACK_FAILED (clock),
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the clock and log callbacks run on the calling thread.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt_status {
-    guard(|| with_manager(manager, |m| Ok(m.reload()?)))
-}
-
-/// Element types of `ckpt_manager_register_tensor`, as in safetensors.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ckpt_dtype {
-    F64 = 0,
-    F32 = 1,
-    F16 = 2,
-    Bf16 = 3,
-    I64 = 4,
-    I32 = 5,
-    I16 = 6,
-    I8 = 7,
-    U64 = 8,
-    U32 = 9,
-    U16 = 10,
-    U8 = 11,
-    Bool = 12,
+    // SAFETY: NULL or a live handle (header).
+    guard(|| unsafe { manager_arg(manager) }?.call(|m| Ok(m.reload()?)))
 }
 
 /// Registers a host buffer with the built-in saver: every save writes all
-/// registered tensors to `<prefix>.safetensors` (after the save callback,
-/// if one is set, has run; that file name belongs to the built-in saver),
-/// and `ckpt_manager_restore_or_initialize` reads
-/// them back into the buffers after checking every name, dtype and shape.
+/// registered tensors to `<prefix>.safetensors` (after the save callback, if
+/// one is set, has run; that file name belongs to the built-in saver), and
+/// `ckpt_manager_restore_or_initialize` reads them back into the buffers after
+/// checking every name, dtype and shape.
 ///
 /// `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
-/// value. `shape` points to `ndim` dimensions, each > 0 (may be NULL when
-/// `ndim` is 0: a scalar). `data` is borrowed: it must hold the tensor's
-/// bytes (product of the shape times the dtype's size, in the host's
-/// little-endian layout) and stay valid until the tensor is unregistered
-/// or the manager freed; the library reads it during saves and writes it
-/// during restores, so do not touch it from other threads then.
+/// value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is 0: a
+/// scalar); a dimension of 0 makes an empty tensor, saved with its shape.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
-/// (duplicate or unusable name, unknown dtype, a zero or overflowing
-/// dimension, NULL data), CKPT_STATUS_REENTRANT_CALL. Thread-safe.
+/// Ownership: `manager`, `name` and `shape` are borrowed for the call. `data`
+/// is borrowed until the tensor is unregistered or the manager freed: it must
+/// hold the tensor's bytes (the product of the shape times the dtype's size, in
+/// the host's little-endian layout; may be NULL when that is 0). The library
+/// reads it during saves and writes it during restores, so do not touch it from
+/// other threads then.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (duplicate
+/// or unusable name, unknown dtype, an overflowing shape, NULL data for a
+/// tensor with bytes), CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_register_tensor(
     manager: *mut ckpt_manager,
@@ -357,39 +462,46 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
     data: *mut c_void,
 ) -> ckpt_status {
     guard(|| {
-        let name = utf8_arg(name, "name")?;
-        let dtype = usize::try_from(dtype)
-            .ok()
-            .and_then(|index| DType::ALL.get(index).copied())
-            .ok_or_else(|| {
-                Failure::new(
-                    ckpt_status::InvalidArgument,
-                    format!("unknown dtype {dtype}"),
-                )
-            })?;
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
+        let dtype = DType::from_u32(dtype).ok_or_else(|| {
+            Failure::new(
+                ckpt_status::InvalidArgument,
+                format!("unknown dtype {dtype}"),
+            )
+        })?;
         let shape = match (shape.is_null(), ndim) {
             (_, 0) => &[][..],
             (true, _) => return Err(Failure::null("shape")),
-            (false, _) => std::slice::from_raw_parts(shape, ndim),
+            // SAFETY: `ndim` readable dimensions (header).
+            (false, _) => unsafe { std::slice::from_raw_parts(shape, ndim) },
         };
-        with_manager(manager, |m| {
-            Ok(m.register_tensor(name, dtype, shape, data.cast())?)
+        manager.call(|m| {
+            // SAFETY: the caller keeps `data` valid for the tensor's bytes
+            // until it is unregistered or the manager freed (header).
+            Ok(unsafe { m.register_tensor(name, dtype, shape, data.cast()) }?)
         })
     })
 }
 
 /// Unregisters a tensor; its buffer is no longer read or written.
 ///
-/// `name` is borrowed. Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT (not registered), CKPT_STATUS_REENTRANT_CALL.
-/// Thread-safe.
+/// Ownership: `manager` and `name` are borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not
+/// registered), CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_unregister_tensor(
     manager: *mut ckpt_manager,
     name: *const c_char,
 ) -> ckpt_status {
     guard(|| {
-        let name = utf8_arg(name, "name")?;
-        with_manager(manager, |m| Ok(m.unregister_tensor(name)?))
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
+        manager.call(|m| Ok(m.unregister_tensor(name)?))
     })
 }

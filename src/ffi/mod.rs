@@ -6,16 +6,24 @@
 //! `CKPT_STATUS_OK`; `ckpt_last_error_message()` explains the last failure
 //! on the calling thread; strings and lists the library returns are owned
 //! by the caller and freed with `ckpt_string_free` / `ckpt_string_list_free`.
+//!
+//! Every pointer crosses through `handle` (ownership) or one of the
+//! argument helpers below (borrows), each an `unsafe fn` whose contract is
+//! the header's; entry points fence each use in its own `unsafe` block.
 
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // The safety contract is in the header comments.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod directory;
+mod handle;
 mod manager;
 mod options;
 mod save_file;
 
 pub use directory::*;
+pub use handle::ckpt_string_list;
 pub use manager::*;
 pub use options::*;
 pub use save_file::*;
@@ -26,8 +34,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::ptr;
+use std::sync::OnceLock;
 
 use crate::error::Error;
+use handle::BoxCastable;
 
 /// Major version of this header; `ckpt_version()` returns the library's.
 pub const CKPT_VERSION_MAJOR: u32 = 0;
@@ -36,9 +46,9 @@ pub const CKPT_VERSION_MINOR: u32 = 1;
 /// Patch version of this header.
 pub const CKPT_VERSION_PATCH: u32 = 0;
 
-/// The result of every fallible call. Values never change meaning; new
-/// statuses get new numbers.
-#[repr(C)]
+/// The result of every fallible call: a `uint32_t`. Values never change
+/// meaning; new statuses get new numbers.
+#[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ckpt_status {
     /// Success.
@@ -81,6 +91,7 @@ pub enum ckpt_status {
 }
 
 impl ckpt_status {
+    /// In value order (a test checks it).
     const ALL: [ckpt_status; 13] = [
         ckpt_status::Ok,
         ckpt_status::NullArgument,
@@ -96,25 +107,26 @@ impl ckpt_status {
         ckpt_status::NoManifest,
         ckpt_status::TensorMismatch,
     ];
+}
 
-    /// The name the header gives the status, NUL-terminated.
-    fn c_name(self) -> &'static str {
-        match self {
-            ckpt_status::Ok => "CKPT_STATUS_OK\0",
-            ckpt_status::NullArgument => "CKPT_STATUS_NULL_ARGUMENT\0",
-            ckpt_status::InvalidArgument => "CKPT_STATUS_INVALID_ARGUMENT\0",
-            ckpt_status::StateCorrupt => "CKPT_STATUS_STATE_CORRUPT\0",
-            ckpt_status::IoError => "CKPT_STATUS_IO_ERROR\0",
-            ckpt_status::CallbackFailed => "CKPT_STATUS_CALLBACK_FAILED\0",
-            ckpt_status::ReentrantCall => "CKPT_STATUS_REENTRANT_CALL\0",
-            ckpt_status::Panic => "CKPT_STATUS_PANIC\0",
-            ckpt_status::CheckpointDamaged => "CKPT_STATUS_CHECKPOINT_DAMAGED\0",
-            ckpt_status::Locked => "CKPT_STATUS_LOCKED\0",
-            ckpt_status::ReadOnly => "CKPT_STATUS_READ_ONLY\0",
-            ckpt_status::NoManifest => "CKPT_STATUS_NO_MANIFEST\0",
-            ckpt_status::TensorMismatch => "CKPT_STATUS_TENSOR_MISMATCH\0",
-        }
-    }
+/// The header's names of the statuses, by value. Derived from the variant
+/// names as cbindgen renders them (`IoError` is `CKPT_STATUS_IO_ERROR`), so
+/// that the enum is their one source; tests/header.rs checks the result.
+fn status_names() -> &'static [CString] {
+    static NAMES: OnceLock<Vec<CString>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let name = |status: &ckpt_status| {
+            let mut name = String::from("CKPT_STATUS");
+            for c in format!("{status:?}").chars() {
+                if c.is_ascii_uppercase() {
+                    name.push('_');
+                }
+                name.push(c.to_ascii_uppercase());
+            }
+            CString::new(name).expect("variant names have no NUL")
+        };
+        ckpt_status::ALL.iter().map(name).collect()
+    })
 }
 
 /// A failed call: the status to return and the message to keep.
@@ -198,54 +210,93 @@ pub(crate) fn guard_void(body: impl FnOnce()) {
 }
 
 /// Checks an out-parameter for NULL before any work is done.
-pub(crate) fn out_param<T>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
+///
+/// # Safety
+/// `out` is NULL or valid for a write of `T` until the `OutParam` is used.
+pub(crate) unsafe fn out_param<T>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
     if out.is_null() {
         return Err(Failure::null(name));
     }
     Ok(OutParam(out))
 }
 
-/// An out-parameter known to be non-NULL, written once on success.
+/// An out-parameter known to be non-NULL and writable, written once on
+/// success.
 pub(crate) struct OutParam<T>(*mut T);
 
 impl<T> OutParam<T> {
     pub(crate) fn write(self, value: T) -> FfiResult {
-        // SAFETY: non-NULL checked; the caller promised it is writable.
+        // SAFETY: non-NULL, and writable as `out_param`'s caller promised.
         unsafe { self.0.write(value) };
         Ok(())
     }
 }
 
+/// The value behind a handle argument.
+///
+/// # Safety
+/// As for `handle::borrow`.
+pub(crate) unsafe fn handle_arg<'a, C: BoxCastable>(
+    handle: *const C,
+    name: &str,
+) -> FfiResult<&'a C::RustType> {
+    // SAFETY: forwarded to the caller.
+    unsafe { handle::borrow(handle) }.ok_or_else(|| Failure::null(name))
+}
+
 /// Borrows a C string argument as a path (any bytes but NUL).
+///
+/// # Safety
+/// `ptr` is NULL or a NUL-terminated string that outlives `'a`.
 pub(crate) unsafe fn path_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a Path> {
-    if ptr.is_null() {
-        return Err(Failure::null(name));
-    }
-    Ok(Path::new(OsStr::from_bytes(CStr::from_ptr(ptr).to_bytes())))
+    // SAFETY: forwarded to the caller.
+    let bytes = unsafe { c_str_arg(ptr, name) }?.to_bytes();
+    Ok(Path::new(OsStr::from_bytes(bytes)))
 }
 
 /// Borrows a C string argument that must be UTF-8.
+///
+/// # Safety
+/// As for `path_arg`.
 pub(crate) unsafe fn utf8_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a str> {
-    if ptr.is_null() {
-        return Err(Failure::null(name));
-    }
-    CStr::from_ptr(ptr)
+    // SAFETY: forwarded to the caller.
+    unsafe { c_str_arg(ptr, name) }?
         .to_str()
         .map_err(|_| Failure::new(ckpt_status::InvalidArgument, format!("{name} is not UTF-8")))
 }
 
-/// A newly allocated C string the caller frees with `ckpt_string_free`.
-pub(crate) fn new_c_string(bytes: &[u8]) -> FfiResult<*mut c_char> {
+/// # Safety
+/// As for `path_arg`.
+unsafe fn c_str_arg<'a>(ptr: *const c_char, name: &str) -> FfiResult<&'a CStr> {
+    if ptr.is_null() {
+        return Err(Failure::null(name));
+    }
+    // SAFETY: non-NULL and NUL-terminated (the contract).
+    Ok(unsafe { CStr::from_ptr(ptr) })
+}
+
+/// Bytes from the core as a C string; a NUL inside cannot cross to C.
+pub(crate) fn c_string(bytes: impl Into<Vec<u8>>) -> FfiResult<CString> {
     CString::new(bytes)
-        .map(CString::into_raw)
         .map_err(|_| Failure::new(ckpt_status::InvalidArgument, "a path contains a NUL byte"))
 }
 
+/// A new string for the caller to free with `ckpt_string_free`, or NULL
+/// for `None`.
 pub(crate) fn new_path_string(path: Option<&Path>) -> FfiResult<*mut c_char> {
     match path {
-        Some(path) => new_c_string(path.as_os_str().as_bytes()),
+        Some(path) => c_string(path.as_os_str().as_bytes()).map(handle::to_c_string),
         None => Ok(ptr::null_mut()),
     }
+}
+
+/// A new list for the caller to free with `ckpt_string_list_free`.
+pub(crate) fn new_string_list(paths: &[PathBuf]) -> FfiResult<*mut ckpt_string_list> {
+    let strings = paths
+        .iter()
+        .map(|path| c_string(path.as_os_str().as_bytes()))
+        .collect::<FfiResult<_>>()?;
+    Ok(handle::to_handle(ckpt_string_list::new(strings)))
 }
 
 pub(crate) fn verification(check_checksums: bool) -> crate::manifest::Verification {
@@ -273,62 +324,13 @@ pub(crate) fn integrity_result(integrity: crate::Integrity) -> FfiResult {
     }
 }
 
-/// A list of strings owned by the caller; free it with `ckpt_string_list_free`.
-#[repr(C)]
-pub struct ckpt_string_list {
-    /// `len` NUL-terminated strings.
-    pub items: *mut *mut c_char,
-    /// The number of strings.
-    pub len: usize,
-}
-
-impl ckpt_string_list {
-    pub(crate) fn from_byte_strings<'a>(
-        strings: impl IntoIterator<Item = &'a [u8]>,
-    ) -> FfiResult<ckpt_string_list> {
-        let mut items = Vec::new();
-        for bytes in strings {
-            match new_c_string(bytes) {
-                Ok(item) => items.push(item),
-                Err(failure) => {
-                    items.into_iter().for_each(drop_c_string);
-                    return Err(failure);
-                }
-            }
-        }
-        let items = Box::into_raw(items.into_boxed_slice());
-        Ok(ckpt_string_list {
-            len: items.len(),
-            items: items.cast(),
-        })
-    }
-
-    pub(crate) fn from_paths(paths: &[PathBuf]) -> FfiResult<ckpt_string_list> {
-        Self::from_byte_strings(paths.iter().map(|p| p.as_os_str().as_bytes()))
-    }
-
-    /// Frees the strings and the array, not the struct itself.
-    unsafe fn free_items(&mut self) {
-        if self.items.is_null() {
-            return;
-        }
-        let items = Box::from_raw(ptr::slice_from_raw_parts_mut(self.items, self.len));
-        items.iter().for_each(|&item| drop_c_string(item));
-        self.items = ptr::null_mut();
-        self.len = 0;
-    }
-}
-
-fn drop_c_string(item: *mut c_char) {
-    if !item.is_null() {
-        // SAFETY: every string handed out was made by `CString::into_raw`.
-        drop(unsafe { CString::from_raw(item) });
-    }
-}
-
 /// The library's version, "MAJOR.MINOR.PATCH".
 ///
-/// Returns a static string; never NULL, never freed. Thread-safe.
+/// Ownership: the string is static; never freed.
+/// Returns: the version; never NULL.
+/// Errors: none.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub extern "C" fn ckpt_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
@@ -336,9 +338,12 @@ pub extern "C" fn ckpt_version() -> *const c_char {
 
 /// The detail of the last failed call made on this thread.
 ///
-/// Returns a NUL-terminated string owned by the library, valid until the
-/// next failing call on the same thread; "" when no call has failed yet.
-/// Never NULL. Thread-safe: each thread has its own message.
+/// Ownership: the string belongs to the library and stays valid until the next
+/// failing call on the same thread.
+/// Returns: the message; "" when no call has failed yet; never NULL.
+/// Errors: none.
+/// Threads: any thread; each thread has its own message.
+/// Callbacks: none run.
 #[no_mangle]
 pub extern "C" fn ckpt_last_error_message() -> *const c_char {
     LAST_ERROR.with(|last| last.borrow().as_ptr())
@@ -346,43 +351,58 @@ pub extern "C" fn ckpt_last_error_message() -> *const c_char {
 
 /// The name of a status code, e.g. "CKPT_STATUS_IO_ERROR".
 ///
-/// `status` may be any value; unknown values give "CKPT_STATUS_UNKNOWN".
-/// Returns a static string; never NULL, never freed. Thread-safe.
+/// Ownership: the string is static; never freed.
+/// Returns: the name; "CKPT_STATUS_UNKNOWN" for a value that is not a status;
+/// never NULL.
+/// Errors: none (any value may be passed).
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
-pub extern "C" fn ckpt_status_name(status: i32) -> *const c_char {
-    let name = ckpt_status::ALL
-        .iter()
-        .find(|known| **known as i32 == status)
-        .map_or("CKPT_STATUS_UNKNOWN\0", |known| known.c_name());
-    name.as_ptr().cast()
+pub extern "C" fn ckpt_status_name(status: u32) -> *const c_char {
+    usize::try_from(status)
+        .ok()
+        .and_then(|index| status_names().get(index))
+        .map_or(c"CKPT_STATUS_UNKNOWN".as_ptr(), |name| name.as_ptr())
 }
 
 /// Frees a string returned by the library. NULL is a no-op.
 ///
-/// `string` must come from this library and not be freed twice.
-/// Thread-safe.
+/// Ownership: takes `string`, which must come from this library and not be
+/// freed twice.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_string_free(string: *mut c_char) {
-    guard_void(|| drop_c_string(string));
+    // SAFETY: a string this library returned, freed once (the contract).
+    guard_void(|| unsafe { handle::free_c_string(string) });
 }
 
-/// Frees a list returned by the library, with all its strings. NULL is a
-/// no-op.
+/// Frees a list returned by the library, with all its strings. NULL is a no-op.
 ///
-/// `list` must come from this library and not be freed twice. Thread-safe.
+/// Ownership: takes `list`, which must come from this library and not be freed
+/// twice.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_string_list_free(list: *mut ckpt_string_list) {
-    guard_void(|| {
-        if !list.is_null() {
-            let mut list = Box::from_raw(list);
-            list.free_items();
-        }
-    });
+    // SAFETY: a list this library returned, freed once (the contract).
+    guard_void(|| unsafe { handle::free_handle(list) });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A string the library returns and keeps (static or thread-local).
+    fn library_str(ptr: *const c_char) -> &'static str {
+        // SAFETY: these calls return NUL-terminated strings that outlive the
+        // test's use of them.
+        unsafe { CStr::from_ptr(ptr) }.to_str().unwrap()
+    }
 
     #[test]
     fn version_macros_match_the_package() {
@@ -393,45 +413,26 @@ mod tests {
     }
 
     #[test]
-    fn dtype_values_follow_the_core_order() {
-        use crate::tensors::DType;
-        let c_names = [
-            (ckpt_dtype::F64, "F64"),
-            (ckpt_dtype::F32, "F32"),
-            (ckpt_dtype::F16, "F16"),
-            (ckpt_dtype::Bf16, "BF16"),
-            (ckpt_dtype::I64, "I64"),
-            (ckpt_dtype::I32, "I32"),
-            (ckpt_dtype::I16, "I16"),
-            (ckpt_dtype::I8, "I8"),
-            (ckpt_dtype::U64, "U64"),
-            (ckpt_dtype::U32, "U32"),
-            (ckpt_dtype::U16, "U16"),
-            (ckpt_dtype::U8, "U8"),
-            (ckpt_dtype::Bool, "BOOL"),
-        ];
-        assert_eq!(c_names.len(), DType::ALL.len());
-        for (c_dtype, name) in c_names {
-            assert_eq!(DType::ALL[c_dtype as usize].name(), name);
-        }
-    }
-
-    #[test]
     fn panics_become_a_status_with_a_message() {
         let status = guard(|| panic!("boom"));
         assert_eq!(status, ckpt_status::Panic);
-        let message = unsafe { CStr::from_ptr(ckpt_last_error_message()) };
-        assert_eq!(message.to_str().unwrap(), "internal error (panic): boom");
+        assert_eq!(
+            library_str(ckpt_last_error_message()),
+            "internal error (panic): boom"
+        );
     }
 
     #[test]
     fn status_names_cover_every_status() {
         for (value, status) in ckpt_status::ALL.iter().enumerate() {
             assert_eq!(*status as usize, value, "statuses are numbered densely");
-            let name = unsafe { CStr::from_ptr(ckpt_status_name(value as i32)) };
-            assert_ne!(name.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+            let name = library_str(ckpt_status_name(value as u32));
+            assert_ne!(name, "CKPT_STATUS_UNKNOWN");
         }
-        let unknown = unsafe { CStr::from_ptr(ckpt_status_name(-1)) };
-        assert_eq!(unknown.to_str().unwrap(), "CKPT_STATUS_UNKNOWN");
+        assert_eq!(library_str(ckpt_status_name(13)), "CKPT_STATUS_UNKNOWN");
+        assert_eq!(
+            library_str(ckpt_status_name(u32::MAX)),
+            "CKPT_STATUS_UNKNOWN"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::handle::{self, BoxCastable};
 use super::{ckpt_status, guard, guard_void, out_param, path_arg, Failure, FfiResult};
 use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
 use crate::error::CallbackError;
@@ -57,8 +58,8 @@ pub type ckpt_clock_callback = Option<unsafe extern "C" fn(user_data: *mut c_voi
 pub type ckpt_delete_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, prefix: *const c_char) -> i32>;
 
-/// Severity of a log message.
-#[repr(C)]
+/// Severity of a log message: a `uint32_t`.
+#[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ckpt_log_level {
     Info = 0,
@@ -76,9 +77,11 @@ struct UserData {
     finalizer: ckpt_finalizer,
 }
 
-// SAFETY: the header requires user_data to be usable from whichever thread
-// calls into the manager, and the finalizer from any thread.
+// SAFETY: the header requires user_data and the finalizer to be usable
+// from any thread.
 unsafe impl Send for UserData {}
+// SAFETY: the header requires user_data to be usable from several threads
+// at once: managers built from one options object share it.
 unsafe impl Sync for UserData {}
 
 impl Drop for UserData {
@@ -140,6 +143,15 @@ type LogFnPtr = unsafe extern "C" fn(*mut c_void, ckpt_log_level, *const c_char)
 /// with `ckpt_options_free`. Not thread-safe: use one options object from
 /// one thread at a time.
 pub struct ckpt_options {
+    _private: [u8; 0],
+}
+
+impl BoxCastable for ckpt_options {
+    type RustType = Options;
+}
+
+/// What a `ckpt_options` points to.
+pub(crate) struct Options {
     config: Config,
     save: Option<CCallback<SaveFnPtr>>,
     restore: Option<CCallback<PrefixFnPtr>>,
@@ -150,7 +162,7 @@ pub struct ckpt_options {
     log: Option<CCallback<LogFnPtr>>,
 }
 
-impl ckpt_options {
+impl Options {
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
@@ -161,32 +173,38 @@ impl ckpt_options {
         if let Some(cb) = self.save.clone() {
             callbacks = callbacks.on_save(move |prefix, number| {
                 let prefix = path_c_string(prefix)?;
-                // SAFETY: the user registered this function for this data.
+                // SAFETY: the user set `func` for `data` (header); `prefix`
+                // outlives the call.
                 check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr(), number) })
             });
         }
         if let Some(cb) = self.restore.clone() {
             callbacks = callbacks.on_restore(move |prefix| {
                 let prefix = path_c_string(prefix)?;
+                // SAFETY: as for save.
                 check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
             });
         }
         if let Some(cb) = self.init.clone() {
+            // SAFETY: the user set `func` for `data` (header).
             callbacks = callbacks.on_init(move || check_code(unsafe { (cb.func)(cb.data.ptr) }));
         }
         if let Some(cb) = self.step_counter.clone() {
             callbacks = callbacks.step_counter(move || {
                 let mut step = 0i64;
+                // SAFETY: as for init; `step` outlives the call.
                 check_code(unsafe { (cb.func)(cb.data.ptr, &mut step) })?;
                 Ok(step)
             });
         }
         if let Some(cb) = self.clock.clone() {
+            // SAFETY: the user set `func` for `data` (header).
             callbacks = callbacks.clock(move || unsafe { (cb.func)(cb.data.ptr) });
         }
         if let Some(cb) = self.delete.clone() {
             callbacks = callbacks.on_delete(move |prefix| {
                 let prefix = path_c_string(prefix)?;
+                // SAFETY: as for save.
                 check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
             });
         }
@@ -197,6 +215,7 @@ impl ckpt_options {
                     LogLevel::Warning => ckpt_log_level::Warning,
                 };
                 let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+                // SAFETY: as for save; `message` outlives the call.
                 unsafe { (cb.func)(cb.data.ptr, level, message.as_ptr()) }
             });
         }
@@ -204,29 +223,39 @@ impl ckpt_options {
     }
 }
 
-unsafe fn options_mut<'a>(options: *mut ckpt_options) -> FfiResult<&'a mut ckpt_options> {
-    options.as_mut().ok_or_else(|| Failure::null("options"))
-}
-
 /// Applies a change to the options after the NULL check.
+///
+/// # Safety
+/// `options` is NULL or a live handle from `ckpt_options_new` that no
+/// other thread uses during the call.
 unsafe fn update(
     options: *mut ckpt_options,
-    change: impl FnOnce(&mut ckpt_options) -> FfiResult,
+    change: impl FnOnce(&mut Options) -> FfiResult,
 ) -> ckpt_status {
-    guard(|| change(options_mut(options)?))
+    guard(|| {
+        // SAFETY: forwarded to the caller.
+        let options =
+            unsafe { handle::borrow_mut(options) }.ok_or_else(|| Failure::null("options"))?;
+        change(options)
+    })
 }
 
-/// Creates options with TF's defaults: checkpoint name "ckpt", no
-/// preservation, no interval, no callbacks. A directory and max_to_keep
-/// (or keep-all) must be set before `ckpt_manager_new`.
+/// Creates options with TF's defaults: checkpoint name "ckpt", no preservation,
+/// no interval, no callbacks. A directory and max_to_keep (or keep-all) must be
+/// set before `ckpt_manager_new`.
 ///
-/// On success `*out_options` owns a new object to free with
-/// `ckpt_options_free`. Errors: CKPT_STATUS_NULL_ARGUMENT. Thread-safe.
+/// Ownership: on success `*out_options` is a new object the caller frees with
+/// `ckpt_options_free`.
+/// Returns: CKPT_STATUS_OK with the options, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT.
+/// Threads: any thread.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -> ckpt_status {
     guard(|| {
-        let out = out_param(out_options, "out_options")?;
-        out.write(Box::into_raw(Box::new(ckpt_options {
+        // SAFETY: NULL or writable (header).
+        let out = unsafe { out_param(out_options, "out_options") }?;
+        out.write(handle::to_handle(Options {
             config: Config::default(),
             save: None,
             restore: None,
@@ -235,210 +264,304 @@ pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -
             clock: None,
             delete: None,
             log: None,
-        })))
+        }))
     })
 }
 
-/// Frees options. Managers built from them are unaffected. Callback
-/// finalizers run here unless a live manager still holds the callback, in
-/// which case they run when the last such manager is freed. NULL is a
-/// no-op. Not thread-safe with other calls on the same options.
+/// Frees options. Managers built from them are unaffected. NULL is a no-op.
+///
+/// Ownership: takes `options`.
+/// Returns: nothing.
+/// Errors: none.
+/// Threads: one thread at a time per options object.
+/// Callbacks: finalizers of callbacks no live manager holds run here, on the
+/// calling thread; the others run when the last manager holding them is freed.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_free(options: *mut ckpt_options) {
-    guard_void(|| {
-        if !options.is_null() {
-            drop(Box::from_raw(options));
-        }
-    });
+    // SAFETY: a handle from ckpt_options_new, freed once and not in use
+    // (header).
+    guard_void(|| unsafe { handle::free_handle(options) });
 }
 
-/// Sets the checkpoint directory (required). It need not exist: the first
-/// save creates it. Any bytes but NUL; relative paths are relative to the
-/// process's working directory at each call.
+/// Sets the checkpoint directory (required). It need not exist: the first save
+/// creates it. Any bytes but NUL; relative paths are relative to the process's
+/// working directory at each call.
 ///
-/// `directory` is borrowed (copied). Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT (empty). Not thread-safe (per options).
+/// Ownership: `options` is borrowed; `directory` is borrowed (copied).
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_NULL_ARGUMENT
+/// (`directory`), CKPT_STATUS_INVALID_ARGUMENT (empty).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_directory(
     options: *mut ckpt_options,
     directory: *const c_char,
 ) -> ckpt_status {
-    update(options, |o| {
-        let directory = path_arg(directory, "directory")?;
-        Ok(o.config.set_directory(directory)?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call, `directory` NULL or a NUL-terminated string (header).
+    unsafe {
+        update(options, |o| {
+            let directory = path_arg(directory, "directory")?;
+            Ok(o.config.set_directory(directory)?)
+        })
+    }
 }
 
 /// Keeps at most `max_to_keep` (> 0) managed checkpoints; older ones are
 /// deleted, or preserved by keep_checkpoint_every_n_hours.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT
-/// (zero or negative). Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (zero or negative).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_max_to_keep(
     options: *mut ckpt_options,
     max_to_keep: i64,
 ) -> ckpt_status {
-    update(options, |o| {
-        // Negative counts become 0, which the core refuses.
-        let n = usize::try_from(max_to_keep).unwrap_or(0);
-        Ok(o.config.set_max_to_keep(MaxToKeep::Last(n))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            // Negative counts become 0, which the core refuses.
+            let n = usize::try_from(max_to_keep).unwrap_or(0);
+            Ok(o.config.set_max_to_keep(MaxToKeep::Last(n))?)
+        })
+    }
 }
 
 /// Keeps every checkpoint and deletes none (TF's max_to_keep=None).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_keep_all(options: *mut ckpt_options) -> ckpt_status {
-    update(options, |o| Ok(o.config.set_max_to_keep(MaxToKeep::All)?))
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { update(options, |o| Ok(o.config.set_max_to_keep(MaxToKeep::All)?)) }
 }
 
 /// Preserves (never deletes) one checkpoint every `hours` hours among those
 /// that max_to_keep pushes out. 0 turns preservation off.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN,
-/// infinite or negative). Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (NaN, infinite or negative).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
     options: *mut ckpt_options,
     hours: f64,
 ) -> ckpt_status {
-    update(options, |o| {
-        Ok(o.config.set_keep_checkpoint_every_n_hours(Some(hours))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_keep_checkpoint_every_n_hours(Some(hours))?)
+        })
+    }
 }
 
-/// Sets the checkpoint name: files are `<directory>/<name>-<N>...`.
-/// Default "ckpt".
+/// Sets the checkpoint name: files are `<directory>/<name>-<N>...`. Default
+/// "ckpt".
 ///
-/// `name` is borrowed (copied). Errors: CKPT_STATUS_NULL_ARGUMENT,
-/// CKPT_STATUS_INVALID_ARGUMENT (empty, contains '/', or "checkpoint",
-/// ".", ".."). Not thread-safe (per options).
+/// Ownership: `options` is borrowed; `name` is borrowed (copied).
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_NULL_ARGUMENT
+/// (`name`), CKPT_STATUS_INVALID_ARGUMENT (empty, contains '/', or
+/// "checkpoint", ".", "..").
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_checkpoint_name(
     options: *mut ckpt_options,
     name: *const c_char,
 ) -> ckpt_status {
-    update(options, |o| {
-        let name = path_arg(name, "name")?;
-        Ok(o.config.set_checkpoint_name(OsStr::new(name))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call, `name` NULL or a NUL-terminated string (header).
+    unsafe {
+        update(options, |o| {
+            let name = path_arg(name, "name")?;
+            Ok(o.config.set_checkpoint_name(OsStr::new(name))?)
+        })
+    }
 }
 
 /// Saves at most once every `interval` (> 0) steps, as read from the step
 /// counter callback, which must then be set too.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT.
-/// Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (zero or negative).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_checkpoint_interval(
     options: *mut ckpt_options,
     interval: i64,
 ) -> ckpt_status {
-    update(options, |o| {
-        Ok(o.config.set_checkpoint_interval(Some(interval))?)
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_checkpoint_interval(Some(interval))?)
+        })
+    }
 }
 
 /// The step of the last checkpoint, for the interval gate (TF's
 /// last_checkpoint_step).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_last_checkpoint_step(
     options: *mut ckpt_options,
     step: i64,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_last_checkpoint_step(Some(step));
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_last_checkpoint_step(Some(step));
+            Ok(())
+        })
+    }
 }
 
-/// Opens managers read-only: no lock, no recovery, no writes (saves fail
-/// with CKPT_STATUS_READ_ONLY). For evaluators that follow a directory
-/// another process writes; `ckpt_manager_reload` picks up new checkpoints.
+/// Opens managers read-only: no lock, no recovery, no writes (saves fail with
+/// CKPT_STATUS_READ_ONLY). For evaluators that follow a directory another
+/// process writes; `ckpt_manager_reload` picks up new checkpoints.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_read_only(
     options: *mut ckpt_options,
     read_only: bool,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_read_only(read_only);
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_read_only(read_only);
+            Ok(())
+        })
+    }
 }
 
-/// Whether `ckpt_manager_restore_or_initialize` checks every file's
-/// CRC32C against the manifest (true, the default) or only file sizes.
+/// Whether `ckpt_manager_restore_or_initialize` checks every file's CRC32C
+/// against the manifest (true, the default) or only file sizes.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_verify_checksums(
     options: *mut ckpt_options,
     verify: bool,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_verify_checksums(verify);
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_verify_checksums(verify);
+            Ok(())
+        })
+    }
 }
 
 /// Whether restoring registered tensors may skip tensors that are in the
-/// checkpoint but not registered, or registered but not in it (default
-/// false: either is CKPT_STATUS_TENSOR_MISMATCH).
+/// checkpoint but not registered, or registered but not in it (default false:
+/// either is CKPT_STATUS_TENSOR_MISMATCH).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT. Not thread-safe (per options).
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_partial_restore(
     options: *mut ckpt_options,
     partial: bool,
 ) -> ckpt_status {
-    update(options, |o| {
-        o.config.set_partial_restore(partial);
-        Ok(())
-    })
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_partial_restore(partial);
+            Ok(())
+        })
+    }
 }
 
 /// Stores a callback and takes ownership of `user_data` on success: the
 /// finalizer runs once when the callback is replaced or no longer held.
 /// A NULL callback clears the slot and finalizes `user_data` at once.
+///
+/// # Safety
+/// As for `update`.
 unsafe fn set_callback<F: Copy>(
     options: *mut ckpt_options,
-    slot: impl FnOnce(&mut ckpt_options) -> &mut Option<CCallback<F>>,
+    slot: impl FnOnce(&mut Options) -> &mut Option<CCallback<F>>,
     func: Option<F>,
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    update(options, |o| {
-        let data = Arc::new(UserData {
-            ptr: user_data,
-            finalizer,
-        });
-        *slot(o) = func.map(|func| CCallback { func, data });
-        Ok(())
-    })
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        update(options, |o| {
+            let data = Arc::new(UserData {
+                ptr: user_data,
+                finalizer,
+            });
+            *slot(o) = func.map(|func| CCallback { func, data });
+            Ok(())
+        })
+    }
 }
 
-/// Sets the save callback, which writes each checkpoint's files. Without
-/// one, saves write only the tensors registered with
-/// `ckpt_manager_register_tensor` (and fail with
-/// CKPT_STATUS_INVALID_ARGUMENT when there are none).
+/// Sets the save callback, which writes each checkpoint's files. Without one,
+/// saves write only the tensors registered with `ckpt_manager_register_tensor`
+/// (and fail with CKPT_STATUS_INVALID_ARGUMENT when there are none).
 ///
-/// Callback arguments, for every `ckpt_options_set_*_callback`: `user_data`
-/// is passed first to each call. On CKPT_STATUS_OK the library owns
-/// `user_data`: `finalizer` (may be NULL) is called on it exactly once,
-/// when the callback is replaced or when neither these options nor any
-/// manager built from them holds it any more. On error, ownership stays
-/// with the caller. A NULL callback clears the slot and finalizes
-/// `user_data` at once. Callbacks run on the thread that called into the
-/// manager, one at a time per manager; they must not unwind (C++
-/// exceptions, longjmp) through the library.
+/// For every `ckpt_options_set_*_callback`: `user_data` is passed first to each
+/// call of `callback`. A NULL callback clears the slot.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data`: `finalizer` (may be NULL) is called on it exactly once, when
+/// the callback is replaced or cleared, or when neither these options nor any
+/// manager built from them holds it any more. On error, ownership stays with
+/// the caller.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: each callback runs later, on the thread that called the manager
+/// function running it, during that call; one manager runs its callbacks one at
+/// a time. Managers built from the same options share `callback` and
+/// `user_data`, so their callbacks may run at the same time on different
+/// threads: make such `user_data` thread-safe, or give each manager options of
+/// its own. The finalizer may run on any thread (the one that frees the last
+/// holder). A replaced or cleared callback's finalizer runs here, on the
+/// calling thread, if nothing else holds it. Callbacks must not unwind through
+/// the library (see "Callbacks and exceptions" at the top of this header).
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_save_callback(
     options: *mut ckpt_options,
@@ -446,13 +569,22 @@ pub unsafe extern "C" fn ckpt_options_set_save_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.save, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.save, callback, user_data, finalizer) }
 }
 
 /// Sets the restore callback used by `ckpt_manager_restore_or_initialize`.
-/// Ownership and threading as for `ckpt_options_set_save_callback`.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the restore callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_restore_callback(
     options: *mut ckpt_options,
@@ -460,14 +592,23 @@ pub unsafe extern "C" fn ckpt_options_set_restore_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.restore, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.restore, callback, user_data, finalizer) }
 }
 
 /// Sets the init callback, run by `ckpt_manager_restore_or_initialize` when
-/// there is no checkpoint. Ownership and threading as for
-/// `ckpt_options_set_save_callback`.
+/// there is no checkpoint.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the init callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_init_callback(
     options: *mut ckpt_options,
@@ -475,13 +616,22 @@ pub unsafe extern "C" fn ckpt_options_set_init_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.init, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.init, callback, user_data, finalizer) }
 }
 
-/// Sets the step counter read by the checkpoint interval. Ownership and
-/// threading as for `ckpt_options_set_save_callback`.
+/// Sets the step counter read by the checkpoint interval.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the step counter callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_step_counter_callback(
     options: *mut ckpt_options,
@@ -489,20 +639,31 @@ pub unsafe extern "C" fn ckpt_options_set_step_counter_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(
-        options,
-        |o| &mut o.step_counter,
-        callback,
-        user_data,
-        finalizer,
-    )
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        set_callback(
+            options,
+            |o| &mut o.step_counter,
+            callback,
+            user_data,
+            finalizer,
+        )
+    }
 }
 
 /// Replaces the wall clock (seconds since the epoch) used for checkpoint
-/// timestamps, e.g. to test keep_checkpoint_every_n_hours. Ownership and
-/// threading as for `ckpt_options_set_save_callback`.
+/// timestamps, e.g. to test keep_checkpoint_every_n_hours.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the clock callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_clock_callback(
     options: *mut ckpt_options,
@@ -510,13 +671,22 @@ pub unsafe extern "C" fn ckpt_options_set_clock_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.clock, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.clock, callback, user_data, finalizer) }
 }
 
-/// Replaces the built-in deletion of a swept checkpoint's files. Ownership
-/// and threading as for `ckpt_options_set_save_callback`.
+/// Replaces the built-in deletion of a swept checkpoint's files.
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the delete callback runs later, as for the save callback; a
+/// replaced or cleared callback's finalizer runs here, on the calling thread,
+/// if nothing else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_delete_callback(
     options: *mut ckpt_options,
@@ -524,13 +694,22 @@ pub unsafe extern "C" fn ckpt_options_set_delete_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.delete, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.delete, callback, user_data, finalizer) }
 }
 
-/// Receives the manager's warnings (default: written to stderr). Ownership
-/// and threading as for `ckpt_options_set_save_callback`.
+/// Receives the manager's warnings (default: written to stderr).
 ///
-/// Errors: CKPT_STATUS_NULL_ARGUMENT (options). Not thread-safe (per options).
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the log callback runs later, as for the save callback; a replaced
+/// or cleared callback's finalizer runs here, on the calling thread, if nothing
+/// else holds it.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_options_set_log_callback(
     options: *mut ckpt_options,
@@ -538,5 +717,7 @@ pub unsafe extern "C" fn ckpt_options_set_log_callback(
     user_data: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    set_callback(options, |o| &mut o.log, callback, user_data, finalizer)
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.log, callback, user_data, finalizer) }
 }

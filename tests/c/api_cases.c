@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "test_support.h"
@@ -25,6 +26,7 @@ static char sentinel_text[] = "sentinel";
 static int manager_marker;
 #define SENTINEL_STRING sentinel_text
 #define SENTINEL_MANAGER ((ckpt_manager *)(void *)&manager_marker)
+#define SENTINEL_STATE ((ckpt_checkpoint_state *)(void *)&manager_marker)
 
 static char *format(const char *fmt, ...) {
   va_list args;
@@ -232,6 +234,11 @@ static void version(const char *dir) {
 /* ------------------------------------------------------------------------
  * 2. status_names */
 
+/* The enums have a fixed width, whatever the compiler makes of a C enum. */
+_Static_assert(sizeof(ckpt_status) == sizeof(uint32_t), "ckpt_status is a uint32_t");
+_Static_assert(sizeof(ckpt_log_level) == sizeof(uint32_t), "ckpt_log_level is a uint32_t");
+_Static_assert(sizeof(ckpt_dtype) == sizeof(uint32_t), "ckpt_dtype is a uint32_t");
+
 static void status_names(const char *dir) {
   (void)dir;
   /* No call has failed on this thread yet. */
@@ -256,10 +263,10 @@ static void status_names(const char *dir) {
       {CKPT_STATUS_TENSOR_MISMATCH, "CKPT_STATUS_TENSOR_MISMATCH"},
   };
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-    CHECK((int)names[i].status == (int)i); /* values never change meaning */
-    CHECK_STR(names[i].name, ckpt_status_name((int32_t)names[i].status));
+    CHECK(names[i].status == i); /* values never change meaning */
+    CHECK_STR(names[i].name, ckpt_status_name(names[i].status));
   }
-  const int32_t unknown[] = {-1, 13, 999, INT32_MIN, INT32_MAX};
+  const uint32_t unknown[] = {13, 999, (uint32_t)INT32_MAX + 1, UINT32_MAX};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
     CHECK_STR("CKPT_STATUS_UNKNOWN", ckpt_status_name(unknown[i]));
 }
@@ -352,7 +359,7 @@ static void null_arguments(const char *dir) {
   bool found = true;
   uint64_t counter = 4242;
   ckpt_string_list fake_list = {0}, *list = &fake_list;
-  ckpt_checkpoint_state fake_state = {0}, *state = &fake_state;
+  ckpt_checkpoint_state *state = SENTINEL_STATE;
   ckpt_manager *new_manager = SENTINEL_MANAGER;
   const uint64_t number = 5;
 
@@ -437,7 +444,7 @@ static void null_arguments(const char *dir) {
               ckpt_latest_checkpoint_with_flags(dir, CKPT_LATEST_NO_FALLBACK, NULL));
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_verify_checkpoint(NULL, true));
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "directory", ckpt_get_checkpoint_state(NULL, &state));
-  CHECK(state == &fake_state);
+  CHECK(state == SENTINEL_STATE);
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_state", ckpt_get_checkpoint_state(dir, NULL));
   CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_checkpoint_exists(NULL, &found));
   CHECK(found == true);
@@ -579,7 +586,7 @@ static void nothing_created_at_construction(const char *dir) {
   CHECK(prefix == SENTINEL_STRING && world.saves == 0);
   CHECK_OK(ckpt_manager_reload(reader));
   check_latest_on_disk(target, NULL);
-  ckpt_checkpoint_state *state = &(ckpt_checkpoint_state){0};
+  ckpt_checkpoint_state *state = SENTINEL_STATE;
   CHECK_OK(ckpt_get_checkpoint_state(target, &state));
   CHECK(state == NULL);
   CHECK(!checkpoint_exists(first));
@@ -1322,9 +1329,9 @@ static void glob_characters(const char *dir) {
   CHECK(checkpoint_exists(paths[1]) && checkpoint_exists(paths[2]));
   check_latest_on_disk(glob_dir, paths[2]);
   ckpt_checkpoint_state *state = read_state(glob_dir);
-  CHECK_STR(paths[2], state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_paths.len == 2);
-  CHECK_STR(paths[1], state->all_model_checkpoint_paths.items[0]);
+  CHECK_STR(paths[2], ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_path_count(state) == 2);
+  CHECK_STR(paths[1], ckpt_checkpoint_state_path(state, 0));
   ckpt_checkpoint_state_free(state);
 
   CHECK_OK(ckpt_remove_checkpoint(paths[1]));
@@ -1587,9 +1594,9 @@ static void corrupt_state(const char *dir) {
     CHECK_OK(ckpt_options_set_read_only(options, false));
     CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_manager_new(options, &manager));
     CHECK(manager == SENTINEL_MANAGER);
-    ckpt_checkpoint_state fake_state = {0}, *state = &fake_state;
+    ckpt_checkpoint_state *state = SENTINEL_STATE;
     CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_get_checkpoint_state(dir, &state));
-    CHECK(state == &fake_state);
+    CHECK(state == SENTINEL_STATE);
     char *latest = SENTINEL_STRING;
     CHECK_FAILS(CKPT_STATUS_STATE_CORRUPT, "state file", ckpt_latest_checkpoint(dir, &latest));
     CHECK(latest == SENTINEL_STRING);
@@ -1609,12 +1616,12 @@ static void corrupt_state(const char *dir) {
 
 static void check_state_paths(const ckpt_checkpoint_state *state, const char *latest,
                               const char *first, const char *second) {
-  CHECK_STR(latest, state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_paths.len == (second ? 2u : 1u));
-  CHECK_STR(first, state->all_model_checkpoint_paths.items[0]);
-  if (second) CHECK_STR(second, state->all_model_checkpoint_paths.items[1]);
-  CHECK(state->all_model_checkpoint_timestamps_len == 0);
-  CHECK(state->last_preserved_timestamp == 0.0);
+  CHECK_STR(latest, ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_path_count(state) == (second ? 2u : 1u));
+  CHECK_STR(first, ckpt_checkpoint_state_path(state, 0));
+  if (second) CHECK_STR(second, ckpt_checkpoint_state_path(state, 1));
+  CHECK(ckpt_checkpoint_state_timestamp_count(state) == 0);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == 0.0);
 }
 
 /* Opens a manager on a directory whose state TF wrote, checks what it
@@ -1749,11 +1756,20 @@ static void state_file_bytes(const char *dir) {
   /* Read back: raw names, exact timestamps, and a manager recovers both. */
   ckpt_checkpoint_state *state = read_state(weird_dir);
   char *second = join(weird_dir, "we\"ird\\name-2");
-  CHECK_STR(second, state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_timestamps_len == 2);
-  CHECK(state->all_model_checkpoint_timestamps[0] == 1784015299.2607172);
-  CHECK(state->all_model_checkpoint_timestamps[1] == 1784015299.510666);
-  CHECK(state->last_preserved_timestamp == 999.0);
+  CHECK_STR(second, ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_timestamp_count(state) == 2);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 0) == 1784015299.2607172);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 1) == 1784015299.510666);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == 999.0);
+  /* Past the end, and without a state, the accessors say "none". */
+  CHECK(ckpt_checkpoint_state_path(state, 2) == NULL);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 2) != ckpt_checkpoint_state_timestamp(state, 2));
+  CHECK(ckpt_checkpoint_state_model_checkpoint_path(NULL) == NULL);
+  CHECK(ckpt_checkpoint_state_path_count(NULL) == 0);
+  CHECK(ckpt_checkpoint_state_path(NULL, 0) == NULL);
+  CHECK(ckpt_checkpoint_state_timestamp_count(NULL) == 0);
+  CHECK(ckpt_checkpoint_state_timestamp(NULL, 0) != ckpt_checkpoint_state_timestamp(NULL, 0));
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(NULL) == 0.0);
   ckpt_checkpoint_state_free(state);
   world.now = 1784015300.0;
   manager = open_manager(options);
@@ -1812,9 +1828,9 @@ static void non_utf8_paths(const char *dir) {
   CHECK(checkpoint_exists(paths[1]) && checkpoint_exists(paths[2]));
   check_latest_on_disk(bad_dir, paths[2]);
   ckpt_checkpoint_state *state = read_state(bad_dir);
-  CHECK_STR(paths[2], state->model_checkpoint_path);
-  CHECK(state->all_model_checkpoint_paths.len == 2);
-  CHECK_STR(paths[1], state->all_model_checkpoint_paths.items[0]);
+  CHECK_STR(paths[2], ckpt_checkpoint_state_model_checkpoint_path(state));
+  CHECK(ckpt_checkpoint_state_path_count(state) == 2);
+  CHECK_STR(paths[1], ckpt_checkpoint_state_path(state, 0));
   ckpt_checkpoint_state_free(state);
   CHECK_OK(ckpt_verify_checkpoint(paths[2], true));
   CHECK_OK(ckpt_remove_checkpoint(paths[2]));
@@ -2128,7 +2144,7 @@ static int32_t save_through_library(void *data, const char *prefix, uint64_t num
   CHECK_OK(ckpt_save_file_close(file));
   ckpt_save_file *nested = NULL;
   CHECK_OK(ckpt_save_file_open(prefix, "/shards/0", &nested));
-  CHECK_OK(ckpt_save_file_write(nested, (const uint8_t *)"shard", 5));
+  CHECK_OK(ckpt_save_file_write(nested, "shard", 5));
   CHECK_OK(ckpt_save_file_close(nested));
   ckpt_save_file *untouched = NULL;
   w->bad_suffix = ckpt_save_file_open(prefix, "/../../escape", &untouched);
@@ -2217,6 +2233,213 @@ static void directory_is_a_file(const char *dir) {
   free(moved);
 }
 
+/* ------------------------------------------------------------------------
+ * 25. free_inside_callback: freeing a manager from inside one of its own
+ * calls is refused and the manager stays usable (valgrind: no invalid
+ * access, no double free). */
+
+typedef struct {
+  fake_world *world;
+  ckpt_manager *self;  /* the manager whose callbacks these are */
+  ckpt_manager *outer; /* a manager whose call runs around self's, or NULL */
+  int refused;         /* frees refused, each with the message */
+  int attempts;
+  ckpt_status latest;  /* what the finalizer's call on self returned */
+} freeing;
+
+static void try_free(freeing *f, ckpt_manager *target) {
+  reset_message();
+  ckpt_manager_free(target);
+  f->attempts++;
+  if (strstr(ckpt_last_error_message(), "was not freed") != NULL) f->refused++;
+}
+
+static int32_t freeing_save(void *data, const char *prefix, uint64_t number) {
+  freeing *f = data;
+  try_free(f, f->self);
+  if (f->outer != NULL) try_free(f, f->outer);
+  return save_tf_style(f->world, prefix, number);
+}
+
+static int32_t freeing_restore(void *data, const char *prefix) {
+  freeing *f = data;
+  try_free(f, f->self);
+  return restore_tf_style(f->world, prefix);
+}
+
+/* Runs inside ckpt_manager_free(self): a second free and any call are
+ * refused instead of touching the manager being freed. */
+static void freeing_finalizer(void *data) {
+  freeing *f = data;
+  try_free(f, f->self);
+  char *latest = SENTINEL_STRING;
+  f->latest = ckpt_manager_latest(f->self, &latest);
+}
+
+/* The outer manager's save saves the inner one, whose callbacks free. */
+static int32_t save_inner(void *data, const char *prefix, uint64_t number) {
+  freeing *f = data;
+  char *inner = save(f->self);
+  CHECK(inner != NULL);
+  ckpt_string_free(inner);
+  return save_tf_style(f->world, prefix, number);
+}
+
+static void free_inside_callback(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *ckpt_dir = join(dir, "run");
+  freeing f = {.world = &world, .latest = CKPT_STATUS_OK};
+  ckpt_options *options = world_options(&world, ckpt_dir, 2);
+  CHECK_OK(ckpt_options_set_save_callback(options, freeing_save, &f, freeing_finalizer));
+  CHECK_OK(ckpt_options_set_restore_callback(options, freeing_restore, &f, NULL));
+  ckpt_manager *manager = open_manager(options);
+  f.self = manager;
+
+  /* From its own save and restore callbacks: refused, the calls succeed. */
+  save_expecting(manager, "ckpt-1");
+  CHECK(f.attempts == 1 && f.refused == 1);
+  char *restored = NULL;
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &restored));
+  CHECK_STR("ckpt-1", base_name(restored));
+  ckpt_string_free(restored);
+  CHECK(f.attempts == 2 && f.refused == 2);
+  save_expecting(manager, "ckpt-2");
+  CHECK(f.refused == 3);
+  CHECK_CHECKPOINTS(manager, "ckpt-1", "ckpt-2");
+
+  /* Nested: while another manager's call runs around this one's, neither
+   * can be freed from the inner callback. */
+  fake_world outer_world = {.now = 100.0};
+  char *outer_dir = join(dir, "outer");
+  ckpt_options *outer_options = world_options(&outer_world, outer_dir, 2);
+  freeing outer = {.world = &outer_world, .self = manager};
+  CHECK_OK(ckpt_options_set_save_callback(outer_options, save_inner, &outer, NULL));
+  ckpt_manager *outer_manager = open_manager(outer_options);
+  f.outer = outer_manager;
+  save_expecting(outer_manager, "ckpt-1");
+  CHECK(f.attempts == 5 && f.refused == 5);
+  CHECK_CHECKPOINTS(manager, "ckpt-2", "ckpt-3");
+  f.outer = NULL;
+  ckpt_manager_free(outer_manager);
+  ckpt_options_free(outer_options);
+
+  /* Outside any call the free works, and the finalizer it runs can neither
+   * free the manager again nor call into it. */
+  ckpt_options_free(options);
+  CHECK(f.attempts == 5);
+  ckpt_manager_free(manager);
+  CHECK(f.attempts == 6 && f.refused == 6);
+  CHECK(f.latest == CKPT_STATUS_REENTRANT_CALL);
+  free(ckpt_dir);
+  free(outer_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 26. shared_callbacks: managers built from one options object share its
+ * callbacks and their user_data, and run them at the same time on
+ * different threads; one manager runs its callbacks one at a time. */
+
+typedef struct {
+  pthread_mutex_t lock;
+  pthread_cond_t changed;
+  int inside;      /* save callbacks running now */
+  int max_inside;  /* the most that ever ran at once */
+  int calls;
+  int wait_ms;     /* how long a callback waits for a second one */
+  int finalized;
+} rendezvous;
+
+/* Waits (up to wait_ms) until two save callbacks have run at once. */
+static int32_t meet_in_save(void *data, const char *prefix, uint64_t number) {
+  (void)number;
+  rendezvous *r = data;
+  CHECK(pthread_mutex_lock(&r->lock) == 0);
+  r->calls++;
+  if (++r->inside > r->max_inside) r->max_inside = r->inside;
+  CHECK(pthread_cond_broadcast(&r->changed) == 0);
+  struct timespec deadline;
+  CHECK(clock_gettime(CLOCK_REALTIME, &deadline) == 0);
+  long nanoseconds = deadline.tv_nsec + (long)r->wait_ms % 1000 * 1000000L;
+  deadline.tv_sec += r->wait_ms / 1000 + nanoseconds / 1000000000L;
+  deadline.tv_nsec = nanoseconds % 1000000000L;
+  while (r->max_inside < 2 &&
+         pthread_cond_timedwait(&r->changed, &r->lock, &deadline) != ETIMEDOUT) {
+  }
+  r->inside--;
+  CHECK(pthread_mutex_unlock(&r->lock) == 0);
+  write_text(prefix, "x"); /* a checkpoint may be the one file `prefix` */
+  return 0;
+}
+
+static void finalize_rendezvous(void *data) { ((rendezvous *)data)->finalized++; }
+
+typedef struct {
+  ckpt_manager *manager;
+  int saves;
+  int failures;
+} saver;
+
+static void *save_some(void *arg) {
+  saver *s = arg;
+  for (int i = 0; i < s->saves; i++) {
+    char *prefix = NULL;
+    if (ckpt_manager_save(s->manager, NULL, false, &prefix) != CKPT_STATUS_OK) s->failures++;
+    ckpt_string_free(prefix);
+  }
+  return NULL;
+}
+
+static void save_on_two_threads(saver *a, saver *b) {
+  pthread_t threads[2];
+  CHECK(pthread_create(&threads[0], NULL, save_some, a) == 0);
+  CHECK(pthread_create(&threads[1], NULL, save_some, b) == 0);
+  CHECK(pthread_join(threads[0], NULL) == 0 && pthread_join(threads[1], NULL) == 0);
+  CHECK(a->failures == 0 && b->failures == 0);
+}
+
+static void shared_callbacks(const char *dir) {
+  alarm(120);
+  rendezvous r = {.wait_ms = 20000};
+  CHECK(pthread_mutex_init(&r.lock, NULL) == 0 && pthread_cond_init(&r.changed, NULL) == 0);
+  char *first_dir = join(dir, "first"), *second_dir = join(dir, "second");
+  ckpt_options *options = NULL;
+  CHECK_OK(ckpt_options_new(&options));
+  CHECK_OK(ckpt_options_set_keep_all(options));
+  CHECK_OK(ckpt_options_set_save_callback(options, meet_in_save, &r, finalize_rendezvous));
+  CHECK_OK(ckpt_options_set_directory(options, first_dir));
+  ckpt_manager *first = open_manager(options);
+  CHECK_OK(ckpt_options_set_directory(options, second_dir));
+  ckpt_manager *second = open_manager(options);
+  ckpt_options_free(options);
+
+  /* Two managers: their save callbacks meet, on one shared user_data. */
+  saver a = {.manager = first, .saves = 3}, b = {.manager = second, .saves = 3};
+  save_on_two_threads(&a, &b);
+  CHECK(r.max_inside == 2 && r.calls == 6);
+  CHECK_CHECKPOINTS(first, "ckpt-1", "ckpt-2", "ckpt-3");
+  CHECK_CHECKPOINTS(second, "ckpt-1", "ckpt-2", "ckpt-3");
+
+  /* One manager on two threads: its callbacks never overlap, even when
+   * each waits a while for a partner. */
+  r.max_inside = 0;
+  r.wait_ms = 100;
+  a.saves = b.saves = 2;
+  b.manager = first;
+  save_on_two_threads(&a, &b);
+  CHECK(r.max_inside == 1 && r.calls == 10);
+  CHECK_CHECKPOINTS(first, "ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4", "ckpt-5", "ckpt-6", "ckpt-7");
+
+  /* The shared user_data is finalized once, by the last holder. */
+  ckpt_manager_free(first);
+  CHECK(r.finalized == 0);
+  ckpt_manager_free(second);
+  CHECK(r.finalized == 1);
+  pthread_cond_destroy(&r.changed);
+  pthread_mutex_destroy(&r.lock);
+  free(first_dir);
+  free(second_dir);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"version", version},
@@ -2247,6 +2470,8 @@ int main(int argc, char **argv) {
       {"lower_max_to_keep", lower_max_to_keep},
       {"directory_is_a_file", directory_is_a_file},
       {"save_file_writes", save_file_writes},
+      {"free_inside_callback", free_inside_callback},
+      {"shared_callbacks", shared_callbacks},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }

@@ -24,8 +24,8 @@ void test_fail(const char *file, int line, const char *format, ...);
     ckpt_status got_ = (call);                                                 \
     if (got_ != (expected))                                                    \
       test_fail(__FILE__, __LINE__, "%s returned %s, expected %s: %s", #call, \
-                ckpt_status_name((int32_t)got_),                               \
-                ckpt_status_name((int32_t)(expected)),                         \
+                ckpt_status_name((uint32_t)got_),                              \
+                ckpt_status_name((uint32_t)(expected)),                        \
                 ckpt_last_error_message());                                    \
   } while (0)
 

@@ -94,9 +94,9 @@ static void save_restore_state(const char *dir) {
   world.now = second_time;
   ckpt_string_free(save(first_manager));
   ckpt_checkpoint_state *state = read_state(dir);
-  CHECK(state->all_model_checkpoint_timestamps_len == 2);
-  CHECK(state->all_model_checkpoint_timestamps[0] == first_time);
-  CHECK(state->all_model_checkpoint_timestamps[1] == second_time);
+  CHECK(ckpt_checkpoint_state_timestamp_count(state) == 2);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 0) == first_time);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 1) == second_time);
   ckpt_checkpoint_state_free(state);
   CHECK_CHECKPOINTS(first_manager, "ckpt-1", "ckpt-2");
   check_latest(first_manager, second);
@@ -112,7 +112,7 @@ static void save_restore_state(const char *dir) {
   CHECK(checkpoint_exists(first) && checkpoint_exists(second));
   CHECK_CHECKPOINTS(second_manager, "ckpt-2", "ckpt-3");
   state = read_state(dir);
-  CHECK(state->last_preserved_timestamp == first_time);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == first_time);
   ckpt_checkpoint_state_free(state);
   const double fourth_time = third_time + 3600.0 * 0.5;
   world.now = fourth_time;
@@ -124,7 +124,7 @@ static void save_restore_state(const char *dir) {
   ckpt_string_free(save(second_manager));
   CHECK_CHECKPOINTS(second_manager, "ckpt-4", "ckpt-5");
   state = read_state(dir);
-  CHECK(state->last_preserved_timestamp == first_time);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == first_time);
   ckpt_checkpoint_state_free(state);
   ckpt_manager_free(second_manager);
 
@@ -133,7 +133,7 @@ static void save_restore_state(const char *dir) {
   world.now += 10.0;
   ckpt_string_free(save(third_manager));
   state = read_state(dir);
-  CHECK(state->last_preserved_timestamp == fourth_time);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == fourth_time);
   ckpt_checkpoint_state_free(state);
   CHECK(checkpoint_exists(first) && checkpoint_exists(fourth));
   CHECK(checkpoint_exists(fifth) && checkpoint_exists(sixth));
@@ -216,7 +216,7 @@ static void clock_reset(const char *dir) {
   CHECK(checkpoint_exists(second) && checkpoint_exists(third));
   CHECK_CHECKPOINTS(first_manager, "ckpt-3");
   ckpt_checkpoint_state *state = read_state(dir);
-  CHECK(state->last_preserved_timestamp == 13600.0);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == 13600.0);
   ckpt_checkpoint_state_free(state);
   ckpt_manager_free(first_manager);
 
@@ -239,9 +239,9 @@ static void clock_reset(const char *dir) {
   CHECK(checkpoint_exists(second) && checkpoint_exists(third));
   CHECK_CHECKPOINTS(second_manager, "ckpt-5");
   state = read_state(dir);
-  CHECK(state->last_preserved_timestamp == 5000.0);
-  CHECK(state->all_model_checkpoint_timestamps_len == 1);
-  CHECK(state->all_model_checkpoint_timestamps[0] == 5020.0);
+  CHECK(ckpt_checkpoint_state_last_preserved_timestamp(state) == 5000.0);
+  CHECK(ckpt_checkpoint_state_timestamp_count(state) == 1);
+  CHECK(ckpt_checkpoint_state_timestamp(state, 0) == 5020.0);
   ckpt_checkpoint_state_free(state);
   ckpt_manager_free(second_manager);
   ckpt_options_free(options);
@@ -273,9 +273,9 @@ static void custom_numbering(const char *dir) {
   CHECK_OK(ckpt_latest_checkpoint(dir, &latest_on_disk));
   CHECK_STR(last, latest_on_disk);
   ckpt_checkpoint_state *state = read_state(dir);
-  CHECK(state->all_model_checkpoint_paths.len == 2);
-  CHECK_STR(path, state->all_model_checkpoint_paths.items[0]);
-  CHECK_STR(last, state->all_model_checkpoint_paths.items[1]);
+  CHECK(ckpt_checkpoint_state_path_count(state) == 2);
+  CHECK_STR(path, ckpt_checkpoint_state_path(state, 0));
+  CHECK_STR(last, ckpt_checkpoint_state_path(state, 1));
   ckpt_checkpoint_state_free(state);
   ckpt_string_free(latest_on_disk);
   ckpt_string_free(path);

@@ -251,15 +251,16 @@ static uint64_t committed_generation(const char *directory) {
   ckpt_status status = ckpt_get_checkpoint_state(directory, &state);
   if (status != CKPT_STATUS_OK) {
     fprintf(stderr, "torture_child: reading the state file: %s: %s\n",
-            ckpt_status_name((int32_t)status), ckpt_last_error_message());
+            ckpt_status_name((uint32_t)status), ckpt_last_error_message());
     exit(3);
   }
   double newest = CLOCK_ORIGIN;
   if (state != NULL) {
-    for (size_t i = 0; i < state->all_model_checkpoint_timestamps_len; i++)
-      if (state->all_model_checkpoint_timestamps[i] > newest)
-        newest = state->all_model_checkpoint_timestamps[i];
-    if (state->last_preserved_timestamp > newest) newest = state->last_preserved_timestamp;
+    for (size_t i = 0; i < ckpt_checkpoint_state_timestamp_count(state); i++)
+      if (ckpt_checkpoint_state_timestamp(state, i) > newest)
+        newest = ckpt_checkpoint_state_timestamp(state, i);
+    double preserved = ckpt_checkpoint_state_last_preserved_timestamp(state);
+    if (preserved > newest) newest = preserved;
   }
   ckpt_checkpoint_state_free(state);
   return (uint64_t)((newest - CLOCK_ORIGIN) / CLOCK_STEP + 0.5);
@@ -276,7 +277,7 @@ static int32_t die_while_deleting(void *user_data, const char *prefix) {
 }
 
 static void fail(int code, const char *what, ckpt_status status) {
-  fprintf(stderr, "torture_child: %s: %s: %s\n", what, ckpt_status_name((int32_t)status),
+  fprintf(stderr, "torture_child: %s: %s: %s\n", what, ckpt_status_name((uint32_t)status),
           ckpt_last_error_message());
   exit(code);
 }

@@ -1,9 +1,16 @@
 // The C header must compile as C++17 with warnings as errors and link.
 #include "ckpt_manager.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
+
+// The enums have a fixed width in C++ too.
+static_assert(std::is_same<std::underlying_type_t<ckpt_status>, uint32_t>::value, "");
+static_assert(std::is_same<std::underlying_type_t<ckpt_log_level>, uint32_t>::value, "");
+static_assert(std::is_same<std::underlying_type_t<ckpt_dtype>, uint32_t>::value, "");
 
 int main() {
   const std::string expected = std::to_string(CKPT_VERSION_MAJOR) + "." +

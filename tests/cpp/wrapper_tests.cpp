@@ -527,6 +527,7 @@ void tensors(const std::string& workdir) {
   bool flags[2] = {true, false};
   int16_t small[2] = {-7, 300};
   uint16_t half[2] = {0x3c00, 0xc000};  // F16 1.0, -2.0
+  std::vector<float> none;               // an empty tensor: data() may be null
   {
     ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
     manager.register_tensor("layer.weight", &weights[0][0], {2, 3});
@@ -537,7 +538,7 @@ void tensors(const std::string& workdir) {
     manager.register_tensor("small", small, {2});
     manager.register_tensor("half", CKPT_DTYPE_F16, half, {2});
     EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.register_tensor("step", &step, {}));
-    EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.register_tensor("zero", &lr, {0}));
+    manager.register_tensor("empty", none.data(), {4, 0});
     CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
     CHECK(ckpt::checkpoint_exists(dir + "/ckpt-1"));
     manager.verify();
@@ -561,6 +562,7 @@ void tensors(const std::string& workdir) {
   manager.register_tensor("bytes", restored_bytes.data(), {3});
   manager.register_tensor("flags", restored_flags, {2});
   manager.register_tensor("small", restored_small, {2});
+  manager.register_tensor("empty", none.data(), {4, 0});
   // A dtype that differs from the checkpoint's: nothing is restored.
   manager.register_tensor("half", CKPT_DTYPE_BF16, restored_half, {2});
   EXPECT_ERROR(CKPT_STATUS_TENSOR_MISMATCH, "half", manager.restore_or_initialize());
@@ -647,6 +649,24 @@ void nested_calls(const std::string& workdir) {
   CHECK_EQ(outer.save_counter(), 1u);
 }
 
+// Saves `rounds` numbers from `first` on with a save callback that throws
+// ModelError(number) for even numbers: each must come back to this thread.
+void save_expecting_own_errors(ckpt::Manager& manager, uint64_t first, int rounds,
+                               std::atomic<int>& failures, std::atomic<int>& mixups) {
+  for (int round = 0; round < rounds; ++round) {
+    const uint64_t number = first + static_cast<uint64_t>(round);
+    try {
+      manager.save(number, false);
+      if (number % 2 == 0) ++mixups;
+    } catch (const ModelError& error) {
+      ++failures;
+      if (static_cast<uint64_t>(error.code) != number) ++mixups;
+    } catch (...) {
+      ++mixups;
+    }
+  }
+}
+
 // One manager shared by threads: each thread gets its own callback's
 // exception, never another thread's.
 void threads(const std::string& workdir) {
@@ -663,24 +683,66 @@ void threads(const std::string& workdir) {
   std::vector<std::thread> workers;
   for (int t = 0; t < kThreads; ++t) {
     workers.emplace_back([&, t] {
-      for (int round = 0; round < kRounds; ++round) {
-        const uint64_t number = static_cast<uint64_t>(t * 1000 + round + 1);
-        try {
-          manager.save(number, false);
-          if (number % 2 == 0) ++mixups;
-        } catch (const ModelError& error) {
-          ++failures;
-          if (static_cast<uint64_t>(error.code) != number) ++mixups;
-        } catch (...) {
-          ++mixups;
-        }
-      }
+      save_expecting_own_errors(manager, static_cast<uint64_t>(t * 1000 + 1), kRounds, failures,
+                                mixups);
     });
   }
   for (auto& worker : workers) worker.join();
   CHECK_EQ(mixups.load(), 0);
   CHECK_EQ(saves.load() + failures.load(), kThreads * kRounds);
   CHECK_EQ(manager.checkpoints().size(), static_cast<size_t>(saves.load()));
+}
+
+// Two managers built from one Options share its callbacks, which then run
+// on both threads at once: each thread still gets its own callback's
+// exception, carried across the C boundary once.
+void shared_options_threads(const std::string& workdir) {
+  std::atomic<int> saves{0};
+  ckpt::Options options;
+  options.keep_all().on_save([&](const std::string& prefix, uint64_t number) {
+    if (number % 2 == 0) throw ModelError(base_name(prefix), static_cast<int>(number));
+    write_file(prefix + ".model", "x");
+    ++saves;
+  });
+  ckpt::Manager first(options.directory(workdir + "/first"));
+  ckpt::Manager second(options.directory(workdir + "/second"));
+  constexpr int kRounds = 40;
+  std::atomic<int> failures{0}, mixups{0};
+  auto work = [&](ckpt::Manager& manager) {
+    save_expecting_own_errors(manager, 1, kRounds, failures, mixups);
+  };
+  std::thread a(work, std::ref(first)), b(work, std::ref(second));
+  a.join();
+  b.join();
+  CHECK_EQ(mixups.load(), 0);
+  CHECK_EQ(failures.load(), kRounds);
+  CHECK_EQ(saves.load(), kRounds);
+  CHECK_EQ(first.checkpoints().size(), static_cast<size_t>(kRounds / 2));
+  CHECK_EQ(second.checkpoints().size(), static_cast<size_t>(kRounds / 2));
+}
+
+// Freeing a manager inside its own callback is refused: reset() does
+// nothing there, ckpt_manager_free is refused by the library, and the
+// manager stays usable (ASan: no use after free; LSan: nothing leaks).
+void reset_inside_callback(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  ckpt::Manager* self = nullptr;
+  std::string refusal;
+  ckpt::Manager manager(ckpt::Options().directory(dir).keep_all().on_save(
+      [&](const std::string& prefix, uint64_t) {
+        self->reset();
+        CHECK(static_cast<bool>(*self));
+        ckpt_manager_free(self->get());
+        refusal = ckpt_last_error_message();
+        write_file(prefix + ".model", "x");
+      }));
+  self = &manager;
+  CHECK_EQ(base_name(manager.save().value_or("none")), "ckpt-1");
+  CHECK(contains(refusal, "was not freed"));
+  CHECK_EQ(base_name(manager.save().value_or("none")), "ckpt-2");
+  CHECK_EQ(base_name(manager.latest().value_or("none")), "ckpt-2");
+  manager.reset();  // outside any call: freed
+  CHECK(!manager);
 }
 
 struct Case {
@@ -704,6 +766,8 @@ const Case cases[] = {
     {"module_functions", module_functions},
     {"nested_calls", nested_calls},
     {"threads", threads},
+    {"shared_options_threads", shared_options_threads},
+    {"reset_inside_callback", reset_inside_callback},
 };
 
 }  // namespace

@@ -1,4 +1,5 @@
-"""Finds libckpt_manager.so and declares the C prototypes (ctypes)."""
+"""Finds libckpt_manager.so and declares its C prototypes (ctypes), which
+_prototypes.py holds, generated from the header."""
 import ctypes
 import os
 
@@ -51,128 +52,17 @@ def _load():
 
 lib, path = _load()
 
-c_char_p_p = ctypes.POINTER(ctypes.c_char_p)
-c_void_p = ctypes.c_void_p
-status_t = ctypes.c_int  # C enum ckpt_status
+# The prototypes, types and constants are generated from the header.
+from ._prototypes import *  # noqa: E402,F401,F403
+from ._prototypes import FUNCTIONS  # noqa: E402
 
+for _name, _restype, _argtypes in FUNCTIONS:
+    _function = getattr(lib, _name)
+    _function.restype, _function.argtypes = _restype, list(_argtypes)
+    globals()[_name] = _function
+del _name, _restype, _argtypes, _function
 
-class StringList(ctypes.Structure):
-    _fields_ = [("items", ctypes.POINTER(ctypes.c_void_p)), ("len", ctypes.c_size_t)]
-
-
-class CheckpointState(ctypes.Structure):
-    _fields_ = [
-        ("model_checkpoint_path", ctypes.c_void_p),
-        ("all_model_checkpoint_paths", StringList),
-        ("all_model_checkpoint_timestamps", ctypes.POINTER(ctypes.c_double)),
-        ("all_model_checkpoint_timestamps_len", ctypes.c_size_t),
-        ("last_preserved_timestamp", ctypes.c_double),
-    ]
-
-
-# Callback types. Strings arrive as c_void_p so that ctypes does not decode or
-# copy them behind our back; _string_at reads the bytes.
-SAVE_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, c_void_p, ctypes.c_uint64)
-FINALIZER = ctypes.CFUNCTYPE(None, c_void_p)
-RESTORE_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, c_void_p)
-INIT_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p)
-STEP_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, ctypes.POINTER(ctypes.c_int64))
-CLOCK_CB = ctypes.CFUNCTYPE(ctypes.c_double, c_void_p)
-DELETE_CB = ctypes.CFUNCTYPE(ctypes.c_int32, c_void_p, c_void_p)
-LOG_CB = ctypes.CFUNCTYPE(None, c_void_p, ctypes.c_int, c_void_p)
-
-_OUT_STR = ctypes.POINTER(ctypes.c_void_p)
-
-
-def _proto(name, restype, *argtypes):
-    fn = getattr(lib, name)
-    fn.restype = restype
-    fn.argtypes = list(argtypes)
-    return fn
-
-
-ckpt_version = _proto("ckpt_version", ctypes.c_char_p)
-ckpt_last_error_message = _proto("ckpt_last_error_message", ctypes.c_char_p)
-ckpt_status_name = _proto("ckpt_status_name", ctypes.c_char_p, ctypes.c_int32)
-ckpt_string_free = _proto("ckpt_string_free", None, c_void_p)
-ckpt_string_list_free = _proto("ckpt_string_list_free", None, ctypes.POINTER(StringList))
-ckpt_latest_checkpoint = _proto("ckpt_latest_checkpoint", status_t, ctypes.c_char_p, _OUT_STR)
-ckpt_latest_checkpoint_with_flags = _proto(
-    "ckpt_latest_checkpoint_with_flags", status_t, ctypes.c_char_p, ctypes.c_uint32, _OUT_STR)
-ckpt_verify_checkpoint = _proto("ckpt_verify_checkpoint", status_t, ctypes.c_char_p, ctypes.c_bool)
-ckpt_get_checkpoint_state = _proto(
-    "ckpt_get_checkpoint_state", status_t, ctypes.c_char_p,
-    ctypes.POINTER(ctypes.POINTER(CheckpointState)))
-ckpt_checkpoint_state_free = _proto(
-    "ckpt_checkpoint_state_free", None, ctypes.POINTER(CheckpointState))
-ckpt_checkpoint_exists = _proto(
-    "ckpt_checkpoint_exists", status_t, ctypes.c_char_p, ctypes.POINTER(ctypes.c_bool))
-ckpt_remove_checkpoint = _proto("ckpt_remove_checkpoint", status_t, ctypes.c_char_p)
-
-ckpt_manager_new = _proto("ckpt_manager_new", status_t, c_void_p, ctypes.POINTER(c_void_p))
-ckpt_manager_free = _proto("ckpt_manager_free", None, c_void_p)
-ckpt_manager_save = _proto(
-    "ckpt_manager_save", status_t, c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_bool,
-    _OUT_STR)
-ckpt_manager_latest = _proto("ckpt_manager_latest", status_t, c_void_p, _OUT_STR)
-ckpt_manager_checkpoints = _proto(
-    "ckpt_manager_checkpoints", status_t, c_void_p, ctypes.POINTER(ctypes.POINTER(StringList)))
-ckpt_manager_restore_or_initialize = _proto(
-    "ckpt_manager_restore_or_initialize", status_t, c_void_p, _OUT_STR)
-ckpt_manager_directory = _proto("ckpt_manager_directory", status_t, c_void_p, _OUT_STR)
-ckpt_manager_save_counter = _proto(
-    "ckpt_manager_save_counter", status_t, c_void_p, ctypes.POINTER(ctypes.c_uint64))
-ckpt_manager_verify = _proto(
-    "ckpt_manager_verify", status_t, c_void_p, ctypes.c_char_p, ctypes.c_bool)
-ckpt_manager_reload = _proto("ckpt_manager_reload", status_t, c_void_p)
-ckpt_manager_register_tensor = _proto(
-    "ckpt_manager_register_tensor", status_t, c_void_p, ctypes.c_char_p, ctypes.c_uint32,
-    ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, c_void_p)
-ckpt_manager_unregister_tensor = _proto(
-    "ckpt_manager_unregister_tensor", status_t, c_void_p, ctypes.c_char_p)
-
-ckpt_options_new = _proto("ckpt_options_new", status_t, ctypes.POINTER(c_void_p))
-ckpt_options_free = _proto("ckpt_options_free", None, c_void_p)
-ckpt_options_set_directory = _proto(
-    "ckpt_options_set_directory", status_t, c_void_p, ctypes.c_char_p)
-ckpt_options_set_max_to_keep = _proto(
-    "ckpt_options_set_max_to_keep", status_t, c_void_p, ctypes.c_int64)
-ckpt_options_set_keep_all = _proto("ckpt_options_set_keep_all", status_t, c_void_p)
-ckpt_options_set_keep_checkpoint_every_n_hours = _proto(
-    "ckpt_options_set_keep_checkpoint_every_n_hours", status_t, c_void_p, ctypes.c_double)
-ckpt_options_set_checkpoint_name = _proto(
-    "ckpt_options_set_checkpoint_name", status_t, c_void_p, ctypes.c_char_p)
-ckpt_options_set_checkpoint_interval = _proto(
-    "ckpt_options_set_checkpoint_interval", status_t, c_void_p, ctypes.c_int64)
-ckpt_options_set_last_checkpoint_step = _proto(
-    "ckpt_options_set_last_checkpoint_step", status_t, c_void_p, ctypes.c_int64)
-ckpt_options_set_read_only = _proto(
-    "ckpt_options_set_read_only", status_t, c_void_p, ctypes.c_bool)
-ckpt_options_set_verify_checksums = _proto(
-    "ckpt_options_set_verify_checksums", status_t, c_void_p, ctypes.c_bool)
-ckpt_options_set_partial_restore = _proto(
-    "ckpt_options_set_partial_restore", status_t, c_void_p, ctypes.c_bool)
-ckpt_options_set_save_callback = _proto(
-    "ckpt_options_set_save_callback", status_t, c_void_p, SAVE_CB, c_void_p, FINALIZER)
-ckpt_options_set_restore_callback = _proto(
-    "ckpt_options_set_restore_callback", status_t, c_void_p, RESTORE_CB, c_void_p, FINALIZER)
-ckpt_options_set_init_callback = _proto(
-    "ckpt_options_set_init_callback", status_t, c_void_p, INIT_CB, c_void_p, FINALIZER)
-ckpt_options_set_step_counter_callback = _proto(
-    "ckpt_options_set_step_counter_callback", status_t, c_void_p, STEP_CB, c_void_p, FINALIZER)
-ckpt_options_set_clock_callback = _proto(
-    "ckpt_options_set_clock_callback", status_t, c_void_p, CLOCK_CB, c_void_p, FINALIZER)
-ckpt_options_set_delete_callback = _proto(
-    "ckpt_options_set_delete_callback", status_t, c_void_p, DELETE_CB, c_void_p, FINALIZER)
-ckpt_options_set_log_callback = _proto(
-    "ckpt_options_set_log_callback", status_t, c_void_p, LOG_CB, c_void_p, FINALIZER)
-
-CKPT_LATEST_NO_FALLBACK = 1
-CKPT_LATEST_VERIFY_CHECKSUMS = 2
-LOG_INFO = 0
-LOG_WARNING = 1
-
-version = ckpt_version().decode("ascii")
+version = lib.ckpt_version().decode("ascii")
 try:
     _major = int(version.split(".")[0])
 except ValueError:

@@ -14,7 +14,7 @@ from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
 
 logger = logging.getLogger("ckpt_manager")
 
-_LOG_LEVELS = {_lib.LOG_INFO: logging.INFO, _lib.LOG_WARNING: logging.WARNING}
+_LOG_LEVELS = {_lib.CKPT_LOG_LEVEL_INFO: logging.INFO, _lib.CKPT_LOG_LEVEL_WARNING: logging.WARNING}
 
 
 # ---------------------------------------------------------------- helpers
@@ -103,7 +103,7 @@ def _new_key():
     return key
 
 
-@_lib.FINALIZER
+@_lib.ckpt_finalizer
 def _finalize(user_data):
     try:
         _live_callbacks.discard(user_data)
@@ -138,7 +138,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
                 return 0
             except BaseException as exc:
                 return failed("save", exc)
-        result.append((_lib.ckpt_options_set_save_callback, _lib.SAVE_CB(save)))
+        result.append((_lib.ckpt_options_set_save_callback, _lib.ckpt_save_callback(save)))
     if restore_fn is not None:
         def restore(_user_data, prefix):
             try:
@@ -146,7 +146,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
                 return 0
             except BaseException as exc:
                 return failed("restore", exc)
-        result.append((_lib.ckpt_options_set_restore_callback, _lib.RESTORE_CB(restore)))
+        result.append((_lib.ckpt_options_set_restore_callback, _lib.ckpt_restore_callback(restore)))
     if init_fn is not None:
         def init(_user_data):
             try:
@@ -154,7 +154,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
                 return 0
             except BaseException as exc:
                 return failed("init", exc)
-        result.append((_lib.ckpt_options_set_init_callback, _lib.INIT_CB(init)))
+        result.append((_lib.ckpt_options_set_init_callback, _lib.ckpt_init_callback(init)))
     if step_counter is not None:
         def step(_user_data, out_step):
             try:
@@ -163,7 +163,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
                 return 0
             except BaseException as exc:
                 return failed("step_counter", exc)
-        result.append((_lib.ckpt_options_set_step_counter_callback, _lib.STEP_CB(step)))
+        result.append((_lib.ckpt_options_set_step_counter_callback, _lib.ckpt_step_counter_callback(step)))
     if clock is not None:
         def clock_cb(_user_data):
             try:
@@ -171,7 +171,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
             except BaseException as exc:
                 failed("clock", exc)
                 return float("nan")  # refused by the library as a clock failure
-        result.append((_lib.ckpt_options_set_clock_callback, _lib.CLOCK_CB(clock_cb)))
+        result.append((_lib.ckpt_options_set_clock_callback, _lib.ckpt_clock_callback(clock_cb)))
     if delete_fn is not None:
         def delete(_user_data, prefix):
             try:
@@ -179,7 +179,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
                 return 0
             except BaseException as exc:
                 return failed("delete", exc)
-        result.append((_lib.ckpt_options_set_delete_callback, _lib.DELETE_CB(delete)))
+        result.append((_lib.ckpt_options_set_delete_callback, _lib.ckpt_delete_callback(delete)))
 
     def log(_user_data, level, message):
         try:
@@ -191,7 +191,7 @@ def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, 
                 log_fn(py_level, text)
         except BaseException as exc:
             failed("log", exc)
-    result.append((_lib.ckpt_options_set_log_callback, _lib.LOG_CB(log)))
+    result.append((_lib.ckpt_options_set_log_callback, _lib.ckpt_log_callback(log)))
     return result
 
 
@@ -372,7 +372,7 @@ class CheckpointManager:
     @property
     def checkpoints(self):
         """The managed checkpoints' prefixes, oldest first (preserved ones not listed)."""
-        out = ctypes.POINTER(_lib.StringList)()
+        out = ctypes.POINTER(_lib.ckpt_string_list)()
         with self._call() as handle:
             _check(_lib.ckpt_manager_checkpoints(handle, ctypes.byref(out)))
         return _take_list(out)
@@ -414,9 +414,9 @@ class CheckpointManager:
 
         Every save writes it to `<prefix>.safetensors`; restore_or_initialize()
         writes the checkpoint's values into it in place. The array must be
-        C-contiguous, writeable, aligned, native byte order, with no zero
-        dimension, of dtype float64/32/16, (u)int64/32/16/8, bool (or
-        ml_dtypes.bfloat16). The manager keeps a reference to it until
+        C-contiguous, writeable, aligned, native byte order, of dtype
+        float64/32/16, (u)int64/32/16/8, bool (or ml_dtypes.bfloat16); it may
+        be empty (a zero dimension). The manager keeps a reference to it until
         unregister(name) or close()."""
         np = _numpy()
         if not isinstance(array, np.ndarray):
@@ -539,23 +539,25 @@ def latest_checkpoint(directory, *, fallback=True, verify_checksums=False):
 
 def get_checkpoint_state(directory):
     """The parsed state file of `directory` (paths joined onto it), or None."""
-    out = ctypes.POINTER(_lib.CheckpointState)()
+    out = ctypes.c_void_p()
     _check(_lib.ckpt_get_checkpoint_state(_encode_path(directory, "directory"),
                                           ctypes.byref(out)))
     if not out:
         return None
+    state = out.value
     try:
-        s = out.contents
-        paths = s.all_model_checkpoint_paths
         return CheckpointState(
-            model_checkpoint_path=os.fsdecode(ctypes.string_at(s.model_checkpoint_path)),
-            all_model_checkpoint_paths=[os.fsdecode(ctypes.string_at(paths.items[i]))
-                                        for i in range(paths.len)],
-            all_model_checkpoint_timestamps=[s.all_model_checkpoint_timestamps[i]
-                                             for i in range(s.all_model_checkpoint_timestamps_len)],
-            last_preserved_timestamp=s.last_preserved_timestamp)
+            model_checkpoint_path=os.fsdecode(
+                _lib.ckpt_checkpoint_state_model_checkpoint_path(state)),
+            all_model_checkpoint_paths=[
+                os.fsdecode(_lib.ckpt_checkpoint_state_path(state, i))
+                for i in range(_lib.ckpt_checkpoint_state_path_count(state))],
+            all_model_checkpoint_timestamps=[
+                _lib.ckpt_checkpoint_state_timestamp(state, i)
+                for i in range(_lib.ckpt_checkpoint_state_timestamp_count(state))],
+            last_preserved_timestamp=_lib.ckpt_checkpoint_state_last_preserved_timestamp(state))
     finally:
-        _lib.ckpt_checkpoint_state_free(out)
+        _lib.ckpt_checkpoint_state_free(state)
 
 
 def checkpoint_exists(prefix):

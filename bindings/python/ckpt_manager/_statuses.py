@@ -1,5 +1,5 @@
-# Generated from include/ckpt_manager.h by generate_statuses.py; do not edit.
-# Regenerate with: python3 bindings/python/generate_statuses.py
+# Generated from include/ckpt_manager.h by generate_from_header.py; do not edit.
+# Regenerate with: python3 bindings/python/generate_from_header.py
 
 HEADER_VERSION = (0, 1, 0)
 

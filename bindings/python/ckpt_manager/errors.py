@@ -1,7 +1,7 @@
 """Exceptions: one class per ckpt_status, mapped by the status's value.
 
 The values come from _statuses.py, which is generated from the C header
-(generate_statuses.py); a test regenerates it and checks every status has a
+(generate_from_header.py); a test regenerates it and checks every status has a
 class here.
 """
 from . import _statuses

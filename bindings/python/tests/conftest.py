@@ -2,6 +2,7 @@
 through CKPT_MANAGER_LIBRARY (building it with cargo when it is missing) and
 import the package from this source tree, so they never test a stale install.
 Set CKPT_MANAGER_LIBRARY yourself to test another build."""
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -37,6 +38,24 @@ import ckpt_manager  # noqa: E402
 
 assert os.path.dirname(ckpt_manager.__file__) == os.path.join(PYTHON_DIR, "ckpt_manager"), \
     ckpt_manager.__file__
+
+
+def load_generator():
+    """bindings/python/generate_from_header.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "generate_from_header", os.path.join(PYTHON_DIR, "generate_from_header.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_generated(name):
+    """ckpt_manager/<name> is what the generator makes of the header now."""
+    with open(HEADER, encoding="utf-8") as f:
+        fresh = load_generator().OUTPUTS[name](f.read())
+    with open(os.path.join(PYTHON_DIR, "ckpt_manager", name), encoding="utf-8") as f:
+        assert f.read() == fresh, (
+            "ckpt_manager/%s is stale: run python3 bindings/python/generate_from_header.py" % name)
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ckpt_manager
-from ckpt_manager import CallbackFailedError, CheckpointManager, ReentrantCallError
+from ckpt_manager import CallbackFailedError, CheckpointManager, ReentrantCallError, _lib
 from conftest import tf_save
 
 
@@ -145,6 +145,24 @@ def test_close_inside_a_callback_is_refused(directory, clock):
         with pytest.raises(ReentrantCallError):
             m.save()
         assert not m.closed
+        holder.clear()
+
+
+def test_the_library_refuses_a_free_inside_a_callback(directory, clock):
+    holder = {}
+
+    def save_fn(prefix, number):
+        tf_save(prefix, number)
+        _lib.ckpt_manager_free(holder["manager"]._handle)  # bypasses close()'s own check
+        holder["message"] = _lib.ckpt_last_error_message()
+
+    with CheckpointManager(directory, 2, save_fn=save_fn, clock=clock) as m:
+        holder["manager"] = m
+        m.save()
+        assert b"was not freed" in holder["message"]
+        clock.now += 1
+        m.save()
+        assert len(m.checkpoints) == 2
         holder.clear()
 
 

@@ -1,7 +1,6 @@
 """Every status of the header maps to an exception class; the mapping is
 generated from the header, so the two cannot drift."""
 import ctypes
-import importlib.util
 import os
 import pickle
 
@@ -9,7 +8,7 @@ import pytest
 
 import ckpt_manager
 from ckpt_manager import _lib, _statuses, errors
-from conftest import HEADER, PYTHON_DIR, tf_save
+from conftest import HEADER, assert_generated, load_generator, tf_save
 
 EXPECTED_CLASSES = {
     "NULL_ARGUMENT": "NullArgumentError",
@@ -27,20 +26,8 @@ EXPECTED_CLASSES = {
 }
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location(
-        "generate_statuses", os.path.join(PYTHON_DIR, "generate_statuses.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_statuses_module_is_generated_from_the_header():
-    with open(HEADER, encoding="utf-8") as f:
-        fresh = load_generator().render(f.read())
-    with open(os.path.join(PYTHON_DIR, "ckpt_manager", "_statuses.py"), encoding="utf-8") as f:
-        assert f.read() == fresh, (
-            "ckpt_manager/_statuses.py is stale: run python3 bindings/python/generate_statuses.py")
+    assert_generated("_statuses.py")
 
 
 def test_generator_parses_every_enumerator_of_the_header():

@@ -159,13 +159,36 @@ def test_manager_keeps_the_array_alive(directory, clock):
     (np.array(["x"], dtype=object), TypeError),
     (np.zeros(3, dtype=">f8"), TypeError),                   # non-native byte order
     ([1.0, 2.0], TypeError),                                 # not an ndarray
-    (np.zeros((2, 0)), InvalidArgumentError),                # zero dimension
 ])
 def test_rejected_arrays(directory, clock, array, error):
     with CheckpointManager(directory, 2, clock=clock) as m:
         with pytest.raises(error):
             m.register_array("x", array)
         assert m.registered_arrays == {}
+
+
+def test_empty_arrays_round_trip(directory, clock):
+    """Zero-size arrays are registered, saved with their shape and matched."""
+    weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with CheckpointManager(directory, 2, clock=clock) as m:
+        m.register_array("weights", weights)
+        m.register_array("bias", np.zeros((3, 0), dtype=np.float16))
+        m.register_array("mask", np.zeros(0, dtype=bool))
+        prefix = m.save()
+    with open(prefix + ".safetensors", "rb") as f:
+        header = f.read()
+    assert b'"bias":{"dtype":"F16","shape":[3,0],"data_offsets":[24,24]}' in header
+    restored = np.zeros((2, 3), dtype=np.float32)
+    with CheckpointManager(directory, 2, clock=clock) as m:
+        m.register_array("weights", restored)
+        m.register_array("bias", np.zeros((3, 0), dtype=np.float16))
+        m.register_array("mask", np.zeros(0, dtype=bool))
+        assert m.restore_or_initialize() == prefix
+        assert (restored == weights).all()
+        m.unregister("bias")
+        m.register_array("bias", np.zeros((0, 3), dtype=np.float16))
+        with pytest.raises(TensorMismatchError, match="'bias'"):
+            m.restore_or_initialize()
 
 
 def test_rejects_read_only_and_unaligned(directory, clock):
