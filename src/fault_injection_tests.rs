@@ -297,3 +297,35 @@ fn a_stale_commit_record_does_not_undo_a_later_commit() {
     );
     assert!(!staging.exists());
 }
+
+/// A save that fails after its commit point is finished by the same
+/// manager's next save, which then takes the next number: no number is
+/// used twice, and both checkpoints are whole.
+#[test]
+fn the_next_save_finishes_a_commit_that_failed_past_its_commit_point() {
+    for allowed in 0.. {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let harness = Harness::new();
+        let steps = Steps::new();
+        let mut manager = harness.open(dir, steps.clone()).unwrap();
+        manager.save(None, true).unwrap();
+        steps.fail_after(Some(allowed));
+        let result = manager.save(None, true);
+        steps.fail_after(None);
+        let Err(err) = result else {
+            panic!("no step after the commit point failed a save");
+        };
+        if !err.to_string().contains("it is committed") {
+            continue;
+        }
+        assert_eq!(manager.save(None, true).unwrap(), Some(dir.join("ckpt-3")));
+        assert_eq!(
+            manager.checkpoints(),
+            [2, 3].map(|n| dir.join(format!("ckpt-{n}")))
+        );
+        drop(manager);
+        harness.check_recovered(dir, 3, &[0]);
+        return;
+    }
+}

@@ -145,8 +145,8 @@ impl CheckpointManager {
         }
         self.recover()?;
         self.unfinished = false;
-        let now = self.now()?;
-        self.load_state(now)
+        // The finished commit may hold a number above the counter.
+        self.reload()
     }
 
     /// Rebuilds the retention state from the state file at time `now`.
@@ -260,6 +260,7 @@ impl CheckpointManager {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
+        self.finish_unfinished()?;
         let mut step = self.last_checkpoint_step;
         let mut current = None;
         if let Some(interval) = self.config.checkpoint_interval {
@@ -289,8 +290,6 @@ impl CheckpointManager {
                 "no save callback is set and no tensor is registered",
             ));
         }
-        self.finish_unfinished()?;
-
         let transaction = Transaction::begin(self.store.clone(), &base)?;
         let planned = self
             .write_checkpoint(&transaction, number, current)
