@@ -6,6 +6,9 @@
 //! [`Callbacks`]; the C API in [`ffi`] is a thin layer over it, described by
 //! the generated header `include/ckpt_manager.h`.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod config;
 mod error;
 #[cfg(test)]

@@ -402,7 +402,8 @@ impl CheckpointManager {
         shape: &[u64],
         data: *mut u8,
     ) -> Result<()> {
-        self.tensors.register(name, dtype, shape, data)
+        // SAFETY: the caller's contract is the registry's.
+        unsafe { self.tensors.register(name, dtype, shape, data) }
     }
 
     pub fn unregister_tensor(&mut self, name: &str) -> Result<()> {

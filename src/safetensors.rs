@@ -210,6 +210,7 @@ mod tests {
         let mut registry = TensorRegistry::default();
         let mut a = [0u8; 3];
         let mut b = [0f64; 2];
+        // SAFETY: the buffers outlive the registry, which only this test uses.
         unsafe {
             registry
                 .register("a", DType::U8, &[3], a.as_mut_ptr())
@@ -266,6 +267,7 @@ mod tests {
     fn restore_plan_checks_names_dtypes_and_shapes() {
         let mut registry = TensorRegistry::default();
         let mut w = [0f32; 4];
+        // SAFETY: the buffers outlive the registry, which only this test uses.
         unsafe {
             registry
                 .register("w", DType::F32, &[2, 2], w.as_mut_ptr().cast())

@@ -123,7 +123,8 @@ impl Tensor {
     /// # Safety
     /// The registration's contract: the buffer is valid for reads.
     pub(crate) unsafe fn bytes(&self) -> &[u8] {
-        std::slice::from_raw_parts(self.data.as_ptr(), self.byte_len)
+        // SAFETY: `byte_len` readable bytes at `data` (the caller's contract).
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.byte_len) }
     }
 
     /// The buffer, to restore into.
@@ -133,7 +134,8 @@ impl Tensor {
     /// used by anything else during the call.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn bytes_mut(&self) -> &mut [u8] {
-        std::slice::from_raw_parts_mut(self.data.as_ptr(), self.byte_len)
+        // SAFETY: `byte_len` writable, unshared bytes at `data` (the caller's contract).
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr(), self.byte_len) }
     }
 }
 
@@ -241,6 +243,7 @@ mod tests {
         let mut registry = TensorRegistry::default();
         let mut buffer = [0f32; 6];
         let data = buffer.as_mut_ptr().cast();
+        // SAFETY: the buffers outlive the registry, which only this test uses.
         unsafe {
             registry.register("w", DType::F32, &[2, 3], data).unwrap();
             let err = |result: Result<()>| result.unwrap_err().to_string();
