@@ -245,7 +245,7 @@ fn a_save_syncs_in_three_rounds() {
     let operations = steps.operations();
     let syncs = operations
         .iter()
-        .filter(|op| matches!(**op, "sync_files" | "sync_directories" | "replace"))
+        .filter(|op| matches!(**op, "sync_files" | "sync_directories"))
         .count();
     assert_eq!(syncs, 3, "{operations:?}");
 }

@@ -17,7 +17,7 @@
 //! `text_format.Merge`, which TF's `get_checkpoint_state` uses, with the few deliberate
 //! differences listed on [`CheckpointState::parse`].
 
-use std::fmt::{self, Write as _};
+use std::fmt::{self, Write};
 
 /// Contents of a `checkpoint` state file. Paths are raw bytes exactly as stored (they may be non-UTF-8).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -116,47 +116,106 @@ impl CheckpointState {
 /// "1784015298.994252"); "inf", "-inf", "nan"; "-0.0".
 #[must_use]
 pub fn format_double(x: f64) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_double(&mut out, x);
+    String::from_utf8(out).expect("a formatted double is ASCII")
+}
+
+/// `format_double`, appended to `out` without allocating in the common case: a state file
+/// holds one double per checkpoint.
+fn write_double(out: &mut Vec<u8>, x: f64) {
     if x.is_nan() {
         // Python prints every NaN, whatever its sign bit, as "nan".
-        return "nan".to_string();
+        out.extend_from_slice(b"nan");
+        return;
     }
     if x.is_infinite() {
-        return if x > 0.0 { "inf" } else { "-inf" }.to_string();
+        out.extend_from_slice(if x > 0.0 { b"inf" } else { b"-inf" });
+        return;
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.to_string();
+        out.extend_from_slice(if x.is_sign_negative() {
+            b"-0.0"
+        } else {
+            b"0.0"
+        });
+        return;
     }
     let (digits, exp) = shortest_digits(x.abs());
-    let mut out = String::new();
+    let digits = digits.as_bytes();
     if x < 0.0 {
-        out.push('-');
+        out.push(b'-');
     }
     if !(-4..16).contains(&exp) {
-        out.push_str(&digits[..1]);
+        out.push(digits[0]);
         if digits.len() > 1 {
-            out.push('.');
-            out.push_str(&digits[1..]);
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
         }
-        out.push('e');
-        out.push(if exp < 0 { '-' } else { '+' });
-        let _ = write!(out, "{:02}", exp.unsigned_abs());
+        out.push(b'e');
+        out.push(if exp < 0 { b'-' } else { b'+' });
+        let magnitude = exp.unsigned_abs();
+        if magnitude < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(magnitude.to_string().as_bytes());
     } else if exp < 0 {
-        out.push_str("0.");
-        out.push_str(&"0".repeat(exp.unsigned_abs() as usize - 1));
-        out.push_str(&digits);
+        out.extend_from_slice(b"0.");
+        out.resize(out.len() + exp.unsigned_abs() as usize - 1, b'0');
+        out.extend_from_slice(digits);
     } else {
         let int_len = exp.unsigned_abs() as usize + 1;
         if digits.len() <= int_len {
-            out.push_str(&digits);
-            out.push_str(&"0".repeat(int_len - digits.len()));
-            out.push_str(".0");
+            out.extend_from_slice(digits);
+            out.resize(out.len() + int_len - digits.len(), b'0');
+            out.extend_from_slice(b".0");
         } else {
-            out.push_str(&digits[..int_len]);
-            out.push('.');
-            out.push_str(&digits[int_len..]);
+            out.extend_from_slice(&digits[..int_len]);
+            out.push(b'.');
+            out.extend_from_slice(&digits[int_len..]);
         }
     }
-    out
+}
+
+/// The significant digits of a shortest f64 (at most 17), as ASCII.
+#[derive(Clone, Copy, PartialEq)]
+struct Digits {
+    bytes: [u8; 17],
+    len: usize,
+}
+
+impl Digits {
+    fn from_ascii(ascii: impl IntoIterator<Item = u8>) -> Self {
+        let mut digits = Digits {
+            bytes: [0; 17],
+            len: 0,
+        };
+        for digit in ascii.into_iter().take(17) {
+            digits.bytes[digits.len] = digit;
+            digits.len += 1;
+        }
+        digits
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A stack buffer for `write!`: Rust's shortest `{:e}` of an f64 fits in 32 bytes.
+struct StackText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Write for StackText {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The shortest decimal digits that read back as `x` (positive, finite), and the decimal
@@ -166,22 +225,31 @@ pub fn format_double(x: f64) -> String {
 /// near `x` it may take the upper one, where Python (David Gay's dtoa) rounds half to even:
 /// 1113178120592002.25 is "...002.2" in Python and "...002.3" from `{:e}`. So round the exact
 /// expansion of `x` to that length, half to even, and use it if it reads back as `x`.
-fn shortest_digits(x: f64) -> (String, i32) {
-    let (digits, exp) = split_sci(&format!("{x:e}"));
+fn shortest_digits(x: f64) -> (Digits, i32) {
+    let mut text = StackText {
+        bytes: [0; 32],
+        len: 0,
+    };
+    write!(text, "{x:e}").expect("a shortest f64 fits 32 bytes");
+    let (mantissa, exp) = split_sci(&text.bytes[..text.len]);
+    let digits = Digits::from_ascii(mantissa);
     if cannot_tie(x) {
         return (digits, exp);
     }
     // 800 digits hold the exact expansion of any f64 (at most 767 significant digits).
-    let (exact, exact_exp) = split_sci(&format!("{x:.800e}"));
-    if exact_exp != exp || exact.len() <= digits.len() {
+    let exact_text = format!("{x:.800e}");
+    let (exact, exact_exp) = split_sci(exact_text.as_bytes());
+    let exact: Vec<u8> = exact.collect();
+    let n = digits.len;
+    if exact_exp != exp || exact.len() <= n {
         return (digits, exp);
     }
-    let n = digits.len();
-    let mut rounded = exact.as_bytes()[..n].to_vec();
-    let rest = &exact.as_bytes()[n..];
+    let mut rounded = Digits::from_ascii(exact[..n].iter().copied());
+    let rest = &exact[n..];
     let tie = rest[0] == b'5' && rest[1..].iter().all(|&d| d == b'0');
-    let round_up =
-        rest[0] > b'5' || (rest[0] == b'5' && !tie) || (tie && (rounded[n - 1] - b'0') % 2 == 1);
+    let round_up = rest[0] > b'5'
+        || (rest[0] == b'5' && !tie)
+        || (tie && (rounded.bytes[n - 1] - b'0') % 2 == 1);
     if round_up {
         // Carry; a carry out of the first digit changes the exponent, so keep `{:e}`'s answer.
         let mut i = n;
@@ -190,16 +258,16 @@ fn shortest_digits(x: f64) -> (String, i32) {
                 return (digits, exp);
             }
             i -= 1;
-            if rounded[i] == b'9' {
-                rounded[i] = b'0';
+            if rounded.bytes[i] == b'9' {
+                rounded.bytes[i] = b'0';
             } else {
-                rounded[i] += 1;
+                rounded.bytes[i] += 1;
                 break;
             }
         }
     }
-    let rounded = String::from_utf8(rounded).unwrap_or_default();
-    if rounded != digits && format!("{}.{}e{exp}", &rounded[..1], &rounded[1..]).parse() == Ok(x) {
+    let text = String::from_utf8_lossy(rounded.as_bytes()).into_owned();
+    if rounded != digits && format!("{}.{}e{exp}", &text[..1], &text[1..]).parse() == Ok(x) {
         return (rounded, exp);
     }
     (digits, exp)
@@ -230,11 +298,14 @@ fn cannot_tie(x: f64) -> bool {
     significant > 19
 }
 
-/// Splits Rust's `{:e}` output "d.dddeN" into its digits without the point, and N.
-fn split_sci(sci: &str) -> (String, i32) {
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
-    let digits = mantissa.chars().filter(char::is_ascii_digit).collect();
-    (digits, exp.parse().unwrap_or(0))
+/// Splits Rust's `{:e}` output "d.dddeN" into the digits without the point, and N.
+fn split_sci(sci: &[u8]) -> (impl Iterator<Item = u8> + '_, i32) {
+    let e = sci.iter().position(|&b| b == b'e').unwrap_or(sci.len());
+    let exp = std::str::from_utf8(sci.get(e + 1..).unwrap_or_default())
+        .ok()
+        .and_then(|exp| exp.parse().ok())
+        .unwrap_or(0);
+    (sci[..e].iter().copied().filter(u8::is_ascii_digit), exp)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,7 +321,7 @@ fn write_string_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 fn write_double_field(out: &mut Vec<u8>, name: &str, value: f64) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(format_double(value).as_bytes());
+    write_double(out, value);
     out.push(b'\n');
 }
 

@@ -118,7 +118,6 @@ struct CommitRecord {
     remove: Vec<ByteString>,
     remove_directories: Vec<ByteString>,
     state_before: Option<u32>,
-    state_after: ByteString,
     /// The new state file, written and synced aside before the commit point.
     state_staged: ByteString,
     swept: Vec<SweptRecord>,
@@ -371,7 +370,6 @@ impl Transaction {
                 .collect(),
             moves,
             state_before: plan.state_before,
-            state_after: ByteString::from_bytes(&plan.state_after),
             state_staged: bytes_of(&state_staged),
             swept: plan
                 .swept
@@ -521,21 +519,19 @@ fn apply(store: &dyn Store, base: &OsStr, record: &CommitRecord, recovering: boo
             other => other.map_err(io_at("delete", store, &name))?,
         }
     }
+    // The staged state file is gone once it was renamed into place.
     let state_name = Path::new(STATE_FILE_NAME);
     let staged = path_of(&record.state_staged);
-    let replaces = !recovering
-        || read_state_bytes(store)?.as_deref().map(crc32c::crc32c) == record.state_before;
     let staged_exists = store
         .kind(&staged)
         .map_err(io_at("inspect", store, &staged))?
         .is_some();
-    if replaces && staged_exists {
+    let replaces = staged_exists
+        && (!recovering
+            || read_state_bytes(store)?.as_deref().map(crc32c::crc32c) == record.state_before);
+    if replaces {
         store
             .rename(&staged, state_name)
-            .map_err(io_at("write state file", store, state_name))?;
-    } else if replaces {
-        store
-            .replace(state_name, record.state_after.as_bytes())
             .map_err(io_at("write state file", store, state_name))?;
     } else if staged_exists {
         store

@@ -101,10 +101,6 @@ impl<S: Store> Store for FaultyStore<S> {
         self.steps.step("rename")?;
         self.inner.rename(from, to)
     }
-    fn replace(&self, name: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.steps.step("replace")?;
-        self.inner.replace(name, bytes)
-    }
     fn remove_file(&self, name: &Path) -> io::Result<()> {
         self.steps.step("remove_file")?;
         self.inner.remove_file(name)

@@ -3,7 +3,7 @@
 //! temporary file and a rename, and synced concurrently.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -247,25 +247,6 @@ impl Store for LocalStore {
         self.check_parents(from)?;
         self.check_parents(to)?;
         fs::rename(self.path(from), self.path(to))
-    }
-
-    fn replace(&self, name: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut temp_name = name.as_os_str().to_os_string();
-        temp_name.push(format!(".tmp{}", random_hex32()));
-        let temp = self.path(Path::new(&temp_name));
-        let written = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            fs::rename(&temp, self.path(name))
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        written
     }
 
     fn remove_file(&self, name: &Path) -> io::Result<()> {

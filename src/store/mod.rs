@@ -64,9 +64,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn sync_directories(&self, names: &[PathBuf]) -> io::Result<()>;
     /// Renames within the store, replacing a file at `to` atomically.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Replaces `name` atomically with `bytes`, written and synced aside
-    /// first; durable once the root is synced.
-    fn replace(&self, name: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Removes a file or symlink (never a directory); missing is fine.
     fn remove_file(&self, name: &Path) -> io::Result<()>;
     /// Removes an empty directory; missing is fine, non-empty an error.
