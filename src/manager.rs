@@ -16,7 +16,6 @@ use crate::integrity::{self, Integrity};
 use crate::manifest::{Verification, MANIFEST_SUFFIX};
 use crate::paths;
 use crate::policy::{self, interval_allows_save, Retention};
-use crate::state::CheckpointState;
 use crate::state_file::read_state;
 use crate::store::{DirectoryLock, LocalStore, Store};
 use crate::tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
@@ -360,7 +359,7 @@ impl CheckpointManager {
             replaced: integrity::owned_files(&*self.store, base)?,
             swept,
             state_before: self.state_crc,
-            state_after: state_for(entry, &retention).to_text(),
+            state_after: state_for(entry, &retention),
         };
         Ok((plan, retention))
     }
@@ -681,18 +680,14 @@ fn create_directory(directory: &Path) -> Result<()> {
         .map_err(|err| Error::io_at("create directory", directory, err))
 }
 
-/// The state TF would write for this retention, `latest` being the newest
-/// managed entry.
-fn state_for(latest: &Path, retention: &Retention) -> CheckpointState {
-    let (paths, timestamps) = retention
-        .managed()
-        .iter()
-        .map(|(entry, timestamp)| (paths::path_bytes(entry).to_vec(), *timestamp))
-        .unzip();
-    CheckpointState {
-        model_checkpoint_path: paths::path_bytes(latest).to_vec(),
-        all_model_checkpoint_paths: paths,
-        all_model_checkpoint_timestamps: timestamps,
-        last_preserved_timestamp: retention.last_preserved(),
-    }
+/// The state file TF would write for this retention, `latest` being the
+/// newest managed entry.
+fn state_for(latest: &Path, retention: &Retention) -> Vec<u8> {
+    let managed = retention.managed();
+    crate::state::state_text(
+        paths::path_bytes(latest),
+        managed.iter().map(|(entry, _)| paths::path_bytes(entry)),
+        managed.iter().map(|(_, timestamp)| *timestamp),
+        retention.last_preserved(),
+    )
 }

@@ -91,7 +91,9 @@ impl Retention {
     /// A new save of `entry`: it becomes the newest, even when it was
     /// managed already (a checkpoint number saved again).
     pub fn record(&mut self, entry: PathBuf, timestamp: f64) {
-        self.managed.retain(|(path, _)| *path != entry);
+        // Entries are normalised: bytes compare as paths do, much faster.
+        self.managed
+            .retain(|(path, _)| path.as_os_str() != entry.as_os_str());
         self.managed.push((entry, timestamp));
     }
 
