@@ -356,7 +356,8 @@ class Options {
   }
 
   // Writes checkpoint `number`: every file named `prefix` or
-  // `prefix.<suffix>`. Throw to fail the save (nothing is committed).
+  // `prefix.<suffix>` (the save's staging prefix; the files move into place
+  // at the commit). Throw to fail the save (nothing is committed).
   Options& on_save(std::function<void(const std::string& prefix, uint64_t number)> callback) {
     set(ckpt_options_set_save_callback, detail::save_trampoline, std::move(callback));
     return *this;

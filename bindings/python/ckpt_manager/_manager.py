@@ -209,7 +209,9 @@ class CheckpointManager:
     restore_or_initialize() when there is no checkpoint.
 
     `save_fn(prefix, checkpoint_number)` writes a checkpoint's files, each
-    named `prefix` or `prefix.<suffix>`; `restore_fn(prefix)` reads them back.
+    named `prefix` or `prefix.<suffix>` (`prefix` is the save's staging
+    prefix; the files move into place at the commit); `restore_fn(prefix)`
+    reads them back.
     Alternatively (or in addition) register NumPy arrays with register_array()
     and the built-in saver writes them to `<prefix>.safetensors`. `checkpoint`
     may be an object with `write(prefix)` and `restore(prefix)` methods (as
