@@ -94,7 +94,7 @@ impl CheckpointManager {
         // Read first, so that a failing clock creates nothing on disk.
         let now = manager.now()?;
         if !manager.config.read_only {
-            create_directory(&manager.config.directory)?;
+            crate::store::create_directory(&manager.config.directory)?;
             manager._lock = Some(DirectoryLock::acquire(&manager.config.directory)?);
             manager.recover()?;
         }
@@ -663,21 +663,6 @@ fn deletable_base(entry: &Path) -> Option<&OsStr> {
     let reserved = [paths::STATE_FILE_NAME, crate::store::LOCK_FILE_NAME];
     (paths::is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
         .then_some(entry.as_os_str())
-}
-
-/// Creates the directory and its parents, durably.
-fn create_directory(directory: &Path) -> Result<()> {
-    if directory.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(directory)
-        .and_then(|()| match directory.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => {
-                std::fs::File::open(parent)?.sync_all()
-            }
-            _ => Ok(()),
-        })
-        .map_err(|err| Error::io_at("create directory", directory, err))
 }
 
 /// The state file TF would write for this retention, `latest` being the

@@ -145,6 +145,19 @@ fn concurrently(
     })
 }
 
+/// Creates a checkpoint directory and its parents, durably.
+pub fn create_directory(directory: &Path) -> crate::Result<()> {
+    if directory.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(directory)
+        .and_then(|()| match directory.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
+            _ => Ok(()),
+        })
+        .map_err(|err| crate::Error::io_at("create directory", directory, err))
+}
+
 /// 32 random hex digits, for names no other writer uses.
 pub(crate) fn random_hex32() -> String {
     let mut bytes = [0u8; 16];

@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub(crate) use local::random_hex32;
-pub use local::LocalStore;
+pub use local::{create_directory, LocalStore};
 pub use lock::DirectoryLock;
 
 /// What a name in the store is. Anything but a regular file or a
