@@ -63,6 +63,15 @@ pub fn read_manifest(store: &dyn Store, base: &OsStr) -> Result<Option<Manifest>
         .map_err(|err| damaged(store, base, format!("its manifest is unusable: {err}")))
 }
 
+/// Whether `<base>.index`, TensorFlow's mark of a checkpoint, exists.
+fn has_tensorflow_index(store: &dyn Store, base: &OsStr) -> bool {
+    store
+        .kind(&file_name(base, b".index"))
+        .ok()
+        .flatten()
+        .is_some()
+}
+
 /// Whether a directory entry is one of TensorFlow's files of `base`:
 /// `<base>.index` or `<base>.data-NNNNN-of-NNNNN`.
 fn is_tensorflow_file(entry: &[u8], base: &[u8]) -> bool {
@@ -93,18 +102,10 @@ pub struct Owned {
 /// TensorFlow's files of `base`, data before the `.index`; one listing,
 /// only when the `.index` exists.
 fn tensorflow_files(store: &dyn Store, base: &OsStr) -> Result<Vec<PathBuf>> {
-    if store
-        .kind(&file_name(base, b".index"))
-        .ok()
-        .flatten()
-        .is_none()
-    {
+    if !has_tensorflow_index(store, base) {
         return Ok(Vec::new());
     }
-    let root = Path::new("");
-    let entries = store
-        .list(root)
-        .map_err(|err| Error::io_at("list directory", &store.local_path(root), err))?;
+    let entries = store::list_root(store)?;
     let mut files: Vec<PathBuf> = entries
         .iter()
         .filter(|entry| entry.kind != Kind::Directory)
@@ -254,17 +255,10 @@ pub fn verify(
 /// Whether any file of a checkpoint without a manifest exists: TF's
 /// `.index`, or `<base>` or `<base>.<suffix>` (another tool's layout).
 pub fn has_files(store: &dyn Store, base: &OsStr) -> Result<bool> {
-    if store
-        .kind(&file_name(base, b".index"))
-        .ok()
-        .flatten()
-        .is_some()
-    {
+    if has_tensorflow_index(store, base) {
         return Ok(true);
     }
-    let entries = store
-        .list(Path::new(""))
-        .map_err(|err| Error::io_at("list directory", &store.local_path(Path::new("")), err))?;
+    let entries = store::list_root(store)?;
     Ok(entries.iter().any(|entry| {
         entry
             .name

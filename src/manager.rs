@@ -17,7 +17,7 @@ use crate::manifest::{Verification, MANIFEST_SUFFIX};
 use crate::paths;
 use crate::policy::{self, interval_allows_save, Retention};
 use crate::state_file::read_state;
-use crate::store::{DirectoryLock, LocalStore, Store};
+use crate::store::{self, DirectoryLock, LocalStore, Store};
 use crate::tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
 use crate::tensors::{DType, TensorRegistry};
 use crate::transaction::{self, CommitPlan, Transaction};
@@ -200,11 +200,7 @@ impl CheckpointManager {
             .iter()
             .chain(self.retention.managed().iter().map(|(entry, _)| entry))
             .filter_map(|entry| paths::trailing_number(entry));
-        let root = Path::new("");
-        let entries = self
-            .store
-            .list(root)
-            .map_err(|err| Error::io_at("list directory", &self.config.directory, err))?;
+        let entries = store::list_root(&*self.store)?;
         let on_disk = entries.iter().filter_map(|entry| {
             paths::own_checkpoint_number(&entry.name, &self.config.checkpoint_name)
         });
@@ -583,10 +579,7 @@ impl CheckpointManager {
     /// Checkpoints of this name that have a manifest but are not listed
     /// (preserved ones), newest first.
     fn unlisted(&self) -> Result<Vec<PathBuf>> {
-        let entries = self
-            .store
-            .list(Path::new(""))
-            .map_err(|err| Error::io_at("list directory", &self.config.directory, err))?;
+        let entries = store::list_root(&*self.store)?;
         let mut numbers: Vec<u64> = entries
             .iter()
             .filter_map(|entry| {

@@ -651,10 +651,7 @@ pub fn recover(
     warn: &mut dyn FnMut(&str),
     on_swept: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
-    let root = Path::new("");
-    let entries = store
-        .list(root)
-        .map_err(io_at("list directory", store, root))?;
+    let entries = store::list_root(store)?;
     // Staging first: a commit to roll forward renames its staged state file.
     for entry in &entries {
         let name = entry.name.as_bytes();

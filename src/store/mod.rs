@@ -73,6 +73,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn remove_staging(&self, name: &Path) -> io::Result<()>;
 }
 
+/// The entries directly in the store's root (the checkpoint directory).
+pub fn list_root(store: &dyn Store) -> crate::Result<Vec<Entry>> {
+    let root = Path::new("");
+    store
+        .list(root)
+        .map_err(|err| crate::Error::io_at("list directory", &store.local_path(root), err))
+}
+
 /// Reads a whole regular file of at most `limit` bytes; `None` when
 /// missing. Larger files are `InvalidData`, not read.
 pub fn read_bounded(store: &dyn Store, name: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
