@@ -169,6 +169,26 @@ typedef uint32_t ckpt_dtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// Whether a smaller or a larger value of a metric is better: the `mode` of
+// `ckpt_options_set_keep_best`, a `uint32_t`.
+enum ckpt_metric
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // Smaller is better (a loss).
+  CKPT_METRIC_MIN = 0,
+  // Larger is better (an accuracy).
+  CKPT_METRIC_MAX = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ckpt_metric ckpt_metric;
+#else
+typedef uint32_t ckpt_metric;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A directory's `checkpoint` state file, paths joined onto the directory:
 // what `ckpt_get_checkpoint_state` returns. Opaque, so that it can grow;
 // read it with the `ckpt_checkpoint_state_*` accessors and free it with
@@ -184,6 +204,9 @@ typedef struct ckpt_manager ckpt_manager;
 // with `ckpt_options_free`. Not thread-safe: use one options object from
 // one thread at a time.
 typedef struct ckpt_options ckpt_options;
+
+// The arguments of one save; see `ckpt_save_args_new`.
+typedef struct ckpt_save_args ckpt_save_args;
 
 // A file being written by a save callback; see `ckpt_save_file_open`.
 typedef struct ckpt_save_file ckpt_save_file;
@@ -686,6 +709,126 @@ ckpt_status ckpt_manager_register_tensor(ckpt_manager *manager,
 // Callbacks: none run.
 ckpt_status ckpt_manager_unregister_tensor(ckpt_manager *manager, const char *name);
 
+// `ckpt_manager_save` with the arguments of `args`: a checkpoint number,
+// whether to check the intervals, and metrics and metadata recorded in the
+// checkpoint's manifest. Everything else is as for `ckpt_manager_save`,
+// which is this call with default arguments.
+//
+// Ownership: `manager` and `args` are borrowed for the call. On success
+// `*out_prefix` is a new string the caller frees with `ckpt_string_free`, or
+// NULL.
+// Returns: CKPT_STATUS_OK with the new checkpoint's prefix, or NULL when the
+// interval gate skipped it; or an error.
+// Errors: as `ckpt_manager_save`.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL. `args` must not change during the call.
+// Callbacks: the step counter, save, clock, delete and log callbacks run on
+// the calling thread, during the call.
+ckpt_status ckpt_manager_save_with(ckpt_manager *manager,
+                                   const ckpt_save_args *args,
+                                   char **out_prefix);
+
+// Whether `ckpt_manager_save` with `check_interval` true would save now: a
+// save was requested (`ckpt_manager_request_save`, a preemption signal), or
+// the checkpoint interval and `ckpt_options_set_save_interval_seconds` have
+// passed. Saves nothing.
+//
+// Ownership: `manager` is borrowed; `*out_should_save` is written on success.
+// Returns: CKPT_STATUS_OK with the answer, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_CALLBACK_FAILED (step
+// counter, clock), CKPT_STATUS_READ_ONLY, CKPT_STATUS_REENTRANT_CALL.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: the step counter and clock callbacks run on the calling thread.
+ckpt_status ckpt_manager_should_save(ckpt_manager *manager, bool *out_should_save);
+
+// Makes the manager's next save (`ckpt_manager_save`, `_save_with`) go ahead
+// whatever the intervals say (never twice at the same step). The request
+// stands until a save goes through.
+//
+// Async-signal-safe: it sets a flag, allocates nothing and takes no lock, so a
+// signal handler may call it, as may any thread while a call on the manager
+// runs. It does not set `ckpt_last_error_message()`.
+//
+// Ownership: `manager` is borrowed.
+// Returns: CKPT_STATUS_OK, or CKPT_STATUS_NULL_ARGUMENT.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (no message is set).
+// Threads: any thread, and signal handlers, until `ckpt_manager_free`.
+// Callbacks: none run.
+ckpt_status ckpt_manager_request_save(const ckpt_manager *manager);
+
+// Pins a managed checkpoint: every sweep keeps it until it is unpinned. The
+// pin is recorded in the checkpoint's manifest, which is replaced atomically
+// (written aside, synced, renamed over), so it survives restarts. A re-save
+// of the same number stays pinned. Pinning a pinned checkpoint does nothing.
+//
+// Ownership: `manager` and `prefix` are borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (`prefix` is
+// not on the managed list), CKPT_STATUS_NO_MANIFEST (written by another tool:
+// nowhere to record the pin), CKPT_STATUS_CHECKPOINT_DAMAGED (its manifest is
+// unusable), CKPT_STATUS_IO_ERROR, CKPT_STATUS_READ_ONLY,
+// CKPT_STATUS_REENTRANT_CALL; nothing changed then.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: the log callback (and the delete callback when it finishes an
+// interrupted commit) run on the calling thread.
+ckpt_status ckpt_manager_pin(ckpt_manager *manager, const char *prefix);
+
+// Unpins a managed checkpoint (recorded as `ckpt_manager_pin` records a pin).
+// Nothing is deleted now: the next save's sweep applies the other rules.
+// Unpinning a checkpoint that is not pinned does nothing.
+//
+// Ownership: `manager` and `prefix` are borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: as `ckpt_manager_pin`.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: as `ckpt_manager_pin`.
+ckpt_status ckpt_manager_unpin(ckpt_manager *manager, const char *prefix);
+
+// The best managed checkpoint by the keep-best metric
+// (`ckpt_options_set_keep_best`); of equal values the newer.
+//
+// Ownership: `manager` is borrowed. On success `*out_prefix` is a new string
+// the caller frees with `ckpt_string_free`, or NULL.
+// Returns: CKPT_STATUS_OK with the prefix, or NULL when no managed checkpoint
+// recorded the metric (or all recorded NaN); or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
+// keep-best metric is set), CKPT_STATUS_REENTRANT_CALL.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: none run.
+ckpt_status ckpt_manager_best(const ckpt_manager *manager, char **out_prefix);
+
+// What is known of a checkpoint in the manager's directory, as a JSON object:
+// `prefix`, `number`, `step` (the step counter's value at the save, or null),
+// `timestamp` (seconds since the epoch), `metrics` (an object; NaN and
+// infinities as the strings "NaN", "Infinity", "-Infinity"), `metadata` (the
+// object the save recorded, or null), `pinned`, `managed` (on the state file's
+// list), `latest`, `has_manifest` (false for one TF wrote), `files` (objects
+// with the file's `suffix` after the prefix and its `size`) and `total_size`.
+//
+// Ownership: `manager` and `prefix` are borrowed. On success `*out_json` is a
+// new string the caller frees with `ckpt_string_free`.
+// Returns: CKPT_STATUS_OK with the JSON, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
+// checkpoint of that prefix in the directory), CKPT_STATUS_CHECKPOINT_DAMAGED
+// (its manifest is unusable), CKPT_STATUS_IO_ERROR,
+// CKPT_STATUS_REENTRANT_CALL.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: none run.
+ckpt_status ckpt_manager_checkpoint_info(const ckpt_manager *manager,
+                                         const char *prefix,
+                                         char **out_json);
+
 // Creates options with TF's defaults: checkpoint name "ckpt", no preservation,
 // no interval, no callbacks. A directory and max_to_keep (or keep-all) must be
 // set before `ckpt_manager_new`.
@@ -750,6 +893,52 @@ ckpt_status ckpt_options_set_keep_all(ckpt_options *options);
 // Threads: one thread at a time per options object.
 // Callbacks: none run.
 ckpt_status ckpt_options_set_keep_checkpoint_every_n_hours(ckpt_options *options, double hours);
+
+// Also keeps the best `k` checkpoints by the metric `metric_name` that saves
+// record with `ckpt_save_args_set_metric`, whatever max_to_keep says. A save
+// that did not record the metric, or recorded NaN, is never among the best;
+// of equal values the newer is better. The rules are a union: a checkpoint
+// is kept if max_to_keep, this, `ckpt_options_set_keep_period` or a pin
+// keeps it. Kept checkpoints stay on the state file's list. Best-k is
+// rebuilt from the manifests when a manager opens.
+//
+// Ownership: `options` and `metric_name` are borrowed; the name is copied.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a name
+// that is not UTF-8, empty or longer than 256 bytes; `mode` not a
+// `ckpt_metric`; `k` of 0); the options are unchanged then.
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_keep_best(ckpt_options *options,
+                                       const char *metric_name,
+                                       uint32_t mode,
+                                       size_t k);
+
+// Also keeps every checkpoint whose number is a multiple of `period`, whatever
+// max_to_keep says (a union, as for `ckpt_options_set_keep_best`). 0 turns it
+// off.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT.
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_keep_period(ckpt_options *options, uint64_t period);
+
+// Saves at most once every `seconds` seconds by the clock callback (the
+// system clock by default): a save that checks the interval is skipped until
+// that long after the last save (after the latest checkpoint's time when the
+// manager opened). With a checkpoint interval too, a save needs both to have
+// passed. A save with the interval unchecked, or requested
+// (`ckpt_manager_request_save`), goes ahead. 0 turns it off.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN,
+// infinite or negative); the options are unchanged then.
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_save_interval_seconds(ckpt_options *options, double seconds);
 
 // Sets the checkpoint name: files are `<directory>/<name>-<N>...`. Default
 // "ckpt".
@@ -942,6 +1131,100 @@ ckpt_status ckpt_options_set_log_callback(ckpt_options *options,
                                           ckpt_log_callback callback,
                                           void *user_data,
                                           ckpt_finalizer finalizer);
+
+// Installs a handler for signal `signum` (SIGTERM for most schedulers) that
+// makes the next save of every manager, open now or later, go ahead whatever
+// its intervals say, and makes `ckpt_preemption_requested()` true. A handler
+// installed before for that signal is called after ours (unless it was the
+// default action or "ignore"): the signal no longer ends the process, so the
+// trainer saves and exits. Installing it again for the same signal does
+// nothing.
+//
+// Ownership: nothing is passed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_INVALID_ARGUMENT (not a signal number, or SIGKILL,
+// SIGSTOP, SIGABRT or a fault signal such as SIGSEGV), CKPT_STATUS_IO_ERROR
+// (sigaction failed).
+// Threads: any thread; the handler runs on whichever thread the signal is
+// delivered to, and only increments an atomic counter.
+// Callbacks: none run.
+ckpt_status ckpt_install_preemption_handler(int32_t signum);
+
+// Whether a signal handled by `ckpt_install_preemption_handler` has arrived:
+// the trainer should save (the save goes ahead) and stop.
+//
+// Ownership: nothing is passed.
+// Returns: true after the first such signal, false before.
+// Errors: none.
+// Threads: any thread, and signal handlers (async-signal-safe).
+// Callbacks: none run.
+bool ckpt_preemption_requested(void);
+
+// Creates save arguments with the defaults of `ckpt_manager_save(manager,
+// NULL, true, ...)`: the save counter's next number, the interval checked, no
+// metrics, no metadata.
+//
+// Ownership: on success `*out_args` is a new handle the caller frees with
+// `ckpt_save_args_free`; one handle may serve many saves.
+// Returns: CKPT_STATUS_OK with the handle, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT.
+// Threads: any thread.
+// Callbacks: none run.
+ckpt_status ckpt_save_args_new(ckpt_save_args **out_args);
+
+// Frees save arguments. NULL is a no-op.
+//
+// Ownership: takes `args`.
+// Returns: nothing.
+// Errors: none.
+// Threads: any thread, once no other call uses `args`.
+// Callbacks: none run.
+void ckpt_save_args_free(ckpt_save_args *args);
+
+// Saves as number `checkpoint_number` instead of the save counter's next
+// value.
+//
+// Ownership: `args` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT.
+// Threads: one thread at a time per args object.
+// Callbacks: none run.
+ckpt_status ckpt_save_args_set_checkpoint_number(ckpt_save_args *args, uint64_t checkpoint_number);
+
+// Whether the step and time intervals may skip the save (default true).
+// False saves even within them, never twice at the same step, as
+// `ckpt_manager_save`'s `check_interval`.
+//
+// Ownership: `args` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT.
+// Threads: one thread at a time per args object.
+// Callbacks: none run.
+ckpt_status ckpt_save_args_set_check_interval(ckpt_save_args *args, bool check_interval);
+
+// Records a metric with the save, in its manifest (`ckpt_manager_checkpoint_info`
+// reads it back). Any number of names; a name set again takes the new value.
+// The keep-best rule (`ckpt_options_set_keep_best`) ranks checkpoints by one
+// of them. NaN is recorded and is never best; infinities rank as numbers.
+//
+// Ownership: `args` and `name` are borrowed; `name` is copied.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (`name` not
+// UTF-8, empty or longer than 256 bytes); the args are unchanged then.
+// Threads: one thread at a time per args object.
+// Callbacks: none run.
+ckpt_status ckpt_save_args_set_metric(ckpt_save_args *args, const char *name, double value);
+
+// Records the user's metadata with the save, in its manifest: `json` must be a
+// JSON object of at most 1 MiB; it replaces metadata set before.
+//
+// Ownership: `args` and `json` are borrowed; `json` is copied.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not UTF-8,
+// not valid JSON, not an object, too large); the args are unchanged then.
+// Threads: one thread at a time per args object.
+// Callbacks: none run.
+ckpt_status ckpt_save_args_set_metadata_json(ckpt_save_args *args, const char *json);
 
 // Creates `<prefix><suffix>` for a save callback to write through the
 // library: the library computes the file's CRC32C while it is written, so

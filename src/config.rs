@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{CallbackError, Error, Result};
+use crate::policy::MetricMode;
 
 /// How many managed checkpoints to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,17 @@ pub struct Config {
     pub(crate) read_only: bool,
     pub(crate) verify_checksums: bool,
     pub(crate) partial_restore: bool,
+    pub(crate) keep_best: Option<KeepBest>,
+    pub(crate) keep_period: Option<u64>,
+    pub(crate) save_interval_seconds: Option<f64>,
+}
+
+/// Keep the best `k` checkpoints by a metric the saves record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepBest {
+    pub metric: String,
+    pub mode: MetricMode,
+    pub k: usize,
 }
 
 impl Default for Config {
@@ -43,6 +55,9 @@ impl Default for Config {
             read_only: false,
             verify_checksums: true,
             partial_restore: false,
+            keep_best: None,
+            keep_period: None,
+            save_interval_seconds: None,
         }
     }
 }
@@ -139,6 +154,43 @@ impl Config {
         self.partial_restore = partial;
     }
 
+    /// Also keeps the best `k` checkpoints by `metric` (`None` turns this
+    /// off). A save that did not record the metric, or recorded NaN, is
+    /// never among the best; of equal values the newer is better.
+    pub fn set_keep_best(&mut self, keep_best: Option<KeepBest>) -> Result<()> {
+        if let Some(keep_best) = &keep_best {
+            check_metric_name(&keep_best.metric)?;
+            if keep_best.k == 0 {
+                return Err(Error::invalid(
+                    "keep_best needs k >= 1 (to turn it off, set no metric)",
+                ));
+            }
+        }
+        self.keep_best = keep_best;
+        Ok(())
+    }
+
+    /// Also keeps every checkpoint whose number is a multiple of `period`.
+    pub fn set_keep_period(&mut self, period: Option<u64>) -> Result<()> {
+        if period == Some(0) {
+            return Err(Error::invalid("keep_period must be positive"));
+        }
+        self.keep_period = period;
+        Ok(())
+    }
+
+    /// A save that checks the interval goes ahead only when at least this
+    /// many seconds (by the clock callback) have passed since the last one.
+    pub fn set_save_interval_seconds(&mut self, seconds: Option<f64>) -> Result<()> {
+        if let Some(seconds) = seconds.filter(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(Error::invalid(format!(
+                "save_interval_seconds must be a finite number of seconds > 0, not {seconds}"
+            )));
+        }
+        self.save_interval_seconds = seconds;
+        Ok(())
+    }
+
     pub fn directory(&self) -> &Path {
         &self.directory
     }
@@ -159,6 +211,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A metric name: non-empty UTF-8 of at most 256 bytes, without NUL.
+pub(crate) fn check_metric_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 256 || name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "metric name {name:?} must be 1 to 256 bytes without NUL"
+        )));
+    }
+    Ok(())
 }
 
 /// Severity of a message given to the log callback.

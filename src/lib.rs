@@ -20,6 +20,7 @@ mod manager;
 mod manifest;
 pub mod paths;
 mod policy;
+mod preemption;
 mod safetensors;
 mod save_file;
 pub mod state;
@@ -29,15 +30,17 @@ mod tensor_file;
 mod tensors;
 mod transaction;
 
-pub use config::{Callbacks, Config, LogLevel, MaxToKeep};
+pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, Result};
 pub use inspect::{
     checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint,
     verify_checkpoint, LatestOptions,
 };
 pub use integrity::Integrity;
-pub use manager::CheckpointManager;
-pub use manifest::{ByteString, FileRecord, Manifest, Verification};
+pub use manager::{CheckpointInfo, CheckpointManager, FileInfo, SaveArgs};
+pub use manifest::{Annotations, ByteString, FileRecord, Manifest, Metric, Verification};
+pub use policy::MetricMode;
+pub use preemption::{install_preemption_handler, preemption_requested};
 pub use save_file::SaveFile;
 pub use state::CheckpointState;
 pub use tensors::DType;

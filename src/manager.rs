@@ -6,25 +6,124 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
+use crate::config::{check_metric_name, Callbacks, Config, LogLevel, MaxToKeep};
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::integrity::{self, Integrity};
-use crate::manifest::{Verification, MANIFEST_SUFFIX};
+use crate::manifest::{Annotations, ByteString, Metric, Verification, MANIFEST_SUFFIX};
 use crate::paths;
-use crate::policy::{self, interval_allows_save, Retention};
+use crate::policy::{
+    self, interval_allows_save, time_allows_save, Managed, Retention, Rules, Traits,
+};
+use crate::preemption;
 use crate::state_file::read_state;
 use crate::store::{self, DirectoryLock, LocalStore, Store};
 use crate::tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
 use crate::tensors::{DType, TensorRegistry};
 use crate::transaction::{self, CommitPlan, Transaction};
 
+/// The largest user metadata object a save records, as JSON.
+const MAX_METADATA_BYTES: usize = 1 << 20;
+
 /// How often a read-only manager re-reads a state file that changed under
 /// a restore before it gives up.
 const READER_RETRIES: usize = 20;
+
+/// What one save records beside the checkpoint, and how it is gated.
+#[derive(Debug, Clone)]
+pub struct SaveArgs {
+    /// `None`: the save counter's next value.
+    pub checkpoint_number: Option<u64>,
+    /// Whether the step and clock intervals may skip the save.
+    pub check_interval: bool,
+    /// Named values (a validation loss, say); the `keep_best` rule reads
+    /// one of them. NaN is recorded and never best.
+    pub metrics: BTreeMap<String, f64>,
+    /// A JSON object of the user's, recorded as given.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Default for SaveArgs {
+    fn default() -> Self {
+        SaveArgs {
+            checkpoint_number: None,
+            check_interval: true,
+            metrics: BTreeMap::new(),
+            metadata: None,
+        }
+    }
+}
+
+impl SaveArgs {
+    /// Records a metric; a name given again replaces its value.
+    pub fn set_metric(&mut self, name: &str, value: f64) -> Result<()> {
+        check_metric_name(name)?;
+        self.metrics.insert(name.to_owned(), value);
+        Ok(())
+    }
+
+    /// Records `json`, which must be a JSON object of at most 1 MiB.
+    pub fn set_metadata_json(&mut self, json: &str) -> Result<()> {
+        if json.len() > MAX_METADATA_BYTES {
+            return Err(Error::invalid(format!(
+                "metadata is {} bytes; at most {MAX_METADATA_BYTES} are recorded",
+                json.len()
+            )));
+        }
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|err| Error::invalid(format!("metadata is not valid JSON: {err}")))?;
+        match value {
+            serde_json::Value::Object(object) => {
+                self.metadata = Some(object);
+                Ok(())
+            }
+            _ => Err(Error::invalid("metadata must be a JSON object")),
+        }
+    }
+}
+
+/// What `checkpoint_info` reports; serialises to the JSON the C API gives.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CheckpointInfo {
+    pub prefix: ByteString,
+    pub number: Option<u64>,
+    pub step: Option<i64>,
+    /// When it was saved: the state file's time, else the manifest's.
+    pub timestamp: Option<f64>,
+    pub metrics: BTreeMap<String, Metric>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub pinned: bool,
+    /// On the state file's list.
+    pub managed: bool,
+    pub latest: bool,
+    /// False for a checkpoint TF or another tool wrote: its files are
+    /// TF's `.index` and `.data-*` found on disk.
+    pub has_manifest: bool,
+    pub files: Vec<FileInfo>,
+    pub total_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FileInfo {
+    /// The file's name after the prefix.
+    pub suffix: ByteString,
+    pub size: u64,
+}
+
+/// What the interval gates decided.
+enum Gate {
+    Closed,
+    /// The save goes ahead: the step to record as the last checkpoint's,
+    /// and the step counter's value, if any.
+    Open {
+        step: Option<i64>,
+        current: Option<i64>,
+    },
+}
 
 /// Decides when to save, names checkpoints, keeps and deletes them, and
 /// records them in the directory's `checkpoint` state file.
@@ -46,6 +145,13 @@ pub struct CheckpointManager {
     /// A commit failed after its commit point: recovery finishes it before
     /// the next save or restore.
     unfinished: bool,
+    /// The time of the newest save, for `save_interval_seconds`.
+    last_save_time: Option<f64>,
+    /// Set by `request_save` (from any thread or a signal handler): the
+    /// next save goes ahead whatever the intervals say.
+    save_requested: Arc<AtomicBool>,
+    /// The preemption signals this manager has saved for.
+    preemptions_seen: u64,
     /// Held by writers for the manager's life; `None` when read-only.
     _lock: Option<DirectoryLock>,
 }
@@ -82,6 +188,9 @@ impl CheckpointManager {
             store,
             state_crc: None,
             unfinished: false,
+            last_save_time: None,
+            save_requested: Arc::new(AtomicBool::new(false)),
+            preemptions_seen: 0,
             last_checkpoint_step: config.last_checkpoint_step,
             config,
             callbacks,
@@ -163,13 +272,18 @@ impl CheckpointManager {
         let entries = state
             .all_model_checkpoint_paths
             .iter()
-            .map(|p| entry(p))
+            .map(|p| {
+                let entry = entry(p);
+                let traits = self.traits(&entry);
+                (entry, traits)
+            })
             .collect();
         let (retention, clock_went_backwards) = Retention::recover(
             entries,
             &state.all_model_checkpoint_timestamps,
             state.last_preserved_timestamp,
             now,
+            &self.rules(),
         );
         if clock_went_backwards {
             self.warn(&format!(
@@ -178,9 +292,56 @@ impl CheckpointManager {
                 state.last_preserved_timestamp
             ));
         }
+        let latest = entry(&state.model_checkpoint_path);
+        self.last_save_time = retention
+            .managed()
+            .iter()
+            .find(|checkpoint| checkpoint.entry == latest)
+            .map(|checkpoint| checkpoint.timestamp);
         self.retention = retention;
-        self.latest = Some(entry(&state.model_checkpoint_path));
+        self.latest = Some(latest);
         Ok(())
+    }
+
+    /// What the retention rules need of a listed checkpoint: its number,
+    /// and from its manifest its metric and pin. A checkpoint without a
+    /// readable manifest has neither.
+    fn traits(&self, entry: &Path) -> Traits {
+        let manifest = deletable_base(entry)
+            .and_then(|base| integrity::read_manifest(&*self.store, base).ok().flatten());
+        let annotations = manifest.map(|m| m.annotations).unwrap_or_default();
+        self.traits_of(entry, &annotations)
+    }
+
+    fn traits_of(&self, entry: &Path, annotations: &Annotations) -> Traits {
+        let metric = self
+            .config
+            .keep_best
+            .as_ref()
+            .and_then(|keep| annotations.metrics.get(&keep.metric).map(|metric| metric.0));
+        Traits {
+            number: paths::trailing_number(entry),
+            metric,
+            pinned: annotations.pinned,
+        }
+    }
+
+    /// The retention rules the options set.
+    fn rules(&self) -> Rules {
+        let max_to_keep = match self.config.max_to_keep {
+            Some(MaxToKeep::Last(n)) => Some(n),
+            Some(MaxToKeep::All) | None => None,
+        };
+        Rules {
+            max_to_keep,
+            keep_every_n_hours: self.config.keep_checkpoint_every_n_hours,
+            keep_best: self
+                .config
+                .keep_best
+                .as_ref()
+                .map(|keep| (keep.mode, keep.k)),
+            keep_period: self.config.keep_period,
+        }
     }
 
     /// Re-reads the state file: how a read-only manager sees the
@@ -198,7 +359,7 @@ impl CheckpointManager {
         let listed = self
             .latest
             .iter()
-            .chain(self.retention.managed().iter().map(|(entry, _)| entry))
+            .chain(self.retention.managed().iter().map(|m| &m.entry))
             .filter_map(|entry| paths::trailing_number(entry));
         let entries = store::list_root(&*self.store)?;
         let on_disk = entries.iter().filter_map(|entry| {
@@ -235,7 +396,7 @@ impl CheckpointManager {
         self.retention
             .managed()
             .iter()
-            .map(|(entry, _)| self.full_path(entry))
+            .map(|m| self.full_path(&m.entry))
             .collect()
     }
 
@@ -252,27 +413,45 @@ impl CheckpointManager {
         checkpoint_number: Option<u64>,
         check_interval: bool,
     ) -> Result<Option<PathBuf>> {
+        self.save_with(&SaveArgs {
+            checkpoint_number,
+            check_interval,
+            ..SaveArgs::default()
+        })
+    }
+
+    /// `save` with metrics and metadata, which the manifest records.
+    pub fn save_with(&mut self, args: &SaveArgs) -> Result<Option<PathBuf>> {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
         self.finish_unfinished()?;
-        let mut step = self.last_checkpoint_step;
-        let mut current = None;
-        if let Some(interval) = self.config.checkpoint_interval {
-            let now_step = self.current_step()?;
-            if !interval_allows_save(interval, step, now_step, check_interval) {
-                return Ok(None);
-            }
-            step = Some(now_step);
-            current = step;
-        } else if self.callbacks.step_counter.is_some() {
-            current = Some(self.current_step()?);
+        if self.callbacks.save.is_none() && self.tensors.is_empty() {
+            return Err(Error::invalid(
+                "no save callback is set and no tensor is registered",
+            ));
         }
+        let requested = self.save_requested.swap(false, Ordering::AcqRel);
+        let preemptions = preemption::signals_received();
+        let saved = self.save_unless_gated(args, requested || preemptions > self.preemptions_seen);
+        match &saved {
+            Ok(_) => self.preemptions_seen = preemptions,
+            // The request stands until a save goes through.
+            Err(_) if requested => self.save_requested.store(true, Ordering::Release),
+            Err(_) => {}
+        }
+        saved
+    }
+
+    fn save_unless_gated(&mut self, args: &SaveArgs, requested: bool) -> Result<Option<PathBuf>> {
+        let Gate::Open { step, current } = self.gate(args.check_interval, requested)? else {
+            return Ok(None);
+        };
         let counter = self
             .save_counter
             .checked_add(1)
             .ok_or_else(|| Error::invalid("the save counter is at its maximum"))?;
-        let number = checkpoint_number.unwrap_or(counter);
+        let number = args.checkpoint_number.unwrap_or(counter);
         let prefix =
             paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number);
         let base = prefix
@@ -280,16 +459,26 @@ impl CheckpointManager {
             .expect("a prefix ends in a file name")
             .to_owned();
         let entry = PathBuf::from(&base);
-        if self.callbacks.save.is_none() && self.tensors.is_empty() {
-            return Err(Error::invalid(
-                "no save callback is set and no tensor is registered",
-            ));
-        }
+        let annotations = Annotations {
+            step: current,
+            metrics: args
+                .metrics
+                .iter()
+                .map(|(name, value)| (name.clone(), Metric(*value)))
+                .collect(),
+            metadata: args.metadata.clone(),
+            // A number saved again stays pinned: the pin is on its name.
+            pinned: self
+                .retention
+                .managed()
+                .iter()
+                .any(|m| m.entry == entry && m.traits.pinned),
+        };
         let transaction = Transaction::begin(self.store.clone(), &base)?;
         let planned = self
             .write_checkpoint(&transaction, number, current)
             .and_then(|()| transaction.seal())
-            .and_then(|sealed| Ok((sealed, self.plan(&base, &entry, number)?)));
+            .and_then(|sealed| Ok((sealed, self.plan(&base, &entry, number, annotations)?)));
         let (sealed, (plan, retention)) = match planned {
             Ok(planned) => planned,
             Err(err) => {
@@ -299,6 +488,7 @@ impl CheckpointManager {
         };
         let swept: Vec<OsString> = plan.swept.iter().map(|(base, _)| base.clone()).collect();
         let state_crc = crc32c::crc32c(&plan.state_after);
+        let saved_at = plan.saved_at;
         let committed = transaction.commit(sealed, plan).inspect_err(|_| {
             self.unfinished = self
                 .store
@@ -309,6 +499,7 @@ impl CheckpointManager {
         })?;
         self.save_counter = counter;
         self.last_checkpoint_step = step;
+        self.last_save_time = Some(saved_at);
         self.latest = Some(entry);
         self.retention = retention;
         self.state_crc = Some(state_crc);
@@ -325,16 +516,71 @@ impl CheckpointManager {
         Ok(Some(prefix))
     }
 
+    /// The step and clock gates. `check_interval` false or a requested
+    /// save opens them, except that the same step never saves twice.
+    fn gate(&mut self, check_interval: bool, requested: bool) -> Result<Gate> {
+        let check_interval = check_interval && !requested;
+        let mut step = self.last_checkpoint_step;
+        let mut current = None;
+        if let Some(interval) = self.config.checkpoint_interval {
+            let now_step = self.current_step()?;
+            if !interval_allows_save(interval, step, now_step, check_interval) {
+                return Ok(Gate::Closed);
+            }
+            step = Some(now_step);
+            current = step;
+        } else if self.callbacks.step_counter.is_some() {
+            current = Some(self.current_step()?);
+        }
+        if let Some(seconds) = self.config.save_interval_seconds.filter(|_| check_interval) {
+            let now = self.now()?;
+            if !time_allows_save(seconds, self.last_save_time, now) {
+                return Ok(Gate::Closed);
+            }
+        }
+        Ok(Gate::Open { step, current })
+    }
+
+    /// Whether `save` (checking the interval) would save now: a save was
+    /// requested, or the step and clock gates are open. Runs the step
+    /// counter and clock callbacks, saves nothing.
+    pub fn should_save(&mut self) -> Result<bool> {
+        if self.config.read_only {
+            return Err(Error::ReadOnly);
+        }
+        let requested = self.save_requested.load(Ordering::Acquire)
+            || preemption::signals_received() > self.preemptions_seen;
+        Ok(matches!(self.gate(true, requested)?, Gate::Open { .. }))
+    }
+
+    /// The flag `request_save` sets, for callers that must set it without
+    /// the manager (a signal handler holds no lock).
+    pub fn save_request_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.save_requested)
+    }
+
+    /// Makes the next save go ahead whatever the intervals say.
+    pub fn request_save(&self) {
+        self.save_requested.store(true, Ordering::Release);
+    }
+
     /// The retention after this save and the commit that makes it so: the
     /// new state, what the sweep drops and what a re-saved number replaces.
-    fn plan(&mut self, base: &OsStr, entry: &Path, number: u64) -> Result<(CommitPlan, Retention)> {
+    fn plan(
+        &mut self,
+        base: &OsStr,
+        entry: &Path,
+        number: u64,
+        annotations: Annotations,
+    ) -> Result<(CommitPlan, Retention)> {
         let now = self.now()?;
         let mut retention = self.retention.clone();
-        retention.record(entry.to_path_buf(), now);
-        let outcome = retention.sweep(
-            self.max_to_keep(),
-            self.config.keep_checkpoint_every_n_hours,
-        );
+        retention.record(Managed {
+            entry: entry.to_path_buf(),
+            timestamp: now,
+            traits: self.traits_of(entry, &annotations),
+        });
+        let outcome = retention.sweep(&self.rules());
         let mut swept = Vec::new();
         for old in &outcome.delete {
             match deletable_base(old) {
@@ -352,12 +598,141 @@ impl CheckpointManager {
         let plan = CommitPlan {
             number,
             saved_at: now,
+            annotations,
             replaced: integrity::owned_files(&*self.store, base)?,
             swept,
             state_before: self.state_crc,
             state_after: state_for(entry, &retention),
         };
         Ok((plan, retention))
+    }
+
+    /// Pins (`pinned`) or unpins a managed checkpoint. A pinned checkpoint
+    /// is kept by every sweep; the pin is recorded in its manifest, which
+    /// is replaced atomically. Unpinning deletes nothing: the next save's
+    /// sweep applies the other rules.
+    pub fn set_pinned(&mut self, prefix: &Path, pinned: bool) -> Result<()> {
+        if self.config.read_only {
+            return Err(Error::ReadOnly);
+        }
+        self.finish_unfinished()?;
+        let entry = self.managed_entry(prefix)?;
+        let base = deletable_base(&entry).ok_or_else(|| {
+            Error::invalid(format!(
+                "'{}' is not directly inside the checkpoint directory",
+                prefix.display()
+            ))
+        })?;
+        let Some(mut manifest) = integrity::read_manifest(&*self.store, base)? else {
+            return Err(Error::NoManifest {
+                prefix: self.full_path(&entry),
+            });
+        };
+        if manifest.annotations.pinned != pinned {
+            manifest.annotations.pinned = pinned;
+            transaction::replace_manifest(&*self.store, base, &manifest)?;
+        }
+        self.retention.set_pinned(&entry, pinned);
+        Ok(())
+    }
+
+    /// The state-file entry of a checkpoint on the managed list.
+    fn managed_entry(&self, prefix: &Path) -> Result<PathBuf> {
+        let entry = paths::state_entry(&self.config.directory, prefix);
+        if self.retention.managed().iter().any(|m| m.entry == entry) {
+            Ok(entry)
+        } else {
+            Err(Error::invalid(format!(
+                "'{}' is not a checkpoint this manager manages (it is not on the state file's \
+                 list; preserved checkpoints are never deleted anyway)",
+                prefix.display()
+            )))
+        }
+    }
+
+    /// The best managed checkpoint by the `keep_best` metric (of equal
+    /// values the newer); `None` when no managed checkpoint recorded it.
+    pub fn best_checkpoint(&self) -> Result<Option<PathBuf>> {
+        let keep = self
+            .config
+            .keep_best
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no keep_best metric is set"))?;
+        Ok(self
+            .retention
+            .best(keep.mode)
+            .map(|best| self.full_path(&best.entry)))
+    }
+
+    /// What is known of a checkpoint of this directory: its manifest's
+    /// records, the state file's time, and its files.
+    pub fn checkpoint_info(&self, prefix: &Path) -> Result<CheckpointInfo> {
+        let (store, base) = self.locate(prefix)?;
+        let unknown = || {
+            Error::invalid(format!(
+                "'{}' is not a checkpoint in this manager's directory",
+                prefix.display()
+            ))
+        };
+        if !Arc::ptr_eq(&store, &self.store) {
+            return Err(unknown());
+        }
+        let entry = paths::state_entry(&self.config.directory, prefix);
+        let manifest = integrity::read_manifest(&*self.store, &base)?;
+        let files: Vec<FileInfo> = match &manifest {
+            Some(manifest) => manifest
+                .files
+                .iter()
+                .map(|file| FileInfo {
+                    suffix: file.suffix.clone(),
+                    size: file.size,
+                })
+                .collect(),
+            None => {
+                let mut files = Vec::new();
+                for name in integrity::owned_files(&*self.store, &base)?.files {
+                    let Some(file) = self
+                        .store
+                        .open_read(&name)
+                        .map_err(|err| Error::io_at("read", &self.full_path(&name), err))?
+                    else {
+                        continue;
+                    };
+                    let suffix = &paths::path_bytes(&name)[base.len()..];
+                    files.push(FileInfo {
+                        suffix: ByteString::from_bytes(suffix),
+                        size: file.size(),
+                    });
+                }
+                files
+            }
+        };
+        if manifest.is_none() && files.is_empty() {
+            return Err(unknown());
+        }
+        let annotations = manifest
+            .as_ref()
+            .map(|m| m.annotations.clone())
+            .unwrap_or_default();
+        Ok(CheckpointInfo {
+            prefix: ByteString::from_bytes(paths::path_bytes(&self.full_path(&entry))),
+            number: manifest
+                .as_ref()
+                .map(|m| m.number)
+                .or_else(|| paths::trailing_number(&entry)),
+            step: annotations.step,
+            timestamp: self
+                .saved_at(prefix)
+                .or_else(|| manifest.as_ref().and_then(|m| m.saved_at)),
+            managed: self.retention.managed().iter().any(|m| m.entry == entry),
+            latest: self.latest.as_deref() == Some(entry.as_path()),
+            pinned: annotations.pinned,
+            metrics: annotations.metrics,
+            metadata: annotations.metadata,
+            has_manifest: manifest.is_some(),
+            total_size: files.iter().map(|file| file.size).sum(),
+            files,
+        })
     }
 
     /// Runs the save callback and writes the registered tensors into the
@@ -403,13 +778,6 @@ impl CheckpointManager {
 
     pub fn unregister_tensor(&mut self, name: &str) -> Result<()> {
         self.tensors.unregister(name)
-    }
-
-    fn max_to_keep(&self) -> Option<usize> {
-        match self.config.max_to_keep {
-            Some(MaxToKeep::Last(n)) => Some(n),
-            Some(MaxToKeep::All) | None => None,
-        }
     }
 
     /// Runs the delete callback, which replaces the built-in deletion, on a
@@ -463,8 +831,8 @@ impl CheckpointManager {
         self.retention
             .managed()
             .iter()
-            .find(|(listed, _)| *listed == entry)
-            .map(|(_, timestamp)| *timestamp)
+            .find(|m| m.entry == entry)
+            .map(|m| m.timestamp)
     }
 
     /// Restores the newest intact checkpoint and returns its prefix: the
@@ -507,7 +875,7 @@ impl CheckpointManager {
             .retention
             .managed()
             .iter()
-            .map(|(entry, timestamp)| (self.full_path(entry), *timestamp))
+            .map(|m| (self.full_path(&m.entry), m.timestamp))
             .collect();
         let verification = self.verification();
         let partial = self.config.partial_restore;
@@ -664,8 +1032,8 @@ fn state_for(latest: &Path, retention: &Retention) -> Vec<u8> {
     let managed = retention.managed();
     crate::state::state_text(
         paths::path_bytes(latest),
-        managed.iter().map(|(entry, _)| paths::path_bytes(entry)),
-        managed.iter().map(|(_, timestamp)| *timestamp),
+        managed.iter().map(|m| paths::path_bytes(&m.entry)),
+        managed.iter().map(|m| m.timestamp),
         retention.last_preserved(),
     )
 }

@@ -2,7 +2,9 @@
 //! checkpoint with its size and CRC32C, written before the checkpoint is
 //! committed. Pure data and JSON; reading files is `storage`'s job.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
 pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
@@ -63,6 +65,68 @@ pub struct Manifest {
     /// still read newer manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved_at: Option<f64>,
+    /// What the save recorded about the checkpoint (absent before 0.3).
+    #[serde(flatten)]
+    pub annotations: Annotations,
+    /// Fields a newer library wrote, kept so that rewriting the manifest
+    /// (a pin) does not lose them.
+    #[serde(flatten)]
+    unknown: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The user's facts about a save, which retention rules and
+/// `checkpoint_info` read back after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Annotations {
+    /// The step counter's value at the save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, Metric>,
+    /// A JSON object given by the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Kept by every retention rule until unpinned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+}
+
+/// A metric's value. JSON has no NaN or infinity, so those are written as
+/// the strings "NaN", "Infinity" and "-Infinity".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric(pub f64);
+
+impl Serialize for Metric {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            value if value.is_finite() => serializer.serialize_f64(value),
+            value if value.is_nan() => serializer.serialize_str("NaN"),
+            value if value > 0.0 => serializer.serialize_str("Infinity"),
+            _ => serializer.serialize_str("-Infinity"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(value) => Ok(Metric(value)),
+            Written::Text(text) => match text.as_str() {
+                "NaN" => Ok(Metric(f64::NAN)),
+                "Infinity" => Ok(Metric(f64::INFINITY)),
+                "-Infinity" => Ok(Metric(f64::NEG_INFINITY)),
+                _ => Err(serde::de::Error::custom(format!(
+                    "metric value {text:?} is not a number"
+                ))),
+            },
+        }
+    }
 }
 
 impl Manifest {
@@ -74,6 +138,8 @@ impl Manifest {
             number,
             files,
             saved_at: None,
+            annotations: Annotations::default(),
+            unknown: serde_json::Map::new(),
         }
     }
 
@@ -110,7 +176,8 @@ pub fn check_suffix(suffix: &[u8]) -> Result<(), String> {
     if suffix.contains(&0) {
         return Err(format!("file suffix {:?} holds a NUL byte", shown()));
     }
-    if suffix == MANIFEST_SUFFIX.as_bytes() {
+    // Its temporary copies (`.ckpt-manifest.json.tmp<hex>`) too.
+    if suffix.starts_with(MANIFEST_SUFFIX.as_bytes()) {
         return Err("the manifest lists itself".into());
     }
     let plain = match suffix.first() {
@@ -217,6 +284,7 @@ mod suffix_tests {
             b"-2.index",
             b".in\0dex",
             b".ckpt-manifest.json",
+            b".ckpt-manifest.json.tmp0123",
         ] {
             assert!(check_suffix(bad).is_err(), "{bad:?}");
         }

@@ -1,14 +1,55 @@
-//! TF's retention and interval rules, pure: no clock, no files.
+//! The retention and interval rules, pure: no clock, no files. TF's
+//! (newest N, one every N hours, the step interval) and those beyond it
+//! (best k by a metric, every N-th number, pins), kept as a union.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-/// The managed checkpoints (oldest first, each with its save timestamp) and
-/// the timestamp of the last checkpoint preserved by
-/// `keep_checkpoint_every_n_hours`.
+/// Whether a smaller or a larger value of the best-k metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricMode {
+    Min,
+    Max,
+}
+
+/// The retention rules. A checkpoint is kept if any rule keeps it; the
+/// latest always is.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rules {
+    /// The newest this many are kept (TF); `None` keeps everything.
+    pub max_to_keep: Option<usize>,
+    /// TF: of the checkpoints no rule keeps, one every this many hours is
+    /// preserved (taken off the list, left on disk).
+    pub keep_every_n_hours: Option<f64>,
+    /// The best `k` by the metric (`k` positive).
+    pub keep_best: Option<(MetricMode, usize)>,
+    /// Every checkpoint whose number is a multiple of this (positive).
+    pub keep_period: Option<u64>,
+}
+
+/// What the rules beyond TF's need to know of a checkpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traits {
+    /// Its checkpoint number; `None` when its name does not end in one.
+    pub number: Option<u64>,
+    /// Its value of the best-k metric, if its save recorded one.
+    pub metric: Option<f64>,
+    pub pinned: bool,
+}
+
+/// A managed checkpoint: its state-file entry, save time and traits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Managed {
+    pub entry: PathBuf,
+    pub timestamp: f64,
+    pub traits: Traits,
+}
+
+/// The managed checkpoints (oldest first) and the timestamp of the last
+/// checkpoint preserved by `keep_checkpoint_every_n_hours`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retention {
-    managed: Vec<(PathBuf, f64)>,
+    managed: Vec<Managed>,
     last_preserved: f64,
 }
 
@@ -17,6 +58,53 @@ pub struct Retention {
 pub struct SweepOutcome {
     pub delete: Vec<PathBuf>,
     pub preserved: Vec<PathBuf>,
+}
+
+impl Rules {
+    /// Which of `checkpoints` (oldest first) the pin, period and best-k
+    /// rules keep.
+    fn keeps_beyond_recency(&self, checkpoints: &[Managed]) -> Vec<bool> {
+        let mut kept: Vec<bool> = checkpoints
+            .iter()
+            .map(|checkpoint| {
+                let traits = checkpoint.traits;
+                let on_period = match (self.keep_period, traits.number) {
+                    (Some(period), Some(number)) => number % period == 0,
+                    _ => false,
+                };
+                traits.pinned || on_period
+            })
+            .collect();
+        if let Some((mode, k)) = self.keep_best {
+            for index in best_first(checkpoints, mode).into_iter().take(k) {
+                kept[index] = true;
+            }
+        }
+        kept
+    }
+}
+
+/// Indexes of the checkpoints with a metric (NaN has none), best first;
+/// of equal values the newer first.
+fn best_first(checkpoints: &[Managed], mode: MetricMode) -> Vec<usize> {
+    let mut ranked: Vec<(usize, f64)> = checkpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(index, checkpoint)| {
+            let value = checkpoint.traits.metric.filter(|value| !value.is_nan())?;
+            Some((index, value))
+        })
+        .collect();
+    ranked.sort_by(|(index_a, a), (index_b, b)| {
+        let by_value = match mode {
+            MetricMode::Min => a.partial_cmp(b),
+            MetricMode::Max => b.partial_cmp(a),
+        };
+        by_value
+            .expect("NaN was filtered out")
+            .then(index_b.cmp(index_a))
+    });
+    ranked.into_iter().map(|(index, _)| index).collect()
 }
 
 impl Retention {
@@ -29,18 +117,23 @@ impl Retention {
         }
     }
 
-    /// Rebuilds the managed set from a state file's entries at time `now`.
-    /// Returns the retention and whether the clock went backwards (`now` is
-    /// before the last preserved timestamp), which callers warn about.
+    /// Rebuilds the managed set from a state file's entries (with their
+    /// traits) at time `now`. Returns the retention and whether the clock
+    /// went backwards (`now` is before the last preserved timestamp),
+    /// which callers warn about.
     ///
-    /// Entries with no timestamp get the last preserved time, so they are
-    /// not managed: TF never deletes checkpoints it has no time for. Pairs
-    /// beyond the shorter list are dropped, as Python's `zip` does.
+    /// Entries with no timestamp get the last preserved time. TF stops
+    /// managing entries not newer than the last preserved one (it never
+    /// deletes them); those the pin, period or best-k rules keep stay
+    /// managed, so that those rules keep after a restart exactly what they
+    /// kept before. Pairs beyond the shorter list are dropped, as Python's
+    /// `zip` does.
     pub fn recover(
-        entries: Vec<PathBuf>,
+        entries: Vec<(PathBuf, Traits)>,
         timestamps: &[f64],
         last_preserved: f64,
         now: f64,
+        rules: &Rules,
     ) -> (Self, bool) {
         let clock_went_backwards = now < last_preserved;
         let last_preserved = if clock_went_backwards {
@@ -48,39 +141,60 @@ impl Retention {
         } else {
             last_preserved
         };
-        let mut retention = Retention {
-            managed: Vec::new(),
-            last_preserved,
-        };
-        let mut positions: HashMap<PathBuf, usize> = HashMap::new();
         let missing = timestamps.is_empty();
-        for (index, entry) in entries.into_iter().enumerate() {
-            let timestamp = if missing {
-                last_preserved
-            } else {
-                match timestamps.get(index) {
-                    Some(&timestamp) => timestamp,
-                    None => break,
-                }
-            };
-            let timestamp = timestamp.min(now);
-            if timestamp <= last_preserved {
+        let listed = entries
+            .into_iter()
+            .enumerate()
+            .map_while(|(index, (entry, traits))| {
+                let timestamp = if missing {
+                    last_preserved
+                } else {
+                    *timestamps.get(index)?
+                };
+                Some(Managed {
+                    entry,
+                    timestamp: timestamp.min(now),
+                    traits,
+                })
+            });
+        let listed: Vec<Managed> = listed.collect();
+        // Every listed checkpoint once, for the rules beyond TF's.
+        let mut everything = Vec::new();
+        let mut positions: HashMap<&Path, usize> = HashMap::new();
+        for checkpoint in &listed {
+            if !positions.contains_key(checkpoint.entry.as_path()) {
+                positions.insert(&checkpoint.entry, everything.len());
+                everything.push(checkpoint.clone());
+            }
+        }
+        let kept = rules.keeps_beyond_recency(&everything);
+        let protected = |entry: &Path| positions.get(entry).is_some_and(|&index| kept[index]);
+        // A repeated entry keeps its first position and takes the later
+        // timestamp: the behaviour of the ordered dict TF rebuilds.
+        let mut managed: Vec<Managed> = Vec::new();
+        let mut managed_positions: HashMap<PathBuf, usize> = HashMap::new();
+        for checkpoint in listed.iter().cloned() {
+            if checkpoint.timestamp <= last_preserved && !protected(&checkpoint.entry) {
                 continue;
             }
-            // A repeated entry keeps its first position and takes the later
-            // timestamp: the behaviour of the ordered dict TF rebuilds.
-            match positions.get(&entry) {
-                Some(&position) => retention.managed[position].1 = timestamp,
+            match managed_positions.get(&checkpoint.entry) {
+                Some(&position) => managed[position].timestamp = checkpoint.timestamp,
                 None => {
-                    positions.insert(entry.clone(), retention.managed.len());
-                    retention.managed.push((entry, timestamp));
+                    managed_positions.insert(checkpoint.entry.clone(), managed.len());
+                    managed.push(checkpoint);
                 }
             }
         }
-        (retention, clock_went_backwards)
+        (
+            Retention {
+                managed,
+                last_preserved,
+            },
+            clock_went_backwards,
+        )
     }
 
-    pub fn managed(&self) -> &[(PathBuf, f64)] {
+    pub fn managed(&self) -> &[Managed] {
         &self.managed
     }
 
@@ -88,39 +202,64 @@ impl Retention {
         self.last_preserved
     }
 
-    /// A new save of `entry`: it becomes the newest, even when it was
-    /// managed already (a checkpoint number saved again).
-    pub fn record(&mut self, entry: PathBuf, timestamp: f64) {
+    /// A new save: it becomes the newest, even when it was managed already
+    /// (a checkpoint number saved again).
+    pub fn record(&mut self, checkpoint: Managed) {
         // Entries are normalised: bytes compare as paths do, much faster.
         self.managed
-            .retain(|(path, _)| path.as_os_str() != entry.as_os_str());
-        self.managed.push((entry, timestamp));
+            .retain(|known| known.entry.as_os_str() != checkpoint.entry.as_os_str());
+        self.managed.push(checkpoint);
     }
 
-    /// Takes the oldest checkpoints off the list until at most `max_to_keep`
-    /// remain (`None` keeps everything). Each one is preserved when at least
-    /// `keep_every_n_hours` have passed since the last preserved one, and is
-    /// otherwise to be deleted.
-    pub fn sweep(
-        &mut self,
-        max_to_keep: Option<usize>,
-        keep_every_n_hours: Option<f64>,
-    ) -> SweepOutcome {
+    /// Sets a managed checkpoint's pin; false when `entry` is not managed.
+    pub fn set_pinned(&mut self, entry: &Path, pinned: bool) -> bool {
+        match self.managed.iter_mut().find(|known| known.entry == entry) {
+            Some(known) => {
+                known.traits.pinned = pinned;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The best managed checkpoint by the metric; of equal values the newer.
+    pub fn best(&self, mode: MetricMode) -> Option<&Managed> {
+        best_first(&self.managed, mode)
+            .first()
+            .map(|&index| &self.managed[index])
+    }
+
+    /// Takes off the list every checkpoint no rule keeps (none when
+    /// `max_to_keep` is `None`), oldest first. Each one is preserved when
+    /// at least `keep_every_n_hours` have passed since the last preserved
+    /// one, and is otherwise to be deleted.
+    pub fn sweep(&mut self, rules: &Rules) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
-        let Some(max_to_keep) = max_to_keep else {
+        let Some(max_to_keep) = rules.max_to_keep else {
             return outcome;
         };
-        let excess = self.managed.len().saturating_sub(max_to_keep);
-        for (entry, timestamp) in self.managed.drain(..excess) {
-            let preserve = keep_every_n_hours
-                .is_some_and(|hours| timestamp - hours * 3600.0 >= self.last_preserved);
+        let newest_from = self.managed.len().saturating_sub(max_to_keep);
+        if newest_from == 0 {
+            return outcome;
+        }
+        let kept = rules.keeps_beyond_recency(&self.managed);
+        let mut remaining = Vec::with_capacity(self.managed.len());
+        for (index, checkpoint) in std::mem::take(&mut self.managed).into_iter().enumerate() {
+            if index >= newest_from || kept[index] {
+                remaining.push(checkpoint);
+                continue;
+            }
+            let preserve = rules
+                .keep_every_n_hours
+                .is_some_and(|hours| checkpoint.timestamp - hours * 3600.0 >= self.last_preserved);
             if preserve {
-                self.last_preserved = timestamp;
-                outcome.preserved.push(entry);
+                self.last_preserved = checkpoint.timestamp;
+                outcome.preserved.push(checkpoint.entry);
             } else {
-                outcome.delete.push(entry);
+                outcome.delete.push(checkpoint.entry);
             }
         }
+        self.managed = remaining;
         outcome
     }
 }
@@ -159,57 +298,158 @@ pub fn interval_allows_save(
     }
 }
 
+/// The clock's gate: whether a save at `now` goes ahead, given the time of
+/// the last save. A clock that went back before that save lets it go
+/// ahead: saving must not stop until the clock catches up.
+pub fn time_allows_save(seconds: f64, last_save: Option<f64>, now: f64) -> bool {
+    last_save.is_none_or(|last| now < last || now - last >= seconds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn names(entries: &[(PathBuf, f64)]) -> Vec<&str> {
-        entries.iter().map(|(p, _)| p.to_str().unwrap()).collect()
+    fn names(entries: &[Managed]) -> Vec<&str> {
+        entries.iter().map(|m| m.entry.to_str().unwrap()).collect()
+    }
+
+    fn plain(name: &str, timestamp: f64) -> Managed {
+        Managed {
+            entry: name.into(),
+            timestamp,
+            traits: Traits::default(),
+        }
+    }
+
+    fn last(n: usize) -> Rules {
+        Rules {
+            max_to_keep: Some(n),
+            ..Rules::default()
+        }
     }
 
     #[test]
     fn sweep_deletes_oldest_beyond_max() {
         let mut retention = Retention::fresh(0.0);
         for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
-            retention.record(PathBuf::from(name), i as f64 + 1.0);
+            retention.record(plain(name, i as f64 + 1.0));
         }
-        let outcome = retention.sweep(Some(3), None);
+        let outcome = retention.sweep(&last(3));
         assert_eq!(outcome.delete, vec![PathBuf::from("a")]);
         assert_eq!(names(retention.managed()), ["b", "c", "d"]);
-        assert_eq!(retention.sweep(None, None), SweepOutcome::default());
+        assert_eq!(retention.sweep(&Rules::default()), SweepOutcome::default());
     }
 
     #[test]
     fn sweep_preserves_one_every_n_hours() {
+        let rules = Rules {
+            keep_every_n_hours: Some(1.5),
+            ..last(2)
+        };
         let mut retention = Retention::fresh(3.0);
-        retention.record("1".into(), 10000.0);
-        retention.record("2".into(), 13610.0);
-        retention.record("3".into(), 14330.0);
-        let outcome = retention.sweep(Some(2), Some(1.5));
+        retention.record(plain("1", 10000.0));
+        retention.record(plain("2", 13610.0));
+        retention.record(plain("3", 14330.0));
+        let outcome = retention.sweep(&rules);
         assert_eq!(outcome.preserved, vec![PathBuf::from("1")]);
         assert_eq!(retention.last_preserved(), 10000.0);
-        retention.record("4".into(), 16130.0);
-        let outcome = retention.sweep(Some(2), Some(1.5));
+        retention.record(plain("4", 16130.0));
+        let outcome = retention.sweep(&rules);
         assert_eq!(outcome.delete, vec![PathBuf::from("2")]);
+    }
+
+    fn with(name: &str, number: u64, metric: Option<f64>, pinned: bool) -> Managed {
+        Managed {
+            entry: name.into(),
+            timestamp: number as f64,
+            traits: Traits {
+                number: Some(number),
+                metric,
+                pinned,
+            },
+        }
+    }
+
+    #[test]
+    fn rules_keep_a_union() {
+        let rules = Rules {
+            keep_best: Some((MetricMode::Min, 2)),
+            keep_period: Some(4),
+            ..last(1)
+        };
+        let mut retention = Retention::fresh(0.0);
+        for checkpoint in [
+            with("1", 1, Some(0.5), false),
+            with("2", 2, None, true),
+            with("3", 3, Some(f64::NAN), false),
+            with("4", 4, None, false),
+            with("5", 5, Some(0.2), false),
+            with("6", 6, Some(0.5), false),
+            with("7", 7, Some(0.9), false),
+        ] {
+            retention.record(checkpoint);
+        }
+        let outcome = retention.sweep(&rules);
+        // Best two by min: 5 (0.2), then 6 over 1 (a tie keeps the newer).
+        assert_eq!(names(retention.managed()), ["2", "4", "5", "6", "7"]);
+        assert_eq!(outcome.delete, [PathBuf::from("1"), PathBuf::from("3")]);
+        assert_eq!(
+            retention.best(MetricMode::Min).unwrap().entry,
+            Path::new("5")
+        );
+        assert_eq!(
+            retention.best(MetricMode::Max).unwrap().entry,
+            Path::new("7")
+        );
+        assert!(retention.set_pinned(Path::new("2"), false));
+        assert!(!retention.set_pinned(Path::new("1"), true));
+        retention.sweep(&rules);
+        assert_eq!(names(retention.managed()), ["4", "5", "6", "7"]);
+    }
+
+    #[test]
+    fn recover_keeps_what_the_rules_keep_behind_the_last_preserved() {
+        let rules = Rules {
+            keep_best: Some((MetricMode::Max, 1)),
+            ..last(1)
+        };
+        let entries = vec![
+            ("old".into(), Traits::default()),
+            (
+                "best".into(),
+                Traits {
+                    metric: Some(3.0),
+                    ..Traits::default()
+                },
+            ),
+            ("new".into(), Traits::default()),
+        ];
+        let (retention, _) = Retention::recover(entries, &[5.0, 6.0, 20.0], 10.0, 100.0, &rules);
+        assert_eq!(names(retention.managed()), ["best", "new"]);
     }
 
     #[test]
     fn recover_applies_tf_rules() {
-        let entries = vec!["old".into(), "new".into(), "future".into()];
+        let entries: Vec<(PathBuf, Traits)> = ["old", "new", "future"]
+            .iter()
+            .map(|name| (PathBuf::from(name), Traits::default()))
+            .collect();
+        let rules = Rules::default();
         let (retention, backwards) =
-            Retention::recover(entries.clone(), &[5.0, 20.0, 500.0], 10.0, 100.0);
+            Retention::recover(entries.clone(), &[5.0, 20.0, 500.0], 10.0, 100.0, &rules);
         assert!(!backwards);
         // "old" is not newer than the last preserved time; "future" is capped at now.
         assert_eq!(
             retention.managed(),
-            &[("new".into(), 20.0), ("future".into(), 100.0)]
+            &[plain("new", 20.0), plain("future", 100.0)]
         );
 
-        let (retention, backwards) = Retention::recover(entries.clone(), &[], 10.0, 100.0);
+        let (retention, backwards) = Retention::recover(entries.clone(), &[], 10.0, 100.0, &rules);
         assert!(!backwards);
         assert!(retention.managed().is_empty());
 
-        let (retention, backwards) = Retention::recover(entries, &[5.0, 20.0, 30.0], 50.0, 40.0);
+        let (retention, backwards) =
+            Retention::recover(entries, &[5.0, 20.0, 30.0], 50.0, 40.0, &rules);
         assert!(backwards);
         assert_eq!(retention.last_preserved(), 40.0);
         assert!(retention.managed().is_empty());
@@ -218,9 +458,9 @@ mod tests {
     #[test]
     fn record_moves_a_resaved_entry_to_the_end() {
         let mut retention = Retention::fresh(0.0);
-        retention.record("a".into(), 1.0);
-        retention.record("b".into(), 2.0);
-        retention.record("a".into(), 3.0);
+        retention.record(plain("a", 1.0));
+        retention.record(plain("b", 2.0));
+        retention.record(plain("a", 3.0));
         assert_eq!(names(retention.managed()), ["b", "a"]);
     }
 
@@ -244,5 +484,13 @@ mod tests {
         assert!(!interval_allows_save(2, Some(2), 3, true));
         assert!(interval_allows_save(2, Some(2), 3, false));
         assert!(!interval_allows_save(2, Some(i64::MAX), i64::MAX - 1, true));
+    }
+
+    #[test]
+    fn time_gate_waits_for_the_interval() {
+        assert!(time_allows_save(60.0, None, 5.0));
+        assert!(!time_allows_save(60.0, Some(100.0), 159.5));
+        assert!(time_allows_save(60.0, Some(100.0), 160.0));
+        assert!(time_allows_save(60.0, Some(100.0), 50.0));
     }
 }

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::integrity::{self, file_name, Owned};
 use crate::manifest::{
-    ByteString, FileRecord, Manifest, LEGACY_PENDING_SUFFIX, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES,
+    Annotations, ByteString, FileRecord, Manifest, LEGACY_PENDING_SUFFIX, MANIFEST_SUFFIX,
+    MAX_MANIFEST_BYTES,
 };
 use crate::paths::STATE_FILE_NAME;
 use crate::state::CheckpointState;
@@ -88,6 +89,8 @@ pub struct Sealed {
 pub struct CommitPlan {
     pub number: u64,
     pub saved_at: f64,
+    /// Step, metrics, metadata and pin, recorded in the manifest.
+    pub annotations: Annotations,
     /// What the checkpoint of the same name owned before (a number saved
     /// again); files the new one does not have are removed.
     pub replaced: Owned,
@@ -343,6 +346,7 @@ impl Transaction {
         write_whole(&*self.store, &state_staged, &plan.state_after)?;
         let mut manifest = Manifest::new(plan.number, sealed.files.clone());
         manifest.saved_at = Some(plan.saved_at);
+        manifest.annotations = plan.annotations.clone();
         let manifest_staged = self.staged(MANIFEST_SUFFIX.as_bytes());
         write_whole(&*self.store, &manifest_staged, &manifest.to_json())?;
         let mut moves: Vec<ByteString> = manifest.files.iter().map(|f| f.suffix.clone()).collect();
@@ -663,8 +667,7 @@ pub fn recover(
     }
     for entry in &entries {
         let name = entry.name.as_bytes();
-        let legacy_manifest_temp = name.ends_with(format!("{MANIFEST_SUFFIX}.tmp").as_bytes());
-        if is_temporary_state_file(name) || legacy_manifest_temp {
+        if is_temporary(name, STATE_FILE_NAME.as_bytes()) || is_temporary_manifest(name) {
             let path = Path::new(&entry.name);
             store
                 .remove_file(path)
@@ -687,9 +690,50 @@ pub fn recover(
     Ok(())
 }
 
-/// `checkpoint.tmp` and 32 hex digits: this library's and TF's temporary
-/// state files, and nothing else.
-fn is_temporary_state_file(name: &[u8]) -> bool {
-    name.strip_prefix(b"checkpoint.tmp")
+/// `<stem>.tmp` and 32 hex digits: this library's and TF's temporary
+/// state files (`checkpoint.tmp<hex>`), and nothing else.
+fn is_temporary(name: &[u8], stem: &[u8]) -> bool {
+    name.strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix(b".tmp"))
         .is_some_and(|hex| hex.len() == 32 && hex.iter().all(u8::is_ascii_hexdigit))
+}
+
+/// A manifest being replaced (`<base>.ckpt-manifest.json.tmp<hex>`), or one
+/// being written by version 0.1 (`<base>.ckpt-manifest.json.tmp`).
+fn is_temporary_manifest(name: &[u8]) -> bool {
+    let Some(at) = name
+        .windows(MANIFEST_SUFFIX.len())
+        .rposition(|window| window == MANIFEST_SUFFIX.as_bytes())
+    else {
+        return false;
+    };
+    let rest = &name[at + MANIFEST_SUFFIX.len()..];
+    rest == b".tmp" || is_temporary(rest, b"")
+}
+
+/// Replaces a committed checkpoint's manifest (to pin or unpin it): the new
+/// one is written and synced aside, renamed over the old one, and the
+/// directory synced. A crash leaves the old or the new manifest, and a
+/// temporary file that the next open removes.
+pub fn replace_manifest(store: &dyn Store, base: &OsStr, manifest: &Manifest) -> Result<()> {
+    let target = file_name(base, MANIFEST_SUFFIX.as_bytes());
+    let mut staged = target.clone().into_os_string();
+    staged.push(format!(".tmp{}", random_hex32()));
+    let staged = PathBuf::from(staged);
+    write_whole(store, &staged, &manifest.to_json())?;
+    let replaced = store
+        .sync_files(std::slice::from_ref(&staged))
+        .map_err(io_at("sync", store, &staged))
+        .and_then(|()| {
+            store
+                .rename(&staged, &target)
+                .map_err(io_at("replace", store, &target))
+        });
+    if let Err(err) = replaced {
+        let _ = store.remove_file(&staged);
+        return Err(err);
+    }
+    store
+        .sync_directories(&[PathBuf::new()])
+        .map_err(io_at("sync", store, Path::new("")))
 }

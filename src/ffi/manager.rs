@@ -3,8 +3,10 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
+use super::ckpt_save_args;
 use super::handle::{self, BoxCastable};
 use super::{
     c_string, ckpt_options, ckpt_status, ckpt_string_list, guard, handle_arg, integrity_result,
@@ -27,6 +29,9 @@ impl BoxCastable for ckpt_manager {
 /// What a `ckpt_manager` points to.
 pub(crate) struct Manager {
     inner: Mutex<CheckpointManager>,
+    /// The manager's save request, set without its lock (from a signal
+    /// handler, or while a save runs on another thread).
+    save_requested: Arc<AtomicBool>,
 }
 
 thread_local! {
@@ -131,6 +136,7 @@ pub unsafe extern "C" fn ckpt_manager_new(
         let out = unsafe { out_param(out_manager, "out_manager") }?;
         let manager = CheckpointManager::new(options.config().clone(), options.callbacks())?;
         out.write(handle::to_handle(Manager {
+            save_requested: manager.save_request_flag(),
             inner: Mutex::new(manager),
         }))
     })
@@ -503,5 +509,223 @@ pub unsafe extern "C" fn ckpt_manager_unregister_tensor(
         // SAFETY: the caller passes NULL or valid pointers (header).
         let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
         manager.call(|m| Ok(m.unregister_tensor(name)?))
+    })
+}
+
+/// `ckpt_manager_save` with the arguments of `args`: a checkpoint number,
+/// whether to check the intervals, and metrics and metadata recorded in the
+/// checkpoint's manifest. Everything else is as for `ckpt_manager_save`,
+/// which is this call with default arguments.
+///
+/// Ownership: `manager` and `args` are borrowed for the call. On success
+/// `*out_prefix` is a new string the caller frees with `ckpt_string_free`, or
+/// NULL.
+/// Returns: CKPT_STATUS_OK with the new checkpoint's prefix, or NULL when the
+/// interval gate skipped it; or an error.
+/// Errors: as `ckpt_manager_save`.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL. `args` must not change during the call.
+/// Callbacks: the step counter, save, clock, delete and log callbacks run on
+/// the calling thread, during the call.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_save_with(
+    manager: *mut ckpt_manager,
+    args: *const ckpt_save_args,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, args, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                handle_arg(args, "args")?,
+                out_param(out_prefix, "out_prefix")?,
+            )
+        };
+        let prefix = manager.call(|m| Ok(m.save_with(args)?))?;
+        out.write(new_path_string(prefix.as_deref())?)
+    })
+}
+
+/// Whether `ckpt_manager_save` with `check_interval` true would save now: a
+/// save was requested (`ckpt_manager_request_save`, a preemption signal), or
+/// the checkpoint interval and `ckpt_options_set_save_interval_seconds` have
+/// passed. Saves nothing.
+///
+/// Ownership: `manager` is borrowed; `*out_should_save` is written on success.
+/// Returns: CKPT_STATUS_OK with the answer, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_CALLBACK_FAILED (step
+/// counter, clock), CKPT_STATUS_READ_ONLY, CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the step counter and clock callbacks run on the calling thread.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_should_save(
+    manager: *mut ckpt_manager,
+    out_should_save: *mut bool,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                out_param(out_should_save, "out_should_save")?,
+            )
+        };
+        out.write(manager.call(|m| Ok(m.should_save()?))?)
+    })
+}
+
+/// Makes the manager's next save (`ckpt_manager_save`, `_save_with`) go ahead
+/// whatever the intervals say (never twice at the same step). The request
+/// stands until a save goes through.
+///
+/// Async-signal-safe: it sets a flag, allocates nothing and takes no lock, so a
+/// signal handler may call it, as may any thread while a call on the manager
+/// runs. It does not set `ckpt_last_error_message()`.
+///
+/// Ownership: `manager` is borrowed.
+/// Returns: CKPT_STATUS_OK, or CKPT_STATUS_NULL_ARGUMENT.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (no message is set).
+/// Threads: any thread, and signal handlers, until `ckpt_manager_free`.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_request_save(manager: *const ckpt_manager) -> ckpt_status {
+    // SAFETY: NULL or a live handle (header); only the atomic flag is read.
+    match unsafe { handle::borrow(manager) } {
+        Some(manager) => {
+            manager.save_requested.store(true, Ordering::Release);
+            ckpt_status::Ok
+        }
+        None => ckpt_status::NullArgument,
+    }
+}
+
+/// Pins a managed checkpoint: every sweep keeps it until it is unpinned. The
+/// pin is recorded in the checkpoint's manifest, which is replaced atomically
+/// (written aside, synced, renamed over), so it survives restarts. A re-save
+/// of the same number stays pinned. Pinning a pinned checkpoint does nothing.
+///
+/// Ownership: `manager` and `prefix` are borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (`prefix` is
+/// not on the managed list), CKPT_STATUS_NO_MANIFEST (written by another tool:
+/// nowhere to record the pin), CKPT_STATUS_CHECKPOINT_DAMAGED (its manifest is
+/// unusable), CKPT_STATUS_IO_ERROR, CKPT_STATUS_READ_ONLY,
+/// CKPT_STATUS_REENTRANT_CALL; nothing changed then.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the log callback (and the delete callback when it finishes an
+/// interrupted commit) run on the calling thread.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_pin(
+    manager: *mut ckpt_manager,
+    prefix: *const c_char,
+) -> ckpt_status {
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { set_pinned(manager, prefix, true) }
+}
+
+/// Unpins a managed checkpoint (recorded as `ckpt_manager_pin` records a pin).
+/// Nothing is deleted now: the next save's sweep applies the other rules.
+/// Unpinning a checkpoint that is not pinned does nothing.
+///
+/// Ownership: `manager` and `prefix` are borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: as `ckpt_manager_pin`.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: as `ckpt_manager_pin`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_unpin(
+    manager: *mut ckpt_manager,
+    prefix: *const c_char,
+) -> ckpt_status {
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { set_pinned(manager, prefix, false) }
+}
+
+/// # Safety
+/// `manager` is NULL or a live handle; `prefix` NULL or NUL-terminated.
+unsafe fn set_pinned(
+    manager: *mut ckpt_manager,
+    prefix: *const c_char,
+    pinned: bool,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: forwarded to the caller.
+        let (manager, prefix) = unsafe { (manager_arg(manager)?, path_arg(prefix, "prefix")?) };
+        manager.call(|m| Ok(m.set_pinned(prefix, pinned)?))
+    })
+}
+
+/// The best managed checkpoint by the keep-best metric
+/// (`ckpt_options_set_keep_best`); of equal values the newer.
+///
+/// Ownership: `manager` is borrowed. On success `*out_prefix` is a new string
+/// the caller frees with `ckpt_string_free`, or NULL.
+/// Returns: CKPT_STATUS_OK with the prefix, or NULL when no managed checkpoint
+/// recorded the metric (or all recorded NaN); or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
+/// keep-best metric is set), CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_best(
+    manager: *const ckpt_manager,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let best = manager.call(|m| Ok(m.best_checkpoint()?))?;
+        out.write(new_path_string(best.as_deref())?)
+    })
+}
+
+/// What is known of a checkpoint in the manager's directory, as a JSON object:
+/// `prefix`, `number`, `step` (the step counter's value at the save, or null),
+/// `timestamp` (seconds since the epoch), `metrics` (an object; NaN and
+/// infinities as the strings "NaN", "Infinity", "-Infinity"), `metadata` (the
+/// object the save recorded, or null), `pinned`, `managed` (on the state file's
+/// list), `latest`, `has_manifest` (false for one TF wrote), `files` (objects
+/// with the file's `suffix` after the prefix and its `size`) and `total_size`.
+///
+/// Ownership: `manager` and `prefix` are borrowed. On success `*out_json` is a
+/// new string the caller frees with `ckpt_string_free`.
+/// Returns: CKPT_STATUS_OK with the JSON, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
+/// checkpoint of that prefix in the directory), CKPT_STATUS_CHECKPOINT_DAMAGED
+/// (its manifest is unusable), CKPT_STATUS_IO_ERROR,
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_checkpoint_info(
+    manager: *const ckpt_manager,
+    prefix: *const c_char,
+    out_json: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, prefix, out) = unsafe {
+            (
+                manager_arg(manager)?,
+                path_arg(prefix, "prefix")?,
+                out_param(out_json, "out_json")?,
+            )
+        };
+        let info = manager.call(|m| Ok(m.checkpoint_info(prefix)?))?;
+        let json = serde_json::to_vec(&info).expect("checkpoint info always serialises");
+        out.write(handle::to_c_string(c_string(json)?))
     })
 }

@@ -18,12 +18,16 @@ mod directory;
 mod handle;
 mod manager;
 mod options;
+mod preemption;
+mod save_args;
 mod save_file;
 
 pub use directory::*;
 pub use handle::ckpt_string_list;
 pub use manager::*;
 pub use options::*;
+pub use preemption::*;
+pub use save_args::*;
 pub use save_file::*;
 
 use std::cell::RefCell;

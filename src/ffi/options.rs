@@ -7,9 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::handle::{self, BoxCastable};
-use super::{ckpt_status, guard, guard_void, out_param, path_arg, Failure, FfiResult};
-use crate::config::{Callbacks, Config, LogLevel, MaxToKeep};
+use super::{ckpt_status, guard, guard_void, out_param, path_arg, utf8_arg, Failure, FfiResult};
+use crate::config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
 use crate::error::CallbackError;
+use crate::policy::MetricMode;
 
 /// Releases a callback's `user_data` when the library no longer needs it.
 pub type ckpt_finalizer = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
@@ -366,6 +367,110 @@ pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
     unsafe {
         update(options, |o| {
             Ok(o.config.set_keep_checkpoint_every_n_hours(Some(hours))?)
+        })
+    }
+}
+
+/// Whether a smaller or a larger value of a metric is better: the `mode` of
+/// `ckpt_options_set_keep_best`, a `uint32_t`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ckpt_metric {
+    /// Smaller is better (a loss).
+    Min = 0,
+    /// Larger is better (an accuracy).
+    Max = 1,
+}
+
+/// Also keeps the best `k` checkpoints by the metric `metric_name` that saves
+/// record with `ckpt_save_args_set_metric`, whatever max_to_keep says. A save
+/// that did not record the metric, or recorded NaN, is never among the best;
+/// of equal values the newer is better. The rules are a union: a checkpoint
+/// is kept if max_to_keep, this, `ckpt_options_set_keep_period` or a pin
+/// keeps it. Kept checkpoints stay on the state file's list. Best-k is
+/// rebuilt from the manifests when a manager opens.
+///
+/// Ownership: `options` and `metric_name` are borrowed; the name is copied.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (a name
+/// that is not UTF-8, empty or longer than 256 bytes; `mode` not a
+/// `ckpt_metric`; `k` of 0); the options are unchanged then.
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_keep_best(
+    options: *mut ckpt_options,
+    metric_name: *const c_char,
+    mode: u32,
+    k: usize,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call; `metric_name` NULL or NUL-terminated (header).
+    unsafe {
+        update(options, |o| {
+            let metric = utf8_arg(metric_name, "metric_name")?.to_owned();
+            let mode = match mode {
+                m if m == ckpt_metric::Min as u32 => MetricMode::Min,
+                m if m == ckpt_metric::Max as u32 => MetricMode::Max,
+                other => {
+                    return Err(Failure::new(
+                        ckpt_status::InvalidArgument,
+                        format!("mode {other} is neither CKPT_METRIC_MIN nor CKPT_METRIC_MAX"),
+                    ))
+                }
+            };
+            Ok(o.config.set_keep_best(Some(KeepBest { metric, mode, k }))?)
+        })
+    }
+}
+
+/// Also keeps every checkpoint whose number is a multiple of `period`, whatever
+/// max_to_keep says (a union, as for `ckpt_options_set_keep_best`). 0 turns it
+/// off.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT.
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_keep_period(
+    options: *mut ckpt_options,
+    period: u64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_keep_period((period > 0).then_some(period))?)
+        })
+    }
+}
+
+/// Saves at most once every `seconds` seconds by the clock callback (the
+/// system clock by default): a save that checks the interval is skipped until
+/// that long after the last save (after the latest checkpoint's time when the
+/// manager opened). With a checkpoint interval too, a save needs both to have
+/// passed. A save with the interval unchecked, or requested
+/// (`ckpt_manager_request_save`), goes ahead. 0 turns it off.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN,
+/// infinite or negative); the options are unchanged then.
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_save_interval_seconds(
+    options: *mut ckpt_options,
+    seconds: f64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            let seconds = (seconds != 0.0).then_some(seconds);
+            Ok(o.config.set_save_interval_seconds(seconds)?)
         })
     }
 }
