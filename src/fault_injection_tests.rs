@@ -329,3 +329,61 @@ fn the_next_save_finishes_a_commit_that_failed_past_its_commit_point() {
         return;
     }
 }
+
+/// Pinning replaces a committed checkpoint's manifest. Failing each step of
+/// that leaves the old manifest or the new one, whole; the checkpoint
+/// restores; the pin is what the manager reported; the reopen leaves no
+/// temporary manifest.
+#[test]
+fn every_failing_step_of_a_pin_keeps_one_whole_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let harness = Harness::new();
+    let steps = Steps::new();
+    let mut manager = harness.open(dir, Arc::clone(&steps)).unwrap();
+    manager.save(None, true).unwrap();
+    let prefix = manager.save(None, true).unwrap().unwrap();
+    steps.fail_after(None);
+    manager.set_pinned(&prefix, true).unwrap();
+    manager.set_pinned(&prefix, false).unwrap();
+    let pin_steps = steps.taken();
+    assert!(
+        pin_steps >= 4,
+        "write, sync, rename, sync: {:?}",
+        steps.operations()
+    );
+    drop(manager);
+    let mut failures = 0;
+    for allowed in 0..pin_steps {
+        steps.fail_after(None);
+        let mut manager = harness.open(dir, Arc::clone(&steps)).unwrap();
+        steps.fail_after(Some(allowed));
+        let pinned = manager.set_pinned(&prefix, true);
+        failures += usize::from(pinned.is_err());
+        drop(manager);
+        let info = harness
+            .open(dir, Steps::new())
+            .unwrap()
+            .checkpoint_info(&prefix)
+            .unwrap();
+        assert!(info.has_manifest, "after {allowed} steps");
+        if pinned.is_ok() {
+            assert!(
+                info.pinned,
+                "a pin that succeeded was lost after {allowed} steps"
+            );
+        }
+        assert!(
+            !names(dir).iter().any(|name| name.contains(".tmp")),
+            "{:?}",
+            names(dir)
+        );
+        harness.check_recovered(dir, 2, &[0]);
+        harness
+            .open(dir, Steps::new())
+            .unwrap()
+            .set_pinned(&prefix, false)
+            .unwrap();
+    }
+    assert!(failures > 0, "no step of the pin failed");
+}

@@ -43,7 +43,7 @@ pub struct SaveArgs {
     /// Named values (a validation loss, say); the `keep_best` rule reads
     /// one of them. NaN is recorded and never best.
     pub metrics: BTreeMap<String, f64>,
-    /// A JSON object of the user's, recorded as given.
+    /// A JSON object of the user's (recorded with its keys sorted).
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -630,7 +630,16 @@ impl CheckpointManager {
         };
         if manifest.annotations.pinned != pinned {
             manifest.annotations.pinned = pinned;
-            transaction::replace_manifest(&*self.store, base, &manifest)?;
+            let replaced = transaction::replace_manifest(&*self.store, base, &manifest);
+            if replaced.is_err() {
+                // The rename may have happened before a later step failed:
+                // keep to what the directory says.
+                if let Ok(Some(on_disk)) = integrity::read_manifest(&*self.store, base) {
+                    self.retention
+                        .set_pinned(&entry, on_disk.annotations.pinned);
+                }
+                return replaced;
+            }
         }
         self.retention.set_pinned(&entry, pinned);
         Ok(())
