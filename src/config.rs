@@ -239,6 +239,7 @@ impl fmt::Display for LogLevel {
     }
 }
 
+pub type PrepareFn = Box<dyn FnMut(u64) -> Result<(), CallbackError> + Send>;
 pub type SaveFn = Box<dyn FnMut(&Path, u64) -> Result<(), CallbackError> + Send>;
 pub type RestoreFn = Box<dyn FnMut(&Path) -> Result<(), CallbackError> + Send>;
 pub type InitFn = Box<dyn FnMut() -> Result<(), CallbackError> + Send>;
@@ -251,6 +252,7 @@ pub type LogFn = Box<dyn FnMut(LogLevel, &str) + Send>;
 /// save and `restore` to restore.
 #[derive(Default)]
 pub struct Callbacks {
+    pub(crate) prepare: Option<PrepareFn>,
     pub(crate) save: Option<SaveFn>,
     pub(crate) restore: Option<RestoreFn>,
     pub(crate) init: Option<InitFn>,
@@ -274,6 +276,18 @@ impl Callbacks {
         f: impl FnMut(&Path, u64) -> Result<(), CallbackError> + Send + 'static,
     ) -> Self {
         self.save = Some(Box::new(f));
+        self
+    }
+
+    /// Runs on the calling thread when a save goes ahead, before the save
+    /// callback; for a background save, before `save_async` returns. Given
+    /// the checkpoint number. For work that must see the state as it is at
+    /// the call (copying device memory to host).
+    pub fn on_prepare(
+        mut self,
+        f: impl FnMut(u64) -> Result<(), CallbackError> + Send + 'static,
+    ) -> Self {
+        self.prepare = Some(Box::new(f));
         self
     }
 

@@ -31,6 +31,11 @@ pub enum Error {
     NoManifest { prefix: PathBuf },
     /// The registered tensors and a checkpoint's tensors differ.
     TensorMismatch(String),
+    /// A background save was still running when the wait ended.
+    Timeout,
+    /// A panic in a background save was caught; nothing was committed
+    /// unless the message says so.
+    Panic(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,6 +89,8 @@ impl fmt::Display for Error {
                 write!(f, "checkpoint '{}' is damaged: {detail}", prefix.display())
             }
             Error::TensorMismatch(message) => write!(f, "tensor mismatch: {message}"),
+            Error::Timeout => write!(f, "the background save is still running"),
+            Error::Panic(message) => write!(f, "a background save panicked: {message}"),
             Error::NoManifest { prefix } => write!(
                 f,
                 "checkpoint '{}' has no manifest and cannot be verified",

@@ -9,6 +9,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod background;
 mod config;
 mod error;
 #[cfg(test)]
@@ -23,6 +24,7 @@ mod policy;
 mod preemption;
 mod safetensors;
 mod save_file;
+mod save_job;
 pub mod state;
 mod state_file;
 mod store;

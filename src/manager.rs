@@ -8,23 +8,25 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::{check_metric_name, Callbacks, Config, LogLevel, MaxToKeep};
+use crate::background::Worker;
+use crate::config::{
+    check_metric_name, Callbacks, ClockFn, Config, DeleteFn, LogLevel, MaxToKeep, SaveFn,
+};
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::integrity::{self, Integrity};
 use crate::manifest::{Annotations, ByteString, Metric, Verification, MANIFEST_SUFFIX};
 use crate::paths;
-use crate::policy::{
-    self, interval_allows_save, time_allows_save, Managed, Retention, Rules, Traits,
-};
+use crate::policy::{self, interval_allows_save, time_allows_save, Retention, Rules, Traits};
 use crate::preemption;
+use crate::save_job::{JobReport, SaveJob, Tensors};
 use crate::state_file::read_state;
 use crate::store::{self, DirectoryLock, LocalStore, Store};
-use crate::tensor_file::{read_tensor_file, write_tensor_file, TENSOR_FILE_SUFFIX};
+use crate::tensor_file::{read_tensor_file, TensorSnapshot, TENSOR_FILE_SUFFIX};
 use crate::tensors::{DType, TensorRegistry};
-use crate::transaction::{self, CommitPlan, Transaction};
+use crate::transaction;
 
 /// The largest user metadata object a save records, as JSON.
 const MAX_METADATA_BYTES: usize = 1 << 20;
@@ -152,8 +154,32 @@ pub struct CheckpointManager {
     save_requested: Arc<AtomicBool>,
     /// The preemption signals this manager has saved for.
     preemptions_seen: u64,
+    /// Callbacks never change after `new`; the save callback is away on
+    /// the background thread during a background save.
+    has_save_callback: bool,
+    /// Started by the first background save.
+    worker: Option<Worker<BackgroundSave, Finished>>,
+    /// The background save in flight.
+    pending: Option<Pending>,
+    /// The failure of a background save, until a call returns it.
+    background_error: Option<Error>,
+    /// The buffer background saves copy the tensors into, kept between
+    /// saves.
+    snapshot: TensorSnapshot,
     /// Held by writers for the manager's life; `None` when read-only.
     _lock: Option<DirectoryLock>,
+}
+
+impl Drop for CheckpointManager {
+    /// Waits for the background save in flight, holding the directory's
+    /// lock until it ends. Its failure can no longer be returned: it is
+    /// logged.
+    fn drop(&mut self) {
+        self.collect(None);
+        if let Some(err) = self.background_error.take() {
+            self.warn(&format!("the last background save failed: {err}"));
+        }
+    }
 }
 
 impl std::fmt::Debug for CheckpointManager {
@@ -191,6 +217,11 @@ impl CheckpointManager {
             last_save_time: None,
             save_requested: Arc::new(AtomicBool::new(false)),
             preemptions_seen: 0,
+            has_save_callback: callbacks.save.is_some(),
+            worker: None,
+            pending: None,
+            background_error: None,
+            snapshot: TensorSnapshot::default(),
             last_checkpoint_step: config.last_checkpoint_step,
             config,
             callbacks,
@@ -347,6 +378,7 @@ impl CheckpointManager {
     /// Re-reads the state file: how a read-only manager sees the
     /// checkpoints another process saved since it opened.
     pub fn reload(&mut self) -> Result<()> {
+        self.settle(true)?;
         let now = self.now()?;
         self.load_state(now)?;
         self.save_counter = self.save_counter.max(self.highest_known_number()?);
@@ -422,31 +454,43 @@ impl CheckpointManager {
 
     /// `save` with metrics and metadata, which the manifest records.
     pub fn save_with(&mut self, args: &SaveArgs) -> Result<Option<PathBuf>> {
+        self.start_save(args, false)
+    }
+
+    /// `save_with`, written and committed on the library's background
+    /// thread. Decides (intervals, number), runs the prepare callback and
+    /// copies the registered tensors on the calling thread, and returns the
+    /// prefix the checkpoint will have; it becomes the latest only at its
+    /// commit. A save already in flight is waited for first. The save and
+    /// delete callbacks run on the background thread. Its failure is
+    /// returned, once, by the next call that saves, restores, pins or
+    /// waits.
+    pub fn save_async(&mut self, args: &SaveArgs) -> Result<Option<PathBuf>> {
+        self.start_save(args, true)
+    }
+
+    fn start_save(&mut self, args: &SaveArgs, background: bool) -> Result<Option<PathBuf>> {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
-        self.finish_unfinished()?;
-        if self.callbacks.save.is_none() && self.tensors.is_empty() {
+        self.settle(false)?;
+        if !self.has_save_callback && self.tensors.is_empty() {
             return Err(Error::invalid(
                 "no save callback is set and no tensor is registered",
             ));
         }
-        let requested = self.save_requested.swap(false, Ordering::AcqRel);
-        let preemptions = preemption::signals_received();
-        let saved = self.save_unless_gated(args, requested || preemptions > self.preemptions_seen);
-        match &saved {
-            Ok(_) => self.preemptions_seen = preemptions,
-            // The request stands until a save goes through.
-            Err(_) if requested => self.save_requested.store(true, Ordering::Release),
-            Err(_) => {}
-        }
-        saved
-    }
-
-    fn save_unless_gated(&mut self, args: &SaveArgs, requested: bool) -> Result<Option<PathBuf>> {
+        let requested = self.save_requested.load(Ordering::Acquire)
+            || preemption::signals_received() > self.preemptions_seen;
         let Gate::Open { step, current } = self.gate(args.check_interval, requested)? else {
+            if requested {
+                // Skipped only because this step is saved already.
+                self.claim_request();
+            }
             return Ok(None);
         };
+        // At most one save in flight.
+        self.settle(true)?;
+        self.finish_unfinished()?;
         let counter = self
             .save_counter
             .checked_add(1)
@@ -474,53 +518,189 @@ impl CheckpointManager {
                 .iter()
                 .any(|m| m.entry == entry && m.traits.pinned),
         };
-        let transaction = Transaction::begin(self.store.clone(), &base)?;
-        let planned = self
-            .write_checkpoint(&transaction, number, current)
-            .and_then(|()| transaction.seal())
-            .and_then(|sealed| Ok((sealed, self.plan(&base, &entry, number, annotations)?)));
-        let (sealed, (plan, retention)) = match planned {
-            Ok(planned) => planned,
-            Err(err) => {
-                transaction.abort();
-                return Err(err);
-            }
+        if let Some(prepare) = self.callbacks.prepare.as_mut() {
+            prepare(number).map_err(Error::callback("prepare"))?;
+        }
+        let job = SaveJob {
+            store: Arc::clone(&self.store),
+            directory: self.config.directory.clone(),
+            traits: self.traits_of(&entry, &annotations),
+            base,
+            number,
+            annotations,
+            retention: self.retention.clone(),
+            rules: self.rules(),
+            state_before: self.state_crc,
         };
-        let swept: Vec<OsString> = plan.swept.iter().map(|(base, _)| base.clone()).collect();
-        let state_crc = crc32c::crc32c(&plan.state_after);
-        let saved_at = plan.saved_at;
-        let committed = transaction.commit(sealed, plan).inspect_err(|_| {
-            self.unfinished = self
-                .store
-                .kind(&transaction::staging_name(&base))
-                .ok()
-                .flatten()
-                .is_some();
-        })?;
-        self.save_counter = counter;
-        self.last_checkpoint_step = step;
-        self.last_save_time = Some(saved_at);
-        self.latest = Some(entry);
-        self.retention = retention;
-        self.state_crc = Some(state_crc);
-        for old in &swept {
-            self.run_delete_callback(&self.full_path(Path::new(old)));
+        let mut tensor_metadata =
+            BTreeMap::from([("checkpoint_number".to_owned(), number.to_string())]);
+        if let Some(step) = current {
+            tensor_metadata.insert("step".to_owned(), step.to_string());
         }
-        if let Err(err) = committed.finish(self.callbacks.delete.is_some()) {
-            self.unfinished = true;
-            self.warn(&format!(
-                "{err}; '{}' is committed, the old checkpoints are deleted by the next save or open",
-                prefix.display()
-            ));
+        let mut pending = Pending {
+            counter,
+            step,
+            entry,
+            saved_at: None,
+            request: self.claim_request(),
+        };
+        if background {
+            pending.saved_at = Some(self.now().inspect_err(|_| self.restore_request(&pending))?);
+            self.submit(job, tensor_metadata, pending)?;
+            return Ok(Some(prefix));
         }
+        let tensors = if self.tensors.is_empty() {
+            Tensors::None
+        } else {
+            Tensors::Registered(&self.tensors, tensor_metadata)
+        };
+        let callbacks = &mut self.callbacks;
+        let report = job.run(
+            callbacks.save.as_mut(),
+            tensors,
+            callbacks.delete.as_mut(),
+            &mut || read_clock(&mut callbacks.clock),
+        );
+        self.apply(pending, report)?;
         Ok(Some(prefix))
+    }
+
+    /// Takes the save request and the preemption signals seen so far: this
+    /// save answers them. Returns what to give back if it fails.
+    fn claim_request(&mut self) -> Request {
+        let request = Request {
+            flag: self.save_requested.swap(false, Ordering::AcqRel),
+            preemptions_seen: self.preemptions_seen,
+        };
+        self.preemptions_seen = preemption::signals_received();
+        request
+    }
+
+    /// A save that failed leaves its request standing.
+    fn restore_request(&mut self, pending: &Pending) {
+        if pending.request.flag {
+            self.save_requested.store(true, Ordering::Release);
+        }
+        self.preemptions_seen = self.preemptions_seen.min(pending.request.preemptions_seen);
+    }
+
+    /// Snapshots the tensors and hands the job to the background thread,
+    /// started at the first background save.
+    fn submit(
+        &mut self,
+        job: SaveJob,
+        tensor_metadata: BTreeMap<String, String>,
+        pending: Pending,
+    ) -> Result<()> {
+        if self.worker.is_none() {
+            let worker = Worker::start(run_in_background)
+                .map_err(|err| Error::io("start the background save thread", err))
+                .inspect_err(|_| self.restore_request(&pending))?;
+            self.worker = Some(worker);
+        }
+        let mut snapshot = std::mem::take(&mut self.snapshot);
+        if self.tensors.is_empty() {
+            snapshot = TensorSnapshot::default();
+        } else {
+            snapshot.take(&self.tensors, &tensor_metadata);
+        }
+        let background = BackgroundSave {
+            job,
+            saved_at: pending.saved_at.expect("read before submitting"),
+            save: self.callbacks.save.take(),
+            delete: self.callbacks.delete.take(),
+            snapshot,
+        };
+        let worker = self.worker.as_mut().expect("started above");
+        if let Err(returned) = worker.submit(background) {
+            self.take_back(returned.save, returned.delete, returned.snapshot);
+            self.restore_request(&pending);
+            return Err(Error::Panic("the background save thread is gone".into()));
+        }
+        self.pending = Some(pending);
+        Ok(())
+    }
+
+    fn take_back(
+        &mut self,
+        save: Option<SaveFn>,
+        delete: Option<DeleteFn>,
+        snapshot: TensorSnapshot,
+    ) {
+        self.callbacks.save = save;
+        self.callbacks.delete = delete;
+        self.snapshot = snapshot;
+    }
+
+    /// Applies a background save that has finished (waiting for it when
+    /// `wait`), and returns the failure of one that failed, once.
+    fn settle(&mut self, wait: bool) -> Result<()> {
+        self.collect(if wait { None } else { Some(Duration::ZERO) });
+        self.background_error.take().map_or(Ok(()), Err)
+    }
+
+    /// Applies the background save if it finishes within `timeout`; a
+    /// failure is kept for `settle` to return.
+    fn collect(&mut self, timeout: Option<Duration>) {
+        let Some(finished) = self.worker.as_mut().and_then(|w| w.result(timeout)) else {
+            return;
+        };
+        self.take_back(finished.save, finished.delete, finished.snapshot);
+        let pending = self.pending.take().expect("set while a save is in flight");
+        if let Err(err) = self.apply(pending, finished.report) {
+            self.background_error = Some(err);
+        }
+    }
+
+    /// Applies a background save that has finished, so that
+    /// `latest_checkpoint` and `checkpoints` show it; a failure is kept for
+    /// the next call that saves, restores, pins or waits. Never blocks.
+    pub fn refresh(&mut self) {
+        self.collect(Some(Duration::ZERO));
+    }
+
+    /// Waits until the background save, if any, has committed or failed,
+    /// at most `timeout` (`None`: as long as it takes). Returns its failure
+    /// (once), or `Error::Timeout` if it is still running.
+    pub fn wait_until_finished(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.collect(timeout);
+        self.background_error.take().map_or(Ok(()), Err)?;
+        if self.pending.is_some() {
+            return Err(Error::Timeout);
+        }
+        Ok(())
+    }
+
+    /// Makes a save's report the manager's state: on success the new
+    /// checkpoint is the latest; on failure nothing changes and the
+    /// request stands.
+    fn apply(&mut self, pending: Pending, report: JobReport) -> Result<()> {
+        self.unfinished |= report.unfinished;
+        report
+            .warnings
+            .iter()
+            .for_each(|warning| self.warn(warning));
+        let saved = report
+            .result
+            .inspect_err(|_| self.restore_request(&pending))?;
+        self.save_counter = pending.counter;
+        self.last_checkpoint_step = pending.step;
+        self.last_save_time = Some(saved.saved_at);
+        self.latest = Some(pending.entry);
+        self.retention = saved.retention;
+        self.state_crc = Some(saved.state_crc);
+        Ok(())
     }
 
     /// The step and clock gates. `check_interval` false or a requested
     /// save opens them, except that the same step never saves twice.
     fn gate(&mut self, check_interval: bool, requested: bool) -> Result<Gate> {
         let check_interval = check_interval && !requested;
-        let mut step = self.last_checkpoint_step;
+        // A save in flight counts as done.
+        let (mut step, last_save_time) = match &self.pending {
+            Some(pending) => (pending.step, pending.saved_at),
+            None => (self.last_checkpoint_step, self.last_save_time),
+        };
         let mut current = None;
         if let Some(interval) = self.config.checkpoint_interval {
             let now_step = self.current_step()?;
@@ -534,7 +714,7 @@ impl CheckpointManager {
         }
         if let Some(seconds) = self.config.save_interval_seconds.filter(|_| check_interval) {
             let now = self.now()?;
-            if !time_allows_save(seconds, self.last_save_time, now) {
+            if !time_allows_save(seconds, last_save_time, now) {
                 return Ok(Gate::Closed);
             }
         }
@@ -548,6 +728,7 @@ impl CheckpointManager {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
+        self.settle(false)?;
         let requested = self.save_requested.load(Ordering::Acquire)
             || preemption::signals_received() > self.preemptions_seen;
         Ok(matches!(self.gate(true, requested)?, Gate::Open { .. }))
@@ -564,49 +745,6 @@ impl CheckpointManager {
         self.save_requested.store(true, Ordering::Release);
     }
 
-    /// The retention after this save and the commit that makes it so: the
-    /// new state, what the sweep drops and what a re-saved number replaces.
-    fn plan(
-        &mut self,
-        base: &OsStr,
-        entry: &Path,
-        number: u64,
-        annotations: Annotations,
-    ) -> Result<(CommitPlan, Retention)> {
-        let now = self.now()?;
-        let mut retention = self.retention.clone();
-        retention.record(Managed {
-            entry: entry.to_path_buf(),
-            timestamp: now,
-            traits: self.traits_of(entry, &annotations),
-        });
-        let outcome = retention.sweep(&self.rules());
-        let mut swept = Vec::new();
-        for old in &outcome.delete {
-            match deletable_base(old) {
-                Some(old_base) if old_base != base => swept.push((
-                    old_base.to_owned(),
-                    integrity::owned_files(&*self.store, old_base)?,
-                )),
-                Some(_) => {}
-                None => self.warn(&format!(
-                    "not deleting '{}': it is not directly inside the checkpoint directory",
-                    old.display()
-                )),
-            }
-        }
-        let plan = CommitPlan {
-            number,
-            saved_at: now,
-            annotations,
-            replaced: integrity::owned_files(&*self.store, base)?,
-            swept,
-            state_before: self.state_crc,
-            state_after: state_for(entry, &retention),
-        };
-        Ok((plan, retention))
-    }
-
     /// Pins (`pinned`) or unpins a managed checkpoint. A pinned checkpoint
     /// is kept by every sweep; the pin is recorded in its manifest, which
     /// is replaced atomically. Unpinning deletes nothing: the next save's
@@ -615,6 +753,7 @@ impl CheckpointManager {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
+        self.settle(true)?;
         self.finish_unfinished()?;
         let entry = self.managed_entry(prefix)?;
         let base = deletable_base(&entry).ok_or_else(|| {
@@ -744,28 +883,6 @@ impl CheckpointManager {
         })
     }
 
-    /// Runs the save callback and writes the registered tensors into the
-    /// transaction's staging prefix.
-    fn write_checkpoint(
-        &mut self,
-        transaction: &Transaction,
-        number: u64,
-        step: Option<i64>,
-    ) -> Result<()> {
-        if let Some(save) = self.callbacks.save.as_mut() {
-            save(&transaction.prefix(), number).map_err(Error::callback("save"))?;
-        }
-        if !self.tensors.is_empty() {
-            let mut metadata =
-                BTreeMap::from([("checkpoint_number".to_owned(), number.to_string())]);
-            if let Some(step) = step {
-                metadata.insert("step".to_owned(), step.to_string());
-            }
-            write_tensor_file(transaction, &self.tensors, &metadata)?;
-        }
-        Ok(())
-    }
-
     /// Registers a host buffer for the built-in saver: every save writes
     /// it to `<prefix>.safetensors`, every restore reads it back.
     ///
@@ -787,18 +904,6 @@ impl CheckpointManager {
 
     pub fn unregister_tensor(&mut self, name: &str) -> Result<()> {
         self.tensors.unregister(name)
-    }
-
-    /// Runs the delete callback, which replaces the built-in deletion, on a
-    /// checkpoint the sweep dropped. A failure is a warning: the new
-    /// checkpoint is committed already.
-    fn run_delete_callback(&mut self, prefix: &Path) {
-        let Some(delete) = self.callbacks.delete.as_mut() else {
-            return;
-        };
-        if let Err(err) = delete(prefix).map_err(Error::callback("delete")) {
-            self.warn(&format!("could not delete '{}': {err}", prefix.display()));
-        }
     }
 
     fn verification(&self) -> Verification {
@@ -851,6 +956,7 @@ impl CheckpointManager {
     /// read-only manager whose writer changed the state file during the
     /// restore reads it again and retries.
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
+        self.settle(true)?;
         self.finish_unfinished()?;
         let mut retries = 0;
         loop {
@@ -999,19 +1105,7 @@ impl CheckpointManager {
     }
 
     fn now(&mut self) -> Result<f64> {
-        let now = match self.callbacks.clock.as_mut() {
-            Some(clock) => clock(),
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        };
-        if !now.is_finite() {
-            return Err(Error::Callback {
-                callback: "clock",
-                source: format!("it returned {now}, not a finite time").into(),
-            });
-        }
-        Ok(now)
+        read_clock(&mut self.callbacks.clock)
     }
 
     fn warn(&mut self, message: &str) {
@@ -1027,9 +1121,104 @@ impl CheckpointManager {
     }
 }
 
+/// Seconds since the epoch, from the clock callback or the system clock.
+fn read_clock(clock: &mut Option<ClockFn>) -> Result<f64> {
+    let now = match clock.as_mut() {
+        Some(clock) => clock(),
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    };
+    if !now.is_finite() {
+        return Err(Error::Callback {
+            callback: "clock",
+            source: format!("it returned {now}, not a finite time").into(),
+        });
+    }
+    Ok(now)
+}
+
+/// A save's claim on the save request, given back if it fails.
+struct Request {
+    flag: bool,
+    preemptions_seen: u64,
+}
+
+/// What the manager becomes when a save commits, and what it gives back
+/// when it fails.
+struct Pending {
+    counter: u64,
+    /// The step to record as the last checkpoint's.
+    step: Option<i64>,
+    entry: PathBuf,
+    /// A background save's time, read when it was called.
+    saved_at: Option<f64>,
+    request: Request,
+}
+
+/// A save job for the background thread, with the callbacks and buffer it
+/// borrows from the manager.
+struct BackgroundSave {
+    job: SaveJob,
+    saved_at: f64,
+    save: Option<SaveFn>,
+    delete: Option<DeleteFn>,
+    snapshot: TensorSnapshot,
+}
+
+/// A background save's report, and what it borrowed.
+struct Finished {
+    report: JobReport,
+    save: Option<SaveFn>,
+    delete: Option<DeleteFn>,
+    snapshot: TensorSnapshot,
+}
+
+/// The background thread's work: the job, whose panic (from a Rust
+/// callback) is caught and reported.
+fn run_in_background(background: BackgroundSave) -> Finished {
+    let BackgroundSave {
+        job,
+        saved_at,
+        mut save,
+        mut delete,
+        snapshot,
+    } = background;
+    let tensors = if snapshot.is_empty() {
+        Tensors::None
+    } else {
+        Tensors::Snapshot(&snapshot)
+    };
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        job.run(save.as_mut(), tensors, delete.as_mut(), &mut || {
+            Ok(saved_at)
+        })
+    }));
+    let report = ran.unwrap_or_else(|panic| JobReport {
+        result: Err(Error::Panic(panic_message(&*panic))),
+        warnings: Vec::new(),
+        // Recovery tells whether it got past the commit point.
+        unfinished: true,
+    });
+    Finished {
+        report,
+        save,
+        delete,
+        snapshot,
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 /// The base of a swept state entry the manager may delete: a plain name
 /// directly inside the directory that is not the state file or the lock.
-fn deletable_base(entry: &Path) -> Option<&OsStr> {
+pub(crate) fn deletable_base(entry: &Path) -> Option<&OsStr> {
     let reserved = [paths::STATE_FILE_NAME, crate::store::LOCK_FILE_NAME];
     (paths::is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
         .then_some(entry.as_os_str())
@@ -1037,7 +1226,7 @@ fn deletable_base(entry: &Path) -> Option<&OsStr> {
 
 /// The state file TF would write for this retention, `latest` being the
 /// newest managed entry.
-fn state_for(latest: &Path, retention: &Retention) -> Vec<u8> {
+pub(crate) fn state_for(latest: &Path, retention: &Retention) -> Vec<u8> {
     let managed = retention.managed();
     crate::state::state_text(
         paths::path_bytes(latest),

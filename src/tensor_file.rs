@@ -120,3 +120,40 @@ pub fn read_tensor_file(
         None => Ok(()),
     }
 }
+
+/// A copy of the registered tensors as `<prefix>.safetensors` will hold
+/// them, taken on the calling thread so that a background save writes the
+/// state as it was at the call. Its buffer is kept between saves: after the
+/// first, taking a snapshot is a copy of the registered bytes and nothing
+/// more.
+#[derive(Debug, Default)]
+pub struct TensorSnapshot {
+    header: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl TensorSnapshot {
+    pub fn take(&mut self, registry: &TensorRegistry, metadata: &BTreeMap<String, String>) {
+        let tensors = registry.in_file_order();
+        self.header = encode_header(&tensors, metadata);
+        self.data.clear();
+        let total: usize = tensors.iter().map(|tensor| tensor.byte_len()).sum();
+        self.data.reserve_exact(total);
+        for tensor in tensors {
+            // SAFETY: registered buffers stay valid while registered.
+            self.data.extend_from_slice(unsafe { tensor.bytes() });
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.is_empty()
+    }
+
+    /// Writes the snapshot to the save's `<prefix>.safetensors`.
+    pub fn write(&self, transaction: &Transaction) -> Result<()> {
+        transaction.write_file(TENSOR_FILE_SUFFIX, |write| {
+            write(&self.header)?;
+            write(&self.data)
+        })
+    }
+}

@@ -5,6 +5,7 @@ use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::ckpt_save_args;
 use super::handle::{self, BoxCastable};
@@ -94,6 +95,13 @@ impl ManagerArg<'_> {
 unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<'a>> {
     if manager.is_null() {
         return Err(Failure::null("manager"));
+    }
+    if crate::background::on_worker_thread() {
+        return Err(Failure::new(
+            ckpt_status::ReentrantCall,
+            "a callback of a background save called into a manager; it could wait for the save \
+             that runs it",
+        ));
     }
     let entered = Entered::enter(manager)?;
     Ok(ManagerArg {
@@ -246,7 +254,10 @@ pub unsafe extern "C" fn ckpt_manager_latest(
         // SAFETY: the caller passes NULL or valid pointers (header).
         let (manager, out) =
             unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let latest = manager.call(|m| Ok(m.latest_checkpoint()))?;
+        let latest = manager.call(|m| {
+            m.refresh();
+            Ok(m.latest_checkpoint())
+        })?;
         out.write(new_path_string(latest.as_deref())?)
     })
 }
@@ -271,7 +282,10 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
         let (manager, out) = unsafe { (manager_arg(manager)?, out_param(out_list, "out_list")?) };
-        let checkpoints = manager.call(|m| Ok(m.checkpoints()))?;
+        let checkpoints = manager.call(|m| {
+            m.refresh();
+            Ok(m.checkpoints())
+        })?;
         out.write(new_string_list(&checkpoints)?)
     })
 }
@@ -685,7 +699,10 @@ pub unsafe extern "C" fn ckpt_manager_best(
         // SAFETY: the caller passes NULL or valid pointers (header).
         let (manager, out) =
             unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let best = manager.call(|m| Ok(m.best_checkpoint()?))?;
+        let best = manager.call(|m| {
+            m.refresh();
+            Ok(m.best_checkpoint()?)
+        })?;
         out.write(new_path_string(best.as_deref())?)
     })
 }
@@ -727,5 +744,96 @@ pub unsafe extern "C" fn ckpt_manager_checkpoint_info(
         let info = manager.call(|m| Ok(m.checkpoint_info(prefix)?))?;
         let json = serde_json::to_vec(&info).expect("checkpoint info always serialises");
         out.write(handle::to_c_string(c_string(json)?))
+    })
+}
+
+/// Saves in the background: decides on the calling thread (the intervals, the
+/// number), runs the prepare callback and copies the registered tensors into
+/// the library's snapshot buffer, then returns the prefix the checkpoint will
+/// have. The library's background thread then runs the save callback (which
+/// must write the state as it was at the call: copy what it needs in the
+/// prepare callback), writes the snapshot and commits, as
+/// `ckpt_manager_save_with` does. The checkpoint becomes the latest and enters
+/// the list only at its commit; a failed one never does and leaves nothing.
+///
+/// At most one save is in flight: a call that saves while one is in flight
+/// first waits for it (that wait is part of this call's blocking time). A call
+/// the intervals skip never waits. The snapshot buffer holds one copy of the
+/// registered tensors and is reused by later saves.
+///
+/// A background save's failure is returned, once, as its own status and
+/// message, by the next call on the manager that saves, restores, pins,
+/// reloads, asks `ckpt_manager_should_save` or waits
+/// (`ckpt_manager_wait_until_finished`); that call then does nothing else.
+/// `ckpt_manager_free` waits for the save in flight; a failure it finds goes to
+/// the log callback.
+///
+/// `args` is NULL for the defaults (as `ckpt_save_args_new` makes them).
+///
+/// Ownership: `manager` and `args` are borrowed for the call. On success
+/// `*out_prefix` is a new string the caller frees with `ckpt_string_free`, or
+/// NULL.
+/// Returns: CKPT_STATUS_OK with the future checkpoint's prefix, or NULL when
+/// the interval gate skipped it; or an error (the previous background save's,
+/// or this call's: nothing started then).
+/// Errors: as `ckpt_manager_save`, plus CKPT_STATUS_PANIC (a previous
+/// background save panicked).
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the step counter, clock, prepare and log callbacks run on the
+/// calling thread, during the call; the save and delete callbacks on the
+/// library's background thread, after it.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_save_async(
+    manager: *mut ckpt_manager,
+    args: *const ckpt_save_args,
+    out_prefix: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        // SAFETY: NULL or a live handle (header).
+        let args = unsafe { handle::borrow(args) };
+        let defaults = crate::SaveArgs::default();
+        let prefix = manager.call(|m| Ok(m.save_async(args.unwrap_or(&defaults))?))?;
+        out.write(new_path_string(prefix.as_deref())?)
+    })
+}
+
+/// Waits until the background save in flight, if any, has committed or failed,
+/// for at most `timeout_seconds` (a negative value or infinity waits as long
+/// as it takes; 0 only checks).
+///
+/// Ownership: `manager` is borrowed.
+/// Returns: CKPT_STATUS_OK when no save is in flight and none failed unreported;
+/// the background save's own status when it failed (once); or
+/// CKPT_STATUS_TIMEOUT when it is still running.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN),
+/// CKPT_STATUS_TIMEOUT, CKPT_STATUS_REENTRANT_CALL, and every status of
+/// `ckpt_manager_save_with` (the background save's).
+/// Threads: any thread; calls on one manager are serialised (the wait holds
+/// the manager: other calls on it wait too), and one made from inside that
+/// manager's own callback is refused with CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: the log callback runs on the calling thread.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_wait_until_finished(
+    manager: *mut ckpt_manager,
+    timeout_seconds: f64,
+) -> ckpt_status {
+    guard(|| {
+        if timeout_seconds.is_nan() {
+            return Err(Failure::new(
+                ckpt_status::InvalidArgument,
+                "timeout_seconds is NaN",
+            ));
+        }
+        let timeout = (timeout_seconds >= 0.0)
+            .then(|| Duration::try_from_secs_f64(timeout_seconds).ok())
+            .flatten();
+        // SAFETY: NULL or a live handle (header).
+        let manager = unsafe { manager_arg(manager) }?;
+        manager.call(|m| Ok(m.wait_until_finished(timeout)?))
     })
 }

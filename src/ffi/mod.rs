@@ -90,11 +90,14 @@ pub enum ckpt_status {
     /// or shape differs, or a tensor is on one side only (see the message).
     /// Nothing was restored.
     TensorMismatch = 12,
+    /// `ckpt_manager_wait_until_finished` timed out: the background save is
+    /// still running.
+    Timeout = 13,
 }
 
 impl ckpt_status {
     /// In value order (a test checks it).
-    const ALL: [ckpt_status; 13] = [
+    const ALL: [ckpt_status; 14] = [
         ckpt_status::Ok,
         ckpt_status::NullArgument,
         ckpt_status::InvalidArgument,
@@ -108,6 +111,7 @@ impl ckpt_status {
         ckpt_status::ReadOnly,
         ckpt_status::NoManifest,
         ckpt_status::TensorMismatch,
+        ckpt_status::Timeout,
     ];
 }
 
@@ -165,6 +169,8 @@ impl From<Error> for Failure {
             Error::Damaged { .. } => ckpt_status::CheckpointDamaged,
             Error::NoManifest { .. } => ckpt_status::NoManifest,
             Error::TensorMismatch(_) => ckpt_status::TensorMismatch,
+            Error::Timeout => ckpt_status::Timeout,
+            Error::Panic(_) => ckpt_status::Panic,
         };
         Failure::new(status, err.to_string())
     }
@@ -431,7 +437,11 @@ mod tests {
             let name = library_str(ckpt_status_name(value as u32));
             assert_ne!(name, "CKPT_STATUS_UNKNOWN");
         }
-        assert_eq!(library_str(ckpt_status_name(13)), "CKPT_STATUS_UNKNOWN");
+        let past_the_end = ckpt_status::ALL.len() as u32;
+        assert_eq!(
+            library_str(ckpt_status_name(past_the_end)),
+            "CKPT_STATUS_UNKNOWN"
+        );
         assert_eq!(
             library_str(ckpt_status_name(u32::MAX)),
             "CKPT_STATUS_UNKNOWN"

@@ -32,6 +32,16 @@ pub type ckpt_save_callback = Option<
     ) -> i32,
 >;
 
+/// Prepares checkpoint `checkpoint_number` for saving: runs on the thread that
+/// called `ckpt_manager_save`, `_save_with` or `_save_async`, when the save
+/// goes ahead and before the save callback; for a background save, before
+/// `ckpt_manager_save_async` returns. Use it for what must see the state as it
+/// is at the call, such as copying device memory to host buffers that the
+/// save callback then writes on the background thread. Returns 0 on success,
+/// any other value on failure (nothing is saved then).
+pub type ckpt_prepare_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, checkpoint_number: u64) -> i32>;
+
 /// Restores the checkpoint at `prefix` (valid only during the call).
 /// Returns 0 on success, any other value on failure.
 pub type ckpt_restore_callback =
@@ -135,6 +145,7 @@ fn path_c_string(path: &Path) -> Result<CString, CallbackError> {
 type SaveFnPtr = unsafe extern "C" fn(*mut c_void, *const c_char, u64) -> i32;
 type PrefixFnPtr = unsafe extern "C" fn(*mut c_void, *const c_char) -> i32;
 type InitFnPtr = unsafe extern "C" fn(*mut c_void) -> i32;
+type PrepareFnPtr = unsafe extern "C" fn(*mut c_void, u64) -> i32;
 type StepFnPtr = unsafe extern "C" fn(*mut c_void, *mut i64) -> i32;
 type ClockFnPtr = unsafe extern "C" fn(*mut c_void) -> f64;
 type LogFnPtr = unsafe extern "C" fn(*mut c_void, ckpt_log_level, *const c_char);
@@ -154,6 +165,7 @@ impl BoxCastable for ckpt_options {
 /// What a `ckpt_options` points to.
 pub(crate) struct Options {
     config: Config,
+    prepare: Option<CCallback<PrepareFnPtr>>,
     save: Option<CCallback<SaveFnPtr>>,
     restore: Option<CCallback<PrefixFnPtr>>,
     init: Option<CCallback<InitFnPtr>>,
@@ -171,6 +183,11 @@ impl Options {
     /// The callbacks as Rust closures; each shares the C user data.
     pub(crate) fn callbacks(&self) -> Callbacks {
         let mut callbacks = Callbacks::new();
+        if let Some(cb) = self.prepare.clone() {
+            // SAFETY: the user set `func` for `data` (header).
+            callbacks = callbacks
+                .on_prepare(move |number| check_code(unsafe { (cb.func)(cb.data.ptr, number) }));
+        }
         if let Some(cb) = self.save.clone() {
             callbacks = callbacks.on_save(move |prefix, number| {
                 let prefix = path_c_string(prefix)?;
@@ -258,6 +275,7 @@ pub unsafe extern "C" fn ckpt_options_new(out_options: *mut *mut ckpt_options) -
         let out = unsafe { out_param(out_options, "out_options") }?;
         out.write(handle::to_handle(Options {
             config: Config::default(),
+            prepare: None,
             save: None,
             restore: None,
             init: None,
@@ -659,8 +677,11 @@ unsafe fn set_callback<F: Copy>(
 /// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
 /// Threads: one thread at a time per options object.
 /// Callbacks: each callback runs later, on the thread that called the manager
-/// function running it, during that call; one manager runs its callbacks one at
-/// a time. Managers built from the same options share `callback` and
+/// function running it, during that call, except that a background save
+/// (`ckpt_manager_save_async`) runs its save and delete callbacks on the
+/// library's background thread; one manager runs its callbacks one at a time.
+/// A callback of a background save that calls into any manager is refused with
+/// CKPT_STATUS_REENTRANT_CALL. Managers built from the same options share `callback` and
 /// `user_data`, so their callbacks may run at the same time on different
 /// threads: make such `user_data` thread-safe, or give each manager options of
 /// its own. The finalizer may run on any thread (the one that frees the last
@@ -677,6 +698,30 @@ pub unsafe extern "C" fn ckpt_options_set_save_callback(
     // SAFETY: `options` is NULL or a live handle no other thread uses
     // during the call (header).
     unsafe { set_callback(options, |o| &mut o.save, callback, user_data, finalizer) }
+}
+
+/// Sets the prepare callback (see `ckpt_prepare_callback`).
+///
+/// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+/// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+/// caller's.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: the prepare callback runs later, on the thread that called the
+/// save, during that call, even for a background save; a replaced or cleared
+/// callback's finalizer runs here, on the calling thread, if nothing else holds
+/// it.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_prepare_callback(
+    options: *mut ckpt_options,
+    callback: ckpt_prepare_callback,
+    user_data: *mut c_void,
+    finalizer: ckpt_finalizer,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe { set_callback(options, |o| &mut o.prepare, callback, user_data, finalizer) }
 }
 
 /// Sets the restore callback used by `ckpt_manager_restore_or_initialize`.

@@ -1,0 +1,191 @@
+//! One save after the manager decided it: the write phase (the save
+//! callback, the tensors), then the plan and the commit. It holds all it
+//! needs, so it runs on the calling thread (`save`) or on the library's
+//! background thread (`save_async`) alike; the manager applies what it
+//! reports.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{DeleteFn, SaveFn};
+use crate::error::{Error, Result};
+use crate::integrity;
+use crate::manager::{deletable_base, state_for};
+use crate::manifest::Annotations;
+use crate::policy::{Managed, Retention, Rules, Traits};
+use crate::store::Store;
+use crate::tensor_file::{write_tensor_file, TensorSnapshot};
+use crate::tensors::TensorRegistry;
+use crate::transaction::{self, CommitPlan, Transaction};
+
+/// Where the built-in saver's bytes come from.
+pub(crate) enum Tensors<'a> {
+    None,
+    /// Straight from the registered buffers (a blocking save).
+    Registered(&'a TensorRegistry, BTreeMap<String, String>),
+    /// The copy `save_async` took.
+    Snapshot(&'a TensorSnapshot),
+}
+
+/// The decisions a save's commit needs, made on the calling thread.
+pub(crate) struct SaveJob {
+    pub store: Arc<dyn Store>,
+    pub directory: PathBuf,
+    pub base: OsString,
+    pub number: u64,
+    pub annotations: Annotations,
+    pub traits: Traits,
+    /// The retention before this save.
+    pub retention: Retention,
+    pub rules: Rules,
+    pub state_before: Option<u32>,
+}
+
+/// The manager's new state after a committed save.
+pub(crate) struct Saved {
+    pub retention: Retention,
+    pub state_crc: u32,
+    pub saved_at: f64,
+}
+
+/// What a save job reports back.
+pub(crate) struct JobReport {
+    pub result: Result<Saved>,
+    /// For the log callback, which runs on the calling thread.
+    pub warnings: Vec<String>,
+    /// The commit got past its commit point but not to its end.
+    pub unfinished: bool,
+}
+
+impl SaveJob {
+    /// Writes, commits and deletes what the sweep dropped. `now` gives the
+    /// save's time once the files are written.
+    pub fn run(
+        self,
+        save: Option<&mut SaveFn>,
+        tensors: Tensors,
+        delete: Option<&mut DeleteFn>,
+        now: &mut dyn FnMut() -> Result<f64>,
+    ) -> JobReport {
+        let (mut warnings, mut unfinished) = (Vec::new(), false);
+        let result = self.commit(save, tensors, delete, now, &mut warnings, &mut unfinished);
+        JobReport {
+            result,
+            warnings,
+            unfinished,
+        }
+    }
+
+    fn commit(
+        &self,
+        save: Option<&mut SaveFn>,
+        tensors: Tensors,
+        delete: Option<&mut DeleteFn>,
+        now: &mut dyn FnMut() -> Result<f64>,
+        warnings: &mut Vec<String>,
+        unfinished: &mut bool,
+    ) -> Result<Saved> {
+        let transaction = Transaction::begin(self.store.clone(), &self.base)?;
+        let planned = self
+            .write(&transaction, save, tensors)
+            .and_then(|()| transaction.seal())
+            .and_then(|sealed| Ok((sealed, self.plan(now()?, warnings)?)));
+        let (sealed, (plan, retention)) = match planned {
+            Ok(planned) => planned,
+            Err(err) => {
+                transaction.abort();
+                return Err(err);
+            }
+        };
+        let swept: Vec<OsString> = plan.swept.iter().map(|(base, _)| base.clone()).collect();
+        let saved = Saved {
+            retention,
+            state_crc: crc32c::crc32c(&plan.state_after),
+            saved_at: plan.saved_at,
+        };
+        let committed = transaction.commit(sealed, plan).inspect_err(|_| {
+            *unfinished = self
+                .store
+                .kind(&transaction::staging_name(&self.base))
+                .ok()
+                .flatten()
+                .is_some();
+        })?;
+        let deleted_by_callback = delete.is_some();
+        if let Some(delete) = delete {
+            for old in &swept {
+                let prefix = self.directory.join(old);
+                if let Err(err) = delete(&prefix).map_err(Error::callback("delete")) {
+                    warnings.push(format!("could not delete '{}': {err}", prefix.display()));
+                }
+            }
+        }
+        if let Err(err) = committed.finish(deleted_by_callback) {
+            *unfinished = true;
+            warnings.push(format!(
+                "{err}; '{}' is committed, the old checkpoints are deleted by the next save or open",
+                self.directory.join(&self.base).display()
+            ));
+        }
+        Ok(saved)
+    }
+
+    /// Runs the save callback and writes the tensors into the
+    /// transaction's staging prefix.
+    fn write(
+        &self,
+        transaction: &Transaction,
+        save: Option<&mut SaveFn>,
+        tensors: Tensors,
+    ) -> Result<()> {
+        if let Some(save) = save {
+            save(&transaction.prefix(), self.number).map_err(Error::callback("save"))?;
+        }
+        match tensors {
+            Tensors::None => Ok(()),
+            Tensors::Registered(registry, metadata) => {
+                write_tensor_file(transaction, registry, &metadata)
+            }
+            Tensors::Snapshot(snapshot) => snapshot.write(transaction),
+        }
+    }
+
+    /// The retention after this save and the commit that makes it so: the
+    /// new state, what the sweep drops and what a re-saved number replaces.
+    fn plan(&self, now: f64, warnings: &mut Vec<String>) -> Result<(CommitPlan, Retention)> {
+        let entry = Path::new(&self.base);
+        let mut retention = self.retention.clone();
+        retention.record(Managed {
+            entry: entry.to_path_buf(),
+            timestamp: now,
+            traits: self.traits,
+        });
+        let outcome = retention.sweep(&self.rules);
+        let mut swept = Vec::new();
+        for old in &outcome.delete {
+            match deletable_base(old) {
+                Some(old_base) if old_base != self.base => swept.push((
+                    old_base.to_owned(),
+                    integrity::owned_files(&*self.store, old_base)?,
+                )),
+                Some(_) => {}
+                None => warnings.push(format!(
+                    "not deleting '{}': it is not directly inside the checkpoint directory",
+                    old.display()
+                )),
+            }
+        }
+        let plan = CommitPlan {
+            number: self.number,
+            saved_at: now,
+            annotations: self.annotations.clone(),
+            replaced: integrity::owned_files(&*self.store, &self.base)?,
+            swept,
+            state_before: self.state_before,
+            state_after: state_for(entry, &retention),
+        };
+        Ok((plan, retention))
+    }
+}
