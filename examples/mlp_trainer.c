@@ -15,8 +15,14 @@
  * at any instant (even by SIGKILL) and started again resumes from the
  * latest checkpoint and ends with the bits of a run straight through.
  *
+ * Preemption: SIGTERM (what a scheduler sends before it takes the machine
+ * back) makes the run save at the step it is at, whatever --save-every says,
+ * and exit 0; started again, it resumes from that step. Each checkpoint
+ * records the loss on the whole dataset as its metric "loss".
+ *
  * Usage: mlp_trainer DIRECTORY [--steps N] [--save-every K] [--keep M]
  *                    [--seed S] [--stop-at STEP] [--export FILE]
+ *                    [--step-delay-ms MS]
  *   --steps N       train until step N (default 2000)
  *   --save-every K  save a checkpoint every K steps (default 100)
  *   --keep M        keep the M newest checkpoints (default 3)
@@ -25,18 +31,27 @@
  *                   seed it started with
  *   --stop-at STEP  stop at STEP without saving, as if killed there
  *   --export FILE   write the final W1, b1, W2, b2 to FILE as raw
- *                   little-endian float32, in that order
+ *                   little-endian float32, in that order (a preempted run
+ *                   writes nothing)
+ *   --step-delay-ms MS
+ *                   sleep MS milliseconds in each step (default 0), so
+ *                   that a test's signal lands mid-run; the results do
+ *                   not change
  *
  * Deterministic: one thread, a fixed order of float operations, and a
  * generator (splitmix64) fully specified below. Build both runs with the
  * same compiler and flags, and never with -ffast-math.
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
+
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ckpt_manager.h"
 
@@ -216,6 +231,38 @@ static uint64_t checksum(const params *p) {
   return hash;
 }
 
+/* Sleeps for the step delay; a signal may cut it short, which is fine. */
+static void step_delay(long long milliseconds) {
+  if (milliseconds == 0) return;
+  const struct timespec delay = {(time_t)(milliseconds / 1000),
+                                 (long)(milliseconds % 1000) * 1000000L};
+  nanosleep(&delay, NULL);
+}
+
+/* Saves the state with its loss as the metric "loss" and prints the save.
+ * With check_interval, saves only when the library says a save is due
+ * (save_every steps since the last save, or a preemption signal), so the
+ * loss is computed only then. Returns the new prefix, or NULL when nothing
+ * was saved (not due, or this step is saved already). */
+static char *save(ckpt_manager *manager, const train_state *st, const dataset *data,
+                  bool check_interval) {
+  if (check_interval) {
+    bool due = false;
+    check(ckpt_manager_should_save(manager, &due), "ckpt_manager_should_save");
+    if (!due) return NULL;
+  }
+  const double loss = dataset_loss(&st->weights, data);
+  ckpt_save_args *args = NULL;
+  check(ckpt_save_args_new(&args), "ckpt_save_args_new");
+  check(ckpt_save_args_set_check_interval(args, check_interval), "set_check_interval");
+  check(ckpt_save_args_set_metric(args, "loss", loss), "set_metric");
+  char *saved = NULL;
+  check(ckpt_manager_save_with(manager, args, &saved), "ckpt_manager_save_with");
+  ckpt_save_args_free(args);
+  if (saved != NULL) printf("step %5" PRId64 "  loss %.6f  saved %s\n", st->step, loss, saved);
+  return saved;
+}
+
 /* Registers the three copies (weights, m, v) of one parameter tensor. */
 static void register_param(ckpt_manager *manager, train_state *st, const char *name,
                            size_t offset, const uint64_t *shape, size_t ndim) {
@@ -268,7 +315,7 @@ static void export_weights(const params *p, const char *path) {
 static void usage(const char *program) {
   fprintf(stderr,
           "usage: %s DIRECTORY [--steps N] [--save-every K] [--keep M] [--seed S]\n"
-          "       [--stop-at STEP] [--export FILE]\n",
+          "       [--stop-at STEP] [--export FILE] [--step-delay-ms MS]\n",
           program);
   exit(2);
 }
@@ -290,7 +337,7 @@ int main(int argc, char **argv) {
   /* Line-buffered even into a pipe, so a killed run has shown its progress. */
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *directory = NULL, *export_path = NULL;
-  long long total_steps = 2000, save_every = 100, keep = 3, stop_at = -1;
+  long long total_steps = 2000, save_every = 100, keep = 3, stop_at = -1, step_delay_ms = 0;
   unsigned long long seed = 42;
   for (int a = 1; a < argc; a++) {
     const char *arg = argv[a];
@@ -307,6 +354,8 @@ int main(int argc, char **argv) {
     else if (strcmp(arg, "--seed") == 0) seed = (unsigned long long)number_arg(argv[0], arg, value, 1);
     else if (strcmp(arg, "--stop-at") == 0) stop_at = number_arg(argv[0], arg, value, 1);
     else if (strcmp(arg, "--export") == 0) export_path = value;
+    else if (strcmp(arg, "--step-delay-ms") == 0)
+      step_delay_ms = number_arg(argv[0], arg, value, 1);
     else usage(argv[0]);
   }
   if (directory == NULL) usage(argv[0]);
@@ -315,6 +364,9 @@ int main(int argc, char **argv) {
   static dataset data;
   st.seed = seed;
 
+  /* From now on SIGTERM no longer ends the process: it makes the next save
+   * go ahead, and the loop below stops after it. */
+  check(ckpt_install_preemption_handler(SIGTERM), "ckpt_install_preemption_handler");
   ckpt_options *options = NULL;
   check(ckpt_options_new(&options), "ckpt_options_new");
   check(ckpt_options_set_directory(options, directory), "set_directory");
@@ -349,26 +401,27 @@ int main(int argc, char **argv) {
 
   while (st.step < total_steps && (stop_at < 0 || st.step < stop_at)) {
     train_step(&st, &data);
-    char *saved = NULL;
-    /* Saves only when save_every steps have passed since the last one. */
-    check(ckpt_manager_save(manager, NULL, true, &saved), "ckpt_manager_save");
-    if (saved != NULL) {
-      printf("step %5" PRId64 "  loss %.6f  saved %s\n", st.step,
-             dataset_loss(&st.weights, &data), saved);
-      ckpt_string_free(saved);
+    step_delay(step_delay_ms);
+    /* Saves only when save_every steps have passed since the last one, or
+     * a preemption signal has arrived. */
+    ckpt_string_free(save(manager, &st, &data, true));
+    if (ckpt_preemption_requested()) {
+      /* The signal may have come after that save looked: save again, which
+       * goes ahead unless this step is saved already. Either way the latest
+       * checkpoint now holds this step. */
+      ckpt_string_free(save(manager, &st, &data, true));
+      char *latest = NULL;
+      check(ckpt_manager_latest(manager, &latest), "ckpt_manager_latest");
+      printf("preempted at step %" PRId64 ": saved %s\n", st.step, latest);
+      ckpt_string_free(latest);
+      ckpt_manager_free(manager);
+      return 0;
     }
   }
   const int done = st.step >= total_steps;
-  if (done) {
-    /* The end state is a checkpoint even when save_every does not divide
-     * the steps (NULL when this step is saved already). */
-    char *saved = NULL;
-    check(ckpt_manager_save(manager, NULL, false, &saved), "ckpt_manager_save");
-    if (saved != NULL)
-      printf("step %5" PRId64 "  loss %.6f  saved %s\n", st.step,
-             dataset_loss(&st.weights, &data), saved);
-    ckpt_string_free(saved);
-  }
+  /* The end state is a checkpoint even when save_every does not divide the
+   * steps (nothing is saved when this step is saved already). */
+  if (done) ckpt_string_free(save(manager, &st, &data, false));
   if (export_path != NULL) export_weights(&st.weights, export_path);
 
   ckpt_string_list *kept = NULL;

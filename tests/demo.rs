@@ -2,14 +2,16 @@
 //! a run interrupted and resumed, by `--stop-at` or by SIGKILL at random
 //! instants, ends with the bits of a run straight through: the exported
 //! weights, the final `.safetensors` checkpoint (weights, Adam moments,
-//! step, generator state) and the files left in the directory.
+//! step, generator state) and the files left in the directory. A run
+//! preempted by SIGTERM saves the step it is at, exits 0, and resumed ends
+//! with the same weights and tensors.
 //!
 //! The SIGKILL test draws its instants from a seed it prints; set
 //! `CKPT_DEMO_SEED` to replay one.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -444,4 +446,179 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
         &finished(&directory, &last, &export),
         &format!("SIGKILL (seed {seed})\n{log}"),
     );
+}
+
+/// The `--step-delay-ms` of the runs the SIGTERM test stops: each has at
+/// least 1,600 steps, several seconds, left when the signal is sent, so the
+/// signal always lands mid-run.
+const STEP_DELAY_MS: &str = "2";
+
+/// A run stopped by SIGTERM: its output (the directory shown as `DIR`)
+/// and the checkpoint its last line reported.
+struct Preempted {
+    stdout: String,
+    step: u64,
+    /// The checkpoint's prefix inside the directory, such as `ckpt-6`.
+    name: String,
+}
+
+/// Spawns the trainer slowed by `STEP_DELAY_MS`, reads its output until
+/// `ready` accepts a line, sends SIGTERM, and checks that the run exits 0
+/// with "preempted at step S: saved DIR/NAME" as its last line.
+fn run_and_terminate(directory: &Path, ready: impl Fn(&str) -> bool) -> Preempted {
+    let mut child = support::command(&trainer())
+        .arg(directory)
+        .args(["--step-delay-ms", STEP_DELAY_MS])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line).unwrap();
+        seen.push_str(&line);
+        if read == 0 || ready(&line) {
+            break; // an early exit is reported below
+        }
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill touches no memory; the child is not reaped yet, so the
+    // pid is still its own.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
+    stdout.read_to_string(&mut seen).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let stdout = seen.replace(directory.to_str().unwrap(), "DIR");
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let (step, name) = last
+        .strip_prefix("preempted at step ")
+        .and_then(|rest| rest.split_once(": saved DIR/"))
+        .unwrap_or_else(|| panic!("no preemption line last:\n{stdout}\n{stderr}"));
+    Preempted {
+        step: step.parse().unwrap(),
+        name: name.to_owned(),
+        stdout,
+    }
+}
+
+/// Asserts from the directory's files that the latest checkpoint is the
+/// one `run` reported, holding the step it reported, with the loss it
+/// printed for that save as the metric "loss".
+fn assert_latest_is(directory: &Path, run: &Preempted) {
+    let Preempted { stdout, step, name } = run;
+    let state = std::fs::read_to_string(directory.join("checkpoint")).unwrap();
+    let latest = state
+        .lines()
+        .find_map(|line| line.strip_prefix("model_checkpoint_path: "));
+    assert_eq!(
+        latest,
+        Some(format!("\"{name}\"").as_str()),
+        "{state}\n{stdout}"
+    );
+
+    let manifest = directory.join(format!("{name}.ckpt-manifest.json"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    assert_eq!(manifest["step"], *step, "{manifest}\n{stdout}");
+    let saved = save_lines(stdout)
+        .into_iter()
+        .find(|line| line_step(line) == *step)
+        .unwrap_or_else(|| panic!("no save printed at step {step}:\n{stdout}"));
+    assert!(saved.ends_with(&format!(" saved DIR/{name}")), "{stdout}");
+    let printed: f64 = saved.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let recorded = manifest["metrics"]["loss"].as_f64().unwrap();
+    assert!(
+        (recorded - printed).abs() <= 5e-7, // printed with 6 decimals
+        "{manifest}\n{stdout}"
+    );
+
+    let checkpoint = std::fs::read(directory.join(format!("{name}.safetensors"))).unwrap();
+    assert_eq!(tensors(&checkpoint)["step"], step.to_le_bytes(), "{stdout}");
+}
+
+/// A `.safetensors` file's tensors' bytes, by name (without its metadata,
+/// which holds the checkpoint number).
+fn tensors(file: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let file = safetensors::SafeTensors::deserialize(file).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
+}
+
+#[test]
+fn sigterm_saves_the_current_step_and_the_resumed_run_matches_a_straight_run() {
+    let root = tempfile::tempdir().unwrap();
+    let directory = root.path().join("run");
+
+    // Sent as a save at step 300 or later is printed: the signal lands at
+    // the end of that save, before or after the loop looks, or in a later
+    // step.
+    let first = run_and_terminate(&directory, |line| {
+        line.starts_with("step ") && line_step(line) >= 300
+    });
+    assert!(
+        first.stdout.starts_with("no checkpoint in"),
+        "{}",
+        first.stdout
+    );
+    assert!((300..STEPS).contains(&first.step), "{}", first.stdout);
+    assert_latest_is(&directory, &first);
+
+    // Sent as soon as the run has resumed: the signal lands while it reads
+    // the data or in its first steps, at a step the intervals never save.
+    let second = run_and_terminate(&directory, |line| line.starts_with("resumed from "));
+    assert!(
+        second.stdout.starts_with(&format!(
+            "resumed from DIR/{} at step {} ",
+            first.name, first.step
+        )),
+        "{}",
+        second.stdout
+    );
+    assert!(
+        (first.step + 1..STEPS).contains(&second.step),
+        "{}",
+        second.stdout
+    );
+    assert_latest_is(&directory, &second);
+
+    let export = root.path().join("weights.bin");
+    let last = run_ok(&directory, &["--export", export.to_str().unwrap()]);
+    let log = format!("{}{}{last}", first.stdout, second.stdout);
+    eprintln!("{log}"); // shown with --nocapture
+    assert_eq!(resumed_step(&last), Some(second.step), "{log}");
+    let straight = straight();
+    assert!(
+        std::fs::read(&export).unwrap() == straight.exported,
+        "exported weights differ\n{log}"
+    );
+    // The final checkpoint holds the straight run's tensors: weights, Adam
+    // moments, step, generator state and seed.
+    let state = std::fs::read_to_string(directory.join("checkpoint")).unwrap();
+    let latest = state
+        .lines()
+        .find_map(|line| line.strip_prefix("model_checkpoint_path: "))
+        .unwrap()
+        .trim_matches('"');
+    let checkpoint = std::fs::read(directory.join(format!("{latest}.safetensors"))).unwrap();
+    assert!(
+        tensors(&checkpoint) == tensors(&straight.checkpoint),
+        "{latest} differs from the straight run's ckpt-20\n{log}"
+    );
+    let summary = |out: &str| {
+        let line = out.lines().last().unwrap();
+        line[..line.find("; kept:").unwrap()].to_owned()
+    };
+    assert_eq!(summary(&last), summary(&straight.stdout), "{log}");
 }
