@@ -113,6 +113,9 @@ enum ckpt_status
   // or shape differs, or a tensor is on one side only (see the message).
   // Nothing was restored.
   CKPT_STATUS_TENSOR_MISMATCH = 12,
+  // `ckpt_manager_wait_until_finished` timed out: the background save is
+  // still running.
+  CKPT_STATUS_TIMEOUT = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -235,6 +238,15 @@ typedef int32_t (*ckpt_save_callback)(void *user_data,
 
 // Releases a callback's `user_data` when the library no longer needs it.
 typedef void (*ckpt_finalizer)(void *user_data);
+
+// Prepares checkpoint `checkpoint_number` for saving: runs on the thread that
+// called `ckpt_manager_save`, `_save_with` or `_save_async`, when the save
+// goes ahead and before the save callback; for a background save, before
+// `ckpt_manager_save_async` returns. Use it for what must see the state as it
+// is at the call, such as copying device memory to host buffers that the
+// save callback then writes on the background thread. Returns 0 on success,
+// any other value on failure (nothing is saved then).
+typedef int32_t (*ckpt_prepare_callback)(void *user_data, uint64_t checkpoint_number);
 
 // Restores the checkpoint at `prefix` (valid only during the call).
 // Returns 0 on success, any other value on failure.
@@ -829,6 +841,64 @@ ckpt_status ckpt_manager_checkpoint_info(const ckpt_manager *manager,
                                          const char *prefix,
                                          char **out_json);
 
+// Saves in the background: decides on the calling thread (the intervals, the
+// number), runs the prepare callback and copies the registered tensors into
+// the library's snapshot buffer, then returns the prefix the checkpoint will
+// have. The library's background thread then runs the save callback (which
+// must write the state as it was at the call: copy what it needs in the
+// prepare callback), writes the snapshot and commits, as
+// `ckpt_manager_save_with` does. The checkpoint becomes the latest and enters
+// the list only at its commit; a failed one never does and leaves nothing.
+//
+// At most one save is in flight: a call that saves while one is in flight
+// first waits for it (that wait is part of this call's blocking time). A call
+// the intervals skip never waits. The snapshot buffer holds one copy of the
+// registered tensors and is reused by later saves.
+//
+// A background save's failure is returned, once, as its own status and
+// message, by the next call on the manager that saves, restores, pins,
+// reloads, asks `ckpt_manager_should_save` or waits
+// (`ckpt_manager_wait_until_finished`); that call then does nothing else.
+// `ckpt_manager_free` waits for the save in flight; a failure it finds goes to
+// the log callback.
+//
+// `args` is NULL for the defaults (as `ckpt_save_args_new` makes them).
+//
+// Ownership: `manager` and `args` are borrowed for the call. On success
+// `*out_prefix` is a new string the caller frees with `ckpt_string_free`, or
+// NULL.
+// Returns: CKPT_STATUS_OK with the future checkpoint's prefix, or NULL when
+// the interval gate skipped it; or an error (the previous background save's,
+// or this call's: nothing started then).
+// Errors: as `ckpt_manager_save`, plus CKPT_STATUS_PANIC (a previous
+// background save panicked).
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: the step counter, clock, prepare and log callbacks run on the
+// calling thread, during the call; the save and delete callbacks on the
+// library's background thread, after it.
+ckpt_status ckpt_manager_save_async(ckpt_manager *manager,
+                                    const ckpt_save_args *args,
+                                    char **out_prefix);
+
+// Waits until the background save in flight, if any, has committed or failed,
+// for at most `timeout_seconds` (a negative value or infinity waits as long
+// as it takes; 0 only checks).
+//
+// Ownership: `manager` is borrowed.
+// Returns: CKPT_STATUS_OK when no save is in flight and none failed unreported;
+// the background save's own status when it failed (once); or
+// CKPT_STATUS_TIMEOUT when it is still running.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN),
+// CKPT_STATUS_TIMEOUT, CKPT_STATUS_REENTRANT_CALL, and every status of
+// `ckpt_manager_save_with` (the background save's).
+// Threads: any thread; calls on one manager are serialised (the wait holds
+// the manager: other calls on it wait too), and one made from inside that
+// manager's own callback is refused with CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: the log callback runs on the calling thread.
+ckpt_status ckpt_manager_wait_until_finished(ckpt_manager *manager, double timeout_seconds);
+
 // Creates options with TF's defaults: checkpoint name "ckpt", no preservation,
 // no interval, no callbacks. A directory and max_to_keep (or keep-all) must be
 // set before `ckpt_manager_new`.
@@ -1021,8 +1091,11 @@ ckpt_status ckpt_options_set_partial_restore(ckpt_options *options, bool partial
 // Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
 // Threads: one thread at a time per options object.
 // Callbacks: each callback runs later, on the thread that called the manager
-// function running it, during that call; one manager runs its callbacks one at
-// a time. Managers built from the same options share `callback` and
+// function running it, during that call, except that a background save
+// (`ckpt_manager_save_async`) runs its save and delete callbacks on the
+// library's background thread; one manager runs its callbacks one at a time.
+// A callback of a background save that calls into any manager is refused with
+// CKPT_STATUS_REENTRANT_CALL. Managers built from the same options share `callback` and
 // `user_data`, so their callbacks may run at the same time on different
 // threads: make such `user_data` thread-safe, or give each manager options of
 // its own. The finalizer may run on any thread (the one that frees the last
@@ -1033,6 +1106,23 @@ ckpt_status ckpt_options_set_save_callback(ckpt_options *options,
                                            ckpt_save_callback callback,
                                            void *user_data,
                                            ckpt_finalizer finalizer);
+
+// Sets the prepare callback (see `ckpt_prepare_callback`).
+//
+// Ownership: `options` is borrowed. On CKPT_STATUS_OK the library owns
+// `user_data` (see `ckpt_options_set_save_callback`); on error it stays the
+// caller's.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`).
+// Threads: one thread at a time per options object.
+// Callbacks: the prepare callback runs later, on the thread that called the
+// save, during that call, even for a background save; a replaced or cleared
+// callback's finalizer runs here, on the calling thread, if nothing else holds
+// it.
+ckpt_status ckpt_options_set_prepare_callback(ckpt_options *options,
+                                              ckpt_prepare_callback callback,
+                                              void *user_data,
+                                              ckpt_finalizer finalizer);
 
 // Sets the restore callback used by `ckpt_manager_restore_or_initialize`.
 //

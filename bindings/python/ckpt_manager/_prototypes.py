@@ -23,6 +23,7 @@ class ckpt_string_list(ctypes.Structure):
 
 ckpt_save_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
 ckpt_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+ckpt_prepare_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64)
 ckpt_restore_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
 ckpt_init_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 ckpt_step_counter_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64))
@@ -69,6 +70,8 @@ FUNCTIONS = (
     ('ckpt_manager_unpin', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p)),
     ('ckpt_manager_best', ctypes.c_uint32, (ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))),
     ('ckpt_manager_checkpoint_info', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p))),
+    ('ckpt_manager_save_async', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))),
+    ('ckpt_manager_wait_until_finished', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
     ('ckpt_options_new', ctypes.c_uint32, (ctypes.POINTER(ctypes.c_void_p),)),
     ('ckpt_options_free', None, (ctypes.c_void_p,)),
     ('ckpt_options_set_directory', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p)),
@@ -85,6 +88,7 @@ FUNCTIONS = (
     ('ckpt_options_set_verify_checksums', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_bool)),
     ('ckpt_options_set_partial_restore', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_bool)),
     ('ckpt_options_set_save_callback', ctypes.c_uint32, (ctypes.c_void_p, ckpt_save_callback, ctypes.c_void_p, ckpt_finalizer)),
+    ('ckpt_options_set_prepare_callback', ctypes.c_uint32, (ctypes.c_void_p, ckpt_prepare_callback, ctypes.c_void_p, ckpt_finalizer)),
     ('ckpt_options_set_restore_callback', ctypes.c_uint32, (ctypes.c_void_p, ckpt_restore_callback, ctypes.c_void_p, ckpt_finalizer)),
     ('ckpt_options_set_init_callback', ctypes.c_uint32, (ctypes.c_void_p, ckpt_init_callback, ctypes.c_void_p, ckpt_finalizer)),
     ('ckpt_options_set_step_counter_callback', ctypes.c_uint32, (ctypes.c_void_p, ckpt_step_counter_callback, ctypes.c_void_p, ckpt_finalizer)),

@@ -18,6 +18,7 @@ STATUSES = (
     ('READ_ONLY', 10, 'The manager was opened read-only and the call would write.'),
     ('NO_MANIFEST', 11, 'The checkpoint has files but no manifest (another tool wrote it), or only one of an earlier save (another tool saved it again), so it cannot be verified.'),
     ('TENSOR_MISMATCH', 12, "The registered tensors do not match the checkpoint's: a name, dtype or shape differs, or a tensor is on one side only (see the message). Nothing was restored."),
+    ('TIMEOUT', 13, '`ckpt_manager_wait_until_finished` timed out: the background save is still running.'),
 )
 
 OK = 0
@@ -33,6 +34,7 @@ LOCKED = 9
 READ_ONLY = 10
 NO_MANIFEST = 11
 TENSOR_MISMATCH = 12
+TIMEOUT = 13
 
 # ckpt_dtype: safetensors dtype name -> value
 DTYPES = {
