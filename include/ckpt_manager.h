@@ -22,8 +22,10 @@
  *    a ckpt_options belongs to one thread at a time.
  *
  * Callbacks and exceptions. A callback runs on the thread that called the
- * manager function running it, during that call; one manager runs its
- * callbacks one at a time. Managers built from one ckpt_options share its
+ * manager function running it, during that call, except the save and
+ * delete callbacks of a background save (ckpt_manager_save_async), which
+ * run on the library's background thread after the call; one manager runs
+ * its callbacks one at a time. Managers built from one ckpt_options share its
  * callbacks and their user_data, so those may run at the same time on
  * different threads. A callback must not unwind (a C++ exception, longjmp)
  * through the library. To carry a callback's exception across the C
@@ -42,6 +44,9 @@
  *     commit): the binding reports their exception once the call returns,
  *     whatever it returned (C++ rethrows it; Python warns if the call
  *     succeeded).
+ *  4. A background save's callbacks run with no call open: the binding
+ *     keeps their exception with the manager, and the call that returns
+ *     that save's failure (CKPT_STATUS_CALLBACK_FAILED) rethrows it.
  */
 
 #ifndef CKPT_MANAGER_H
