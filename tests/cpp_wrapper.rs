@@ -106,6 +106,11 @@ cases!(
     threads,
     shared_options_threads,
     reset_inside_callback,
+    keep_best_and_metrics,
+    keep_period_and_pins,
+    checkpoint_info_json,
+    timed_and_requested_saves,
+    preemption,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

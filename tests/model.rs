@@ -19,18 +19,16 @@
 //! is a multiple of 0.25 h, so every timestamp and every `hours * 3600` is
 //! exact and comparisons need no tolerance.
 
+mod support;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
-use ckpt_manager::{
-    get_checkpoint_state, Callbacks, CheckpointManager, CheckpointState, Config, LogLevel,
-    MaxToKeep,
-};
+use ckpt_manager::{get_checkpoint_state, CheckpointState, Config, MaxToKeep};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use support::harness::{proptest_config, Harness};
 
 // ---------------------------------------------------------------------------
 // Operations
@@ -358,61 +356,13 @@ impl Model {
 // ---------------------------------------------------------------------------
 // The real manager
 
-struct Harness {
-    directory: PathBuf,
-    clock: Arc<Mutex<f64>>,
-    warnings: Arc<Mutex<Vec<String>>>,
-    manager: Option<CheckpointManager>,
-}
-
-impl Harness {
-    fn open(&mut self, options: Options) -> Result<(), TestCaseError> {
-        self.manager = None; // drop the old one first
-        let mut config = Config::new(&self.directory, options.max_to_keep)
-            .map_err(|e| TestCaseError::fail(format!("Config::new: {e}")))?;
-        config
-            .set_keep_checkpoint_every_n_hours(options.hours())
-            .map_err(|e| TestCaseError::fail(format!("hours: {e}")))?;
-        let clock = Arc::clone(&self.clock);
-        let warnings = Arc::clone(&self.warnings);
-        let callbacks = Callbacks::new()
-            .on_save(|prefix: &Path, number: u64| {
-                for suffix in [".index", ".data-00000-of-00001"] {
-                    let mut path = OsString::from(prefix.as_os_str());
-                    path.push(suffix);
-                    std::fs::write(&path, format!("checkpoint {number}"))?;
-                }
-                Ok(())
-            })
-            .clock(move || *clock.lock().unwrap())
-            .log(move |level, message| {
-                if level == LogLevel::Warning {
-                    warnings.lock().unwrap().push(message.to_string());
-                }
-            });
-        let manager = CheckpointManager::new(config, callbacks)
-            .map_err(|e| TestCaseError::fail(format!("CheckpointManager::new: {e}")))?;
-        self.manager = Some(manager);
-        Ok(())
-    }
-
-    fn manager(&mut self) -> &mut CheckpointManager {
-        self.manager.as_mut().unwrap()
-    }
-
-    fn files(&self) -> BTreeSet<String> {
-        match std::fs::read_dir(&self.directory) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => panic!("listing {}: {e}", self.directory.display()),
-            Ok(entries) => entries
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect(),
-        }
-    }
-
-    fn warning_count(&self) -> usize {
-        self.warnings.lock().unwrap().len()
-    }
+fn config(directory: &Path, options: Options) -> Result<Config, TestCaseError> {
+    let mut config = Config::new(directory, options.max_to_keep)
+        .map_err(|e| TestCaseError::fail(format!("Config::new: {e}")))?;
+    config
+        .set_keep_checkpoint_every_n_hours(options.hours())
+        .map_err(|e| TestCaseError::fail(format!("hours: {e}")))?;
+    Ok(config)
 }
 
 /// State-file paths as text, for readable failure messages.
@@ -527,32 +477,12 @@ fn compare(h: &mut Harness, model: &Model, step: usize) -> Result<(), TestCaseEr
 }
 
 fn run(initial: Options, start_quarters: i64, ops: &[Op]) -> Result<(), TestCaseError> {
-    // tmpfs when there is one: the manager fsyncs on every save, which on a
-    // busy disk would make the run time depend on the machine's load.
-    let shm = Path::new("/dev/shm");
-    let temp = if shm.is_dir() {
-        tempfile::Builder::new()
-            .prefix("ckpt-model")
-            .tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    }
-    .unwrap();
-    // A subdirectory that does not exist yet: opening a writer creates it.
-    let directory = temp.path().join("run");
-    let clock = Arc::new(Mutex::new(start_quarters as f64 / 4.0));
-    let mut h = Harness {
-        directory,
-        clock: Arc::clone(&clock),
-        warnings: Arc::new(Mutex::new(Vec::new())),
-        manager: None,
-    };
-    let now = || *clock.lock().unwrap();
+    let mut h = Harness::new(start_quarters as f64 / 4.0);
 
-    let (mut model, warned) = Model::new(initial, now());
-    h.open(initial)?;
+    let (mut model, warned) = Model::new(initial, h.now());
+    h.open(config(&h.directory, initial)?)?;
     prop_assert_eq!(
-        h.warning_count(),
+        h.warnings().len(),
         usize::from(warned),
         "warnings at the first open"
     );
@@ -561,7 +491,7 @@ fn run(initial: Options, start_quarters: i64, ops: &[Op]) -> Result<(), TestCase
     let mut used: Vec<u64> = Vec::new();
     for (index, op) in ops.iter().enumerate() {
         let step = index + 1;
-        let warnings_before = h.warning_count();
+        let warnings_before = h.warnings().len();
         let mut expected_warnings = 0;
         match *op {
             Op::Save(number) => {
@@ -571,7 +501,7 @@ fn run(initial: Options, start_quarters: i64, ops: &[Op]) -> Result<(), TestCase
                     Number::Reuse(_) if used.is_empty() => None,
                     Number::Reuse(i) => Some(used[i % used.len()]),
                 };
-                let name = model.save(number, now());
+                let name = model.save(number, h.now());
                 used.push(number_of(&name));
                 let saved = h
                     .manager()
@@ -585,15 +515,15 @@ fn run(initial: Options, start_quarters: i64, ops: &[Op]) -> Result<(), TestCase
                 );
             }
             Op::Restart => {
-                expected_warnings = usize::from(model.open(now()));
-                h.open(model.pending)?;
+                expected_warnings = usize::from(model.open(h.now()));
+                h.open(config(&h.directory, model.pending)?)?;
             }
             Op::AdvanceClock(quarters) => {
-                *clock.lock().unwrap() += quarters as f64 / 4.0;
+                h.advance_clock(quarters as f64 / 4.0);
             }
             Op::ChangeOptions(options) => model.pending = options,
         }
-        let warnings = h.warnings.lock().unwrap()[warnings_before..].to_vec();
+        let warnings = h.warnings()[warnings_before..].to_vec();
         prop_assert_eq!(
             warnings.len(),
             expected_warnings,
@@ -609,16 +539,8 @@ fn run(initial: Options, start_quarters: i64, ops: &[Op]) -> Result<(), TestCase
 
 #[test]
 fn manager_matches_the_tf_model() {
-    let config = ProptestConfig {
-        // PROPTEST_CASES=N runs a longer search.
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(256),
-        // Keep tests/ free of regression files; a failure prints the case.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
+    // PROPTEST_CASES=N runs a longer search.
+    let config = proptest_config(256);
     let strategy = (
         options_strategy(),
         // 1e6 s .. 1.8e9 s, in quarter seconds: large, exact, positive even

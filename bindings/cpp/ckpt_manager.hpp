@@ -5,6 +5,8 @@
 //    throws ckpt::Error when the library refuses the value.
 //  - ckpt::Manager is a move-only RAII handle over ckpt_manager; a
 //    moved-from Manager is empty (its calls throw CKPT_STATUS_NULL_ARGUMENT).
+//  - ckpt::SaveArgs is a move-only builder over ckpt_save_args, for
+//    Manager::save_with (a number, the interval check, metrics, metadata).
 //  - Every failure is a ckpt::Error (a std::runtime_error) carrying the
 //    ckpt_status and the library's message.
 //  - Callbacks are std::function. An exception a callback throws is caught
@@ -38,6 +40,7 @@
 #ifndef CKPT_MANAGER_HPP
 #define CKPT_MANAGER_HPP
 
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -354,6 +357,25 @@ class Options {
     check(ckpt_options_set_partial_restore(options_, partial));
     return *this;
   }
+  // Also keep the best `k` (> 0) checkpoints by the metric `metric` that
+  // saves record (SaveArgs::metric), smaller or larger being better by
+  // `mode`; a save without the metric, or with NaN, is never among the best,
+  // and of equal values the newer wins. The retention rules are a union.
+  Options& keep_best(const std::string& metric, ckpt_metric mode, size_t k) {
+    check(ckpt_options_set_keep_best(options_, metric.c_str(), static_cast<uint32_t>(mode), k));
+    return *this;
+  }
+  // Also keep every checkpoint whose number is a multiple of `period` (0: off).
+  Options& keep_period(uint64_t period) {
+    check(ckpt_options_set_keep_period(options_, period));
+    return *this;
+  }
+  // Save (with the interval checked) at most once every `seconds` by the
+  // clock (0: off); with checkpoint_interval too, both must have passed.
+  Options& save_interval_seconds(double seconds) {
+    check(ckpt_options_set_save_interval_seconds(options_, seconds));
+    return *this;
+  }
 
   // Writes checkpoint `number`: every file named `prefix` or
   // `prefix.<suffix>` (the save's staging prefix; the files move into place
@@ -417,6 +439,65 @@ class Options {
 };
 
 // ---------------------------------------------------------------------------
+// SaveArgs
+
+// The arguments of one Manager::save_with: by default those of save() (the
+// next number, the interval checked, no metrics, no metadata). Each setter
+// returns *this and throws Error for a value the library refuses (e.g. an
+// empty metric name, or metadata that is not a JSON object:
+// CKPT_STATUS_INVALID_ARGUMENT), leaving the arguments unchanged. One
+// SaveArgs may serve many saves. Move-only; a moved-from SaveArgs is empty
+// and its setters throw CKPT_STATUS_NULL_ARGUMENT.
+class SaveArgs {
+ public:
+  SaveArgs() {
+    ckpt_save_args* args = nullptr;
+    check(ckpt_save_args_new(&args));
+    args_ = args;
+  }
+  ~SaveArgs() { ckpt_save_args_free(args_); }
+  SaveArgs(SaveArgs&& other) noexcept : args_(std::exchange(other.args_, nullptr)) {}
+  SaveArgs& operator=(SaveArgs&& other) noexcept {
+    if (this != &other) {
+      ckpt_save_args_free(args_);
+      args_ = std::exchange(other.args_, nullptr);
+    }
+    return *this;
+  }
+  SaveArgs(const SaveArgs&) = delete;
+  SaveArgs& operator=(const SaveArgs&) = delete;
+
+  // Saves as `number` instead of the save counter's next value.
+  SaveArgs& checkpoint_number(uint64_t number) {
+    check(ckpt_save_args_set_checkpoint_number(args_, number));
+    return *this;
+  }
+  // Whether the step and time intervals may skip the save (default true).
+  SaveArgs& check_interval(bool check_interval) {
+    check(ckpt_save_args_set_check_interval(args_, check_interval));
+    return *this;
+  }
+  // Records `name` = `value` in the checkpoint's manifest (NaN and
+  // infinities too); setting a name again replaces its value.
+  SaveArgs& metric(const std::string& name, double value) {
+    check(ckpt_save_args_set_metric(args_, name.c_str(), value));
+    return *this;
+  }
+  // Records the user's metadata, a JSON object of at most 1 MiB, in the
+  // checkpoint's manifest; replaces metadata set before.
+  SaveArgs& metadata_json(const std::string& json) {
+    check(ckpt_save_args_set_metadata_json(args_, json.c_str()));
+    return *this;
+  }
+
+  // The C object, still owned by this SaveArgs.
+  const ckpt_save_args* get() const noexcept { return args_; }
+
+ private:
+  ckpt_save_args* args_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------
 // Manager
 
 // A checkpoint manager (tf.train.CheckpointManager). Move-only.
@@ -453,27 +534,70 @@ class Manager {
   // on_delete).
   std::optional<std::string> save(std::optional<uint64_t> number = std::nullopt,
                                   bool check_interval = true) {
-    detail::OwnedString prefix;
-    detail::call([&] {
-      char* out = nullptr;
-      ckpt_status status = ckpt_manager_save(manager_, number ? &*number : nullptr,
-                                             check_interval, &out);
-      prefix.reset(out);
-      return status;
-    }, manager_);
-    return detail::to_optional(prefix);
+    return optional_string([&](char** out) {
+      return ckpt_manager_save(manager_, number ? &*number : nullptr, check_interval, out);
+    });
+  }
+
+  // save() with the arguments of `args`, which may record metrics and
+  // metadata in the checkpoint's manifest.
+  std::optional<std::string> save_with(const SaveArgs& args) {
+    return optional_string([&](char** out) {
+      return ckpt_manager_save_with(manager_, args.get(), out);
+    });
+  }
+
+  // Whether save() (with the interval checked) would save now: a save was
+  // requested, or the step and time intervals have passed. Saves nothing;
+  // runs the step counter and clock callbacks.
+  bool should_save() {
+    bool should = false;
+    detail::call([&] { return ckpt_manager_should_save(manager_, &should); }, manager_);
+    return should;
+  }
+
+  // Makes the next save go ahead whatever the intervals say (never twice at
+  // one step); the request stands until a save goes through. On a
+  // non-empty Manager it only sets a flag, so a signal handler may call it;
+  // on an empty one it throws CKPT_STATUS_NULL_ARGUMENT.
+  void request_save() const {
+    if (ckpt_manager_request_save(manager_) != CKPT_STATUS_OK) {
+      // The library sets no message here (it is async-signal-safe).
+      throw Error(CKPT_STATUS_NULL_ARGUMENT, "request_save on an empty ckpt::Manager");
+    }
+  }
+
+  // Keeps the managed checkpoint `prefix` through every sweep until
+  // unpin(); recorded in its manifest, so it survives restarts. Throws
+  // CKPT_STATUS_INVALID_ARGUMENT if `prefix` is not managed.
+  void pin(const std::string& prefix) {
+    detail::call([&] { return ckpt_manager_pin(manager_, prefix.c_str()); }, manager_);
+  }
+
+  // Undoes pin(); deletes nothing now (the next save's sweep may).
+  void unpin(const std::string& prefix) {
+    detail::call([&] { return ckpt_manager_unpin(manager_, prefix.c_str()); }, manager_);
+  }
+
+  // The best managed checkpoint by the keep_best metric, or nullopt when
+  // none recorded it. Throws CKPT_STATUS_INVALID_ARGUMENT without keep_best.
+  std::optional<std::string> best() const {
+    return optional_string([&](char** out) { return ckpt_manager_best(manager_, out); });
+  }
+
+  // What is known of the checkpoint at `prefix`, as the JSON object of
+  // ckpt_manager_checkpoint_info (number, step, timestamp, metrics,
+  // metadata, pinned, managed, latest, has_manifest, files, total_size).
+  // Throws CKPT_STATUS_INVALID_ARGUMENT if there is no such checkpoint.
+  std::string checkpoint_info(const std::string& prefix) const {
+    return optional_string([&](char** out) {
+             return ckpt_manager_checkpoint_info(manager_, prefix.c_str(), out);
+           }).value_or(std::string());
   }
 
   // The latest checkpoint's prefix, or nullopt when there is none.
   std::optional<std::string> latest() const {
-    detail::OwnedString prefix;
-    detail::call([&] {
-      char* out = nullptr;
-      ckpt_status status = ckpt_manager_latest(manager_, &out);
-      prefix.reset(out);
-      return status;
-    }, manager_);
-    return detail::to_optional(prefix);
+    return optional_string([&](char** out) { return ckpt_manager_latest(manager_, out); });
   }
 
   // The managed checkpoints' prefixes, oldest first.
@@ -492,26 +616,14 @@ class Manager {
   // on_restore) and returns its prefix, or runs on_init and returns
   // nullopt when there is none.
   std::optional<std::string> restore_or_initialize() {
-    detail::OwnedString prefix;
-    detail::call([&] {
-      char* out = nullptr;
-      ckpt_status status = ckpt_manager_restore_or_initialize(manager_, &out);
-      prefix.reset(out);
-      return status;
-    }, manager_);
-    return detail::to_optional(prefix);
+    return optional_string(
+        [&](char** out) { return ckpt_manager_restore_or_initialize(manager_, out); });
   }
 
   // The directory, as given in the options.
   std::string directory() const {
-    detail::OwnedString path;
-    detail::call([&] {
-      char* out = nullptr;
-      ckpt_status status = ckpt_manager_directory(manager_, &out);
-      path.reset(out);
-      return status;
-    }, manager_);
-    return path ? std::string(path.get()) : std::string();
+    return optional_string([&](char** out) { return ckpt_manager_directory(manager_, out); })
+        .value_or(std::string());
   }
 
   uint64_t save_counter() const {
@@ -576,11 +688,38 @@ class Manager {
   }
 
  private:
+  // Runs `c_call(char** out)` on this manager; its string, or nullopt for NULL.
+  template <class F>
+  std::optional<std::string> optional_string(F&& c_call) const {
+    detail::OwnedString string;
+    detail::call([&] {
+      char* out = nullptr;
+      ckpt_status status = c_call(&out);
+      string.reset(out);
+      return status;
+    }, manager_);
+    return detail::to_optional(string);
+  }
+
   ckpt_manager* manager_ = nullptr;
 };
 
 // ---------------------------------------------------------------------------
 // Functions without a manager
+
+// Installs a handler for `signum` after which every manager's next save
+// goes ahead whatever its intervals say and preemption_requested() is true.
+// A handler installed before is called after it (unless it was the default
+// action or "ignore"): the signal no longer ends the process. Throws
+// CKPT_STATUS_INVALID_ARGUMENT for SIGKILL, SIGSTOP, SIGABRT, a fault
+// signal or a number that is no signal.
+inline void install_preemption_handler(int signum = SIGTERM) {
+  detail::call([&] { return ckpt_install_preemption_handler(signum); });
+}
+
+// Whether a signal handled by install_preemption_handler has arrived (for
+// good: it never resets). Async-signal-safe.
+inline bool preemption_requested() noexcept { return ckpt_preemption_requested(); }
 
 // The library's version, "MAJOR.MINOR.PATCH".
 inline std::string version() { return ckpt_version(); }

@@ -188,8 +188,9 @@ def render_prototypes(header_text):
                      "import ctypes", "", "# #define constants and enumerators"]
     for name, value in re.findall(r"^#define\s+(CKPT_\w+)\s+(\d+)\s*$", header_text, re.M):
         out.append("%s = %s" % (name, value))
-    for name, value, _ in parse_enum(header_text, "ckpt_log_level", "CKPT_LOG_LEVEL"):
-        out.append("CKPT_LOG_LEVEL_%s = %d" % (name, value))
+    for enum, prefix in (("ckpt_log_level", "CKPT_LOG_LEVEL"), ("ckpt_metric", "CKPT_METRIC")):
+        for name, value, _ in parse_enum(header_text, enum, prefix):
+            out.append("%s_%s = %d" % (prefix, name, value))
     for name, fields in types.structs.items():
         out += ["", "", "class %s(ctypes.Structure):" % name, "    _fields_ = ["]
         for field in fields.split(";"):

@@ -4,6 +4,8 @@
 #include "ckpt_manager.hpp"
 
 #include <atomic>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -745,6 +747,197 @@ void reset_inside_callback(const std::string& workdir) {
   CHECK(!manager);
 }
 
+// Advances the clock and saves with the metric "loss", or with another
+// metric only when `loss` is nullopt.
+std::optional<std::string> save_loss(World& world, ckpt::Manager& manager,
+                                     std::optional<double> loss) {
+  world.now += 10;
+  ckpt::SaveArgs args;
+  if (loss) {
+    args.metric("loss", *loss);
+  } else {
+    args.metric("accuracy", 0.5);
+  }
+  return manager.save_with(args);
+}
+
+std::string listed(const std::string& dir) {
+  return joined(base_names(ckpt::get_checkpoint_state(dir).value().all_model_checkpoint_paths));
+}
+
+// Best-k by a metric next to max_to_keep: NaN and a missing metric never
+// rank, ties keep the newer, and a reopened manager ranks as before.
+void keep_best_and_metrics(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  {
+    ckpt::Manager manager(world.options(dir, 1).keep_best("loss", CKPT_METRIC_MIN, 2));
+    CHECK(!manager.best().has_value());
+    const std::optional<double> losses[] = {0.5, nan, std::nullopt, 0.3, 0.9, 0.3};
+    for (const auto& loss : losses) CHECK(save_loss(world, manager, loss).has_value());
+    // Newest (6), best two by loss: 6 and 4 (tied at 0.3; the newer first).
+    CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-4 ckpt-6");
+    CHECK_EQ(base_name(manager.best().value_or("none")), "ckpt-6");
+  }
+  CHECK_EQ(listed(dir), "ckpt-4 ckpt-6");
+  for (int gone : {1, 2, 3, 5}) {
+    CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-" + std::to_string(gone)));
+  }
+  {
+    ckpt::Manager manager(world.options(dir, 1).keep_best("loss", CKPT_METRIC_MIN, 2));
+    CHECK_EQ(base_name(manager.best().value_or("none")), "ckpt-6");
+    save_loss(world, manager, 0.4);  // 7: 4 and 6 stay the best two
+    CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-4 ckpt-6 ckpt-7");
+  }
+
+  ckpt::Options options;
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", options.keep_best("loss", CKPT_METRIC_MIN, 0));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", options.keep_best("", CKPT_METRIC_MAX, 1));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "",
+               options.keep_best("loss", static_cast<ckpt_metric>(7), 1));
+  ckpt::SaveArgs args;
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", args.metric("", 1.0));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", args.metadata_json("[1, 2]"));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", args.metadata_json("{\"open\": "));
+  ckpt::SaveArgs moved(std::move(args));
+  CHECK(args.get() == nullptr);
+  EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", args.metric("loss", 1.0));
+  // Without keep_best there is no best.
+  ckpt::Manager plain(ckpt::Options().directory(workdir + "/plain").keep_all());
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", plain.best());
+}
+
+// keep_period and pins next to max_to_keep; a pin is in the manifest on
+// disk and survives reopening; unpin deletes nothing until the next save.
+void keep_period_and_pins(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  {
+    ckpt::Manager manager(world.options(dir, 1).keep_period(3));
+    for (int i = 0; i < 4; ++i) manager.save();
+    CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-3 ckpt-4");
+    manager.pin(dir + "/ckpt-4");
+    manager.save();
+    CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-3 ckpt-4 ckpt-5");
+    EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.pin(dir + "/ckpt-1"));  // deleted
+    EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.unpin(dir + "/ckpt-9"));
+  }
+  CHECK(contains(read_file(dir + "/ckpt-4.ckpt-manifest.json"), "\"pinned\": true"));
+  {
+    ckpt::Manager reader(world.options(dir, 1).read_only());
+    EXPECT_ERROR(CKPT_STATUS_READ_ONLY, "", reader.unpin(dir + "/ckpt-4"));
+  }
+  {
+    ckpt::Manager manager(world.options(dir, 1).keep_period(3));
+    manager.save();  // 6
+    CHECK_EQ(listed(dir), "ckpt-3 ckpt-4 ckpt-6");
+    manager.unpin(dir + "/ckpt-4");
+    CHECK(!contains(read_file(dir + "/ckpt-4.ckpt-manifest.json"), "pinned"));
+    CHECK(ckpt::checkpoint_exists(dir + "/ckpt-4"));
+    manager.save();  // 7
+  }
+  CHECK_EQ(listed(dir), "ckpt-3 ckpt-6 ckpt-7");
+  CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-4"));
+  // keep_period's only failure: an empty Options.
+  ckpt::Options source;
+  ckpt::Options target(std::move(source));
+  target.keep_period(0);  // off
+  EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", source.keep_period(2));
+}
+
+// checkpoint_info's JSON holds what save_with recorded and what is on disk.
+void checkpoint_info_json(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  world.value = 2.5;
+  ckpt::Manager manager(world.options(dir).step_counter([&] { return world.step; }));
+  world.step = 42;
+  const std::string prefix =
+      manager
+          .save_with(ckpt::SaveArgs()
+                         .checkpoint_number(5)
+                         .check_interval(false)
+                         .metric("loss", 0.25)
+                         .metric("loss", 0.125)  // a name set again takes the new value
+                         .metric("nan", std::numeric_limits<double>::quiet_NaN())
+                         .metric("up", HUGE_VAL)
+                         .metadata_json("{\"epoch\": 3}"))
+          .value_or("none");
+  CHECK_EQ(prefix, dir + "/ckpt-5");
+  const std::string size = std::to_string(read_file(prefix + ".model").size());
+  CHECK_EQ(manager.checkpoint_info(prefix),
+           "{\"prefix\":\"" + prefix +
+               "\",\"number\":5,\"step\":42,\"timestamp\":1000.0,"
+               "\"metrics\":{\"loss\":0.125,\"nan\":\"NaN\",\"up\":\"Infinity\"},"
+               "\"metadata\":{\"epoch\":3},\"pinned\":false,\"managed\":true,"
+               "\"latest\":true,\"has_manifest\":true,"
+               "\"files\":[{\"suffix\":\".model\",\"size\":" + size + "}],"
+               "\"total_size\":" + size + "}");
+  manager.pin(prefix);
+  CHECK(contains(manager.checkpoint_info(prefix), "\"pinned\":true"));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", manager.checkpoint_info(dir + "/ckpt-9"));
+}
+
+// save_interval_seconds by the clock, should_save, and request_save.
+void timed_and_requested_saves(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  ckpt::Options options = world.options(dir, 5);
+  options.save_interval_seconds(60);
+  {
+    ckpt::Manager manager(options);
+    CHECK(manager.should_save());
+    CHECK_EQ(world.saves, 0);  // asking saves nothing
+    CHECK_EQ(base_name(manager.save().value_or("none")), "ckpt-1");
+    world.now = 1059;
+    CHECK(!manager.should_save());
+    CHECK(!manager.save().has_value());
+    manager.request_save();
+    CHECK(manager.should_save());
+    CHECK_EQ(base_name(manager.save().value_or("none")), "ckpt-2");  // at 1059
+    CHECK(!manager.save().has_value());  // the request was used up
+    world.now = 1119;
+    CHECK(manager.should_save());
+    CHECK_EQ(base_name(manager.save_with(ckpt::SaveArgs()).value_or("none")), "ckpt-3");
+  }
+  world.now = 1150;
+  ckpt::Manager manager(options);  // counts from the latest checkpoint's time
+  CHECK(!manager.should_save());
+  CHECK_EQ(world.saves, 3);
+
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", options.save_interval_seconds(-1));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "",
+               options.save_interval_seconds(std::numeric_limits<double>::quiet_NaN()));
+  ckpt::Manager reader(world.options(dir).read_only());
+  EXPECT_ERROR(CKPT_STATUS_READ_ONLY, "", reader.should_save());
+  ckpt::Manager moved(std::move(reader));
+  EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "empty", reader.request_save());
+}
+
+// Its own process (every case is): the handler and its count are global.
+void preemption(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  ckpt::Options options = world.options(dir, 5);
+  options.save_interval_seconds(3600);
+  ckpt::Manager manager(options);
+  CHECK(manager.save().has_value());
+  world.now += 10;
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::install_preemption_handler(SIGKILL));
+  ckpt::install_preemption_handler(SIGUSR1);
+  CHECK(!ckpt::preemption_requested());
+  CHECK(!manager.save().has_value());
+  // raise() returns after the handler ran; without it SIGUSR1 would end
+  // the process.
+  CHECK_EQ(std::raise(SIGUSR1), 0);
+  CHECK(ckpt::preemption_requested());
+  CHECK(manager.should_save());
+  CHECK_EQ(base_name(manager.save().value_or("none")), "ckpt-2");
+  CHECK(!manager.save().has_value());  // one save per signal
+  CHECK(ckpt::preemption_requested());  // for good
+}
+
 struct Case {
   const char* name;
   void (*run)(const std::string& workdir);
@@ -768,6 +961,11 @@ const Case cases[] = {
     {"threads", threads},
     {"shared_options_threads", shared_options_threads},
     {"reset_inside_callback", reset_inside_callback},
+    {"keep_best_and_metrics", keep_best_and_metrics},
+    {"keep_period_and_pins", keep_period_and_pins},
+    {"checkpoint_info_json", checkpoint_info_json},
+    {"timed_and_requested_saves", timed_and_requested_saves},
+    {"preemption", preemption},
 };
 
 }  // namespace

@@ -1,7 +1,10 @@
 //! Builds C and C++ programs against the checked-in header and the
-//! library `cargo test` just built, and runs them.
+//! library `cargo test` just built, and runs them; `harness` drives the
+//! manager for the model-based tests.
 
 #![allow(dead_code)] // Each test crate uses part of this module.
+
+pub mod harness;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

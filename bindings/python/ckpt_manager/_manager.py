@@ -1,9 +1,14 @@
 """CheckpointManager and the module-level functions, over the C API."""
+import collections.abc
 import ctypes
 import dataclasses
+import json
 import logging
+import math
+import numbers
 import operator
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -79,6 +84,38 @@ def _to_int(value, what):
     if as_int != value:
         raise TypeError("%s must be an integer, not %r" % (what, value))
     return as_int
+
+
+def _to_unsigned(value, what, bits):
+    """_to_int, checked to fit a C unsigned integer of `bits` bits (ctypes
+    would wrap it silently)."""
+    number = _to_int(value, what)
+    if number < 0 or number >= 1 << bits:
+        raise InvalidArgumentError("%s must be in [0, 2**%d), not %d" % (what, bits, number),
+                                   InvalidArgumentError.status)
+    return number
+
+
+def _to_metric(value, name):
+    """A metric's value as a float: a real number, or a NumPy/TF scalar."""
+    if hasattr(value, "numpy"):
+        value = value.numpy()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("metric %r must be a real number, not %r" % (name, value))
+    return float(value)
+
+
+# How checkpoint_info's JSON spells the metric values JSON has no number for.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _json_path(value):
+    """A path of checkpoint_info's JSON: a string, or an array of byte values
+    when the path is not UTF-8."""
+    return os.fsdecode(bytes(value)) if isinstance(value, list) else value
+
+
+_METRIC_MODES = {"min": _lib.CKPT_METRIC_MIN, "max": _lib.CKPT_METRIC_MAX}
 
 
 def _string_arg(pointer):
@@ -226,6 +263,17 @@ class CheckpointManager:
     deletion, `log_fn(level, message)` receives warnings with a `logging`
     level (default: the "ckpt_manager" logger), `last_checkpoint_step` as in TF.
 
+    Retention beyond TF (a checkpoint is kept if any rule keeps it):
+    `keep_best=k` with `best_metric=name` also keeps the k best checkpoints
+    by the metric that save(metrics=...) records, smaller is better with
+    `best_mode="min"`, larger with "max" (a save without the metric, or with
+    NaN, is never among the best; of equal values the newer); `keep_period=n`
+    keeps every checkpoint whose number is a multiple of n; pin() keeps one
+    until unpin(). Metrics, metadata and pins live in each checkpoint's
+    manifest, so all of it survives a restart. `save_interval_seconds` lets
+    save() go ahead at most that often by `clock` (with `checkpoint_interval`
+    too, both must have passed).
+
     Close it with close() or a `with` block; garbage collection closes it too.
     """
 
@@ -233,7 +281,9 @@ class CheckpointManager:
                  checkpoint_name="ckpt", step_counter=None, checkpoint_interval=None,
                  init_fn=None, last_checkpoint_step=None, *, save_fn=None, restore_fn=None,
                  checkpoint=None, clock=None, read_only=False, verify_checksums=True,
-                 partial_restore=False, delete_fn=None, log_fn=None):
+                 partial_restore=False, delete_fn=None, log_fn=None, keep_best=None,
+                 best_metric=None, best_mode="min", keep_period=None,
+                 save_interval_seconds=None):
         self._handle = None
         self._arrays = {}
         self._callbacks = []
@@ -251,6 +301,14 @@ class CheckpointManager:
                 raise TypeError("%s must be callable, not %r" % (name, fn))
         self._checkpoint_interval = (None if checkpoint_interval is None
                                      else _to_int(checkpoint_interval, "checkpoint_interval"))
+        if (keep_best is None) != (best_metric is None):
+            raise InvalidArgumentError(
+                "keep_best and best_metric go together: keep the best k (keep_best=k) by the "
+                "metric named best_metric; got keep_best=%r, best_metric=%r"
+                % (keep_best, best_metric), InvalidArgumentError.status)
+        if best_mode not in _METRIC_MODES:
+            raise InvalidArgumentError("best_mode must be \"min\" or \"max\", not %r"
+                                       % (best_mode,), InvalidArgumentError.status)
 
         options = ctypes.c_void_p()
         _check(_lib.ckpt_options_new(ctypes.byref(options)))
@@ -275,6 +333,16 @@ class CheckpointManager:
             _check(_lib.ckpt_options_set_read_only(options, bool(read_only)))
             _check(_lib.ckpt_options_set_verify_checksums(options, bool(verify_checksums)))
             _check(_lib.ckpt_options_set_partial_restore(options, bool(partial_restore)))
+            if keep_best is not None:
+                _check(_lib.ckpt_options_set_keep_best(
+                    options, _encode_text(best_metric, "best_metric"), _METRIC_MODES[best_mode],
+                    _to_unsigned(keep_best, "keep_best", 8 * ctypes.sizeof(ctypes.c_size_t))))
+            if keep_period is not None:
+                _check(_lib.ckpt_options_set_keep_period(
+                    options, _to_unsigned(keep_period, "keep_period", 64)))
+            if save_interval_seconds is not None:
+                _check(_lib.ckpt_options_set_save_interval_seconds(
+                    options, float(save_interval_seconds)))
             keys = []
             for setter, cfunc in _trampolines(
                     self._pending, save_fn=save_fn, restore_fn=restore_fn, init_fn=init_fn,
@@ -337,16 +405,43 @@ class CheckpointManager:
 
     # -- TF's API
 
-    def save(self, checkpoint_number=None, check_interval=True):
-        """Saves a checkpoint; returns its prefix, or None when the interval skipped it."""
-        number_p = None
-        if checkpoint_number is not None:
-            number = _to_int(checkpoint_number, "checkpoint_number")
-            if number < 0 or number >= 1 << 64:
-                raise InvalidArgumentError(
-                    "checkpoint_number must be in [0, 2**64), not %d" % number,
-                    InvalidArgumentError.status)
-            number_p = ctypes.byref(ctypes.c_uint64(number))
+    def save(self, checkpoint_number=None, check_interval=True, metrics=None, metadata=None):
+        """Saves a checkpoint; returns its prefix, or None when the interval skipped it.
+
+        `metrics` ({name: float}, NaN and infinities allowed) and `metadata` (a
+        dict that json.dumps can write) are recorded in the checkpoint's
+        manifest; checkpoint_info() reads them back and `keep_best` ranks by
+        the metric `best_metric`."""
+        number = (None if checkpoint_number is None
+                  else _to_unsigned(checkpoint_number, "checkpoint_number", 64))
+        if metrics is None and metadata is None:
+            return self._save(number, check_interval)
+        args = ctypes.c_void_p()
+        _check(_lib.ckpt_save_args_new(ctypes.byref(args)))
+        try:
+            if number is not None:
+                _check(_lib.ckpt_save_args_set_checkpoint_number(args, number))
+            _check(_lib.ckpt_save_args_set_check_interval(args, bool(check_interval)))
+            if metrics is not None:
+                if not isinstance(metrics, collections.abc.Mapping):
+                    raise TypeError("metrics must be a dict of name: float, not %s"
+                                    % type(metrics).__name__)
+                for name, value in metrics.items():
+                    _check(_lib.ckpt_save_args_set_metric(
+                        args, _encode_text(name, "a metric's name"), _to_metric(value, name)))
+            if metadata is not None:
+                _check(_lib.ckpt_save_args_set_metadata_json(
+                    args, _encode_text(_metadata_json(metadata), "metadata")))
+            out = ctypes.c_void_p()
+            with self._call() as handle:
+                status = _lib.ckpt_manager_save_with(handle, args, ctypes.byref(out))
+                self._raise_for(status)
+        finally:
+            _lib.ckpt_save_args_free(args)
+        return _take_string(out.value)
+
+    def _save(self, number, check_interval):
+        number_p = None if number is None else ctypes.byref(ctypes.c_uint64(number))
         out = ctypes.c_void_p()
         with self._call() as handle:
             status = _lib.ckpt_manager_save(handle, number_p, bool(check_interval),
@@ -398,6 +493,65 @@ class CheckpointManager:
         return self._checkpoint_interval
 
     # -- beyond TF
+
+    @property
+    def best_checkpoint(self):
+        """The best managed checkpoint's prefix by `best_metric` (of equal
+        values the newer), or None when none recorded the metric (or all
+        recorded NaN). InvalidArgumentError without `keep_best`."""
+        out = ctypes.c_void_p()
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_best(handle, ctypes.byref(out)))
+        return _take_string(out.value)
+
+    def pin(self, prefix):
+        """Keeps the managed checkpoint `prefix` through every sweep until
+        unpin(); recorded in its manifest, so it survives a restart.
+        InvalidArgumentError if `prefix` is not on the managed list."""
+        encoded = _encode_path(prefix, "prefix")
+        with self._call() as handle:
+            self._raise_for(_lib.ckpt_manager_pin(handle, encoded))
+
+    def unpin(self, prefix):
+        """Undoes pin(); deletes nothing now (the next save's sweep may)."""
+        encoded = _encode_path(prefix, "prefix")
+        with self._call() as handle:
+            self._raise_for(_lib.ckpt_manager_unpin(handle, encoded))
+
+    def checkpoint_info(self, prefix):
+        """What is known of the checkpoint at `prefix`, a dict: prefix, number,
+        step (or None), timestamp, metrics ({name: float}), metadata (the dict
+        saved, or None), pinned, managed, latest, has_manifest, files
+        ([{"suffix", "size"}]) and total_size. InvalidArgumentError if the
+        directory has no checkpoint at `prefix`."""
+        encoded = _encode_path(prefix, "prefix")
+        out = ctypes.c_void_p()
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_checkpoint_info(handle, encoded, ctypes.byref(out)))
+        try:
+            info = json.loads(ctypes.string_at(out.value))
+        finally:
+            _lib.ckpt_string_free(out.value)
+        info["prefix"] = _json_path(info["prefix"])
+        info["metrics"] = {name: _NON_FINITE.get(value, value) if isinstance(value, str)
+                           else value for name, value in info["metrics"].items()}
+        for file in info["files"]:
+            file["suffix"] = _json_path(file["suffix"])
+        return info
+
+    def should_save(self):
+        """Whether save() (checking the intervals) would save now; saves nothing."""
+        out = ctypes.c_bool()
+        with self._call() as handle:
+            self._raise_for(_lib.ckpt_manager_should_save(handle, ctypes.byref(out)))
+        return out.value
+
+    def request_save(self):
+        """Makes the next save() go ahead whatever the intervals say; the
+        request stands until a save goes through. Waits for a call another
+        thread is running on this manager."""
+        with self._call() as handle:
+            _check(_lib.ckpt_manager_request_save(handle))
 
     def verify(self, prefix=None, checksums=True):
         """Checks a checkpoint (default: the latest) against its manifest; raises
@@ -515,6 +669,16 @@ def _numpy():
     return numpy
 
 
+def _metadata_json(metadata):
+    if not isinstance(metadata, collections.abc.Mapping):
+        raise TypeError("metadata must be a dict, not %s" % type(metadata).__name__)
+    try:
+        return json.dumps(dict(metadata), allow_nan=False)
+    except ValueError as exc:  # NaN or an infinity: JSON has no such number
+        raise InvalidArgumentError("metadata cannot be written as JSON: %s" % exc,
+                                   InvalidArgumentError.status) from exc
+
+
 # ----------------------------------------------------- module functions
 
 @dataclasses.dataclass(frozen=True)
@@ -578,6 +742,27 @@ def verify_checkpoint(prefix, checksums=True):
     """Checks the checkpoint at `prefix` against its manifest; raises
     CheckpointDamagedError or NoManifestError if it does not verify."""
     _check(_lib.ckpt_verify_checkpoint(_encode_path(prefix, "prefix"), bool(checksums)))
+
+
+def install_preemption_handler(signum=signal.SIGTERM):
+    """Installs a C-level handler for `signum` that makes the next save() of
+    every manager, open now or later, go ahead whatever its intervals say,
+    and preemption_requested() true. A handler installed before is called
+    after it (unless it was the default action or "ignore"), so the signal no
+    longer ends the process: save, then stop. signal.signal() for the same
+    signal afterwards replaces it. InvalidArgumentError for SIGKILL, SIGSTOP,
+    SIGABRT, a fault signal or a number that is no signal."""
+    number = _to_int(signum, "signum")
+    if not -(1 << 31) <= number < 1 << 31:  # ctypes would wrap it into a valid signal
+        raise InvalidArgumentError("%d is not a signal number" % number,
+                                   InvalidArgumentError.status)
+    _check(_lib.ckpt_install_preemption_handler(number))
+
+
+def preemption_requested():
+    """Whether a signal handled by install_preemption_handler() has arrived:
+    the trainer should save (the save goes ahead) and stop. Never resets."""
+    return bool(_lib.ckpt_preemption_requested())
 
 
 def version():

@@ -58,6 +58,14 @@ def assert_generated(name):
             "ckpt_manager/%s is stale: run python3 bindings/python/generate_from_header.py" % name)
 
 
+def subprocess_env():
+    """The environment of a Python subprocess that imports this package and
+    loads the library the tests load."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PYTHON_DIR + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 class FakeClock:
     """TF's mocked time.time()."""
 

@@ -1,4 +1,4 @@
-"""examples/quickstart.py runs, and the README shows exactly that file."""
+"""The examples run, and the READMEs show exactly those files."""
 import os
 import re
 import subprocess
@@ -6,21 +6,16 @@ import sys
 
 import pytest
 
-from conftest import PYTHON_DIR, REPO
+from conftest import PYTHON_DIR, REPO, subprocess_env
 
 QUICKSTART = os.path.join(PYTHON_DIR, "examples", "quickstart.py")
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = PYTHON_DIR + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+KEEP_BEST = os.path.join(PYTHON_DIR, "examples", "keep_best.py")
 
 
 def test_quickstart_runs(tmp_path):
     directory = tmp_path / "run"
     result = subprocess.run([sys.executable, QUICKSTART, str(directory)], cwd=str(tmp_path),
-                            env=_env(), capture_output=True, text=True, timeout=120)
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "resumed from None at step 0"
@@ -32,20 +27,41 @@ def test_quickstart_runs(tmp_path):
                                                             "optimizer.json", "safetensors")])
 
 
+def test_keep_best_runs(tmp_path):
+    directory = tmp_path / "run"
+    # Its own process: it installs a SIGTERM handler and raises SIGTERM.
+    result = subprocess.run([sys.executable, KEEP_BEST, str(directory)], cwd=str(tmp_path),
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Saves at steps 10..40 (val_loss 1.2, 0.2, 0.8, 1.8), then at the
+    # preemption at 47 (2.5): the newest two and the best two are kept.
+    assert result.stdout.splitlines() == [
+        "preempted at step 47 saved ckpt-5",
+        "kept ['ckpt-2', 'ckpt-3', 'ckpt-4', 'ckpt-5']",
+        "best ckpt-2 step 20 {'val_loss': 0.2} {'epoch': 2}",
+    ]
+    assert sorted(os.listdir(directory)) == sorted(
+        ["checkpoint", "checkpoint.lock"] + ["ckpt-%d.%s" % (n, suffix) for n in (2, 3, 4, 5)
+                                             for suffix in ("ckpt-manifest.json",
+                                                            "safetensors")])
+
+
 def python_blocks(markdown):
     return re.findall(r"^```python\n(.*?)^```$", markdown, re.S | re.M)
 
 
-def _check_readme(path):
+def _check_readme(path, example_path=QUICKSTART):
     with open(path, encoding="utf-8") as f:
         blocks = python_blocks(f.read())
-    with open(QUICKSTART, encoding="utf-8") as f:
+    with open(example_path, encoding="utf-8") as f:
         example = f.read()
-    assert example in blocks, "%s must show examples/quickstart.py exactly" % path
+    assert example in blocks, "%s must show %s exactly" % (
+        path, os.path.relpath(example_path, PYTHON_DIR))
 
 
-def test_bindings_readme_shows_the_example():
-    _check_readme(os.path.join(PYTHON_DIR, "README.md"))
+@pytest.mark.parametrize("example", [QUICKSTART, KEEP_BEST], ids=os.path.basename)
+def test_bindings_readme_shows_the_example(example):
+    _check_readme(os.path.join(PYTHON_DIR, "README.md"), example)
 
 
 def test_project_readme_shows_the_example():
