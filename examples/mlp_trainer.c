@@ -15,6 +15,12 @@
  * at any instant (even by SIGKILL) and started again resumes from the
  * latest checkpoint and ends with the bits of a run straight through.
  *
+ * With --async the saves go to the library's background thread
+ * (ckpt_manager_save_async): the call copies the registered tensors and
+ * returns, and training goes on while the checkpoint is written. A save's
+ * line is printed once it is committed (the next save or a wait says so),
+ * so a printed save is never lost. The results are the same bits.
+ *
  * Preemption: SIGTERM (what a scheduler sends before it takes the machine
  * back) makes the run save at the step it is at, whatever --save-every says,
  * and exit 0; started again, it resumes from that step. Each checkpoint
@@ -22,7 +28,7 @@
  *
  * Usage: mlp_trainer DIRECTORY [--steps N] [--save-every K] [--keep M]
  *                    [--seed S] [--stop-at STEP] [--export FILE]
- *                    [--step-delay-ms MS]
+ *                    [--step-delay-ms MS] [--async]
  *   --steps N       train until step N (default 2000)
  *   --save-every K  save a checkpoint every K steps (default 100)
  *   --keep M        keep the M newest checkpoints (default 3)
@@ -37,6 +43,8 @@
  *                   sleep MS milliseconds in each step (default 0), so
  *                   that a test's signal lands mid-run; the results do
  *                   not change
+ *   --async         save in the background; the run waits for the last
+ *                   save before it ends, is preempted or exports
  *
  * Deterministic: one thread, a fixed order of float operations, and a
  * generator (splitmix64) fully specified below. Build both runs with the
@@ -239,17 +247,45 @@ static void step_delay(long long milliseconds) {
   nanosleep(&delay, NULL);
 }
 
-/* Saves the state with its loss as the metric "loss" and prints the save.
- * With check_interval, saves only when the library says a save is due
- * (save_every steps since the last save, or a preemption signal), so the
- * loss is computed only then. Returns the new prefix, or NULL when nothing
- * was saved (not due, or this step is saved already). */
-static char *save(ckpt_manager *manager, const train_state *st, const dataset *data,
-                  bool check_interval) {
+/* --async: saves go to the library's background thread. */
+static bool async_saves;
+
+/* A save not printed yet: with --async, the one in flight, printed once it
+ * is committed, so that every printed save is on disk. */
+static struct {
+  int64_t step;
+  double loss;
+  char *prefix; /* NULL: none */
+} in_flight;
+
+static void print_save(int64_t step, double loss, const char *prefix) {
+  printf("step %5" PRId64 "  loss %.6f  saved %s\n", step, loss, prefix);
+}
+
+/* Waits at most timeout_seconds (negative: as long as it takes) for the
+ * background save in flight and prints it once it is committed. A failed
+ * background save stops the run with its status and message. */
+static void finish_background_save(ckpt_manager *manager, double timeout_seconds) {
+  if (in_flight.prefix == NULL) return; /* none in flight, none unreported */
+  const ckpt_status status = ckpt_manager_wait_until_finished(manager, timeout_seconds);
+  if (status == CKPT_STATUS_TIMEOUT) return;
+  check(status, "the background save");
+  print_save(in_flight.step, in_flight.loss, in_flight.prefix);
+  ckpt_string_free(in_flight.prefix);
+  in_flight.prefix = NULL;
+}
+
+/* Saves the state with its loss as the metric "loss" and prints the save
+ * (with --async, once it is committed). With check_interval, saves only
+ * when the library says a save is due (save_every steps since the last
+ * save, or a preemption signal), so the loss is computed only then.
+ * Nothing is saved when not due, or when this step is saved already. */
+static void save(ckpt_manager *manager, const train_state *st, const dataset *data,
+                 bool check_interval) {
   if (check_interval) {
     bool due = false;
     check(ckpt_manager_should_save(manager, &due), "ckpt_manager_should_save");
-    if (!due) return NULL;
+    if (!due) return;
   }
   const double loss = dataset_loss(&st->weights, data);
   ckpt_save_args *args = NULL;
@@ -257,10 +293,26 @@ static char *save(ckpt_manager *manager, const train_state *st, const dataset *d
   check(ckpt_save_args_set_check_interval(args, check_interval), "set_check_interval");
   check(ckpt_save_args_set_metric(args, "loss", loss), "set_metric");
   char *saved = NULL;
-  check(ckpt_manager_save_with(manager, args, &saved), "ckpt_manager_save_with");
+  if (async_saves)
+    check(ckpt_manager_save_async(manager, args, &saved), "ckpt_manager_save_async");
+  else
+    check(ckpt_manager_save_with(manager, args, &saved), "ckpt_manager_save_with");
   ckpt_save_args_free(args);
-  if (saved != NULL) printf("step %5" PRId64 "  loss %.6f  saved %s\n", st->step, loss, saved);
-  return saved;
+  if (saved == NULL) return;
+  if (!async_saves) {
+    print_save(st->step, loss, saved);
+    ckpt_string_free(saved);
+    return;
+  }
+  /* save_async waited for the save in flight and would have returned its
+   * failure: that one is committed. */
+  if (in_flight.prefix != NULL) {
+    print_save(in_flight.step, in_flight.loss, in_flight.prefix);
+    ckpt_string_free(in_flight.prefix);
+  }
+  in_flight.step = st->step;
+  in_flight.loss = loss;
+  in_flight.prefix = saved;
 }
 
 /* Registers the three copies (weights, m, v) of one parameter tensor. */
@@ -315,7 +367,7 @@ static void export_weights(const params *p, const char *path) {
 static void usage(const char *program) {
   fprintf(stderr,
           "usage: %s DIRECTORY [--steps N] [--save-every K] [--keep M] [--seed S]\n"
-          "       [--stop-at STEP] [--export FILE] [--step-delay-ms MS]\n",
+          "       [--stop-at STEP] [--export FILE] [--step-delay-ms MS] [--async]\n",
           program);
   exit(2);
 }
@@ -344,6 +396,10 @@ int main(int argc, char **argv) {
     if (arg[0] != '-') {
       if (directory != NULL) usage(argv[0]);
       directory = arg;
+      continue;
+    }
+    if (strcmp(arg, "--async") == 0) {
+      async_saves = true;
       continue;
     }
     if (a + 1 >= argc) usage(argv[0]);
@@ -402,14 +458,16 @@ int main(int argc, char **argv) {
   while (st.step < total_steps && (stop_at < 0 || st.step < stop_at)) {
     train_step(&st, &data);
     step_delay(step_delay_ms);
+    finish_background_save(manager, 0); /* prints it if it is committed */
     /* Saves only when save_every steps have passed since the last one, or
      * a preemption signal has arrived. */
-    ckpt_string_free(save(manager, &st, &data, true));
+    save(manager, &st, &data, true);
     if (ckpt_preemption_requested()) {
       /* The signal may have come after that save looked: save again, which
        * goes ahead unless this step is saved already. Either way the latest
-       * checkpoint now holds this step. */
-      ckpt_string_free(save(manager, &st, &data, true));
+       * checkpoint holds this step once the save in flight is committed. */
+      save(manager, &st, &data, true);
+      finish_background_save(manager, -1);
       char *latest = NULL;
       check(ckpt_manager_latest(manager, &latest), "ckpt_manager_latest");
       printf("preempted at step %" PRId64 ": saved %s\n", st.step, latest);
@@ -421,7 +479,8 @@ int main(int argc, char **argv) {
   const int done = st.step >= total_steps;
   /* The end state is a checkpoint even when save_every does not divide the
    * steps (nothing is saved when this step is saved already). */
-  if (done) ckpt_string_free(save(manager, &st, &data, false));
+  if (done) save(manager, &st, &data, false);
+  finish_background_save(manager, -1);
   if (export_path != NULL) export_weights(&st.weights, export_path);
 
   ckpt_string_list *kept = NULL;

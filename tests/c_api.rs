@@ -69,6 +69,21 @@ c_cases!(api_cases, "api_cases.c":
     shared_callbacks,
 );
 
+c_cases!(async_cases, "async_cases.c":
+    save_async_with_and_without_args,
+    skipped_by_interval_never_waits,
+    snapshot_at_the_call,
+    failed_save_reported_by_save_async,
+    failed_save_reported_by_wait,
+    failed_save_reported_by_restore,
+    wait_times_out_while_a_save_runs,
+    free_waits_for_the_save_in_flight,
+    save_async_from_four_threads,
+    background_callbacks_cannot_call_managers,
+    prepare_runs_on_the_calling_thread,
+    read_only_refuses_save_async,
+);
+
 c_cases!(tensor_cases, "tensor_cases.c":
     registration_errors,
     empty_tensors,

@@ -4,7 +4,9 @@
 //! weights, the final `.safetensors` checkpoint (weights, Adam moments,
 //! step, generator state) and the files left in the directory. A run
 //! preempted by SIGTERM saves the step it is at, exits 0, and resumed ends
-//! with the same weights and tensors.
+//! with the same weights and tensors. Each of these runs again with
+//! `--async` (saves on the library's background thread), against the same
+//! straight run without it.
 //!
 //! The SIGKILL test draws its instants from a seed it prints; set
 //! `CKPT_DEMO_SEED` to replay one.
@@ -25,6 +27,15 @@ const SAVE_EVERY: u64 = 100;
 
 fn trainer() -> PathBuf {
     support::c_program_with_libs("mlp_trainer", &["examples/mlp_trainer.c"], &["-lm"])
+}
+
+/// How a run saves: `SYNC` or `ASYNC` (`--async`).
+const SYNC: &[&str] = &[];
+const ASYNC: &[&str] = &["--async"];
+
+/// `args` followed by the save mode's flags.
+fn with_mode<'a>(args: &[&'a str], mode: &[&'a str]) -> Vec<&'a str> {
+    args.iter().chain(mode).copied().collect()
 }
 
 fn run(directory: &Path, args: &[&str]) -> Output {
@@ -242,36 +253,48 @@ fn the_final_checkpoint_holds_every_registered_tensor() {
 
 #[test]
 fn stopped_twice_and_resumed_matches_a_straight_run() {
+    stop_twice_and_resume(SYNC);
+}
+
+#[test]
+fn async_saves_stopped_twice_and_resumed_match_a_straight_run() {
+    stop_twice_and_resume(ASYNC);
+}
+
+/// Runs to step 750, then to 1330, then to the end, saving as `mode` says.
+fn stop_twice_and_resume(mode: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     let directory = root.path().join("run");
     let export = root.path().join("weights.bin");
     let export_arg = export.to_str().unwrap();
 
-    let first = run_ok(&directory, &["--stop-at", "750"]);
+    let first = run_ok(&directory, &with_mode(&["--stop-at", "750"], mode));
     assert!(first.starts_with("no checkpoint in"), "{first}");
     assert!(
         first.contains("stopped (--stop-at) at step 750:"),
         "{first}"
     );
-    let second = run_ok(&directory, &["--stop-at", "1330"]);
+    let second = run_ok(&directory, &with_mode(&["--stop-at", "1330"], mode));
     assert_eq!(resumed_step(&second), Some(700), "{second}");
     assert!(second.contains("ckpt-7 at step 700"), "{second}");
     assert!(
         second.contains("stopped (--stop-at) at step 1330:"),
         "{second}"
     );
-    let third = run_ok(&directory, &["--export", export_arg]);
+    let third = run_ok(&directory, &with_mode(&["--export", export_arg], mode));
     assert_eq!(resumed_step(&third), Some(1300), "{third}");
-    for out in [&first, &second, &third] {
-        assert_losses_match_straight(
-            &out.replace(directory.to_str().unwrap(), "DIR"),
-            "--stop-at",
-        );
-    }
-    assert_same_as_straight(&finished(&directory, &third, &export), "--stop-at");
+    // Together the runs printed every save of the straight run, in order:
+    // each before it stopped (with --async, once it was committed).
+    let printed: Vec<String> = [&first, &second, &third]
+        .iter()
+        .flat_map(|out| save_lines(&out.replace(directory.to_str().unwrap(), "DIR")))
+        .collect();
+    assert_eq!(printed, save_lines(&straight().stdout), "{mode:?}");
+    let what = format!("--stop-at {mode:?}");
+    assert_same_as_straight(&finished(&directory, &third, &export), &what);
 
     // A finished run started again restores the end and changes nothing.
-    let again = run_ok(&directory, &["--export", export_arg]);
+    let again = run_ok(&directory, &with_mode(&["--export", export_arg], mode));
     assert_eq!(resumed_step(&again), Some(STEPS), "{again}");
     assert!(!again.contains(" saved "), "{again}");
     assert_same_as_straight(&finished(&directory, &again, &export), "restarted");
@@ -310,11 +333,12 @@ enum KillAt {
     AfterSave(u64, Duration),
 }
 
-/// Spawns the trainer, kills it with SIGKILL at `at`, and returns its
-/// stdout, or `None` if it exited before the kill.
-fn run_and_kill(directory: &Path, at: KillAt) -> (Option<String>, String) {
+/// Spawns the trainer saving as `mode` says, kills it with SIGKILL at
+/// `at`, and returns its stdout, or `None` if it exited before the kill.
+fn run_and_kill(directory: &Path, mode: &[&str], at: KillAt) -> (Option<String>, String) {
     let mut child = support::command(&trainer())
         .arg(directory)
+        .args(mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -358,6 +382,17 @@ fn run_and_kill(directory: &Path, at: KillAt) -> (Option<String>, String) {
 
 #[test]
 fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
+    kill_at_random_instants_and_resume(SYNC);
+}
+
+/// With --async most kills land while a save is written in the background:
+/// a save printed (committed) is never lost, and the rest is as without it.
+#[test]
+fn async_saves_killed_at_random_instants_and_resumed_match_a_straight_run() {
+    kill_at_random_instants_and_resume(ASYNC);
+}
+
+fn kill_at_random_instants_and_resume(mode: &[&str]) {
     let seed = std::env::var("CKPT_DEMO_SEED")
         .ok()
         .map(|s| s.parse().expect("CKPT_DEMO_SEED is a number"))
@@ -367,7 +402,7 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("kill instants from CKPT_DEMO_SEED={seed}");
+    eprintln!("{mode:?}: kill instants from CKPT_DEMO_SEED={seed}");
     let mut rng = Rng(seed);
 
     // Delays are in units of the time between two saves of the straight
@@ -397,7 +432,7 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
     let mut last_saved: u64 = 0; // the highest step a run reported saved
     let mut log = String::new();
     for (round, at) in rounds.iter().enumerate() {
-        let (killed, stderr) = run_and_kill(&directory, *at);
+        let (killed, stderr) = run_and_kill(&directory, mode, *at);
         let Some(stdout) = killed else {
             // A fast disk can let the run reach its end first; the kills
             // before it still count, and at least 5 must have landed.
@@ -433,7 +468,10 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
     assert!(last_saved >= SAVE_EVERY, "no kill came after a save\n{log}");
 
     let export = root.path().join("weights.bin");
-    let last = run_ok(&directory, &["--export", export.to_str().unwrap()]);
+    let last = run_ok(
+        &directory,
+        &with_mode(&["--export", export.to_str().unwrap()], mode),
+    );
     let step = resumed_step(&last).unwrap_or_else(|| panic!("{last}\n{log}"));
     assert!(
         step >= last_saved,
@@ -444,7 +482,7 @@ fn killed_at_random_instants_and_resumed_matches_a_straight_run() {
     assert_losses_match_straight(&last.replace(&dir_str, "DIR"), "the last run");
     assert_same_as_straight(
         &finished(&directory, &last, &export),
-        &format!("SIGKILL (seed {seed})\n{log}"),
+        &format!("SIGKILL {mode:?} (seed {seed})\n{log}"),
     );
 }
 
@@ -462,13 +500,15 @@ struct Preempted {
     name: String,
 }
 
-/// Spawns the trainer slowed by `STEP_DELAY_MS`, reads its output until
-/// `ready` accepts a line, sends SIGTERM, and checks that the run exits 0
-/// with "preempted at step S: saved DIR/NAME" as its last line.
-fn run_and_terminate(directory: &Path, ready: impl Fn(&str) -> bool) -> Preempted {
+/// Spawns the trainer slowed by `STEP_DELAY_MS` and saving as `mode` says,
+/// reads its output until `ready` accepts a line, sends SIGTERM, and checks
+/// that the run exits 0 with "preempted at step S: saved DIR/NAME" as its
+/// last line.
+fn run_and_terminate(directory: &Path, mode: &[&str], ready: impl Fn(&str) -> bool) -> Preempted {
     let mut child = support::command(&trainer())
         .arg(directory)
         .args(["--step-delay-ms", STEP_DELAY_MS])
+        .args(mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -558,13 +598,24 @@ fn tensors(file: &[u8]) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn sigterm_saves_the_current_step_and_the_resumed_run_matches_a_straight_run() {
+    terminate_twice_and_resume(SYNC);
+}
+
+/// With --async the preempted run waits for its background save before it
+/// exits 0.
+#[test]
+fn async_saves_sigterm_saves_the_current_step_and_the_resumed_run_matches_a_straight_run() {
+    terminate_twice_and_resume(ASYNC);
+}
+
+fn terminate_twice_and_resume(mode: &[&str]) {
     let root = tempfile::tempdir().unwrap();
     let directory = root.path().join("run");
 
     // Sent as a save at step 300 or later is printed: the signal lands at
     // the end of that save, before or after the loop looks, or in a later
     // step.
-    let first = run_and_terminate(&directory, |line| {
+    let first = run_and_terminate(&directory, mode, |line| {
         line.starts_with("step ") && line_step(line) >= 300
     });
     assert!(
@@ -577,7 +628,7 @@ fn sigterm_saves_the_current_step_and_the_resumed_run_matches_a_straight_run() {
 
     // Sent as soon as the run has resumed: the signal lands while it reads
     // the data or in its first steps, at a step the intervals never save.
-    let second = run_and_terminate(&directory, |line| line.starts_with("resumed from "));
+    let second = run_and_terminate(&directory, mode, |line| line.starts_with("resumed from "));
     assert!(
         second.stdout.starts_with(&format!(
             "resumed from DIR/{} at step {} ",
@@ -594,8 +645,11 @@ fn sigterm_saves_the_current_step_and_the_resumed_run_matches_a_straight_run() {
     assert_latest_is(&directory, &second);
 
     let export = root.path().join("weights.bin");
-    let last = run_ok(&directory, &["--export", export.to_str().unwrap()]);
-    let log = format!("{}{}{last}", first.stdout, second.stdout);
+    let last = run_ok(
+        &directory,
+        &with_mode(&["--export", export.to_str().unwrap()], mode),
+    );
+    let log = format!("{mode:?}\n{}{}{last}", first.stdout, second.stdout);
     eprintln!("{log}"); // shown with --nocapture
     assert_eq!(resumed_step(&last), Some(second.step), "{log}");
     let straight = straight();

@@ -24,14 +24,24 @@
 //!     number not listed then is a new, higher one;
 //! (g) the child died of the SIGKILL, never of its own failure;
 //! (h) every decoy is still there with its bytes;
+//! (i) every save the child reported committed (the save call returned, or,
+//!     for a background save, a wait or the next save returned OK) is
+//!     still listed with that save or a newer one, or was pushed out by
+//!     `max_to_keep` newer saves: nothing committed is lost;
 //! and whenever the child got as far as restoring, it restored the latest.
 //!
 //! Half of the iterations run recovery on a hard-linked clone of the
 //! directory, leaving the original as the kill left it, so that the next
 //! child does the recovery itself and may be killed while doing it.
 //!
-//! `cargo test --test torture` does 300 kills. Environment:
-//! `CKPT_TORTURE_KILLS` (number of kills; the long mode is
+//! A second run kills a child that saves mostly in the background
+//! (`ckpt_manager_save_async`, every fifth save blocking, re-saves after a
+//! wait), so that most kills land while the library's background thread
+//! writes or commits; the checks are the same.
+//!
+//! `cargo test --test torture` does 300 kills, and 100 of the background
+//! saver. Environment: `CKPT_TORTURE_KILLS` and `CKPT_TORTURE_ASYNC_KILLS`
+//! (numbers of kills; the long mode is
 //! `CKPT_TORTURE_KILLS=5000 cargo test --release --test torture -- --nocapture`,
 //! `make torture`), `CKPT_TORTURE_SEED` (replays a run's random delays; the
 //! seed is printed).
@@ -59,6 +69,7 @@ const CLOCK_ORIGIN: f64 = 1e6;
 const CLOCK_STEP: f64 = 600.0;
 
 const DEFAULT_KILLS: usize = 300;
+const DEFAULT_ASYNC_KILLS: usize = 100;
 /// Every this many iterations the child is killed only after it restored.
 const RESTORE_CHECK_EVERY: usize = 50;
 /// Preserved checkpoints accumulate (one save in six); the parent deletes
@@ -501,10 +512,21 @@ fn child_program(root: &Path) -> ChildProgram {
     }
 }
 
-fn child_command(child: &ChildProgram, dir: &Path) -> Command {
+/// How the child saves.
+#[derive(Clone, Copy, Debug)]
+enum Saves {
+    Blocking,
+    /// Mostly `ckpt_manager_save_async`.
+    Background,
+}
+
+fn child_command(child: &ChildProgram, dir: &Path, saves: Saves) -> Command {
     let mut command = Command::new(&child.program);
+    command.arg(dir);
+    if let Saves::Background = saves {
+        command.arg("async");
+    }
     command
-        .arg(dir)
         .env("LD_LIBRARY_PATH", &child.library_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -565,6 +587,8 @@ struct Stats {
     child_recoveries: (usize, usize),
     parent_recoveries: (usize, usize),
     resaves_seen: usize,
+    /// Saves the children reported committed, checked by (i).
+    reported_commits: usize,
     preserved_seen: BTreeSet<u64>,
     preserved_pruned: usize,
     most_managed: usize,
@@ -979,6 +1003,66 @@ fn check_progress(run: &mut Run, stats: &mut Stats, known: &mut Known, dir: &Pat
     known.listed = found.listed.clone();
 }
 
+/// The saves a child reported committed, from its complete lines (the
+/// kill may cut the last one short).
+fn reported_commits(stdout: &str) -> Vec<(u64, SaveId)> {
+    let complete = &stdout[..stdout.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
+        .filter(|line| line.starts_with("committed "))
+        .map(|line| {
+            let parsed = line
+                .strip_prefix("committed ")
+                .and_then(|rest| rest.rsplit_once(" save "))
+                .and_then(|(prefix, rest)| {
+                    let (generation, nonce) = rest.split_once(" by ")?;
+                    let id = SaveId {
+                        generation: generation.parse().ok()?,
+                        nonce: nonce.parse().ok()?,
+                    };
+                    Some((number_of(Path::new(prefix)), id))
+                });
+            parsed.unwrap_or_else(|| panic!("the child printed {line:?}"))
+        })
+        .collect()
+}
+
+/// (i): every save the child reported committed survived: its number is
+/// listed with that save or a newer one (saved again), or it is no longer
+/// listed because `max_to_keep` newer saves pushed it out (a checkpoint
+/// leaves the list only by such a sweep).
+fn check_reported_commits(
+    run: &mut Run,
+    stats: &mut Stats,
+    dir: &Path,
+    found: &Found,
+    reported: &[(u64, SaveId)],
+) {
+    for &(number, id) in reported {
+        stats.reported_commits += 1;
+        let newer = found
+            .listed
+            .values()
+            .filter(|listed| listed.generation > id.generation)
+            .count();
+        let survived = match found.listed.get(&number) {
+            Some(&now) => now == id || now.generation > id.generation,
+            None => newer >= MAX_TO_KEEP,
+        };
+        if !survived {
+            run.violation(
+                dir,
+                "(i) a save the child reported committed is lost",
+                format!(
+                    "(i) the child reported ckpt-{number} save {id:?} committed; after the kill \
+                     the listed checkpoints hold {:?}",
+                    found.listed
+                ),
+            );
+        }
+    }
+}
+
 /// One child, killed; then every check. Returns whether the original
 /// directory keeps leftovers for the next child to recover.
 #[allow(clippy::too_many_arguments)]
@@ -989,6 +1073,7 @@ fn one_kill(
     decoys: &mut Decoys,
     rng: &mut Rng,
     program: &ChildProgram,
+    saves: Saves,
     root: &Path,
     dir: &Path,
     dirty: bool,
@@ -1004,7 +1089,7 @@ fn one_kill(
     };
     let child_may_warn = expected_warnings(dir);
     let wait_for_restore = run.iteration % RESTORE_CHECK_EVERY == RESTORE_CHECK_EVERY - 1;
-    let mut child = child_command(program, dir).spawn().unwrap();
+    let mut child = child_command(program, dir, saves).spawn().unwrap();
     let mut first_line = String::new();
     if wait_for_restore {
         stats.restore_waits += 1;
@@ -1120,6 +1205,8 @@ fn one_kill(
         return false;
     };
     check_progress(run, stats, known, dir, &found);
+    let reported = reported_commits(&ended.stdout);
+    check_reported_commits(run, stats, dir, &found, &reported);
     let dirty_next = on_clone && (!stagings(dir).is_empty() || has_temporary_state_file(dir));
     let excess = found.preserved.len().saturating_sub(PRESERVED_KEPT);
     for &(_, number) in &found.preserved[..excess] {
@@ -1149,6 +1236,16 @@ fn env_number(name: &str) -> Option<u64> {
 #[test]
 fn sigkill_at_random_instants() {
     let kills = env_number("CKPT_TORTURE_KILLS").map_or(DEFAULT_KILLS, |n| n as usize);
+    torture(Saves::Blocking, kills);
+}
+
+#[test]
+fn sigkill_at_random_instants_during_background_saves() {
+    let kills = env_number("CKPT_TORTURE_ASYNC_KILLS").map_or(DEFAULT_ASYNC_KILLS, |n| n as usize);
+    torture(Saves::Background, kills);
+}
+
+fn torture(saves: Saves, kills: usize) {
     let seed = env_number("CKPT_TORTURE_SEED").unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1156,7 +1253,9 @@ fn sigkill_at_random_instants() {
             .as_nanos() as u64;
         mix(nanos ^ u64::from(std::process::id()))
     });
-    eprintln!("torture: {kills} kills, seed {seed} (replay with CKPT_TORTURE_SEED={seed})");
+    eprintln!(
+        "torture ({saves:?} saves): {kills} kills, seed {seed} (replay with CKPT_TORTURE_SEED={seed})"
+    );
     let root = tempfile::tempdir().unwrap();
     let program = child_program(root.path());
     let dir = root.path().join("run");
@@ -1186,6 +1285,7 @@ fn sigkill_at_random_instants() {
             &mut decoys,
             &mut rng,
             &program,
+            saves,
             root.path(),
             &dir,
             dirty,
@@ -1193,7 +1293,7 @@ fn sigkill_at_random_instants() {
         if (iteration + 1) % 500 == 0 {
             let (number, id) = known.latest.unwrap_or((0, SaveId::default()));
             eprintln!(
-                "torture: {} kills, latest ckpt-{number} (save {}), {:.0?}",
+                "torture ({saves:?} saves): {} kills, latest ckpt-{number} (save {}), {:.0?}",
                 iteration + 1,
                 id.generation,
                 started.elapsed()
@@ -1207,8 +1307,9 @@ fn sigkill_at_random_instants() {
         .map_or((0, 0), |(number, id)| (number, id.generation));
 
     eprintln!(
-        "torture: {} kills in {elapsed:.1?} (seed {seed})\n  \
+        "torture ({saves:?} saves): {} kills in {elapsed:.1?} (seed {seed})\n  \
          saves committed: {commits}; the latest is ckpt-{latest}, the highest number ckpt-{}\n  \
+         saves the children reported committed, found after the kill: {}\n  \
          re-saves of a listed number seen committed: {}\n  \
          preserved checkpoints: {} seen, {preserved_now} on disk at the end, {} deleted by the test\n  \
          decoys: {}, all intact\n  \
@@ -1219,6 +1320,7 @@ fn sigkill_at_random_instants() {
          most checkpoints managed after a kill: {} (max_to_keep {MAX_TO_KEEP})",
         run.iteration + 1,
         known.highest,
+        stats.reported_commits,
         stats.resaves_seen,
         stats.preserved_seen.len(),
         stats.preserved_pruned,
@@ -1239,11 +1341,15 @@ fn sigkill_at_random_instants() {
     }
     assert!(commits > 0, "no checkpoint was ever committed");
     assert!(
-        !stats.preserved_seen.is_empty() || run.iteration < 100,
+        stats.reported_commits > 0,
+        "no child reported a committed save"
+    );
+    assert!(
+        !stats.preserved_seen.is_empty() || kills < 100,
         "no checkpoint was ever preserved"
     );
     assert!(
-        stats.resaves_seen > 0 || run.iteration < 100,
+        stats.resaves_seen > 0 || kills < 100,
         "no re-save of a listed number was ever committed"
     );
     assert!(run.violations.is_empty(), "{}", run.report());
@@ -1259,7 +1365,7 @@ fn sigkill_while_a_swept_checkpoint_is_deleted() {
     let root = tempfile::tempdir().unwrap();
     let program = child_program(root.path());
     let dir = root.path().join("run");
-    let mut command = child_command(&program, &dir);
+    let mut command = child_command(&program, &dir, Saves::Blocking);
     command.arg("die-while-deleting");
     let mut child = command.spawn().unwrap();
     // The child kills itself during the fourth save's sweep.

@@ -261,12 +261,13 @@ static void status_names(const char *dir) {
       {CKPT_STATUS_READ_ONLY, "CKPT_STATUS_READ_ONLY"},
       {CKPT_STATUS_NO_MANIFEST, "CKPT_STATUS_NO_MANIFEST"},
       {CKPT_STATUS_TENSOR_MISMATCH, "CKPT_STATUS_TENSOR_MISMATCH"},
+      {CKPT_STATUS_TIMEOUT, "CKPT_STATUS_TIMEOUT"},
   };
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     CHECK(names[i].status == i); /* values never change meaning */
     CHECK_STR(names[i].name, ckpt_status_name(names[i].status));
   }
-  const uint32_t unknown[] = {13, 999, (uint32_t)INT32_MAX + 1, UINT32_MAX};
+  const uint32_t unknown[] = {14, 999, (uint32_t)INT32_MAX + 1, UINT32_MAX};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
     CHECK_STR("CKPT_STATUS_UNKNOWN", ckpt_status_name(unknown[i]));
 }

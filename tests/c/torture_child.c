@@ -3,13 +3,23 @@
  * saves checkpoints in an endless loop until the parent kills it with
  * SIGKILL at a random instant.
  *
- * Usage: torture_child DIRECTORY [die-while-deleting]
+ * Usage: torture_child DIRECTORY [die-while-deleting | async]
  *
  * It opens a manager on DIRECTORY (max_to_keep 3, one checkpoint preserved
  * every TORTURE_KEEP_HOURS of a fake clock that advances 600 s per save),
  * restores the latest checkpoint, checking that every byte of it is what
  * one save wrote, prints "restored <prefix> save <G> by <P>" (or "restored
- * none") on stdout, then saves forever.
+ * none") on stdout, then saves forever. Each save it knows is committed
+ * it prints as "committed <prefix> save <G> by <P>".
+ *
+ * With `async`, saves go to the library's background thread
+ * (ckpt_manager_save_async), except every SYNC_EVERY-th, which blocks. A
+ * background save is known committed only when a later call says so: the
+ * next save (it waits for the one in flight, and would return its
+ * failure) or ckpt_manager_wait_until_finished returning OK; save_async
+ * returning its prefix says nothing of the save it started. A save that
+ * reuses a number first waits for the save in flight, so that it picks
+ * from the list as that save leaves it.
  *
  * Saves are numbered by generation G: the committed saves so far, plus
  * one. The fake clock shows 1e6 + 600 * G, so the state file's newest
@@ -57,6 +67,8 @@
 #define CLOCK_STEP 600.0
 #define RESAVE_LATEST_EVERY 7
 #define RESAVE_OLDER_EVERY 11
+/* With `async`: every SYNC_EVERY-th generation saves blocking. */
+#define SYNC_EVERY 5
 
 #define HEADER_SIZE 40
 static const char MAGIC[8] = {'C', 'K', 'P', 'T', 't', 'o', 'r', '2'};
@@ -69,9 +81,11 @@ typedef struct {
   uint64_t number, generation, nonce;
 } save_id;
 
-/* The generation the fake clock shows. */
+/* The generation the fake clock shows, set before each save. */
 static uint64_t clock_generation;
-/* The save being written: its generation and this process. */
+/* The save being written: its generation (the clock's at the call, taken
+ * by the prepare callback on the calling thread, since a background save's
+ * callback runs later on another) and this process. */
 static uint64_t save_generation, nonce;
 /* Set by the restore callback: what it read, or that it was inconsistent. */
 static save_id restored_id;
@@ -155,6 +169,13 @@ static char *path_of(const char *prefix, const char *suffix) {
   char *path = malloc(length);
   if (path != NULL) snprintf(path, length, "%s%s", prefix, suffix);
   return path;
+}
+
+static int32_t begin_save(void *user_data, uint64_t number) {
+  (void)user_data;
+  (void)number;
+  save_generation = clock_generation;
+  return 0;
 }
 
 static int32_t save_files(void *user_data, const char *prefix, uint64_t number) {
@@ -282,6 +303,67 @@ static void fail(int code, const char *what, ckpt_status status) {
   exit(code);
 }
 
+static void report_committed(const char *prefix, uint64_t generation) {
+  printf("committed %s save %llu by %llu\n", prefix, (unsigned long long)generation,
+         (unsigned long long)nonce);
+}
+
+/* With `async`: the background save whose commit is not known yet. */
+static struct {
+  char *prefix; /* NULL: none */
+  uint64_t generation;
+} unconfirmed;
+
+/* A call returned OK after waiting for the background save in flight. */
+static void confirm_background_save(void) {
+  if (unconfirmed.prefix == NULL) return;
+  report_committed(unconfirmed.prefix, unconfirmed.generation);
+  ckpt_string_free(unconfirmed.prefix);
+  unconfirmed.prefix = NULL;
+}
+
+/* Waits at most `timeout_seconds` (negative: as long as it takes) for the
+ * background save in flight. */
+static void wait_for_background_save(ckpt_manager *manager, double timeout_seconds) {
+  ckpt_status status = ckpt_manager_wait_until_finished(manager, timeout_seconds);
+  if (status == CKPT_STATUS_TIMEOUT) return;
+  if (status != CKPT_STATUS_OK) fail(6, "a background save", status);
+  confirm_background_save();
+}
+
+/* Saves number `number` (0: the next) as generation `generation`, in the
+ * background or not; the save in flight is committed once it returns. */
+static void save_generation_now(ckpt_manager *manager, uint64_t number, uint64_t generation,
+                                bool background) {
+  clock_generation = generation;
+  char *saved = NULL;
+  ckpt_status status;
+  if (background) {
+    ckpt_save_args *args = NULL; /* NULL: the defaults, the next number */
+    if (number != 0 && (ckpt_save_args_new(&args) != CKPT_STATUS_OK ||
+                        ckpt_save_args_set_checkpoint_number(args, number) != CKPT_STATUS_OK))
+      fail(6, "making save arguments", CKPT_STATUS_INVALID_ARGUMENT);
+    status = ckpt_manager_save_async(manager, args, &saved);
+    ckpt_save_args_free(args);
+  } else {
+    status = ckpt_manager_save(manager, number != 0 ? &number : NULL, true, &saved);
+  }
+  if (status != CKPT_STATUS_OK) fail(6, "saving", status);
+  if (saved == NULL) {
+    fprintf(stderr, "torture_child: a save was skipped\n");
+    exit(7);
+  }
+  confirm_background_save();
+  if (background) {
+    unconfirmed.prefix = saved;
+    unconfirmed.generation = generation;
+    wait_for_background_save(manager, 0); /* committed already? */
+  } else {
+    report_committed(saved, generation);
+    ckpt_string_free(saved);
+  }
+}
+
 /* The number save `generation` reuses, or 0 for the next one. */
 static uint64_t number_to_reuse(ckpt_manager *manager, uint64_t generation) {
   uint64_t number = 0;
@@ -305,10 +387,14 @@ static uint64_t number_to_reuse(ckpt_manager *manager, uint64_t generation) {
 
 int main(int argc, char **argv) {
   bool die_in_sweep = argc == 3 && strcmp(argv[2], "die-while-deleting") == 0;
-  if (argc != 2 && !die_in_sweep) {
-    fprintf(stderr, "usage: %s DIRECTORY [die-while-deleting]\n", argv[0]);
+  bool async_saves = argc == 3 && strcmp(argv[2], "async") == 0;
+  if (argc != 2 && !die_in_sweep && !async_saves) {
+    fprintf(stderr, "usage: %s DIRECTORY [die-while-deleting | async]\n", argv[0]);
     return 2;
   }
+  /* Each line whole as soon as it is printed: the parent reads what a
+   * killed child printed. */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   const char *directory = argv[1];
   nonce = (uint64_t)getpid();
 
@@ -322,6 +408,7 @@ int main(int argc, char **argv) {
       ckpt_options_set_max_to_keep(options, MAX_TO_KEEP) != CKPT_STATUS_OK ||
       ckpt_options_set_keep_checkpoint_every_n_hours(options, TORTURE_KEEP_HOURS) !=
           CKPT_STATUS_OK ||
+      ckpt_options_set_prepare_callback(options, begin_save, NULL, NULL) != CKPT_STATUS_OK ||
       ckpt_options_set_save_callback(options, save_files, NULL, NULL) != CKPT_STATUS_OK ||
       ckpt_options_set_restore_callback(options, restore_files, NULL, NULL) !=
           CKPT_STATUS_OK ||
@@ -364,15 +451,10 @@ int main(int argc, char **argv) {
 
   for (;;) {
     generation++;
+    bool reuses = generation % RESAVE_LATEST_EVERY == 0 || generation % RESAVE_OLDER_EVERY == 0;
+    if (async_saves && reuses) wait_for_background_save(manager, -1);
     uint64_t number = number_to_reuse(manager, generation);
-    save_generation = clock_generation = generation;
-    char *saved = NULL;
-    status = ckpt_manager_save(manager, number != 0 ? &number : NULL, true, &saved);
-    if (status != CKPT_STATUS_OK) fail(6, "saving", status);
-    if (saved == NULL) {
-      fprintf(stderr, "torture_child: a save was skipped\n");
-      return 7;
-    }
-    ckpt_string_free(saved);
+    save_generation_now(manager, number, generation,
+                        async_saves && generation % SYNC_EVERY != 0);
   }
 }
