@@ -512,8 +512,10 @@ ckpt_status ckpt_manager_new(const ckpt_options *options, ckpt_manager **out_man
 // Frees a manager and releases its callbacks' user data. NULL is a no-op.
 //
 // Called from inside one of this manager's own calls on the same thread (from
-// one of its callbacks, or a finalizer this free runs), it is refused: nothing
-// is freed, the manager stays usable, and `ckpt_last_error_message()` says so.
+// one of its callbacks, or a finalizer this free runs), or from a background
+// save's callback, it is refused: nothing is freed, the manager stays usable,
+// and `ckpt_last_error_message()` says so. It waits for the manager's
+// background save in flight, if any (see `ckpt_manager_save_async`).
 //
 // Ownership: takes `manager`, unless refused.
 // Returns: nothing.

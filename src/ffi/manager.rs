@@ -86,6 +86,19 @@ impl ManagerArg<'_> {
     }
 }
 
+/// A background save's callbacks may not call into a manager: the call
+/// could wait for the very save that runs it.
+fn refuse_background_callers() -> FfiResult {
+    if crate::background::on_worker_thread() {
+        return Err(Failure::new(
+            ckpt_status::ReentrantCall,
+            "a callback of a background save called into a manager; it could wait for the save \
+             that runs it",
+        ));
+    }
+    Ok(())
+}
+
 /// The manager behind a handle argument, marked busy on this thread; a
 /// call from inside one of its own calls is refused before the handle is
 /// read (it may be in the middle of `ckpt_manager_free`).
@@ -96,13 +109,7 @@ unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<
     if manager.is_null() {
         return Err(Failure::null("manager"));
     }
-    if crate::background::on_worker_thread() {
-        return Err(Failure::new(
-            ckpt_status::ReentrantCall,
-            "a callback of a background save called into a manager; it could wait for the save \
-             that runs it",
-        ));
-    }
+    refuse_background_callers()?;
     let entered = Entered::enter(manager)?;
     Ok(ManagerArg {
         // SAFETY: forwarded to the caller.
@@ -153,8 +160,10 @@ pub unsafe extern "C" fn ckpt_manager_new(
 /// Frees a manager and releases its callbacks' user data. NULL is a no-op.
 ///
 /// Called from inside one of this manager's own calls on the same thread (from
-/// one of its callbacks, or a finalizer this free runs), it is refused: nothing
-/// is freed, the manager stays usable, and `ckpt_last_error_message()` says so.
+/// one of its callbacks, or a finalizer this free runs), or from a background
+/// save's callback, it is refused: nothing is freed, the manager stays usable,
+/// and `ckpt_last_error_message()` says so. It waits for the manager's
+/// background save in flight, if any (see `ckpt_manager_save_async`).
 ///
 /// Ownership: takes `manager`, unless refused.
 /// Returns: nothing.
@@ -167,6 +176,7 @@ pub unsafe extern "C" fn ckpt_manager_new(
 pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
     // The status is dropped: C expects nothing back from a free.
     let _ = guard(|| {
+        refuse_background_callers()?;
         // Held while the manager drops, so that finalizers cannot free it
         // twice or call into it.
         let _entered = Entered::enter(manager).map_err(|_| {

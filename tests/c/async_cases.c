@@ -631,7 +631,7 @@ static void save_async_from_four_threads(const char *dir) {
 /* ------------------------------------------------------------------------
  * 8. background_callbacks_cannot_call_managers: a background save's
  * callback gets CKPT_STATUS_REENTRANT_CALL from its own manager and from
- * any other; module functions still work. When it then fails, the save
+ * any other, and cannot free either; module functions still work. When it then fails, the save
  * fails cleanly; when it succeeds, the save commits. */
 
 typedef struct {
@@ -644,6 +644,7 @@ typedef struct {
   int refused; /* manager calls refused with CKPT_STATUS_REENTRANT_CALL */
   ckpt_status module_call;
   bool untouched;
+  bool frees_refused; /* ckpt_manager_free of either manager refused */
 } reentry;
 
 static void count_refusal(reentry *r, ckpt_status status) {
@@ -663,6 +664,10 @@ static int32_t reentering_save(void *data, const char *prefix, uint64_t number) 
   count_refusal(r, ckpt_manager_latest(r->other, &string));
   count_refusal(r, ckpt_manager_save_async(r->other, NULL, &string));
   r->untouched = string == SENTINEL_STRING;
+  ckpt_manager_free(r->self);
+  r->frees_refused = strstr(ckpt_last_error_message(), "background save") != NULL;
+  ckpt_manager_free(r->other);
+  r->frees_refused = r->frees_refused && strstr(ckpt_last_error_message(), "background save");
   r->module_call = ckpt_latest_checkpoint(r->dir, &string);
   if (r->module_call == CKPT_STATUS_OK) ckpt_string_free(string);
   if (r->result != 0) return r->result;
@@ -682,6 +687,7 @@ static void background_callbacks_cannot_call_managers(const char *dir) {
   save_async_expecting(r.self, run_dir, "ckpt-1");
   CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "23", ckpt_manager_wait_until_finished(r.self, -1));
   CHECK(r.calls == 1 && r.refused == 7 && r.untouched && r.module_call == CKPT_STATUS_OK);
+  CHECK(r.frees_refused);
   check_latest(r.self, run_dir, NULL);
   char *files = listing(run_dir);
   CHECK_STR("checkpoint.lock", files);
