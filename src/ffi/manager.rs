@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +101,25 @@ unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<
         // SAFETY: forwarded to the caller.
         manager: unsafe { handle_arg(manager, "manager") }?,
         _entered: entered,
+    })
+}
+
+/// Runs `body` on the manager and hands the prefix it returns to C
+/// (`*out_prefix`: a new string, or NULL for `None`).
+///
+/// # Safety
+/// `manager` is NULL or a live handle; `out_prefix` NULL or writable.
+unsafe fn prefix_call(
+    manager: *const ckpt_manager,
+    out_prefix: *mut *mut c_char,
+    body: impl FnOnce(&mut CheckpointManager) -> crate::Result<Option<PathBuf>>,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: forwarded to the caller.
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let prefix = manager.call(|m| Ok(body(m)?))?;
+        out.write(new_path_string(prefix.as_deref())?)
     })
 }
 
@@ -214,15 +234,10 @@ pub unsafe extern "C" fn ckpt_manager_save(
     check_interval: bool,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        // SAFETY: NULL or a readable number (header).
-        let number = unsafe { checkpoint_number.as_ref() }.copied();
-        let prefix = manager.call(|m| Ok(m.save(number, check_interval)?))?;
-        out.write(new_path_string(prefix.as_deref())?)
-    })
+    // SAFETY: NULL or a readable number (header).
+    let number = unsafe { checkpoint_number.as_ref() }.copied();
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.save(number, check_interval)) }
 }
 
 /// The latest checkpoint's prefix, as recorded in the state file (its files are
@@ -242,13 +257,8 @@ pub unsafe extern "C" fn ckpt_manager_latest(
     manager: *const ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let latest = manager.call(|m| Ok(m.latest_checkpoint()))?;
-        out.write(new_path_string(latest.as_deref())?)
-    })
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| Ok(m.latest_checkpoint())) }
 }
 
 /// The managed checkpoints' prefixes, oldest first. Preserved checkpoints are
@@ -316,13 +326,8 @@ pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
     manager: *mut ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let restored = manager.call(|m| Ok(m.restore_or_initialize()?))?;
-        out.write(new_path_string(restored.as_deref())?)
-    })
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.restore_or_initialize()) }
 }
 
 /// The manager's directory, as given in the options.
@@ -534,18 +539,12 @@ pub unsafe extern "C" fn ckpt_manager_save_with(
     args: *const ckpt_save_args,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, args, out) = unsafe {
-            (
-                manager_arg(manager)?,
-                handle_arg(args, "args")?,
-                out_param(out_prefix, "out_prefix")?,
-            )
-        };
-        let prefix = manager.call(|m| Ok(m.save_with(args)?))?;
-        out.write(new_path_string(prefix.as_deref())?)
-    })
+    // SAFETY: NULL or a live handle (header).
+    let Some(args) = (unsafe { handle::borrow(args) }) else {
+        return guard(|| Err(Failure::null("args")));
+    };
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.save_with(args)) }
 }
 
 /// Whether `ckpt_manager_save` with `check_interval` true would save now: a
@@ -681,13 +680,8 @@ pub unsafe extern "C" fn ckpt_manager_best(
     manager: *const ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let best = manager.call(|m| Ok(m.best_checkpoint()?))?;
-        out.write(new_path_string(best.as_deref())?)
-    })
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.best_checkpoint()) }
 }
 
 /// What is known of a checkpoint in the manager's directory, as a JSON object:
