@@ -436,7 +436,8 @@ impl CheckpointManager {
         let saved = self.save_unless_gated(args, requested || preemptions > self.preemptions_seen);
         match &saved {
             Ok(_) => self.preemptions_seen = preemptions,
-            // The request stands until a save goes through.
+            // The request stands until a save goes through (or finds its
+            // step saved already).
             Err(_) if requested => self.save_requested.store(true, Ordering::Release),
             Err(_) => {}
         }

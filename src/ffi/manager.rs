@@ -579,7 +579,7 @@ pub unsafe extern "C" fn ckpt_manager_should_save(
 
 /// Makes the manager's next save (`ckpt_manager_save`, `_save_with`) go ahead
 /// whatever the intervals say (never twice at the same step). The request
-/// stands until a save goes through.
+/// stands until a save goes through, or finds the current step saved already.
 ///
 /// Async-signal-safe: it sets a flag, allocates nothing and takes no lock, so a
 /// signal handler may call it, as may any thread while a call on the manager
