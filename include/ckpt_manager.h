@@ -573,7 +573,8 @@ ckpt_status ckpt_manager_save(ckpt_manager *manager,
 // Threads: any thread; calls on one manager are serialised, and one made from
 // inside that manager's own callback is refused with
 // CKPT_STATUS_REENTRANT_CALL.
-// Callbacks: none run.
+// Callbacks: the log callback, on the calling thread, with the warnings of a
+// background save that has finished since the last call.
 ckpt_status ckpt_manager_latest(const ckpt_manager *manager, char **out_prefix);
 
 // The managed checkpoints' prefixes, oldest first. Preserved checkpoints are
@@ -587,7 +588,8 @@ ckpt_status ckpt_manager_latest(const ckpt_manager *manager, char **out_prefix);
 // Threads: any thread; calls on one manager are serialised, and one made from
 // inside that manager's own callback is refused with
 // CKPT_STATUS_REENTRANT_CALL.
-// Callbacks: none run.
+// Callbacks: the log callback, on the calling thread, with the warnings of a
+// background save that has finished since the last call.
 ckpt_status ckpt_manager_checkpoints(const ckpt_manager *manager, ckpt_string_list **out_list);
 
 // Restores the newest intact checkpoint through the restore callback, or, with
@@ -765,7 +767,7 @@ ckpt_status ckpt_manager_should_save(ckpt_manager *manager, bool *out_should_sav
 
 // Makes the manager's next save (`ckpt_manager_save`, `_save_with`) go ahead
 // whatever the intervals say (never twice at the same step). The request
-// stands until a save goes through.
+// stands until a save goes through, or finds the current step saved already.
 //
 // Async-signal-safe: it sets a flag, allocates nothing and takes no lock, so a
 // signal handler may call it, as may any thread while a call on the manager
@@ -822,7 +824,8 @@ ckpt_status ckpt_manager_unpin(ckpt_manager *manager, const char *prefix);
 // Threads: any thread; calls on one manager are serialised, and one made from
 // inside that manager's own callback is refused with
 // CKPT_STATUS_REENTRANT_CALL.
-// Callbacks: none run.
+// Callbacks: the log callback, on the calling thread, with the warnings of a
+// background save that has finished since the last call.
 ckpt_status ckpt_manager_best(const ckpt_manager *manager, char **out_prefix);
 
 // What is known of a checkpoint in the manager's directory, as a JSON object:

@@ -67,6 +67,19 @@ c_cases!(api_cases, "api_cases.c":
     save_file_writes,
     free_inside_callback,
     shared_callbacks,
+    save_args_setters,
+    save_with_records,
+    save_with_numbers_and_intervals,
+    keep_options_invalid,
+    keep_best_retention,
+    best_checkpoint,
+    keep_period_retention,
+    pins,
+    pin_unmanaged,
+    tf_written_checkpoint_info,
+    should_save_and_request,
+    preemption_bad_signals,
+    preemption_handler,
 );
 
 c_cases!(async_cases, "async_cases.c":

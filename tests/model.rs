@@ -28,7 +28,7 @@ use std::path::Path;
 use ckpt_manager::{get_checkpoint_state, CheckpointState, Config, MaxToKeep};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use support::harness::{proptest_config, Harness};
+use support::harness::{self, name_of, proptest_config, Harness};
 
 // ---------------------------------------------------------------------------
 // Operations
@@ -167,10 +167,6 @@ fn hit(situation: &'static str) {
 
 // ---------------------------------------------------------------------------
 // Reference model, written from the TF rules
-
-fn name_of(number: u64) -> String {
-    format!("ckpt-{number}")
-}
 
 fn number_of(name: &str) -> u64 {
     name.strip_prefix("ckpt-").unwrap().parse().unwrap()
@@ -333,23 +329,7 @@ impl Model {
     /// `.ckpt-manifest.json` (a `.ckpt-pending` marker only during its
     /// save). No temporary file survives an operation.
     fn expected_files(&self) -> BTreeSet<String> {
-        let mut files: BTreeSet<String> = self
-            .on_disk
-            .iter()
-            .flat_map(|&n| {
-                let name = name_of(n);
-                [
-                    format!("{name}.index"),
-                    format!("{name}.data-00000-of-00001"),
-                    format!("{name}.ckpt-manifest.json"),
-                ]
-            })
-            .collect();
-        files.insert("checkpoint.lock".to_string());
-        if self.state_file.is_some() {
-            files.insert("checkpoint".to_string());
-        }
-        files
+        harness::expected_files(self.on_disk.iter().copied(), self.state_file.is_some())
     }
 }
 

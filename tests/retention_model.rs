@@ -31,7 +31,7 @@ use ckpt_manager::{
 };
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
-use support::harness::{proptest_config, Harness};
+use support::harness::{self, name_of, proptest_config, Harness};
 
 /// The metric `keep_best` ranks by, and one it must ignore.
 const RANKED: &str = "loss";
@@ -228,10 +228,6 @@ const SITUATIONS: [&str; 17] = [
     "resaved_unmanaged_on_disk",
     "pin_rejected_for_a_checkpoint_on_disk",
 ];
-
-fn name_of(number: u64) -> String {
-    format!("ckpt-{number}")
-}
 
 /// What a checkpoint's manifest records, as far as the rules go.
 #[derive(Debug, Clone, Copy)]
@@ -537,23 +533,7 @@ impl Model {
     /// Every file that must be in the directory: the lock, the state file
     /// once written, and each checkpoint's two files and manifest.
     fn expected_files(&self) -> BTreeSet<String> {
-        let mut files: BTreeSet<String> = self
-            .disk
-            .keys()
-            .flat_map(|&number| {
-                let name = name_of(number);
-                [
-                    format!("{name}.index"),
-                    format!("{name}.data-00000-of-00001"),
-                    format!("{name}.ckpt-manifest.json"),
-                ]
-            })
-            .collect();
-        files.insert("checkpoint.lock".to_owned());
-        if self.state_file.is_some() {
-            files.insert("checkpoint".to_owned());
-        }
-        files
+        harness::expected_files(self.disk.keys().copied(), self.state_file.is_some())
     }
 }
 

@@ -557,7 +557,8 @@ class Manager {
   }
 
   // Makes the next save go ahead whatever the intervals say (never twice at
-  // one step); the request stands until a save goes through. On a
+  // one step); the request stands until a save goes through, or finds the
+  // current step saved already. On a
   // non-empty Manager it only sets a flag, so a signal handler may call it;
   // on an empty one it throws CKPT_STATUS_NULL_ARGUMENT.
   void request_save() const {

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,6 +116,25 @@ unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<
         // SAFETY: forwarded to the caller.
         manager: unsafe { handle_arg(manager, "manager") }?,
         _entered: entered,
+    })
+}
+
+/// Runs `body` on the manager and hands the prefix it returns to C
+/// (`*out_prefix`: a new string, or NULL for `None`).
+///
+/// # Safety
+/// `manager` is NULL or a live handle; `out_prefix` NULL or writable.
+unsafe fn prefix_call(
+    manager: *const ckpt_manager,
+    out_prefix: *mut *mut c_char,
+    body: impl FnOnce(&mut CheckpointManager) -> crate::Result<Option<PathBuf>>,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: forwarded to the caller.
+        let (manager, out) =
+            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let prefix = manager.call(|m| Ok(body(m)?))?;
+        out.write(new_path_string(prefix.as_deref())?)
     })
 }
 
@@ -232,15 +252,10 @@ pub unsafe extern "C" fn ckpt_manager_save(
     check_interval: bool,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        // SAFETY: NULL or a readable number (header).
-        let number = unsafe { checkpoint_number.as_ref() }.copied();
-        let prefix = manager.call(|m| Ok(m.save(number, check_interval)?))?;
-        out.write(new_path_string(prefix.as_deref())?)
-    })
+    // SAFETY: NULL or a readable number (header).
+    let number = unsafe { checkpoint_number.as_ref() }.copied();
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.save(number, check_interval)) }
 }
 
 /// The latest checkpoint's prefix, as recorded in the state file (its files are
@@ -254,22 +269,20 @@ pub unsafe extern "C" fn ckpt_manager_save(
 /// Threads: any thread; calls on one manager are serialised, and one made from
 /// inside that manager's own callback is refused with
 /// CKPT_STATUS_REENTRANT_CALL.
-/// Callbacks: none run.
+/// Callbacks: the log callback, on the calling thread, with the warnings of a
+/// background save that has finished since the last call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_latest(
     manager: *const ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let latest = manager.call(|m| {
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe {
+        prefix_call(manager, out_prefix, |m| {
             m.refresh();
             Ok(m.latest_checkpoint())
-        })?;
-        out.write(new_path_string(latest.as_deref())?)
-    })
+        })
+    }
 }
 
 /// The managed checkpoints' prefixes, oldest first. Preserved checkpoints are
@@ -283,7 +296,8 @@ pub unsafe extern "C" fn ckpt_manager_latest(
 /// Threads: any thread; calls on one manager are serialised, and one made from
 /// inside that manager's own callback is refused with
 /// CKPT_STATUS_REENTRANT_CALL.
-/// Callbacks: none run.
+/// Callbacks: the log callback, on the calling thread, with the warnings of a
+/// background save that has finished since the last call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_checkpoints(
     manager: *const ckpt_manager,
@@ -340,13 +354,8 @@ pub unsafe extern "C" fn ckpt_manager_restore_or_initialize(
     manager: *mut ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let restored = manager.call(|m| Ok(m.restore_or_initialize()?))?;
-        out.write(new_path_string(restored.as_deref())?)
-    })
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.restore_or_initialize()) }
 }
 
 /// The manager's directory, as given in the options.
@@ -558,18 +567,12 @@ pub unsafe extern "C" fn ckpt_manager_save_with(
     args: *const ckpt_save_args,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, args, out) = unsafe {
-            (
-                manager_arg(manager)?,
-                handle_arg(args, "args")?,
-                out_param(out_prefix, "out_prefix")?,
-            )
-        };
-        let prefix = manager.call(|m| Ok(m.save_with(args)?))?;
-        out.write(new_path_string(prefix.as_deref())?)
-    })
+    // SAFETY: NULL or a live handle (header).
+    let Some(args) = (unsafe { handle::borrow(args) }) else {
+        return guard(|| Err(Failure::null("args")));
+    };
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe { prefix_call(manager, out_prefix, |m| m.save_with(args)) }
 }
 
 /// Whether `ckpt_manager_save` with `check_interval` true would save now: a
@@ -604,7 +607,7 @@ pub unsafe extern "C" fn ckpt_manager_should_save(
 
 /// Makes the manager's next save (`ckpt_manager_save`, `_save_with`) go ahead
 /// whatever the intervals say (never twice at the same step). The request
-/// stands until a save goes through.
+/// stands until a save goes through, or finds the current step saved already.
 ///
 /// Async-signal-safe: it sets a flag, allocates nothing and takes no lock, so a
 /// signal handler may call it, as may any thread while a call on the manager
@@ -699,22 +702,20 @@ unsafe fn set_pinned(
 /// Threads: any thread; calls on one manager are serialised, and one made from
 /// inside that manager's own callback is refused with
 /// CKPT_STATUS_REENTRANT_CALL.
-/// Callbacks: none run.
+/// Callbacks: the log callback, on the calling thread, with the warnings of a
+/// background save that has finished since the last call.
 #[no_mangle]
 pub unsafe extern "C" fn ckpt_manager_best(
     manager: *const ckpt_manager,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let best = manager.call(|m| {
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe {
+        prefix_call(manager, out_prefix, |m| {
             m.refresh();
-            Ok(m.best_checkpoint()?)
-        })?;
-        out.write(new_path_string(best.as_deref())?)
-    })
+            m.best_checkpoint()
+        })
+    }
 }
 
 /// What is known of a checkpoint in the manager's directory, as a JSON object:
@@ -800,16 +801,15 @@ pub unsafe extern "C" fn ckpt_manager_save_async(
     args: *const ckpt_save_args,
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
-    guard(|| {
-        // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        // SAFETY: NULL or a live handle (header).
-        let args = unsafe { handle::borrow(args) };
-        let defaults = crate::SaveArgs::default();
-        let prefix = manager.call(|m| Ok(m.save_async(args.unwrap_or(&defaults))?))?;
-        out.write(new_path_string(prefix.as_deref())?)
-    })
+    // SAFETY: NULL or a live handle (header).
+    let args = unsafe { handle::borrow(args) };
+    let defaults = crate::SaveArgs::default();
+    // SAFETY: the caller passes NULL or valid pointers (header).
+    unsafe {
+        prefix_call(manager, out_prefix, |m| {
+            m.save_async(args.unwrap_or(&defaults))
+        })
+    }
 }
 
 /// Waits until the background save in flight, if any, has committed or failed,

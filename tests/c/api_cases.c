@@ -10,9 +10,11 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,12 +115,30 @@ static int compare_names(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The `count` malloc'd names sorted bytewise and separated by one space;
+ * frees them and the array. */
+static char *sorted_names(char **names, size_t count) {
+  qsort(names, count, sizeof *names, compare_names);
+  size_t total = 1;
+  for (size_t i = 0; i < count; i++) total += strlen(names[i]) + 1;
+  char *text = malloc(total);
+  CHECK(text != NULL);
+  text[0] = '\0';
+  for (size_t i = 0; i < count; i++) {
+    if (i > 0) strcat(text, " ");
+    strcat(text, names[i]);
+    free(names[i]);
+  }
+  free(names);
+  return text;
+}
+
 /* The directory's entries, sorted bytewise and separated by one space; ""
  * when empty, NULL when the directory cannot be opened. */
 static char *listing(const char *dir) {
   DIR *handle = opendir(dir);
   if (handle == NULL) return NULL;
-  size_t count = 0, capacity = 16, total = 1;
+  size_t count = 0, capacity = 16;
   char **names = malloc(capacity * sizeof *names);
   CHECK(names != NULL);
   struct dirent *entry;
@@ -131,21 +151,10 @@ static char *listing(const char *dir) {
     }
     names[count] = strdup(entry->d_name);
     CHECK(names[count] != NULL);
-    total += strlen(names[count]) + 1;
     count++;
   }
   closedir(handle);
-  qsort(names, count, sizeof *names, compare_names);
-  char *text = malloc(total);
-  CHECK(text != NULL);
-  text[0] = '\0';
-  for (size_t i = 0; i < count; i++) {
-    if (i > 0) strcat(text, " ");
-    strcat(text, names[i]);
-    free(names[i]);
-  }
-  free(names);
-  return text;
+  return sorted_names(names, count);
 }
 
 #define CHECK_LISTING(dir, expected) \
@@ -2441,6 +2450,1056 @@ static void shared_callbacks(const char *dir) {
   free(second_dir);
 }
 
+/* ------------------------------------------------------------------------
+ * Beyond TF's retention (issue 10): save arguments, best-k, keep period,
+ * pins, checkpoint info, timed and requested saves, preemption. */
+
+static int args_marker;
+#define SENTINEL_ARGS ((ckpt_save_args *)(void *)&args_marker)
+
+static ckpt_save_args *new_args(void) {
+  ckpt_save_args *args = SENTINEL_ARGS;
+  CHECK_OK(ckpt_save_args_new(&args));
+  CHECK(args != NULL && args != SENTINEL_ARGS);
+  return args;
+}
+
+/* Saves with `args`; expects the prefix `basename`, or a skipped save
+ * (a NULL prefix) when `basename` is NULL. */
+static void save_with_expecting(ckpt_manager *manager, const ckpt_save_args *args,
+                                const char *basename) {
+  char *prefix = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_save_with(manager, args, &prefix));
+  CHECK(prefix != SENTINEL_STRING);
+  if (basename == NULL) {
+    CHECK_STR(NULL, prefix);
+    return;
+  }
+  CHECK(prefix != NULL);
+  CHECK_STR(basename, base_name(prefix));
+  ckpt_string_free(prefix);
+}
+
+/* Saves recording one metric. */
+static void save_metric_expecting(ckpt_manager *manager, const char *metric, double value,
+                                  const char *basename) {
+  ckpt_save_args *args = new_args();
+  CHECK_OK(ckpt_save_args_set_metric(args, metric, value));
+  save_with_expecting(manager, args, basename);
+  ckpt_save_args_free(args);
+}
+
+/* `length` copies of `c`, NUL-terminated. */
+static char *repeated(char c, size_t length) {
+  char *text = malloc(length + 1);
+  CHECK(text != NULL);
+  memset(text, c, length);
+  text[length] = '\0';
+  return text;
+}
+
+/* ckpt_manager_checkpoint_info of <dir>/<basename> is exactly `expected`. */
+#define CHECK_INFO(manager, dir, basename, expected) \
+  check_info(__FILE__, __LINE__, (manager), (dir), (basename), (expected))
+static void check_info(const char *file, int line, ckpt_manager *manager, const char *dir,
+                       const char *basename, const char *expected) {
+  char *prefix = join(dir, basename);
+  char *json = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_checkpoint_info(manager, prefix, &json));
+  if (json == SENTINEL_STRING || json == NULL || strcmp(json, expected) != 0)
+    test_fail(file, line, "checkpoint_info of %s is\n%s\nexpected\n%s", basename,
+              json == SENTINEL_STRING ? "(untouched)" : json ? json : "(null)", expected);
+  ckpt_string_free(json);
+  free(prefix);
+}
+
+/* The manifest of <dir>/<basename> holds `needle` (or, `present` false,
+ * does not). */
+#define CHECK_MANIFEST(dir, basename, present, needle) \
+  check_manifest(__FILE__, __LINE__, (dir), (basename), (present), (needle))
+static void check_manifest(const char *file, int line, const char *dir, const char *basename,
+                           bool present, const char *needle) {
+  char *name = format("%s.ckpt-manifest.json", basename);
+  char *path = join(dir, name);
+  char *text = read_text(path);
+  if (text == NULL) test_fail(file, line, "%s is missing", path);
+  if ((strstr(text, needle) != NULL) != present)
+    test_fail(file, line, "%s %s \"%s\":\n%s", path, present ? "lacks" : "holds", needle, text);
+  free(text);
+  free(path);
+  free(name);
+}
+
+static void check_best(ckpt_manager *manager, const char *dir, const char *basename) {
+  char *best = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_best(manager, &best));
+  CHECK(best != SENTINEL_STRING);
+  char *expected = basename ? join(dir, basename) : NULL;
+  CHECK_STR(expected, best);
+  free(expected);
+  ckpt_string_free(best);
+}
+
+static bool should_save(ckpt_manager *manager) {
+  bool answer = false, other = true;
+  CHECK_OK(ckpt_manager_should_save(manager, &answer));
+  CHECK_OK(ckpt_manager_should_save(manager, &other));
+  CHECK(answer == other); /* asking changes nothing */
+  return answer;
+}
+
+/* Exactly the checkpoints `names` (space-separated basenames, oldest
+ * first) are kept: on the manager's list, on the state file's list (the
+ * last being its model_checkpoint_path), and on disk, where the directory
+ * holds their TF-style files and manifests, the state file and the lock
+ * and nothing else. */
+#define CHECK_KEPT(manager, dir, names) \
+  check_kept(__FILE__, __LINE__, (manager), (dir), (names))
+static void check_kept(const char *file, int line, ckpt_manager *manager, const char *dir,
+                       const char *names) {
+  char *copy = strdup(names);
+  CHECK(copy != NULL);
+  const char *kept[16];
+  size_t count = 0;
+  for (char *name = strtok(copy, " "); name != NULL; name = strtok(NULL, " ")) {
+    CHECK(count < 15);
+    kept[count++] = name;
+  }
+  kept[count] = NULL;
+  check_checkpoints(file, line, manager, kept);
+
+  ckpt_checkpoint_state *state = read_state(dir);
+  bool same = ckpt_checkpoint_state_path_count(state) == count && count > 0 &&
+              strcmp(base_name(ckpt_checkpoint_state_model_checkpoint_path(state)),
+                     kept[count - 1]) == 0;
+  for (size_t i = 0; same && i < count; i++)
+    same = strcmp(base_name(ckpt_checkpoint_state_path(state, i)), kept[i]) == 0;
+  if (!same) {
+    char *text = read_text(join(dir, "checkpoint"));
+    test_fail(file, line, "the state file should list [%s]:\n%s", names, text);
+  }
+  ckpt_checkpoint_state_free(state);
+
+  char **expected = malloc((3 * count + 2) * sizeof *expected);
+  CHECK(expected != NULL);
+  size_t files = 0;
+  expected[files++] = format("checkpoint");
+  expected[files++] = format("checkpoint.lock");
+  for (size_t i = 0; i < count; i++) {
+    expected[files++] = format("%s.ckpt-manifest.json", kept[i]);
+    expected[files++] = format("%s.data-00000-of-00001", kept[i]);
+    expected[files++] = format("%s.index", kept[i]);
+  }
+  char *want = sorted_names(expected, files);
+  check_listing(file, line, dir, want);
+  free(want);
+  free(copy);
+}
+
+/* The bytes of `<dir>/<name>` and the directory's listing, to show that a
+ * refused call changed nothing on disk. */
+typedef struct {
+  char *listing;
+  char *path;
+  unsigned char *bytes;
+  size_t length;
+} snapshot;
+
+static snapshot take_snapshot(const char *dir, const char *name) {
+  snapshot s = {.listing = listing(dir), .path = join(dir, name)};
+  s.bytes = read_bytes(s.path, &s.length);
+  CHECK(s.listing != NULL && s.bytes != NULL);
+  return s;
+}
+
+#define CHECK_UNCHANGED(dir, s) check_unchanged(__FILE__, __LINE__, (dir), (s))
+static void check_unchanged(const char *file, int line, const char *dir, snapshot *s) {
+  check_listing(file, line, dir, s->listing);
+  check_file_bytes(file, line, s->path, s->bytes, s->length);
+  free(s->listing);
+  free(s->path);
+  free(s->bytes);
+}
+
+/* ------------------------------------------------------------------------
+ * 31. save_args_setters: bad inputs are refused with a clear status and
+ * leave the arguments as they were; what was set lands in the manifest. */
+
+static void save_args_setters(const char *dir) {
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_args", ckpt_save_args_new(NULL));
+  ckpt_save_args_free(NULL);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "args", ckpt_save_args_set_checkpoint_number(NULL, 3));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "args", ckpt_save_args_set_check_interval(NULL, false));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "args", ckpt_save_args_set_metric(NULL, "loss", 1.0));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "args", ckpt_save_args_set_metadata_json(NULL, "{}"));
+
+  ckpt_save_args *args = new_args();
+  CHECK_OK(ckpt_save_args_set_metric(args, "loss", 0.75));
+  CHECK_OK(ckpt_save_args_set_metric(args, "loss", 0.25)); /* the new value replaces it */
+  char *longest = repeated('m', 256), *too_long = repeated('m', 257);
+  CHECK_OK(ckpt_save_args_set_metric(args, longest, 2.0));
+  /* Exactly 1 MiB of JSON is accepted, and replaced by the next object. */
+  char *padding = repeated('x', (1 << 20) - strlen("{\"pad\":\"\"}"));
+  char *largest = format("{\"pad\":\"%s\"}", padding);
+  CHECK(strlen(largest) == 1 << 20);
+  CHECK_OK(ckpt_save_args_set_metadata_json(args, largest));
+  CHECK_OK(ckpt_save_args_set_metadata_json(args, "{\"epoch\":3,\"tag\":\"warm\"}"));
+
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "name", ckpt_save_args_set_metric(args, NULL, 9.0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "metric name",
+              ckpt_save_args_set_metric(args, "", 9.0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "metric name",
+              ckpt_save_args_set_metric(args, too_long, 9.0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not UTF-8",
+              ckpt_save_args_set_metric(args, "lo\xffss", 9.0));
+
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "json", ckpt_save_args_set_metadata_json(args, NULL));
+  const char *not_json[] = {"", "{", "{\"epoch\":4", "{\"epoch\":4} trailing", "{epoch:4}",
+                            "{\"epoch\":NaN}"};
+  for (size_t i = 0; i < sizeof not_json / sizeof not_json[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not valid JSON",
+                ckpt_save_args_set_metadata_json(args, not_json[i]));
+  const char *not_objects[] = {"[1,2]", "[{\"epoch\":4}]", "42", "\"text\"", "null", "true"};
+  for (size_t i = 0; i < sizeof not_objects / sizeof not_objects[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "JSON object",
+                ckpt_save_args_set_metadata_json(args, not_objects[i]));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not UTF-8",
+              ckpt_save_args_set_metadata_json(args, "{\"tag\":\"\xff\"}"));
+  char *too_large = format("{\"pad\":\"%sx\"}", padding);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "at most 1048576",
+              ckpt_save_args_set_metadata_json(args, too_large));
+
+  /* The save records what was set before the failures, and only that. */
+  fake_world world = {.now = 100.0, .value = 1.5};
+  ckpt_options *options = world_options(&world, dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  save_with_expecting(manager, args, "ckpt-1");
+  save_with_expecting(manager, args, "ckpt-2"); /* one handle serves many saves */
+  char *expected = format(
+      "{\"prefix\":\"%s/ckpt-1\",\"number\":1,\"step\":null,\"timestamp\":100.0,"
+      "\"metrics\":{\"loss\":0.25,\"%s\":2.0},\"metadata\":{\"epoch\":3,\"tag\":\"warm\"},"
+      "\"pinned\":false,\"managed\":true,\"latest\":false,\"has_manifest\":true,"
+      "\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":3},"
+      "{\"suffix\":\".index\",\"size\":1}],\"total_size\":4}",
+      dir, longest);
+  CHECK_INFO(manager, dir, "ckpt-1", expected);
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"loss\": 0.25");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"epoch\": 3");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"tag\": \"warm\"");
+  CHECK_MANIFEST(dir, "ckpt-1", false, "\"pad\"");
+  CHECK_MANIFEST(dir, "ckpt-1", false, "\"pinned\"");
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-2");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  ckpt_save_args_free(args);
+  free(expected);
+  free(too_large);
+  free(largest);
+  free(padding);
+  free(longest);
+  free(too_long);
+}
+
+/* ------------------------------------------------------------------------
+ * 32. save_with_records: metrics (NaN and infinities too), metadata and
+ * the step land in the manifest and in checkpoint_info, and survive a
+ * restart; a plain save records none. */
+
+static void save_with_records(const char *dir) {
+  fake_world world = {.now = 1000.5, .step = 42, .value = 1.5};
+  ckpt_options *options = world_options(&world, dir, 3);
+  CHECK_OK(ckpt_options_set_step_counter_callback(options, fake_step, &world, NULL));
+  ckpt_manager *manager = open_manager(options);
+  ckpt_save_args *args = new_args();
+  CHECK_OK(ckpt_save_args_set_metric(args, "loss", 0.125));
+  CHECK_OK(ckpt_save_args_set_metric(args, "nan", NAN));
+  CHECK_OK(ckpt_save_args_set_metric(args, "up", INFINITY));
+  CHECK_OK(ckpt_save_args_set_metric(args, "down", -INFINITY));
+  CHECK_OK(ckpt_save_args_set_metric(args, "delta", -3.5));
+  CHECK_OK(ckpt_save_args_set_metadata_json(
+      args, "{\"config\":{\"layers\":[64,32],\"lr\":0.001},\"run\":\"caf\\u00e9\"}"));
+  save_with_expecting(manager, args, "ckpt-1");
+  ckpt_save_args_free(args);
+
+  const char *first_info =
+      "{\"prefix\":\"%s/ckpt-1\",\"number\":1,\"step\":42,\"timestamp\":1000.5,"
+      "\"metrics\":{\"delta\":-3.5,\"down\":\"-Infinity\",\"loss\":0.125,\"nan\":\"NaN\","
+      "\"up\":\"Infinity\"},"
+      "\"metadata\":{\"config\":{\"layers\":[64,32],\"lr\":0.001},\"run\":\"caf\xc3\xa9\"},"
+      "\"pinned\":false,\"managed\":true,\"latest\":%s,\"has_manifest\":true,"
+      "\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":3},"
+      "{\"suffix\":\".index\",\"size\":1}],\"total_size\":4}";
+  char *expected = format(first_info, dir, "true");
+  CHECK_INFO(manager, dir, "ckpt-1", expected);
+  free(expected);
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"step\": 42");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"loss\": 0.125");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"nan\": \"NaN\"");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"up\": \"Infinity\"");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"down\": \"-Infinity\"");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"lr\": 0.001");
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"run\": \"caf\xc3\xa9\"");
+  char *first = join(dir, "ckpt-1");
+  CHECK_OK(ckpt_verify_checkpoint(first, true));
+
+  /* A plain save records the step only. */
+  world.now = 1001.0;
+  world.step = 43;
+  save_expecting(manager, "ckpt-2");
+  expected = format(
+      "{\"prefix\":\"%s/ckpt-2\",\"number\":2,\"step\":43,\"timestamp\":1001.0,"
+      "\"metrics\":{},\"metadata\":null,\"pinned\":false,\"managed\":true,\"latest\":true,"
+      "\"has_manifest\":true,\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":3},"
+      "{\"suffix\":\".index\",\"size\":1}],\"total_size\":4}",
+      dir);
+  CHECK_INFO(manager, dir, "ckpt-2", expected);
+  CHECK_MANIFEST(dir, "ckpt-2", false, "\"metrics\"");
+  CHECK_MANIFEST(dir, "ckpt-2", false, "\"metadata\"");
+  ckpt_manager_free(manager);
+
+  /* A new manager reads them back from the manifests. */
+  world.now = 2000.0;
+  manager = open_manager(options);
+  CHECK_INFO(manager, dir, "ckpt-2", expected);
+  free(expected);
+  expected = format(first_info, dir, "false");
+  CHECK_INFO(manager, dir, "ckpt-1", expected);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(expected);
+  free(first);
+}
+
+/* ------------------------------------------------------------------------
+ * 33. save_with_numbers_and_intervals: NULL arguments, an explicit number,
+ * and check_interval false against the step interval. */
+
+static void save_with_numbers_and_intervals(const char *dir) {
+  fake_world world = {.now = 100.0, .step = 0};
+  ckpt_options *options = world_options(&world, dir, 3);
+  CHECK_OK(ckpt_options_set_step_counter_callback(options, fake_step, &world, NULL));
+  CHECK_OK(ckpt_options_set_checkpoint_interval(options, 10));
+  ckpt_manager *manager = open_manager(options);
+  ckpt_save_args *args = new_args();
+  char *prefix = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_save_with(NULL, args, &prefix));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "args", ckpt_manager_save_with(manager, NULL, &prefix));
+  CHECK(prefix == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix",
+              ckpt_manager_save_with(manager, args, NULL));
+  CHECK(world.saves == 0);
+  CHECK_LISTING(dir, "checkpoint.lock");
+
+  save_with_expecting(manager, args, "ckpt-1"); /* the first save always goes ahead */
+  world.step = 5;
+  save_with_expecting(manager, args, NULL); /* within the step interval */
+  CHECK(!should_save(manager));
+  CHECK(world.saves == 1);
+  CHECK_KEPT(manager, dir, "ckpt-1");
+
+  CHECK_OK(ckpt_save_args_set_check_interval(args, false));
+  save_with_expecting(manager, args, "ckpt-2");
+  save_with_expecting(manager, args, NULL); /* never twice at the same step */
+  CHECK(world.saves == 2);
+
+  world.step = 6;
+  CHECK_OK(ckpt_save_args_set_checkpoint_number(args, 70));
+  save_with_expecting(manager, args, "ckpt-70");
+  CHECK_FILE_TEXT(dir, "ckpt-70.index", "70"); /* the save callback got the number */
+  char *expected = format(
+      "{\"prefix\":\"%s/ckpt-70\",\"number\":70,\"step\":6,\"timestamp\":100.0,"
+      "\"metrics\":{},\"metadata\":null,\"pinned\":false,\"managed\":true,\"latest\":true,"
+      "\"has_manifest\":true,\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":1},"
+      "{\"suffix\":\".index\",\"size\":2}],\"total_size\":3}",
+      dir);
+  CHECK_INFO(manager, dir, "ckpt-70", expected);
+  free(expected);
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-2 ckpt-70");
+
+  /* Checking the interval again: step 15 is within 10 of step 6. */
+  CHECK_OK(ckpt_save_args_set_check_interval(args, true));
+  world.step = 15;
+  save_with_expecting(manager, args, NULL);
+  world.step = 16;
+  save_with_expecting(manager, args, "ckpt-70"); /* saved again, as number 70 */
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-2 ckpt-70");
+  CHECK(world.saves == 4);
+  ckpt_save_args_free(args);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
+ * 34. keep_options_invalid: bad keep_best, keep_period and
+ * save_interval_seconds values are refused and the options keep what was
+ * set before, as the manager built from them shows. */
+
+static void keep_options_invalid(const char *dir) {
+  fake_world world = {.now = 1000.0};
+  ckpt_options *options = world_options(&world, dir, 1);
+  CHECK_OK(ckpt_options_set_keep_best(options, "loss", CKPT_METRIC_MIN, 1));
+  CHECK_OK(ckpt_options_set_save_interval_seconds(options, 100.0));
+
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_keep_best(NULL, "loss", CKPT_METRIC_MIN, 1));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "metric_name",
+              ckpt_options_set_keep_best(options, NULL, CKPT_METRIC_MAX, 2));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_options_set_keep_period(NULL, 3));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_save_interval_seconds(NULL, 5.0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "k >= 1",
+              ckpt_options_set_keep_best(options, "acc", CKPT_METRIC_MAX, 0));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "mode 7",
+              ckpt_options_set_keep_best(options, "acc", 7, 2));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "metric name",
+              ckpt_options_set_keep_best(options, "", CKPT_METRIC_MAX, 2));
+  char *too_long = repeated('a', 257);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "metric name",
+              ckpt_options_set_keep_best(options, too_long, CKPT_METRIC_MAX, 2));
+  free(too_long);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not UTF-8",
+              ckpt_options_set_keep_best(options, "a\xff", CKPT_METRIC_MAX, 2));
+  const double bad_seconds[] = {NAN, INFINITY, -INFINITY, -1.0, -1e-9};
+  for (size_t i = 0; i < sizeof bad_seconds / sizeof bad_seconds[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "save_interval_seconds",
+                ckpt_options_set_save_interval_seconds(options, bad_seconds[i]));
+
+  /* Still 100 s between saves, and the best 1 by the smallest "loss". */
+  ckpt_manager *manager = open_manager(options);
+  save_metric_expecting(manager, "loss", 2.0, "ckpt-1");
+  world.now = 1050.0;
+  CHECK(!should_save(manager));
+  save_metric_expecting(manager, "loss", 1.0, NULL);
+  world.now = 1100.0;
+  save_metric_expecting(manager, "loss", 3.0, "ckpt-2");
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-2");
+  world.now = 1200.0;
+  save_metric_expecting(manager, "acc", 9.0, "ckpt-3");
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-3");
+  check_best(manager, dir, "ckpt-1");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
+ * 35. keep_best_retention: max_to_keep 1 with the best 2 by the smallest
+ * loss: NaN and saves without the loss never rank, ties keep the newer,
+ * and the ranking survives a restart. */
+
+static void keep_best_retention(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 1);
+  CHECK_OK(ckpt_options_set_keep_best(options, "loss", CKPT_METRIC_MIN, 2));
+  ckpt_manager *manager = open_manager(options);
+  check_best(manager, dir, NULL);
+  struct {
+    bool has_loss; /* false: the save records "acc" only */
+    double loss;
+    const char *kept;
+    const char *best;
+  } saves[] = {
+      {true, 0.9, "ckpt-1", "ckpt-1"},
+      {true, 0.5, "ckpt-1 ckpt-2", "ckpt-2"},
+      {true, NAN, "ckpt-1 ckpt-2 ckpt-3", "ckpt-2"},
+      {false, 0.0, "ckpt-1 ckpt-2 ckpt-4", "ckpt-2"},
+      {true, 0.7, "ckpt-2 ckpt-5", "ckpt-2"},
+      {true, 0.5, "ckpt-2 ckpt-6", "ckpt-6"}, /* ties with ckpt-2: the newer ranks higher */
+      {true, 0.5, "ckpt-6 ckpt-7", "ckpt-7"},
+      {true, 0.1, "ckpt-7 ckpt-8", "ckpt-8"},
+  };
+  for (size_t i = 0; i < sizeof saves / sizeof saves[0]; i++) {
+    world.now += 1.0;
+    char *name = format("ckpt-%zu", i + 1);
+    ckpt_save_args *args = new_args();
+    CHECK_OK(ckpt_save_args_set_metric(args, "acc", 0.5));
+    if (saves[i].has_loss) CHECK_OK(ckpt_save_args_set_metric(args, "loss", saves[i].loss));
+    save_with_expecting(manager, args, name);
+    ckpt_save_args_free(args);
+    fprintf(stderr, "after %s\n", name);
+    CHECK_KEPT(manager, dir, saves[i].kept);
+    check_best(manager, dir, saves[i].best);
+    free(name);
+  }
+  CHECK_STATE_FILE(dir,
+                   "model_checkpoint_path: \"ckpt-8\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-7\"\n"
+                   "all_model_checkpoint_paths: \"ckpt-8\"\n"
+                   "all_model_checkpoint_timestamps: 107.0\n"
+                   "all_model_checkpoint_timestamps: 108.0\n"
+                   "last_preserved_timestamp: 99.0\n");
+  ckpt_manager_free(manager);
+
+  /* A new manager ranks by the losses in the manifests: ckpt-7's 0.5
+   * still beats a later 5.0. */
+  world.now = 200.0;
+  manager = open_manager(options);
+  CHECK_KEPT(manager, dir, "ckpt-7 ckpt-8");
+  check_best(manager, dir, "ckpt-8");
+  save_metric_expecting(manager, "loss", 5.0, "ckpt-9");
+  CHECK_KEPT(manager, dir, "ckpt-7 ckpt-8 ckpt-9");
+  check_best(manager, dir, "ckpt-8");
+  world.now = 201.0;
+  save_metric_expecting(manager, "loss", 0.1, "ckpt-10");
+  CHECK_KEPT(manager, dir, "ckpt-8 ckpt-10");
+  check_best(manager, dir, "ckpt-10");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
+/* ------------------------------------------------------------------------
+ * 36. best_checkpoint: NULL until a managed checkpoint records the metric
+ * as a number; refused without a keep_best metric; the same after a
+ * restart; CKPT_METRIC_MAX prefers larger values. */
+
+static void best_checkpoint(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *plain_dir = join(dir, "plain");
+  ckpt_options *options = world_options(&world, plain_dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  save_metric_expecting(manager, "acc", 0.5, "ckpt-1");
+  char *best = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "keep_best", ckpt_manager_best(manager, &best));
+  CHECK(best == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_best(NULL, &best));
+  CHECK(best == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_prefix", ckpt_manager_best(manager, NULL));
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  char *best_dir = join(dir, "best");
+  options = world_options(&world, best_dir, 10);
+  CHECK_OK(ckpt_options_set_keep_best(options, "acc", CKPT_METRIC_MAX, 1));
+  manager = open_manager(options);
+  check_best(manager, best_dir, NULL);
+  save_expecting(manager, "ckpt-1");
+  check_best(manager, best_dir, NULL);
+  save_metric_expecting(manager, "loss", 0.1, "ckpt-2");
+  check_best(manager, best_dir, NULL);
+  save_metric_expecting(manager, "acc", NAN, "ckpt-3");
+  check_best(manager, best_dir, NULL);
+  save_metric_expecting(manager, "acc", 0.25, "ckpt-4");
+  check_best(manager, best_dir, "ckpt-4");
+  save_metric_expecting(manager, "acc", -INFINITY, "ckpt-5");
+  save_metric_expecting(manager, "acc", 0.75, "ckpt-6");
+  save_metric_expecting(manager, "acc", 0.5, "ckpt-7");
+  check_best(manager, best_dir, "ckpt-6");
+  ckpt_manager_free(manager);
+  manager = open_manager(options);
+  check_best(manager, best_dir, "ckpt-6");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(best_dir);
+  free(plain_dir);
+}
+
+/* ------------------------------------------------------------------------
+ * 37. keep_period_retention: every 3rd number is kept beyond max_to_keep,
+ * also after a restart; a period of 0 turns the rule off. */
+
+static void keep_period_retention(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *run = join(dir, "run");
+  ckpt_options *options = world_options(&world, run, 1);
+  CHECK_OK(ckpt_options_set_keep_period(options, 3));
+  ckpt_manager *manager = open_manager(options);
+  const char *kept[] = {"ckpt-1", "ckpt-2", "ckpt-3", "ckpt-3 ckpt-4", "ckpt-3 ckpt-5",
+                        "ckpt-3 ckpt-6", "ckpt-3 ckpt-6 ckpt-7"};
+  for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) {
+    world.now += 1.0;
+    ckpt_string_free(save(manager));
+    CHECK_KEPT(manager, run, kept[i]);
+  }
+  ckpt_manager_free(manager);
+  world.now = 200.0;
+  manager = open_manager(options);
+  CHECK_KEPT(manager, run, "ckpt-3 ckpt-6 ckpt-7");
+  save_expecting(manager, "ckpt-8");
+  CHECK_KEPT(manager, run, "ckpt-3 ckpt-6 ckpt-8");
+  save_expecting(manager, "ckpt-9");
+  CHECK_KEPT(manager, run, "ckpt-3 ckpt-6 ckpt-9");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  char *off = join(dir, "off");
+  options = world_options(&world, off, 1);
+  CHECK_OK(ckpt_options_set_keep_period(options, 3));
+  CHECK_OK(ckpt_options_set_keep_period(options, 0));
+  manager = open_manager(options);
+  for (int i = 0; i < 4; i++) ckpt_string_free(save(manager));
+  CHECK_KEPT(manager, off, "ckpt-4");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(off);
+  free(run);
+}
+
+/* ------------------------------------------------------------------------
+ * 38. pins: a pinned checkpoint outlives max_to_keep and a restart (the
+ * manifest records it); unpinning deletes nothing until the next save. */
+
+static void pins(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 1);
+  ckpt_manager *manager = open_manager(options);
+  world.now = 101.0;
+  save_expecting(manager, "ckpt-1");
+  char *first = join(dir, "ckpt-1");
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_pin(NULL, first));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_manager_pin(manager, NULL));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_unpin(NULL, first));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix", ckpt_manager_unpin(manager, NULL));
+  CHECK_MANIFEST(dir, "ckpt-1", false, "\"pinned\"");
+
+  snapshot state = take_snapshot(dir, "checkpoint");
+  CHECK_OK(ckpt_manager_pin(manager, first));
+  CHECK_OK(ckpt_manager_pin(manager, first)); /* pinning again changes nothing */
+  CHECK_UNCHANGED(dir, &state);               /* only the manifest changed */
+  CHECK_MANIFEST(dir, "ckpt-1", true, "\"pinned\": true");
+  CHECK_OK(ckpt_verify_checkpoint(first, true)); /* the rewritten manifest is whole */
+
+  for (int i = 2; i <= 3; i++) {
+    world.now += 1.0;
+    ckpt_string_free(save(manager));
+  }
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-3");
+  char *expected = format(
+      "{\"prefix\":\"%s/ckpt-1\",\"number\":1,\"step\":null,\"timestamp\":101.0,"
+      "\"metrics\":{},\"metadata\":null,\"pinned\":true,\"managed\":true,\"latest\":false,"
+      "\"has_manifest\":true,\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":1},"
+      "{\"suffix\":\".index\",\"size\":1}],\"total_size\":2}",
+      dir);
+  CHECK_INFO(manager, dir, "ckpt-1", expected);
+  ckpt_manager_free(manager);
+
+  /* The pin survives a restart. */
+  world.now = 200.0;
+  manager = open_manager(options);
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-3");
+  CHECK_INFO(manager, dir, "ckpt-1", expected);
+  save_expecting(manager, "ckpt-4");
+  CHECK_KEPT(manager, dir, "ckpt-1 ckpt-4");
+
+  /* Unpinned: kept until the next save's sweep. */
+  state = take_snapshot(dir, "checkpoint");
+  CHECK_OK(ckpt_manager_unpin(manager, first));
+  CHECK_OK(ckpt_manager_unpin(manager, first));
+  CHECK_UNCHANGED(dir, &state);
+  CHECK_MANIFEST(dir, "ckpt-1", false, "\"pinned\"");
+  CHECK_OK(ckpt_verify_checkpoint(first, true));
+  world.now = 201.0;
+  save_expecting(manager, "ckpt-5");
+  CHECK_KEPT(manager, dir, "ckpt-5");
+
+  /* A pinned number saved again stays pinned. */
+  char *fifth = join(dir, "ckpt-5");
+  CHECK_OK(ckpt_manager_pin(manager, fifth));
+  world.now = 202.0;
+  ckpt_string_free(save_numbered(manager, 5));
+  CHECK_MANIFEST(dir, "ckpt-5", true, "\"pinned\": true");
+  world.now = 203.0;
+  save_expecting(manager, "ckpt-7"); /* the re-save counted as the 6th */
+  CHECK_KEPT(manager, dir, "ckpt-5 ckpt-7");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(fifth);
+  free(expected);
+  free(first);
+}
+
+/* ------------------------------------------------------------------------
+ * 39. pin_unmanaged: a prefix that is not on the managed list (made up,
+ * preserved by keep_checkpoint_every_n_hours, in another directory) cannot
+ * be pinned, and nothing changes on disk; checkpoint_info knows preserved
+ * checkpoints but not made-up ones. */
+
+static void pin_unmanaged(const char *dir) {
+  fake_world world = {.now = 100.0};
+  char *run = join(dir, "run"), *other = join(dir, "other");
+  ckpt_options *options = world_options(&world, other, 1);
+  ckpt_manager *manager = open_manager(options);
+  ckpt_string_free(save_numbered(manager, 2));
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  options = world_options(&world, run, 1);
+  CHECK_OK(ckpt_options_set_keep_checkpoint_every_n_hours(options, 1.0));
+  manager = open_manager(options);
+  world.now = 10000.0;
+  save_expecting(manager, "ckpt-1");
+  world.now = 10001.0;
+  save_expecting(manager, "ckpt-2"); /* ckpt-1 is preserved: left on disk, off the list */
+  CHECK_LISTING(run, STATE_AND_LOCK " " TF3(1) " " TF3(2));
+  CHECK_CHECKPOINTS(manager, "ckpt-2");
+
+  char *preserved = join(run, "ckpt-1"), *made_up = join(run, "ckpt-77");
+  char *elsewhere = join(other, "ckpt-2");
+  const char *unmanaged[] = {preserved, made_up, elsewhere};
+  for (size_t i = 0; i < sizeof unmanaged / sizeof unmanaged[0]; i++) {
+    snapshot state = take_snapshot(run, "checkpoint");
+    snapshot manifest = take_snapshot(run, "ckpt-1.ckpt-manifest.json");
+    snapshot other_manifest = take_snapshot(other, "ckpt-2.ckpt-manifest.json");
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a checkpoint this manager manages",
+                ckpt_manager_pin(manager, unmanaged[i]));
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a checkpoint this manager manages",
+                ckpt_manager_unpin(manager, unmanaged[i]));
+    CHECK_UNCHANGED(run, &state);
+    CHECK_UNCHANGED(run, &manifest);
+    CHECK_UNCHANGED(other, &other_manifest);
+  }
+  CHECK_MANIFEST(run, "ckpt-1", false, "\"pinned\"");
+
+  char *expected = format(
+      "{\"prefix\":\"%s/ckpt-1\",\"number\":1,\"step\":null,\"timestamp\":10000.0,"
+      "\"metrics\":{},\"metadata\":null,\"pinned\":false,\"managed\":false,\"latest\":false,"
+      "\"has_manifest\":true,\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":1},"
+      "{\"suffix\":\".index\",\"size\":1}],\"total_size\":2}",
+      run);
+  CHECK_INFO(manager, run, "ckpt-1", expected);
+  free(expected);
+  char *json = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a checkpoint",
+              ckpt_manager_checkpoint_info(manager, made_up, &json));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a checkpoint",
+              ckpt_manager_checkpoint_info(manager, elsewhere, &json));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager",
+              ckpt_manager_checkpoint_info(NULL, preserved, &json));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "prefix",
+              ckpt_manager_checkpoint_info(manager, NULL, &json));
+  CHECK(json == SENTINEL_STRING);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_json",
+              ckpt_manager_checkpoint_info(manager, preserved, NULL));
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(elsewhere);
+  free(made_up);
+  free(preserved);
+  free(other);
+  free(run);
+}
+
+/* ------------------------------------------------------------------------
+ * 40. tf_written_checkpoint_info: a checkpoint TF wrote (no manifest) is
+ * described from its files; it cannot be pinned (nowhere to record it). */
+
+static void tf_written_checkpoint_info(const char *dir) {
+  write_in(dir, "ckpt-9.index", "index nine");
+  write_in(dir, "ckpt-9.data-00000-of-00001", "twelve bytes");
+  write_in(dir, "checkpoint",
+           "model_checkpoint_path: \"ckpt-9\"\n"
+           "all_model_checkpoint_paths: \"ckpt-9\"\n"
+           "all_model_checkpoint_timestamps: 500.0\n"
+           "last_preserved_timestamp: 400.0\n");
+  fake_world world = {.now = 1000.0};
+  ckpt_options *options = world_options(&world, dir, 2);
+  ckpt_manager *manager = open_manager(options);
+  CHECK_CHECKPOINTS(manager, "ckpt-9");
+  const char *info =
+      "{\"prefix\":\"%s/ckpt-9\",\"number\":9,\"step\":null,\"timestamp\":500.0,"
+      "\"metrics\":{},\"metadata\":null,\"pinned\":false,\"managed\":true,\"latest\":%s,"
+      "\"has_manifest\":false,\"files\":[{\"suffix\":\".data-00000-of-00001\",\"size\":12},"
+      "{\"suffix\":\".index\",\"size\":10}],\"total_size\":22}";
+  char *expected = format(info, dir, "true");
+  CHECK_INFO(manager, dir, "ckpt-9", expected);
+  free(expected);
+
+  char *ninth = join(dir, "ckpt-9");
+  snapshot state = take_snapshot(dir, "checkpoint");
+  CHECK_FAILS(CKPT_STATUS_NO_MANIFEST, "ckpt-9", ckpt_manager_pin(manager, ninth));
+  CHECK_FAILS(CKPT_STATUS_NO_MANIFEST, "ckpt-9", ckpt_manager_unpin(manager, ninth));
+  CHECK_UNCHANGED(dir, &state);
+  CHECK_LISTING(dir, STATE_AND_LOCK " ckpt-9.data-00000-of-00001 ckpt-9.index");
+
+  save_expecting(manager, "ckpt-10");
+  expected = format(info, dir, "false");
+  CHECK_INFO(manager, dir, "ckpt-9", expected);
+  char *json = SENTINEL_STRING;
+  char *missing = join(dir, "ckpt-8");
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a checkpoint",
+              ckpt_manager_checkpoint_info(manager, missing, &json));
+  CHECK(json == SENTINEL_STRING);
+  ckpt_manager_free(manager);
+
+  /* A read-only manager describes it too. */
+  CHECK_OK(ckpt_options_set_read_only(options, true));
+  manager = open_manager(options);
+  CHECK_INFO(manager, dir, "ckpt-9", expected);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(missing);
+  free(expected);
+  free(ninth);
+}
+
+/* ------------------------------------------------------------------------
+ * 41. should_save_and_request: the clock gate by a fake clock, a request
+ * that lets one save through within the interval, the last save's time
+ * recovered on open, and the step and clock gates together. */
+
+static void should_save_and_request(const char *dir) {
+  fake_world world = {.now = 1000.0};
+  char *timed = join(dir, "timed");
+  ckpt_options *options = world_options(&world, timed, 10);
+  CHECK_OK(ckpt_options_set_save_interval_seconds(options, 100.0));
+  ckpt_manager *manager = open_manager(options);
+  bool answer = true;
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_should_save(NULL, &answer));
+  CHECK(answer == true);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_should_save",
+              ckpt_manager_should_save(manager, NULL));
+  reset_message();
+  CHECK_STATUS(CKPT_STATUS_NULL_ARGUMENT, ckpt_manager_request_save(NULL));
+  CHECK_STR(reset_text, ckpt_last_error_message()); /* it sets no message */
+
+  CHECK(should_save(manager)); /* no save yet */
+  save_expecting(manager, "ckpt-1");
+  world.now = 1050.0;
+  CHECK(!should_save(manager));
+  char *prefix = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == NULL && world.saves == 1);
+
+  /* A request lets the next save through, once. */
+  CHECK_OK(ckpt_manager_request_save(manager));
+  CHECK(should_save(manager));
+  save_expecting(manager, "ckpt-2");
+  CHECK(!should_save(manager));
+  prefix = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix == NULL && world.saves == 2);
+
+  world.now = 1149.0; /* 99 s after ckpt-2 */
+  CHECK(!should_save(manager));
+  world.now = 1150.0;
+  CHECK(should_save(manager));
+  save_expecting(manager, "ckpt-3");
+  world.now = 1100.0; /* the clock went back before the last save */
+  CHECK(should_save(manager));
+  ckpt_manager_free(manager);
+
+  /* A new manager takes the last save's time from the state file. */
+  world.now = 1200.0;
+  manager = open_manager(options);
+  CHECK(!should_save(manager));
+  /* A request stands until a save goes through. */
+  CHECK_OK(ckpt_manager_request_save(manager));
+  world.fail_save = 5;
+  CHECK_FAILS(CKPT_STATUS_CALLBACK_FAILED, "5",
+              ckpt_manager_save(manager, NULL, true, &prefix));
+  world.fail_save = 0;
+  CHECK(should_save(manager));
+  save_expecting(manager, "ckpt-4");
+  CHECK(!should_save(manager));
+  world.now = 1300.0;
+  CHECK(should_save(manager));
+  CHECK_KEPT(manager, timed, "ckpt-1 ckpt-2 ckpt-3 ckpt-4");
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+
+  /* With a step interval too, both gates must be open. */
+  char *stepped = join(dir, "stepped");
+  world.now = 1000.0;
+  world.step = 0;
+  options = world_options(&world, stepped, 10);
+  CHECK_OK(ckpt_options_set_save_interval_seconds(options, 100.0));
+  CHECK_OK(ckpt_options_set_step_counter_callback(options, fake_step, &world, NULL));
+  CHECK_OK(ckpt_options_set_checkpoint_interval(options, 10));
+  manager = open_manager(options);
+  save_expecting(manager, "ckpt-1");
+  world.step = 10;
+  world.now = 1050.0;
+  CHECK(!should_save(manager)); /* the steps have passed, the time has not */
+  world.step = 5;
+  world.now = 1100.0;
+  CHECK(!should_save(manager)); /* the time has passed, the steps have not */
+  world.step = 10;
+  CHECK(should_save(manager));
+  world.now = 1101.0;
+  world.step = 11;
+  CHECK_OK(ckpt_manager_request_save(manager));
+  CHECK(should_save(manager));
+  save_expecting(manager, "ckpt-2");
+  CHECK(!should_save(manager));
+  CHECK_KEPT(manager, stepped, "ckpt-1 ckpt-2");
+  ckpt_manager_free(manager);
+
+  /* A read-only manager neither answers nor pins. */
+  CHECK_OK(ckpt_options_set_read_only(options, true));
+  manager = open_manager(options);
+  answer = true;
+  CHECK_FAILS(CKPT_STATUS_READ_ONLY, "read-only", ckpt_manager_should_save(manager, &answer));
+  CHECK(answer == true);
+  char *second = join(stepped, "ckpt-2");
+  snapshot manifest = take_snapshot(stepped, "ckpt-2.ckpt-manifest.json");
+  CHECK_FAILS(CKPT_STATUS_READ_ONLY, "read-only", ckpt_manager_pin(manager, second));
+  CHECK_FAILS(CKPT_STATUS_READ_ONLY, "read-only", ckpt_manager_unpin(manager, second));
+  CHECK_UNCHANGED(stepped, &manifest);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(second);
+  free(stepped);
+  free(timed);
+}
+
+/* ------------------------------------------------------------------------
+ * 42. preemption_bad_signals: signals that cannot be a preemption signal
+ * are refused and no handler is installed. */
+
+static void preemption_bad_signals(const char *dir) {
+  (void)dir;
+  const int32_t bad[] = {0,       -1,      9999,    65,      INT32_MIN, SIGKILL, SIGSTOP,
+                         SIGSEGV, SIGBUS,  SIGFPE,  SIGILL,  SIGTRAP,   SIGSYS,  SIGABRT};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "cannot be a preemption signal",
+                ckpt_install_preemption_handler(bad[i]));
+  const int untouched[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT};
+  for (size_t i = 0; i < sizeof untouched / sizeof untouched[0]; i++) {
+    struct sigaction current;
+    CHECK(sigaction(untouched[i], NULL, &current) == 0);
+    CHECK(current.sa_handler == SIG_DFL);
+  }
+  CHECK(!ckpt_preemption_requested());
+}
+
+/* ------------------------------------------------------------------------
+ * 43. preemption_handler: each scenario runs in a child process, since
+ * the preemption signal count is process-global and never resets. */
+
+/* Runs `scenario` in a forked child and fails unless the child exits 0
+ * (a failed check in the child exits 1; valgrind's errors exit 99). */
+static void in_child(const char *what, void (*scenario)(const char *dir), const char *dir) {
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    scenario(dir);
+    fflush(NULL);
+    _exit(0);
+  }
+  int status = 0;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    test_fail(__FILE__, __LINE__, "%s: the child %s %d", what,
+              WIFSIGNALED(status) ? "was killed by signal" : "exited with",
+              WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+}
+
+static volatile sig_atomic_t chained_calls, chained_signum;
+
+static void plain_handler(int signum) {
+  chained_calls++;
+  chained_signum = signum;
+}
+
+static void info_handler(int signum, siginfo_t *info, void *context) {
+  (void)context;
+  chained_calls++;
+  chained_signum = info != NULL && info->si_signo == signum ? signum : -1;
+}
+
+static void set_handler(int signum, void (*plain)(int), void (*with_info)(int, siginfo_t *, void *)) {
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  CHECK(sigemptyset(&action.sa_mask) == 0);
+  if (with_info != NULL) {
+    action.sa_sigaction = with_info;
+    action.sa_flags = SA_SIGINFO;
+  } else {
+    action.sa_handler = plain;
+  }
+  CHECK(sigaction(signum, &action, NULL) == 0);
+}
+
+/* A manager on <dir>/<name> saving at most every 100 s by world's clock. */
+static ckpt_manager *timed_manager(fake_world *world, const char *dir, const char *name) {
+  char *path = join(dir, name);
+  ckpt_options *options = world_options(world, path, 10);
+  CHECK_OK(ckpt_options_set_save_interval_seconds(options, 100.0));
+  ckpt_manager *manager = open_manager(options);
+  ckpt_options_free(options);
+  free(path);
+  return manager;
+}
+
+/* The handler chains to a plain handler installed before; each signal
+ * lets every manager's next save through once, also a manager opened
+ * after the signal. */
+static void preempted_saves(const char *dir) {
+  set_handler(SIGUSR1, plain_handler, NULL);
+  fake_world world = {.now = 1000.0};
+  ckpt_manager *early = timed_manager(&world, dir, "early");
+  save_expecting(early, "ckpt-1");
+  ckpt_manager *late = timed_manager(&world, dir, "late");
+  save_expecting(late, "ckpt-1");
+  ckpt_manager_free(late);
+
+  CHECK_OK(ckpt_install_preemption_handler(SIGUSR1));
+  CHECK_OK(ckpt_install_preemption_handler(SIGUSR1)); /* again: nothing changes */
+  CHECK(!ckpt_preemption_requested());
+  world.now = 1010.0;
+  CHECK(!should_save(early));
+
+  CHECK(raise(SIGUSR1) == 0);
+  CHECK(chained_calls == 1 && chained_signum == SIGUSR1);
+  CHECK(ckpt_preemption_requested());
+  CHECK(should_save(early));
+  save_expecting(early, "ckpt-2");
+  CHECK(!should_save(early));
+  char *prefix = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_save(early, NULL, true, &prefix));
+  CHECK(prefix == NULL);
+  late = timed_manager(&world, dir, "late");
+  CHECK(should_save(late));
+  save_expecting(late, "ckpt-2");
+  CHECK(!should_save(late));
+
+  /* A second signal: one more save each; the flag stays set. */
+  CHECK(raise(SIGUSR1) == 0);
+  CHECK(chained_calls == 2);
+  save_expecting(early, "ckpt-3");
+  save_expecting(late, "ckpt-3");
+  CHECK(!should_save(early) && !should_save(late));
+  CHECK(ckpt_preemption_requested());
+  ckpt_manager_free(early);
+  ckpt_manager_free(late);
+}
+
+/* It chains to an SA_SIGINFO handler with the signal's information. */
+static void chains_siginfo_handler(const char *dir) {
+  (void)dir;
+  set_handler(SIGUSR2, NULL, info_handler);
+  CHECK_OK(ckpt_install_preemption_handler(SIGUSR2));
+  CHECK(raise(SIGUSR2) == 0);
+  CHECK(chained_calls == 1 && chained_signum == SIGUSR2);
+  CHECK(ckpt_preemption_requested());
+}
+
+/* SIGTERM's default action (ending the process) is replaced, and an
+ * ignored SIGINT stays quiet: the trainer saves and exits by itself. */
+static void default_and_ignored_actions(const char *dir) {
+  (void)dir;
+  CHECK(signal(SIGINT, SIG_IGN) != SIG_ERR);
+  CHECK_OK(ckpt_install_preemption_handler(SIGINT));
+  CHECK(raise(SIGINT) == 0);
+  CHECK(ckpt_preemption_requested());
+  CHECK(signal(SIGTERM, SIG_DFL) != SIG_ERR);
+  CHECK_OK(ckpt_install_preemption_handler(SIGTERM));
+  CHECK(raise(SIGTERM) == 0);
+  CHECK(chained_calls == 0);
+}
+
+static void preemption_handler(const char *dir) {
+  alarm(120);
+  in_child("preempted_saves", preempted_saves, dir);
+  CHECK_LISTING(dir, "early late");
+  in_child("chains_siginfo_handler", chains_siginfo_handler, dir);
+  in_child("default_and_ignored_actions", default_and_ignored_actions, dir);
+  /* The children's signals did not reach this process. */
+  CHECK(!ckpt_preemption_requested());
+  struct sigaction current;
+  CHECK(sigaction(SIGUSR1, NULL, &current) == 0);
+  CHECK(current.sa_handler == SIG_DFL);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"version", version},
@@ -2473,6 +3532,19 @@ int main(int argc, char **argv) {
       {"save_file_writes", save_file_writes},
       {"free_inside_callback", free_inside_callback},
       {"shared_callbacks", shared_callbacks},
+      {"save_args_setters", save_args_setters},
+      {"save_with_records", save_with_records},
+      {"save_with_numbers_and_intervals", save_with_numbers_and_intervals},
+      {"keep_options_invalid", keep_options_invalid},
+      {"keep_best_retention", keep_best_retention},
+      {"best_checkpoint", best_checkpoint},
+      {"keep_period_retention", keep_period_retention},
+      {"pins", pins},
+      {"pin_unmanaged", pin_unmanaged},
+      {"tf_written_checkpoint_info", tf_written_checkpoint_info},
+      {"should_save_and_request", should_save_and_request},
+      {"preemption_bad_signals", preemption_bad_signals},
+      {"preemption_handler", preemption_handler},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }

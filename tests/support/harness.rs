@@ -106,3 +106,31 @@ pub fn proptest_config(default_cases: u32) -> ProptestConfig {
         ..ProptestConfig::default()
     }
 }
+
+pub fn name_of(number: u64) -> String {
+    format!("ckpt-{number}")
+}
+
+/// Every file a directory of the model tests must hold: the lock, the
+/// state file once written, and each checkpoint's two files and manifest.
+pub fn expected_files(
+    numbers: impl IntoIterator<Item = u64>,
+    state_written: bool,
+) -> BTreeSet<String> {
+    let mut files: BTreeSet<String> = numbers
+        .into_iter()
+        .flat_map(|number| {
+            let name = name_of(number);
+            [
+                format!("{name}.index"),
+                format!("{name}.data-00000-of-00001"),
+                format!("{name}.ckpt-manifest.json"),
+            ]
+        })
+        .collect();
+    files.insert("checkpoint.lock".to_owned());
+    if state_written {
+        files.insert("checkpoint".to_owned());
+    }
+    files
+}

@@ -548,7 +548,8 @@ class CheckpointManager:
 
     def request_save(self):
         """Makes the next save() go ahead whatever the intervals say; the
-        request stands until a save goes through. Waits for a call another
+        request stands until a save goes through, or finds the current step
+        saved already. Waits for a call another
         thread is running on this manager."""
         with self._call() as handle:
             _check(_lib.ckpt_manager_request_save(handle))
