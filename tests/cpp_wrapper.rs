@@ -111,6 +111,15 @@ cases!(
     checkpoint_info_json,
     timed_and_requested_saves,
     preemption,
+    save_async_snapshot,
+    save_async_exception,
+    wait_until_finished_timeout,
+    prepare_callback,
+    background_delete_exception,
+    background_reentry,
+    reset_waits_for_background_save,
+    save_async_threads,
+    background_exceptions_per_manager,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

@@ -19,7 +19,7 @@
 // library, which frees it (through a finalizer) once neither the options
 // nor any manager built from them holds it. When a callback throws, the
 // wrapper records the exception (on the calling thread) and reports
-// failure to the library: a non-zero code (save, restore, init,
+// failure to the library: a non-zero code (save, prepare, restore, init,
 // step_counter, delete) or NaN (clock). The library then fails the call
 // with CKPT_STATUS_CALLBACK_FAILED and commits nothing, and the wrapper
 // rethrows the recorded exception instead of a ckpt::Error. Two callbacks
@@ -32,11 +32,28 @@
 //    has returned, whatever the call did.
 // If several callbacks throw during one call, the first exception wins.
 //
+// Background saves (Manager::save_async). The save and delete callbacks
+// run on the library's background thread after save_async has returned,
+// with no wrapper call to rethrow from; the wrapper keeps their exception
+// with the manager (by its directory, which has one writer):
+//  - on_save's fails the save (nothing is committed); the next call on the
+//    manager that returns that failure (save, save_with, save_async,
+//    restore_or_initialize, pin, unpin, reload, should_save,
+//    wait_until_finished) rethrows it instead of a ckpt::Error, once;
+//  - on_delete's (the checkpoint is committed) is rethrown by the next call
+//    on the manager, which then does nothing else, or by the
+//    wait_until_finished that waited for that save.
+// A background callback that calls into a manager gets
+// CKPT_STATUS_REENTRANT_CALL; destroying the manager there leaks it
+// instead of waiting for the save that runs the callback.
+//
 // Threads: as in C. A Manager may be shared by threads (calls are
-// serialised by the library; callbacks run on the calling thread); moving
-// or destroying it may not overlap other calls. An Options object belongs
-// to one thread at a time. Callbacks shared by several managers built from
-// the same Options may run concurrently on different threads.
+// serialised by the library; callbacks run on the calling thread, except
+// a background save's); moving or destroying it may not overlap other
+// calls, and destroying it waits for its background save. An Options
+// object belongs to one thread at a time. Callbacks shared by several
+// managers built from the same Options may run concurrently on different
+// threads.
 #ifndef CKPT_MANAGER_HPP
 #define CKPT_MANAGER_HPP
 
@@ -46,7 +63,9 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -122,6 +141,9 @@ class CallScope {
     }
   }
 
+  // Whether a wrapper call is open on this thread.
+  static bool open() noexcept { return current() != nullptr; }
+
   // Whether a call on `manager` is running on this thread.
   static bool running(const ckpt_manager* manager) noexcept {
     for (const CallScope* scope = current(); scope != nullptr; scope = scope->previous_) {
@@ -159,6 +181,140 @@ void call(F&& c_call, const ckpt_manager* manager = nullptr) {
   check(status);
 }
 
+// A directory as the library joins checkpoint paths onto it: without
+// trailing slashes ("run/" and "run" name the same one).
+inline std::string directory_key(std::string directory) {
+  while (!directory.empty() && directory.back() == '/') directory.pop_back();
+  return directory;
+}
+
+// "run/ckpt-3" -> "run".
+inline std::string parent_path(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+// The exceptions of background saves' callbacks, by directory (a
+// directory has one writer, hence one background save at a time). The
+// save callback's fails its save: taken by the call of that directory's
+// manager that returns the failure. The delete callback's comes after
+// the commit: taken by the next call of the manager that started a
+// background save there (its owner).
+class BackgroundErrors {
+ public:
+  static void keep(const std::string& directory, std::exception_ptr error,
+                   bool after_commit) noexcept {
+    try {
+      std::lock_guard<std::mutex> lock(mutex());
+      Kept& kept = by_directory()[directory];
+      (after_commit ? kept.after_commit : kept.failure) = std::move(error);
+    } catch (...) {  // no memory for it: the library still sees the failure
+    }
+  }
+
+  // After `manager` started a background save in `directory`.
+  static void own(const std::string& directory, const ckpt_manager* manager) {
+    std::lock_guard<std::mutex> lock(mutex());
+    by_directory()[directory].owner = manager;
+  }
+
+  static std::exception_ptr take_failure(const std::string& directory) {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto found = by_directory().find(directory);
+    return found == by_directory().end() ? nullptr : std::exchange(found->second.failure, nullptr);
+  }
+
+  static std::exception_ptr take_after_commit(const std::string& directory,
+                                              const ckpt_manager* manager) {
+    if (manager == nullptr) return nullptr;  // an empty Manager owns nothing
+    std::lock_guard<std::mutex> lock(mutex());
+    auto found = by_directory().find(directory);
+    if (found == by_directory().end() || found->second.owner != manager) return nullptr;
+    return std::exchange(found->second.after_commit, nullptr);
+  }
+
+  // `manager` was freed: what its background saves left goes (the library
+  // logged a failure it found).
+  static void release(const std::string& directory, const ckpt_manager* manager) noexcept {
+    std::lock_guard<std::mutex> lock(mutex());
+    auto found = by_directory().find(directory);
+    if (found != by_directory().end() && found->second.owner == manager) {
+      by_directory().erase(found);
+    }
+  }
+
+ private:
+  struct Kept {
+    const ckpt_manager* owner = nullptr;
+    std::exception_ptr failure, after_commit;
+  };
+  static std::mutex& mutex() {
+    static std::mutex mutex;
+    return mutex;
+  }
+  static std::map<std::string, Kept>& by_directory() {
+    static std::map<std::string, Kept> kept;
+    return kept;
+  }
+};
+
+// Marks this thread as running a background save callback of `directory`
+// (the library's thread, with no wrapper call open).
+class BackgroundCallback {
+ public:
+  explicit BackgroundCallback(const std::string& directory) noexcept
+      : previous_(current()) {
+    current() = &directory;
+  }
+  ~BackgroundCallback() { current() = previous_; }
+  BackgroundCallback(const BackgroundCallback&) = delete;
+  BackgroundCallback& operator=(const BackgroundCallback&) = delete;
+
+  static bool running() noexcept { return current() != nullptr; }
+
+  static bool running_for(const std::string& directory) noexcept {
+    return running() && *current() == directory;
+  }
+
+ private:
+  static const std::string*& current() noexcept {
+    static thread_local const std::string* directory = nullptr;
+    return directory;
+  }
+  const std::string* previous_;
+};
+
+// Runs a save or delete callback's `body`: 0, or the failure code when it
+// throws. Its exception goes to the wrapper call open on this thread, or,
+// with none open (a background save), to BackgroundErrors for the
+// directory `directory_of()` names.
+template <class Body, class DirectoryOf>
+int32_t run_saving_callback(Body&& body, DirectoryOf&& directory_of, bool after_commit) noexcept {
+  if (CallScope::open()) {
+    try {
+      body();
+      return 0;
+    } catch (...) {
+      CallScope::capture_current_exception();
+      return callback_exception_code;
+    }
+  }
+  std::string directory;
+  try {
+    directory = directory_key(directory_of());
+  } catch (...) {
+    return callback_exception_code;
+  }
+  BackgroundCallback running(directory);
+  try {
+    body();
+    return 0;
+  } catch (...) {
+    BackgroundErrors::keep(directory, std::current_exception(), after_commit);
+    return callback_exception_code;
+  }
+}
+
 struct StringDeleter {
   void operator()(char* string) const noexcept { ckpt_string_free(string); }
 };
@@ -188,6 +344,7 @@ inline std::vector<std::string> to_vector(const ckpt_string_list* list) {
 // everything).
 using SaveFn = std::function<void(const std::string& prefix, uint64_t number)>;
 using PrefixFn = std::function<void(const std::string& prefix)>;
+using PrepareFn = std::function<void(uint64_t number)>;
 using InitFn = std::function<void()>;
 using StepFn = std::function<int64_t()>;
 using ClockFn = std::function<double()>;
@@ -199,8 +356,21 @@ void finalize(void* user_data) noexcept {
 }
 
 inline int32_t save_trampoline(void* user_data, const char* prefix, uint64_t number) noexcept {
+  return run_saving_callback(
+      [&] { (*static_cast<SaveFn*>(user_data))(std::string(prefix), number); },
+      // The staging prefix: <directory>/<name>-<N>.ckpt-staging/<name>-<N>.
+      [&] { return parent_path(parent_path(prefix)); }, false);
+}
+
+// A swept checkpoint's prefix: <directory>/<name>-<N>.
+inline int32_t delete_trampoline(void* user_data, const char* prefix) noexcept {
+  return run_saving_callback([&] { (*static_cast<PrefixFn*>(user_data))(std::string(prefix)); },
+                             [&] { return parent_path(prefix); }, true);
+}
+
+inline int32_t prepare_trampoline(void* user_data, uint64_t number) noexcept {
   try {
-    (*static_cast<SaveFn*>(user_data))(std::string(prefix), number);
+    (*static_cast<PrepareFn*>(user_data))(number);
     return 0;
   } catch (...) {
     CallScope::capture_current_exception();
@@ -379,9 +549,18 @@ class Options {
 
   // Writes checkpoint `number`: every file named `prefix` or
   // `prefix.<suffix>` (the save's staging prefix; the files move into place
-  // at the commit). Throw to fail the save (nothing is committed).
+  // at the commit). Throw to fail the save (nothing is committed). For
+  // Manager::save_async it runs on the library's thread, after the call.
   Options& on_save(std::function<void(const std::string& prefix, uint64_t number)> callback) {
     set(ckpt_options_set_save_callback, detail::save_trampoline, std::move(callback));
+    return *this;
+  }
+  // Runs on the thread that saves, before the save callback: for a
+  // background save, before save_async returns, while on_save runs later
+  // on the library's thread. Copy there what on_save must see as it is at
+  // the call (e.g. device memory to host). Throw to fail the save.
+  Options& on_prepare(std::function<void(uint64_t number)> callback) {
+    set(ckpt_options_set_prepare_callback, detail::prepare_trampoline, std::move(callback));
     return *this;
   }
   // Restores the checkpoint at `prefix`.
@@ -407,7 +586,7 @@ class Options {
   // Replaces the built-in deletion of swept checkpoints (see the note on
   // exceptions at the top of this file).
   Options& on_delete(std::function<void(const std::string& prefix)> callback) {
-    set(ckpt_options_set_delete_callback, detail::prefix_trampoline, std::move(callback));
+    set(ckpt_options_set_delete_callback, detail::delete_trampoline, std::move(callback));
     return *this;
   }
   // Receives the manager's info and warning messages (default: warnings
@@ -511,13 +690,25 @@ class Manager {
     ckpt_manager* manager = nullptr;
     detail::call([&] { return ckpt_manager_new(options.get(), &manager); });
     manager_ = manager;
+    try {
+      directory_ = detail::directory_key(directory());
+    } catch (...) {
+      reset();
+      throw;
+    }
   }
+  // Waits for the background save in flight, if any (see reset()).
   ~Manager() { reset(); }
-  Manager(Manager&& other) noexcept : manager_(std::exchange(other.manager_, nullptr)) {}
+  Manager(Manager&& other) noexcept
+      : manager_(std::exchange(other.manager_, nullptr)),
+        directory_(std::move(other.directory_)),
+        serial_(std::move(other.serial_)) {}
   Manager& operator=(Manager&& other) noexcept {
     if (this != &other) {
       reset();
       manager_ = std::exchange(other.manager_, nullptr);
+      directory_ = std::move(other.directory_);
+      serial_ = std::move(other.serial_);
     }
     return *this;
   }
@@ -547,12 +738,50 @@ class Manager {
     });
   }
 
+  // save() in the background: decides (the intervals, the number), runs
+  // on_prepare and copies the registered tensors on this thread, and
+  // returns the prefix the checkpoint will have (nullopt when the interval
+  // skipped it); the library's thread then runs on_save, writes and
+  // commits. The checkpoint becomes latest() only at its commit; a failed
+  // one never does and leaves nothing. A save in flight is waited for
+  // first; a skipped call never waits. A failure comes back from the next
+  // call that saves, restores, pins, reloads, asks should_save or waits
+  // (on_save's exception itself, or a ckpt::Error), once.
+  std::optional<std::string> save_async(std::optional<uint64_t> number = std::nullopt,
+                                        bool check_interval = true) {
+    SaveArgs args;
+    if (number) args.checkpoint_number(*number);
+    args.check_interval(check_interval);
+    return save_async(args);
+  }
+
+  // save_async() with the arguments of `args` (metrics, metadata).
+  std::optional<std::string> save_async(const SaveArgs& args) {
+    std::optional<std::string> prefix = optional_string([&](char** out) {
+      return ckpt_manager_save_async(manager_, args.get(), out);
+    });
+    if (prefix) detail::BackgroundErrors::own(directory_, manager_);
+    return prefix;
+  }
+
+  // Waits until the background save in flight, if any, has committed or
+  // failed, at most `timeout_seconds` (negative: as long as it takes; 0
+  // only checks). Throws its failure (once), or Error with
+  // CKPT_STATUS_TIMEOUT when it is still running.
+  void wait_until_finished(double timeout_seconds = -1) {
+    call([&] { return ckpt_manager_wait_until_finished(manager_, timeout_seconds); });
+    // The save it waited for may have left an on_delete exception.
+    if (std::exception_ptr late = detail::BackgroundErrors::take_after_commit(directory_, manager_)) {
+      std::rethrow_exception(late);
+    }
+  }
+
   // Whether save() (with the interval checked) would save now: a save was
   // requested, or the step and time intervals have passed. Saves nothing;
   // runs the step counter and clock callbacks.
   bool should_save() {
     bool should = false;
-    detail::call([&] { return ckpt_manager_should_save(manager_, &should); }, manager_);
+    call([&] { return ckpt_manager_should_save(manager_, &should); });
     return should;
   }
 
@@ -572,12 +801,12 @@ class Manager {
   // unpin(); recorded in its manifest, so it survives restarts. Throws
   // CKPT_STATUS_INVALID_ARGUMENT if `prefix` is not managed.
   void pin(const std::string& prefix) {
-    detail::call([&] { return ckpt_manager_pin(manager_, prefix.c_str()); }, manager_);
+    call([&] { return ckpt_manager_pin(manager_, prefix.c_str()); });
   }
 
   // Undoes pin(); deletes nothing now (the next save's sweep may).
   void unpin(const std::string& prefix) {
-    detail::call([&] { return ckpt_manager_unpin(manager_, prefix.c_str()); }, manager_);
+    call([&] { return ckpt_manager_unpin(manager_, prefix.c_str()); });
   }
 
   // The best managed checkpoint by the keep_best metric, or nullopt when
@@ -604,12 +833,12 @@ class Manager {
   // The managed checkpoints' prefixes, oldest first.
   std::vector<std::string> checkpoints() const {
     detail::OwnedStringList list;
-    detail::call([&] {
+    call([&] {
       ckpt_string_list* out = nullptr;
       ckpt_status status = ckpt_manager_checkpoints(manager_, &out);
       list.reset(out);
       return status;
-    }, manager_);
+    });
     return detail::to_vector(list.get());
   }
 
@@ -629,7 +858,7 @@ class Manager {
 
   uint64_t save_counter() const {
     uint64_t counter = 0;
-    detail::call([&] { return ckpt_manager_save_counter(manager_, &counter); }, manager_);
+    call([&] { return ckpt_manager_save_counter(manager_, &counter); });
     return counter;
   }
 
@@ -638,14 +867,14 @@ class Manager {
   // unless it is intact.
   void verify(const std::optional<std::string>& prefix = std::nullopt,
               bool checksums = true) const {
-    detail::call([&] {
+    call([&] {
       return ckpt_manager_verify(manager_, prefix ? prefix->c_str() : nullptr, checksums);
-    }, manager_);
+    });
   }
 
   // Re-reads the state file (a read-only manager sees new checkpoints).
   void reload() {
-    detail::call([&] { return ckpt_manager_reload(manager_); }, manager_);
+    call([&] { return ckpt_manager_reload(manager_); });
   }
 
   // Registers a host buffer of T with the built-in saver. `data` must hold
@@ -664,45 +893,91 @@ class Manager {
   // Registers a buffer of any dtype (e.g. CKPT_DTYPE_F16, CKPT_DTYPE_BF16).
   void register_tensor(const std::string& name, ckpt_dtype dtype, void* data,
                        const std::vector<uint64_t>& shape) {
-    detail::call([&] {
+    call([&] {
       return ckpt_manager_register_tensor(manager_, name.c_str(), static_cast<uint32_t>(dtype),
                                           shape.empty() ? nullptr : shape.data(), shape.size(),
                                           data);
-    }, manager_);
+    });
   }
 
   void unregister_tensor(const std::string& name) {
-    detail::call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); },
-                 manager_);
+    call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); });
   }
 
-  // Frees the manager now (releasing the directory's lock); it becomes
+  // Frees the manager now (releasing the directory's lock), after its
+  // background save in flight, if any, has finished (a failure it finds
+  // goes to on_log; its callbacks' exceptions are dropped); it becomes
   // empty. Inside one of this manager's own calls (from its callback) the
-  // library refuses to free it, so this does nothing and the manager stays
-  // usable; a Manager destroyed there leaks its handle instead of freeing
-  // it under the running call.
+  // library refuses to free it, and inside its background save's callback
+  // freeing would wait for that very save, so this does nothing there and
+  // the manager stays usable; a Manager destroyed there leaks its handle
+  // instead.
   void reset() noexcept {
-    if (manager_ != nullptr && !detail::CallScope::running(manager_)) {
+    if (manager_ != nullptr && !detail::CallScope::running(manager_) &&
+        !detail::BackgroundCallback::running_for(directory_)) {
       detail::CallScope scope;  // nothing escapes a destructor
-      ckpt_manager_free(std::exchange(manager_, nullptr));
+      ckpt_manager* freed = std::exchange(manager_, nullptr);
+      ckpt_manager_free(freed);
+      detail::BackgroundErrors::release(directory_, freed);
     }
   }
 
  private:
+  // Runs `c_call` (returning a ckpt_status) on this manager, as
+  // detail::call does, and carries background saves' exceptions: an
+  // on_delete exception is thrown instead of making the call, and
+  // on_save's replaces the failure it caused.
+  template <class F>
+  void call(F&& c_call) const {
+    if (detail::BackgroundCallback::running()) {
+      // Refused by the library too; serial_ may be held by a call that
+      // waits for the save running this callback.
+      throw Error(CKPT_STATUS_REENTRANT_CALL,
+                  "a callback of a background save called into a manager; it could wait for "
+                  "the save that runs it");
+    }
+    std::unique_lock<std::recursive_mutex> serialised;
+    if (serial_) serialised = std::unique_lock<std::recursive_mutex>(*serial_);
+    if (std::exception_ptr late = detail::BackgroundErrors::take_after_commit(directory_, manager_)) {
+      std::rethrow_exception(late);
+    }
+    ckpt_status status;
+    std::exception_ptr error;
+    {
+      detail::CallScope scope(manager_);
+      status = c_call();
+      error = scope.error();
+    }
+    if (error) std::rethrow_exception(error);
+    if (status == CKPT_STATUS_CALLBACK_FAILED) {
+      if (std::exception_ptr failure = detail::BackgroundErrors::take_failure(directory_)) {
+        std::rethrow_exception(failure);
+      }
+    }
+    check(status);
+  }
+
   // Runs `c_call(char** out)` on this manager; its string, or nullopt for NULL.
   template <class F>
   std::optional<std::string> optional_string(F&& c_call) const {
     detail::OwnedString string;
-    detail::call([&] {
+    call([&] {
       char* out = nullptr;
       ckpt_status status = c_call(&out);
       string.reset(out);
       return status;
-    }, manager_);
+    });
     return detail::to_optional(string);
   }
 
   ckpt_manager* manager_ = nullptr;
+  // Keys this manager's background saves' exceptions (detail::BackgroundErrors).
+  std::string directory_;
+  // Held from a call into the library until its background exception is
+  // taken: once the library has returned a failed save's status, another
+  // thread's call may start the next save, whose callback may fail too.
+  // Recursive: a callback may call its own manager (the library refuses).
+  std::unique_ptr<std::recursive_mutex> serial_ = std::make_unique<std::recursive_mutex>();
 };
 
 // ---------------------------------------------------------------------------

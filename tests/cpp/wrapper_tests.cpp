@@ -3,15 +3,22 @@
 // UndefinedBehaviorSanitizer: `wrapper_tests CASE WORKDIR`.
 #include "ckpt_manager.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -938,6 +945,347 @@ void preemption(const std::string& workdir) {
   CHECK(ckpt::preemption_requested());  // for good
 }
 
+// ---------------------------------------------------------------------------
+// Background saves
+
+// Holds a background save callback until the test opens it.
+class Gate {
+ public:
+  void pass_through() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    entered_ = true;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return open_; });
+  }
+  void wait_entered() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return entered_; });
+  }
+  void open() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    open_ = true;
+    changed_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool entered_ = false, open_ = false;
+};
+
+// The names in `dir`, sorted.
+std::string listing(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return joined(names);
+}
+
+// The tensors are copied at the call: changes right after save_async
+// returns are not in the checkpoint, which is latest only at its commit.
+void save_async_snapshot(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  float weights[3] = {1.5f, -2.0f, 3.25f};
+  const float at_the_call[3] = {1.5f, -2.0f, 3.25f};
+  Gate gate;
+  ckpt::Options options;
+  options.directory(dir).max_to_keep(2).on_save([&](const std::string& prefix, uint64_t) {
+    gate.pass_through();
+    write_file(prefix + ".txt", "saved");
+  });
+  {
+    ckpt::Manager manager(options);
+    manager.register_tensor("weights", weights, {3});
+    const std::optional<std::string> prefix = manager.save_async();
+    CHECK_EQ(prefix.value_or("none"), dir + "/ckpt-1");
+    weights[0] = weights[1] = weights[2] = -1.0f;  // the next step, during the save
+    gate.wait_entered();
+    CHECK(!manager.latest().has_value());
+    CHECK(manager.checkpoints().empty());
+    CHECK(!ckpt::get_checkpoint_state(dir).has_value());
+    gate.open();
+    manager.wait_until_finished();
+    CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-1");
+    // The snapshot buffer is reused; with SaveArgs (a number, a metric).
+    weights[0] = weights[1] = weights[2] = 4.0f;
+    CHECK_EQ(manager.save_async(ckpt::SaveArgs().checkpoint_number(7).metric("loss", 0.5))
+                 .value_or("none"),
+             dir + "/ckpt-7");
+    weights[0] = -2.0f;
+    manager.wait_until_finished();
+    CHECK(contains(manager.checkpoint_info(dir + "/ckpt-7"), "\"loss\":0.5"));
+  }
+  // ckpt-1's tensor file ends with the data of its one tensor.
+  const std::string first = read_file(dir + "/ckpt-1.safetensors");
+  CHECK(first.size() > sizeof at_the_call);
+  CHECK(std::memcmp(first.data() + first.size() - sizeof at_the_call, at_the_call,
+                    sizeof at_the_call) == 0);
+  float restored[3] = {};
+  ckpt::Manager reader(ckpt::Options().directory(dir).max_to_keep(2).read_only());
+  reader.register_tensor("weights", restored, {3});
+  CHECK_EQ(reader.restore_or_initialize().value_or("none"), dir + "/ckpt-7");
+  CHECK_EQ(restored[0], 4.0f);
+  CHECK_EQ(restored[2], 4.0f);
+  // A read-only or empty manager cannot save in the background.
+  EXPECT_ERROR(CKPT_STATUS_READ_ONLY, "", reader.save_async());
+  ckpt::Manager moved(std::move(reader));
+  EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", reader.save_async());
+  EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", reader.wait_until_finished());
+}
+
+// on_save's exception on the background thread comes back, with its type
+// and payload, from the next call that returns that save's failure, once;
+// the failed save never becomes latest and leaves nothing on disk.
+void save_async_exception(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  bool fail = false;
+  ckpt::Options options = world.options(dir);
+  options.on_save([&](const std::string& prefix, uint64_t number) {
+    write_file(prefix + ".model", "partial");
+    if (fail) throw ModelError("background save " + std::to_string(number), static_cast<int>(number));
+  });
+  ckpt::Manager manager(options);
+  CHECK(!manager.restore_or_initialize().has_value());
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  const std::string before = listing(dir), state_before = read_file(dir + "/checkpoint");
+  const std::map<std::string, std::function<void()>> next_calls = {
+      {"wait_until_finished", [&] { manager.wait_until_finished(); }},
+      {"save", [&] { manager.save(); }},
+      {"save_with", [&] { manager.save_with(ckpt::SaveArgs()); }},
+      {"save_async", [&] { manager.save_async(); }},
+      {"restore_or_initialize", [&] { manager.restore_or_initialize(); }},
+      {"reload", [&] { manager.reload(); }},
+      {"pin", [&] { manager.pin(dir + "/ckpt-1"); }},
+  };
+  for (const auto& [name, next_call] : next_calls) {
+    fail = true;
+    CHECK_EQ(manager.save_async().value_or("none"), dir + "/ckpt-2");
+    ModelError error = EXPECT_THROW(ModelError, next_call());
+    if (error.code != 2) test_fail(__FILE__, __LINE__, name + ": " + error.what());
+    CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-1");
+    CHECK_EQ(manager.save_counter(), 1u);
+    CHECK_EQ(listing(dir), before);  // no staging, no ckpt-2 files
+    CHECK_EQ(read_file(dir + "/checkpoint"), state_before);
+    fail = false;
+    manager.wait_until_finished();  // once: nothing more to throw
+    manager.unpin(dir + "/ckpt-1");
+  }
+  // Anything may be thrown; without an exception, a ckpt::Error.
+  options.on_save([](const std::string&, uint64_t) { throw 7; });
+  manager.reset();
+  ckpt::Manager rebuilt(options);
+  rebuilt.save_async();
+  CHECK_EQ(EXPECT_THROW(int, rebuilt.wait_until_finished()), 7);
+  ckpt_options_set_save_callback(
+      options.get(), [](void*, const char*, uint64_t) -> int32_t { return 3; }, nullptr, nullptr);
+  rebuilt.reset();
+  ckpt::Manager plain(options);
+  plain.save_async();
+  EXPECT_ERROR(CKPT_STATUS_CALLBACK_FAILED, "3", plain.wait_until_finished());
+  CHECK_EQ(plain.latest().value_or("none"), dir + "/ckpt-1");
+}
+
+void wait_until_finished_timeout(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  Gate gate;
+  ckpt::Manager manager(ckpt::Options().directory(dir).keep_all().on_save(
+      [&](const std::string& prefix, uint64_t) {
+        gate.pass_through();
+        write_file(prefix + ".txt", "x");
+      }));
+  manager.wait_until_finished(0);  // nothing in flight
+  manager.save_async();
+  gate.wait_entered();
+  EXPECT_ERROR(CKPT_STATUS_TIMEOUT, "", manager.wait_until_finished(0));
+  EXPECT_ERROR(CKPT_STATUS_TIMEOUT, "", manager.wait_until_finished(0.01));
+  CHECK(!manager.latest().has_value());
+  gate.open();
+  manager.wait_until_finished();
+  CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-1");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "NaN",
+               manager.wait_until_finished(std::numeric_limits<double>::quiet_NaN()));
+}
+
+// on_prepare runs on the calling thread before save_async returns, on_save
+// on the library's thread; a throwing on_prepare fails save_async itself.
+void prepare_callback(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  std::thread::id prepare_thread, save_thread;
+  std::vector<uint64_t> prepared;
+  bool fail = false;
+  ckpt::Manager manager(ckpt::Options()
+                            .directory(dir)
+                            .keep_all()
+                            .on_prepare([&](uint64_t number) {
+                              prepare_thread = std::this_thread::get_id();
+                              prepared.push_back(number);
+                              if (fail) throw ModelError("no host copy", static_cast<int>(number));
+                            })
+                            .on_save([&](const std::string& prefix, uint64_t) {
+                              save_thread = std::this_thread::get_id();
+                              write_file(prefix + ".txt", "x");
+                            }));
+  manager.save_async();
+  CHECK_EQ(prepared.size(), 1u);  // before save_async returned
+  manager.wait_until_finished();
+  CHECK(prepare_thread == std::this_thread::get_id());
+  CHECK(save_thread != std::this_thread::get_id());
+  manager.save();  // a blocking save runs it too
+  CHECK_EQ(prepared.size(), 2u);
+  fail = true;
+  CHECK_EQ(EXPECT_THROW(ModelError, manager.save_async()).code, 3);
+  manager.wait_until_finished();
+  CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-1 ckpt-2");
+  CHECK(!ckpt::checkpoint_exists(dir + "/ckpt-3"));
+}
+
+// An on_delete exception of a background save: the checkpoint is
+// committed, and the wait that saw the save end rethrows it, once.
+void background_delete_exception(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  World world;
+  ckpt::Options options = world.options(dir, 1);
+  options.on_delete([](const std::string& prefix) {
+    throw ModelError("cannot delete " + base_name(prefix), 9);
+  });
+  ckpt::Manager manager(options);
+  manager.save();
+  CHECK_EQ(manager.save_async().value_or("none"), dir + "/ckpt-2");
+  CHECK_EQ(std::string(EXPECT_THROW(ModelError, manager.wait_until_finished()).what()),
+           "cannot delete ckpt-1");
+  CHECK_EQ(manager.latest().value_or("none"), dir + "/ckpt-2");
+  CHECK_EQ(joined(base_names(manager.checkpoints())), "ckpt-2");
+  manager.wait_until_finished();
+}
+
+// A background callback calling into its manager gets REENTRANT_CALL, and
+// reset() there does nothing (it would wait for the running save).
+void background_reentry(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  ckpt::Manager* self = nullptr;
+  bool reenter = false;
+  ckpt::Manager manager(ckpt::Options().directory(dir).keep_all().on_save(
+      [&](const std::string& prefix, uint64_t) {
+        self->reset();
+        CHECK(static_cast<bool>(*self));
+        write_file(prefix + ".txt", "x");
+        if (reenter) self->latest();
+      }));
+  self = &manager;
+  manager.save_async();
+  manager.wait_until_finished();
+  CHECK_EQ(base_name(manager.latest().value_or("none")), "ckpt-1");
+  reenter = true;
+  manager.save_async();
+  EXPECT_ERROR(CKPT_STATUS_REENTRANT_CALL, "background", manager.wait_until_finished());
+  CHECK_EQ(base_name(manager.latest().value_or("none")), "ckpt-1");
+}
+
+// Destroying a manager waits for its save in flight, then releases the
+// lock and the callbacks.
+void reset_waits_for_background_save(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  auto alive = std::make_shared<int>(0);
+  Gate gate;
+  std::atomic<bool> finished{false};
+  ckpt::Manager manager(ckpt::Options().directory(dir).keep_all().on_save(
+      [&, token = Token(alive)](const std::string& prefix, uint64_t) {
+        gate.pass_through();
+        write_file(prefix + ".txt", "x");
+        finished = true;
+      }));
+  CHECK_EQ(alive.use_count(), 2);
+  const std::string prefix = manager.save_async().value_or("none");
+  gate.wait_entered();
+  std::thread opener([&] { gate.open(); });
+  manager.reset();
+  opener.join();
+  CHECK(finished);
+  CHECK_EQ(alive.use_count(), 1);
+  CHECK_EQ(ckpt::latest_checkpoint(dir).value_or("none"), prefix);
+  ckpt::Manager reopened(ckpt::Options().directory(dir).keep_all());  // the lock is free
+  CHECK_EQ(reopened.latest().value_or("none"), prefix);
+  EXPECT_ERROR(CKPT_STATUS_NULL_ARGUMENT, "", manager.wait_until_finished());
+}
+
+// save_async from several threads: each background failure is rethrown
+// exactly once, by whichever call comes next, and the saves that started
+// and did not fail are the checkpoints.
+void save_async_threads(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  ckpt::Manager manager(ckpt::Options().directory(dir).keep_all().on_save(
+      [](const std::string& prefix, uint64_t number) {
+        write_file(prefix + ".txt", std::to_string(number));
+        if (number % 3 == 0) throw ModelError("failed", static_cast<int>(number));
+      }));
+  constexpr int kThreads = 4, kRounds = 15;
+  std::mutex record;
+  std::multiset<int> started, rethrown;
+  std::atomic<int> mixups{0};
+  auto note = [&](std::multiset<int>& into, int number) {
+    std::lock_guard<std::mutex> lock(record);
+    into.insert(number);
+  };
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      for (int round = 1; round <= kRounds; ++round) {
+        const int number = t * 100 + round;
+        try {
+          if (manager.save_async(static_cast<uint64_t>(number), false).has_value()) {
+            note(started, number);
+          } else {
+            ++mixups;
+          }
+        } catch (const ModelError& error) {  // an earlier save's: this one did not start
+          note(rethrown, error.code);
+        } catch (...) {
+          ++mixups;
+        }
+      }
+    });
+  }
+  for (auto& worker : workers) worker.join();
+  try {
+    manager.wait_until_finished();
+  } catch (const ModelError& error) {
+    note(rethrown, error.code);
+  }
+  CHECK_EQ(mixups.load(), 0);
+  std::multiset<int> failing, saved;
+  for (int number : started) (number % 3 == 0 ? failing : saved).insert(number);
+  CHECK(!failing.empty());
+  CHECK(rethrown == failing);
+  std::multiset<int> listed;
+  for (const auto& prefix : manager.checkpoints()) {
+    listed.insert(std::stoi(prefix.substr(prefix.rfind('-') + 1)));
+  }
+  CHECK(listed == saved);
+}
+
+// Two managers built from one Options share on_save: each background
+// failure comes back from its own manager.
+void background_exceptions_per_manager(const std::string& workdir) {
+  Gate gate;
+  ckpt::Options options;
+  options.keep_all().on_save([&](const std::string& prefix, uint64_t) {
+    gate.pass_through();  // both saves in flight at once
+    throw ModelError(prefix, 0);
+  });
+  ckpt::Manager first(options.directory(workdir + "/first"));
+  ckpt::Manager second(options.directory(workdir + "/second/"));
+  first.save_async();
+  second.save_async();
+  gate.open();
+  CHECK(contains(EXPECT_THROW(ModelError, second.wait_until_finished()).what(), "/second/"));
+  CHECK(contains(EXPECT_THROW(ModelError, first.wait_until_finished()).what(), "/first/"));
+  first.wait_until_finished();
+  second.wait_until_finished();
+}
+
 struct Case {
   const char* name;
   void (*run)(const std::string& workdir);
@@ -966,6 +1314,15 @@ const Case cases[] = {
     {"checkpoint_info_json", checkpoint_info_json},
     {"timed_and_requested_saves", timed_and_requested_saves},
     {"preemption", preemption},
+    {"save_async_snapshot", save_async_snapshot},
+    {"save_async_exception", save_async_exception},
+    {"wait_until_finished_timeout", wait_until_finished_timeout},
+    {"prepare_callback", prepare_callback},
+    {"background_delete_exception", background_delete_exception},
+    {"background_reentry", background_reentry},
+    {"reset_waits_for_background_save", reset_waits_for_background_save},
+    {"save_async_threads", save_async_threads},
+    {"background_exceptions_per_manager", background_exceptions_per_manager},
 };
 
 }  // namespace
@@ -975,6 +1332,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s CASE WORKDIR\n", argv[0]);
     return 2;
   }
+  // A call that waits where it must not (on a gate nobody opens) ends the
+  // case by SIGALRM instead of hanging the test run.
+  alarm(600);
   for (const Case& test_case : cases) {
     if (std::strcmp(test_case.name, argv[1]) == 0) {
       try {

@@ -1,5 +1,7 @@
 """CheckpointManager and the module-level functions, over the C API."""
+import atexit
 import collections.abc
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -12,9 +14,10 @@ import signal
 import sys
 import threading
 import warnings
+import weakref
 
 from . import _lib
-from ._statuses import DTYPES, OK, REENTRANT_CALL
+from ._statuses import CALLBACK_FAILED, DTYPES, OK, REENTRANT_CALL
 from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
 
 logger = logging.getLogger("ckpt_manager")
@@ -149,87 +152,206 @@ def _finalize(user_data):
 
 
 class _Pending(threading.local):
-    """The exception a callback raised, per thread (callbacks run on the thread
-    that called into the manager)."""
+    """The exception a callback raised, per thread: callbacks run on the
+    thread that called into the manager, during the call (`calls` counts
+    this manager's calls open on this thread)."""
     exc = None
     which = None
+    calls = 0
+
+    @contextlib.contextmanager
+    def open_call(self):
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
 
 
-def _trampolines(pending, *, save_fn, restore_fn, init_fn, step_counter, clock, delete_fn,
-                 log_fn):
+# Callbacks that cannot fail a call: a deletion runs after the commit, and a
+# log message changes nothing.
+_AFTER_COMMIT = ("delete", "log")
+
+
+class _BackgroundErrors:
+    """Exceptions of a background save's callbacks, which run on the
+    library's thread with no call open. The save callback's fails the save:
+    the call that returns that failure raises it. An after-commit
+    callback's is warned about by the next call. Never locked around a call
+    into the library, which may wait for those callbacks."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._failure = None  # (which, exc)
+        self._after_commit = []  # [(which, exc)]
+
+    def keep(self, which, exc):
+        with self._lock:
+            if which in _AFTER_COMMIT:
+                self._after_commit.append((which, exc))
+            else:  # at most one save in flight, and it fails here
+                self._failure = (which, exc)
+
+    def take_failure(self):
+        with self._lock:
+            failure, self._failure = self._failure, None
+        return failure
+
+    def take_after_commit(self):
+        with self._lock:
+            taken, self._after_commit = self._after_commit, []
+        return taken
+
+
+# The _Pending of the manager whose background save callback runs on this
+# thread, if any: calls into managers from there are refused before they
+# take a manager's lock (another thread may hold it while it waits for that
+# save).
+_background_callback = threading.local()
+
+
+def _running_background_callback():
+    return getattr(_background_callback, "pending", None)
+
+
+def _trampolines(pending, background, *, save_fn, prepare_fn, restore_fn, init_fn, step_counter,
+                 clock, delete_fn, log_fn):
     """ctypes callbacks (setter, CFUNCTYPE object) for the given Python callables.
 
-    They reference `pending` and the user's callables only, never the manager,
-    so that a manager is collected when unreachable."""
+    They reference `pending`, `background` and the user's callables only,
+    never the manager, so that a manager is collected when unreachable."""
 
-    def failed(which, exc):
-        if pending.exc is None:  # keep the first one
-            pending.exc, pending.which = exc, which
-        return 1
+    def run(which, body, failure):
+        """body()'s value; if it raises, the exception goes to the call open
+        on this thread, or, with none open (a background save's callback),
+        to `background`, and `failure` goes to the library."""
+        if pending.calls:
+            try:
+                return body()
+            except BaseException as exc:
+                if pending.exc is None:  # keep the first one
+                    pending.exc, pending.which = exc, which
+                return failure
+        _background_callback.pending = pending
+        try:
+            return body()
+        except BaseException as exc:
+            background.keep(which, exc)
+            return failure
+        finally:
+            _background_callback.pending = None
 
     result = []
     if save_fn is not None:
         def save(_user_data, prefix, number):
-            try:
+            def body():
                 save_fn(_string_arg(prefix), number)
                 return 0
-            except BaseException as exc:
-                return failed("save", exc)
+            return run("save", body, 1)
         result.append((_lib.ckpt_options_set_save_callback, _lib.ckpt_save_callback(save)))
+    if prepare_fn is not None:
+        def prepare(_user_data, number):
+            def body():
+                prepare_fn(number)
+                return 0
+            return run("prepare", body, 1)
+        result.append((_lib.ckpt_options_set_prepare_callback, _lib.ckpt_prepare_callback(prepare)))
     if restore_fn is not None:
         def restore(_user_data, prefix):
-            try:
+            def body():
                 restore_fn(_string_arg(prefix))
                 return 0
-            except BaseException as exc:
-                return failed("restore", exc)
+            return run("restore", body, 1)
         result.append((_lib.ckpt_options_set_restore_callback, _lib.ckpt_restore_callback(restore)))
     if init_fn is not None:
         def init(_user_data):
-            try:
+            def body():
                 init_fn()
                 return 0
-            except BaseException as exc:
-                return failed("init", exc)
+            return run("init", body, 1)
         result.append((_lib.ckpt_options_set_init_callback, _lib.ckpt_init_callback(init)))
     if step_counter is not None:
         def step(_user_data, out_step):
-            try:
+            def body():
                 value = step_counter() if callable(step_counter) else step_counter
                 out_step[0] = _to_int(value, "step_counter's value")
                 return 0
-            except BaseException as exc:
-                return failed("step_counter", exc)
+            return run("step_counter", body, 1)
         result.append((_lib.ckpt_options_set_step_counter_callback, _lib.ckpt_step_counter_callback(step)))
     if clock is not None:
         def clock_cb(_user_data):
-            try:
-                return float(clock())
-            except BaseException as exc:
-                failed("clock", exc)
-                return float("nan")  # refused by the library as a clock failure
+            # NaN is refused by the library as a clock failure.
+            return run("clock", lambda: float(clock()), float("nan"))
         result.append((_lib.ckpt_options_set_clock_callback, _lib.ckpt_clock_callback(clock_cb)))
     if delete_fn is not None:
         def delete(_user_data, prefix):
-            try:
+            def body():
                 delete_fn(_string_arg(prefix))
                 return 0
-            except BaseException as exc:
-                return failed("delete", exc)
+            return run("delete", body, 1)
         result.append((_lib.ckpt_options_set_delete_callback, _lib.ckpt_delete_callback(delete)))
 
     def log(_user_data, level, message):
-        try:
+        def body():
             text = ctypes.string_at(message).decode("utf-8", "backslashreplace")
             py_level = _LOG_LEVELS.get(level, logging.WARNING)
             if log_fn is None:
                 logger.log(py_level, "%s", text)
             else:
                 log_fn(py_level, text)
-        except BaseException as exc:
-            failed("log", exc)
+        run("log", body, None)
     result.append((_lib.ckpt_options_set_log_callback, _lib.ckpt_log_callback(log)))
     return result
+
+
+def _with_note(exc, note):
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(note)
+    return exc
+
+
+def _warn_callback_raised(which, exc, outcome, stacklevel):
+    warnings.warn("ckpt_manager: the %s callback raised %r; %s" % (which, exc, outcome),
+                  RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+# Managers not closed yet: closed at exit, so that a background save in
+# flight finishes while the interpreter can still run its callbacks.
+_open_managers = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_managers():
+    for manager in list(_open_managers):
+        try:
+            manager.close()
+        except Exception:  # another thread's call still runs: nothing to wait for here
+            pass
+
+
+@contextlib.contextmanager
+def _save_args(checkpoint_number, check_interval, metrics, metadata):
+    """A ckpt_save_args for the duration of the block."""
+    args = ctypes.c_void_p()
+    _check(_lib.ckpt_save_args_new(ctypes.byref(args)))
+    try:
+        if checkpoint_number is not None:
+            _check(_lib.ckpt_save_args_set_checkpoint_number(
+                args, _to_unsigned(checkpoint_number, "checkpoint_number", 64)))
+        _check(_lib.ckpt_save_args_set_check_interval(args, bool(check_interval)))
+        if metrics is not None:
+            if not isinstance(metrics, collections.abc.Mapping):
+                raise TypeError("metrics must be a dict of name: float, not %s"
+                                % type(metrics).__name__)
+            for name, value in metrics.items():
+                _check(_lib.ckpt_save_args_set_metric(
+                    args, _encode_text(name, "a metric's name"), _to_metric(value, name)))
+        if metadata is not None:
+            _check(_lib.ckpt_save_args_set_metadata_json(
+                args, _encode_text(_metadata_json(metadata), "metadata")))
+        yield args
+    finally:
+        _lib.ckpt_save_args_free(args)
 
 
 # ------------------------------------------------------------ manager
@@ -283,20 +405,22 @@ class CheckpointManager:
                  checkpoint=None, clock=None, read_only=False, verify_checksums=True,
                  partial_restore=False, delete_fn=None, log_fn=None, keep_best=None,
                  best_metric=None, best_mode="min", keep_period=None,
-                 save_interval_seconds=None):
+                 save_interval_seconds=None, prepare_fn=None):
         self._handle = None
         self._arrays = {}
         self._callbacks = []
         self._lock = threading.RLock()
         self._depth = 0
         self._pending = _Pending()
+        self._background = _BackgroundErrors()
         if checkpoint is not None:
             if save_fn is None:
                 save_fn = lambda prefix, _number: checkpoint.write(prefix)  # noqa: E731
             if restore_fn is None:
                 restore_fn = checkpoint.restore
-        for name, fn in (("save_fn", save_fn), ("restore_fn", restore_fn), ("init_fn", init_fn),
-                         ("clock", clock), ("delete_fn", delete_fn), ("log_fn", log_fn)):
+        for name, fn in (("save_fn", save_fn), ("prepare_fn", prepare_fn),
+                         ("restore_fn", restore_fn), ("init_fn", init_fn), ("clock", clock),
+                         ("delete_fn", delete_fn), ("log_fn", log_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError("%s must be callable, not %r" % (name, fn))
         self._checkpoint_interval = (None if checkpoint_interval is None
@@ -345,9 +469,9 @@ class CheckpointManager:
                     options, float(save_interval_seconds)))
             keys = []
             for setter, cfunc in _trampolines(
-                    self._pending, save_fn=save_fn, restore_fn=restore_fn, init_fn=init_fn,
-                    step_counter=step_counter, clock=clock, delete_fn=delete_fn,
-                    log_fn=log_fn):
+                    self._pending, self._background, save_fn=save_fn, prepare_fn=prepare_fn,
+                    restore_fn=restore_fn, init_fn=init_fn, step_counter=step_counter,
+                    clock=clock, delete_fn=delete_fn, log_fn=log_fn):
                 key = _new_key()
                 status = setter(options, cfunc, key, _finalize)
                 if status != OK:  # ownership stayed with us
@@ -357,9 +481,11 @@ class CheckpointManager:
                 keys.append(key)
             self._callback_keys = tuple(keys)
             handle = ctypes.c_void_p()
-            status = _lib.ckpt_manager_new(options, ctypes.byref(handle))
+            with self._pending.open_call():
+                status = _lib.ckpt_manager_new(options, ctypes.byref(handle))
             self._raise_for(status)
             self._handle = handle
+            _open_managers.add(self)
         finally:
             _lib.ckpt_options_free(options)
         if self._handle is None:  # pragma: no cover (the raise above)
@@ -368,17 +494,27 @@ class CheckpointManager:
     # -- plumbing
 
     def _raise_for(self, status):
-        """Raise for `status`, preferring an exception a callback raised."""
+        """Raise for `status`, preferring an exception a callback raised: one
+        of this call, or, when the call returns a background save's failure,
+        the one that save's callback raised. Warns about exceptions of
+        callbacks that could not fail a call."""
         pending = self._pending
         exc, which = pending.exc, pending.which
         pending.exc = pending.which = None
+        for late_which, late in self._background.take_after_commit():
+            _warn_callback_raised(late_which, late, "the background save went on", stacklevel=3)
+        if status == CALLBACK_FAILED and (exc is None or which in _AFTER_COMMIT):
+            failure = self._background.take_failure()
+            if failure is not None:
+                if exc is not None:
+                    _warn_callback_raised(which, exc, "the call failed anyway", stacklevel=3)
+                failed_which, failed = failure
+                raise _with_note(failed, "(raised in the %s callback of a background save run "
+                                         "by ckpt_manager)" % failed_which)
         if exc is not None:
             if status != OK:
-                if hasattr(exc, "add_note"):  # Python 3.11+
-                    exc.add_note("(raised in the %s callback run by ckpt_manager)" % which)
-                raise exc
-            warnings.warn("ckpt_manager: the %s callback raised %r; the call succeeded anyway"
-                          % (which, exc), RuntimeWarning, stacklevel=3)
+                raise _with_note(exc, "(raised in the %s callback run by ckpt_manager)" % which)
+            _warn_callback_raised(which, exc, "the call succeeded anyway", stacklevel=3)
         _check(status)
 
     class _Call:
@@ -388,15 +524,21 @@ class CheckpointManager:
             self.manager = manager
 
         def __enter__(self):
+            if _running_background_callback() is not None:
+                raise ERRORS_BY_STATUS[REENTRANT_CALL](
+                    "a callback of a background save called into a manager; it could wait "
+                    "for the save that runs it", REENTRANT_CALL)
             manager = self.manager
             manager._lock.acquire()
             if manager._handle is None:
                 manager._lock.release()
                 raise ValueError("operation on a closed CheckpointManager")
             manager._depth += 1
+            manager._pending.calls += 1
             return manager._handle
 
         def __exit__(self, *exc_info):
+            self.manager._pending.calls -= 1
             self.manager._depth -= 1
             self.manager._lock.release()
 
@@ -405,43 +547,59 @@ class CheckpointManager:
 
     # -- TF's API
 
-    def save(self, checkpoint_number=None, check_interval=True, metrics=None, metadata=None):
+    def save(self, checkpoint_number=None, check_interval=True, metrics=None, metadata=None,
+             *, blocking=True):
         """Saves a checkpoint; returns its prefix, or None when the interval skipped it.
 
         `metrics` ({name: float}, NaN and infinities allowed) and `metadata` (a
         dict that json.dumps can write) are recorded in the checkpoint's
         manifest; checkpoint_info() reads them back and `keep_best` ranks by
-        the metric `best_metric`."""
-        number = (None if checkpoint_number is None
-                  else _to_unsigned(checkpoint_number, "checkpoint_number", 64))
+        the metric `best_metric`. `blocking=False` is save_async()."""
+        if not blocking:
+            return self.save_async(checkpoint_number, check_interval, metrics, metadata)
         if metrics is None and metadata is None:
-            return self._save(number, check_interval)
-        args = ctypes.c_void_p()
-        _check(_lib.ckpt_save_args_new(ctypes.byref(args)))
-        try:
-            if number is not None:
-                _check(_lib.ckpt_save_args_set_checkpoint_number(args, number))
-            _check(_lib.ckpt_save_args_set_check_interval(args, bool(check_interval)))
-            if metrics is not None:
-                if not isinstance(metrics, collections.abc.Mapping):
-                    raise TypeError("metrics must be a dict of name: float, not %s"
-                                    % type(metrics).__name__)
-                for name, value in metrics.items():
-                    _check(_lib.ckpt_save_args_set_metric(
-                        args, _encode_text(name, "a metric's name"), _to_metric(value, name)))
-            if metadata is not None:
-                _check(_lib.ckpt_save_args_set_metadata_json(
-                    args, _encode_text(_metadata_json(metadata), "metadata")))
-            out = ctypes.c_void_p()
+            return self._save(checkpoint_number, check_interval)
+        out = ctypes.c_void_p()
+        with _save_args(checkpoint_number, check_interval, metrics, metadata) as args:
             with self._call() as handle:
-                status = _lib.ckpt_manager_save_with(handle, args, ctypes.byref(out))
-                self._raise_for(status)
-        finally:
-            _lib.ckpt_save_args_free(args)
+                self._raise_for(_lib.ckpt_manager_save_with(handle, args, ctypes.byref(out)))
         return _take_string(out.value)
 
-    def _save(self, number, check_interval):
-        number_p = None if number is None else ctypes.byref(ctypes.c_uint64(number))
+    def save_async(self, checkpoint_number=None, check_interval=True, metrics=None,
+                   metadata=None):
+        """save() in the background: returns the prefix the checkpoint will
+        have (None when the interval skipped it) once the registered arrays
+        are copied and `prepare_fn` has run; the library's thread then runs
+        `save_fn`, writes and commits. The checkpoint becomes the latest only
+        at its commit. A save in flight is waited for first; a skipped call
+        never waits. If the background save fails, the next call that saves,
+        restores, pins, reloads, asks should_save() or waits raises its error
+        (the exception `save_fn` raised, itself), once; nothing is left of
+        it."""
+        out = ctypes.c_void_p()
+        with _save_args(checkpoint_number, check_interval, metrics, metadata) as args:
+            with self._call() as handle:
+                self._raise_for(_lib.ckpt_manager_save_async(handle, args, ctypes.byref(out)))
+        return _take_string(out.value)
+
+    def wait_until_finished(self, timeout=None):
+        """Waits until the background save in flight, if any, has committed
+        or failed: raises its error if it failed (once), or
+        CheckpointTimeoutError if it still runs after `timeout` seconds (None
+        waits as long as it takes, 0 only checks)."""
+        if timeout is None:
+            seconds = -1.0  # the library's "as long as it takes"
+        else:
+            seconds = float(timeout)
+            if seconds < 0:
+                raise InvalidArgumentError("timeout must be None or >= 0, not %r" % (timeout,),
+                                           InvalidArgumentError.status)
+        with self._call() as handle:
+            self._raise_for(_lib.ckpt_manager_wait_until_finished(handle, seconds))
+
+    def _save(self, checkpoint_number, check_interval):
+        number_p = (None if checkpoint_number is None else ctypes.byref(ctypes.c_uint64(
+            _to_unsigned(checkpoint_number, "checkpoint_number", 64))))
         out = ctypes.c_void_p()
         with self._call() as handle:
             status = _lib.ckpt_manager_save(handle, number_p, bool(check_interval),
@@ -463,7 +621,7 @@ class CheckpointManager:
         """The latest checkpoint's prefix (as the state file records it), or None."""
         out = ctypes.c_void_p()
         with self._call() as handle:
-            _check(_lib.ckpt_manager_latest(handle, ctypes.byref(out)))
+            self._raise_for(_lib.ckpt_manager_latest(handle, ctypes.byref(out)))
         return _take_string(out.value)
 
     @property
@@ -471,21 +629,21 @@ class CheckpointManager:
         """The managed checkpoints' prefixes, oldest first (preserved ones not listed)."""
         out = ctypes.POINTER(_lib.ckpt_string_list)()
         with self._call() as handle:
-            _check(_lib.ckpt_manager_checkpoints(handle, ctypes.byref(out)))
+            self._raise_for(_lib.ckpt_manager_checkpoints(handle, ctypes.byref(out)))
         return _take_list(out)
 
     @property
     def directory(self):
         out = ctypes.c_void_p()
         with self._call() as handle:
-            _check(_lib.ckpt_manager_directory(handle, ctypes.byref(out)))
+            self._raise_for(_lib.ckpt_manager_directory(handle, ctypes.byref(out)))
         return _take_string(out.value)
 
     @property
     def save_counter(self):
         out = ctypes.c_uint64()
         with self._call() as handle:
-            _check(_lib.ckpt_manager_save_counter(handle, ctypes.byref(out)))
+            self._raise_for(_lib.ckpt_manager_save_counter(handle, ctypes.byref(out)))
         return out.value
 
     @property
@@ -501,7 +659,7 @@ class CheckpointManager:
         recorded NaN). InvalidArgumentError without `keep_best`."""
         out = ctypes.c_void_p()
         with self._call() as handle:
-            _check(_lib.ckpt_manager_best(handle, ctypes.byref(out)))
+            self._raise_for(_lib.ckpt_manager_best(handle, ctypes.byref(out)))
         return _take_string(out.value)
 
     def pin(self, prefix):
@@ -527,7 +685,7 @@ class CheckpointManager:
         encoded = _encode_path(prefix, "prefix")
         out = ctypes.c_void_p()
         with self._call() as handle:
-            _check(_lib.ckpt_manager_checkpoint_info(handle, encoded, ctypes.byref(out)))
+            self._raise_for(_lib.ckpt_manager_checkpoint_info(handle, encoded, ctypes.byref(out)))
         try:
             info = json.loads(ctypes.string_at(out.value))
         finally:
@@ -552,14 +710,14 @@ class CheckpointManager:
         saved already. Waits for a call another
         thread is running on this manager."""
         with self._call() as handle:
-            _check(_lib.ckpt_manager_request_save(handle))
+            self._raise_for(_lib.ckpt_manager_request_save(handle))
 
     def verify(self, prefix=None, checksums=True):
         """Checks a checkpoint (default: the latest) against its manifest; raises
         CheckpointDamagedError or NoManifestError if it does not verify."""
         encoded = None if prefix is None else _encode_path(prefix, "prefix")
         with self._call() as handle:
-            _check(_lib.ckpt_manager_verify(handle, encoded, bool(checksums)))
+            self._raise_for(_lib.ckpt_manager_verify(handle, encoded, bool(checksums)))
 
     def reload(self):
         """Re-reads the state file (a read-only manager sees new checkpoints)."""
@@ -594,7 +752,7 @@ class CheckpointManager:
         ndim = array.ndim
         shape = (ctypes.c_uint64 * max(ndim, 1))(*array.shape)
         with self._call() as handle:
-            _check(_lib.ckpt_manager_register_tensor(
+            self._raise_for(_lib.ckpt_manager_register_tensor(
                 handle, encoded, DTYPES[dtype_name], shape if ndim else None, ndim,
                 array.ctypes.data))
             self._arrays[name] = array
@@ -603,7 +761,7 @@ class CheckpointManager:
         """Unregisters an array; the manager no longer reads, writes or holds it."""
         encoded = _encode_text(name, "name")
         with self._call() as handle:
-            _check(_lib.ckpt_manager_unregister_tensor(handle, encoded))
+            self._raise_for(_lib.ckpt_manager_unregister_tensor(handle, encoded))
             self._arrays.pop(name, None)
 
     @property
@@ -616,11 +774,17 @@ class CheckpointManager:
         return self._handle is None
 
     def close(self):
-        """Frees the handle (releases the directory's lock and the callbacks).
-        Idempotent. Not allowed from inside one of this manager's callbacks."""
+        """Frees the handle (releases the directory's lock and the callbacks),
+        after the background save in flight, if any, has finished; its failure
+        is logged and warned about. Idempotent. Not allowed from inside one of
+        this manager's callbacks."""
         lock = getattr(self, "_lock", None)
         if lock is None:
             return
+        if _running_background_callback() is self._pending:
+            # The lock may be held by a thread that waits for this very save.
+            raise ERRORS_BY_STATUS[REENTRANT_CALL](
+                "close() called from a callback of the same manager", REENTRANT_CALL)
         with lock:
             if self._handle is None:
                 return
@@ -628,9 +792,22 @@ class CheckpointManager:
                 raise ERRORS_BY_STATUS[REENTRANT_CALL](
                     "close() called from a callback of the same manager", REENTRANT_CALL)
             handle, self._handle = self._handle, None
-            _lib.ckpt_manager_free(handle)
+            _open_managers.discard(self)
+            # Not PyDLL: the GIL is released while the library waits for a
+            # background save whose Python callbacks need it.
+            with self._pending.open_call():
+                _lib.ckpt_manager_free(handle)
             self._arrays = {}
             self._callbacks = []
+        # No call is left to raise these (the library logged the failure).
+        pending = self._pending
+        unreported = [(pending.which, pending.exc)] if pending.exc is not None else []
+        pending.exc = pending.which = None
+        unreported += self._background.take_after_commit()
+        failure = self._background.take_failure()
+        unreported += [failure] if failure else []
+        for which, exc in unreported:
+            _warn_callback_raised(which, exc, "the manager closed anyway", stacklevel=2)
 
     def __enter__(self):
         return self
@@ -643,6 +820,12 @@ class CheckpointManager:
             return
         if sys.is_finalizing():
             return  # the process exits: the kernel releases the lock
+        if _running_background_callback() is self._pending:
+            # Collected by this manager's own background save callback: the
+            # library cannot free it until that save ends, so another thread
+            # closes it (and keeps it alive until then).
+            threading.Thread(target=self.close, name="ckpt-manager-close").start()
+            return
         try:
             self.close()
         except Exception:

@@ -20,6 +20,7 @@ __all__ = [
     "ReadOnlyError",
     "NoManifestError",
     "TensorMismatchError",
+    "CheckpointTimeoutError",
     "error_for_status",
 ]
 
@@ -101,6 +102,17 @@ class TensorMismatchError(CheckpointError):
     """CKPT_STATUS_TENSOR_MISMATCH: nothing was restored."""
 
 
+class CheckpointTimeoutError(CheckpointError, TimeoutError):
+    """CKPT_STATUS_TIMEOUT: wait_until_finished() timed out; the background
+    save still runs (also a TimeoutError)."""
+
+    def __init__(self, message="", status=None):
+        CheckpointError.__init__(self, message, status)
+
+    def __str__(self):
+        return CheckpointError.__str__(self)
+
+
 # Status name (as in the header, without CKPT_STATUS_) -> class.
 _CLASSES_BY_NAME = {
     "NULL_ARGUMENT": NullArgumentError,
@@ -115,6 +127,7 @@ _CLASSES_BY_NAME = {
     "READ_ONLY": ReadOnlyError,
     "NO_MANIFEST": NoManifestError,
     "TENSOR_MISMATCH": TensorMismatchError,
+    "TIMEOUT": CheckpointTimeoutError,
 }
 
 # Status value -> class, built from the generated table.

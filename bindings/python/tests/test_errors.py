@@ -23,6 +23,7 @@ EXPECTED_CLASSES = {
     "READ_ONLY": "ReadOnlyError",
     "NO_MANIFEST": "NoManifestError",
     "TENSOR_MISMATCH": "TensorMismatchError",
+    "TIMEOUT": "CheckpointTimeoutError",
 }
 
 
@@ -78,6 +79,9 @@ def test_python_base_classes():
     assert isinstance(error, OSError) and error.status == 4
     assert error.message == "open x: No such file"
     assert str(error) == "CKPT_STATUS_IO_ERROR: open x: No such file"
+    timeout = errors.error_for_status(_statuses.TIMEOUT, "still saving")
+    assert isinstance(timeout, TimeoutError) and timeout.status == 13
+    assert str(timeout) == "CKPT_STATUS_TIMEOUT: still saving"
     unknown = errors.error_for_status(999, "from the future")
     assert type(unknown) is ckpt_manager.CheckpointError and unknown.status == 999
 
