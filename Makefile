@@ -3,8 +3,8 @@
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make torture; make header regenerates include/ckpt_manager.h after a change
-#   to src/ffi)
+#   make bench-async, make torture; make header regenerates
+#   include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
 RELEASE_DIR := $(CURDIR)/target/release
@@ -69,6 +69,12 @@ bench:
 .PHONY: bench-commit
 bench-commit:
 	./scripts/bench-commit
+
+# The time save_async blocks against memcpy, and a training loop with async,
+# sync and no saves (benches/async_save.rs).
+.PHONY: bench-async
+bench-async:
+	cargo bench --bench async_save
 
 # cbindgen runs only here (and in the test that checks the header is current).
 .PHONY: header
