@@ -37,18 +37,9 @@ use std::time::{Duration, Instant};
 
 use ckpt_manager::{Callbacks, CheckpointManager, Config, DType, Error, MaxToKeep, SaveArgs};
 
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-        Err(_) => default,
-    }
-}
+mod common;
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
+use common::{env_number, millis};
 
 /// Three significant digits, at least one decimal.
 fn shown_ms(ms: f64) -> String {

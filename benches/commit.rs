@@ -77,18 +77,9 @@ extern "C" {
     fn sync();
 }
 
-fn env_number(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-        Err(_) => default,
-    }
-}
+mod common;
 
-fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
+use common::{env_number, millis};
 
 /// Flushes what earlier steps left dirty and lets the disk drain.
 fn settle(pause_ms: usize) {
