@@ -65,6 +65,14 @@
 // Patch version of this header.
 #define CKPT_VERSION_PATCH 0
 
+// The version of `ckpt_communicator` this library was built with; set
+// `version` to it. A later version only appends fields.
+#define CKPT_COMMUNICATOR_VERSION 1
+
+// What a communicator callback returns when its timeout passed before
+// every rank took part.
+#define CKPT_COMMUNICATOR_TIMEOUT 1
+
 // `ckpt_latest_checkpoint_with_flags`: fail with
 // CKPT_STATUS_CHECKPOINT_DAMAGED instead of falling back to an older
 // checkpoint when the latest is damaged.
@@ -227,6 +235,41 @@ typedef struct {
   // The number of strings.
   size_t len;
 } ckpt_string_list;
+
+// Collectives over the trainer's processes ("ranks"), supplied by the
+// trainer (`include/ckpt_manager_mpi.h` builds one from an `MPI_Comm`).
+// Each callback is collective: every rank calls it, in the same order. Each
+// returns 0 on success, `CKPT_COMMUNICATOR_TIMEOUT` when `timeout_seconds`
+// passed before every rank took part (it must then return, not hang), or
+// any other value on failure. They run on the thread that called the
+// manager, one at a time per manager.
+typedef struct {
+  // `CKPT_COMMUNICATOR_VERSION`.
+  uint32_t version;
+  // This process's rank, 0 to `size - 1`.
+  uint32_t rank;
+  // The number of ranks.
+  uint32_t size;
+  // Passed first to every callback; the trainer keeps it valid while any
+  // manager built with it lives.
+  void *user_data;
+  // Returns once every rank has called it.
+  int32_t (*barrier)(void *user_data, double timeout_seconds);
+  // Copies `length` bytes at `buffer` on rank `root` into `buffer` on
+  // every other rank (every rank passes the same `length`).
+  int32_t (*broadcast)(void *user_data,
+                       void *buffer,
+                       size_t length,
+                       uint32_t root,
+                       double timeout_seconds);
+  // Gathers every rank's `length`-byte `record` into `records` (`size *
+  // length` bytes, rank order) on every rank.
+  int32_t (*all_gather)(void *user_data,
+                        const void *record,
+                        size_t length,
+                        void *records,
+                        double timeout_seconds);
+} ckpt_communicator;
 
 // Writes checkpoint `checkpoint_number`: every file it creates must be
 // named `prefix`, `prefix.<suffix>` (e.g. `prefix.index`) or lie inside a
@@ -1019,6 +1062,33 @@ ckpt_status ckpt_options_set_keep_period(ckpt_options *options, uint64_t period)
 // Threads: one thread at a time per options object.
 // Callbacks: none run.
 ckpt_status ckpt_options_set_save_interval_seconds(ckpt_options *options, double seconds);
+
+// Makes saves and restores collective over the ranks of `communicator` (see
+// `ckpt_communicator`; NULL: one process). The struct is copied; its
+// `user_data` must stay valid while any manager built from these options
+// lives.
+//
+// Ownership: `options` and `communicator` are borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (another `version`, a rank not below `size`, a NULL callback); the options
+// are unchanged then.
+// Threads: one thread at a time per options object.
+// Callbacks: none run; the communicator's run during collective calls, on
+// the calling thread.
+ckpt_status ckpt_options_set_communicator(ckpt_options *options,
+                                          const ckpt_communicator *communicator);
+
+// How long each rank waits for the others at each collective step of a save
+// or restore before it fails with CKPT_STATUS_TIMEOUT (default 300 seconds).
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not a
+// positive, finite number).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_coordination_timeout(ckpt_options *options, double seconds);
 
 // Sets the checkpoint name: files are `<directory>/<name>-<N>...`. Default
 // "ckpt".

@@ -4,7 +4,10 @@ use std::ffi::OsString;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::communicator::Communicator;
 use crate::error::{CallbackError, Error, Result};
 use crate::policy::MetricMode;
 
@@ -33,6 +36,20 @@ pub struct Config {
     pub(crate) keep_best: Option<KeepBest>,
     pub(crate) keep_period: Option<u64>,
     pub(crate) save_interval_seconds: Option<f64>,
+    pub(crate) communicator: Option<SharedCommunicator>,
+    /// How long a rank waits for the others at each collective step.
+    pub(crate) coordination_timeout: Duration,
+}
+
+/// The trainer's communicator, shared by the managers built from one
+/// configuration.
+#[derive(Clone)]
+pub struct SharedCommunicator(pub(crate) Arc<dyn Communicator>);
+
+impl fmt::Debug for SharedCommunicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rank {} of {}", self.0.rank(), self.0.size())
+    }
 }
 
 /// Keep the best `k` checkpoints by a metric the saves record.
@@ -58,6 +75,8 @@ impl Default for Config {
             keep_best: None,
             keep_period: None,
             save_interval_seconds: None,
+            communicator: None,
+            coordination_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -188,6 +207,27 @@ impl Config {
             )));
         }
         self.save_interval_seconds = seconds;
+        Ok(())
+    }
+
+    /// Makes saves and restores collective over the communicator's ranks
+    /// (`None`: one process).
+    pub fn set_communicator(&mut self, communicator: Option<Arc<dyn Communicator>>) {
+        self.communicator = communicator.map(SharedCommunicator);
+    }
+
+    /// How long each rank waits for the others at a collective step before
+    /// the save or restore fails with a timeout (default 300 s).
+    pub fn set_coordination_timeout(&mut self, seconds: f64) -> Result<()> {
+        let timeout = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|timeout| !timeout.is_zero())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "coordination_timeout must be a positive number of seconds, not {seconds}"
+                ))
+            })?;
+        self.coordination_timeout = timeout;
         Ok(())
     }
 

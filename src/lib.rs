@@ -10,6 +10,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod background;
+mod communicator;
 mod config;
 mod error;
 #[cfg(test)]
@@ -32,6 +33,7 @@ mod tensor_file;
 mod tensors;
 mod transaction;
 
+pub use communicator::{broadcast_bytes, CommError, Communicator};
 pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, Result};
 pub use inspect::{

@@ -14,6 +14,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // The safety contract is in the header comments.
 
+mod communicator;
 mod directory;
 mod handle;
 mod manager;
@@ -22,6 +23,7 @@ mod preemption;
 mod save_args;
 mod save_file;
 
+pub use communicator::{ckpt_communicator, CKPT_COMMUNICATOR_TIMEOUT, CKPT_COMMUNICATOR_VERSION};
 pub use directory::*;
 pub use handle::ckpt_string_list;
 pub use manager::*;

@@ -6,6 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::communicator::{ckpt_communicator, CCommunicator};
 use super::handle::{self, BoxCastable};
 use super::{ckpt_status, guard, guard_void, out_param, path_arg, utf8_arg, Failure, FfiResult};
 use crate::config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
@@ -489,6 +490,67 @@ pub unsafe extern "C" fn ckpt_options_set_save_interval_seconds(
         update(options, |o| {
             let seconds = (seconds != 0.0).then_some(seconds);
             Ok(o.config.set_save_interval_seconds(seconds)?)
+        })
+    }
+}
+
+/// Makes saves and restores collective over the ranks of `communicator` (see
+/// `ckpt_communicator`; NULL: one process). The struct is copied; its
+/// `user_data` must stay valid while any manager built from these options
+/// lives.
+///
+/// Ownership: `options` and `communicator` are borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (another `version`, a rank not below `size`, a NULL callback); the options
+/// are unchanged then.
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run; the communicator's run during collective calls, on
+/// the calling thread.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_communicator(
+    options: *mut ckpt_options,
+    communicator: *const ckpt_communicator,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call; `communicator` NULL or readable (header).
+    unsafe {
+        update(options, |o| {
+            let communicator = match communicator.as_ref() {
+                None => None,
+                Some(raw) => Some(
+                    CCommunicator::new(*raw)
+                        .map_err(|message| Failure::new(ckpt_status::InvalidArgument, message))?,
+                ),
+            };
+            o.config.set_communicator(
+                communicator
+                    .map(|c| std::sync::Arc::new(c) as std::sync::Arc<dyn crate::Communicator>),
+            );
+            Ok(())
+        })
+    }
+}
+
+/// How long each rank waits for the others at each collective step of a save
+/// or restore before it fails with CKPT_STATUS_TIMEOUT (default 300 seconds).
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not a
+/// positive, finite number).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_coordination_timeout(
+    options: *mut ckpt_options,
+    seconds: f64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_coordination_timeout(seconds)?)
         })
     }
 }
