@@ -194,9 +194,17 @@ def render_prototypes(header_text):
     for name, fields in types.structs.items():
         out += ["", "", "class %s(ctypes.Structure):" % name, "    _fields_ = ["]
         for field in fields.split(";"):
-            if field.strip():
-                c_type, field_name = _split_parameter(field)
-                out.append("        (%r, %s)," % (field_name, types.ctype(c_type, "field")))
+            if not field.strip():
+                continue
+            # A function pointer: `int32_t (*barrier)(void *user_data, ...)`.
+            pointer = re.fullmatch(r"\s*(.+?)\s*\(\*(\w+)\)\((.*)\)\s*", field, re.S)
+            if pointer:
+                result, field_name, parameters = pointer.groups()
+                arguments = [types.ctype(result, "ret")] + _parameters(parameters, types, "callback")
+                out.append("        (%r, ctypes.CFUNCTYPE(%s))," % (field_name, ", ".join(arguments)))
+                continue
+            c_type, field_name = _split_parameter(field)
+            out.append("        (%r, %s)," % (field_name, types.ctype(c_type, "field")))
         out.append("    ]")
     out += ["", ""]
     for name, (result, parameters) in types.callbacks.items():
