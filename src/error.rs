@@ -36,6 +36,29 @@ pub enum Error {
     /// A panic in a background save was caught; nothing was committed
     /// unless the message says so.
     Panic(String),
+    /// A save or restore across ranks failed on `rank`; every rank returns
+    /// this error, of the kind of that rank's own.
+    Rank {
+        rank: u32,
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// What kind an error is, as ranks tell each other of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ErrorKind {
+    InvalidArgument,
+    StateCorrupt,
+    Io,
+    Callback,
+    Locked,
+    ReadOnly,
+    Damaged,
+    NoManifest,
+    TensorMismatch,
+    Timeout,
+    Panic,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -50,6 +73,23 @@ impl Error {
 
     pub(crate) fn io_at(action: &str, path: &Path, source: io::Error) -> Self {
         Error::io(format!("{action} '{}'", path.display()), source)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::StateCorrupt { .. } => ErrorKind::StateCorrupt,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Callback { .. } => ErrorKind::Callback,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::ReadOnly => ErrorKind::ReadOnly,
+            Error::Damaged { .. } => ErrorKind::Damaged,
+            Error::NoManifest { .. } => ErrorKind::NoManifest,
+            Error::TensorMismatch(_) => ErrorKind::TensorMismatch,
+            Error::Timeout => ErrorKind::Timeout,
+            Error::Panic(_) => ErrorKind::Panic,
+            Error::Rank { kind, .. } => *kind,
+        }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -91,6 +131,11 @@ impl fmt::Display for Error {
             Error::TensorMismatch(message) => write!(f, "tensor mismatch: {message}"),
             Error::Timeout => write!(f, "the background save is still running"),
             Error::Panic(message) => write!(f, "a background save panicked: {message}"),
+            Error::Rank {
+                rank,
+                kind: _,
+                message,
+            } => write!(f, "rank {rank}: {message}"),
             Error::NoManifest { prefix } => write!(
                 f,
                 "checkpoint '{}' has no manifest and cannot be verified",

@@ -199,57 +199,107 @@ pub fn verify(
     }
     let mut deferred_crc = None;
     for record in &manifest.files {
-        let name = file_name(base, record.suffix.as_bytes());
-        let shown = store.local_path(&name);
-        let file = match store.open_read(&name) {
-            Ok(Some(file)) => file,
-            Ok(None) => {
-                return Err(damaged(
-                    store,
-                    base,
-                    format!("'{}' is missing", shown.display()),
-                ))
-            }
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
-                ) =>
-            {
-                return Err(damaged(
-                    store,
-                    base,
-                    format!("'{}': {err}", shown.display()),
-                ))
-            }
-            Err(err) => return Err(Error::io_at("open", &shown, err)),
-        };
-        if file.size() != record.size {
-            return Err(damaged(
-                store,
-                base,
-                format!(
-                    "'{}' has {} bytes, the manifest says {}",
-                    shown.display(),
-                    file.size(),
-                    record.size
-                ),
-            ));
-        }
-        if deferred == Some(record.suffix.as_bytes()) {
+        let deferred = deferred == Some(record.suffix.as_bytes());
+        check_record(store, base, record, level, deferred)?;
+        if deferred {
             deferred_crc = Some(record.crc32c);
-        } else if level == Verification::Checksums {
-            let (_, crc) =
-                store::checksum(&*file).map_err(|err| Error::io_at("read", &shown, err))?;
-            check_crc(
-                &store.local_path(Path::new(base)),
-                &shown,
-                crc,
-                record.crc32c,
-            )?;
         }
     }
     Ok((Integrity::Intact, deferred_crc))
+}
+
+/// Checks one file the manifest lists: it exists, is a regular file of the
+/// recorded size and, with checksums (unless `deferred`), CRC32C.
+fn check_record(
+    store: &dyn Store,
+    base: &OsStr,
+    record: &crate::manifest::FileRecord,
+    level: Verification,
+    deferred: bool,
+) -> Result<()> {
+    let name = file_name(base, record.suffix.as_bytes());
+    let shown = store.local_path(&name);
+    let file = match store.open_read(&name) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            return Err(damaged(
+                store,
+                base,
+                format!("'{}' is missing", shown.display()),
+            ))
+        }
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput
+            ) =>
+        {
+            return Err(damaged(
+                store,
+                base,
+                format!("'{}': {err}", shown.display()),
+            ))
+        }
+        Err(err) => return Err(Error::io_at("open", &shown, err)),
+    };
+    if file.size() != record.size {
+        return Err(damaged(
+            store,
+            base,
+            format!(
+                "'{}' has {} bytes, the manifest says {}",
+                shown.display(),
+                file.size(),
+                record.size
+            ),
+        ));
+    }
+    if !deferred && level == Verification::Checksums {
+        let (_, crc) = store::checksum(&*file).map_err(|err| Error::io_at("read", &shown, err))?;
+        check_crc(
+            &store.local_path(Path::new(base)),
+            &shown,
+            crc,
+            record.crc32c,
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks one rank's files of a checkpoint saved across ranks: those of its
+/// manifest whose suffix starts with `shard`. A checkpoint without a
+/// manifest, or without any file of this rank, is damaged for it.
+pub fn verify_shard(
+    store: &dyn Store,
+    base: &OsStr,
+    shard: &[u8],
+    level: Verification,
+) -> Result<()> {
+    let manifest = read_manifest(store, base)?.ok_or_else(|| {
+        damaged(
+            store,
+            base,
+            "it has no manifest to find this rank's files".into(),
+        )
+    })?;
+    let mut found = false;
+    for record in &manifest.files {
+        if record.suffix.as_bytes().starts_with(shard) {
+            found = true;
+            check_record(store, base, record, level, false)?;
+        }
+    }
+    if !found {
+        return Err(damaged(
+            store,
+            base,
+            format!(
+                "it has no file of rank '{}' (saved by another number of ranks?)",
+                String::from_utf8_lossy(shard)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether any file of a checkpoint without a manifest exists: TF's

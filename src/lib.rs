@@ -35,7 +35,7 @@ mod transaction;
 
 pub use communicator::{broadcast_bytes, CommError, Communicator};
 pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
-pub use error::{CallbackError, Error, Result};
+pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
     checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint,
     verify_checkpoint, LatestOptions,

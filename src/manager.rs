@@ -28,6 +28,8 @@ use crate::tensor_file::{read_tensor_file, TensorSnapshot, TENSOR_FILE_SUFFIX};
 use crate::tensors::{DType, TensorRegistry};
 use crate::transaction;
 
+mod coordination;
+
 /// The largest user metadata object a save records, as JSON.
 const MAX_METADATA_BYTES: usize = 1 << 20;
 
@@ -233,14 +235,24 @@ impl CheckpointManager {
         };
         // Read first, so that a failing clock creates nothing on disk.
         let now = manager.now()?;
-        if !manager.config.read_only {
-            crate::store::create_directory(&manager.config.directory)?;
-            manager._lock = Some(DirectoryLock::acquire(&manager.config.directory)?);
-            manager.recover()?;
+        match manager.config.communicator.clone() {
+            Some(communicator) => manager.open_across_ranks(&*communicator.0)?,
+            None => manager.take_directory()?,
         }
         manager.load_state(now)?;
         manager.save_counter = manager.highest_known_number()?;
         Ok(manager)
+    }
+
+    /// A writer creates the directory, takes its lock and recovers what
+    /// interrupted saves left.
+    fn take_directory(&mut self) -> Result<()> {
+        if !self.config.read_only {
+            crate::store::create_directory(&self.config.directory)?;
+            self._lock = Some(DirectoryLock::acquire(&self.config.directory)?);
+            self.recover()?;
+        }
+        Ok(())
     }
 
     /// Finishes or removes what interrupted saves left (see `transaction`).
@@ -404,6 +416,14 @@ impl CheckpointManager {
         &self.config.directory
     }
 
+    /// This process's rank across the communicator; 0 without one.
+    pub fn rank(&self) -> u32 {
+        self.config
+            .communicator
+            .as_ref()
+            .map_or(0, |communicator| communicator.0.rank())
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -470,6 +490,60 @@ impl CheckpointManager {
     }
 
     fn start_save(&mut self, args: &SaveArgs, background: bool) -> Result<Option<PathBuf>> {
+        if let Some(communicator) = self.config.communicator.clone() {
+            if background {
+                return Err(Error::invalid(
+                    "a save across ranks is blocking: background saves across ranks are not \
+                     supported yet",
+                ));
+            }
+            return self.save_across_ranks(&*communicator.0, args);
+        }
+        let Some(decided) = self.decide(args)? else {
+            return Ok(None);
+        };
+        let Decided {
+            prefix,
+            job,
+            mut pending,
+            tensor_metadata,
+        } = decided;
+        if let Err(err) = self.prepare(job.number) {
+            self.restore_request(&pending);
+            return Err(err);
+        }
+        if background {
+            pending.saved_at = Some(self.now().inspect_err(|_| self.restore_request(&pending))?);
+            self.submit(job, tensor_metadata, pending)?;
+            return Ok(Some(prefix));
+        }
+        let tensors = if self.tensors.is_empty() {
+            Tensors::None
+        } else {
+            Tensors::Registered(&self.tensors, tensor_metadata)
+        };
+        let callbacks = &mut self.callbacks;
+        let report = job.run(
+            callbacks.save.as_mut(),
+            tensors,
+            callbacks.delete.as_mut(),
+            &mut || read_clock(&mut callbacks.clock),
+        );
+        self.apply(pending, report)?;
+        Ok(Some(prefix))
+    }
+
+    fn prepare(&mut self, number: u64) -> Result<()> {
+        match self.callbacks.prepare.as_mut() {
+            Some(prepare) => prepare(number).map_err(Error::callback("prepare")),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a save goes ahead, and if so everything it needs: the
+    /// intervals, the number, what the manifest records, the retention
+    /// before it. Claims the save request; `restore_request` gives it back.
+    fn decide(&mut self, args: &SaveArgs) -> Result<Option<Decided>> {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
@@ -518,9 +592,6 @@ impl CheckpointManager {
                 .iter()
                 .any(|m| m.entry == entry && m.traits.pinned),
         };
-        if let Some(prepare) = self.callbacks.prepare.as_mut() {
-            prepare(number).map_err(Error::callback("prepare"))?;
-        }
         let job = SaveJob {
             store: Arc::clone(&self.store),
             directory: self.config.directory.clone(),
@@ -537,32 +608,19 @@ impl CheckpointManager {
         if let Some(step) = current {
             tensor_metadata.insert("step".to_owned(), step.to_string());
         }
-        let mut pending = Pending {
+        let pending = Pending {
             counter,
             step,
             entry,
             saved_at: None,
             request: self.claim_request(),
         };
-        if background {
-            pending.saved_at = Some(self.now().inspect_err(|_| self.restore_request(&pending))?);
-            self.submit(job, tensor_metadata, pending)?;
-            return Ok(Some(prefix));
-        }
-        let tensors = if self.tensors.is_empty() {
-            Tensors::None
-        } else {
-            Tensors::Registered(&self.tensors, tensor_metadata)
-        };
-        let callbacks = &mut self.callbacks;
-        let report = job.run(
-            callbacks.save.as_mut(),
-            tensors,
-            callbacks.delete.as_mut(),
-            &mut || read_clock(&mut callbacks.clock),
-        );
-        self.apply(pending, report)?;
-        Ok(Some(prefix))
+        Ok(Some(Decided {
+            prefix,
+            job,
+            pending,
+            tensor_metadata,
+        }))
     }
 
     /// Takes the save request and the preemption signals seen so far: this
@@ -752,6 +810,11 @@ impl CheckpointManager {
     pub fn set_pinned(&mut self, prefix: &Path, pinned: bool) -> Result<()> {
         if self.config.read_only {
             return Err(Error::ReadOnly);
+        }
+        if self.rank() != 0 {
+            return Err(Error::invalid(
+                "pins are made on rank 0, which writes the manifests",
+            ));
         }
         self.settle(true)?;
         self.finish_unfinished()?;
@@ -958,6 +1021,9 @@ impl CheckpointManager {
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
         self.settle(true)?;
         self.finish_unfinished()?;
+        if let Some(communicator) = self.config.communicator.clone() {
+            return self.restore_across_ranks(&*communicator.0);
+        }
         let mut retries = 0;
         loop {
             let restored = self.restore_once();
@@ -1136,6 +1202,14 @@ fn read_clock(clock: &mut Option<ClockFn>) -> Result<f64> {
         });
     }
     Ok(now)
+}
+
+/// A save the intervals let through, as `decide` prepared it.
+struct Decided {
+    prefix: PathBuf,
+    job: SaveJob,
+    pending: Pending,
+    tensor_metadata: BTreeMap<String, String>,
 }
 
 /// A save's claim on the save request, given back if it fails.

@@ -18,7 +18,7 @@ use crate::policy::{Managed, Retention, Rules, Traits};
 use crate::store::Store;
 use crate::tensor_file::{write_tensor_file, TensorSnapshot};
 use crate::tensors::TensorRegistry;
-use crate::transaction::{self, CommitPlan, Transaction};
+use crate::transaction::{self, CommitPlan, Sealed, Transaction};
 
 /// Where the built-in saver's bytes come from.
 pub(crate) enum Tensors<'a> {
@@ -88,11 +88,33 @@ impl SaveJob {
         unfinished: &mut bool,
     ) -> Result<Saved> {
         let transaction = Transaction::begin(self.store.clone(), &self.base)?;
-        let planned = self
+        let sealed = self
             .write(&transaction, save, tensors)
             .and_then(|()| transaction.seal())
-            .and_then(|sealed| Ok((sealed, self.plan(now()?, warnings)?)));
-        let (sealed, (plan, retention)) = match planned {
+            .and_then(|sealed| Ok((sealed, now()?)));
+        match sealed {
+            Ok((sealed, now)) => {
+                self.commit_sealed(transaction, sealed, now, delete, warnings, unfinished)
+            }
+            Err(err) => {
+                transaction.abort();
+                Err(err)
+            }
+        }
+    }
+
+    /// Plans and commits what the write phase sealed (on every rank, for
+    /// a save across ranks), then deletes what the sweep dropped.
+    pub fn commit_sealed(
+        &self,
+        transaction: Transaction,
+        sealed: Sealed,
+        now: f64,
+        delete: Option<&mut DeleteFn>,
+        warnings: &mut Vec<String>,
+        unfinished: &mut bool,
+    ) -> Result<Saved> {
+        let (plan, retention) = match self.plan(now, warnings) {
             Ok(planned) => planned,
             Err(err) => {
                 transaction.abort();
@@ -134,7 +156,7 @@ impl SaveJob {
 
     /// Runs the save callback and writes the tensors into the
     /// transaction's staging prefix.
-    fn write(
+    pub fn write(
         &self,
         transaction: &Transaction,
         save: Option<&mut SaveFn>,

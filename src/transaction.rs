@@ -75,6 +75,12 @@ pub struct Transaction {
     base: OsString,
     staging: PathBuf,
     written: Written,
+    /// In a save across ranks, this rank's part of every file name after
+    /// the base (`.rank-00003-of-00008`); empty for one process.
+    shard: OsString,
+    /// Whether this transaction made the staging directory (and removes it
+    /// on abort): rank 0 or the only process.
+    owns_staging: bool,
 }
 
 /// What the staging directory holds once the write phase is over.
@@ -82,6 +88,38 @@ pub struct Transaction {
 pub struct Sealed {
     files: Vec<FileRecord>,
     directories: Vec<PathBuf>,
+}
+
+/// One rank's sealed files, as it sends them to rank 0.
+#[derive(Debug, Serialize, Deserialize)]
+struct Fragment {
+    files: Vec<FileRecord>,
+    directories: Vec<ByteString>,
+}
+
+impl Sealed {
+    /// This rank's part, for rank 0.
+    pub fn to_fragment(&self) -> Vec<u8> {
+        let fragment = Fragment {
+            files: self.files.clone(),
+            directories: self.directories.iter().map(|d| bytes_of(d)).collect(),
+        };
+        serde_json::to_vec(&fragment).expect("a fragment always serialises")
+    }
+
+    /// Adds another rank's part (rank 0).
+    pub fn add_fragment(&mut self, bytes: &[u8]) -> Result<()> {
+        let fragment: Fragment = serde_json::from_slice(bytes)
+            .map_err(|err| Error::invalid(format!("a rank sent an unreadable file list: {err}")))?;
+        for file in &fragment.files {
+            crate::manifest::check_suffix(file.suffix.as_bytes())
+                .map_err(|err| Error::invalid(format!("a rank sent {err}")))?;
+        }
+        self.files.extend(fragment.files);
+        self.directories
+            .extend(fragment.directories.iter().map(path_of));
+        Ok(())
+    }
 }
 
 /// The decisions the manager made for this commit.
@@ -153,20 +191,80 @@ impl Transaction {
         store
             .create_dir(&staging)
             .map_err(io_at("create staging directory", &*store, &staging))?;
+        Ok(Transaction::open(
+            store,
+            base,
+            staging,
+            OsString::new(),
+            true,
+        ))
+    }
+
+    /// Rank 0's save across ranks: `begin`, its own files named with
+    /// `shard`.
+    pub fn begin_shard(store: Arc<dyn Store>, base: &OsStr, shard: &OsStr) -> Result<Transaction> {
+        let mut transaction = Transaction::begin(store, base)?;
+        transaction.set_shard(shard);
+        Ok(transaction)
+    }
+
+    /// Another rank's part of a save across ranks: it writes its files,
+    /// named with `shard`, into the staging directory rank 0 made.
+    pub fn join_shard(store: Arc<dyn Store>, base: &OsStr, shard: &OsStr) -> Transaction {
+        let staging = staging_name(base);
+        let mut transaction = Transaction::open(store, base, staging, OsString::new(), false);
+        transaction.set_shard(shard);
+        transaction
+    }
+
+    fn open(
+        store: Arc<dyn Store>,
+        base: &OsStr,
+        staging: PathBuf,
+        shard: OsString,
+        owns_staging: bool,
+    ) -> Transaction {
         let transaction = Transaction {
             written: Written::default(),
             base: base.to_owned(),
             staging,
             store,
+            shard,
+            owns_staging,
         };
-        open_saves()
-            .get_or_insert_with(HashMap::new)
-            .insert(transaction.prefix(), transaction.written.clone());
-        Ok(transaction)
+        transaction.register();
+        transaction
     }
 
+    /// Makes the write phase's files known to `SaveFile` by prefix.
+    fn register(&self) {
+        open_saves()
+            .get_or_insert_with(HashMap::new)
+            .insert(self.prefix(), self.written.clone());
+    }
+
+    fn set_shard(&mut self, shard: &OsStr) {
+        if let Some(saves) = open_saves().as_mut() {
+            saves.remove(&self.prefix());
+        }
+        self.shard = shard.to_owned();
+        self.register();
+    }
+
+    /// A file this rank writes, by its suffix after the rank's prefix.
     fn staged(&self, suffix: &[u8]) -> PathBuf {
-        self.staging.join(file_name(&self.base, suffix))
+        self.staged_file(&self.in_checkpoint(suffix))
+    }
+
+    /// A file of the checkpoint (any rank's) in staging.
+    fn staged_file(&self, suffix_in_checkpoint: &[u8]) -> PathBuf {
+        self.staging
+            .join(file_name(&self.base, suffix_in_checkpoint))
+    }
+
+    /// A suffix after this rank's prefix as a suffix of the checkpoint.
+    fn in_checkpoint(&self, suffix: &[u8]) -> Vec<u8> {
+        [self.shard.as_bytes(), suffix].concat()
     }
 
     /// The prefix the write phase writes under: `<dir>/<base>.ckpt-staging/<base>`.
@@ -195,7 +293,7 @@ impl Transaction {
         .and_then(|()| file.flush())
         .map_err(io_at("write", &*self.store, &name))?;
         self.written.lock().unwrap().push(FileRecord {
-            suffix: ByteString::from_bytes(suffix.as_bytes()),
+            suffix: ByteString::from_bytes(&self.in_checkpoint(suffix.as_bytes())),
             size,
             crc32c: crc,
         });
@@ -210,11 +308,15 @@ impl Transaction {
         let known = std::mem::take(&mut *self.written.lock().unwrap());
         let mut sealed = Sealed {
             files: Vec::new(),
-            directories: vec![self.staging.clone()],
+            directories: Vec::new(),
         };
+        if self.owns_staging {
+            sealed.directories.push(self.staging.clone());
+        }
         let mut pending = vec![self.staging.clone()];
         let staged_root = self.staged(b"");
-        let root_len = staged_root.as_os_str().len();
+        // Suffixes are the checkpoint's: after the base, shard included.
+        let root_len = staged_root.as_os_str().len() - self.shard.len();
         while let Some(directory) = pending.pop() {
             let entries =
                 self.store
@@ -223,12 +325,15 @@ impl Transaction {
             for entry in entries {
                 let name = directory.join(&entry.name);
                 let suffix = &name.as_os_str().as_bytes()[root_len.min(name.as_os_str().len())..];
-                let owned = name
+                let mine = name
                     .as_os_str()
                     .as_bytes()
-                    .starts_with(staged_root.as_os_str().as_bytes())
-                    && crate::manifest::check_suffix(suffix).is_ok();
-                if !owned {
+                    .starts_with(staged_root.as_os_str().as_bytes());
+                if !mine && !self.shard.is_empty() {
+                    // Another rank's, or that rank's commit bookkeeping.
+                    continue;
+                }
+                if !mine || crate::manifest::check_suffix(suffix).is_err() {
                     return Err(Error::invalid(format!(
                         "the save wrote '{}', which is not a file of the checkpoint: write \
                          only '<prefix>', '<prefix>.<suffix>' or inside a '<prefix>' directory",
@@ -347,7 +452,7 @@ impl Transaction {
         let mut manifest = Manifest::new(plan.number, sealed.files.clone());
         manifest.saved_at = Some(plan.saved_at);
         manifest.annotations = plan.annotations.clone();
-        let manifest_staged = self.staged(MANIFEST_SUFFIX.as_bytes());
+        let manifest_staged = self.staged_file(MANIFEST_SUFFIX.as_bytes());
         write_whole(&*self.store, &manifest_staged, &manifest.to_json())?;
         let mut moves: Vec<ByteString> = manifest.files.iter().map(|f| f.suffix.clone()).collect();
         moves.push(ByteString::from_bytes(MANIFEST_SUFFIX.as_bytes()));
@@ -391,7 +496,7 @@ impl Transaction {
         let mut files: Vec<PathBuf> = sealed
             .files
             .iter()
-            .map(|f| self.staged(f.suffix.as_bytes()))
+            .map(|f| self.staged_file(f.suffix.as_bytes()))
             .collect();
         files.extend([manifest_staged, record_name, state_staged]);
         self.store
@@ -412,7 +517,25 @@ impl Transaction {
     /// nothing else was touched. A staging directory that cannot be removed
     /// is removed by the next save of the same name or the next open.
     pub fn abort(self) {
-        let _ = self.undo();
+        if self.owns_staging {
+            let _ = self.undo();
+        }
+    }
+
+    /// Makes this rank's sealed files durable, before it reports them to
+    /// rank 0: the commit point needs every rank's files on disk.
+    pub fn sync_shard(&self, sealed: &Sealed) -> Result<()> {
+        let files: Vec<PathBuf> = sealed
+            .files
+            .iter()
+            .map(|f| self.staged_file(f.suffix.as_bytes()))
+            .collect();
+        self.store
+            .sync_files(&files)
+            .map_err(io_at("sync", &*self.store, &self.staging))?;
+        self.store
+            .sync_directories(&sealed.directories)
+            .map_err(io_at("sync", &*self.store, &self.staging))
     }
 
     /// Removes the commit record first, so that what is left is never

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::OnceLock;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use handle::BoxCastable;
 
 /// Major version of this header; `ckpt_version()` returns the library's.
@@ -161,18 +161,18 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
-        let status = match &err {
-            Error::InvalidArgument(_) => ckpt_status::InvalidArgument,
-            Error::StateCorrupt { .. } => ckpt_status::StateCorrupt,
-            Error::Io { .. } => ckpt_status::IoError,
-            Error::Callback { .. } => ckpt_status::CallbackFailed,
-            Error::Locked { .. } => ckpt_status::Locked,
-            Error::ReadOnly => ckpt_status::ReadOnly,
-            Error::Damaged { .. } => ckpt_status::CheckpointDamaged,
-            Error::NoManifest { .. } => ckpt_status::NoManifest,
-            Error::TensorMismatch(_) => ckpt_status::TensorMismatch,
-            Error::Timeout => ckpt_status::Timeout,
-            Error::Panic(_) => ckpt_status::Panic,
+        let status = match err.kind() {
+            ErrorKind::InvalidArgument => ckpt_status::InvalidArgument,
+            ErrorKind::StateCorrupt => ckpt_status::StateCorrupt,
+            ErrorKind::Io => ckpt_status::IoError,
+            ErrorKind::Callback => ckpt_status::CallbackFailed,
+            ErrorKind::Locked => ckpt_status::Locked,
+            ErrorKind::ReadOnly => ckpt_status::ReadOnly,
+            ErrorKind::Damaged => ckpt_status::CheckpointDamaged,
+            ErrorKind::NoManifest => ckpt_status::NoManifest,
+            ErrorKind::TensorMismatch => ckpt_status::TensorMismatch,
+            ErrorKind::Timeout => ckpt_status::Timeout,
+            ErrorKind::Panic => ckpt_status::Panic,
         };
         Failure::new(status, err.to_string())
     }

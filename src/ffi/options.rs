@@ -494,10 +494,34 @@ pub unsafe extern "C" fn ckpt_options_set_save_interval_seconds(
     }
 }
 
-/// Makes saves and restores collective over the ranks of `communicator` (see
-/// `ckpt_communicator`; NULL: one process). The struct is copied; its
-/// `user_data` must stay valid while any manager built from these options
-/// lives.
+/// Makes the manager work across the ranks of `communicator` (see
+/// `ckpt_communicator`; NULL: one process), on a directory every rank sees
+/// (a shared file system). The struct is copied; its `user_data` must stay
+/// valid while any manager built from these options lives.
+///
+/// Then `ckpt_manager_new`, `ckpt_manager_save`, `_save_with` and
+/// `_restore_or_initialize` are collective: every rank calls them, in the same
+/// order, and every rank returns the same result.
+///  - Open: only rank 0 takes the directory's lock and recovers what
+///    interrupted saves left; the others wait for it.
+///  - Save: rank 0 decides (the intervals, the number) and makes the staging
+///    directory; every rank runs its prepare and save callbacks and writes its
+///    registered tensors, with its rank in every file name: the save
+///    callback's prefix is `<staging>/<name>-<N>.rank-RRRRR-of-SSSSS` (rank and
+///    size, five digits each), the tensors go to
+///    `<name>-<N>.rank-RRRRR-of-SSSSS.safetensors`. Each rank syncs its files;
+///    if every rank succeeded, rank 0 commits one manifest listing every rank's
+///    files and the state file; its sweep deletes every rank's files of the
+///    checkpoints it drops. If any rank failed, nothing is committed and every
+///    rank returns that rank's status with the message `rank R: ...`.
+///  - Restore: rank 0 lists the checkpoints to try, newest first; every rank
+///    verifies its own files of each; the first every rank can restore is
+///    restored by all (the restore callback gets the rank's prefix).
+///  - A rank that does not take part within the coordination timeout
+///    (`ckpt_options_set_coordination_timeout`) makes the others return
+///    CKPT_STATUS_TIMEOUT; nothing is committed.
+///  - `ckpt_manager_save_async` is refused (CKPT_STATUS_INVALID_ARGUMENT),
+///    and pins are made on rank 0.
 ///
 /// Ownership: `options` and `communicator` are borrowed.
 /// Returns: CKPT_STATUS_OK, or an error.

@@ -1,0 +1,469 @@
+//! Saves and restores across ranks, through the trainer's communicator.
+//! Every step is collective: every rank makes the same calls in the same
+//! order, and every rank returns the same result.
+//!
+//! A save: rank 0 decides (intervals, number) and makes the staging
+//! directory; every rank writes its files, named with its shard
+//! (`<name>-<N>.rank-00003-of-00008...`), seals and syncs them; the ranks
+//! exchange their statuses; each sends rank 0 its file list; rank 0
+//! commits the manifest of every file and the state file, and tells the
+//! others. Any failure, or a rank that does not take part before the
+//! timeout, aborts the save on every rank and commits nothing.
+//!
+//! A restore: rank 0 lists the candidates (the latest, then older ones);
+//! for each, every rank verifies its own files, and the first that every
+//! rank can restore is restored by all.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{CheckpointManager, Decided};
+use crate::communicator::{broadcast_bytes, CommError, Communicator};
+use crate::error::{Error, ErrorKind, Result};
+use crate::integrity;
+use crate::manifest::ByteString;
+use crate::paths;
+use crate::policy;
+use crate::tensor_file::{read_tensor_file, write_tensor_file};
+use crate::transaction::{Sealed, Transaction};
+
+/// The part of every file name that is this rank's, after the checkpoint's
+/// base: `.rank-00003-of-00008`.
+pub fn shard_infix(rank: u32, size: u32) -> String {
+    format!(".rank-{rank:05}-of-{size:05}")
+}
+
+/// A failure as one rank tells the others.
+#[derive(Debug, Serialize, Deserialize)]
+struct Report {
+    rank: u32,
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Report {
+    fn of(rank: u32, err: &Error) -> Self {
+        match err {
+            // Already a rank's failure: pass it on as it is.
+            Error::Rank {
+                rank,
+                kind,
+                message,
+            } => Report {
+                rank: *rank,
+                kind: *kind,
+                message: message.clone(),
+            },
+            err => Report {
+                rank,
+                kind: err.kind(),
+                message: err.to_string(),
+            },
+        }
+    }
+
+    fn into_error(self) -> Error {
+        Error::Rank {
+            rank: self.rank,
+            kind: self.kind,
+            message: self.message,
+        }
+    }
+}
+
+/// Rank 0's decision on a save.
+#[derive(Debug, Serialize, Deserialize)]
+enum Decision {
+    Skip,
+    Save { number: u64, step: Option<i64> },
+    Failed(Report),
+}
+
+/// Rank 0's answer that every rank takes.
+#[derive(Debug, Serialize, Deserialize)]
+enum Outcome<T> {
+    Done(T),
+    Failed(Report),
+}
+
+/// The ranks' view of a collective step that did not complete.
+fn lost(rank: u32, step: &str, err: CommError) -> Error {
+    let kind = match err {
+        CommError::Timeout => ErrorKind::Timeout,
+        CommError::Failed(_) => ErrorKind::Io,
+    };
+    Error::Rank {
+        rank,
+        kind,
+        message: format!("{step}: {err}"),
+    }
+}
+
+/// Rank `root`'s value, on every rank.
+fn share<T: Serialize + DeserializeOwned>(
+    communicator: &dyn Communicator,
+    value: Option<&T>,
+    root: u32,
+    step: &str,
+    timeout: std::time::Duration,
+) -> Result<T> {
+    let rank = communicator.rank();
+    let mut bytes = value
+        .map(|v| serde_json::to_vec(v).expect("coordination messages serialise"))
+        .unwrap_or_default();
+    broadcast_bytes(communicator, &mut bytes, root, timeout)
+        .map_err(|err| lost(rank, step, err))?;
+    serde_json::from_slice(&bytes).map_err(|err| Error::Rank {
+        rank: root,
+        kind: ErrorKind::Io,
+        message: format!("{step}: an unreadable message ({err})"),
+    })
+}
+
+/// Every rank's `local` result becomes one: `Ok` if every rank succeeded,
+/// else the failure of the first rank that failed, on every rank.
+fn agree<T>(
+    communicator: &dyn Communicator,
+    local: Result<T>,
+    step: &str,
+    timeout: std::time::Duration,
+) -> Result<T> {
+    let rank = communicator.rank();
+    let succeeded = [u8::from(local.is_ok())];
+    let all = communicator
+        .all_gather(&succeeded, timeout)
+        .map_err(|err| lost(rank, step, err))?;
+    let Some(failed) = all.iter().position(|status| status[0] == 0) else {
+        return local;
+    };
+    let failed = failed as u32;
+    let report = local.as_ref().err().map(|err| Report::of(rank, err));
+    let report: Report = share(
+        communicator,
+        report.as_ref().filter(|_| rank == failed),
+        failed,
+        step,
+        timeout,
+    )?;
+    Err(report.into_error())
+}
+
+impl CheckpointManager {
+    /// Opening across ranks: rank 0 takes the directory (its lock, and
+    /// recovery, which no rank's save can race: the others wait here);
+    /// every rank returns rank 0's outcome.
+    pub(super) fn open_across_ranks(&mut self, communicator: &dyn Communicator) -> Result<()> {
+        let rank = communicator.rank();
+        let opened = (rank == 0).then(|| match self.take_directory() {
+            Ok(()) => Outcome::Done(()),
+            Err(err) => Outcome::Failed(Report::of(0, &err)),
+        });
+        let timeout = self.config.coordination_timeout;
+        match share(communicator, opened.as_ref(), 0, "opening", timeout)? {
+            Outcome::Done(()) => Ok(()),
+            Outcome::Failed(report) => Err(report.into_error()),
+        }
+    }
+
+    /// `save_with` across ranks (see the module's comment).
+    pub(super) fn save_across_ranks(
+        &mut self,
+        communicator: &dyn Communicator,
+        args: &crate::SaveArgs,
+    ) -> Result<Option<PathBuf>> {
+        let timeout = self.config.coordination_timeout;
+        let (rank, size) = (communicator.rank(), communicator.size());
+        let shard = shard_infix(rank, size);
+        let mut primary: Option<(Decided, Transaction)> = None;
+        let decision = (rank == 0).then(|| match self.decide_for_ranks(args, &shard) {
+            Ok(None) => Decision::Skip,
+            Ok(Some((decided, transaction))) => {
+                let decision = Decision::Save {
+                    number: decided.job.number,
+                    step: decided.job.annotations.step,
+                };
+                primary = Some((decided, transaction));
+                decision
+            }
+            Err(err) => Decision::Failed(Report::of(0, &err)),
+        });
+        let shared = share(
+            communicator,
+            decision.as_ref(),
+            0,
+            "deciding the save",
+            timeout,
+        );
+        let (number, step) = match shared {
+            Ok(Decision::Save { number, step }) => (number, step),
+            Ok(Decision::Skip) => return Ok(None),
+            Ok(Decision::Failed(report)) => return Err(report.into_error()),
+            Err(err) => {
+                let decided = primary.map(|(decided, transaction)| {
+                    transaction.abort();
+                    decided
+                });
+                return Err(self.give_back(decided, err));
+            }
+        };
+        let prefix =
+            paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number);
+        let base = prefix.file_name().expect("a prefix ends in a file name");
+        let (decided, transaction) = match primary {
+            Some((decided, transaction)) => (Some(decided), transaction),
+            None => (
+                None,
+                Transaction::join_shard(self.store.clone(), base, shard.as_ref()),
+            ),
+        };
+        let written = self.write_shard(&transaction, number, step);
+        let sealed = match agree(communicator, written, "writing the ranks' files", timeout) {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                transaction.abort();
+                return Err(self.give_back(decided, err));
+            }
+        };
+        let fragments = self.gather_fragments(communicator, &sealed, timeout);
+        let committed = match (decided, fragments) {
+            (Some(decided), Ok(fragments)) => {
+                self.commit_for_ranks(decided, transaction, sealed, &fragments)
+            }
+            (Some(decided), Err(err)) => {
+                transaction.abort();
+                Err(self.give_back(Some(decided), err))
+            }
+            (None, fragments) => fragments.map(drop),
+        };
+        let outcome = committed.as_ref().map_err(|err| Report::of(rank, err));
+        let outcome = match outcome {
+            Ok(()) => Outcome::Done(()),
+            Err(report) => Outcome::Failed(report),
+        };
+        let outcome = share(
+            communicator,
+            Some(&outcome).filter(|_| rank == 0),
+            0,
+            "committing",
+            timeout,
+        )?;
+        match outcome {
+            Outcome::Done(()) => {
+                if rank != 0 {
+                    self.reload()?;
+                }
+                Ok(Some(prefix))
+            }
+            Outcome::Failed(report) => Err(report.into_error()),
+        }
+    }
+
+    /// Rank 0's decision, and the staging directory every rank writes to.
+    fn decide_for_ranks(
+        &mut self,
+        args: &crate::SaveArgs,
+        shard: &str,
+    ) -> Result<Option<(Decided, Transaction)>> {
+        let Some(decided) = self.decide(args)? else {
+            return Ok(None);
+        };
+        match Transaction::begin_shard(self.store.clone(), &decided.job.base, shard.as_ref()) {
+            Ok(transaction) => Ok(Some((decided, transaction))),
+            Err(err) => Err(self.give_back(Some(decided), err)),
+        }
+    }
+
+    /// A save that failed on rank 0 leaves its request standing.
+    fn give_back(&mut self, decided: Option<Decided>, err: Error) -> Error {
+        if let Some(decided) = decided {
+            self.restore_request(&decided.pending);
+        }
+        err
+    }
+
+    /// This rank's write phase: the prepare and save callbacks and the
+    /// tensors, under its shard's prefix; sealed and synced.
+    fn write_shard(
+        &mut self,
+        transaction: &Transaction,
+        number: u64,
+        step: Option<i64>,
+    ) -> Result<Sealed> {
+        self.prepare(number)?;
+        if let Some(save) = self.callbacks.save.as_mut() {
+            save(&transaction.prefix(), number).map_err(Error::callback("save"))?;
+        }
+        if !self.tensors.is_empty() {
+            let mut metadata = std::collections::BTreeMap::from([(
+                "checkpoint_number".to_owned(),
+                number.to_string(),
+            )]);
+            if let Some(step) = step {
+                metadata.insert("step".to_owned(), step.to_string());
+            }
+            write_tensor_file(transaction, &self.tensors, &metadata)?;
+        }
+        let sealed = transaction.seal()?;
+        transaction.sync_shard(&sealed)?;
+        Ok(sealed)
+    }
+
+    /// Every other rank's file list, on rank 0 (each rank sends its own).
+    fn gather_fragments(
+        &self,
+        communicator: &dyn Communicator,
+        sealed: &Sealed,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<Vec<u8>>> {
+        let rank = communicator.rank();
+        let mut fragments = Vec::new();
+        for sender in 1..communicator.size() {
+            let mut bytes = if rank == sender {
+                sealed.to_fragment()
+            } else {
+                Vec::new()
+            };
+            broadcast_bytes(communicator, &mut bytes, sender, timeout)
+                .map_err(|err| lost(rank, "sending the file lists", err))?;
+            if rank == 0 {
+                fragments.push(bytes);
+            }
+        }
+        Ok(fragments)
+    }
+
+    /// Rank 0's commit of every rank's files.
+    fn commit_for_ranks(
+        &mut self,
+        decided: Decided,
+        transaction: Transaction,
+        mut sealed: Sealed,
+        fragments: &[Vec<u8>],
+    ) -> Result<()> {
+        for fragment in fragments {
+            if let Err(err) = sealed.add_fragment(fragment) {
+                transaction.abort();
+                return Err(self.give_back(Some(decided), err));
+            }
+        }
+        let now = match self.now() {
+            Ok(now) => now,
+            Err(err) => {
+                transaction.abort();
+                return Err(self.give_back(Some(decided), err));
+            }
+        };
+        let (mut warnings, mut unfinished) = (Vec::new(), false);
+        let result = decided.job.commit_sealed(
+            transaction,
+            sealed,
+            now,
+            self.callbacks.delete.as_mut(),
+            &mut warnings,
+            &mut unfinished,
+        );
+        let report = super::JobReport {
+            result,
+            warnings,
+            unfinished,
+        };
+        self.apply(decided.pending, report)
+    }
+
+    /// `restore_or_initialize` across ranks (see the module's comment).
+    pub(super) fn restore_across_ranks(
+        &mut self,
+        communicator: &dyn Communicator,
+    ) -> Result<Option<PathBuf>> {
+        let timeout = self.config.coordination_timeout;
+        let (rank, size) = (communicator.rank(), communicator.size());
+        let shard = shard_infix(rank, size);
+        let candidates = (rank == 0).then(|| match self.restore_candidates() {
+            Ok(candidates) => Outcome::Done(candidates),
+            Err(err) => Outcome::Failed(Report::of(0, &err)),
+        });
+        let candidates = match share(communicator, candidates.as_ref(), 0, "listing", timeout)? {
+            Outcome::Done(candidates) => candidates,
+            Outcome::Failed(report) => return Err(report.into_error()),
+        };
+        if candidates.is_empty() {
+            let initialized = match self.callbacks.init.as_mut() {
+                Some(init) => init().map_err(Error::callback("init")),
+                None => Ok(()),
+            };
+            agree(communicator, initialized, "initializing", timeout)?;
+            return Ok(None);
+        }
+        let level = self.verification();
+        for candidate in &candidates {
+            let candidate = paths::path_from_bytes(candidate.as_bytes());
+            let verified = self.locate(&candidate).and_then(|(store, base)| {
+                integrity::verify_shard(&*store, &base, shard.as_bytes(), level)
+            });
+            match agree(
+                communicator,
+                verified,
+                "verifying the ranks' files",
+                timeout,
+            ) {
+                Ok(()) => {
+                    let restored = self.restore_shard(&candidate, &shard);
+                    agree(communicator, restored, "restoring", timeout)?;
+                    if self.config.checkpoint_interval.is_some() {
+                        self.last_checkpoint_step = Some(self.current_step()?);
+                    }
+                    return Ok(Some(candidate));
+                }
+                Err(
+                    err @ Error::Rank {
+                        kind: ErrorKind::Timeout,
+                        ..
+                    },
+                ) => return Err(err),
+                Err(err) => self.warn(&format!(
+                    "not restoring '{}' ({err}); trying an older checkpoint",
+                    candidate.display()
+                )),
+            }
+        }
+        Err(Error::Damaged {
+            prefix: paths::path_from_bytes(candidates[0].as_bytes()),
+            detail: "no checkpoint is intact on every rank".into(),
+        })
+    }
+
+    /// Rank 0's order of checkpoints to try: the latest, then the older.
+    fn restore_candidates(&mut self) -> Result<Vec<ByteString>> {
+        let Some(latest) = self.latest_checkpoint() else {
+            return Ok(Vec::new());
+        };
+        if self.callbacks.restore.is_none() && self.tensors.is_empty() {
+            return Err(Error::invalid(
+                "no restore callback is set and no tensor is registered",
+            ));
+        }
+        let order = policy::fallback_order(&latest, &self.checkpoints(), self.unlisted()?);
+        Ok(order
+            .iter()
+            .map(|path| ByteString::from_bytes(paths::path_bytes(path)))
+            .collect())
+    }
+
+    /// Reads this rank's tensors and runs its restore callback.
+    fn restore_shard(&mut self, candidate: &Path, shard: &str) -> Result<()> {
+        let (store, base) = self.locate(candidate)?;
+        let mut shard_base = base;
+        shard_base.push(shard);
+        if !self.tensors.is_empty() {
+            let partial = self.config.partial_restore;
+            read_tensor_file(&*store, &shard_base, &self.tensors, partial, None)?;
+        }
+        if let Some(restore) = self.callbacks.restore.as_mut() {
+            let prefix = store.local_path(Path::new(&shard_base));
+            restore(&prefix).map_err(Error::callback("restore"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,318 @@
+//! Saves and restores across ranks, with the ranks as threads of this
+//! process over an in-memory communicator (tests/mpi.rs runs the real
+//! thing under mpirun).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use ckpt_manager::{
+    get_checkpoint_state, Callbacks, CheckpointManager, CommError, Communicator, Config, DType,
+    Error, ErrorKind, MaxToKeep,
+};
+
+/// Each collective call is a round in which every rank leaves its bytes.
+#[derive(Default)]
+struct Rounds {
+    slots: Mutex<HashMap<u64, Vec<Option<Vec<u8>>>>>,
+    changed: Condvar,
+}
+
+struct ThreadCommunicator {
+    rank: u32,
+    size: u32,
+    rounds: Arc<Rounds>,
+    next_round: AtomicU64,
+}
+
+impl ThreadCommunicator {
+    fn group(size: u32) -> Vec<Arc<ThreadCommunicator>> {
+        let rounds = Arc::new(Rounds::default());
+        (0..size)
+            .map(|rank| {
+                Arc::new(ThreadCommunicator {
+                    rank,
+                    size,
+                    rounds: Arc::clone(&rounds),
+                    next_round: AtomicU64::new(0),
+                })
+            })
+            .collect()
+    }
+
+    fn exchange(&self, mine: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>, CommError> {
+        let round = self.next_round.fetch_add(1, Ordering::SeqCst);
+        let mut slots = self.rounds.slots.lock().unwrap();
+        slots
+            .entry(round)
+            .or_insert_with(|| vec![None; self.size as usize])[self.rank as usize] =
+            Some(mine.to_vec());
+        self.rounds.changed.notify_all();
+        let (slots, waited) = self
+            .rounds
+            .changed
+            .wait_timeout_while(slots, timeout, |slots| {
+                slots[&round].iter().any(Option::is_none)
+            })
+            .unwrap();
+        if waited.timed_out() {
+            return Err(CommError::Timeout);
+        }
+        Ok(slots[&round].iter().map(|s| s.clone().unwrap()).collect())
+    }
+}
+
+impl Communicator for ThreadCommunicator {
+    fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn barrier(&self, timeout: Duration) -> Result<(), CommError> {
+        self.exchange(&[], timeout).map(drop)
+    }
+
+    fn broadcast(&self, buffer: &mut [u8], root: u32, timeout: Duration) -> Result<(), CommError> {
+        let all = self.exchange(buffer, timeout)?;
+        buffer.copy_from_slice(&all[root as usize]);
+        Ok(())
+    }
+
+    fn all_gather(&self, record: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>, CommError> {
+        self.exchange(record, timeout)
+    }
+}
+
+const SIZE: u32 = 4;
+const VALUES: usize = 1000;
+
+/// One rank's manager: a registered tensor of `VALUES` floats, and a save
+/// callback that fails when `fail` holds this rank.
+struct Rank {
+    manager: CheckpointManager,
+    weights: Box<[f32]>,
+}
+
+fn open(
+    dir: &Path,
+    communicator: Arc<ThreadCommunicator>,
+    fail: Arc<Mutex<Option<u32>>>,
+) -> Result<Rank, Error> {
+    let rank = communicator.rank;
+    let mut config = Config::new(dir, MaxToKeep::Last(2))?;
+    config.set_communicator(Some(communicator));
+    config.set_coordination_timeout(2.0)?;
+    let callbacks = Callbacks::new()
+        .on_save(move |prefix, number| {
+            if *fail.lock().unwrap() == Some(rank) {
+                return Err(format!("rank {rank} could not write").into());
+            }
+            let mut name = prefix.as_os_str().to_owned();
+            name.push(".step");
+            Ok(fs::write(PathBuf::from(name), number.to_le_bytes())?)
+        })
+        .on_restore(|_| Ok(()))
+        .log(|_, _| {});
+    let manager = CheckpointManager::new(config, callbacks)?;
+    let mut rank = Rank {
+        manager,
+        weights: vec![0.0; VALUES].into_boxed_slice(),
+    };
+    let data = rank.weights.as_mut_ptr().cast();
+    // SAFETY: the boxed buffer lives as long as the manager, in `Rank`.
+    unsafe {
+        rank.manager
+            .register_tensor("w", DType::F32, &[VALUES as u64], data)
+            .unwrap();
+    }
+    Ok(rank)
+}
+
+/// Runs `body` on every rank, each on its own thread; returns the results
+/// in rank order.
+fn on_every_rank<T: Send + 'static>(
+    body: impl Fn(Arc<ThreadCommunicator>) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let body = Arc::new(body);
+    let threads: Vec<_> = ThreadCommunicator::group(SIZE)
+        .into_iter()
+        .map(|communicator| {
+            let body = Arc::clone(&body);
+            thread::spawn(move || body(communicator))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn value(rank: u32, round: u32) -> f32 {
+    (rank * 100 + round) as f32
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn listed(dir: &Path) -> Vec<String> {
+    get_checkpoint_state(dir)
+        .unwrap()
+        .map(|state| {
+            state
+                .all_model_checkpoint_paths
+                .iter()
+                .map(|p| {
+                    String::from_utf8_lossy(p)
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_rank_saves_its_shard_and_restores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let saved = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        (1..=3)
+            .map(|round| {
+                me.weights.fill(value(rank, round));
+                me.manager.save(None, true).unwrap().unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(saved.windows(2).all(|pair| pair[0] == pair[1]), "{saved:?}");
+    assert_eq!(listed(dir.path()), ["ckpt-2", "ckpt-3"]);
+    let files = names(dir.path());
+    for number in [2, 3] {
+        for rank in 0..SIZE {
+            for suffix in ["safetensors", "step"] {
+                let name = format!("ckpt-{number}.rank-{rank:05}-of-{SIZE:05}.{suffix}");
+                assert!(files.contains(&name), "{name} in {files:?}");
+            }
+        }
+    }
+    assert!(!files.iter().any(|f| f.starts_with("ckpt-1")), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("staging")), "{files:?}");
+
+    let root = dir.path().to_path_buf();
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 3)),
+            "rank {rank}"
+        );
+        restored
+    });
+    assert!(
+        restored.iter().all(|p| p.ends_with("ckpt-3")),
+        "{restored:?}"
+    );
+}
+
+#[test]
+fn one_rank_failing_aborts_the_save_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let results = on_every_rank(move |communicator| {
+        let fail = Arc::new(Mutex::new(None));
+        let mut me = open(&root, communicator, Arc::clone(&fail)).unwrap();
+        me.manager.save(None, true).unwrap().unwrap();
+        *fail.lock().unwrap() = Some(2);
+        let failed = me.manager.save(None, true).unwrap_err();
+        *fail.lock().unwrap() = None;
+        let next = me.manager.save(None, true).unwrap().unwrap();
+        (failed.to_string(), failed.kind(), next)
+    });
+    for (message, kind, next) in &results {
+        assert_eq!(*kind, ErrorKind::Callback);
+        assert_eq!(message, &results[0].0);
+        assert!(message.starts_with("rank 2:"), "{message}");
+        assert!(
+            next.ends_with("ckpt-2"),
+            "the number is reused: {}",
+            next.display()
+        );
+    }
+    assert_eq!(listed(dir.path()), ["ckpt-1", "ckpt-2"]);
+}
+
+#[test]
+fn a_rank_that_does_not_take_part_times_out_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let results = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        me.manager.save(None, true).unwrap().unwrap();
+        if rank == 3 {
+            return None;
+        }
+        Some(me.manager.save(None, true).unwrap_err().kind())
+    });
+    assert_eq!(
+        results,
+        [
+            Some(ErrorKind::Timeout),
+            Some(ErrorKind::Timeout),
+            Some(ErrorKind::Timeout),
+            None
+        ]
+    );
+    assert_eq!(listed(dir.path()), ["ckpt-1"]);
+    let files = names(dir.path());
+    assert!(!files.iter().any(|f| f.starts_with("ckpt-2")), "{files:?}");
+}
+
+#[test]
+fn a_damaged_shard_makes_every_rank_restore_the_same_older_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        for round in 1..=2 {
+            me.weights.fill(value(rank, round));
+            me.manager.save(None, true).unwrap();
+        }
+    });
+    let shard = dir
+        .path()
+        .join(format!("ckpt-2.rank-00001-of-{SIZE:05}.safetensors"));
+    let mut bytes = fs::read(&shard).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    fs::write(&shard, bytes).unwrap();
+    let root = dir.path().to_path_buf();
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 1)),
+            "rank {rank}"
+        );
+        restored
+    });
+    assert!(
+        restored.iter().all(|p| p.ends_with("ckpt-1")),
+        "{restored:?}"
+    );
+}
