@@ -141,10 +141,9 @@ impl Communicator for CCommunicator {
                 timeout.as_secs_f64(),
             )
         })?;
-        Ok(records
-            .chunks(record.len().max(1))
-            .take(self.0.size as usize)
-            .map(<[u8]>::to_vec)
-            .collect())
+        if record.is_empty() {
+            return Ok(vec![Vec::new(); self.0.size as usize]);
+        }
+        Ok(records.chunks(record.len()).map(<[u8]>::to_vec).collect())
     }
 }
