@@ -14,7 +14,11 @@ fn main() {
     println!("cargo:rustc-cfg=ckpt_bench_write_through");
     let include = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("include");
     fs::create_dir_all(&include).unwrap();
-    for header in ["include/ckpt_manager.h", "bindings/cpp/ckpt_manager.hpp"] {
+    for header in [
+        "include/ckpt_manager.h",
+        "include/ckpt_manager_mpi.h",
+        "bindings/cpp/ckpt_manager.hpp",
+    ] {
         println!("cargo:rerun-if-changed={header}");
         let name = header.rsplit('/').next().unwrap();
         fs::copy(header, include.join(name)).unwrap();

@@ -29,7 +29,7 @@ fn soversion() -> String {
 
 /// Fails (never skips) when a tool the test needs is missing.
 fn require_tools() {
-    let missing: Vec<&str> = ["cc", "c++", "pkg-config", "cmake", "readelf"]
+    let missing: Vec<&str> = ["cc", "c++", "pkg-config", "cmake", "readelf", "mpicc"]
         .into_iter()
         .filter(|tool| {
             Command::new("sh")
@@ -138,12 +138,13 @@ fn check_layout(prefix: &Path, pc_prefix: &Path) {
         "the SONAME"
     );
 
-    let header = prefix.join("include").join(NAME).join(format!("{NAME}.h"));
-    assert_eq!(
-        std::fs::read(&header).unwrap(),
-        std::fs::read(support::repo_root().join("include/ckpt_manager.h")).unwrap(),
-        "the installed header is not include/ckpt_manager.h"
-    );
+    for header in [format!("{NAME}.h"), format!("{NAME}_mpi.h")] {
+        assert_eq!(
+            std::fs::read(prefix.join("include").join(NAME).join(&header)).unwrap(),
+            std::fs::read(support::repo_root().join("include").join(&header)).unwrap(),
+            "the installed {header} is not include/{header}"
+        );
+    }
     let cpp = support::repo_root().join("bindings/cpp/ckpt_manager.hpp");
     if cpp.exists() {
         assert_eq!(
@@ -297,6 +298,30 @@ fn cmake_versions(prefix: &Path, scratch: &Path) {
     }
 }
 
+/// `source` compiles with `compiler`, `flags` and `cflags` (pkg-config's):
+/// what a user's `#include <...>` finds in the prefix.
+fn compiles(compiler: &str, flags: &[&str], cflags: &str, source: &str) {
+    use std::io::Write;
+    let language = if compiler == "c++" { "c++" } else { "c" };
+    let mut child = Command::new(compiler)
+        .args(flags)
+        .args(["-fsyntax-only", "-x", language, "-"])
+        .args(cflags.split_whitespace())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(source.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    support::assert_success(&output, &format!("{compiler} from the prefix: {source}"));
+}
+
 #[test]
 fn install_then_build_with_pkg_config_and_cmake() {
     require_tools();
@@ -363,39 +388,26 @@ fn install_then_build_with_pkg_config_and_cmake() {
     command.env("LD_LIBRARY_PATH", prefix.join("lib"));
     run_hello(command, "hello (pkg-config)");
 
-    // The C++ wrapper, when there is one, compiles from the prefix.
+    // The C++ wrapper, when there is one, and the MPI adapter compile from
+    // the prefix.
+    let cflags = pkg_config(&["--cflags"]);
     if support::repo_root()
         .join("bindings/cpp/ckpt_manager.hpp")
         .exists()
     {
-        let mut command = Command::new("c++");
-        command
-            .args([
-                "-std=c++17",
-                "-Wall",
-                "-Wextra",
-                "-Wpedantic",
-                "-Werror",
-                "-fsyntax-only",
-                "-x",
-                "c++",
-                "-",
-            ])
-            .args(pkg_config(&["--cflags"]).split_whitespace())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = command.spawn().expect("cannot run c++");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"#include <ckpt_manager.hpp>\nint main() { return 0; }\n")
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        support::assert_success(&output, "c++ with <ckpt_manager.hpp> from the prefix");
+        compiles(
+            "c++",
+            support::CXX_FLAGS,
+            &cflags,
+            "#include <ckpt_manager.hpp>\nint main() { return 0; }\n",
+        );
     }
+    compiles(
+        "mpicc",
+        &[support::C_FLAGS, &["-D_POSIX_C_SOURCE=200809L"]].concat(),
+        &cflags,
+        "#include <ckpt_manager_mpi.h>\nint main(void) { return (int)sizeof(ckpt_communicator); }\n",
+    );
 
     // CMake: find_package, the shared and the static target.
     cmake_project(&prefix, &scratch.path().join("cmake-build"));

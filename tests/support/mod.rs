@@ -160,3 +160,135 @@ pub fn file_names(directory: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Compiles `sources` with `mpicc` (the flags of `c_program`, then `flags`,
+/// such as `-D...`) against the header and the library, as `program` does.
+pub fn mpi_c_program(name: &str, sources: &[&str], flags: &[&str]) -> PathBuf {
+    let flags: Vec<&str> = C_FLAGS.iter().chain(flags).copied().collect();
+    program("mpicc", &flags, name, sources)
+}
+
+/// Open MPI's settings for every `mpirun` of the tests (ranks on one
+/// machine, often a container):
+/// - `btl self,vader`: shared memory only; nothing probes or opens the
+///   network interfaces, which is slow and noisy in containers.
+/// - `btl_vader_single_copy_mechanism none`: CMA (`process_vm_readv`, the
+///   default) fails where ptrace between processes is not allowed, as in
+///   many containers; without it large messages move in fragments.
+pub const MPI_SETTINGS: &[(&str, &str)] = &[
+    ("OMPI_MCA_btl", "self,vader"),
+    ("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
+];
+
+/// What `mpirun` did.
+pub struct MpiRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Runs `mpirun --allow-run-as-root --oversubscribe -np RANKS PROGRAM ARGS`
+/// (as root, on a machine with fewer cores than ranks) with
+/// `MPI_SETTINGS` and `settings` (`OMPI_MCA_*` variables) in its
+/// environment. mpirun starts in a session of its own, which keeps every
+/// rank (each in a process group of its own) in it: if mpirun has not
+/// finished after `deadline`, or anything panics meanwhile, every process
+/// of the session is SIGKILLed, so that a test never hangs or leaves ranks
+/// behind.
+pub fn mpirun(
+    ranks: u32,
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    settings: &[(&str, &str)],
+    deadline: std::time::Duration,
+) -> MpiRun {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+
+    let mut command = Command::new("mpirun");
+    command
+        .args(["--allow-run-as-root", "--oversubscribe", "-np"])
+        .arg(ranks.to_string())
+        .arg(program)
+        .args(args)
+        .envs(MPI_SETTINGS.iter().chain(settings).copied())
+        // cargo's LD_LIBRARY_PATH lists the stale copy first; it beats RUNPATH.
+        .env("LD_LIBRARY_PATH", library_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = std::time::Instant::now();
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run mpirun ({e}): run scripts/setup"));
+    let session = SessionKiller(child.id() as libc::pid_t);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    let output = match receiver.recv_timeout(deadline) {
+        Ok(output) => output.expect("waiting for mpirun"),
+        Err(_) => {
+            session.kill_all();
+            let output = receiver.recv().unwrap().expect("waiting for mpirun");
+            panic!(
+                "mpirun -np {ranks} {} {args:?} did not finish within {deadline:?}; \
+                 its processes were killed\n--- stdout\n{}\n--- stderr\n{}",
+                program.display(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    MpiRun {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// SIGKILLs every process of a session when dropped (or asked).
+struct SessionKiller(libc::pid_t);
+
+impl SessionKiller {
+    fn kill_all(&self) {
+        // Twice: a process may have forked while the first pass ran.
+        for _ in 0..2 {
+            for pid in processes_in_session(self.0) {
+                // SAFETY: kill has no memory effects on this process.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+impl Drop for SessionKiller {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// The processes whose session is `session`, from /proc/<pid>/stat.
+fn processes_in_session(session: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: libc::pid_t = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid pgrp session ...": comm may hold anything.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            (fields.get(3)?.parse::<libc::pid_t>().ok()? == session).then_some(pid)
+        })
+        .collect()
+}
