@@ -80,6 +80,7 @@ c_cases!(api_cases, "api_cases.c":
     should_save_and_request,
     preemption_bad_signals,
     preemption_handler,
+    communicator_invalid,
 );
 
 c_cases!(async_cases, "async_cases.c":

@@ -3500,6 +3500,78 @@ static void preemption_handler(const char *dir) {
   CHECK(current.sa_handler == SIG_DFL);
 }
 
+/* ------------------------------------------------------------------------
+ * 44. communicator_invalid: a communicator the library cannot use is
+ * refused and leaves the options as they were (one process); so are
+ * coordination timeouts that are not positive and finite. A communicator
+ * of one rank works: its files carry the rank. */
+
+static int32_t no_barrier(void *user_data, double timeout_seconds) {
+  (void)user_data;
+  (void)timeout_seconds;
+  return 0;
+}
+
+static int32_t no_broadcast(void *user_data, void *buffer, size_t length, uint32_t root,
+                            double timeout_seconds) {
+  (void)user_data, (void)buffer, (void)length, (void)root, (void)timeout_seconds;
+  return 0;
+}
+
+static int32_t no_all_gather(void *user_data, const void *record, size_t length, void *records,
+                             double timeout_seconds) {
+  (void)user_data, (void)timeout_seconds;
+  if (length > 0) memcpy(records, record, length);
+  return 0;
+}
+
+static void communicator_invalid(const char *dir) {
+  fake_world world = {.now = 100.0};
+  ckpt_options *options = world_options(&world, dir, 1);
+  const ckpt_communicator good = {CKPT_COMMUNICATOR_VERSION, 0, 1, NULL, no_barrier,
+                                  no_broadcast, no_all_gather};
+  ckpt_communicator bad = good;
+  bad.version = CKPT_COMMUNICATOR_VERSION + 1;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "version", ckpt_options_set_communicator(options, &bad));
+  bad = good;
+  bad.rank = 1;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a rank", ckpt_options_set_communicator(options, &bad));
+  bad = good;
+  bad.size = 0;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "not a rank", ckpt_options_set_communicator(options, &bad));
+  bad = good;
+  bad.all_gather = NULL;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "callback", ckpt_options_set_communicator(options, &bad));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options", ckpt_options_set_communicator(NULL, &good));
+  const double timeouts[] = {0.0, -1.0, NAN, INFINITY};
+  for (size_t i = 0; i < sizeof timeouts / sizeof timeouts[0]; i++)
+    CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "coordination_timeout",
+                ckpt_options_set_coordination_timeout(options, timeouts[i]));
+  /* Unchanged: a one-process manager that saves without any collective. */
+  ckpt_manager *manager = NULL;
+  CHECK_OK(ckpt_manager_new(options, &manager));
+  char *prefix = NULL;
+  CHECK_OK(ckpt_manager_save(manager, NULL, true, &prefix));
+  CHECK(prefix != NULL && strstr(prefix, ".rank-") == NULL);
+  ckpt_string_free(prefix);
+  ckpt_manager_free(manager);
+  CHECK_OK(ckpt_options_set_communicator(options, &good));
+  CHECK_OK(ckpt_manager_new(options, &manager));
+  CHECK_OK(ckpt_manager_save(manager, NULL, true, &prefix));
+  char *expected = join(dir, "ckpt-2");
+  CHECK_STR(expected, prefix);
+  ckpt_string_free(prefix);
+  char *index = join(dir, "ckpt-2.rank-00000-of-00001.index");
+  CHECK(access(index, F_OK) == 0);
+  CHECK_OK(ckpt_manager_restore_or_initialize(manager, &prefix));
+  CHECK_STR(expected, prefix);
+  ckpt_string_free(prefix);
+  free(index);
+  free(expected);
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"version", version},
@@ -3545,6 +3617,7 @@ int main(int argc, char **argv) {
       {"should_save_and_request", should_save_and_request},
       {"preemption_bad_signals", preemption_bad_signals},
       {"preemption_handler", preemption_handler},
+      {"communicator_invalid", communicator_invalid},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }
