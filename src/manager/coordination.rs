@@ -246,7 +246,7 @@ impl CheckpointManager {
             communicator,
             Some(&outcome).filter(|_| rank == 0),
             0,
-            "committing",
+            "committing (rank 0 may have committed it; the next restore tells)",
             timeout,
         )?;
         match outcome {
@@ -398,7 +398,7 @@ impl CheckpointManager {
         }
         let level = self.verification();
         for candidate in &candidates {
-            let candidate = paths::path_from_bytes(candidate.as_bytes());
+            let candidate = self.full_path(&paths::path_from_bytes(candidate.as_bytes()));
             let verified = self.locate(&candidate).and_then(|(store, base)| {
                 integrity::verify_shard(&*store, &base, shard.as_bytes(), level)
             });
@@ -429,7 +429,7 @@ impl CheckpointManager {
             }
         }
         Err(Error::Damaged {
-            prefix: paths::path_from_bytes(candidates[0].as_bytes()),
+            prefix: self.full_path(&paths::path_from_bytes(candidates[0].as_bytes())),
             detail: "no checkpoint is intact on every rank".into(),
         })
     }
@@ -445,9 +445,13 @@ impl CheckpointManager {
             ));
         }
         let order = policy::fallback_order(&latest, &self.checkpoints(), self.unlisted()?);
+        // Relative to the directory, which other hosts may mount elsewhere.
         Ok(order
             .iter()
-            .map(|path| ByteString::from_bytes(paths::path_bytes(path)))
+            .map(|path| {
+                let entry = paths::state_entry(&self.config.directory, path);
+                ByteString::from_bytes(paths::path_bytes(&entry))
+            })
             .collect())
     }
 
