@@ -1,7 +1,10 @@
 //! The MPI adapter, include/ckpt_manager_mpi.h, with Open MPI's real ranks:
 //! tests/c/mpi_adapter.c built with mpicc and run by `mpirun -np 4`, one
-//! case per run. Each rank checks what it received and writes a log ending
-//! in "pass"; these tests read the logs. Needs OpenMPI (scripts/setup).
+//! case per run; then the manager's collective saves and restores through
+//! it, tests/c/mpi_manager.c, one or two runs per test on one directory.
+//! Each rank checks what it got and writes a log ending in "pass"; these
+//! tests read the logs and the checkpoint files. Needs OpenMPI
+//! (scripts/setup).
 
 mod support;
 
@@ -18,6 +21,9 @@ const DEADLINE: Duration = Duration::from_secs(90);
 /// The broadcast chunk of the second build, small enough that the
 /// broadcasts of `mpi_adapter.c` are split, and not a power of two.
 const SMALL_CHUNK: usize = 10007;
+
+/// Keeps the ranks running when one dies (see `killed_rank`).
+const RECOVERY: &[(&str, &str)] = &[("OMPI_MCA_orte_enable_recovery", "1")];
 
 fn adapter() -> PathBuf {
     support::mpi_c_program("mpi_adapter", &["tests/c/mpi_adapter.c"], &[])
@@ -41,13 +47,16 @@ struct Case {
 impl Case {
     fn run(program: &Path, args: &[&str], settings: &[(&str, &str)]) -> Case {
         let workdir = tempfile::tempdir().unwrap();
+        Case::run_in(workdir.path(), program, args, settings)
+    }
+
+    /// `run` with `workdir` given: runs in one may follow each other there.
+    fn run_in(workdir: &Path, program: &Path, args: &[&str], settings: &[(&str, &str)]) -> Case {
         let mut arguments: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        arguments.insert(1, workdir.path().as_os_str());
+        arguments.insert(1, workdir.as_os_str());
         let run = support::mpirun(RANKS, program, &arguments, settings, DEADLINE);
         let logs = (0..RANKS)
-            .map(|rank| {
-                std::fs::read_to_string(workdir.path().join(format!("rank-{rank}.log"))).ok()
-            })
+            .map(|rank| std::fs::read_to_string(workdir.join(format!("rank-{rank}.log"))).ok())
             .collect();
         let case = Case {
             what: format!(
@@ -103,6 +112,22 @@ impl Case {
             "mpirun failed:\n{}",
             self.describe()
         );
+    }
+
+    /// `victim` stopped at its SIGKILL and every other rank passed.
+    fn assert_killed_and_others_passed(&self, victim: usize) {
+        assert!(
+            self.log(victim).ends_with("raising SIGKILL\n"),
+            "rank {victim} did not stop at its SIGKILL:\n{}",
+            self.describe()
+        );
+        for rank in (0..RANKS as usize).filter(|&rank| rank != victim) {
+            assert!(
+                self.passed(rank),
+                "rank {rank} did not pass:\n{}",
+                self.describe()
+            );
+        }
     }
 
     /// The log of each rank but `except` says `collective` timed out.
@@ -174,24 +199,9 @@ fn silent_rank_makes_all_gather_time_out() {
 /// as ranks on other hosts would go on. mpirun's exit status is then not
 /// asserted: Open MPI 4.1 exits 0 after an MPI_Abort in that mode.
 fn killed_rank(collective: &str) {
-    let case = Case::run(
-        &adapter(),
-        &["killed_rank", collective],
-        &[("OMPI_MCA_orte_enable_recovery", "1")],
-    );
+    let case = Case::run(&adapter(), &["killed_rank", collective], RECOVERY);
     let victim = 2;
-    assert!(
-        case.log(victim).ends_with("raising SIGKILL\n"),
-        "rank {victim} did not stop at its SIGKILL:\n{}",
-        case.describe()
-    );
-    for rank in (0..RANKS as usize).filter(|&rank| rank != victim) {
-        assert!(
-            case.passed(rank),
-            "rank {rank} did not pass:\n{}",
-            case.describe()
-        );
-    }
+    case.assert_killed_and_others_passed(victim);
     case.assert_timed_out(collective, victim);
 }
 
@@ -208,6 +218,177 @@ fn killed_root_makes_broadcast_time_out() {
 #[test]
 fn killed_rank_makes_all_gather_time_out() {
     killed_rank("all_gather");
+}
+
+fn manager_program() -> PathBuf {
+    support::mpi_c_program("mpi_manager", &["tests/c/mpi_manager.c"], &[])
+}
+
+/// Runs of `mpi_manager.c` one after another on one checkpoint directory,
+/// as a job restarted.
+struct ManagerRuns {
+    workdir: tempfile::TempDir,
+}
+
+impl ManagerRuns {
+    fn new() -> Self {
+        ManagerRuns {
+            workdir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str], settings: &[(&str, &str)]) -> Case {
+        Case::run_in(self.workdir.path(), &manager_program(), args, settings)
+    }
+
+    /// A run in which every rank passes.
+    fn run_passing(&self, args: &[&str]) {
+        self.run(args, &[]).assert_every_rank_passed();
+    }
+
+    fn checkpoints(&self) -> PathBuf {
+        self.workdir.path().join("ckpt")
+    }
+
+    /// The checkpoints the state file lists, oldest first.
+    fn listed(&self) -> Vec<String> {
+        let state = ckpt_manager::get_checkpoint_state(&self.checkpoints())
+            .unwrap()
+            .expect("a state file");
+        state
+            .all_model_checkpoint_paths
+            .iter()
+            .map(|path| {
+                let path = String::from_utf8_lossy(path);
+                path.rsplit('/').next().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    fn files(&self) -> Vec<String> {
+        support::file_names(&self.checkpoints())
+    }
+
+    /// Every rank's files of checkpoint `number` are there, beside its
+    /// manifest.
+    fn assert_complete(&self, number: u32) {
+        let files = self.files();
+        let mut expected = vec![format!("ckpt-{number}.ckpt-manifest.json")];
+        for rank in 0..RANKS {
+            for suffix in ["safetensors", "note"] {
+                expected.push(format!(
+                    "ckpt-{number}.rank-{rank:05}-of-{RANKS:05}.{suffix}"
+                ));
+            }
+        }
+        for name in expected {
+            assert!(files.contains(&name), "{name} missing: {files:?}");
+        }
+    }
+
+    /// No file of checkpoint `number` is left, nor a staging directory.
+    fn assert_absent(&self, number: u32) {
+        let files = self.files();
+        let prefix = format!("ckpt-{number}.");
+        assert!(
+            !files
+                .iter()
+                .any(|name| name.starts_with(&prefix) || name.contains("staging")),
+            "checkpoint {number} left files: {files:?}"
+        );
+    }
+}
+
+#[test]
+fn manager_saves_every_shard_and_restores_each_rank_its_own() {
+    let runs = ManagerRuns::new();
+    runs.run_passing(&["save", "3"]);
+    assert_eq!(runs.listed(), ["ckpt-2", "ckpt-3"]);
+    runs.assert_complete(2);
+    runs.assert_complete(3);
+    runs.assert_absent(1);
+    runs.run_passing(&["restore", "3"]);
+}
+
+#[test]
+fn manager_commits_nothing_when_one_rank_save_callback_fails() {
+    let runs = ManagerRuns::new();
+    let case = runs.run(&["callback_fails"], &[]);
+    case.assert_every_rank_passed();
+    for rank in 0..RANKS as usize {
+        assert!(
+            case.log(rank)
+                .contains("save returned CKPT_STATUS_CALLBACK_FAILED after"),
+            "rank {rank}:\n{}",
+            case.describe()
+        );
+    }
+    assert_eq!(runs.listed(), ["ckpt-1", "ckpt-2"]);
+    runs.assert_complete(2);
+    runs.run_passing(&["restore", "2"]);
+}
+
+/// Rank 2 is SIGKILLed in its save callback: the others time out, nothing
+/// is committed, and the next job restores the checkpoint before.
+#[test]
+fn manager_times_out_and_commits_nothing_when_a_rank_is_killed_mid_save() {
+    let runs = ManagerRuns::new();
+    let case = runs.run(&["killed_mid_save"], RECOVERY);
+    let victim = 2;
+    case.assert_killed_and_others_passed(victim);
+    for rank in (0..RANKS as usize).filter(|&rank| rank != victim) {
+        assert!(
+            case.log(rank)
+                .contains("save returned CKPT_STATUS_TIMEOUT after"),
+            "rank {rank}:\n{}",
+            case.describe()
+        );
+    }
+    assert_eq!(runs.listed(), ["ckpt-1"]);
+    runs.run_passing(&["restore", "1"]);
+    assert_eq!(runs.listed(), ["ckpt-1"]);
+    runs.assert_absent(2);
+}
+
+/// Rank 0 dies holding the directory's lock, right after it committed
+/// checkpoint 2: the next job restores 2 on every rank.
+#[test]
+fn manager_restores_what_rank_0_committed_before_it_was_killed() {
+    let runs = ManagerRuns::new();
+    let case = runs.run(&["rank0_killed_after_commit"], RECOVERY);
+    case.assert_killed_and_others_passed(0);
+    assert_eq!(runs.listed(), ["ckpt-1", "ckpt-2"]);
+    runs.assert_complete(2);
+    runs.run_passing(&["restore", "2"]);
+}
+
+#[test]
+fn manager_restores_the_older_checkpoint_on_every_rank_when_one_shard_is_damaged() {
+    let runs = ManagerRuns::new();
+    runs.run_passing(&["save", "2"]);
+    let shard = runs
+        .checkpoints()
+        .join(format!("ckpt-2.rank-00001-of-{RANKS:05}.safetensors"));
+    let mut bytes = std::fs::read(&shard).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&shard, bytes).unwrap();
+    runs.run_passing(&["restore", "1"]);
+}
+
+#[test]
+fn manager_save_called_by_one_rank_alone_times_out() {
+    let runs = ManagerRuns::new();
+    let case = runs.run(&["save_alone"], &[]);
+    case.assert_every_rank_passed();
+    assert!(
+        case.log(1)
+            .contains("save returned CKPT_STATUS_TIMEOUT after"),
+        "{}",
+        case.describe()
+    );
+    assert_eq!(runs.listed(), ["ckpt-1"]);
+    runs.assert_absent(2);
+    runs.run_passing(&["restore", "1"]);
 }
 
 /// The header compiles as C++ too (warnings as errors). Without
