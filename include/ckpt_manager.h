@@ -323,9 +323,6 @@ typedef int32_t (*ckpt_delete_callback)(void *user_data, const char *prefix);
 // Receives a log message (valid only during the call).
 typedef void (*ckpt_log_callback)(void *user_data, ckpt_log_level level, const char *message);
 
-// In value order (a test checks it).
-#define ckpt_dtype_ALL { ckpt_dtype_F64, ckpt_dtype_F32, ckpt_dtype_F16, ckpt_dtype_BF16, ckpt_dtype_I64, ckpt_dtype_I32, ckpt_dtype_I16, ckpt_dtype_I8, ckpt_dtype_U64, ckpt_dtype_U32, ckpt_dtype_U16, ckpt_dtype_U8, ckpt_dtype_Bool, }
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
