@@ -36,6 +36,10 @@ pub enum Error {
     /// A panic in a background save was caught; nothing was committed
     /// unless the message says so.
     Panic(String),
+    /// A collective step of a save or restore across ranks did not
+    /// complete: some rank did not take part in time, or the communicator
+    /// failed.
+    Coordination { timed_out: bool, message: String },
     /// A save or restore across ranks failed on `rank`; every rank returns
     /// this error, of the kind of that rank's own.
     Rank {
@@ -88,6 +92,10 @@ impl Error {
             Error::TensorMismatch(_) => ErrorKind::TensorMismatch,
             Error::Timeout => ErrorKind::Timeout,
             Error::Panic(_) => ErrorKind::Panic,
+            Error::Coordination {
+                timed_out: true, ..
+            } => ErrorKind::Timeout,
+            Error::Coordination { .. } => ErrorKind::Io,
             Error::Rank { kind, .. } => *kind,
         }
     }
@@ -131,6 +139,7 @@ impl fmt::Display for Error {
             Error::TensorMismatch(message) => write!(f, "tensor mismatch: {message}"),
             Error::Timeout => write!(f, "the background save is still running"),
             Error::Panic(message) => write!(f, "a background save panicked: {message}"),
+            Error::Coordination { message, .. } => write!(f, "{message}"),
             Error::Rank {
                 rank,
                 kind: _,

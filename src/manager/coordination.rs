@@ -88,16 +88,12 @@ enum Outcome<T> {
     Failed(Report),
 }
 
-/// The ranks' view of a collective step that did not complete.
+/// A collective step that did not complete, as `rank` saw it: which rank
+/// is missing, no rank can tell.
 fn lost(rank: u32, step: &str, err: CommError) -> Error {
-    let kind = match err {
-        CommError::Timeout => ErrorKind::Timeout,
-        CommError::Failed(_) => ErrorKind::Io,
-    };
-    Error::Rank {
-        rank,
-        kind,
-        message: format!("{step}: {err}"),
+    Error::Coordination {
+        timed_out: err == CommError::Timeout,
+        message: format!("{step}: {err} (seen from rank {rank})"),
     }
 }
 
@@ -416,12 +412,8 @@ impl CheckpointManager {
                     }
                     return Ok(Some(candidate));
                 }
-                Err(
-                    err @ Error::Rank {
-                        kind: ErrorKind::Timeout,
-                        ..
-                    },
-                ) => return Err(err),
+                // The ranks no longer agree on anything: stop.
+                Err(err @ Error::Coordination { .. }) => return Err(err),
                 Err(err) => self.warn(&format!(
                     "not restoring '{}' ({err}); trying an older checkpoint",
                     candidate.display()
