@@ -1,7 +1,9 @@
-"""One rank of test_mpi.py's runs: `mpirun -np N python mpi_ranks.py CASE DIRECTORY`.
+"""One rank of test_mpi.py's runs:
+`mpirun -np N python mpi_ranks.py CASE DIRECTORY REPORTS`.
 
-Each rank prints one JSON line, {"rank": R, ...}, of what it saw; rank 0
-adds what it read from the directory. Any exception ends the rank with a
+Each rank writes REPORTS/rank-R.json, {"rank": R, ...}, of what it saw (not
+to stdout, where mpirun may interleave the ranks' lines); rank 0 adds what
+it read from the directory. Any exception ends the rank with a
 traceback (and mpirun with a failure)."""
 import json
 import os
@@ -96,6 +98,7 @@ def failing_save(directory, comm):
 CASES = {"round_trip": round_trip, "failing_save": failing_save}
 
 if __name__ == "__main__":
-    case, directory = sys.argv[1], sys.argv[2]
+    case, directory, reports = sys.argv[1:4]
     report = CASES[case](directory, MPI.COMM_WORLD)
-    print(json.dumps(report), flush=True)
+    with open(os.path.join(reports, "rank-%d.json" % report["rank"]), "w") as f:
+        json.dump(report, f)

@@ -50,12 +50,13 @@ def _kill_session(session):
         pass
 
 
-def run_ranks(case, directory):
-    """{rank: report} of `mpirun -np 4 python mpi_ranks.py CASE DIRECTORY`."""
+def run_ranks(case, directory, reports):
+    """{rank: report} of `mpirun -np 4 python mpi_ranks.py CASE DIRECTORY REPORTS`."""
+    os.mkdir(reports)
     env = subprocess_env()
     env.update(MPI_SETTINGS)
     command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(RANKS),
-               sys.executable, RANK_SCRIPT, case, str(directory)]
+               sys.executable, RANK_SCRIPT, case, str(directory), str(reports)]
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
@@ -71,9 +72,11 @@ def run_ranks(case, directory):
         _kill_session(process.pid)  # nothing may outlive the test
     assert process.returncode == 0, "mpirun failed (%d)\n--- stdout\n%s\n--- stderr\n%s" % (
         process.returncode, stdout, stderr)
-    reports = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    by_rank = {report["rank"]: report for report in reports}
-    assert sorted(by_rank) == list(range(RANKS)), stdout + stderr
+    assert sorted(os.listdir(reports)) == ["rank-%d.json" % r for r in range(RANKS)], stderr
+    by_rank = {}
+    for rank in range(RANKS):
+        with open(os.path.join(reports, "rank-%d.json" % rank)) as f:
+            by_rank[rank] = json.load(f)
     return by_rank
 
 
@@ -84,7 +87,7 @@ def shard_files(number, suffix):
 
 def test_every_rank_saves_its_shard_and_restores_its_own_values(tmp_path):
     directory = tmp_path / "ckpts"
-    reports = run_ranks("round_trip", directory)
+    reports = run_ranks("round_trip", directory, tmp_path / "reports")
     for rank, report in reports.items():
         assert report["saved"] == ["ckpt-1", "ckpt-2"], report
         assert report["restored"] == "ckpt-2", report
@@ -101,7 +104,7 @@ def test_every_rank_saves_its_shard_and_restores_its_own_values(tmp_path):
 
 def test_one_rank_whose_save_callback_raises_fails_the_save_on_every_rank(tmp_path):
     directory = tmp_path / "ckpts"
-    reports = run_ranks("failing_save", directory)
+    reports = run_ranks("failing_save", directory, tmp_path / "reports")
     for rank, report in reports.items():
         assert report["error"] == "CallbackFailedError", report
         assert report["message"].startswith("rank 2:"), report
