@@ -58,7 +58,7 @@ test:
 	@echo "== the Python package, pip-installed into a fresh virtual environment"
 	rm -rf $(BUILD_DIR)/py-venv
 	python3 -m venv $(BUILD_DIR)/py-venv
-	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy ./bindings/python
+	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy mpi4py ./bindings/python
 	$(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
 
 bench:

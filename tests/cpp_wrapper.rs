@@ -120,6 +120,7 @@ cases!(
     reset_waits_for_background_save,
     save_async_threads,
     background_exceptions_per_manager,
+    communicator,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

@@ -546,6 +546,19 @@ class Options {
     check(ckpt_options_set_save_interval_seconds(options_, seconds));
     return *this;
   }
+  // Makes saves and restores collective over the ranks of `communicator`
+  // (see ckpt_options_set_communicator; ckpt_manager_mpi.h builds one from an
+  // MPI_Comm). The struct is copied; its user_data must outlive the managers.
+  Options& communicator(const ckpt_communicator& communicator) {
+    check(ckpt_options_set_communicator(options_, &communicator));
+    return *this;
+  }
+  // How long each rank waits for the others at each collective step (> 0,
+  // finite; default 300 seconds) before the call throws CKPT_STATUS_TIMEOUT.
+  Options& coordination_timeout(double seconds) {
+    check(ckpt_options_set_coordination_timeout(options_, seconds));
+    return *this;
+  }
 
   // Writes checkpoint `number`: every file named `prefix` or
   // `prefix.<suffix>` (the save's staging prefix; the files move into place

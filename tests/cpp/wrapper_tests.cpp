@@ -1286,6 +1286,73 @@ void background_exceptions_per_manager(const std::string& workdir) {
   second.wait_until_finished();
 }
 
+// A communicator over one rank: every collective is a copy.
+ckpt_communicator one_rank_communicator() {
+  ckpt_communicator communicator{};
+  communicator.version = CKPT_COMMUNICATOR_VERSION;
+  communicator.rank = 0;
+  communicator.size = 1;
+  communicator.barrier = [](void*, double) -> int32_t { return 0; };
+  communicator.broadcast = [](void*, void*, size_t, uint32_t, double) -> int32_t { return 0; };
+  communicator.all_gather = [](void*, const void* record, size_t length, void* records,
+                               double) -> int32_t {
+    if (length > 0) std::memcpy(records, record, length);
+    return 0;
+  };
+  return communicator;
+}
+
+std::vector<std::string> directory_listing(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+void communicator(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  const ckpt_communicator communicator = one_rank_communicator();
+  World world;
+  float weights[3] = {1.5f, -2.0f, 3.25f};
+  {
+    ckpt::Options options = world.options(dir);
+    options.communicator(communicator).coordination_timeout(30);
+    ckpt::Manager manager(std::move(options));
+    manager.register_tensor("weights", weights, {3});
+    world.value = 2.5;
+    CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  }
+  // Every file of the save carries the rank and the size.
+  CHECK_EQ(joined(directory_listing(dir)),
+           "checkpoint checkpoint.lock ckpt-1.ckpt-manifest.json "
+           "ckpt-1.rank-00000-of-00001.model ckpt-1.rank-00000-of-00001.safetensors");
+  World resumed;
+  float restored[3] = {};
+  ckpt::Options options = resumed.options(dir);
+  options.communicator(communicator);
+  ckpt::Manager manager(std::move(options));
+  manager.register_tensor("weights", restored, {3});
+  CHECK_EQ(manager.restore_or_initialize().value_or("none"), dir + "/ckpt-1");
+  CHECK_EQ(resumed.value, 2.5);
+  CHECK(std::memcmp(restored, weights, sizeof weights) == 0);
+
+  // Refused, as the C API refuses them.
+  ckpt_communicator newer = communicator;
+  newer.version = CKPT_COMMUNICATOR_VERSION + 1;
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "version", ckpt::Options().communicator(newer));
+  ckpt_communicator outside = communicator;
+  outside.rank = 1;
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().communicator(outside));
+  ckpt_communicator incomplete = communicator;
+  incomplete.all_gather = nullptr;
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().communicator(incomplete));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::Options().coordination_timeout(0));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "",
+               ckpt::Options().coordination_timeout(std::nan("")));
+}
+
 struct Case {
   const char* name;
   void (*run)(const std::string& workdir);
@@ -1323,6 +1390,7 @@ const Case cases[] = {
     {"reset_waits_for_background_save", reset_waits_for_background_save},
     {"save_async_threads", save_async_threads},
     {"background_exceptions_per_manager", background_exceptions_per_manager},
+    {"communicator", communicator},
 };
 
 }  // namespace

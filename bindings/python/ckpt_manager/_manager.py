@@ -16,7 +16,7 @@ import threading
 import warnings
 import weakref
 
-from . import _lib
+from . import _communicator, _lib
 from ._statuses import CALLBACK_FAILED, DTYPES, OK, REENTRANT_CALL
 from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
 
@@ -396,6 +396,16 @@ class CheckpointManager:
     save() go ahead at most that often by `clock` (with `checkpoint_interval`
     too, both must have passed).
 
+    Multi-process training: `communicator` (an mpi4py communicator, or an
+    object with rank, size, barrier, broadcast and all_gather: see
+    README.md) makes the manager's creation, save() and
+    restore_or_initialize() collective: every rank calls them in the same
+    order, writes its own files (`<name>-<N>.rank-RRRRR-of-SSSSS...`), and
+    every rank gets the same result; a failure on any rank raises the
+    library's error on all ranks (`rank R: ...`), from the exception raised
+    there. `coordination_timeout` (seconds, default 300) bounds each wait for
+    the other ranks (CheckpointTimeoutError). save_async() is refused.
+
     Close it with close() or a `with` block; garbage collection closes it too.
     """
 
@@ -405,8 +415,10 @@ class CheckpointManager:
                  checkpoint=None, clock=None, read_only=False, verify_checksums=True,
                  partial_restore=False, delete_fn=None, log_fn=None, keep_best=None,
                  best_metric=None, best_mode="min", keep_period=None,
-                 save_interval_seconds=None, prepare_fn=None):
+                 save_interval_seconds=None, prepare_fn=None, communicator=None,
+                 coordination_timeout=None):
         self._handle = None
+        self._communicator = None
         self._arrays = {}
         self._callbacks = []
         self._lock = threading.RLock()
@@ -467,6 +479,14 @@ class CheckpointManager:
             if save_interval_seconds is not None:
                 _check(_lib.ckpt_options_set_save_interval_seconds(
                     options, float(save_interval_seconds)))
+            if communicator is not None:
+                bridge = _communicator.Bridge(_communicator.adapt(communicator))
+                _check(_lib.ckpt_options_set_communicator(options, ctypes.byref(bridge.struct)))
+                # The library calls the bridge's callbacks until the handle is freed.
+                self._communicator = bridge
+            if coordination_timeout is not None:
+                _check(_lib.ckpt_options_set_coordination_timeout(
+                    options, float(coordination_timeout)))
             keys = []
             for setter, cfunc in _trampolines(
                     self._pending, self._background, save_fn=save_fn, prepare_fn=prepare_fn,
@@ -501,6 +521,8 @@ class CheckpointManager:
         pending = self._pending
         exc, which = pending.exc, pending.which
         pending.exc = pending.which = None
+        if self._communicator is not None:
+            self._raise_collective(status, exc, which)
         for late_which, late in self._background.take_after_commit():
             _warn_callback_raised(late_which, late, "the background save went on", stacklevel=3)
         if status == CALLBACK_FAILED and (exc is None or which in _AFTER_COMMIT):
@@ -516,6 +538,21 @@ class CheckpointManager:
                 raise _with_note(exc, "(raised in the %s callback run by ckpt_manager)" % which)
             _warn_callback_raised(which, exc, "the call succeeded anyway", stacklevel=3)
         _check(status)
+
+    def _raise_collective(self, status, exc, which):
+        """With a communicator every rank must raise the same error, so the
+        library's is raised, from the exception a callback raised here."""
+        bridge = self._communicator
+        communicator_exc, bridge.first_error = bridge.first_error, None
+        if status == OK:
+            if exc is not None:
+                _warn_callback_raised(which, exc, "the call succeeded anyway", stacklevel=4)
+            return
+        error = error_for_status(status, _last_error())
+        if exc is not None:
+            raise error from _with_note(
+                exc, "(raised in the %s callback run by ckpt_manager)" % which)
+        raise error from communicator_exc
 
     class _Call:
         __slots__ = ("manager",)
@@ -799,6 +836,7 @@ class CheckpointManager:
                 _lib.ckpt_manager_free(handle)
             self._arrays = {}
             self._callbacks = []
+            self._communicator = None
         # No call is left to raise these (the library logged the failure).
         pending = self._pending
         unreported = [(pending.which, pending.exc)] if pending.exc is not None else []

@@ -1,0 +1,104 @@
+"""One rank of test_mpi.py's runs:
+`mpirun -np N python mpi_ranks.py CASE DIRECTORY REPORTS`.
+
+Each rank writes REPORTS/rank-R.json, {"rank": R, ...}, of what it saw (not
+to stdout, where mpirun may interleave the ranks' lines); rank 0 adds what
+it read from the directory. Any exception ends the rank with a
+traceback (and mpirun with a failure)."""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import ckpt_manager
+from ckpt_manager.mpi import MPICommunicator
+
+TIMEOUT = 60.0
+
+
+def weights_at(rank, step):
+    return np.arange(6, dtype=np.float64) + 1000.0 * rank + step
+
+
+def read_safetensors(path):
+    """{name: (dtype, shape, raw bytes)} of a .safetensors file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (header_length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_length])
+    body = data[8 + header_length:]
+    return {name: (entry["dtype"], entry["shape"],
+                   body[entry["data_offsets"][0]:entry["data_offsets"][1]])
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def round_trip(directory, comm):
+    rank, size = comm.rank, comm.size
+    weights = np.zeros(6, dtype=np.float64)
+    saved = []
+    # An mpi4py communicator, wrapped by the manager.
+    with ckpt_manager.CheckpointManager(directory, max_to_keep=5, communicator=comm,
+                                        coordination_timeout=TIMEOUT) as manager:
+        manager.register_array("weights", weights)
+        for step in (1, 2):
+            weights[:] = weights_at(rank, step)
+            saved.append(os.path.basename(manager.save()))
+    weights[:] = 0
+    # An MPICommunicator built by the trainer, freed after the manager.
+    communicator = MPICommunicator(comm)
+    with ckpt_manager.CheckpointManager(directory, max_to_keep=5, communicator=communicator,
+                                        coordination_timeout=TIMEOUT) as manager:
+        manager.register_array("weights", weights)
+        restored = os.path.basename(manager.restore_or_initialize())
+    communicator.free()
+    report = {"rank": rank, "saved": saved, "restored": restored,
+              "weights_match": bool(np.array_equal(weights, weights_at(rank, 2)))}
+    if rank == 0:
+        report["files"] = sorted(os.listdir(directory))
+        shards_match = {}
+        for number in (1, 2):
+            for shard in range(size):
+                name = "ckpt-%d.rank-%05d-of-%05d.safetensors" % (number, shard, size)
+                tensors = read_safetensors(os.path.join(directory, name))
+                shards_match[name] = tensors == {
+                    "weights": ("F64", [6], weights_at(shard, number).astype("<f8").tobytes())}
+        report["shards_match"] = shards_match
+    return report
+
+
+def failing_save(directory, comm):
+    rank = comm.rank
+
+    def save_fn(prefix, _number):
+        if rank == 2:
+            raise RuntimeError("disk full on rank 2")
+        with open(prefix + ".data", "wb") as f:
+            f.write(b"rank %d" % rank)
+
+    with ckpt_manager.CheckpointManager(directory, max_to_keep=5, save_fn=save_fn,
+                                        communicator=comm,
+                                        coordination_timeout=TIMEOUT) as manager:
+        try:
+            manager.save()
+        except ckpt_manager.CallbackFailedError as exc:
+            error = exc
+        else:
+            raise AssertionError("save() succeeded on rank %d" % rank)
+        latest = manager.latest_checkpoint
+    report = {"rank": rank, "error": type(error).__name__, "message": error.message,
+              "cause": repr(error.__cause__), "latest": latest}
+    if rank == 0:
+        report["files"] = sorted(os.listdir(directory))
+    return report
+
+
+CASES = {"round_trip": round_trip, "failing_save": failing_save}
+
+if __name__ == "__main__":
+    case, directory, reports = sys.argv[1:4]
+    report = CASES[case](directory, MPI.COMM_WORLD)
+    with open(os.path.join(reports, "rank-%d.json" % report["rank"]), "w") as f:
+        json.dump(report, f)
