@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "ckpt_manager_mpi.h"
+#include "mpi_support.h"
 
 /* Collectives that every rank makes: they never wait this long. */
 #define GENEROUS_TIMEOUT 60.0
@@ -29,34 +29,7 @@
  * requirement is that it returns at all, not how promptly. */
 #define LATENESS_ALLOWED 20.0
 
-static FILE *rank_log;
-static int world_rank;
-static int world_size;
 
-static void note(const char *format, ...) {
-  va_list args;
-  va_start(args, format);
-  vfprintf(rank_log, format, args);
-  va_end(args);
-  fputc('\n', rank_log);
-  fflush(rank_log);
-}
-
-static void fail(int line, const char *format, ...) {
-  char text[1024];
-  va_list args;
-  va_start(args, format);
-  vsnprintf(text, sizeof text, format, args);
-  va_end(args);
-  note("FAIL (mpi_adapter.c:%d): %s", line, text);
-  fprintf(stderr, "rank %d: FAIL (mpi_adapter.c:%d): %s\n", world_rank, line, text);
-  MPI_Abort(MPI_COMM_WORLD, 1);
-}
-
-#define CHECK(cond)                                \
-  do {                                             \
-    if (!(cond)) fail(__LINE__, "CHECK(%s)", #cond); \
-  } while (0)
 
 /* `call` on `communicator` returns `expected`. */
 #define CHECK_CODE(expected, communicator, call)                                              \
@@ -66,12 +39,6 @@ static void fail(int line, const char *format, ...) {
       fail(__LINE__, "%s returned %d, expected %d (%s)", #call, (int)got_, (int)(expected), \
            ckpt_mpi_communicator_error(&(communicator)));                                     \
   } while (0)
-
-static double now(void) {
-  struct timespec time;
-  clock_gettime(CLOCK_MONOTONIC, &time);
-  return (double)time.tv_sec + (double)time.tv_nsec * 1e-9;
-}
 
 static void *allocate(size_t size) {
   void *memory = malloc(size > 0 ? size : 1);
@@ -346,20 +313,7 @@ static void killed_rank(const char *collective) {
 }
 
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  if (argc < 3) {
-    fprintf(stderr, "usage: mpirun -np 4 %s CASE WORKDIR [COLLECTIVE]\n", argv[0]);
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
-  char path[4096];
-  snprintf(path, sizeof path, "%s/rank-%d.log", argv[2], world_rank);
-  rank_log = fopen(path, "w");
-  if (rank_log == NULL) {
-    fprintf(stderr, "cannot write %s\n", path);
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  start_rank(&argc, &argv, "mpi_adapter.c", "CASE WORKDIR [COLLECTIVE]");
   const char *name = argv[1];
   const char *collective = argc > 3 ? argv[3] : "";
   note("rank %d of %d: %s %s", world_rank, world_size, name, collective);

@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "ckpt_manager_mpi.h"
+#include "mpi_support.h"
 
 /* Coordination where every rank takes part: never reached. */
 #define GENEROUS_TIMEOUT 60.0
@@ -39,9 +39,6 @@
 #define VALUES 16
 #define TEXT 512
 
-static FILE *rank_log;
-static int world_rank;
-static int world_size;
 static char checkpoint_dir[4096];
 static float weights[VALUES];
 
@@ -51,30 +48,6 @@ static int killed_rank = -1;
 /* The checkpoint the restore callback must see. */
 static unsigned long long expected_number;
 
-static void note(const char *format, ...) {
-  va_list args;
-  va_start(args, format);
-  vfprintf(rank_log, format, args);
-  va_end(args);
-  fputc('\n', rank_log);
-  fflush(rank_log);
-}
-
-static void fail(int line, const char *format, ...) {
-  char text[1024];
-  va_list args;
-  va_start(args, format);
-  vsnprintf(text, sizeof text, format, args);
-  va_end(args);
-  note("FAIL (mpi_manager.c:%d): %s", line, text);
-  fprintf(stderr, "rank %d: FAIL (mpi_manager.c:%d): %s\n", world_rank, line, text);
-  MPI_Abort(MPI_COMM_WORLD, 1);
-}
-
-#define CHECK(cond)                                  \
-  do {                                               \
-    if (!(cond)) fail(__LINE__, "CHECK(%s)", #cond); \
-  } while (0)
 
 /* `call` returns `expected`. */
 #define CHECK_STATUS(expected, call)                                                      \
@@ -84,12 +57,6 @@ static void fail(int line, const char *format, ...) {
       fail(__LINE__, "%s returned %s, expected %s: %s", #call, ckpt_status_name(got_), \
            ckpt_status_name(expected), ckpt_last_error_message());                       \
   } while (0)
-
-static double now(void) {
-  struct timespec time;
-  clock_gettime(CLOCK_MONOTONIC, &time);
-  return (double)time.tv_sec + (double)time.tv_nsec * 1e-9;
-}
 
 /* Waits for a request on the trainer's communicator; fails the case rather
  * than hang (a blocking call would also spin a core). */
@@ -403,20 +370,7 @@ static unsigned long long number_argument(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
-  if (argc < 3) {
-    fprintf(stderr, "usage: mpirun -np 4 %s CASE WORKDIR [NUMBER]\n", argv[0]);
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
-  char path[4096 + 32];
-  snprintf(path, sizeof path, "%s/rank-%d.log", argv[2], world_rank);
-  rank_log = fopen(path, "w");
-  if (rank_log == NULL) {
-    fprintf(stderr, "cannot write %s\n", path);
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  start_rank(&argc, &argv, "mpi_manager.c", "CASE WORKDIR [NUMBER]");
   snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/ckpt", argv[2]);
   const char *name = argv[1];
   note("rank %d of %d: %s %s", world_rank, world_size, name, argc > 3 ? argv[3] : "");
