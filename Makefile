@@ -3,7 +3,7 @@
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   make test  installs what the tests need and runs every test
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make bench-async, make torture; make header regenerates
+#   make bench-async, make bench-mpi, make torture; make header regenerates
 #   include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
@@ -75,6 +75,12 @@ bench-commit:
 .PHONY: bench-async
 bench-async:
 	cargo bench --bench async_save
+
+# A collective save across 4 MPI ranks against one process saving the same
+# bytes (scripts/bench-mpi, benches/mpi_commit.c).
+.PHONY: bench-mpi
+bench-mpi:
+	./scripts/bench-mpi
 
 # cbindgen runs only here (and in the test that checks the header is current).
 .PHONY: header
