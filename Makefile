@@ -52,21 +52,24 @@ $(BUILD_DIR)/mlp_trainer_mpi: examples/mlp_trainer_mpi.c include/ckpt_manager.h 
 # reach their timeout instead of being killed by mpirun.
 MPIRUN := OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none \
 	mpirun --allow-run-as-root --oversubscribe -np 4
+# Absolute: a collective restore from a relative directory joins the
+# directory twice (reported on issue 12).
+MPI_DEMO := $(CURDIR)/$(BUILD_DIR)
 run-mpi: $(BUILD_DIR)/mlp_trainer_mpi
-	rm -rf $(BUILD_DIR)/mlp-mpi-run $(BUILD_DIR)/mlp-mpi-straight
+	rm -rf $(MPI_DEMO)/mlp-mpi-run $(MPI_DEMO)/mlp-mpi-straight
 	@echo "== first run, rank 1 killed at step 1250"
-	-OMPI_MCA_orte_enable_recovery=1 $(MPIRUN) $(BUILD_DIR)/mlp_trainer_mpi $(BUILD_DIR)/mlp-mpi-run \
+	-OMPI_MCA_orte_enable_recovery=1 $(MPIRUN) $(BUILD_DIR)/mlp_trainer_mpi $(MPI_DEMO)/mlp-mpi-run \
 		--kill-rank 1 --kill-at 1250 --timeout 5 --save-every 250
 	@echo "== second run, every rank resumes from the latest checkpoint"
-	$(MPIRUN) $(BUILD_DIR)/mlp_trainer_mpi $(BUILD_DIR)/mlp-mpi-run --save-every 250 \
-		--export $(BUILD_DIR)/mlp-mpi-run.weights
+	$(MPIRUN) $(BUILD_DIR)/mlp_trainer_mpi $(MPI_DEMO)/mlp-mpi-run --save-every 250 \
+		--export $(MPI_DEMO)/mlp-mpi-run.weights
 	@echo "== the checkpoint directory"
-	ls $(BUILD_DIR)/mlp-mpi-run
+	ls $(MPI_DEMO)/mlp-mpi-run
 	@echo "== a run straight through, in another directory (its last line)"
-	$(MPIRUN) $(BUILD_DIR)/mlp_trainer_mpi $(BUILD_DIR)/mlp-mpi-straight --save-every 250 \
-		--export $(BUILD_DIR)/mlp-mpi-straight.weights > $(BUILD_DIR)/mlp-mpi-straight.log
-	tail -n 1 $(BUILD_DIR)/mlp-mpi-straight.log
-	cmp $(BUILD_DIR)/mlp-mpi-run.weights $(BUILD_DIR)/mlp-mpi-straight.weights
+	$(MPIRUN) $(BUILD_DIR)/mlp_trainer_mpi $(MPI_DEMO)/mlp-mpi-straight --save-every 250 \
+		--export $(MPI_DEMO)/mlp-mpi-straight.weights > $(MPI_DEMO)/mlp-mpi-straight.log
+	tail -n 1 $(MPI_DEMO)/mlp-mpi-straight.log
+	cmp $(MPI_DEMO)/mlp-mpi-run.weights $(MPI_DEMO)/mlp-mpi-straight.weights
 	@echo "== the weights of the killed-and-resumed run and the straight run are identical"
 
 tiny: $(BUILD_DIR)/tiny_trainer
