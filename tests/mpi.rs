@@ -405,3 +405,141 @@ fn header_compiles_as_cpp() {
         .expect("cannot run mpicxx: run scripts/setup");
     support::assert_success(&output, "mpicxx -fsyntax-only include/ckpt_manager_mpi.h");
 }
+
+/// The data-parallel demo, examples/mlp_trainer_mpi.c, built as `make
+/// run-mpi` builds it but with the tests' flags.
+fn mlp_trainer_mpi() -> PathBuf {
+    support::program_with_libs(
+        "mpicc",
+        support::C_FLAGS,
+        "mlp_trainer_mpi",
+        &["examples/mlp_trainer_mpi.c"],
+        &["-lm"],
+    )
+}
+
+/// One run of the demo under `mpirun -np 4` on `checkpoints`, its ranks'
+/// logs going to a fresh `logs` directory; `args` follow the common ones.
+fn run_trainer(
+    workdir: &Path,
+    checkpoints: &str,
+    logs: &str,
+    args: &[&str],
+    settings: &[(&str, &str)],
+) -> Case {
+    let log_dir = workdir.join(logs);
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let mut arguments: Vec<std::ffi::OsString> = vec![
+        workdir.join(checkpoints).into(),
+        "--steps".into(),
+        "400".into(),
+        "--save-every".into(),
+        "100".into(),
+        "--log-dir".into(),
+        log_dir.clone().into(),
+    ];
+    arguments.extend(args.iter().map(Into::into));
+    let argument_refs: Vec<&OsStr> = arguments.iter().map(|a| a.as_os_str()).collect();
+    let program = mlp_trainer_mpi();
+    let run = support::mpirun(RANKS, &program, &argument_refs, settings, DEADLINE);
+    let logs = (0..RANKS)
+        .map(|rank| std::fs::read_to_string(log_dir.join(format!("rank-{rank}.log"))).ok())
+        .collect();
+    let case = Case {
+        what: format!("mpirun -np {RANKS} {} {arguments:?}", program.display()),
+        run,
+        logs,
+    };
+    println!("{}", case.describe());
+    case
+}
+
+impl Case {
+    /// Every rank's log has a line starting with `start`.
+    fn assert_every_rank_said(&self, start: &str) {
+        for rank in 0..RANKS as usize {
+            assert!(
+                self.log(rank)
+                    .lines()
+                    .any(|line| line.starts_with(&format!("rank {rank} {start}"))),
+                "rank {rank} did not say \"{start}\":\n{}",
+                self.describe()
+            );
+        }
+    }
+}
+
+/// The demo killed (rank 1 SIGKILLs itself at step 300, before that save)
+/// and resumed by the same command ends with the weights of a run
+/// straight through, bit for bit; each rank resumes its own state.
+#[test]
+fn mlp_demo_killed_rank_and_resumed_matches_a_straight_run() {
+    let workdir = tempfile::tempdir().unwrap();
+    let work = workdir.path();
+    let straight_weights = work.join("straight.weights");
+    let straight = run_trainer(
+        work,
+        "straight",
+        "straight-logs",
+        &["--export", straight_weights.to_str().unwrap()],
+        &[],
+    );
+    assert!(straight.run.status.success(), "{}", straight.describe());
+    straight.assert_every_rank_said("done at step 400");
+
+    let killed = run_trainer(
+        work,
+        "resumed",
+        "killed-logs",
+        &["--kill-rank", "1", "--kill-at", "300", "--timeout", "3"],
+        RECOVERY,
+    );
+    assert!(
+        killed
+            .log(1)
+            .ends_with("rank 1 at step 300: raising SIGKILL\n"),
+        "rank 1 did not stop at its SIGKILL:\n{}",
+        killed.describe()
+    );
+    for rank in [0, 2, 3] {
+        assert!(
+            killed
+                .log(rank)
+                .contains("failed: save of step 300: CKPT_STATUS_TIMEOUT"),
+            "rank {rank} did not time out at the save of step 300:\n{}",
+            killed.describe()
+        );
+    }
+    let state = ckpt_manager::get_checkpoint_state(&work.join("resumed"))
+        .unwrap()
+        .expect("a state file");
+    let latest = String::from_utf8_lossy(&state.model_checkpoint_path).into_owned();
+    assert!(latest.ends_with("ckpt-200"), "latest is {latest}");
+
+    let resumed_weights = work.join("resumed.weights");
+    let resumed = run_trainer(
+        work,
+        "resumed",
+        "resumed-logs",
+        &["--export", resumed_weights.to_str().unwrap()],
+        &[],
+    );
+    assert!(resumed.run.status.success(), "{}", resumed.describe());
+    resumed.assert_every_rank_said("of 4: resumed from");
+    for rank in 0..RANKS as usize {
+        assert!(
+            resumed
+                .log(rank)
+                .contains("ckpt-200 at step 200 (1600 samples seen here)"),
+            "rank {rank} did not resume its own state at step 200:\n{}",
+            resumed.describe()
+        );
+    }
+    resumed.assert_every_rank_said("done at step 400");
+    let straight_bytes = std::fs::read(&straight_weights).unwrap();
+    assert_eq!(straight_bytes.len(), (32 * 8 + 32 + 32 + 1) * 4);
+    assert!(
+        std::fs::read(&resumed_weights).unwrap() == straight_bytes,
+        "the resumed run's weights differ from the straight run's"
+    );
+}
