@@ -456,6 +456,19 @@ impl CheckpointManager {
         self.config.directory.join(entry)
     }
 
+    /// The state-file entry of a checkpoint prefix this manager gave out
+    /// (`full_path`), or of any other path to it.
+    fn entry_of(&self, prefix: &Path) -> PathBuf {
+        match prefix.strip_prefix(&self.config.directory) {
+            Ok(entry) if paths::is_plain_file_name(entry) => entry.to_path_buf(),
+            // Relative to the working directory, as the directory may be.
+            _ => {
+                let prefix = std::path::absolute(prefix).unwrap_or_else(|_| prefix.to_path_buf());
+                paths::state_entry(&self.config.directory, &prefix)
+            }
+        }
+    }
+
     /// Saves a checkpoint numbered `checkpoint_number`, or the save
     /// counter's next value. Returns its prefix, or `None` when the interval
     /// gate skipped it. On any error nothing is committed and the manager's
@@ -849,7 +862,7 @@ impl CheckpointManager {
 
     /// The state-file entry of a checkpoint on the managed list.
     fn managed_entry(&self, prefix: &Path) -> Result<PathBuf> {
-        let entry = paths::state_entry(&self.config.directory, prefix);
+        let entry = self.entry_of(prefix);
         if self.retention.managed().iter().any(|m| m.entry == entry) {
             Ok(entry)
         } else {
@@ -888,7 +901,7 @@ impl CheckpointManager {
         if !Arc::ptr_eq(&store, &self.store) {
             return Err(unknown());
         }
-        let entry = paths::state_entry(&self.config.directory, prefix);
+        let entry = self.entry_of(prefix);
         let manifest = integrity::read_manifest(&*self.store, &base)?;
         let files: Vec<FileInfo> = match &manifest {
             Some(manifest) => manifest
@@ -1004,7 +1017,7 @@ impl CheckpointManager {
 
     /// The time the state file records for a listed checkpoint.
     fn saved_at(&self, prefix: &Path) -> Option<f64> {
-        let entry = paths::state_entry(&self.config.directory, prefix);
+        let entry = self.entry_of(prefix);
         self.retention
             .managed()
             .iter()

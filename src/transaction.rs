@@ -256,6 +256,29 @@ impl Transaction {
         self.staged_file(&self.in_checkpoint(suffix))
     }
 
+    /// Whether `name` in staging is another rank's file of this save (its
+    /// rank checks it): `<base>.rank-NNNNN` and this rank's `-of-SSSSS`.
+    /// Rank 0 refuses anything else there, as one process would.
+    fn is_another_ranks(&self, name: &Path) -> bool {
+        let Some(of_size) = self.shard.as_bytes().get(b".rank-00000".len()..) else {
+            return false;
+        };
+        let Ok(in_staging) = name.strip_prefix(&self.staging) else {
+            return false;
+        };
+        let Some(rest) = in_staging
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(self.base.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b".rank-"))
+        else {
+            return false;
+        };
+        rest.len() >= 5 + of_size.len()
+            && rest[..5].iter().all(u8::is_ascii_digit)
+            && rest[5..].starts_with(of_size)
+    }
+
     /// A file of the checkpoint (any rank's) in staging.
     fn staged_file(&self, suffix_in_checkpoint: &[u8]) -> PathBuf {
         self.staging
@@ -329,8 +352,7 @@ impl Transaction {
                     .as_os_str()
                     .as_bytes()
                     .starts_with(staged_root.as_os_str().as_bytes());
-                if !mine && !self.shard.is_empty() {
-                    // Another rank's, or that rank's commit bookkeeping.
+                if !mine && self.is_another_ranks(&name) {
                     continue;
                 }
                 if !mine || crate::manifest::check_suffix(suffix).is_err() {

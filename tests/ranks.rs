@@ -316,3 +316,36 @@ fn a_damaged_shard_makes_every_rank_restore_the_same_older_checkpoint() {
         "{restored:?}"
     );
 }
+
+/// A save callback that also writes a name of no rank (`with_extension`
+/// drops the rank part of `ckpt-1.rank-00001-of-00004`) fails the save on
+/// every rank instead of losing that file.
+#[test]
+fn a_file_of_no_rank_fails_the_save_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let failures = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut config = Config::new(&root, MaxToKeep::Last(2)).unwrap();
+        config.set_communicator(Some(communicator));
+        config.set_coordination_timeout(10.0).unwrap();
+        let callbacks = Callbacks::new().on_save(move |prefix, _| {
+            let mut name = prefix.as_os_str().to_owned();
+            name.push(".bin");
+            fs::write(PathBuf::from(name), b"w")?;
+            if rank == 1 {
+                fs::write(prefix.with_extension("bin"), b"lost")?;
+            }
+            Ok(())
+        });
+        let mut manager = CheckpointManager::new(config, callbacks).unwrap();
+        let err = manager.save(None, true).unwrap_err();
+        (err.kind(), err.to_string())
+    });
+    for (kind, message) in &failures {
+        assert_eq!(*kind, ErrorKind::InvalidArgument);
+        assert!(message.contains("ckpt-1.bin"), "{message}");
+    }
+    assert!(listed(dir.path()).is_empty());
+    assert_eq!(names(dir.path()), ["checkpoint.lock"]);
+}

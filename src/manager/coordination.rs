@@ -441,7 +441,7 @@ impl CheckpointManager {
         Ok(order
             .iter()
             .map(|path| {
-                let entry = paths::state_entry(&self.config.directory, path);
+                let entry = self.entry_of(path);
                 ByteString::from_bytes(paths::path_bytes(&entry))
             })
             .collect())
