@@ -21,7 +21,7 @@ $(BUILD_DIR)/tiny_trainer: examples/tiny_trainer.c include/ckpt_manager.h librar
 	mkdir -p $(BUILD_DIR)
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(RELEASE_DIR) -lckpt_manager -Wl,-rpath,$(RELEASE_DIR)
 
-$(BUILD_DIR)/mlp_trainer: examples/mlp_trainer.c include/ckpt_manager.h library
+$(BUILD_DIR)/mlp_trainer: examples/mlp_trainer.c examples/mlp_model.h include/ckpt_manager.h library
 	mkdir -p $(BUILD_DIR)
 	$(CC) $(CFLAGS) -Iinclude $< -o $@ -L$(RELEASE_DIR) -lckpt_manager -Wl,-rpath,$(RELEASE_DIR) -lm
 
@@ -41,7 +41,7 @@ run: $(BUILD_DIR)/mlp_trainer
 	cmp $(BUILD_DIR)/mlp-run.weights $(BUILD_DIR)/mlp-straight.weights
 	@echo "== the weights of the interrupted run and the straight run are identical"
 
-$(BUILD_DIR)/mlp_trainer_mpi: examples/mlp_trainer_mpi.c include/ckpt_manager.h include/ckpt_manager_mpi.h library
+$(BUILD_DIR)/mlp_trainer_mpi: examples/mlp_trainer_mpi.c examples/mlp_model.h include/ckpt_manager.h include/ckpt_manager_mpi.h library
 	mkdir -p $(BUILD_DIR)
 	mpicc $(CFLAGS) -Iinclude $< -o $@ -L$(RELEASE_DIR) -lckpt_manager -Wl,-rpath,$(RELEASE_DIR) -lm
 

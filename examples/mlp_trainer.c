@@ -2,10 +2,10 @@
  * The demo trainer: a two-layer MLP trained with Adam on synthetic data,
  * checkpointed by ckpt-manager's built-in saver.
  *
- * The data is a fixed random "teacher" network (8 -> 16 -> 1, tanh) applied
- * to 1024 random inputs plus a little noise, all generated from --seed. The
- * student is an 8 -> 32 -> 1 tanh MLP trained on minibatches of 32 drawn
- * from its own random number generator.
+ * The model, its data and its generator are in mlp_model.h: a fixed random
+ * "teacher" network's outputs on 1024 random inputs, all generated from
+ * --seed, and an 8 -> 32 -> 1 tanh student trained on minibatches of 32
+ * drawn from its own random number generator.
  *
  * Everything the training depends on is a registered tensor, so the
  * built-in saver writes it to <prefix>.safetensors and restores it: the
@@ -47,8 +47,8 @@
  *                   save before it ends, is preempted or exports
  *
  * Deterministic: one thread, a fixed order of float operations, and a
- * generator (splitmix64) fully specified below. Build both runs with the
- * same compiler and flags, and never with -ffast-math.
+ * generator (splitmix64) fully specified in mlp_model.h. Build both runs
+ * with the same compiler and flags, and never with -ffast-math.
  */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
 
@@ -62,15 +62,7 @@
 #include <time.h>
 
 #include "ckpt_manager.h"
-
-enum { INPUTS = 8, HIDDEN = 32, TEACHER_HIDDEN = 16, SAMPLES = 1024, BATCH = 32 };
-
-static const float LEARNING_RATE = 0.01f, BETA1 = 0.9f, BETA2 = 0.999f, EPSILON = 1e-8f;
-
-/* The student's parameters; `state` holds three of them (weights, m, v). */
-typedef struct {
-  float w1[HIDDEN][INPUTS], b1[HIDDEN], w2[HIDDEN], b2[1];
-} params;
+#include "mlp_model.h"
 
 /* Everything a checkpoint holds. */
 typedef struct {
@@ -79,10 +71,6 @@ typedef struct {
   uint64_t rng;  /* splitmix64 state of the minibatch generator */
   uint64_t seed; /* the run's --seed, checked on resume */
 } train_state;
-
-typedef struct {
-  float x[SAMPLES][INPUTS], y[SAMPLES];
-} dataset;
 
 /* Stops with the library's explanation when a call fails. */
 static void check(ckpt_status status, const char *what) {
@@ -93,71 +81,10 @@ static void check(ckpt_status status, const char *what) {
   }
 }
 
-/* splitmix64 (Steele, Lea, Flood 2014): the state advances by a constant,
- * the output is a mix of it. */
-static uint64_t next_u64(uint64_t *state) {
-  uint64_t z = (*state += UINT64_C(0x9E3779B97F4A7C15));
-  z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
-  z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
-  return z ^ (z >> 31);
-}
-
-/* Uniform in [-scale, scale), from the top 24 bits. */
-static float uniform(uint64_t *state, float scale) {
-  float unit = (float)(next_u64(state) >> 40) * (1.0f / 16777216.0f);
-  return (2.0f * unit - 1.0f) * scale;
-}
-
-/* Uniform in [0, n), by rejection, so that every index is equally likely. */
-static uint32_t below(uint64_t *state, uint32_t n) {
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t r;
-  do r = next_u64(state);
-  while (r >= limit);
-  return (uint32_t)(r % n);
-}
-
-/* Independent streams derived from the seed. */
-static uint64_t stream(uint64_t seed, uint64_t purpose) {
-  uint64_t state = seed ^ (purpose * UINT64_C(0xD1B54A32D192ED03));
-  return next_u64(&state);
-}
-enum { STREAM_DATA = 1, STREAM_INIT = 2, STREAM_BATCHES = 3 };
-
-/* The teacher and its samples: a function of the seed alone. */
-static void make_dataset(uint64_t seed, dataset *data) {
-  uint64_t rng = stream(seed, STREAM_DATA);
-  float w1[TEACHER_HIDDEN][INPUTS], b1[TEACHER_HIDDEN], w2[TEACHER_HIDDEN];
-  for (int j = 0; j < TEACHER_HIDDEN; j++) {
-    for (int i = 0; i < INPUTS; i++) w1[j][i] = uniform(&rng, 0.8f);
-    b1[j] = uniform(&rng, 0.5f);
-    w2[j] = uniform(&rng, 0.6f);
-  }
-  for (int s = 0; s < SAMPLES; s++) {
-    for (int i = 0; i < INPUTS; i++) data->x[s][i] = uniform(&rng, 1.0f);
-    float y = 0.0f;
-    for (int j = 0; j < TEACHER_HIDDEN; j++) {
-      float h = b1[j];
-      for (int i = 0; i < INPUTS; i++) h += w1[j][i] * data->x[s][i];
-      y += w2[j] * tanhf(h);
-    }
-    data->y[s] = y + uniform(&rng, 0.01f);
-  }
-}
-
 /* The init callback: a fresh run, weights from the seed (uniform Glorot). */
 static int32_t initialize(void *user_data) {
   train_state *st = user_data;
-  uint64_t rng = stream(st->seed, STREAM_INIT);
-  memset(&st->adam_m, 0, sizeof st->adam_m);
-  memset(&st->adam_v, 0, sizeof st->adam_v);
-  const float scale1 = sqrtf(6.0f / (INPUTS + HIDDEN)), scale2 = sqrtf(6.0f / (HIDDEN + 1));
-  for (int j = 0; j < HIDDEN; j++) {
-    for (int i = 0; i < INPUTS; i++) st->weights.w1[j][i] = uniform(&rng, scale1);
-    st->weights.b1[j] = 0.0f;
-    st->weights.w2[j] = uniform(&rng, scale2);
-  }
-  st->weights.b2[0] = 0.0f;
+  initialize_params(st->seed, &st->weights, &st->adam_m, &st->adam_v);
   st->step = 0;
   st->rng = stream(st->seed, STREAM_BATCHES);
   return 0;
@@ -168,41 +95,6 @@ static int32_t current_step(void *user_data, int64_t *out_step) {
   return 0;
 }
 
-/* The student's output for one input; `hidden` receives tanh activations. */
-static float forward(const params *p, const float *x, float *hidden) {
-  float y = p->b2[0];
-  for (int j = 0; j < HIDDEN; j++) {
-    float h = p->b1[j];
-    for (int i = 0; i < INPUTS; i++) h += p->w1[j][i] * x[i];
-    hidden[j] = tanhf(h);
-    y += p->w2[j] * hidden[j];
-  }
-  return y;
-}
-
-/* Mean squared error over the whole dataset. */
-static double dataset_loss(const params *p, const dataset *data) {
-  float hidden[HIDDEN];
-  double loss = 0.0;
-  for (int s = 0; s < SAMPLES; s++) {
-    double error = (double)forward(p, data->x[s], hidden) - data->y[s];
-    loss += error * error;
-  }
-  return loss / SAMPLES;
-}
-
-/* Adam on one flat array of n parameters; t is the step being taken (>= 1). */
-static void adam(float *w, float *m, float *v, const float *g, size_t n, int64_t t) {
-  const float correction1 = 1.0f - (float)pow(BETA1, (double)t);
-  const float correction2 = 1.0f - (float)pow(BETA2, (double)t);
-  for (size_t k = 0; k < n; k++) {
-    m[k] = BETA1 * m[k] + (1.0f - BETA1) * g[k];
-    v[k] = BETA2 * v[k] + (1.0f - BETA2) * (g[k] * g[k]);
-    const float m_hat = m[k] / correction1, v_hat = v[k] / correction2;
-    w[k] -= LEARNING_RATE * m_hat / (sqrtf(v_hat) + EPSILON);
-  }
-}
-
 /* One step: a minibatch drawn from the state's generator, backpropagation,
  * Adam on every parameter tensor. */
 static void train_step(train_state *st, const dataset *data) {
@@ -211,32 +103,11 @@ static void train_step(train_state *st, const dataset *data) {
   const params *p = &st->weights;
   for (int b = 0; b < BATCH; b++) {
     const uint32_t s = below(&st->rng, SAMPLES);
-    float hidden[HIDDEN];
-    const float error = forward(p, data->x[s], hidden) - data->y[s];
-    const float d_out = 2.0f * error / BATCH;
-    grad.b2[0] += d_out;
-    for (int j = 0; j < HIDDEN; j++) {
-      grad.w2[j] += d_out * hidden[j];
-      const float d_hidden = d_out * p->w2[j] * (1.0f - hidden[j] * hidden[j]);
-      grad.b1[j] += d_hidden;
-      for (int i = 0; i < INPUTS; i++) grad.w1[j][i] += d_hidden * data->x[s][i];
-    }
+    add_gradient(p, data->x[s], data->y[s], &grad);
   }
   const int64_t t = st->step + 1;
-  params *w = &st->weights, *m = &st->adam_m, *v = &st->adam_v;
-  adam(&w->w1[0][0], &m->w1[0][0], &v->w1[0][0], &grad.w1[0][0], HIDDEN * INPUTS, t);
-  adam(w->b1, m->b1, v->b1, grad.b1, HIDDEN, t);
-  adam(w->w2, m->w2, v->w2, grad.w2, HIDDEN, t);
-  adam(w->b2, m->b2, v->b2, grad.b2, 1, t);
+  adam_step(&st->weights, &st->adam_m, &st->adam_v, &grad, t);
   st->step = t;
-}
-
-/* FNV-1a over the weights' bytes: equal runs print equal checksums. */
-static uint64_t checksum(const params *p) {
-  const unsigned char *bytes = (const unsigned char *)p;
-  uint64_t hash = UINT64_C(0xCBF29CE484222325);
-  for (size_t k = 0; k < sizeof *p; k++) hash = (hash ^ bytes[k]) * UINT64_C(0x100000001B3);
-  return hash;
 }
 
 /* Sleeps for the step delay; a signal may cut it short, which is fine. */
@@ -315,33 +186,9 @@ static void save(ckpt_manager *manager, const train_state *st, const dataset *da
   in_flight.prefix = saved;
 }
 
-/* Registers the three copies (weights, m, v) of one parameter tensor. */
-static void register_param(ckpt_manager *manager, train_state *st, const char *name,
-                           size_t offset, const uint64_t *shape, size_t ndim) {
-  static const struct {
-    const char *suffix;
-    size_t base;
-  } copies[] = {
-      {"", offsetof(train_state, weights)},
-      {".adam_m", offsetof(train_state, adam_m)},
-      {".adam_v", offsetof(train_state, adam_v)},
-  };
-  for (size_t c = 0; c < sizeof copies / sizeof copies[0]; c++) {
-    char full[64];
-    snprintf(full, sizeof full, "%s%s", name, copies[c].suffix);
-    check(ckpt_manager_register_tensor(manager, full, CKPT_DTYPE_F32, shape, ndim,
-                                       (char *)st + copies[c].base + offset),
-          "ckpt_manager_register_tensor");
-  }
-}
-
 static void register_state(ckpt_manager *manager, train_state *st) {
-  static const uint64_t w1_shape[] = {HIDDEN, INPUTS}, hidden_shape[] = {HIDDEN},
-                        w2_shape[] = {1, HIDDEN}, b2_shape[] = {1};
-  register_param(manager, st, "W1", offsetof(params, w1), w1_shape, 2);
-  register_param(manager, st, "b1", offsetof(params, b1), hidden_shape, 1);
-  register_param(manager, st, "W2", offsetof(params, w2), w2_shape, 2);
-  register_param(manager, st, "b2", offsetof(params, b2), b2_shape, 1);
+  check(register_params(manager, &st->weights, &st->adam_m, &st->adam_v),
+        "ckpt_manager_register_tensor");
   /* Scalars: ndim 0, no shape. */
   check(ckpt_manager_register_tensor(manager, "step", CKPT_DTYPE_I64, NULL, 0, &st->step),
         "ckpt_manager_register_tensor");
@@ -352,13 +199,7 @@ static void register_state(ckpt_manager *manager, train_state *st) {
 }
 
 static void export_weights(const params *p, const char *path) {
-  FILE *file = fopen(path, "wb");
-  int ok = file != NULL && fwrite(p->w1, sizeof p->w1, 1, file) == 1 &&
-           fwrite(p->b1, sizeof p->b1, 1, file) == 1 &&
-           fwrite(p->w2, sizeof p->w2, 1, file) == 1 &&
-           fwrite(p->b2, sizeof p->b2, 1, file) == 1;
-  if (file != NULL && fclose(file) != 0) ok = 0;
-  if (!ok) {
+  if (!write_weights(p, path)) {
     perror(path);
     exit(1);
   }
