@@ -183,6 +183,27 @@ fn listed(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Reopens on every rank and restores: checkpoint `round`, with each
+/// rank's own values of that round.
+fn restore_on_every_rank(dir: &Path, round: u32) {
+    let root = dir.to_path_buf();
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, round)),
+            "rank {rank}"
+        );
+        restored
+    });
+    let expected = format!("ckpt-{round}");
+    assert!(
+        restored.iter().all(|p| p.ends_with(&expected)),
+        "{restored:?}"
+    );
+}
+
 #[test]
 fn every_rank_saves_its_shard_and_restores_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,21 +232,7 @@ fn every_rank_saves_its_shard_and_restores_it() {
     assert!(!files.iter().any(|f| f.starts_with("ckpt-1")), "{files:?}");
     assert!(!files.iter().any(|f| f.contains("staging")), "{files:?}");
 
-    let root = dir.path().to_path_buf();
-    let restored = on_every_rank(move |communicator| {
-        let rank = communicator.rank;
-        let mut me = open(&root, communicator, Arc::default()).unwrap();
-        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
-        assert!(
-            me.weights.iter().all(|&w| w == value(rank, 3)),
-            "rank {rank}"
-        );
-        restored
-    });
-    assert!(
-        restored.iter().all(|p| p.ends_with("ckpt-3")),
-        "{restored:?}"
-    );
+    restore_on_every_rank(dir.path(), 3);
 }
 
 #[test]
@@ -300,21 +307,7 @@ fn a_damaged_shard_makes_every_rank_restore_the_same_older_checkpoint() {
     let mut bytes = fs::read(&shard).unwrap();
     *bytes.last_mut().unwrap() ^= 0xff;
     fs::write(&shard, bytes).unwrap();
-    let root = dir.path().to_path_buf();
-    let restored = on_every_rank(move |communicator| {
-        let rank = communicator.rank;
-        let mut me = open(&root, communicator, Arc::default()).unwrap();
-        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
-        assert!(
-            me.weights.iter().all(|&w| w == value(rank, 1)),
-            "rank {rank}"
-        );
-        restored
-    });
-    assert!(
-        restored.iter().all(|p| p.ends_with("ckpt-1")),
-        "{restored:?}"
-    );
+    restore_on_every_rank(dir.path(), 1);
 }
 
 /// A save callback that also writes a name of no rank (`with_extension`

@@ -119,8 +119,9 @@ unsafe fn manager_arg<'a>(manager: *const ckpt_manager) -> FfiResult<ManagerArg<
     })
 }
 
-/// Runs `body` on the manager and hands the prefix it returns to C
-/// (`*out_prefix`: a new string, or NULL for `None`).
+/// Applies a finished background save, runs `body` on the manager and
+/// hands the prefix it returns to C (`*out_prefix`: a new string, or NULL
+/// for `None`).
 ///
 /// # Safety
 /// `manager` is NULL or a live handle; `out_prefix` NULL or writable.
@@ -133,7 +134,10 @@ unsafe fn prefix_call(
         // SAFETY: forwarded to the caller.
         let (manager, out) =
             unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
-        let prefix = manager.call(|m| Ok(body(m)?))?;
+        let prefix = manager.call(|m| {
+            m.refresh();
+            Ok(body(m)?)
+        })?;
         out.write(new_path_string(prefix.as_deref())?)
     })
 }
@@ -277,12 +281,7 @@ pub unsafe extern "C" fn ckpt_manager_latest(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     // SAFETY: the caller passes NULL or valid pointers (header).
-    unsafe {
-        prefix_call(manager, out_prefix, |m| {
-            m.refresh();
-            Ok(m.latest_checkpoint())
-        })
-    }
+    unsafe { prefix_call(manager, out_prefix, |m| Ok(m.latest_checkpoint())) }
 }
 
 /// The managed checkpoints' prefixes, oldest first. Preserved checkpoints are
@@ -710,12 +709,7 @@ pub unsafe extern "C" fn ckpt_manager_best(
     out_prefix: *mut *mut c_char,
 ) -> ckpt_status {
     // SAFETY: the caller passes NULL or valid pointers (header).
-    unsafe {
-        prefix_call(manager, out_prefix, |m| {
-            m.refresh();
-            m.best_checkpoint()
-        })
-    }
+    unsafe { prefix_call(manager, out_prefix, |m| m.best_checkpoint()) }
 }
 
 /// What is known of a checkpoint in the manager's directory, as a JSON object:
