@@ -39,6 +39,9 @@ pub struct Config {
     pub(crate) communicator: Option<SharedCommunicator>,
     /// How long a rank waits for the others at each collective step.
     pub(crate) coordination_timeout: Duration,
+    /// Each rank has its own directory (node-local disks) instead of one
+    /// every rank sees.
+    pub(crate) node_local: bool,
 }
 
 /// The trainer's communicator, shared by the managers built from one
@@ -77,6 +80,7 @@ impl Default for Config {
             save_interval_seconds: None,
             communicator: None,
             coordination_timeout: Duration::from_secs(300),
+            node_local: false,
         }
     }
 }
@@ -229,6 +233,13 @@ impl Config {
             })?;
         self.coordination_timeout = timeout;
         Ok(())
+    }
+
+    /// Across ranks: `true` when each rank's directory is its own (a
+    /// node-local disk), so each rank locks, recovers, commits and sweeps
+    /// its own files; `false` (default) when every rank sees one directory.
+    pub fn set_node_local(&mut self, node_local: bool) {
+        self.node_local = node_local;
     }
 
     pub fn directory(&self) -> &Path {

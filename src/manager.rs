@@ -522,11 +522,14 @@ impl CheckpointManager {
             tensor_metadata,
         } = decided;
         if let Err(err) = self.prepare(job.number) {
-            self.restore_request(&pending);
+            self.restore_request(&pending.request);
             return Err(err);
         }
         if background {
-            pending.saved_at = Some(self.now().inspect_err(|_| self.restore_request(&pending))?);
+            pending.saved_at = Some(
+                self.now()
+                    .inspect_err(|_| self.restore_request(&pending.request))?,
+            );
             self.submit(job, tensor_metadata, pending)?;
             return Ok(Some(prefix));
         }
@@ -583,13 +586,6 @@ impl CheckpointManager {
             .checked_add(1)
             .ok_or_else(|| Error::invalid("the save counter is at its maximum"))?;
         let number = args.checkpoint_number.unwrap_or(counter);
-        let prefix =
-            paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number);
-        let base = prefix
-            .file_name()
-            .expect("a prefix ends in a file name")
-            .to_owned();
-        let entry = PathBuf::from(&base);
         let annotations = Annotations {
             step: current,
             metrics: args
@@ -598,13 +594,47 @@ impl CheckpointManager {
                 .map(|(name, value)| (name.clone(), Metric(*value)))
                 .collect(),
             metadata: args.metadata.clone(),
-            // A number saved again stays pinned: the pin is on its name.
-            pinned: self
-                .retention
-                .managed()
-                .iter()
-                .any(|m| m.entry == entry && m.traits.pinned),
+            pinned: false,
         };
+        let request = self.claim_request();
+        Ok(Some(self.decided(
+            number,
+            counter,
+            step,
+            annotations,
+            request,
+        )))
+    }
+
+    /// Everything a save of `number` needs once it is decided: the job
+    /// (the retention before it, what its manifest records) and what the
+    /// manager records if it commits.
+    fn decided(
+        &self,
+        number: u64,
+        counter: u64,
+        step: Option<i64>,
+        mut annotations: Annotations,
+        request: Request,
+    ) -> Decided {
+        let prefix =
+            paths::checkpoint_prefix(&self.config.directory, &self.config.checkpoint_name, number);
+        let base = prefix
+            .file_name()
+            .expect("a prefix ends in a file name")
+            .to_owned();
+        let entry = PathBuf::from(&base);
+        // A number saved again stays pinned: the pin is on its name.
+        annotations.pinned = self
+            .retention
+            .managed()
+            .iter()
+            .any(|m| m.entry == entry && m.traits.pinned);
+        let mut tensor_metadata =
+            BTreeMap::from([("checkpoint_number".to_owned(), number.to_string())]);
+        if let Some(step) = annotations.step {
+            tensor_metadata.insert("step".to_owned(), step.to_string());
+        }
         let job = SaveJob {
             store: Arc::clone(&self.store),
             directory: self.config.directory.clone(),
@@ -616,24 +646,19 @@ impl CheckpointManager {
             rules: self.rules(),
             state_before: self.state_crc,
         };
-        let mut tensor_metadata =
-            BTreeMap::from([("checkpoint_number".to_owned(), number.to_string())]);
-        if let Some(step) = current {
-            tensor_metadata.insert("step".to_owned(), step.to_string());
-        }
         let pending = Pending {
             counter,
             step,
             entry,
             saved_at: None,
-            request: self.claim_request(),
+            request,
         };
-        Ok(Some(Decided {
+        Decided {
             prefix,
             job,
             pending,
             tensor_metadata,
-        }))
+        }
     }
 
     /// Takes the save request and the preemption signals seen so far: this
@@ -648,11 +673,11 @@ impl CheckpointManager {
     }
 
     /// A save that failed leaves its request standing.
-    fn restore_request(&mut self, pending: &Pending) {
-        if pending.request.flag {
+    fn restore_request(&mut self, request: &Request) {
+        if request.flag {
             self.save_requested.store(true, Ordering::Release);
         }
-        self.preemptions_seen = self.preemptions_seen.min(pending.request.preemptions_seen);
+        self.preemptions_seen = self.preemptions_seen.min(request.preemptions_seen);
     }
 
     /// Snapshots the tensors and hands the job to the background thread,
@@ -666,7 +691,7 @@ impl CheckpointManager {
         if self.worker.is_none() {
             let worker = Worker::start(run_in_background)
                 .map_err(|err| Error::io("start the background save thread", err))
-                .inspect_err(|_| self.restore_request(&pending))?;
+                .inspect_err(|_| self.restore_request(&pending.request))?;
             self.worker = Some(worker);
         }
         let mut snapshot = std::mem::take(&mut self.snapshot);
@@ -685,7 +710,7 @@ impl CheckpointManager {
         let worker = self.worker.as_mut().expect("started above");
         if let Err(returned) = worker.submit(background) {
             self.take_back(returned.save, returned.delete, returned.snapshot);
-            self.restore_request(&pending);
+            self.restore_request(&pending.request);
             return Err(Error::Panic("the background save thread is gone".into()));
         }
         self.pending = Some(pending);
@@ -753,7 +778,7 @@ impl CheckpointManager {
             .for_each(|warning| self.warn(warning));
         let saved = report
             .result
-            .inspect_err(|_| self.restore_request(&pending))?;
+            .inspect_err(|_| self.restore_request(&pending.request))?;
         self.save_counter = pending.counter;
         self.last_checkpoint_step = pending.step;
         self.last_save_time = Some(saved.saved_at);
@@ -1226,6 +1251,7 @@ struct Decided {
 }
 
 /// A save's claim on the save request, given back if it fails.
+#[derive(Clone)]
 struct Request {
     flag: bool,
     preemptions_seen: u64,

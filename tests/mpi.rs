@@ -391,6 +391,58 @@ fn manager_save_called_by_one_rank_alone_times_out() {
     runs.run_passing(&["restore", "1"]);
 }
 
+const NODE_LOCAL: &[(&str, &str)] = &[("CKPT_TEST_NODE_LOCAL", "1")];
+
+/// Node-local directories (`ckpt/rank-R`): each rank's directory holds its
+/// own state file, manifest and shard, swept on its own; every rank
+/// restores its own values from it.
+#[test]
+fn node_local_ranks_keep_and_sweep_their_own_directories() {
+    let runs = ManagerRuns::new();
+    runs.run(&["save", "3"], NODE_LOCAL)
+        .assert_every_rank_passed();
+    for rank in 0..RANKS {
+        let own = runs.checkpoints().join(format!("rank-{rank}"));
+        let mut expected = vec!["checkpoint".to_owned(), "checkpoint.lock".to_owned()];
+        for number in [2, 3] {
+            expected.push(format!("ckpt-{number}.ckpt-manifest.json"));
+            for suffix in ["note", "safetensors"] {
+                expected.push(format!(
+                    "ckpt-{number}.rank-{rank:05}-of-{RANKS:05}.{suffix}"
+                ));
+            }
+        }
+        expected.sort();
+        assert_eq!(support::file_names(&own), expected, "rank {rank}");
+    }
+    runs.run(&["restore", "3"], NODE_LOCAL)
+        .assert_every_rank_passed();
+}
+
+/// Node-local: rank 2 SIGKILLed mid-save; the others time out and no rank
+/// commits checkpoint 2 in its directory.
+#[test]
+fn node_local_ranks_commit_nothing_when_a_rank_is_killed_mid_save() {
+    let runs = ManagerRuns::new();
+    let settings: Vec<_> = RECOVERY.iter().chain(NODE_LOCAL).copied().collect();
+    let case = runs.run(&["killed_mid_save"], &settings);
+    case.assert_killed_and_others_passed(2);
+    for rank in 0..RANKS {
+        let own = runs.checkpoints().join(format!("rank-{rank}"));
+        let files = support::file_names(&own);
+        assert!(
+            !files
+                .iter()
+                .any(|name| name.starts_with("ckpt-2.") && !name.contains("staging")),
+            "rank {rank}: {files:?}"
+        );
+        let state = ckpt_manager::get_checkpoint_state(&own).unwrap().unwrap();
+        assert_eq!(state.all_model_checkpoint_paths.len(), 1, "rank {rank}");
+    }
+    runs.run(&["restore", "1"], NODE_LOCAL)
+        .assert_every_rank_passed();
+}
+
 /// The header compiles as C++ too (warnings as errors). Without
 /// OMPI_SKIP_MPICXX, Open MPI's <mpi.h> brings in its deprecated C++
 /// bindings, whose own headers fail -Wextra -Werror.

@@ -105,10 +105,28 @@ fn open(
     communicator: Arc<ThreadCommunicator>,
     fail: Arc<Mutex<Option<u32>>>,
 ) -> Result<Rank, Error> {
+    open_with(dir, communicator, fail, |_| {})
+}
+
+/// Each rank in its own directory, `<root>/rank-R`.
+fn open_node_local(root: &Path, communicator: Arc<ThreadCommunicator>) -> Result<Rank, Error> {
+    let dir = root.join(format!("rank-{}", communicator.rank));
+    open_with(&dir, communicator, Arc::default(), |config| {
+        config.set_node_local(true)
+    })
+}
+
+fn open_with(
+    dir: &Path,
+    communicator: Arc<ThreadCommunicator>,
+    fail: Arc<Mutex<Option<u32>>>,
+    configure: impl FnOnce(&mut Config),
+) -> Result<Rank, Error> {
     let rank = communicator.rank;
     let mut config = Config::new(dir, MaxToKeep::Last(2))?;
     config.set_communicator(Some(communicator));
     config.set_coordination_timeout(2.0)?;
+    configure(&mut config);
     let callbacks = Callbacks::new()
         .on_save(move |prefix, number| {
             if *fail.lock().unwrap() == Some(rank) {
@@ -341,4 +359,172 @@ fn a_file_of_no_rank_fails_the_save_everywhere() {
     }
     assert!(listed(dir.path()).is_empty());
     assert_eq!(names(dir.path()), ["checkpoint.lock"]);
+}
+
+/// Node-local directories: every rank commits, lists and sweeps its own
+/// shard in its own directory, and restores from it.
+#[test]
+fn node_local_directories_each_hold_and_sweep_their_own_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let saved = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_node_local(&root, Arc::clone(&communicator)).unwrap();
+        let saved: Vec<_> = (1..=3)
+            .map(|round| {
+                me.weights.fill(value(rank, round));
+                let prefix = me.manager.save(None, true).unwrap().unwrap();
+                prefix.file_name().unwrap().to_owned()
+            })
+            .collect();
+        me.weights.fill(-1.0);
+        drop(me);
+        let mut me = open_node_local(&root, communicator).unwrap();
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 3)),
+            "rank {rank}"
+        );
+        assert!(restored.starts_with(root.join(format!("rank-{rank}"))));
+        saved
+    });
+    assert!(saved.windows(2).all(|pair| pair[0] == pair[1]), "{saved:?}");
+    for rank in 0..SIZE {
+        let own = dir.path().join(format!("rank-{rank}"));
+        assert_eq!(listed(&own), ["ckpt-2", "ckpt-3"], "rank {rank}");
+        let mut expected = vec!["checkpoint".to_owned(), "checkpoint.lock".to_owned()];
+        for number in [2, 3] {
+            for suffix in [
+                "ckpt-manifest.json",
+                &format!("rank-{rank:05}-of-{SIZE:05}.safetensors"),
+                &format!("rank-{rank:05}-of-{SIZE:05}.step"),
+            ] {
+                expected.push(format!("ckpt-{number}.{suffix}"));
+            }
+        }
+        expected.sort();
+        assert_eq!(names(&own), expected, "rank {rank}");
+    }
+}
+
+/// Node-local: a rank whose save fails leaves every directory as it was,
+/// and a damaged shard in one rank's directory makes every rank restore
+/// the same older checkpoint.
+#[test]
+fn node_local_failures_commit_nothing_and_fall_back_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let failures = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let own = root.join(format!("rank-{rank}"));
+        let fail = Arc::new(Mutex::new(None));
+        let mut me = open_with(&own, communicator, Arc::clone(&fail), |config| {
+            config.set_node_local(true)
+        })
+        .unwrap();
+        for round in 1..=2 {
+            me.weights.fill(value(rank, round));
+            me.manager.save(None, true).unwrap();
+        }
+        *fail.lock().unwrap() = Some(2);
+        let failed = me.manager.save(None, true).unwrap_err();
+        (failed.kind(), failed.to_string())
+    });
+    for (kind, message) in &failures {
+        assert_eq!(*kind, ErrorKind::Callback);
+        assert!(message.starts_with("rank 2:"), "{message}");
+    }
+    for rank in 0..SIZE {
+        let own = dir.path().join(format!("rank-{rank}"));
+        assert_eq!(listed(&own), ["ckpt-1", "ckpt-2"], "rank {rank}");
+        assert!(!names(&own).iter().any(|f| f.starts_with("ckpt-3")));
+    }
+    let shard = dir
+        .path()
+        .join(format!("rank-1/ckpt-2.rank-00001-of-{SIZE:05}.safetensors"));
+    let mut bytes = fs::read(&shard).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    fs::write(&shard, bytes).unwrap();
+    let root = dir.path().to_path_buf();
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_node_local(&root, communicator).unwrap();
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 1)),
+            "rank {rank}"
+        );
+        restored.file_name().unwrap().to_owned()
+    });
+    assert!(restored.iter().all(|name| name == "ckpt-1"), "{restored:?}");
+}
+
+/// Node-local directories that are in fact one directory: the second
+/// rank's lock fails, and every rank's open fails with it.
+#[test]
+fn node_local_ranks_sharing_a_directory_fail_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let opened = on_every_rank(move |communicator| {
+        open_with(&root, communicator, Arc::default(), |config| {
+            config.set_node_local(true)
+        })
+        .err()
+        .map(|err| err.kind())
+    });
+    assert!(
+        opened.iter().all(|kind| *kind == Some(ErrorKind::Locked)),
+        "{opened:?}"
+    );
+}
+
+/// `should_save` on every rank answers what rank 0 decides: after a save,
+/// each rank records the step rank 0 saved.
+#[test]
+fn should_save_on_every_rank_follows_rank_0s_saves() {
+    for node_local in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let answers = on_every_rank(move |communicator| {
+            let rank = communicator.rank;
+            let own = if node_local {
+                root.join(format!("rank-{rank}"))
+            } else {
+                root.clone()
+            };
+            let step = Arc::new(AtomicU64::new(0));
+            let counter = Arc::clone(&step);
+            let mut config = Config::new(&own, MaxToKeep::Last(2)).unwrap();
+            config.set_communicator(Some(communicator));
+            config.set_coordination_timeout(10.0).unwrap();
+            config.set_node_local(node_local);
+            config.set_checkpoint_interval(Some(10)).unwrap();
+            let callbacks = Callbacks::new()
+                .on_save(|prefix, _| {
+                    let mut name = prefix.as_os_str().to_owned();
+                    name.push(".bin");
+                    Ok(fs::write(PathBuf::from(name), b"w")?)
+                })
+                .step_counter(move || Ok(counter.load(Ordering::SeqCst) as i64));
+            let mut manager = CheckpointManager::new(config, callbacks).unwrap();
+            let mut answers = Vec::new();
+            for now in [0, 5, 10, 15, 25] {
+                step.store(now, Ordering::SeqCst);
+                let predicted = manager.should_save().unwrap();
+                let saved = manager.save(None, true).unwrap().is_some();
+                answers.push((predicted, saved));
+            }
+            answers
+        });
+        let expected = [
+            (true, true),
+            (false, false),
+            (true, true),
+            (false, false),
+            (true, true),
+        ];
+        for (rank, answers) in answers.iter().enumerate() {
+            assert_eq!(answers, &expected, "rank {rank}, node-local {node_local}");
+        }
+    }
 }

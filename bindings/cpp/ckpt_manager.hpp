@@ -553,6 +553,12 @@ class Options {
     check(ckpt_options_set_communicator(options_, &communicator));
     return *this;
   }
+  // Each rank's directory is its own (node-local disks): every rank locks,
+  // commits and sweeps its own files (see ckpt_options_set_node_local).
+  Options& node_local(bool node_local = true) {
+    check(ckpt_options_set_node_local(options_, node_local));
+    return *this;
+  }
   // How long each rank waits for the others at each collective step (> 0,
   // finite; default 300 seconds) before the call throws CKPT_STATUS_TIMEOUT.
   Options& coordination_timeout(double seconds) {

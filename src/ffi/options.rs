@@ -496,17 +496,18 @@ pub unsafe extern "C" fn ckpt_options_set_save_interval_seconds(
 
 /// Makes the manager work across the ranks of `communicator` (see
 /// `ckpt_communicator`; NULL: one process), on a directory every rank sees
-/// (a shared file system). The struct is copied; its `user_data` must stay
-/// valid while any manager built from these options lives.
+/// (a shared file system) or on one per rank (`ckpt_options_set_node_local`).
+/// The struct is copied; its `user_data` must stay valid while any manager
+/// built from these options lives.
 ///
 /// Then `ckpt_manager_new`, `ckpt_manager_save`, `_save_with` and
 /// `_restore_or_initialize` are collective: every rank calls them, in the same
 /// order, and every rank returns the same result.
 ///  - Open: only rank 0 takes the directory's lock and recovers what
 ///    interrupted saves left; the others wait for it.
-///  - Save: rank 0 decides (the intervals, the number) and makes the staging
-///    directory; every rank runs its prepare and save callbacks and writes its
-///    registered tensors, with its rank in every file name: the save
+///  - Save: rank 0 decides (the intervals, the number, the time) and makes the
+///    staging directory; every rank runs its prepare and save callbacks and
+///    writes its registered tensors, with its rank in every file name: the save
 ///    callback's prefix is `<staging>/<name>-<N>.rank-RRRRR-of-SSSSS` (rank and
 ///    size, five digits each), the tensors go to
 ///    `<name>-<N>.rank-RRRRR-of-SSSSS.safetensors`. Each rank syncs its files;
@@ -522,6 +523,10 @@ pub unsafe extern "C" fn ckpt_options_set_save_interval_seconds(
 ///    CKPT_STATUS_TIMEOUT; nothing is committed.
 ///  - `ckpt_manager_save_async` is refused (CKPT_STATUS_INVALID_ARGUMENT),
 ///    and pins are made on rank 0.
+///  - `ckpt_manager_should_save` is not collective: every rank answers from
+///    its own step counter and clock, and each records the step and time of
+///    every save rank 0 decided, so with the same step every rank predicts
+///    rank 0's decision (a time interval can differ by the ranks' clocks).
 ///
 /// Ownership: `options` and `communicator` are borrowed.
 /// Returns: CKPT_STATUS_OK, or an error.
@@ -551,6 +556,44 @@ pub unsafe extern "C" fn ckpt_options_set_communicator(
                 communicator
                     .map(|c| std::sync::Arc::new(c) as std::sync::Arc<dyn crate::Communicator>),
             );
+            Ok(())
+        })
+    }
+}
+
+/// Whether each rank's directory is its own (node-local disks) rather than one
+/// directory every rank sees (the default), for a manager with a
+/// communicator. Node-local, every rank opens its own directory (each rank's
+/// `ckpt_options_set_directory`; the same path on different hosts is fine):
+///  - Open: every rank takes its own directory's lock and recovers it; if one
+///    rank fails (for example CKPT_STATUS_LOCKED: two ranks on one host gave
+///    the same directory), every rank fails.
+///  - Save: rank 0 decides as with a shared directory, and every rank writes
+///    its files (named as there) into its own directory. Once every rank has
+///    written, the other ranks commit their own manifest and state file and
+///    sweep their own files; then rank 0 commits. Restores follow rank 0's
+///    state file; a checkpoint another rank committed but rank 0 did not is
+///    replaced by the next save of its number.
+///  - Restore: rank 0 lists the checkpoints to try; each rank verifies its own
+///    files in its own directory; all restore the first every rank can.
+///  - Pins (`ckpt_manager_pin`) act on the calling rank's directory: pin on
+///    every rank to keep a checkpoint everywhere.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT.
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_node_local(
+    options: *mut ckpt_options,
+    node_local: bool,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            o.config.set_node_local(node_local);
             Ok(())
         })
     }

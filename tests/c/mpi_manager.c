@@ -43,6 +43,7 @@ static char checkpoint_dir[4096];
 static float weights[VALUES];
 
 /* What the save callback does. */
+static bool node_local;
 static int failing_rank = -1;
 static int killed_rank = -1;
 /* The checkpoint the restore callback must see. */
@@ -158,7 +159,7 @@ static int32_t restore_note(void *user_data, const char *prefix) {
   return 0;
 }
 
-/* A manager on the shared directory, keeping 2 checkpoints, with this
+/* A manager on the shared (or this rank's) directory, keeping 2 checkpoints, with this
  * rank's tensor registered. */
 static ckpt_manager *open_manager(ckpt_communicator *communicator, double timeout) {
   ckpt_options *options = NULL;
@@ -166,6 +167,7 @@ static ckpt_manager *open_manager(ckpt_communicator *communicator, double timeou
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_directory(options, checkpoint_dir));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_max_to_keep(options, 2));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_communicator(options, communicator));
+  CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_node_local(options, node_local));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_coordination_timeout(options, timeout));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_save_callback(options, save_note, NULL, NULL));
   CHECK_STATUS(CKPT_STATUS_OK,
@@ -196,7 +198,7 @@ static void save(ckpt_manager *manager, unsigned long long number) {
   char end[64];
   snprintf(end, sizeof end, "/ckpt-%llu", number);
   CHECK(ends_with(prefix, end));
-  check_same_on_every_rank("the saved prefix", prefix);
+  check_same_on_every_rank("the saved checkpoint", strrchr(prefix, '/'));
   ckpt_string_free(prefix);
 }
 
@@ -238,7 +240,7 @@ static void restore(unsigned long long number) {
   char end[64];
   snprintf(end, sizeof end, "/ckpt-%llu", number);
   CHECK(ends_with(prefix, end));
-  check_same_on_every_rank("the restored prefix", prefix);
+  check_same_on_every_rank("the restored checkpoint", strrchr(prefix, '/'));
   for (int i = 0; i < VALUES; i++) {
     if (weights[i] != value(number, i)) {
       fail(__LINE__, "value %d is %g, not %g", i, (double)weights[i], (double)value(number, i));
@@ -371,7 +373,14 @@ static unsigned long long number_argument(int argc, char **argv) {
 
 int main(int argc, char **argv) {
   start_rank(&argc, &argv, "mpi_manager.c", "CASE WORKDIR [NUMBER]");
-  snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/ckpt", argv[2]);
+  /* CKPT_TEST_NODE_LOCAL=1: each rank has its own directory, ckpt/rank-R. */
+  const char *layout = getenv("CKPT_TEST_NODE_LOCAL");
+  node_local = layout != NULL && strcmp(layout, "1") == 0;
+  if (node_local) {
+    snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/ckpt/rank-%d", argv[2], world_rank);
+  } else {
+    snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/ckpt", argv[2]);
+  }
   const char *name = argv[1];
   note("rank %d of %d: %s %s", world_rank, world_size, name, argc > 3 ? argv[3] : "");
   CHECK(world_size == 4);

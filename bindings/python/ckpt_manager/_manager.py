@@ -404,7 +404,10 @@ class CheckpointManager:
     every rank gets the same result; a failure on any rank raises the
     library's error on all ranks (`rank R: ...`), from the exception raised
     there. `coordination_timeout` (seconds, default 300) bounds each wait for
-    the other ranks (CheckpointTimeoutError). save_async() is refused.
+    the other ranks (CheckpointTimeoutError). save_async() is refused. With
+    `node_local=True` each rank's `directory` is its own (a node-local disk):
+    every rank locks, commits and sweeps its own files there, and restores
+    follow rank 0's state (ckpt_options_set_node_local in the header).
 
     Close it with close() or a `with` block; garbage collection closes it too.
     """
@@ -416,7 +419,7 @@ class CheckpointManager:
                  partial_restore=False, delete_fn=None, log_fn=None, keep_best=None,
                  best_metric=None, best_mode="min", keep_period=None,
                  save_interval_seconds=None, prepare_fn=None, communicator=None,
-                 coordination_timeout=None):
+                 coordination_timeout=None, node_local=False):
         self._handle = None
         self._communicator = None
         self._arrays = {}
@@ -487,6 +490,8 @@ class CheckpointManager:
             if coordination_timeout is not None:
                 _check(_lib.ckpt_options_set_coordination_timeout(
                     options, float(coordination_timeout)))
+            if node_local:
+                _check(_lib.ckpt_options_set_node_local(options, True))
             keys = []
             for setter, cfunc in _trampolines(
                     self._pending, self._background, save_fn=save_fn, prepare_fn=prepare_fn,

@@ -95,7 +95,28 @@ def failing_save(directory, comm):
     return report
 
 
-CASES = {"round_trip": round_trip, "failing_save": failing_save}
+def node_local(directory, comm):
+    """Each rank in DIRECTORY/rank-R: saves 3 with max_to_keep=2, reopens and
+    restores; reports its own directory's files."""
+    rank, size = comm.rank, comm.size
+    own = os.path.join(directory, "rank-%d" % rank)
+    weights = np.zeros(6, dtype=np.float64)
+    options = dict(max_to_keep=2, communicator=comm, coordination_timeout=TIMEOUT,
+                   node_local=True)
+    with ckpt_manager.CheckpointManager(own, **options) as manager:
+        manager.register_array("weights", weights)
+        for step in (1, 2, 3):
+            weights[:] = weights_at(rank, step)
+            manager.save()
+    weights[:] = 0
+    with ckpt_manager.CheckpointManager(own, **options) as manager:
+        manager.register_array("weights", weights)
+        restored = manager.restore_or_initialize()
+    return {"rank": rank, "size": size, "restored": restored, "files": sorted(os.listdir(own)),
+            "weights_match": bool(np.array_equal(weights, weights_at(rank, 3)))}
+
+
+CASES = {"round_trip": round_trip, "failing_save": failing_save, "node_local": node_local}
 
 if __name__ == "__main__":
     case, directory, reports = sys.argv[1:4]

@@ -113,3 +113,17 @@ def test_one_rank_whose_save_callback_raises_fails_the_save_on_every_rank(tmp_pa
     assert reports[2]["cause"] == "RuntimeError('disk full on rank 2')"
     # Nothing was committed, and no rank's files were left behind.
     assert reports[0]["files"] == ["checkpoint.lock"], reports[0]
+
+
+def test_node_local_directories_each_hold_their_own_rank(tmp_path):
+    directory = tmp_path / "ckpts"
+    reports = run_ranks("node_local", directory, tmp_path / "reports")
+    for rank, report in reports.items():
+        own = directory / ("rank-%d" % rank)
+        assert report["restored"] == str(own / "ckpt-3"), report
+        assert report["weights_match"], report
+        shard = "rank-%05d-of-%05d.safetensors" % (rank, RANKS)
+        assert report["files"] == sorted(
+            ["checkpoint", "checkpoint.lock"]
+            + ["ckpt-%d.%s" % (n, name) for n in (2, 3)
+               for name in ("ckpt-manifest.json", shard)]), report
