@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::communicator::Communicator;
+use crate::location::Location;
 use crate::error::{CallbackError, Error, Result};
 use crate::policy::MetricMode;
 
@@ -98,7 +99,10 @@ impl Config {
         if directory.as_os_str().is_empty() {
             return Err(Error::invalid("the directory must not be empty"));
         }
-        self.directory = directory;
+        self.directory = match crate::location::parse(&directory)? {
+            Location::Local(path) => path,
+            Location::S3(_) => directory,
+        };
         Ok(())
     }
 
