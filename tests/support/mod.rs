@@ -4,7 +4,9 @@
 
 #![allow(dead_code)] // Each test crate uses part of this module.
 
+pub mod fault_proxy;
 pub mod harness;
+pub mod s3;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
