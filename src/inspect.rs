@@ -13,7 +13,9 @@ use crate::paths;
 use crate::policy;
 use crate::state::CheckpointState;
 use crate::state_file::{read_state, StateFile};
-use crate::store::LocalStore;
+use crate::manifest::{Manifest, MANIFEST_SUFFIX};
+use crate::store::{self, DirectoryLock, LocalStore};
+use crate::transaction::{self, RecoveryAction};
 
 /// How often `latest_checkpoint` reads a state file again that a writer
 /// changed while the candidates were being verified.
@@ -196,4 +198,66 @@ pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
 pub fn remove_checkpoint(prefix: &Path) -> Result<()> {
     let (store, base) = split_prefix(prefix)?;
     integrity::delete_owned(&store, &integrity::owned_files(&store, &base)?)
+}
+
+/// The checkpoints on disk in `directory`, listed or not, sorted by name:
+/// every `<base>` with a manifest (`<base>.ckpt-manifest.json`) or with
+/// TensorFlow's `<base>.index`.
+pub fn checkpoints_on_disk(directory: &Path) -> Result<Vec<PathBuf>> {
+    let store = LocalStore::new(directory);
+    let mut bases: Vec<&[u8]> = Vec::new();
+    let entries = store::list_root(&store)?;
+    for entry in &entries {
+        let name = entry.name.as_bytes();
+        let base = name
+            .strip_suffix(MANIFEST_SUFFIX.as_bytes())
+            .or_else(|| name.strip_suffix(b".index"));
+        if let Some(base) = base.filter(|base| !base.is_empty()) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    bases.dedup();
+    Ok(bases
+        .into_iter()
+        .map(|base| directory.join(paths::path_from_bytes(base)))
+        .collect())
+}
+
+/// Runs the recovery a writer runs on open (finishing or removing
+/// interrupted saves, removing temporary files) on `directory`, holding
+/// its lock (`Error::Locked` when a manager has it), and returns what it
+/// did. With `dry_run`, takes no lock and only says what it would do.
+/// `warn` hears what recovery says as it goes.
+pub fn recover_directory(
+    directory: &Path,
+    dry_run: bool,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Vec<RecoveryAction>> {
+    let store = LocalStore::new(directory);
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(DirectoryLock::acquire(directory)?)
+    };
+    let named: std::collections::HashSet<Vec<u8>> = match read_state(&store)? {
+        Some(file) => std::iter::once(file.state.model_checkpoint_path)
+            .chain(file.state.all_model_checkpoint_paths)
+            .collect(),
+        None => Default::default(),
+    };
+    let steps = transaction::plan_recovery(&store, &|base| named.contains(base.as_bytes()))?;
+    if !dry_run {
+        for step in &steps {
+            transaction::run_recovery_step(&store, step, warn, &mut |_| false)?;
+        }
+    }
+    Ok(steps.into_iter().map(|step| step.action).collect())
+}
+
+/// The manifest of the checkpoint at `prefix`, validated; `None` when it
+/// has none (TF wrote it), `Err(Damaged)` when it is unusable.
+pub fn read_manifest(prefix: &Path) -> Result<Option<Manifest>> {
+    let (store, base) = split_prefix(prefix)?;
+    integrity::read_manifest(&store, &base)
 }
