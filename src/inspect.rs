@@ -9,15 +9,15 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::integrity::{self, Integrity};
 use crate::manifest::Verification;
+use crate::manifest::{Manifest, MANIFEST_SUFFIX};
 use crate::paths;
 use crate::policy;
 use crate::state::CheckpointState;
 use crate::state_file::{read_state, StateFile};
-use crate::manifest::{Manifest, MANIFEST_SUFFIX};
 use crate::store::{self, DirectoryLock, LocalStore};
-use crate::transaction::{self, RecoveryAction};
 #[cfg(test)]
 use crate::tensor_file::TensorFile;
+use crate::transaction::{self, RecoveryAction};
 
 /// How often `latest_checkpoint` reads a state file again that a writer
 /// changed while the candidates were being verified.
@@ -345,10 +345,16 @@ mod tests {
         assert_eq!(manager.prune(false).unwrap(), planned);
         assert!(!dir.join("ckpt-2.bin").exists() && !dir.join("ckpt-3.bin").exists());
         assert!(dir.join("ckpt-2.mine").exists());
-        assert_eq!(manager.checkpoints(), [dir.join("ckpt-1"), dir.join("ckpt-4")]);
+        assert_eq!(
+            manager.checkpoints(),
+            [dir.join("ckpt-1"), dir.join("ckpt-4")]
+        );
         drop(manager);
         let reopened = writer(dir, MaxToKeep::Last(1));
-        assert_eq!(reopened.checkpoints(), [dir.join("ckpt-1"), dir.join("ckpt-4")]);
+        assert_eq!(
+            reopened.checkpoints(),
+            [dir.join("ckpt-1"), dir.join("ckpt-4")]
+        );
         assert_eq!(reopened.latest_checkpoint(), Some(dir.join("ckpt-4")));
     }
 
@@ -364,7 +370,10 @@ mod tests {
         let state = fs::read(dir.join("checkpoint")).unwrap();
         fs::write(dir.join("checkpoint"), [&state[..], b"\n"].concat()).unwrap();
         let err = manager.prune(false).unwrap_err();
-        assert!(err.to_string().contains("changed since it was read"), "{err}");
+        assert!(
+            err.to_string().contains("changed since it was read"),
+            "{err}"
+        );
         assert!(dir.join("ckpt-1.bin").exists());
     }
 
@@ -426,7 +435,14 @@ mod tests {
         assert_eq!(file.read(tensor).unwrap(), bytes);
         assert_eq!(file.header().metadata["checkpoint_number"], "1");
         assert!(TensorFile::open(&dir.join("ckpt-9")).unwrap().is_none());
-        fs::write(paths::with_suffix(&prefix, ".safetensors"), [1, 0, 0, 0, 0, 0, 0, 0]).unwrap();
-        assert!(matches!(TensorFile::open(&prefix), Err(Error::Damaged { .. })));
+        fs::write(
+            paths::with_suffix(&prefix, ".safetensors"),
+            [1, 0, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        assert!(matches!(
+            TensorFile::open(&prefix),
+            Err(Error::Damaged { .. })
+        ));
     }
 }

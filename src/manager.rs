@@ -642,9 +642,10 @@ impl CheckpointManager {
             let prefix = self.full_path(Path::new(&base));
             match self.callbacks.delete.as_mut() {
                 Some(delete) => delete(&prefix).map_err(Error::callback("delete"))?,
-                None => {
-                    integrity::delete_owned(&*self.store, &integrity::owned_files(&*self.store, &base)?)?
-                }
+                None => integrity::delete_owned(
+                    &*self.store,
+                    &integrity::owned_files(&*self.store, &base)?,
+                )?,
             }
         }
         Ok(pruned)

@@ -460,22 +460,43 @@ mod tests {
         assert_eq!(
             kept,
             [
-                KeptBy { best: true, ..plain },
-                KeptBy { period: true, ..plain },
-                KeptBy { pinned: true, ..plain },
-                KeptBy { period: true, ..plain },
-                KeptBy { newest: true, ..plain },
+                KeptBy {
+                    best: true,
+                    ..plain
+                },
+                KeptBy {
+                    period: true,
+                    ..plain
+                },
+                KeptBy {
+                    pinned: true,
+                    ..plain
+                },
+                KeptBy {
+                    period: true,
+                    ..plain
+                },
+                KeptBy {
+                    newest: true,
+                    ..plain
+                },
             ]
         );
         let mut retention = Retention::fresh(0.0);
-        checkpoints.iter().cloned().for_each(|c| retention.record(c));
+        checkpoints
+            .iter()
+            .cloned()
+            .for_each(|c| retention.record(c));
         assert!(retention.sweep(&rules).delete.is_empty());
         // Keep-all: every one is kept as one of the newest.
         let all = Rules::default().kept_by(&checkpoints);
         assert!(all.iter().all(|kept| kept.newest && !kept.best));
         // Nothing kept by any rule is what the sweep drops.
         let strict = last(2).kept_by(&checkpoints);
-        let dropped: Vec<bool> = strict.iter().map(|k| !k.newest && !k.beyond_recency()).collect();
+        let dropped: Vec<bool> = strict
+            .iter()
+            .map(|k| !k.newest && !k.beyond_recency())
+            .collect();
         assert_eq!(dropped, [true, true, false, false, false]);
     }
 

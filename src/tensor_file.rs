@@ -7,8 +7,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::integrity::{check_crc, file_name};
 use crate::inspect::split_prefix;
+use crate::integrity::{check_crc, file_name};
 use crate::safetensors::{
     decode_header, encode_header, restore_plan, FileTensor, Header, MAX_HEADER_BYTES,
 };

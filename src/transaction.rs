@@ -799,7 +799,10 @@ pub enum RecoveryAction {
     /// A save interrupted after its commit point is rolled forward; the
     /// checkpoints its sweep dropped (`swept`) are deleted unless the
     /// state file names them again.
-    FinishCommit { base: OsString, swept: Vec<OsString> },
+    FinishCommit {
+        base: OsString,
+        swept: Vec<OsString>,
+    },
     /// A save interrupted before its commit point: its staging directory
     /// is removed.
     RemoveUncommitted { base: OsString },
@@ -821,7 +824,10 @@ pub struct RecoveryStep {
 /// staging directories first (a commit to roll forward renames its staged
 /// state file), then temporary files and version 0.1's markers. `named`
 /// holds the bases the state file names. Changes nothing.
-pub fn plan_recovery(store: &dyn Store, named: &dyn Fn(&OsStr) -> bool) -> Result<Vec<RecoveryStep>> {
+pub fn plan_recovery(
+    store: &dyn Store,
+    named: &dyn Fn(&OsStr) -> bool,
+) -> Result<Vec<RecoveryStep>> {
     let entries = store::list_root(store)?;
     let mut steps = Vec::new();
     for entry in &entries {
@@ -849,20 +855,20 @@ pub fn plan_recovery(store: &dyn Store, named: &dyn Fn(&OsStr) -> bool) -> Resul
     }
     for entry in &entries {
         let name = entry.name.as_bytes();
-        let action = if is_temporary(name, STATE_FILE_NAME.as_bytes()) || is_temporary_manifest(name)
-        {
-            RecoveryAction::RemoveTemporary {
-                name: entry.name.clone(),
-            }
-        } else if let Some(base) = name.strip_suffix(LEGACY_PENDING_SUFFIX.as_bytes()) {
-            let base = OsStr::from_bytes(base);
-            RecoveryAction::ResolveLegacyMarker {
-                base: base.to_owned(),
-                delete: !named(base),
-            }
-        } else {
-            continue;
-        };
+        let action =
+            if is_temporary(name, STATE_FILE_NAME.as_bytes()) || is_temporary_manifest(name) {
+                RecoveryAction::RemoveTemporary {
+                    name: entry.name.clone(),
+                }
+            } else if let Some(base) = name.strip_suffix(LEGACY_PENDING_SUFFIX.as_bytes()) {
+                let base = OsStr::from_bytes(base);
+                RecoveryAction::ResolveLegacyMarker {
+                    base: base.to_owned(),
+                    delete: !named(base),
+                }
+            } else {
+                continue;
+            };
         steps.push(RecoveryStep {
             action,
             record: None,

@@ -18,7 +18,10 @@ enum Comparison {
     Changed(String, String),
     Identical,
     /// Values differ: the largest absolute and relative difference.
-    Differ { max_abs: f64, max_rel: f64 },
+    Differ {
+        max_abs: f64,
+        max_rel: f64,
+    },
 }
 
 /// A tensor's values as f64, from its little-endian bytes.
@@ -37,7 +40,9 @@ pub fn decode(dtype: DType, bytes: &[u8]) -> Vec<f64> {
                 DType::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
                 DType::F16 => f16_to_f64(u16::from_le_bytes([b[0], b[1]])),
                 // bfloat16 is the high half of an f32.
-                DType::BF16 => f64::from(f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)),
+                DType::BF16 => f64::from(f32::from_bits(
+                    u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+                )),
                 DType::I64 => i64::from_le_bytes(b) as f64,
                 DType::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
                 DType::I16 => f64::from(i16::from_le_bytes([b[0], b[1]])),
@@ -75,7 +80,11 @@ fn differences(a: &[f64], b: &[f64]) -> (f64, f64) {
         let abs = (x - y).abs();
         let abs = if abs.is_nan() { f64::INFINITY } else { abs };
         let scale = x.abs().max(y.abs());
-        let rel = if scale.is_finite() && scale > 0.0 { abs / scale } else { f64::INFINITY };
+        let rel = if scale.is_finite() && scale > 0.0 {
+            abs / scale
+        } else {
+            f64::INFINITY
+        };
         max_abs = max_abs.max(abs);
         max_rel = max_rel.max(rel);
     }
@@ -98,10 +107,18 @@ fn open(argument: &str) -> Result<TensorFile, Failure> {
 }
 
 fn compare(a: &TensorFile, b: &TensorFile) -> Result<BTreeMap<String, Comparison>, Failure> {
-    let in_a: BTreeMap<&str, &FileTensor> =
-        a.header().tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-    let in_b: BTreeMap<&str, &FileTensor> =
-        b.header().tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let in_a: BTreeMap<&str, &FileTensor> = a
+        .header()
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let in_b: BTreeMap<&str, &FileTensor> = b
+        .header()
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
     let mut result = BTreeMap::new();
     for name in in_a.keys().chain(in_b.keys()) {
         if result.contains_key(*name) {
@@ -139,7 +156,9 @@ pub fn run(a: &str, b: &str, json: bool) -> Outcome {
             .map(|(name, comparison)| match comparison {
                 Comparison::OnlyInA => json!({"name": name, "status": "only-in-a"}),
                 Comparison::OnlyInB => json!({"name": name, "status": "only-in-b"}),
-                Comparison::Changed(x, y) => json!({"name": name, "status": "changed", "a": x, "b": y}),
+                Comparison::Changed(x, y) => {
+                    json!({"name": name, "status": "changed", "a": x, "b": y})
+                }
                 Comparison::Identical => json!({"name": name, "status": "identical"}),
                 // JSON has no infinity: those are strings, as in manifests.
                 Comparison::Differ { max_abs, max_rel } => json!({
@@ -166,7 +185,10 @@ pub fn run(a: &str, b: &str, json: bool) -> Outcome {
                 vec![name.clone(), status.to_owned(), detail]
             })
             .collect();
-        println!("{}", output::table(&["tensor", "status", "difference"], rows, &[]));
+        println!(
+            "{}",
+            output::table(&["tensor", "status", "difference"], rows, &[])
+        );
     }
     if same {
         Ok(())
@@ -217,6 +239,9 @@ mod tests {
     fn differences_are_absolute_and_relative() {
         assert_eq!(differences(&[1.0, 4.0], &[1.0, 2.0]), (2.0, 0.5));
         assert_eq!(differences(&[f64::NAN], &[f64::NAN]), (0.0, 0.0));
-        assert_eq!(differences(&[f64::NAN], &[1.0]), (f64::INFINITY, f64::INFINITY));
+        assert_eq!(
+            differences(&[f64::NAN], &[1.0]),
+            (f64::INFINITY, f64::INFINITY)
+        );
     }
 }

@@ -9,9 +9,7 @@ use crate::Failure;
 pub fn directory(argument: &str) -> Result<PathBuf, Failure> {
     let path = local(argument)?;
     if !path.is_dir() {
-        return Err(Failure::Trouble(format!(
-            "'{argument}' is not a directory"
-        )));
+        return Err(Failure::Trouble(format!("'{argument}' is not a directory")));
     }
     Ok(path)
 }
@@ -37,7 +35,9 @@ mod tests {
 
     #[test]
     fn urls_are_refused_paths_kept() {
-        assert!(matches!(prefix("gs://bucket/run"), Err(Failure::Trouble(m)) if m.contains("gs://")));
+        assert!(
+            matches!(prefix("gs://bucket/run"), Err(Failure::Trouble(m)) if m.contains("gs://"))
+        );
         assert!(matches!(directory("s3://b/r"), Err(Failure::Trouble(_))));
         assert_eq!(prefix("run/ckpt-3").unwrap(), PathBuf::from("run/ckpt-3"));
     }

@@ -198,11 +198,18 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                     _ => row.checked.status.to_owned(),
                 };
                 vec![
-                    if latest { "*".to_owned() } else { String::new() },
+                    if latest {
+                        "*".to_owned()
+                    } else {
+                        String::new()
+                    },
                     name,
-                    info.and_then(|i| i.number).map_or("-".into(), |n| n.to_string()),
-                    info.and_then(|i| i.step).map_or("-".into(), |s| s.to_string()),
-                    info.and_then(|i| i.timestamp).map_or("-".into(), output::time),
+                    info.and_then(|i| i.number)
+                        .map_or("-".into(), |n| n.to_string()),
+                    info.and_then(|i| i.step)
+                        .map_or("-".into(), |s| s.to_string()),
+                    info.and_then(|i| i.timestamp)
+                        .map_or("-".into(), output::time),
                     info.map_or("-".into(), |i| output::size(i.total_size)),
                     row.kept_by.join(", "),
                     integrity,
@@ -215,7 +222,16 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
             println!(
                 "{}",
                 output::table(
-                    &["", "checkpoint", "number", "step", "saved (UTC)", "size", "kept by", "integrity"],
+                    &[
+                        "",
+                        "checkpoint",
+                        "number",
+                        "step",
+                        "saved (UTC)",
+                        "size",
+                        "kept by",
+                        "integrity"
+                    ],
                     table_rows,
                     &[2, 3, 5],
                 )
@@ -268,7 +284,10 @@ pub fn show(argument: &str, json: bool) -> Outcome {
     }
     let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
     println!("checkpoint  {}", prefix.display());
-    println!("number      {}", or_dash(info.number.map(|n| n.to_string())));
+    println!(
+        "number      {}",
+        or_dash(info.number.map(|n| n.to_string()))
+    );
     println!("step        {}", or_dash(info.step.map(|s| s.to_string())));
     println!("saved (UTC) {}", or_dash(info.timestamp.map(output::time)));
     println!(
@@ -286,11 +305,18 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         println!("metrics     {}", metrics.join(" "));
     }
     if let Some(metadata) = &info.metadata {
-        println!("metadata    {}", serde_json::Value::Object(metadata.clone()));
+        println!(
+            "metadata    {}",
+            serde_json::Value::Object(metadata.clone())
+        );
     }
     println!(
         "manifest    {}",
-        if manifest.is_some() { "yes" } else { "none (TensorFlow's files)" }
+        if manifest.is_some() {
+            "yes"
+        } else {
+            "none (TensorFlow's files)"
+        }
     );
     println!();
     let file_rows = match &manifest {
@@ -317,7 +343,10 @@ pub fn show(argument: &str, json: bool) -> Outcome {
             })
             .collect(),
     };
-    println!("{}", output::table(&["file", "bytes", "crc32c"], file_rows, &[1]));
+    println!(
+        "{}",
+        output::table(&["file", "bytes", "crc32c"], file_rows, &[1])
+    );
     if let Some(file) = tensors {
         println!();
         let rows = file
@@ -333,7 +362,10 @@ pub fn show(argument: &str, json: bool) -> Outcome {
                 ]
             })
             .collect();
-        println!("{}", output::table(&["tensor", "dtype", "shape", "bytes"], rows, &[3]));
+        println!(
+            "{}",
+            output::table(&["tensor", "dtype", "shape", "bytes"], rows, &[3])
+        );
     }
     Ok(())
 }

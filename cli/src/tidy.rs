@@ -42,7 +42,10 @@ pub fn prune(argument: &str, dry_run: bool, rules: &RuleArgs, json: bool) -> Out
         println!("{preserve} {}", prefix.display());
     }
     for prefix in &pruned.not_deleted {
-        println!("dropped from the list, not deleted (outside the directory) {}", prefix.display());
+        println!(
+            "dropped from the list, not deleted (outside the directory) {}",
+            prefix.display()
+        );
     }
     if pruned.deleted.is_empty() && pruned.preserved.is_empty() && pruned.not_deleted.is_empty() {
         println!("nothing to prune: every checkpoint is kept by a rule");
@@ -64,7 +67,10 @@ fn describe(directory: &Path, action: &RecoveryAction) -> (String, serde_json::V
                     swept.join(", ")
                 )
             };
-            (text, json!({"action": "finish-commit", "checkpoint": at(base), "swept": swept}))
+            (
+                text,
+                json!({"action": "finish-commit", "checkpoint": at(base), "swept": swept}),
+            )
         }
         RecoveryAction::RemoveUncommitted { base } => (
             format!("remove the uncommitted save of {}", at(base)),
@@ -78,7 +84,10 @@ fn describe(directory: &Path, action: &RecoveryAction) -> (String, serde_json::V
             let marker = format!("{}.ckpt-pending", at(base));
             if *delete {
                 (
-                    format!("delete {} (interrupted, not listed) and its marker {marker}", at(base)),
+                    format!(
+                        "delete {} (interrupted, not listed) and its marker {marker}",
+                        at(base)
+                    ),
                     json!({"action": "delete-interrupted", "checkpoint": at(base), "marker": marker}),
                 )
             } else {

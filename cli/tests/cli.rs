@@ -8,7 +8,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 
-use assert_cmd::Command;
+use assert_cmd::cargo::cargo_bin_cmd;
 use ckpt_manager::{Callbacks, CheckpointManager, Config, MaxToKeep};
 use serde_json::Value;
 
@@ -20,7 +20,7 @@ struct Ran {
 }
 
 fn ckpt(args: &[&str]) -> Ran {
-    let output = Command::cargo_bin("ckpt").unwrap().args(args).output().unwrap();
+    let output = cargo_bin_cmd!("ckpt").args(args).output().unwrap();
     Ran {
         code: output.status.code().expect("exited, not killed"),
         stdout: String::from_utf8(output.stdout).unwrap(),
@@ -45,8 +45,12 @@ fn assert_snapshot(name: &str, directory: &Path, actual: &str) {
     if std::env::var_os("CKPT_UPDATE_SNAPSHOTS").is_some() {
         fs::write(&path, &actual).unwrap();
     }
-    let expected = fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (CKPT_UPDATE_SNAPSHOTS=1 writes it)", path.display()));
+    let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (CKPT_UPDATE_SNAPSHOTS=1 writes it)",
+            path.display()
+        )
+    });
     assert_eq!(actual, expected, "snapshot {name} differs");
 }
 
@@ -130,13 +134,20 @@ fn show_prints_the_manifest_and_the_tensor_table() {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_snapshot("show", root.path(), &ran.stdout);
 
-    let shown = json(&ckpt(&["show", text(&root.path().join("ckpt-2")), "--json"]));
+    let shown = json(&ckpt(&[
+        "show",
+        text(&root.path().join("ckpt-2")),
+        "--json",
+    ]));
     assert_eq!(shown["pinned"], true);
     assert_eq!(shown["step"], 200);
     assert_eq!(shown["metrics"]["loss"], 0.5);
     assert_eq!(shown["metadata"]["run"], "demo");
     let tensors = shown["safetensors"]["tensors"].as_array().unwrap();
-    let weight = tensors.iter().find(|t| t["name"] == "layer.weight").unwrap();
+    let weight = tensors
+        .iter()
+        .find(|t| t["name"] == "layer.weight")
+        .unwrap();
     assert_eq!(weight["dtype"], "F32");
     assert_eq!(weight["shape"], serde_json::json!([2, 3]));
     assert_eq!(weight["bytes"], 24);
@@ -153,7 +164,11 @@ fn crc32c(bytes: &[u8]) -> u32 {
     for &byte in bytes {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -323,7 +338,10 @@ fn prune_deletes_what_no_rule_keeps_and_nothing_else() {
     // A manager reopened on it agrees.
     let config = Config::new(dir, MaxToKeep::Last(1)).unwrap();
     let manager = CheckpointManager::new(config, Callbacks::new()).unwrap();
-    assert_eq!(manager.checkpoints(), [dir.join("ckpt-2"), dir.join("ckpt-6")]);
+    assert_eq!(
+        manager.checkpoints(),
+        [dir.join("ckpt-2"), dir.join("ckpt-6")]
+    );
     assert_eq!(manager.latest_checkpoint(), Some(dir.join("ckpt-6")));
 
     // While a writer holds the lock, prune refuses.
@@ -333,7 +351,10 @@ fn prune_deletes_what_no_rule_keeps_and_nothing_else() {
     drop(manager);
     let ran = ckpt(&["prune", text(dir), "--keep", "1"]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert_eq!(ran.stdout, "nothing to prune: every checkpoint is kept by a rule\n");
+    assert_eq!(
+        ran.stdout,
+        "nothing to prune: every checkpoint is kept by a rule\n"
+    );
 }
 
 #[test]

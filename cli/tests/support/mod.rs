@@ -33,7 +33,12 @@ pub fn save_run(directory: &Path, count: u64, keep: usize, pin: Option<u64>) -> 
     // SAFETY: the buffers live until the manager is dropped at the end.
     unsafe {
         manager
-            .register_tensor("layer.weight", DType::F32, &[2, 3], weights.as_mut_ptr().cast())
+            .register_tensor(
+                "layer.weight",
+                DType::F32,
+                &[2, 3],
+                weights.as_mut_ptr().cast(),
+            )
             .unwrap();
         manager
             .register_tensor("layer.bias", DType::BF16, &[3], bias.as_mut_ptr().cast())
@@ -61,7 +66,10 @@ pub fn save_run(directory: &Path, count: u64, keep: usize, pin: Option<u64>) -> 
         let mut args = SaveArgs::default();
         args.set_metric("loss", 1.0 / number as f64).unwrap();
         args.set_metadata_json(r#"{"run": "demo"}"#).unwrap();
-        let prefix = manager.save_with(&args).unwrap().expect("no interval is set");
+        let prefix = manager
+            .save_with(&args)
+            .unwrap()
+            .expect("no interval is set");
         if pin == Some(number) {
             manager.set_pinned(&prefix, true).unwrap();
         }
@@ -86,7 +94,11 @@ pub fn tensorflow_run(directory: &Path) {
     )
     .unwrap();
     for number in [10, 20] {
-        std::fs::write(directory.join(format!("model.ckpt-{number}.index")), [7u8; 40]).unwrap();
+        std::fs::write(
+            directory.join(format!("model.ckpt-{number}.index")),
+            [7u8; 40],
+        )
+        .unwrap();
         std::fs::write(
             directory.join(format!("model.ckpt-{number}.data-00000-of-00001")),
             vec![number as u8; 1000],
