@@ -3,7 +3,8 @@
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   (make run-mpi runs its data-parallel variant over 4 MPI ranks, with
 #   one rank killed)
-#   make test  installs what the tests need and runs every test
+#   make test  installs what the tests need and runs every test (the
+#   library's and the ckpt command-line tool's, cli/)
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
 #   make bench-async, make bench-mpi, make torture; make header regenerates
 #   include/ckpt_manager.h after a change to src/ffi)
@@ -84,8 +85,8 @@ tiny: $(BUILD_DIR)/tiny_trainer
 
 test:
 	./scripts/setup
-	cargo clippy --all-targets -- -D warnings
-	cargo test
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
 	@echo "== the Python package, pip-installed into a fresh virtual environment"
@@ -128,7 +129,8 @@ torture:
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-# Installs the library, headers, pkg-config file and CMake package into
+# Installs the library, headers, pkg-config file, CMake package and the
+# ckpt command-line tool (bin/ckpt) into
 # $(PREFIX) (DESTDIR stages it), in cargo-c's layout: see README.md.
 .PHONY: install
 install:

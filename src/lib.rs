@@ -38,14 +38,19 @@ pub use communicator::{broadcast_bytes, CommError, Communicator};
 pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
-    checkpoint_exists, get_checkpoint_state, latest_checkpoint, remove_checkpoint,
-    verify_checkpoint, LatestOptions,
+    checkpoint_exists, checkpoints_on_disk, get_checkpoint_state, latest_checkpoint, read_manifest,
+    recover_directory, remove_checkpoint, verify_checkpoint, LatestOptions,
 };
 pub use integrity::Integrity;
-pub use manager::{CheckpointInfo, CheckpointManager, FileInfo, SaveArgs};
+pub use manager::{
+    CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RetainedCheckpoint, SaveArgs,
+};
 pub use manifest::{Annotations, ByteString, FileRecord, Manifest, Metric, Verification};
 pub use policy::MetricMode;
 pub use preemption::{install_preemption_handler, preemption_requested};
+pub use safetensors::{FileTensor, Header as TensorHeader};
 pub use save_file::SaveFile;
 pub use state::CheckpointState;
+pub use tensor_file::TensorFile;
 pub use tensors::DType;
+pub use transaction::RecoveryAction;

@@ -19,7 +19,9 @@ use crate::inspect;
 use crate::integrity::{self, Integrity};
 use crate::manifest::{Annotations, ByteString, Metric, Verification, MANIFEST_SUFFIX};
 use crate::paths;
-use crate::policy::{self, interval_allows_save, time_allows_save, Retention, Rules, Traits};
+use crate::policy::{
+    self, interval_allows_save, time_allows_save, KeptBy, Retention, Rules, SweepOutcome, Traits,
+};
 use crate::preemption;
 use crate::save_job::{JobReport, SaveJob, Tensors};
 use crate::state_file::read_state;
@@ -116,6 +118,47 @@ pub struct FileInfo {
     /// The file's name after the prefix.
     pub suffix: ByteString,
     pub size: u64,
+}
+
+/// Why a checkpoint of the directory is still there, as `retention` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepReason {
+    /// The state file's latest: always kept.
+    Latest,
+    /// Among the newest `max_to_keep` managed ones.
+    LastN,
+    /// Managed under keep-all (`MaxToKeep::All`).
+    KeepAll,
+    Best,
+    Period,
+    Pinned,
+    /// On the state file's list but no longer managed: older than the last
+    /// checkpoint the hours rule preserved (TF never deletes those).
+    Unmanaged,
+    /// Not on the list, with a manifest: taken off it by the hours rule and
+    /// left on disk.
+    Preserved,
+}
+
+/// A checkpoint of the directory and why it is kept. No reason: a managed
+/// one the next sweep drops, or files on disk that nothing lists (TF's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetainedCheckpoint {
+    pub prefix: PathBuf,
+    pub reasons: Vec<KeepReason>,
+}
+
+/// What `prune` took off the state file's list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pruned {
+    /// Deleted (or, in a dry run, to be deleted), oldest first.
+    pub deleted: Vec<PathBuf>,
+    /// Left on disk by the hours rule.
+    pub preserved: Vec<PathBuf>,
+    /// Dropped from the list but not deleted: not directly inside the
+    /// directory.
+    pub not_deleted: Vec<PathBuf>,
 }
 
 /// What the interval gates decided.
@@ -467,6 +510,145 @@ impl CheckpointManager {
                 paths::state_entry(&self.config.directory, &prefix)
             }
         }
+    }
+
+    /// Every checkpoint of the directory with the rules that keep it under
+    /// this manager's options: the managed ones, oldest first, then the
+    /// listed ones no longer managed, then the others on disk
+    /// (`inspect::checkpoints_on_disk`), by name.
+    pub fn retention_report(&self) -> Result<Vec<RetainedCheckpoint>> {
+        let keep_all = self.config.max_to_keep == Some(MaxToKeep::All);
+        let managed = self.retention.managed();
+        let mut report: Vec<RetainedCheckpoint> = managed
+            .iter()
+            .zip(self.rules().kept_by(managed))
+            .map(|(checkpoint, kept)| {
+                let KeptBy {
+                    newest: is_newest,
+                    best,
+                    period,
+                    pinned,
+                } = kept;
+                let newest = if keep_all {
+                    KeepReason::KeepAll
+                } else {
+                    KeepReason::LastN
+                };
+                let mut reasons = Vec::new();
+                if self.latest.as_deref() == Some(checkpoint.entry.as_path()) {
+                    reasons.push(KeepReason::Latest);
+                }
+                for (applies, reason) in [
+                    (is_newest, newest),
+                    (best, KeepReason::Best),
+                    (period, KeepReason::Period),
+                    (pinned, KeepReason::Pinned),
+                ] {
+                    if applies {
+                        reasons.push(reason);
+                    }
+                }
+                RetainedCheckpoint {
+                    prefix: self.full_path(&checkpoint.entry),
+                    reasons,
+                }
+            })
+            .collect();
+        let mut seen: HashSet<PathBuf> = report.iter().map(|r| r.prefix.clone()).collect();
+        if let Some(file) = read_state(&*self.store)? {
+            let directory = &self.config.directory;
+            let listed = std::iter::once(&file.state.model_checkpoint_path)
+                .chain(&file.state.all_model_checkpoint_paths);
+            for bytes in listed {
+                let entry = paths::state_entry(directory, &paths::path_from_bytes(bytes));
+                let prefix = self.full_path(&entry);
+                if seen.insert(prefix.clone()) {
+                    let mut reasons = Vec::new();
+                    if self.latest.as_deref() == Some(entry.as_path()) {
+                        reasons.push(KeepReason::Latest);
+                    }
+                    reasons.push(KeepReason::Unmanaged);
+                    report.push(RetainedCheckpoint { prefix, reasons });
+                }
+            }
+        }
+        for prefix in inspect::checkpoints_on_disk(&self.config.directory)? {
+            if seen.insert(prefix.clone()) {
+                let (store, base) = inspect::split_prefix(&prefix)?;
+                let has_manifest = integrity::read_manifest(&store, &base)
+                    .ok()
+                    .flatten()
+                    .is_some();
+                let reasons = if has_manifest {
+                    vec![KeepReason::Preserved]
+                } else {
+                    Vec::new()
+                };
+                report.push(RetainedCheckpoint { prefix, reasons });
+            }
+        }
+        Ok(report)
+    }
+
+    /// Applies the retention rules now, as the sweep after a save does but
+    /// with no new checkpoint: what no rule keeps leaves the state file's
+    /// list and is deleted, or preserved by the hours rule; the latest
+    /// always stays. The state file is replaced first (atomically and
+    /// durably), then the files are deleted, so a crash in between leaves
+    /// whole checkpoints that nothing lists, never a listed one half
+    /// deleted. With `dry_run` nothing changes and a read-only manager may
+    /// ask.
+    pub fn prune(&mut self, dry_run: bool) -> Result<Pruned> {
+        if !dry_run {
+            if self.config.read_only {
+                return Err(Error::ReadOnly);
+            }
+            self.settle(true)?;
+            self.finish_unfinished()?;
+        }
+        let Some(latest) = self.latest.clone() else {
+            return Ok(Pruned::default());
+        };
+        let mut retention = self.retention.clone();
+        // The newest position is what keeps the latest through any rules.
+        if let Some(position) = retention.managed().iter().position(|m| m.entry == latest) {
+            if position + 1 != retention.managed().len() {
+                retention.record(retention.managed()[position].clone());
+            }
+        }
+        let SweepOutcome { delete, preserved } = retention.sweep(&self.rules());
+        let mut pruned = Pruned {
+            preserved: preserved.iter().map(|e| self.full_path(e)).collect(),
+            ..Pruned::default()
+        };
+        let mut to_delete = Vec::new();
+        for entry in &delete {
+            match deletable_base(entry) {
+                Some(base) => {
+                    pruned.deleted.push(self.full_path(entry));
+                    to_delete.push(base.to_owned());
+                }
+                None => pruned.not_deleted.push(self.full_path(entry)),
+            }
+        }
+        if dry_run || (delete.is_empty() && preserved.is_empty()) {
+            return Ok(pruned);
+        }
+        let state = state_for(&latest, &retention);
+        transaction::replace_state(&*self.store, &state, self.state_crc)?;
+        self.retention = retention;
+        self.state_crc = Some(crc32c::crc32c(&state));
+        for base in to_delete {
+            let prefix = self.full_path(Path::new(&base));
+            match self.callbacks.delete.as_mut() {
+                Some(delete) => delete(&prefix).map_err(Error::callback("delete"))?,
+                None => integrity::delete_owned(
+                    &*self.store,
+                    &integrity::owned_files(&*self.store, &base)?,
+                )?,
+            }
+        }
+        Ok(pruned)
     }
 
     /// Saves a checkpoint numbered `checkpoint_number`, or the save

@@ -60,24 +60,58 @@ pub struct SweepOutcome {
     pub preserved: Vec<PathBuf>,
 }
 
+/// Which rules keep one managed checkpoint. The sweep drops exactly the
+/// checkpoints for which every field is false.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeptBy {
+    /// Among the newest `max_to_keep`, or every one under keep-all.
+    pub newest: bool,
+    pub best: bool,
+    pub period: bool,
+    pub pinned: bool,
+}
+
+impl KeptBy {
+    fn beyond_recency(&self) -> bool {
+        self.best || self.period || self.pinned
+    }
+}
+
 impl Rules {
     /// Which of `checkpoints` (oldest first) the pin, period and best-k
     /// rules keep.
     fn keeps_beyond_recency(&self, checkpoints: &[Managed]) -> Vec<bool> {
-        let mut kept: Vec<bool> = checkpoints
+        self.kept_by(checkpoints)
             .iter()
-            .map(|checkpoint| {
+            .map(KeptBy::beyond_recency)
+            .collect()
+    }
+
+    /// Why each of `checkpoints` (the managed list, oldest first) is kept,
+    /// rule by rule: what `sweep` decides, itemised.
+    pub fn kept_by(&self, checkpoints: &[Managed]) -> Vec<KeptBy> {
+        let newest_from = self
+            .max_to_keep
+            .map_or(0, |n| checkpoints.len().saturating_sub(n));
+        let mut kept: Vec<KeptBy> = checkpoints
+            .iter()
+            .enumerate()
+            .map(|(index, checkpoint)| {
                 let traits = checkpoint.traits;
-                let on_period = match (self.keep_period, traits.number) {
-                    (Some(period), Some(number)) => number % period == 0,
-                    _ => false,
-                };
-                traits.pinned || on_period
+                KeptBy {
+                    newest: index >= newest_from,
+                    best: false,
+                    period: match (self.keep_period, traits.number) {
+                        (Some(period), Some(number)) => number % period == 0,
+                        _ => false,
+                    },
+                    pinned: traits.pinned,
+                }
             })
             .collect();
         if let Some((mode, k)) = self.keep_best {
             for index in best_first(checkpoints, mode).into_iter().take(k) {
-                kept[index] = true;
+                kept[index].best = true;
             }
         }
         kept
@@ -405,6 +439,65 @@ mod tests {
         assert!(!retention.set_pinned(Path::new("1"), true));
         retention.sweep(&rules);
         assert_eq!(names(retention.managed()), ["4", "5", "6", "7"]);
+    }
+
+    #[test]
+    fn kept_by_itemises_what_the_sweep_keeps() {
+        let rules = Rules {
+            keep_best: Some((MetricMode::Max, 1)),
+            keep_period: Some(2),
+            ..last(1)
+        };
+        let checkpoints = [
+            with("1", 1, Some(0.9), false),
+            with("2", 2, None, false),
+            with("3", 3, None, true),
+            with("4", 4, Some(0.1), false),
+            with("5", 5, None, false),
+        ];
+        let kept = rules.kept_by(&checkpoints);
+        let plain = KeptBy::default();
+        assert_eq!(
+            kept,
+            [
+                KeptBy {
+                    best: true,
+                    ..plain
+                },
+                KeptBy {
+                    period: true,
+                    ..plain
+                },
+                KeptBy {
+                    pinned: true,
+                    ..plain
+                },
+                KeptBy {
+                    period: true,
+                    ..plain
+                },
+                KeptBy {
+                    newest: true,
+                    ..plain
+                },
+            ]
+        );
+        let mut retention = Retention::fresh(0.0);
+        checkpoints
+            .iter()
+            .cloned()
+            .for_each(|c| retention.record(c));
+        assert!(retention.sweep(&rules).delete.is_empty());
+        // Keep-all: every one is kept as one of the newest.
+        let all = Rules::default().kept_by(&checkpoints);
+        assert!(all.iter().all(|kept| kept.newest && !kept.best));
+        // Nothing kept by any rule is what the sweep drops.
+        let strict = last(2).kept_by(&checkpoints);
+        let dropped: Vec<bool> = strict
+            .iter()
+            .map(|k| !k.newest && !k.beyond_recency())
+            .collect();
+        assert_eq!(dropped, [true, true, false, false, false]);
     }
 
     #[test]

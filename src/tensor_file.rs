@@ -4,11 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::inspect::split_prefix;
 use crate::integrity::{check_crc, file_name};
-use crate::safetensors::{decode_header, encode_header, restore_plan, MAX_HEADER_BYTES};
-use crate::store::Store;
+use crate::safetensors::{
+    decode_header, encode_header, restore_plan, FileTensor, Header, MAX_HEADER_BYTES,
+};
+use crate::store::{ReadAt, Store};
 use crate::tensors::TensorRegistry;
 use crate::transaction::Transaction;
 
@@ -76,6 +80,51 @@ pub fn read_tensor_file(
         }
         Err(err) => return Err(io_error(err)),
     };
+    let opened = read_header(file, &path)?;
+    let (file, header, data_start) = (&opened.file, &opened.header, opened.data_start);
+    let (length, json) = (&opened.length, &opened.json);
+    let plan = restore_plan(header, registry, partial)?;
+    let expected_crc = expected_crc.filter(|_| !partial);
+    let mut crc = crc32c::crc32c_append(crc32c::crc32c(length), json);
+    for (tensor, offset) in plan {
+        // SAFETY: registered buffers stay valid and unshared during the call.
+        let buffer = unsafe { tensor.bytes_mut() };
+        file.read_exact_at(buffer, data_start + offset)
+            .map_err(io_error)?;
+        if expected_crc.is_some() {
+            // The plan follows the file's order and covers it all.
+            crc = crc32c::crc32c_append(crc, buffer);
+        }
+    }
+    match expected_crc {
+        Some(expected) => check_crc(
+            &store.local_path(std::path::Path::new(base)),
+            &path,
+            crc,
+            expected,
+        ),
+        None => Ok(()),
+    }
+}
+
+/// A tensor file opened and its header validated.
+struct OpenedHeader {
+    file: Box<dyn ReadAt>,
+    header: Header,
+    data_start: u64,
+    /// The 8-byte length and the JSON, as read (for the file's CRC32C).
+    length: [u8; 8],
+    json: Vec<u8>,
+}
+
+/// Reads and validates the header of the tensor file at `path`: an
+/// unusable one is `Err(Damaged)`.
+fn read_header(file: Box<dyn ReadAt>, path: &Path) -> Result<OpenedHeader> {
+    let io_error = |err| Error::io_at("read tensors from", path, err);
+    let damaged = |detail: String| Error::Damaged {
+        prefix: path.to_path_buf(),
+        detail,
+    };
     let file_len = file.size();
     let mut length = [0u8; 8];
     if file_len < 8 {
@@ -97,27 +146,60 @@ pub fn read_tensor_file(
     let mut json = vec![0u8; header_len as usize];
     file.read_exact_at(&mut json, 8).map_err(io_error)?;
     let header = decode_header(&json, file_len - data_start).map_err(damaged)?;
-    let plan = restore_plan(&header, registry, partial)?;
-    let expected_crc = expected_crc.filter(|_| !partial);
-    let mut crc = crc32c::crc32c_append(crc32c::crc32c(&length), &json);
-    for (tensor, offset) in plan {
-        // SAFETY: registered buffers stay valid and unshared during the call.
-        let buffer = unsafe { tensor.bytes_mut() };
-        file.read_exact_at(buffer, data_start + offset)
-            .map_err(io_error)?;
-        if expected_crc.is_some() {
-            // The plan follows the file's order and covers it all.
-            crc = crc32c::crc32c_append(crc, buffer);
-        }
+    Ok(OpenedHeader {
+        file,
+        header,
+        data_start,
+        length,
+        json,
+    })
+}
+
+/// The built-in saver's file of a checkpoint, `<prefix>.safetensors`,
+/// opened for reading with its header validated: for tools that look at
+/// a checkpoint without registering buffers.
+pub struct TensorFile {
+    opened: OpenedHeader,
+    path: PathBuf,
+}
+
+impl TensorFile {
+    /// `None` when the checkpoint has no tensor file; `Err(Damaged)` when
+    /// its header is unusable.
+    pub fn open(prefix: &Path) -> Result<Option<TensorFile>> {
+        let (store, base) = split_prefix(prefix)?;
+        let name = file_name(&base, TENSOR_FILE_SUFFIX.as_bytes());
+        let path = store.local_path(&name);
+        let file = match store.open_read(&name) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(Error::Damaged {
+                    prefix: path,
+                    detail: err.to_string(),
+                })
+            }
+            Err(err) => return Err(Error::io_at("read tensors from", &path, err)),
+        };
+        let opened = read_header(file, &path)?;
+        Ok(Some(TensorFile { opened, path }))
     }
-    match expected_crc {
-        Some(expected) => check_crc(
-            &store.local_path(std::path::Path::new(base)),
-            &path,
-            crc,
-            expected,
-        ),
-        None => Ok(()),
+
+    /// The metadata and the tensors, in file order.
+    pub fn header(&self) -> &Header {
+        &self.opened.header
+    }
+
+    /// The bytes of one tensor of `header()`, as stored (little-endian).
+    pub fn read(&self, tensor: &FileTensor) -> Result<Vec<u8>> {
+        let len = usize::try_from(tensor.end - tensor.start)
+            .map_err(|_| Error::invalid(format!("tensor '{}' is too large", tensor.name)))?;
+        let mut bytes = vec![0u8; len];
+        self.opened
+            .file
+            .read_exact_at(&mut bytes, self.opened.data_start + tensor.start)
+            .map_err(|err| Error::io_at("read tensors from", &self.path, err))?;
+        Ok(bytes)
     }
 }
 

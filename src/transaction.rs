@@ -186,7 +186,8 @@ impl Transaction {
             .map_err(io_at("inspect", &*store, &staging))?
             .is_some()
         {
-            recover_staging(&*store, base, &mut |_| {}, &mut |_| false)?;
+            let record = read_record(&*store, base)?;
+            recover_staging(&*store, base, record.as_ref(), &mut |_| {}, &mut |_| false)?;
         }
         store
             .create_dir(&staging)
@@ -731,29 +732,35 @@ fn finish(
         .map_err(io_at("remove staging directory", store, &staging))
 }
 
-/// Finishes or undoes the staging of `<base>`: with a readable commit
-/// record, rolls the commit forward (`on_swept` hears of each checkpoint
-/// its sweep drops); without, removes the staging.
-fn recover_staging(
-    store: &dyn Store,
-    base: &OsStr,
-    warn: &mut dyn FnMut(&str),
-    on_swept: &mut dyn FnMut(&OsStr) -> bool,
-) -> Result<()> {
-    let staging = staging_name(base);
-    let record_name = staging.join(RECORD_NAME);
-    let record = match store::read_bounded(
+/// The commit record of `<base>`'s staging directory, when it holds a
+/// readable one: the commit got past its commit point.
+fn read_record(store: &dyn Store, base: &OsStr) -> Result<Option<CommitRecord>> {
+    let record_name = staging_name(base).join(RECORD_NAME);
+    match store::read_bounded(
         store,
         &record_name,
         MAX_STATE_FILE_BYTES + MAX_MANIFEST_BYTES,
     ) {
-        Ok(Some(bytes)) => serde_json::from_slice::<CommitRecord>(&bytes)
+        Ok(Some(bytes)) => Ok(serde_json::from_slice::<CommitRecord>(&bytes)
             .ok()
-            .filter(|record| record.format == RECORD_FORMAT && record.version == 1),
-        Ok(None) => None,
-        Err(err) if err.kind() == io::ErrorKind::InvalidData => None,
-        Err(err) => return Err(Error::io_at("read", &store.local_path(&record_name), err)),
-    };
+            .filter(|record| record.format == RECORD_FORMAT && record.version == 1)),
+        Ok(None) => Ok(None),
+        Err(err) if err.kind() == io::ErrorKind::InvalidData => Ok(None),
+        Err(err) => Err(Error::io_at("read", &store.local_path(&record_name), err)),
+    }
+}
+
+/// Finishes or undoes the staging of `<base>`: with its commit record,
+/// rolls the commit forward (`on_swept` hears of each checkpoint its sweep
+/// drops); without, removes the staging.
+fn recover_staging(
+    store: &dyn Store,
+    base: &OsStr,
+    record: Option<&CommitRecord>,
+    warn: &mut dyn FnMut(&str),
+    on_swept: &mut dyn FnMut(&OsStr) -> bool,
+) -> Result<()> {
+    let staging = staging_name(base);
     let shown = store.local_path(Path::new(base));
     match record {
         Some(record) => {
@@ -761,7 +768,7 @@ fn recover_staging(
                 "finishing the commit of '{}', interrupted when the last writer stopped",
                 shown.display()
             ));
-            apply(store, base, &record, true)?;
+            apply(store, base, record, true)?;
             let named = read_state_bytes(store)?
                 .and_then(|bytes| CheckpointState::parse(&bytes).ok())
                 .map(|state| {
@@ -770,7 +777,7 @@ fn recover_staging(
                     named
                 })
                 .unwrap_or_default();
-            finish(store, base, &record, Some(&named), on_swept)
+            finish(store, base, record, Some(&named), on_swept)
         }
         None => {
             warn(&format!(
@@ -784,6 +791,90 @@ fn recover_staging(
             ))
         }
     }
+}
+
+/// One thing recovery on open does to a checkpoint directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryAction {
+    /// A save interrupted after its commit point is rolled forward; the
+    /// checkpoints its sweep dropped (`swept`) are deleted unless the
+    /// state file names them again.
+    FinishCommit {
+        base: OsString,
+        swept: Vec<OsString>,
+    },
+    /// A save interrupted before its commit point: its staging directory
+    /// is removed.
+    RemoveUncommitted { base: OsString },
+    /// A temporary state file or manifest is removed.
+    RemoveTemporary { name: OsString },
+    /// A marker of an interrupted save of version 0.1 is removed, and, when
+    /// the state file does not name `base` (`delete`), what it owns.
+    ResolveLegacyMarker { base: OsString, delete: bool },
+}
+
+/// A planned step of recovery, with the commit record it rolls forward.
+#[derive(Debug)]
+pub struct RecoveryStep {
+    pub action: RecoveryAction,
+    record: Option<CommitRecord>,
+}
+
+/// What `recover` does to the store, in order, decided from one listing:
+/// staging directories first (a commit to roll forward renames its staged
+/// state file), then temporary files and version 0.1's markers. `named`
+/// holds the bases the state file names. Changes nothing.
+pub fn plan_recovery(
+    store: &dyn Store,
+    named: &dyn Fn(&OsStr) -> bool,
+) -> Result<Vec<RecoveryStep>> {
+    let entries = store::list_root(store)?;
+    let mut steps = Vec::new();
+    for entry in &entries {
+        let name = entry.name.as_bytes();
+        if let Some(base) = name.strip_suffix(STAGING_SUFFIX.as_bytes()) {
+            if entry.kind == Kind::Directory {
+                let base = OsStr::from_bytes(base);
+                let record = read_record(store, base)?;
+                let action = match &record {
+                    Some(record) => RecoveryAction::FinishCommit {
+                        base: base.to_owned(),
+                        swept: record
+                            .swept
+                            .iter()
+                            .map(|swept| OsString::from_vec(swept.base.as_bytes().to_vec()))
+                            .collect(),
+                    },
+                    None => RecoveryAction::RemoveUncommitted {
+                        base: base.to_owned(),
+                    },
+                };
+                steps.push(RecoveryStep { action, record });
+            }
+        }
+    }
+    for entry in &entries {
+        let name = entry.name.as_bytes();
+        let action =
+            if is_temporary(name, STATE_FILE_NAME.as_bytes()) || is_temporary_manifest(name) {
+                RecoveryAction::RemoveTemporary {
+                    name: entry.name.clone(),
+                }
+            } else if let Some(base) = name.strip_suffix(LEGACY_PENDING_SUFFIX.as_bytes()) {
+                let base = OsStr::from_bytes(base);
+                RecoveryAction::ResolveLegacyMarker {
+                    base: base.to_owned(),
+                    delete: !named(base),
+                }
+            } else {
+                continue;
+            };
+        steps.push(RecoveryStep {
+            action,
+            record: None,
+        });
+    }
+    Ok(steps)
 }
 
 /// Recovery on open, for a writer holding the lock: every staging
@@ -800,39 +891,43 @@ pub fn recover(
     warn: &mut dyn FnMut(&str),
     on_swept: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
-    let entries = store::list_root(store)?;
-    // Staging first: a commit to roll forward renames its staged state file.
-    for entry in &entries {
-        let name = entry.name.as_bytes();
-        if let Some(base) = name.strip_suffix(STAGING_SUFFIX.as_bytes()) {
-            if entry.kind == Kind::Directory {
-                recover_staging(store, OsStr::from_bytes(base), warn, on_swept)?;
-            }
-        }
+    for step in plan_recovery(store, named)? {
+        run_recovery_step(store, &step, warn, on_swept)?;
     }
-    for entry in &entries {
-        let name = entry.name.as_bytes();
-        if is_temporary(name, STATE_FILE_NAME.as_bytes()) || is_temporary_manifest(name) {
-            let path = Path::new(&entry.name);
+    Ok(())
+}
+
+/// Carries out one step `plan_recovery` planned.
+pub fn run_recovery_step(
+    store: &dyn Store,
+    step: &RecoveryStep,
+    warn: &mut dyn FnMut(&str),
+    on_swept: &mut dyn FnMut(&OsStr) -> bool,
+) -> Result<()> {
+    match &step.action {
+        RecoveryAction::FinishCommit { base, .. } | RecoveryAction::RemoveUncommitted { base } => {
+            recover_staging(store, base, step.record.as_ref(), warn, on_swept)
+        }
+        RecoveryAction::RemoveTemporary { name } => {
+            let path = Path::new(name);
             store
                 .remove_file(path)
-                .map_err(io_at("remove temporary state file", store, path))?;
-        } else if let Some(base) = name.strip_suffix(LEGACY_PENDING_SUFFIX.as_bytes()) {
-            let base = OsStr::from_bytes(base);
-            if !named(base) {
+                .map_err(io_at("remove temporary state file", store, path))
+        }
+        RecoveryAction::ResolveLegacyMarker { base, delete } => {
+            if *delete {
                 warn(&format!(
                     "removing '{}': it was being saved or deleted when the last writer stopped",
                     store.local_path(Path::new(base)).display()
                 ));
                 integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
             }
-            let marker = Path::new(&entry.name);
+            let marker = file_name(base, LEGACY_PENDING_SUFFIX.as_bytes());
             store
-                .remove_file(marker)
-                .map_err(io_at("remove", store, marker))?;
+                .remove_file(&marker)
+                .map_err(io_at("remove", store, &marker))
         }
     }
-    Ok(())
 }
 
 /// `<stem>.tmp` and 32 hex digits: this library's and TF's temporary
@@ -873,6 +968,38 @@ pub fn replace_manifest(store: &dyn Store, base: &OsStr, manifest: &Manifest) ->
             store
                 .rename(&staged, &target)
                 .map_err(io_at("replace", store, &target))
+        });
+    if let Err(err) = replaced {
+        let _ = store.remove_file(&staged);
+        return Err(err);
+    }
+    store
+        .sync_directories(&[PathBuf::new()])
+        .map_err(io_at("sync", store, Path::new("")))
+}
+
+/// Replaces the state file with `bytes` (a prune: no checkpoint is
+/// committed), written and synced aside, renamed over the old one, and the
+/// directory synced. Refused when the state file is no longer the one read
+/// (`state_before`, its CRC32C). A crash leaves the old or the new state
+/// file, and a temporary file the next open removes.
+pub fn replace_state(store: &dyn Store, bytes: &[u8], state_before: Option<u32>) -> Result<()> {
+    let target = Path::new(STATE_FILE_NAME);
+    if read_state_bytes(store)?.as_deref().map(crc32c::crc32c) != state_before {
+        return Err(Error::invalid(format!(
+            "'{}' changed since it was read: another tool wrote it; try again",
+            store.local_path(target).display()
+        )));
+    }
+    let staged = PathBuf::from(format!("{STATE_FILE_NAME}.tmp{}", random_hex32()));
+    write_whole(store, &staged, bytes)?;
+    let replaced = store
+        .sync_files(std::slice::from_ref(&staged))
+        .map_err(io_at("sync", store, &staged))
+        .and_then(|()| {
+            store
+                .rename(&staged, target)
+                .map_err(io_at("write state file", store, target))
         });
     if let Err(err) = replaced {
         let _ = store.remove_file(&staged);

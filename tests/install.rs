@@ -132,6 +132,14 @@ fn check_layout(prefix: &Path, pc_prefix: &Path) {
     assert_symlink(&lib.join(&soname), &full);
     assert_symlink(&lib.join(format!("lib{NAME}.so")), &full);
     assert!(lib.join(format!("lib{NAME}.a")).is_file());
+    // The command-line tool runs from the prefix.
+    let ckpt = prefix.join("bin/ckpt");
+    let help = run(clean_command(&ckpt).arg("--help"), "bin/ckpt --help");
+    assert!(
+        stdout(&help).contains("Usage: ckpt"),
+        "ckpt --help printed:\n{}",
+        stdout(&help)
+    );
     assert_eq!(
         soname_of(&shared).as_deref(),
         Some(soname.as_str()),

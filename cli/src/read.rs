@@ -1,0 +1,459 @@
+//! The commands that only read: list, show, verify, latest.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ckpt_manager::{
+    Callbacks, CheckpointInfo, CheckpointManager, Config, Error, Integrity, KeepReason, MaxToKeep,
+    Pruned, TensorFile, Verification,
+};
+use serde_json::json;
+
+use crate::output::{self, shown};
+use crate::{location, Failure, Outcome, RuleArgs};
+
+/// Checkpoints at least this large get a spinner while their CRCs are
+/// checked, when stderr is a terminal.
+const PROGRESS_FROM_BYTES: u64 = 64 << 20;
+
+/// The library's configuration for `rules` (keep-all without `--keep`).
+pub fn config(directory: &Path, rules: &RuleArgs, read_only: bool) -> Result<Config, Failure> {
+    let max_to_keep = rules.keep.map_or(MaxToKeep::All, MaxToKeep::Last);
+    let mut config = Config::new(directory, max_to_keep)?;
+    config.set_keep_checkpoint_every_n_hours(rules.keep_hours)?;
+    config.set_keep_best(rules.keep_best.clone())?;
+    config.set_keep_period(rules.keep_period)?;
+    config.set_read_only(read_only);
+    Ok(config)
+}
+
+/// A manager on `directory`; the library's warnings go to stderr.
+pub fn open(config: Config) -> Result<CheckpointManager, Failure> {
+    let callbacks = Callbacks::new().log(|level, message| eprintln!("ckpt: {level}: {message}"));
+    Ok(CheckpointManager::new(config, callbacks)?)
+}
+
+/// What verification says of one checkpoint.
+pub struct Checked {
+    pub status: &'static str,
+    pub detail: Option<String>,
+}
+
+impl Checked {
+    fn damaged(&self) -> bool {
+        self.status == "damaged"
+    }
+}
+
+/// Verifies a checkpoint; damage is a result, other errors are trouble.
+pub fn check(prefix: &Path, verification: Verification) -> Result<Checked, Failure> {
+    let bytes: u64 = ckpt_manager::read_manifest(prefix)
+        .ok()
+        .flatten()
+        .map_or(0, |manifest| manifest.files.iter().map(|f| f.size).sum());
+    let spinner = (verification == Verification::Checksums
+        && bytes >= PROGRESS_FROM_BYTES
+        && std::io::stderr().is_terminal())
+    .then(|| {
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_message(format!(
+            "checking {} ({})",
+            prefix.display(),
+            output::size(bytes)
+        ));
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        spinner
+    });
+    let result = ckpt_manager::verify_checkpoint(prefix, verification);
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    match result {
+        Ok(Integrity::Intact) => Ok(Checked {
+            status: "intact",
+            detail: None,
+        }),
+        Ok(Integrity::NoManifest) => Ok(Checked {
+            status: "no-manifest",
+            detail: Some("written without a manifest (TensorFlow?): not verified".into()),
+        }),
+        Ok(Integrity::ManifestOutdated) => Ok(Checked {
+            status: "manifest-outdated",
+            detail: Some("saved again by a tool that writes no manifest: not verified".into()),
+        }),
+        Err(Error::Damaged { detail, .. }) => Ok(Checked {
+            status: "damaged",
+            detail: Some(detail),
+        }),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn reason_name(reason: KeepReason) -> &'static str {
+    match reason {
+        KeepReason::Latest => "latest",
+        KeepReason::LastN => "last-n",
+        KeepReason::KeepAll => "listed",
+        KeepReason::Best => "best",
+        KeepReason::Period => "period",
+        KeepReason::Pinned => "pinned",
+        KeepReason::Unmanaged => "unmanaged",
+        KeepReason::Preserved => "hours",
+    }
+}
+
+/// The reasons as `list` shows them; what prune would do when no rule keeps it.
+fn kept_by(reasons: &[KeepReason], prefix: &Path, pruned: Option<&Pruned>) -> Vec<String> {
+    if !reasons.is_empty() {
+        return reasons.iter().map(|r| reason_name(*r).to_owned()).collect();
+    }
+    let fate = pruned.and_then(|pruned| {
+        if pruned.deleted.iter().any(|p| p == prefix) {
+            Some("none: prune deletes")
+        } else if pruned.preserved.iter().any(|p| p == prefix) {
+            Some("none: prune preserves (hours)")
+        } else if pruned.not_deleted.iter().any(|p| p == prefix) {
+            Some("none: outside the directory")
+        } else {
+            None
+        }
+    });
+    vec![fate.unwrap_or("unlisted").to_owned()]
+}
+
+pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outcome {
+    let directory = location::directory(argument)?;
+    let mut manager = open(config(&directory, rules, true)?)?;
+    let report = manager.retention_report()?;
+    let pruned = if rules.any() {
+        Some(manager.prune(true)?)
+    } else {
+        None
+    };
+    let verification = if verify {
+        Verification::Checksums
+    } else {
+        Verification::Sizes
+    };
+    struct Row {
+        prefix: PathBuf,
+        info: Option<CheckpointInfo>,
+        kept_by: Vec<String>,
+        checked: Checked,
+    }
+    let mut rows = Vec::new();
+    for retained in report {
+        let info = manager.checkpoint_info(&retained.prefix).ok();
+        rows.push(Row {
+            kept_by: kept_by(&retained.reasons, &retained.prefix, pruned.as_ref()),
+            checked: check(&retained.prefix, verification)?,
+            prefix: retained.prefix,
+            info,
+        });
+    }
+    rows.sort_by_key(|row| {
+        (
+            row.info.as_ref().and_then(|i| i.number).unwrap_or(u64::MAX),
+            row.prefix.clone(),
+        )
+    });
+    let damaged = rows.iter().filter(|row| row.checked.damaged()).count();
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                let info = row.info.as_ref();
+                json!({
+                    "prefix": shown(&row.prefix),
+                    "number": info.and_then(|i| i.number),
+                    "step": info.and_then(|i| i.step),
+                    "timestamp": info.and_then(|i| i.timestamp),
+                    "size": info.map(|i| i.total_size),
+                    "latest": info.is_some_and(|i| i.latest),
+                    "pinned": info.is_some_and(|i| i.pinned),
+                    "kept_by": row.kept_by,
+                    "integrity": row.checked.status,
+                    "detail": row.checked.detail,
+                })
+            })
+            .collect();
+        output::print_json(&json!({
+            "directory": shown(&directory),
+            "verification": if verify { "checksums" } else { "sizes" },
+            "checkpoints": rows,
+        }));
+    } else {
+        let table_rows = rows
+            .iter()
+            .map(|row| {
+                let info = row.info.as_ref();
+                let latest = info.is_some_and(|i| i.latest);
+                let name = row.prefix.file_name().map_or_else(
+                    || shown(&row.prefix),
+                    |name| name.to_string_lossy().into_owned(),
+                );
+                let integrity = match &row.checked.detail {
+                    Some(detail) if row.checked.damaged() => format!("DAMAGED: {detail}"),
+                    _ => row.checked.status.to_owned(),
+                };
+                vec![
+                    if latest {
+                        "*".to_owned()
+                    } else {
+                        String::new()
+                    },
+                    name,
+                    info.and_then(|i| i.number)
+                        .map_or("-".into(), |n| n.to_string()),
+                    info.and_then(|i| i.step)
+                        .map_or("-".into(), |s| s.to_string()),
+                    info.and_then(|i| i.timestamp)
+                        .map_or("-".into(), output::time),
+                    info.map_or("-".into(), |i| output::size(i.total_size)),
+                    row.kept_by.join(", "),
+                    integrity,
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            println!("no checkpoint in {}", directory.display());
+        } else {
+            println!(
+                "{}",
+                output::table(
+                    &[
+                        "",
+                        "checkpoint",
+                        "number",
+                        "step",
+                        "saved (UTC)",
+                        "size",
+                        "kept by",
+                        "integrity"
+                    ],
+                    table_rows,
+                    &[2, 3, 5],
+                )
+            );
+        }
+    }
+    if damaged > 0 {
+        return Err(Failure::No(format!("{damaged} damaged checkpoint(s)")));
+    }
+    Ok(())
+}
+
+pub fn show(argument: &str, json: bool) -> Outcome {
+    let prefix = location::prefix(argument)?;
+    let directory = match prefix.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let manifest = ckpt_manager::read_manifest(&prefix)?;
+    let manager = open(config(&directory, &RuleArgs::default(), true)?)?;
+    let info = manager.checkpoint_info(&prefix)?;
+    let tensors = TensorFile::open(&prefix)?;
+    if json {
+        let files: Vec<_> = match &manifest {
+            Some(manifest) => manifest
+                .files
+                .iter()
+                .map(|f| json!({"suffix": f.suffix, "size": f.size, "crc32c": format!("{:08x}", f.crc32c)}))
+                .collect(),
+            None => info
+                .files
+                .iter()
+                .map(|f| json!({"suffix": f.suffix, "size": f.size, "crc32c": null}))
+                .collect(),
+        };
+        let tensors = tensors.as_ref().map(|file| {
+            json!({
+                "metadata": file.header().metadata,
+                "tensors": file.header().tensors.iter().map(|t| json!({
+                    "name": t.name, "dtype": t.dtype.name(), "shape": t.shape,
+                    "bytes": t.end - t.start,
+                })).collect::<Vec<_>>(),
+            })
+        });
+        let mut value = serde_json::to_value(&info).expect("info serialises");
+        value["files"] = json!(files);
+        value["safetensors"] = json!(tensors);
+        output::print_json(&value);
+        return Ok(());
+    }
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    println!("checkpoint  {}", prefix.display());
+    println!(
+        "number      {}",
+        or_dash(info.number.map(|n| n.to_string()))
+    );
+    println!("step        {}", or_dash(info.step.map(|s| s.to_string())));
+    println!("saved (UTC) {}", or_dash(info.timestamp.map(output::time)));
+    println!(
+        "status      {}{}{}",
+        if info.latest { "latest, " } else { "" },
+        if info.managed { "listed" } else { "not listed" },
+        if info.pinned { ", pinned" } else { "" },
+    );
+    if !info.metrics.is_empty() {
+        let metrics: Vec<String> = info
+            .metrics
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.0))
+            .collect();
+        println!("metrics     {}", metrics.join(" "));
+    }
+    if let Some(metadata) = &info.metadata {
+        println!(
+            "metadata    {}",
+            serde_json::Value::Object(metadata.clone())
+        );
+    }
+    println!(
+        "manifest    {}",
+        if manifest.is_some() {
+            "yes"
+        } else {
+            "none (TensorFlow's files)"
+        }
+    );
+    println!();
+    let file_rows = match &manifest {
+        Some(manifest) => manifest
+            .files
+            .iter()
+            .map(|f| {
+                vec![
+                    String::from_utf8_lossy(f.suffix.as_bytes()).into_owned(),
+                    f.size.to_string(),
+                    format!("{:08x}", f.crc32c),
+                ]
+            })
+            .collect(),
+        None => info
+            .files
+            .iter()
+            .map(|f| {
+                vec![
+                    String::from_utf8_lossy(f.suffix.as_bytes()).into_owned(),
+                    f.size.to_string(),
+                    "-".into(),
+                ]
+            })
+            .collect(),
+    };
+    println!(
+        "{}",
+        output::table(&["file", "bytes", "crc32c"], file_rows, &[1])
+    );
+    if let Some(file) = tensors {
+        println!();
+        let rows = file
+            .header()
+            .tensors
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.dtype.name().to_owned(),
+                    format!("{:?}", t.shape),
+                    (t.end - t.start).to_string(),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            output::table(&["tensor", "dtype", "shape", "bytes"], rows, &[3])
+        );
+    }
+    Ok(())
+}
+
+/// The state file's latest checkpoint, as it names it.
+fn state_latest(directory: &Path) -> Result<PathBuf, Failure> {
+    let state = ckpt_manager::get_checkpoint_state(directory)?.ok_or_else(|| {
+        Failure::Trouble(format!(
+            "'{}' has no checkpoint state file",
+            directory.display()
+        ))
+    })?;
+    use std::os::unix::ffi::OsStringExt;
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(
+        state.model_checkpoint_path,
+    )))
+}
+
+pub fn verify(argument: &str, all: bool, json: bool) -> Outcome {
+    let target = location::prefix(argument)?;
+    let prefixes = if target.is_dir() {
+        if all {
+            let manager = open(config(&target, &RuleArgs::default(), true)?)?;
+            let mut prefixes: Vec<PathBuf> = manager
+                .retention_report()?
+                .into_iter()
+                .map(|retained| retained.prefix)
+                .collect();
+            prefixes.sort();
+            prefixes
+        } else {
+            vec![state_latest(&target)?]
+        }
+    } else if all {
+        return Err(Failure::Trouble("--all needs a directory".into()));
+    } else {
+        vec![target]
+    };
+    let mut results = Vec::new();
+    for prefix in prefixes {
+        let checked = check(&prefix, Verification::Checksums)?;
+        results.push((prefix, checked));
+    }
+    let damaged = results.iter().filter(|(_, c)| c.damaged()).count();
+    if json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|(prefix, c)| json!({"prefix": shown(prefix), "integrity": c.status, "detail": c.detail}))
+            .collect();
+        output::print_json(&json!({ "checkpoints": rows }));
+    } else {
+        for (prefix, checked) in &results {
+            match &checked.detail {
+                Some(detail) => println!("{:<18} {} ({detail})", checked.status, prefix.display()),
+                None => println!("{:<18} {}", checked.status, prefix.display()),
+            }
+        }
+    }
+    if damaged > 0 {
+        return Err(Failure::No(String::new()));
+    }
+    Ok(())
+}
+
+pub fn latest(argument: &str, json: bool) -> Outcome {
+    let directory = location::directory(argument)?;
+    let mut fell_back = Vec::new();
+    let found = ckpt_manager::latest_checkpoint(
+        &directory,
+        ckpt_manager::LatestOptions::default(),
+        &mut |warning| {
+            eprintln!("ckpt: {warning}");
+            fell_back.push(warning.to_owned());
+        },
+    )?;
+    if json {
+        output::print_json(&json!({
+            "latest": found.as_deref().map(shown),
+            "warnings": fell_back,
+        }));
+    } else if let Some(prefix) = &found {
+        println!("{}", prefix.display());
+    }
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Failure::No(format!(
+            "no intact checkpoint in '{}'",
+            directory.display()
+        ))),
+    }
+}
