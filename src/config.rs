@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::communicator::Communicator;
-use crate::location::Location;
 use crate::error::{CallbackError, Error, Result};
+use crate::location::Location;
 use crate::policy::MetricMode;
 
 /// How many managed checkpoints to keep.
@@ -43,6 +43,8 @@ pub struct Config {
     /// Each rank has its own directory (node-local disks) instead of one
     /// every rank sees.
     pub(crate) node_local: bool,
+    /// For object storage: the client's options and the library's.
+    pub(crate) storage_options: Vec<(String, String)>,
 }
 
 /// The trainer's communicator, shared by the managers built from one
@@ -82,6 +84,7 @@ impl Default for Config {
             communicator: None,
             coordination_timeout: Duration::from_secs(300),
             node_local: false,
+            storage_options: Vec::new(),
         }
     }
 }
@@ -248,6 +251,26 @@ impl Config {
 
     pub fn directory(&self) -> &Path {
         &self.directory
+    }
+
+    /// Sets an option of the object store (`aws_endpoint`, `aws_region`,
+    /// ... as the S3 client names them, or the library's
+    /// `ckpt_local_staging_directory` and `ckpt_allow_unconditional_writes`);
+    /// it beats the `AWS_*` variables and files. Local directories ignore it.
+    pub fn set_storage_option(&mut self, key: &str, value: &str) -> Result<()> {
+        crate::store::check_option(key, value)?;
+        self.storage_options.retain(|(k, _)| k != key);
+        self.storage_options
+            .push((key.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    /// Whether the directory is a local path (not an object store's URL).
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(
+            crate::location::parse(&self.directory),
+            Ok(Location::Local(_))
+        )
     }
 
     pub(crate) fn validate(&self, callbacks: &Callbacks) -> Result<()> {

@@ -23,6 +23,9 @@ pub enum Error {
     },
     /// Another manager holds the directory's lock.
     Locked { path: PathBuf, holder: Option<u32> },
+    /// Another writer committed to the directory (an object store's
+    /// conditional write failed); this manager's commit did not happen.
+    Conflict(String),
     /// A write was asked of a read-only manager.
     ReadOnly,
     /// A checkpoint's files are missing or do not match its manifest.
@@ -69,6 +72,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        if crate::store::is_conflict(&source) {
+            return Error::Conflict(format!("{}: {source}", context.into()));
+        }
         Error::Io {
             context: context.into(),
             source,
@@ -85,7 +91,7 @@ impl Error {
             Error::StateCorrupt { .. } => ErrorKind::StateCorrupt,
             Error::Io { .. } => ErrorKind::Io,
             Error::Callback { .. } => ErrorKind::Callback,
-            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Locked { .. } | Error::Conflict(_) => ErrorKind::Locked,
             Error::ReadOnly => ErrorKind::ReadOnly,
             Error::Damaged { .. } => ErrorKind::Damaged,
             Error::NoManifest { .. } => ErrorKind::NoManifest,
@@ -132,6 +138,11 @@ impl fmt::Display for Error {
                     None => write!(f, "an unknown process)"),
                 }
             }
+            Error::Conflict(message) => write!(
+                f,
+                "another writer committed to this directory since this manager read it \
+                 ({message}); this save is not committed: open a new manager to continue"
+            ),
             Error::ReadOnly => write!(f, "the manager is read-only"),
             Error::Damaged { prefix, detail } => {
                 write!(f, "checkpoint '{}' is damaged: {detail}", prefix.display())

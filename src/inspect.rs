@@ -5,6 +5,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::integrity::{self, Integrity};
@@ -14,7 +15,7 @@ use crate::paths;
 use crate::policy;
 use crate::state::CheckpointState;
 use crate::state_file::{read_state, StateFile};
-use crate::store::{self, DirectoryLock, LocalStore};
+use crate::store::{self, Store};
 #[cfg(test)]
 use crate::tensor_file::TensorFile;
 use crate::transaction::{self, RecoveryAction};
@@ -23,26 +24,16 @@ use crate::transaction::{self, RecoveryAction};
 /// changed while the candidates were being verified.
 const READER_RETRIES: usize = 20;
 
-/// The store holding a checkpoint prefix's files, and the prefix's base.
-/// A prefix must end in a file name: `run/` or `run/..` names no checkpoint.
-pub(crate) fn split_prefix(prefix: &Path) -> Result<(LocalStore, OsString)> {
-    let bytes = prefix.as_os_str().as_bytes();
-    let base = match prefix.file_name() {
-        Some(base) if !bytes.ends_with(b"/") && !bytes.ends_with(b"/.") && bytes != b"." => base,
-        _ => {
-            return Err(Error::invalid(format!(
-                "'{}' is not a checkpoint prefix: it must end in a file name",
-                prefix.display()
-            )))
-        }
-    };
-    Ok((LocalStore::of_prefix(prefix), base.to_owned()))
+/// The store holding a checkpoint prefix's files (a directory or URL),
+/// and the prefix's base.
+pub(crate) fn split_prefix(prefix: &Path) -> Result<(Arc<dyn Store>, OsString)> {
+    store::of_prefix(prefix, &[])
 }
 
 /// The directory's state file with every relative path joined onto the
 /// directory (absolute paths kept), as TF returns it. `None` without one.
 pub fn get_checkpoint_state(directory: &Path) -> Result<Option<CheckpointState>> {
-    Ok(read_state(&LocalStore::new(directory))?.map(|file| joined(directory, file.state)))
+    Ok(read_state(&*store::open(directory, &[])?)?.map(|file| joined(directory, file.state)))
 }
 
 fn joined(directory: &Path, mut state: CheckpointState) -> CheckpointState {
@@ -82,16 +73,16 @@ pub fn latest_checkpoint(
     options: LatestOptions,
     warn: &mut dyn FnMut(&str),
 ) -> Result<Option<PathBuf>> {
-    let store = LocalStore::new(directory);
+    let store = store::open(directory, &[])?;
     let mut retries = 0;
     loop {
-        let Some(file) = read_state(&store)? else {
+        let Some(file) = read_state(&*store)? else {
             return Ok(None);
         };
         let found = latest_in(directory, &file, options, warn);
         let settled = !matches!(found, Ok(None) | Err(Error::Damaged { .. }))
             || retries == READER_RETRIES
-            || read_state(&store)?.map(|again| again.crc32c) == Some(file.crc32c);
+            || read_state(&*store)?.map(|again| again.crc32c) == Some(file.crc32c);
         if settled {
             return found;
         }
@@ -160,7 +151,7 @@ fn verify_listed(
     saved_at: Option<f64>,
 ) -> Result<Integrity> {
     let (store, base) = split_prefix(prefix)?;
-    integrity::verify(&store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
+    integrity::verify(&*store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
 }
 
 /// Checks a checkpoint against its manifest: `Integrity::Intact`,
@@ -170,7 +161,7 @@ fn verify_listed(
 pub fn verify_checkpoint(prefix: &Path, verification: Verification) -> Result<Integrity> {
     let (store, base) = split_prefix(prefix)?;
     // The time is only a hint: an unreadable state file leaves it out.
-    let saved_at = read_state(&store).ok().flatten().and_then(|file| {
+    let saved_at = read_state(&*store).ok().flatten().and_then(|file| {
         let index = file
             .state
             .all_model_checkpoint_paths
@@ -181,17 +172,17 @@ pub fn verify_checkpoint(prefix: &Path, verification: Verification) -> Result<In
             .get(index)
             .copied()
     });
-    integrity::verify(&store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
+    integrity::verify(&*store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
 }
 
 /// Whether the checkpoint at `prefix` has a manifest or any file.
 pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
     let (store, base) = split_prefix(prefix)?;
-    Ok(integrity::read_manifest(&store, &base)
+    Ok(integrity::read_manifest(&*store, &base)
         .ok()
         .flatten()
         .is_some()
-        || integrity::has_files(&store, &base)?)
+        || integrity::has_files(&*store, &base)?)
 }
 
 /// Deletes the files the checkpoint at `prefix` owns: what its manifest
@@ -199,16 +190,16 @@ pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
 /// Nothing else, and nothing existing is fine.
 pub fn remove_checkpoint(prefix: &Path) -> Result<()> {
     let (store, base) = split_prefix(prefix)?;
-    integrity::delete_owned(&store, &integrity::owned_files(&store, &base)?)
+    integrity::delete_owned(&*store, &integrity::owned_files(&*store, &base)?)
 }
 
 /// The checkpoints on disk in `directory`, listed or not, sorted by name:
 /// every `<base>` with a manifest (`<base>.ckpt-manifest.json`) or with
 /// TensorFlow's `<base>.index`.
 pub fn checkpoints_on_disk(directory: &Path) -> Result<Vec<PathBuf>> {
-    let store = LocalStore::new(directory);
+    let store = store::open(directory, &[])?;
     let mut bases: Vec<&[u8]> = Vec::new();
-    let entries = store::list_root(&store)?;
+    let entries = store::list_root(&*store)?;
     for entry in &entries {
         let name = entry.name.as_bytes();
         let base = name
@@ -236,22 +227,22 @@ pub fn recover_directory(
     dry_run: bool,
     warn: &mut dyn FnMut(&str),
 ) -> Result<Vec<RecoveryAction>> {
-    let store = LocalStore::new(directory);
+    let store = store::open(directory, &[])?;
     let _lock = if dry_run {
         None
     } else {
-        Some(DirectoryLock::acquire(directory)?)
+        store::lock(directory)?
     };
-    let named: std::collections::HashSet<Vec<u8>> = match read_state(&store)? {
+    let named: std::collections::HashSet<Vec<u8>> = match read_state(&*store)? {
         Some(file) => std::iter::once(file.state.model_checkpoint_path)
             .chain(file.state.all_model_checkpoint_paths)
             .collect(),
         None => Default::default(),
     };
-    let steps = transaction::plan_recovery(&store, &|base| named.contains(base.as_bytes()))?;
+    let steps = transaction::plan_recovery(&*store, &|base| named.contains(base.as_bytes()))?;
     if !dry_run {
         for step in &steps {
-            transaction::run_recovery_step(&store, step, warn, &mut |_| false)?;
+            transaction::run_recovery_step(&*store, step, warn, &mut |_| false)?;
         }
     }
     Ok(steps.into_iter().map(|step| step.action).collect())
@@ -261,7 +252,7 @@ pub fn recover_directory(
 /// has none (TF wrote it), `Err(Damaged)` when it is unusable.
 pub fn read_manifest(prefix: &Path) -> Result<Option<Manifest>> {
     let (store, base) = split_prefix(prefix)?;
-    integrity::read_manifest(&store, &base)
+    integrity::read_manifest(&*store, &base)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub fn manifest_name(base: &OsStr) -> PathBuf {
 
 fn damaged(store: &dyn Store, base: &OsStr, detail: String) -> Error {
     Error::Damaged {
-        prefix: store.local_path(Path::new(base)),
+        prefix: store.shown(Path::new(base)),
         detail,
     }
 }
@@ -55,7 +55,7 @@ pub fn read_manifest(store: &dyn Store, base: &OsStr) -> Result<Option<Manifest>
                 format!("its manifest is unusable: {err}"),
             ))
         }
-        Err(err) => return Err(Error::io_at("read manifest", &store.local_path(&name), err)),
+        Err(err) => return Err(Error::io_at("read manifest", &store.shown(&name), err)),
     };
     let Some(bytes) = bytes else { return Ok(None) };
     Manifest::from_json(&bytes)
@@ -159,13 +159,13 @@ pub fn delete_owned(store: &dyn Store, owned: &Owned) -> Result<()> {
     for name in &owned.files {
         store
             .remove_file(name)
-            .map_err(|err| Error::io_at("delete", &store.local_path(name), err))?;
+            .map_err(|err| Error::io_at("delete", &store.shown(name), err))?;
     }
     for name in &owned.directories {
         match store.remove_empty_dir(name) {
             // Something the checkpoint does not own is in it: it stays.
             Err(err) if err.raw_os_error() == Some(libc::ENOTEMPTY) => {}
-            other => other.map_err(|err| Error::io_at("delete", &store.local_path(name), err))?,
+            other => other.map_err(|err| Error::io_at("delete", &store.shown(name), err))?,
         }
     }
     Ok(())
@@ -218,7 +218,7 @@ fn check_record(
     deferred: bool,
 ) -> Result<()> {
     let name = file_name(base, record.suffix.as_bytes());
-    let shown = store.local_path(&name);
+    let shown = store.shown(&name);
     let file = match store.open_read(&name) {
         Ok(Some(file)) => file,
         Ok(None) => {
@@ -256,12 +256,7 @@ fn check_record(
     }
     if !deferred && level == Verification::Checksums {
         let (_, crc) = store::checksum(&*file).map_err(|err| Error::io_at("read", &shown, err))?;
-        check_crc(
-            &store.local_path(Path::new(base)),
-            &shown,
-            crc,
-            record.crc32c,
-        )?;
+        check_crc(&store.shown(Path::new(base)), &shown, crc, record.crc32c)?;
     }
     Ok(())
 }

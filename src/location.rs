@@ -77,8 +77,8 @@ pub fn parse(directory: &Path) -> Result<Location> {
 }
 
 fn parse_s3(directory: &Path, rest: &[u8]) -> Result<BucketPrefix> {
-    let rest = std::str::from_utf8(rest)
-        .map_err(|_| refused(directory, "an s3:// URL must be UTF-8"))?;
+    let rest =
+        std::str::from_utf8(rest).map_err(|_| refused(directory, "an s3:// URL must be UTF-8"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let bucket_valid = (3..=63).contains(&bucket.len())
         && bucket
@@ -144,8 +144,7 @@ mod tests {
         assert_eq!(parse(Path::new("s3://bkt")).unwrap(), s3("bkt", ""));
         assert_eq!(parse(Path::new("s3://bkt/")).unwrap(), s3("bkt", ""));
         assert_eq!(parse(Path::new("S3://bkt/a/b/")).unwrap(), s3("bkt", "a/b"));
-        let BucketPrefix { bucket, prefix } = match parse(Path::new("s3://my.bkt-1/run")).unwrap()
-        {
+        let BucketPrefix { bucket, prefix } = match parse(Path::new("s3://my.bkt-1/run")).unwrap() {
             Location::S3(location) => location,
             other => panic!("{other:?}"),
         };
@@ -170,7 +169,10 @@ mod tests {
             assert!(err.to_string().contains(url), "{err}");
         }
         let err = parse(Path::new("gs://bucket/run")).unwrap_err().to_string();
-        assert!(err.contains("'gs://' is not one this library serves"), "{err}");
+        assert!(
+            err.contains("'gs://' is not one this library serves"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::policy::{
 use crate::preemption;
 use crate::save_job::{JobReport, SaveJob, Tensors};
 use crate::state_file::read_state;
-use crate::store::{self, DirectoryLock, LocalStore, Store};
+use crate::store::{self, DirectoryLock, Store};
 use crate::tensor_file::{read_tensor_file, TensorSnapshot, TENSOR_FILE_SUFFIX};
 use crate::tensors::{DType, TensorRegistry};
 use crate::transaction;
@@ -245,7 +245,7 @@ impl CheckpointManager {
     /// manager has it), and removes what interrupted saves left behind.
     /// A read-only manager touches nothing.
     pub fn new(config: Config, callbacks: Callbacks) -> Result<Self> {
-        let store = Arc::new(LocalStore::new(&config.directory));
+        let store = store::open(&config.directory, &config.storage_options)?;
         Self::with_store(config, callbacks, store)
     }
 
@@ -289,10 +289,16 @@ impl CheckpointManager {
 
     /// A writer creates the directory, takes its lock and recovers what
     /// interrupted saves left.
+    /// On object storage there is no lock: the commit is a conditional
+    /// write, which the server must support.
     fn take_directory(&mut self) -> Result<()> {
         if !self.config.read_only {
-            crate::store::create_directory(&self.config.directory)?;
-            self._lock = Some(DirectoryLock::acquire(&self.config.directory)?);
+            if self.config.is_local() {
+                crate::store::create_directory(&self.config.directory)?;
+            } else {
+                self.store.probe_conditional_writes()?;
+            }
+            self._lock = store::lock(&self.config.directory)?;
             self.recover()?;
         }
         Ok(())
@@ -574,8 +580,8 @@ impl CheckpointManager {
         }
         for prefix in inspect::checkpoints_on_disk(&self.config.directory)? {
             if seen.insert(prefix.clone()) {
-                let (store, base) = inspect::split_prefix(&prefix)?;
-                let has_manifest = integrity::read_manifest(&store, &base)
+                let (store, base) = self.locate(&prefix)?;
+                let has_manifest = integrity::read_manifest(&*store, &base)
                     .ok()
                     .flatten()
                     .is_some();
@@ -1214,12 +1220,38 @@ impl CheckpointManager {
     /// The store and base of a checkpoint path: this directory's store for
     /// its own checkpoints, the file system for entries elsewhere.
     fn locate(&self, prefix: &Path) -> Result<(Arc<dyn Store>, OsString)> {
-        let (store, base) = inspect::split_prefix(prefix)?;
-        if store.root() == self.config.directory {
-            Ok((self.store.clone(), base))
-        } else {
-            Ok((Arc::new(store), base))
+        match (prefix.parent(), prefix.file_name()) {
+            (Some(parent), Some(base)) if parent == self.config.directory => {
+                Ok((self.store.clone(), base.to_owned()))
+            }
+            _ => store::of_prefix(prefix, &self.config.storage_options),
         }
+    }
+
+    /// Runs the restore callback on the checkpoint `base`'s files named
+    /// `<files_of>...` (a rank's shard, or all). From object storage they
+    /// are downloaded to the local staging directory first, and removed
+    /// after.
+    pub(super) fn run_restore_callback(
+        &mut self,
+        store: &Arc<dyn Store>,
+        base: &OsStr,
+        files_of: &OsStr,
+    ) -> Result<()> {
+        let Some(restore) = self.callbacks.restore.as_mut() else {
+            return Ok(());
+        };
+        let mut files = integrity::owned_files(&**store, base)?.files;
+        files.retain(|file| file.as_os_str().as_bytes().starts_with(files_of.as_bytes()));
+        let prefix = Path::new(files_of);
+        let restored = store
+            .fetch_local(&files)
+            .map_err(|err| Error::io_at("download", &store.shown(prefix), err))
+            .and_then(|()| restore(&store.local_path(prefix)).map_err(Error::callback("restore")));
+        let released = store
+            .release_local()
+            .map_err(|err| Error::io_at("remove local copies of", &store.shown(prefix), err));
+        restored.and(released)
     }
 
     /// The time the state file records for a listed checkpoint.
@@ -1336,9 +1368,8 @@ impl CheckpointManager {
                 chosen.display()
             )),
         }
-        if let Some(restore) = self.callbacks.restore.as_mut() {
-            restore(&chosen).map_err(Error::callback("restore"))?;
-        }
+        let (store, base) = self.locate(&chosen)?;
+        self.run_restore_callback(&store, &base, &base)?;
         if self.config.checkpoint_interval.is_some() {
             self.last_checkpoint_step = Some(self.current_step()?);
         }

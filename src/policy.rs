@@ -336,7 +336,7 @@ pub fn interval_allows_save(
 /// the last save. A clock that went back before that save lets it go
 /// ahead: saving must not stop until the clock catches up.
 pub fn time_allows_save(seconds: f64, last_save: Option<f64>, now: f64) -> bool {
-    last_save.map_or(true, |last| now < last || now - last >= seconds)
+    last_save.is_none_or(|last| now < last || now - last >= seconds)
 }
 
 #[cfg(test)]

@@ -21,14 +21,10 @@ pub fn read_state_bytes(store: &dyn Store) -> Result<Option<Vec<u8>>> {
     match store::read_bounded(store, name, MAX_STATE_FILE_BYTES) {
         Ok(bytes) => Ok(bytes),
         Err(err) if err.kind() == io::ErrorKind::InvalidData => Err(Error::StateCorrupt {
-            path: store.local_path(name),
+            path: store.shown(name),
             detail: err.to_string(),
         }),
-        Err(err) => Err(Error::io_at(
-            "read state file",
-            &store.local_path(name),
-            err,
-        )),
+        Err(err) => Err(Error::io_at("read state file", &store.shown(name), err)),
     }
 }
 
@@ -47,7 +43,7 @@ pub fn read_state(store: &dyn Store) -> Result<Option<StateFile>> {
         return Ok(None);
     };
     let corrupt = |detail: String| Error::StateCorrupt {
-        path: store.local_path(Path::new(STATE_FILE_NAME)),
+        path: store.shown(Path::new(STATE_FILE_NAME)),
         detail,
     };
     let state = CheckpointState::parse(&bytes).map_err(|err| corrupt(err.to_string()))?;

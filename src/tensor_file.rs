@@ -56,7 +56,7 @@ pub fn read_tensor_file(
     expected_crc: Option<u32>,
 ) -> Result<()> {
     let name = file_name(base, TENSOR_FILE_SUFFIX.as_bytes());
-    let path = store.local_path(&name);
+    let path = store.shown(&name);
     let io_error = |err| Error::io_at("read tensors from", &path, err);
     let damaged = |detail: String| Error::Damaged {
         prefix: path.clone(),
@@ -98,7 +98,7 @@ pub fn read_tensor_file(
     }
     match expected_crc {
         Some(expected) => check_crc(
-            &store.local_path(std::path::Path::new(base)),
+            &store.shown(std::path::Path::new(base)),
             &path,
             crc,
             expected,
@@ -169,7 +169,7 @@ impl TensorFile {
     pub fn open(prefix: &Path) -> Result<Option<TensorFile>> {
         let (store, base) = split_prefix(prefix)?;
         let name = file_name(&base, TENSOR_FILE_SUFFIX.as_bytes());
-        let path = store.local_path(&name);
+        let path = store.shown(&name);
         let file = match store.open_read(&name) {
             Ok(Some(file)) => file,
             Ok(None) => return Ok(None),

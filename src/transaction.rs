@@ -47,7 +47,7 @@ pub fn is_reserved_suffix(suffix: &[u8]) -> bool {
 }
 
 fn io_at(action: &str, store: &dyn Store, name: &Path) -> impl FnOnce(io::Error) -> Error {
-    let path = store.local_path(name);
+    let path = store.shown(name);
     let action = action.to_owned();
     move |err| Error::io_at(&action, &path, err)
 }
@@ -314,7 +314,7 @@ impl Transaction {
             size += bytes.len() as u64;
             file.write_all(bytes)
         })
-        .and_then(|()| file.flush())
+        .and_then(|()| file.finish())
         .map_err(io_at("write", &*self.store, &name))?;
         self.written.lock().unwrap().push(FileRecord {
             suffix: ByteString::from_bytes(&self.in_checkpoint(suffix.as_bytes())),
@@ -360,7 +360,7 @@ impl Transaction {
                     return Err(Error::invalid(format!(
                         "the save wrote '{}', which is not a file of the checkpoint: write \
                          only '<prefix>', '<prefix>.<suffix>' or inside a '<prefix>' directory",
-                        self.store.local_path(&name).display()
+                        self.store.shown(&name).display()
                     )));
                 }
                 match entry.kind {
@@ -376,7 +376,7 @@ impl Transaction {
                             .ok_or_else(|| {
                                 Error::io_at(
                                     "read",
-                                    &self.store.local_path(&name),
+                                    &self.store.shown(&name),
                                     io::ErrorKind::NotFound.into(),
                                 )
                             })?;
@@ -404,7 +404,7 @@ impl Transaction {
                     Kind::Other => {
                         return Err(Error::invalid(format!(
                             "the save made '{}', which is neither a regular file nor a directory",
-                            self.store.local_path(&name).display()
+                            self.store.shown(&name).display()
                         )))
                     }
                 }
@@ -429,7 +429,7 @@ impl Transaction {
         let record = match prepared {
             Ok(record) => record,
             Err(err) => {
-                let prefix = self.store.local_path(Path::new(&self.base));
+                let prefix = self.store.shown(Path::new(&self.base));
                 return Err(match self.undo() {
                     Ok(()) => err,
                     // The record may be durable: recovery will roll it forward.
@@ -445,7 +445,7 @@ impl Transaction {
             }
         };
         apply(&*self.store, &self.base, &record, false).map_err(|err| {
-            let prefix = self.store.local_path(Path::new(&self.base));
+            let prefix = self.store.shown(Path::new(&self.base));
             Error::io(
                 format!(
                     "finish the commit of '{}' (it is committed: the next save or open finishes it)",
@@ -466,10 +466,17 @@ impl Transaction {
         if !matches!(self.store.kind(state_name), Ok(None | Some(Kind::File))) {
             return Err(Error::io_at(
                 "write state file",
-                &self.store.local_path(state_name),
+                &self.store.shown(state_name),
                 io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"),
             ));
         }
+        // Another writer's commit since this one read the state: stop before
+        // the commit point, having touched none of its files.
+        self.store.check_unchanged(state_name).map_err(io_at(
+            "commit to",
+            &*self.store,
+            Path::new(""),
+        ))?;
         let state_staged = PathBuf::from(format!("{STATE_FILE_NAME}.tmp{}", random_hex32()));
         write_whole(&*self.store, &state_staged, &plan.state_after)?;
         let mut manifest = Manifest::new(plan.number, sealed.files.clone());
@@ -513,18 +520,24 @@ impl Transaction {
                 })
                 .collect(),
         };
-        let record_name = self.staging.join(RECORD_NAME);
-        let json = serde_json::to_vec(&record).expect("a commit record always serialises");
-        write_whole(&*self.store, &record_name, &json)?;
+        // Everything the record names is durable before the record is (an
+        // object store makes each write durable at once).
         let mut files: Vec<PathBuf> = sealed
             .files
             .iter()
             .map(|f| self.staged_file(f.suffix.as_bytes()))
             .collect();
-        files.extend([manifest_staged, record_name, state_staged]);
-        self.store
-            .sync_files(&files)
-            .map_err(io_at("sync", &*self.store, &self.staging))?;
+        files.extend([manifest_staged, state_staged]);
+        let sync = |files: &[PathBuf]| {
+            self.store
+                .sync_files(files)
+                .map_err(io_at("sync", &*self.store, &self.staging))
+        };
+        sync(&files)?;
+        let record_name = self.staging.join(RECORD_NAME);
+        let json = serde_json::to_vec(&record).expect("a commit record always serialises");
+        write_whole(&*self.store, &record_name, &json)?;
+        sync(&[record_name])?;
         // The root too: the staging directory's own entry must survive.
         let mut directories = sealed.directories.clone();
         directories.push(PathBuf::new());
@@ -581,7 +594,7 @@ impl Drop for Transaction {
 fn write_whole(store: &dyn Store, name: &Path, bytes: &[u8]) -> Result<()> {
     store
         .create(name)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.flush()))
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.finish()))
         .map_err(io_at("write", store, name))
 }
 
@@ -638,7 +651,7 @@ fn apply(store: &dyn Store, base: &OsStr, record: &CommitRecord, recovering: boo
                 Some(_) => {
                     return Err(Error::io_at(
                         "move into place",
-                        &store.local_path(&to),
+                        &store.shown(&to),
                         io::Error::new(
                             io::ErrorKind::InvalidInput,
                             "a file stands where its directory goes",
@@ -746,7 +759,7 @@ fn read_record(store: &dyn Store, base: &OsStr) -> Result<Option<CommitRecord>> 
             .filter(|record| record.format == RECORD_FORMAT && record.version == 1)),
         Ok(None) => Ok(None),
         Err(err) if err.kind() == io::ErrorKind::InvalidData => Ok(None),
-        Err(err) => Err(Error::io_at("read", &store.local_path(&record_name), err)),
+        Err(err) => Err(Error::io_at("read", &store.shown(&record_name), err)),
     }
 }
 
@@ -761,7 +774,7 @@ fn recover_staging(
     on_swept: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
     let staging = staging_name(base);
-    let shown = store.local_path(Path::new(base));
+    let shown = store.shown(Path::new(base));
     match record {
         Some(record) => {
             warn(&format!(
@@ -918,7 +931,7 @@ pub fn run_recovery_step(
             if *delete {
                 warn(&format!(
                     "removing '{}': it was being saved or deleted when the last writer stopped",
-                    store.local_path(Path::new(base)).display()
+                    store.shown(Path::new(base)).display()
                 ));
                 integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
             }
@@ -988,7 +1001,7 @@ pub fn replace_state(store: &dyn Store, bytes: &[u8], state_before: Option<u32>)
     if read_state_bytes(store)?.as_deref().map(crc32c::crc32c) != state_before {
         return Err(Error::invalid(format!(
             "'{}' changed since it was read: another tool wrote it; try again",
-            store.local_path(target).display()
+            store.shown(target).display()
         )));
     }
     let staged = PathBuf::from(format!("{STATE_FILE_NAME}.tmp{}", random_hex32()));

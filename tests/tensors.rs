@@ -772,7 +772,7 @@ fn file_with_a_gap() -> Vec<u8> {
     let json = br#"{"a":{"dtype":"F64","shape":[2,2],"data_offsets":[0,32]},"b":{"dtype":"F32","shape":[3],"data_offsets":[40,52]}}"#;
     let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(json);
-    bytes.extend(std::iter::repeat(0x77).take(52));
+    bytes.extend(std::iter::repeat_n(0x77, 52));
     bytes
 }
 

@@ -305,12 +305,16 @@ pub unsafe extern "C" fn ckpt_options_free(options: *mut ckpt_options) {
 
 /// Sets the checkpoint directory (required). It need not exist: the first save
 /// creates it. Any bytes but NUL; relative paths are relative to the process's
-/// working directory at each call.
+/// working directory at each call. `file:///abs/path` is the local path;
+/// `s3://bucket/prefix` is a prefix of an S3-compatible bucket (see
+/// `ckpt_options_set_storage_option`). Any other `scheme://` is refused.
 ///
 /// Ownership: `options` is borrowed; `directory` is borrowed (copied).
 /// Returns: CKPT_STATUS_OK, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_NULL_ARGUMENT
-/// (`directory`), CKPT_STATUS_INVALID_ARGUMENT (empty).
+/// (`directory`), CKPT_STATUS_INVALID_ARGUMENT (empty; a URL of a scheme the
+/// library does not serve, such as `gs://` or `hdfs://`; an invalid bucket
+/// name or a prefix with empty, `.` or `..` components).
 /// Threads: one thread at a time per options object.
 /// Callbacks: none run.
 #[no_mangle]
@@ -618,6 +622,49 @@ pub unsafe extern "C" fn ckpt_options_set_coordination_timeout(
     unsafe {
         update(options, |o| {
             Ok(o.config.set_coordination_timeout(seconds)?)
+        })
+    }
+}
+
+/// Sets an option of the object store an `s3://` directory lives on, beating
+/// the `AWS_*` environment variables and the `~/.aws/credentials` and
+/// `~/.aws/config` files (profile `AWS_PROFILE` or `default`). Keys are the S3
+/// client's (object_store's `AmazonS3ConfigKey`): `aws_endpoint`,
+/// `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
+/// `aws_session_token`, `aws_allow_http` ("true" for an `http://` endpoint),
+/// `aws_virtual_hosted_style_request`, ...; and the library's own:
+///  - `ckpt_local_staging_directory`: where save callbacks write before the
+///    upload and restore callbacks read after the download (default: the
+///    temporary directory); each manager uses its own subdirectory and empties
+///    it after each call;
+///  - `ckpt_allow_unconditional_writes` ("true" or "false", default false):
+///    write to a server that ignores conditional writes (If-Match and
+///    If-None-Match), which the manager otherwise refuses at open, since two
+///    writers could then both commit;
+///  - `ckpt_max_retries`: how often a failed request is retried, with
+///    exponential backoff (default 10, within 3 minutes).
+///
+/// Local directories ignore these options.
+///
+/// Ownership: `options` is borrowed; `key` and `value` are borrowed (copied).
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not UTF-8,
+/// an unknown key, a boolean that is not "true" or "false").
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_storage_option(
+    options: *mut ckpt_options,
+    key: *const c_char,
+    value: *const c_char,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call; `key` and `value` NULL or NUL-terminated (header).
+    unsafe {
+        update(options, |o| {
+            let key = utf8_arg(key, "key")?;
+            let value = utf8_arg(value, "value")?;
+            Ok(o.config.set_storage_option(key, value)?)
         })
     }
 }

@@ -542,16 +542,12 @@ impl CheckpointManager {
     /// Reads this rank's tensors and runs its restore callback.
     fn restore_shard(&mut self, candidate: &Path, shard: &str) -> Result<()> {
         let (store, base) = self.locate(candidate)?;
-        let mut shard_base = base;
+        let mut shard_base = base.clone();
         shard_base.push(shard);
         if !self.tensors.is_empty() {
             let partial = self.config.partial_restore;
             read_tensor_file(&*store, &shard_base, &self.tensors, partial, None)?;
         }
-        if let Some(restore) = self.callbacks.restore.as_mut() {
-            let prefix = store.local_path(Path::new(&shard_base));
-            restore(&prefix).map_err(Error::callback("restore"))?;
-        }
-        Ok(())
+        self.run_restore_callback(&store, &base, &shard_base)
     }
 }

@@ -81,7 +81,7 @@ impl<S: Store> Store for FaultyStore<S> {
     fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>> {
         self.inner.open_read(name)
     }
-    fn create(&self, name: &Path) -> io::Result<Box<dyn io::Write + Send>> {
+    fn create(&self, name: &Path) -> io::Result<Box<dyn super::FileWriter>> {
         self.steps.step("create")?;
         self.inner.create(name)
     }

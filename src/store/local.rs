@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::{Entry, Kind, ReadAt, Store};
+use super::{Entry, FileWriter, Kind, ReadAt, Store};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -17,14 +17,6 @@ pub struct LocalStore {
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore { root: root.into() }
-    }
-
-    /// The store of the directory that holds `prefix`'s files.
-    pub fn of_prefix(prefix: &Path) -> Self {
-        match prefix.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => LocalStore::new(parent),
-            _ => LocalStore::new("."),
-        }
     }
 
     pub fn root(&self) -> &Path {
@@ -171,6 +163,13 @@ pub(crate) fn random_hex32() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Durable later, by `sync_files`.
+impl FileWriter for File {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        io::Write::flush(&mut self)
+    }
+}
+
 impl Store for LocalStore {
     fn local_path(&self, name: &Path) -> PathBuf {
         self.path(name)
@@ -232,7 +231,7 @@ impl Store for LocalStore {
         })))
     }
 
-    fn create(&self, name: &Path) -> io::Result<Box<dyn io::Write + Send>> {
+    fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>> {
         self.check_parents(name)?;
         let file = OpenOptions::new()
             .write(true)

@@ -7,15 +7,21 @@
 pub(crate) mod faulty;
 mod local;
 mod lock;
+mod object;
+mod profile;
 
 pub use lock::LOCK_FILE_NAME;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::location::Location;
 
 pub(crate) use local::random_hex32;
 pub use local::{create_directory, LocalStore};
 pub use lock::DirectoryLock;
+pub use object::check_option;
 
 /// What a name in the store is. Anything but a regular file or a
 /// directory (symlinks, FIFOs, devices) is `Other` and is never read.
@@ -40,6 +46,32 @@ pub trait ReadAt: Send {
     fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
+/// A file being written; `finish` makes it whole (an object store
+/// completes its upload there). Dropped unfinished, it may be lost.
+pub trait FileWriter: io::Write + Send {
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// A conditional write lost: another writer changed what this store read.
+#[derive(Debug)]
+pub struct Conflict(pub String);
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Conflict {}
+
+pub fn conflict(message: impl Into<String>) -> io::Error {
+    io::Error::other(Conflict(message.into()))
+}
+
+pub fn is_conflict(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<Conflict>())
+}
+
 /// The operations on a checkpoint directory. Names are relative paths
 /// without `.` or `..` components, built by the callers from validated
 /// parts.
@@ -56,7 +88,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// else (a symlink, a FIFO, a directory).
     fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>>;
     /// Creates (or truncates) a file to write.
-    fn create(&self, name: &Path) -> io::Result<Box<dyn io::Write + Send>>;
+    fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>>;
     fn create_dir(&self, name: &Path) -> io::Result<()>;
     /// Makes the contents of these files durable, concurrently.
     fn sync_files(&self, names: &[PathBuf]) -> io::Result<()>;
@@ -71,6 +103,70 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes a directory the transaction created, with what is in it
     /// (symlinks removed, never followed).
     fn remove_staging(&self, name: &Path) -> io::Result<()>;
+    /// How messages show `name`: its path, or its URL.
+    fn shown(&self, name: &Path) -> PathBuf {
+        self.local_path(name)
+    }
+    /// A `Conflict` when `name` changed since this store read or wrote it
+    /// (another writer). The local store's lock already excludes one.
+    fn check_unchanged(&self, _name: &Path) -> io::Result<()> {
+        Ok(())
+    }
+    /// Makes these files readable at `local_path`, for a restore callback.
+    fn fetch_local(&self, _names: &[PathBuf]) -> io::Result<()> {
+        Ok(())
+    }
+    /// Removes what `fetch_local` and callbacks left locally.
+    fn release_local(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Refuses to write where a second writer could commit unnoticed.
+    fn probe_conditional_writes(&self) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
+/// The store of a directory or URL; `options` are storage options (for
+/// object stores).
+pub fn open(directory: &Path, options: &[(String, String)]) -> crate::Result<Arc<dyn Store>> {
+    Ok(match crate::location::parse(directory)? {
+        Location::Local(path) => Arc::new(LocalStore::new(path)),
+        Location::S3(location) => Arc::new(object::connect(&location, options)?),
+    })
+}
+
+/// A writer's hold on a local directory; object stores rely on
+/// conditional writes instead (`None`).
+pub fn lock(directory: &Path) -> crate::Result<Option<DirectoryLock>> {
+    match crate::location::parse(directory)? {
+        Location::Local(path) => Ok(Some(DirectoryLock::acquire(&path)?)),
+        Location::S3(_) => Ok(None),
+    }
+}
+
+/// The store holding a checkpoint prefix's files, and the prefix's base.
+/// A prefix must end in a file name: `run/` or `run/..` names no checkpoint.
+pub fn of_prefix(
+    prefix: &Path,
+    options: &[(String, String)],
+) -> crate::Result<(Arc<dyn Store>, std::ffi::OsString)> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = prefix.as_os_str().as_bytes();
+    let base = match prefix.file_name() {
+        Some(base) if !bytes.ends_with(b"/") && !bytes.ends_with(b"/.") && bytes != b"." => base,
+        _ => {
+            return Err(crate::Error::invalid(format!(
+                "'{}' is not a checkpoint prefix: it must end in a file name",
+                prefix.display()
+            )))
+        }
+    };
+    let directory = &bytes[..bytes.len() - base.len()];
+    let store = match directory {
+        b"" => Arc::new(LocalStore::new(".")) as Arc<dyn Store>,
+        directory => open(Path::new(std::ffi::OsStr::from_bytes(directory)), options)?,
+    };
+    Ok((store, base.to_owned()))
 }
 
 /// The entries directly in the store's root (the checkpoint directory).
@@ -78,7 +174,7 @@ pub fn list_root(store: &dyn Store) -> crate::Result<Vec<Entry>> {
     let root = Path::new("");
     store
         .list(root)
-        .map_err(|err| crate::Error::io_at("list directory", &store.local_path(root), err))
+        .map_err(|err| crate::Error::io_at("list directory", &store.shown(root), err))
 }
 
 /// Reads a whole regular file of at most `limit` bytes; `None` when

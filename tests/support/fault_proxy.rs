@@ -78,6 +78,11 @@ impl FaultProxy {
         self.state.faults.lock().unwrap().drop_request_body_after = Some((bytes, times));
     }
 
+    /// Forwards every later request body whole.
+    pub fn stop_dropping_request_bodies(&self) {
+        self.state.faults.lock().unwrap().drop_request_body_after = None;
+    }
+
     /// Cuts the connection of the next response whose body is longer than
     /// `bytes`, after forwarding `bytes` of it.
     pub fn drop_next_response_body_after(&self, bytes: usize) {

@@ -100,6 +100,7 @@ FUNCTIONS = (
     ('ckpt_options_set_communicator', ctypes.c_uint32, (ctypes.c_void_p, ctypes.POINTER(ckpt_communicator))),
     ('ckpt_options_set_node_local', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_bool)),
     ('ckpt_options_set_coordination_timeout', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
+    ('ckpt_options_set_storage_option', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p)),
     ('ckpt_options_set_checkpoint_name', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p)),
     ('ckpt_options_set_checkpoint_interval', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_int64)),
     ('ckpt_options_set_last_checkpoint_step', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_int64)),

@@ -1,0 +1,698 @@
+//! An S3-compatible bucket prefix, through the `object_store` crate (its
+//! client, signing, retries with backoff and multipart uploads).
+//!
+//! - Files the library writes go straight to objects: a small one in one
+//!   PUT, a large one as a multipart upload with concurrent parts.
+//! - Files a save callback writes land in a local shadow directory
+//!   (`local_path`); `sync_files`, which the transaction runs before its
+//!   commit point, uploads them and removes the local copies.
+//! - Reads are ranged GETs, pinned to the ETag seen when the object was
+//!   opened, so a replaced object is an error rather than mixed bytes.
+//! - A rename onto an object this store has read (the state file, a
+//!   manifest) is a conditional PUT: `If-Match` its ETag, or
+//!   `If-None-Match: *` if it was absent. Losing that race is a `Conflict`.
+//!   Other renames are a server-side copy and a delete.
+
+use std::collections::HashMap;
+use std::fs;
+use std::future::Future;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::future::try_join_all;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as Key;
+use object_store::{
+    GetOptions, GetRange, MultipartUpload, ObjectStore as Client, PutMode, PutOptions, PutPayload,
+    UpdateVersion,
+};
+
+use super::{conflict, Entry, FileWriter, Kind, LocalStore, ReadAt, Store};
+use crate::location::BucketPrefix;
+
+/// Parts of a multipart upload, and the size under which a file is one PUT.
+const PART_BYTES: usize = 16 << 20;
+/// Parts uploaded at once by one file.
+const PARTS_IN_FLIGHT: usize = 8;
+/// Ranged GETs of one read at once, each of at most `PART_BYTES`.
+const RANGES_IN_FLIGHT: usize = 8;
+
+/// The library's own options, beside the client's (`aws_*`).
+pub const LOCAL_STAGING_OPTION: &str = "ckpt_local_staging_directory";
+pub const UNCONDITIONAL_OPTION: &str = "ckpt_allow_unconditional_writes";
+pub const RETRIES_OPTION: &str = "ckpt_max_retries";
+
+/// The runtime every object store's requests run on; the library's calls
+/// block on them from whatever thread the caller uses.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .thread_name("ckpt-object-store")
+            .enable_all()
+            .build()
+            .expect("the object store's runtime starts")
+    })
+}
+
+/// Runs `future` on the runtime and waits for it. Spawned rather than
+/// `block_on`, so that a caller already inside some tokio runtime works.
+fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> io::Result<T> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = sender.send(future.await);
+    });
+    receiver
+        .recv()
+        .map_err(|_| io::Error::other("an object store request panicked"))
+}
+
+/// What this store last saw of an object it read or wrote.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Absent,
+    Tag(String),
+}
+
+#[derive(Debug)]
+pub struct ObjectStore {
+    location: BucketPrefix,
+    client: Arc<dyn Client>,
+    /// Where save callbacks write and restore callbacks read, locally.
+    shadow: LocalStore,
+    seen: Mutex<HashMap<String, Seen>>,
+    /// The user opted out of conditional writes (a server without them).
+    unconditional: bool,
+}
+
+/// The settings of a connection: the client's options by their own names,
+/// and the library's.
+pub fn connect(
+    location: &BucketPrefix,
+    options: &[(String, String)],
+) -> crate::Result<ObjectStore> {
+    let mut builder = AmazonS3Builder::from_env();
+    for (key, value) in crate::store::profile::settings()? {
+        builder = builder.with_config(key, value);
+    }
+    let mut staging = None;
+    let mut unconditional = false;
+    for (key, value) in options {
+        match key.as_str() {
+            LOCAL_STAGING_OPTION => staging = Some(PathBuf::from(value)),
+            UNCONDITIONAL_OPTION => unconditional = parse_bool(key, value)?,
+            RETRIES_OPTION => {
+                builder = builder.with_retry(object_store::RetryConfig {
+                    max_retries: parse_count(key, value)?,
+                    ..Default::default()
+                })
+            }
+            _ => builder = builder.with_config(config_key(key)?, value),
+        }
+    }
+    let client = builder
+        .with_bucket_name(&location.bucket)
+        .build()
+        .map_err(|err| {
+            crate::Error::invalid(format!("cannot reach '{}': {err}", location.url()))
+        })?;
+    let root = staging.unwrap_or_else(std::env::temp_dir);
+    let shadow = root.join(format!("ckpt-manager-{}", super::random_hex32()));
+    Ok(ObjectStore {
+        location: location.clone(),
+        client: Arc::new(client),
+        shadow: LocalStore::new(shadow),
+        seen: Mutex::new(HashMap::new()),
+        unconditional,
+    })
+}
+
+/// Checks a storage option's name: the library's own, or one the S3
+/// client knows (`aws_endpoint`, `aws_region`, ...).
+pub fn check_option(key: &str, value: &str) -> crate::Result<()> {
+    match key {
+        LOCAL_STAGING_OPTION => Ok(()),
+        UNCONDITIONAL_OPTION => parse_bool(key, value).map(drop),
+        RETRIES_OPTION => parse_count(key, value).map(drop),
+        _ => config_key(key).map(drop),
+    }
+}
+
+fn config_key(key: &str) -> crate::Result<object_store::aws::AmazonS3ConfigKey> {
+    key.parse().map_err(|_| {
+        crate::Error::invalid(format!(
+            "unknown storage option '{key}': use the S3 client's names (aws_endpoint, aws_region, \
+             aws_access_key_id, aws_allow_http, ...), {LOCAL_STAGING_OPTION}, \
+             {UNCONDITIONAL_OPTION} or {RETRIES_OPTION}"
+        ))
+    })
+}
+
+fn parse_count(key: &str, value: &str) -> crate::Result<usize> {
+    value.parse().map_err(|_| {
+        crate::Error::invalid(format!("storage option {key} is a count, not '{value}'"))
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> crate::Result<bool> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(crate::Error::invalid(format!(
+            "storage option {key} is true or false, not '{value}'"
+        ))),
+    }
+}
+
+/// An object store error as an I/O error, keeping its meaning.
+fn io_error(err: object_store::Error) -> io::Error {
+    match err {
+        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, err),
+        object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. } => {
+            conflict(err.to_string())
+        }
+        other => io::Error::other(other),
+    }
+}
+
+fn missing_is_none<T>(result: Result<T, object_store::Error>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(err) => Err(io_error(err)),
+    }
+}
+
+impl ObjectStore {
+    fn key(&self, name: &Path) -> io::Result<Key> {
+        let name = std::str::from_utf8(name.as_os_str().as_bytes()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "object names must be UTF-8")
+        })?;
+        Ok(Key::from(self.location.key(name)))
+    }
+
+    fn see(&self, key: &Key, seen: Seen) {
+        self.seen.lock().unwrap().insert(key.to_string(), seen);
+    }
+
+    fn seen(&self, key: &Key) -> Option<Seen> {
+        self.seen.lock().unwrap().get(key.as_ref()).cloned()
+    }
+
+    /// A local shadow file of `name` written by a callback, if any.
+    fn shadow_file(&self, name: &Path) -> io::Result<bool> {
+        Ok(self.shadow.kind(name)? == Some(Kind::File))
+    }
+
+    /// Writes `bytes` to `key`, conditionally when this store saw it.
+    fn put_seen(&self, key: &Key, bytes: Vec<u8>) -> io::Result<()> {
+        let mode = match (self.unconditional, self.seen(key)) {
+            (true, _) | (false, None) => PutMode::Overwrite,
+            (false, Some(Seen::Absent)) => PutMode::Create,
+            (false, Some(Seen::Tag(tag))) => PutMode::Update(UpdateVersion {
+                e_tag: Some(tag),
+                version: None,
+            }),
+        };
+        let client = self.client.clone();
+        let (target, payload) = (key.clone(), PutPayload::from(bytes.clone()));
+        let put = run(async move {
+            let options = PutOptions {
+                mode,
+                ..PutOptions::default()
+            };
+            client.put_opts(&target, payload, options).await
+        })?;
+        match put {
+            Ok(result) => {
+                self.see(key, result.e_tag.map_or(Seen::Absent, Seen::Tag));
+                Ok(())
+            }
+            // A retried PUT can find its own first attempt: the same bytes.
+            Err(
+                err @ (object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }),
+            ) => {
+                let client = self.client.clone();
+                let target = key.clone();
+                let current = run(async move {
+                    let got = client.get(&target).await?;
+                    let tag = got.meta.e_tag.clone();
+                    Ok::<_, object_store::Error>((got.bytes().await?, tag))
+                })?;
+                match current {
+                    Ok((current, tag)) if current.as_ref() == bytes.as_slice() => {
+                        self.see(key, tag.map_or(Seen::Absent, Seen::Tag));
+                        Ok(())
+                    }
+                    _ => Err(io_error(err)),
+                }
+            }
+            Err(err) => Err(io_error(err)),
+        }
+    }
+
+    /// Uploads a callback's local file to its object, and removes the copy.
+    fn upload_shadow(&self, name: &Path) -> io::Result<()> {
+        let mut file = fs::File::open(self.shadow.local_path(name))?;
+        let mut writer = ObjectWriter::new(self.client.clone(), self.key(name)?);
+        let mut buffer = vec![0u8; PART_BYTES.min(8 << 20)];
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            io::Write::write_all(&mut writer, &buffer[..read])?;
+        }
+        Box::new(writer).finish()?;
+        self.shadow.remove_file(name)
+    }
+}
+
+impl Store for ObjectStore {
+    fn local_path(&self, name: &Path) -> PathBuf {
+        self.shadow.local_path(name)
+    }
+
+    fn shown(&self, name: &Path) -> PathBuf {
+        let name = name.as_os_str().to_string_lossy();
+        PathBuf::from(match name.is_empty() {
+            true => self.location.url(),
+            false => format!("{}/{name}", self.location.url()),
+        })
+    }
+
+    fn list(&self, directory: &Path) -> io::Result<Vec<Entry>> {
+        let key = self.key(directory)?;
+        let client = self.client.clone();
+        let prefix = (!key.as_ref().is_empty()).then_some(key);
+        let listed = run(async move { client.list_with_delimiter(prefix.as_ref()).await })?
+            .map_err(io_error)?;
+        let mut entries = self.shadow.list(directory)?;
+        let mut add = |key: &Key, kind| {
+            let name = std::ffi::OsString::from(key.filename().unwrap_or_default());
+            if !entries.iter().any(|entry| entry.name == name) {
+                entries.push(Entry { name, kind });
+            }
+        };
+        listed
+            .objects
+            .iter()
+            .for_each(|o| add(&o.location, Kind::File));
+        listed
+            .common_prefixes
+            .iter()
+            .for_each(|p| add(p, Kind::Directory));
+        Ok(entries)
+    }
+
+    fn kind(&self, name: &Path) -> io::Result<Option<Kind>> {
+        if let Some(kind) = self.shadow.kind(name)? {
+            return Ok(Some(kind));
+        }
+        let key = self.key(name)?;
+        let client = self.client.clone();
+        let target = key.clone();
+        let head = run(async move { client.head(&target).await })?;
+        if missing_is_none(head)?.is_some() {
+            return Ok(Some(Kind::File));
+        }
+        let client = self.client.clone();
+        let listed =
+            run(async move { client.list_with_delimiter(Some(&key)).await })?.map_err(io_error)?;
+        let any = !listed.objects.is_empty() || !listed.common_prefixes.is_empty();
+        Ok(any.then_some(Kind::Directory))
+    }
+
+    fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>> {
+        if self.shadow_file(name)? {
+            return self.shadow.open_read(name);
+        }
+        let key = self.key(name)?;
+        let client = self.client.clone();
+        let target = key.clone();
+        let Some(meta) = missing_is_none(run(async move { client.head(&target).await })?)? else {
+            self.see(&key, Seen::Absent);
+            return Ok(None);
+        };
+        if let Some(tag) = &meta.e_tag {
+            self.see(&key, Seen::Tag(tag.clone()));
+        }
+        Ok(Some(Box::new(ObjectReader {
+            client: self.client.clone(),
+            key,
+            size: meta.size,
+            e_tag: meta.e_tag,
+        })))
+    }
+
+    fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>> {
+        Ok(Box::new(ObjectWriter::new(
+            self.client.clone(),
+            self.key(name)?,
+        )))
+    }
+
+    /// Objects need no directories; callbacks get a local one to write in.
+    fn create_dir(&self, name: &Path) -> io::Result<()> {
+        fs::create_dir_all(self.shadow.local_path(name))
+    }
+
+    /// Uploads what callbacks wrote locally; objects are durable already.
+    fn sync_files(&self, names: &[PathBuf]) -> io::Result<()> {
+        for name in names {
+            if self.shadow_file(name)? {
+                self.upload_shadow(name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_directories(&self, _names: &[PathBuf]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if self.shadow_file(from)? {
+            self.upload_shadow(from)?;
+        }
+        let (source, target) = (self.key(from)?, self.key(to)?);
+        if self.seen(&target).is_some() {
+            let client = self.client.clone();
+            let read = source.clone();
+            let bytes =
+                run(async move { client.get(&read).await?.bytes().await })?.map_err(io_error)?;
+            self.put_seen(&target, bytes.to_vec())?;
+        } else {
+            let client = self.client.clone();
+            let (read, write) = (source.clone(), target.clone());
+            run(async move { client.copy(&read, &write).await })?.map_err(io_error)?;
+        }
+        let client = self.client.clone();
+        run(async move { client.delete(&source).await })?.map_err(io_error)
+    }
+
+    fn remove_file(&self, name: &Path) -> io::Result<()> {
+        self.shadow.remove_file(name)?;
+        let key = self.key(name)?;
+        let client = self.client.clone();
+        let target = key.clone();
+        missing_is_none(run(async move { client.delete(&target).await })?)?;
+        self.seen.lock().unwrap().remove(key.as_ref());
+        Ok(())
+    }
+
+    fn remove_empty_dir(&self, name: &Path) -> io::Result<()> {
+        self.shadow.remove_empty_dir(name)
+    }
+
+    fn remove_staging(&self, name: &Path) -> io::Result<()> {
+        self.shadow.remove_staging(name)?;
+        let key = self.key(name)?;
+        let client = self.client.clone();
+        run(async move {
+            use futures::TryStreamExt;
+            let prefix = Key::from(format!("{key}/"));
+            let keys: Vec<Key> = client
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location)
+                .try_collect()
+                .await?;
+            try_join_all(keys.iter().map(|key| client.delete(key))).await?;
+            Ok::<_, object_store::Error>(())
+        })?
+        .map_err(io_error)
+    }
+
+    fn check_unchanged(&self, name: &Path) -> io::Result<()> {
+        let key = self.key(name)?;
+        let Some(seen) = self.seen(&key).filter(|_| !self.unconditional) else {
+            return Ok(());
+        };
+        let client = self.client.clone();
+        let target = key.clone();
+        let now = match missing_is_none(run(async move { client.head(&target).await })?)? {
+            Some(meta) => meta.e_tag.map_or(Seen::Absent, Seen::Tag),
+            None => Seen::Absent,
+        };
+        if now == seen {
+            return Ok(());
+        }
+        Err(conflict(format!(
+            "'{}' changed since this manager read it",
+            self.shown(name).display()
+        )))
+    }
+
+    fn fetch_local(&self, names: &[PathBuf]) -> io::Result<()> {
+        for name in names {
+            let Some(file) = self.open_read(name)? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("'{}' is missing", self.shown(name).display()),
+                ));
+            };
+            let path = self.shadow.local_path(name);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let mut local = fs::File::create(&path)?;
+            let mut offset = 0;
+            let mut buffer = vec![0u8; (file.size() as usize).min(PART_BYTES)];
+            while offset < file.size() {
+                let chunk = &mut buffer[..(file.size() - offset).min(PART_BYTES as u64) as usize];
+                file.read_exact_at(chunk, offset)?;
+                io::Write::write_all(&mut local, chunk)?;
+                offset += chunk.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn release_local(&self) -> io::Result<()> {
+        match fs::remove_dir_all(self.shadow.root()) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    fn probe_conditional_writes(&self) -> crate::Result<()> {
+        if self.unconditional {
+            return Ok(());
+        }
+        let name = PathBuf::from(format!(".ckpt-probe-{}", super::random_hex32()));
+        let key = self
+            .key(&name)
+            .map_err(|err| crate::Error::io("probe", err))?;
+        let attempt = |client: Arc<dyn Client>, key: Key| async move {
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..PutOptions::default()
+            };
+            client
+                .put_opts(&key, PutPayload::from_static(b"probe"), options)
+                .await
+        };
+        let shown = self.location.url();
+        let failed = |err| crate::Error::io(format!("write to '{shown}'"), err);
+        run(attempt(self.client.clone(), key.clone()))
+            .map_err(failed)?
+            .map_err(|err| failed(io_error(err)))?;
+        let again = run(attempt(self.client.clone(), key.clone())).map_err(failed)?;
+        let client = self.client.clone();
+        let _ = run(async move { client.delete(&key).await });
+        match again {
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(()),
+            Err(err) => Err(failed(io_error(err))),
+            Ok(_) => Err(crate::Error::invalid(format!(
+                "the server of '{shown}' ignores conditional writes (If-None-Match), so two \
+                 writers could both commit; set the storage option {UNCONDITIONAL_OPTION}=true to \
+                 write anyway, with one writer at a time"
+            ))),
+        }
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let _ = self.release_local();
+    }
+}
+
+struct ObjectReader {
+    client: Arc<dyn Client>,
+    key: Key,
+    size: u64,
+    e_tag: Option<String>,
+}
+
+impl ReadAt for ObjectReader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Concurrent ranged GETs straight into `buffer`, each pinned to the
+    /// ETag the object had when opened.
+    fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+        if offset.saturating_add(buffer.len() as u64) > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read beyond the object's size",
+            ));
+        }
+        for group in buffer
+            .chunks_mut(PART_BYTES * RANGES_IN_FLIGHT)
+            .scan(offset, |at, group| {
+                let start = *at;
+                *at += group.len() as u64;
+                Some((start, group))
+            })
+        {
+            let (start, group) = group;
+            let ranges: Vec<std::ops::Range<u64>> = (0..group.len())
+                .step_by(PART_BYTES)
+                .map(|at| {
+                    let from = start + at as u64;
+                    from..from + (group.len() - at).min(PART_BYTES) as u64
+                })
+                .collect();
+            let (client, key, e_tag) = (self.client.clone(), self.key.clone(), self.e_tag.clone());
+            let parts = run(async move {
+                try_join_all(ranges.into_iter().map(|range| {
+                    let options = GetOptions {
+                        range: Some(GetRange::Bounded(range)),
+                        if_match: e_tag.clone(),
+                        ..GetOptions::default()
+                    };
+                    let (client, key) = (client.clone(), key.clone());
+                    async move { client.get_opts(&key, options).await?.bytes().await }
+                }))
+                .await
+            })?
+            .map_err(io_error)?;
+            let mut at = 0;
+            for part in parts {
+                let end = at + part.len();
+                if end > group.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the server returned more bytes than asked",
+                    ));
+                }
+                group[at..end].copy_from_slice(&part);
+                at = end;
+            }
+            if at != group.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server returned fewer bytes than asked",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes one object: buffered into one PUT while small, else a multipart
+/// upload whose parts go up concurrently as the caller writes.
+struct ObjectWriter {
+    client: Arc<dyn Client>,
+    key: Key,
+    buffer: Vec<u8>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+}
+
+impl ObjectWriter {
+    fn new(client: Arc<dyn Client>, key: Key) -> Self {
+        ObjectWriter {
+            client,
+            key,
+            buffer: Vec::new(),
+            upload: None,
+            in_flight: Default::default(),
+        }
+    }
+
+    fn wait_oldest(&mut self) -> io::Result<()> {
+        let Some(part) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        futures::executor::block_on(part)
+            .map_err(|_| io::Error::other("an upload of a part panicked"))?
+            .map_err(io_error)
+    }
+
+    /// Sends the buffer as the next part.
+    fn send_part(&mut self) -> io::Result<()> {
+        if self.upload.is_none() {
+            let (client, key) = (self.client.clone(), self.key.clone());
+            let upload = run(async move { client.put_multipart(&key).await })?.map_err(io_error)?;
+            self.upload = Some(upload);
+        }
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_oldest()?;
+        }
+        let part = PutPayload::from(std::mem::take(&mut self.buffer));
+        let upload = self.upload.as_mut().expect("started above");
+        self.in_flight
+            .push_back(runtime().spawn(upload.put_part(part)));
+        Ok(())
+    }
+}
+
+impl io::Write for ObjectWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve_exact(PART_BYTES);
+        }
+        let taken = bytes.len().min(PART_BYTES - self.buffer.len());
+        self.buffer.extend_from_slice(&bytes[..taken]);
+        if self.buffer.len() == PART_BYTES {
+            self.send_part()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileWriter for ObjectWriter {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        if self.upload.is_none() {
+            let (client, key) = (self.client.clone(), self.key.clone());
+            let payload = PutPayload::from(std::mem::take(&mut self.buffer));
+            return run(async move { client.put(&key, payload).await })?
+                .map(drop)
+                .map_err(io_error);
+        }
+        if !self.buffer.is_empty() {
+            self.send_part()?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        let mut upload = self.upload.take().expect("a multipart upload");
+        run(async move { upload.complete().await })?
+            .map(drop)
+            .map_err(io_error)
+    }
+}
+
+impl Drop for ObjectWriter {
+    /// An upload that was not finished is abandoned on the server.
+    fn drop(&mut self) {
+        self.in_flight.drain(..).for_each(|part| part.abort());
+        if let Some(mut upload) = self.upload.take() {
+            let _ = run(async move { upload.abort().await });
+        }
+    }
+}

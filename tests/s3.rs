@@ -1,0 +1,464 @@
+//! Checkpoints on S3-compatible object storage, against a real moto server
+//! on loopback (tests/support/s3.rs), some through a fault-injecting proxy.
+//! Every assertion reads the bucket back with its own client.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ckpt_manager::{
+    get_checkpoint_state, latest_checkpoint, Callbacks, CheckpointManager, Config, DType,
+    ErrorKind, LatestOptions, MaxToKeep,
+};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::ObjectStore;
+use support::fault_proxy::FaultProxy;
+use support::s3::MotoServer;
+
+const VALUES: usize = 1 << 20;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The test's own client on `bucket`, to read back what the library wrote.
+fn client(endpoint: &str, bucket: &str) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .with_bucket_name(bucket)
+        .build()
+        .unwrap()
+}
+
+/// A bucket of its own on the shared server.
+struct Bucket {
+    name: String,
+    endpoint: String,
+}
+
+impl Bucket {
+    fn new(name: &str) -> Bucket {
+        let server = MotoServer::shared();
+        server.create_bucket(name);
+        Bucket {
+            name: name.to_owned(),
+            endpoint: server.endpoint(),
+        }
+    }
+
+    fn url(&self, prefix: &str) -> PathBuf {
+        PathBuf::from(format!("s3://{}/{prefix}", self.name))
+    }
+
+    /// Every key in the bucket, sorted.
+    fn keys(&self) -> BTreeSet<String> {
+        let client = client(&self.endpoint, &self.name);
+        runtime().block_on(async {
+            client
+                .list(None)
+                .map_ok(|meta| meta.location.to_string())
+                .try_collect()
+                .await
+                .unwrap()
+        })
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        let client = client(&self.endpoint, &self.name);
+        runtime().block_on(async {
+            let path = object_store::path::Path::from(key);
+            client
+                .get(&path)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        let client = client(&self.endpoint, &self.name);
+        runtime().block_on(async {
+            let path = object_store::path::Path::from(key);
+            client.put(&path, bytes.into()).await.unwrap();
+        });
+    }
+
+    /// A configuration on `url` through `endpoint` (the server or a proxy).
+    fn config(&self, url: &Path, endpoint: &str, max_to_keep: MaxToKeep) -> Config {
+        let mut config = Config::new(url, max_to_keep).unwrap();
+        for (key, value) in [
+            ("aws_endpoint", endpoint),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "testing"),
+            ("aws_secret_access_key", "testing"),
+        ] {
+            config.set_storage_option(key, value).unwrap();
+        }
+        config
+    }
+}
+
+fn value(round: u32, i: usize) -> f32 {
+    round as f32 * 1000.0 + i as f32
+}
+
+/// A manager with a registered tensor of `VALUES` floats (4 MiB) and a
+/// save callback writing `<prefix>.note` (its number); its restore
+/// callback records the note it read.
+struct Trainer {
+    manager: CheckpointManager,
+    weights: Box<[f32]>,
+    restored_note: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Trainer {
+    fn open(config: Config) -> Result<Trainer, ckpt_manager::Error> {
+        let restored_note = Arc::new(Mutex::new(None));
+        let note = Arc::clone(&restored_note);
+        let callbacks = Callbacks::new()
+            .on_save(|prefix, number| {
+                let path = ckpt_manager::paths::with_suffix(prefix, ".note");
+                Ok(std::fs::write(path, number.to_string())?)
+            })
+            .on_restore(move |prefix| {
+                let path = ckpt_manager::paths::with_suffix(prefix, ".note");
+                *note.lock().unwrap() = Some(std::fs::read(path)?);
+                Ok(())
+            })
+            .log(|_, _| {});
+        let manager = CheckpointManager::new(config, callbacks)?;
+        let mut trainer = Trainer {
+            manager,
+            weights: vec![0.0; VALUES].into_boxed_slice(),
+            restored_note,
+        };
+        let data = trainer.weights.as_mut_ptr().cast();
+        // SAFETY: the boxed buffer lives as long as the manager, in `Trainer`.
+        unsafe {
+            trainer
+                .manager
+                .register_tensor("w", DType::F32, &[VALUES as u64], data)
+                .unwrap();
+        }
+        Ok(trainer)
+    }
+
+    fn save(&mut self, round: u32) -> PathBuf {
+        self.weights
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, w)| *w = value(round, i));
+        self.manager.save(None, false).unwrap().unwrap()
+    }
+
+    fn assert_holds(&self, round: u32) {
+        assert!(
+            self.weights
+                .iter()
+                .enumerate()
+                .all(|(i, &w)| w == value(round, i)),
+            "the weights are not round {round}'s"
+        );
+    }
+}
+
+fn checkpoint_keys(prefix: &str, numbers: &[u64]) -> BTreeSet<String> {
+    let mut keys = BTreeSet::from([format!("{prefix}/checkpoint")]);
+    for n in numbers {
+        for suffix in ["ckpt-manifest.json", "note", "safetensors"] {
+            keys.insert(format!("{prefix}/ckpt-{n}.{suffix}"));
+        }
+    }
+    keys
+}
+
+#[test]
+fn saves_restores_and_sweeps_on_a_bucket() {
+    let bucket = Bucket::new("saves-restores");
+    let url = bucket.url("runs/a");
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2))).unwrap();
+    for round in 1..=3 {
+        let prefix = trainer.save(round);
+        assert_eq!(prefix, url.join(format!("ckpt-{round}")));
+    }
+    assert_eq!(bucket.keys(), checkpoint_keys("runs/a", &[2, 3]));
+    // The state object is TF's text, naming the checkpoints relatively.
+    let state = String::from_utf8(bucket.get("runs/a/checkpoint")).unwrap();
+    assert!(
+        state.starts_with(
+            "model_checkpoint_path: \"ckpt-3\"\nall_model_checkpoint_paths: \"ckpt-2\"\n"
+        ),
+        "{state}"
+    );
+    assert_eq!(bucket.get("runs/a/ckpt-3.note"), b"3");
+    drop(trainer);
+
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2))).unwrap();
+    let restored = trainer.manager.restore_or_initialize().unwrap().unwrap();
+    assert_eq!(restored, url.join("ckpt-3"));
+    trainer.assert_holds(3);
+    assert_eq!(
+        trainer.restored_note.lock().unwrap().as_deref(),
+        Some(&b"3"[..])
+    );
+    // The restore callback's local copies are gone after the call.
+    assert_eq!(bucket.keys(), checkpoint_keys("runs/a", &[2, 3]));
+}
+
+#[test]
+fn a_damaged_object_makes_the_restore_fall_back() {
+    let bucket = Bucket::new("falls-back");
+    let url = bucket.url("run");
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(3))).unwrap();
+    trainer.save(1);
+    trainer.save(2);
+    drop(trainer);
+    let key = "run/ckpt-2.safetensors";
+    let mut bytes = bucket.get(key);
+    *bytes.last_mut().unwrap() ^= 0xff;
+    bucket.put(key, bytes);
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(3))).unwrap();
+    let restored = trainer.manager.restore_or_initialize().unwrap().unwrap();
+    assert_eq!(restored, url.join("ckpt-1"));
+    trainer.assert_holds(1);
+}
+
+/// Two writers opened on one prefix: the second to commit loses the
+/// conditional write and gets LOCKED; the first's checkpoint is intact.
+#[test]
+fn of_two_writers_the_second_to_commit_gets_locked() {
+    let bucket = Bucket::new("two-writers");
+    let url = bucket.url("run");
+    let config = || bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(5));
+    let mut first = Trainer::open(config()).unwrap();
+    let mut second = Trainer::open(config()).unwrap();
+    first.save(1);
+    let before = bucket.keys();
+    let state = bucket.get("run/checkpoint");
+    second.weights.fill(-1.0);
+    let err = second.manager.save(None, false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(
+        err.to_string().contains("another writer committed"),
+        "{err}"
+    );
+    assert_eq!(bucket.keys(), before);
+    assert_eq!(bucket.get("run/checkpoint"), state);
+    drop((first, second));
+    let mut reader = Trainer::open(config()).unwrap();
+    reader.manager.restore_or_initialize().unwrap();
+    reader.assert_holds(1);
+}
+
+#[test]
+fn a_server_without_conditional_writes_is_refused_unless_allowed() {
+    let bucket = Bucket::new("no-conditions");
+    let proxy = FaultProxy::start(MotoServer::shared().address());
+    proxy.strip_request_header("If-Match");
+    proxy.strip_request_header("If-None-Match");
+    let url = bucket.url("run");
+    let config = bucket.config(&url, &proxy.endpoint(), MaxToKeep::Last(2));
+    let err = Trainer::open(config.clone()).err().expect("refused");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        err.to_string().contains("ignores conditional writes"),
+        "{err}"
+    );
+    assert!(bucket.keys().is_empty(), "{:?}", bucket.keys());
+    let mut allowed = config;
+    allowed
+        .set_storage_option("ckpt_allow_unconditional_writes", "true")
+        .unwrap();
+    let mut trainer = Trainer::open(allowed).unwrap();
+    trainer.save(1);
+    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
+}
+
+/// A connection cut in the middle of an upload is retried; when every
+/// attempt is cut, the save fails, commits nothing and leaves nothing.
+#[test]
+fn dropped_connections_are_retried_or_fail_cleanly() {
+    let bucket = Bucket::new("dropped");
+    let proxy = FaultProxy::start(MotoServer::shared().address());
+    let url = bucket.url("run");
+    let mut config = bucket.config(&url, &proxy.endpoint(), MaxToKeep::Last(2));
+    config.set_storage_option("ckpt_max_retries", "2").unwrap();
+    let mut trainer = Trainer::open(config.clone()).unwrap();
+    proxy.drop_next_request_body_after(1 << 20);
+    trainer.save(1);
+    assert!(proxy.connections_dropped() >= 1);
+    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
+    let state = bucket.get("run/checkpoint");
+
+    proxy.drop_request_bodies_after(1 << 20, 1000);
+    trainer.weights.fill(2.0);
+    let err = trainer.manager.save(None, false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert_eq!(bucket.get("run/checkpoint"), state);
+    proxy.stop_dropping_request_bodies();
+    // Its staging is gone once the next save or open recovers it.
+    trainer.save(2);
+    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1, 2]));
+    drop(trainer);
+    let mut trainer = Trainer::open(config).unwrap();
+    trainer.manager.restore_or_initialize().unwrap();
+    trainer.assert_holds(2);
+}
+
+const CHILD_ENV: &str = "CKPT_S3_CHILD_ENDPOINT";
+
+/// In a child process: saves checkpoint 1, then 2 with a large tensor,
+/// through the endpoint the parent gave; the parent SIGKILLs it mid-way.
+#[test]
+fn child_saving_through_the_proxy() {
+    let Ok(endpoint) = std::env::var(CHILD_ENV) else {
+        return; // only as the child of the test below
+    };
+    let bucket = Bucket {
+        name: "killed".into(),
+        endpoint: endpoint.clone(),
+    };
+    let url = bucket.url("run");
+    let mut trainer = Trainer::open(bucket.config(&url, &endpoint, MaxToKeep::Last(2))).unwrap();
+    trainer.save(1);
+    trainer.save(2);
+    panic!("the parent should have killed this process during its second save");
+}
+
+#[test]
+fn a_process_killed_mid_upload_leaves_nothing_that_counts_and_recovery_removes_it() {
+    let bucket = Bucket::new("killed");
+    let proxy = FaultProxy::start(MotoServer::shared().address());
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_saving_through_the_proxy",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, proxy.endpoint())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its second save's tensors are uploaded (the callback's
+    // file goes up after them), before its commit.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let uploaded = |requests: &[String]| {
+        requests
+            .iter()
+            .any(|r| r.starts_with("PUT /killed/run/ckpt-2.ckpt-staging/ckpt-2.note"))
+    };
+    while !uploaded(&proxy.requests()) {
+        assert!(Instant::now() < deadline, "{:?}", proxy.requests());
+        assert!(child.try_wait().unwrap().is_none(), "the child ended first");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = bucket.keys();
+    assert!(
+        left.contains("run/ckpt-2.ckpt-staging/ckpt-2.safetensors"),
+        "{left:?}"
+    );
+    let url = bucket.url("run");
+    // A reader (which recovers nothing) never sees checkpoint 2.
+    let mut config = bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2));
+    config.set_read_only(true);
+    let reader = CheckpointManager::new(config, Callbacks::new()).unwrap();
+    assert_eq!(reader.latest_checkpoint(), Some(url.join("ckpt-1")));
+    assert_eq!(reader.checkpoints(), [url.join("ckpt-1")]);
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2))).unwrap();
+    assert_eq!(
+        bucket.keys(),
+        checkpoint_keys("run", &[1]),
+        "left before: {left:?}"
+    );
+    trainer.manager.restore_or_initialize().unwrap();
+    trainer.assert_holds(1);
+}
+
+const MODULE_CHILD_ENV: &str = "CKPT_S3_MODULE_CHILD_URL";
+
+/// In a child process configured by `AWS_*` variables only: the module
+/// functions on a URL.
+#[test]
+fn child_reading_with_module_functions() {
+    let Some(url) = std::env::var_os(MODULE_CHILD_ENV).map(PathBuf::from) else {
+        return; // only as the child of the test below
+    };
+    let state = get_checkpoint_state(&url).unwrap().unwrap();
+    let expected = |n: u32| format!("{}/ckpt-{n}", url.display()).into_bytes();
+    assert_eq!(state.model_checkpoint_path, expected(2));
+    assert_eq!(state.all_model_checkpoint_paths, [expected(1), expected(2)]);
+    let verified = LatestOptions {
+        fallback: true,
+        verification: ckpt_manager::Verification::Checksums,
+    };
+    let latest = latest_checkpoint(&url, verified, &mut |_| {}).unwrap();
+    // Checkpoint 2's tensors were damaged by the parent.
+    assert_eq!(latest, Some(url.join("ckpt-1")));
+    assert!(ckpt_manager::checkpoint_exists(&url.join("ckpt-1")).unwrap());
+    assert!(!ckpt_manager::checkpoint_exists(&url.join("ckpt-7")).unwrap());
+    let err = get_checkpoint_state(Path::new("gs://bucket/run")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn module_functions_read_urls_with_settings_from_the_environment() {
+    let bucket = Bucket::new("module-functions");
+    let url = bucket.url("run");
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(3))).unwrap();
+    trainer.save(1);
+    trainer.save(2);
+    drop(trainer);
+    let key = "run/ckpt-2.safetensors";
+    let mut bytes = bucket.get(key);
+    *bytes.last_mut().unwrap() ^= 0xff;
+    bucket.put(key, bytes);
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_reading_with_module_functions",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(MODULE_CHILD_ENV, &url)
+        .env("HOME", home.path())
+        .env("AWS_ENDPOINT_URL", &bucket.endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
