@@ -424,7 +424,29 @@ fn child_reading_with_module_functions() {
     assert!(!ckpt_manager::checkpoint_exists(&url.join("ckpt-7")).unwrap());
     let err = get_checkpoint_state(Path::new("gs://bucket/run")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    // A state object as TensorFlow writes it, read as TF reads it.
+    let tf = PathBuf::from(url.to_str().unwrap().replace("/run", "/tf"));
+    let state = get_checkpoint_state(&tf).unwrap().unwrap();
+    let joined = |base: &str| format!("{}/{base}", tf.display()).into_bytes();
+    assert_eq!(state.model_checkpoint_path, joined("model.ckpt-20"));
+    assert_eq!(
+        state.all_model_checkpoint_paths,
+        [joined("model.ckpt-10"), joined("model.ckpt-20")]
+    );
+    assert_eq!(
+        state.all_model_checkpoint_timestamps,
+        [1700000000.5, 1700000600.25]
+    );
+    assert_eq!(state.last_preserved_timestamp, 1699999000.0);
 }
+
+/// The `checkpoint` file TensorFlow 2 writes for two checkpoints.
+const TF_STATE: &str = "model_checkpoint_path: \"model.ckpt-20\"\n\
+all_model_checkpoint_paths: \"model.ckpt-10\"\n\
+all_model_checkpoint_paths: \"model.ckpt-20\"\n\
+all_model_checkpoint_timestamps: 1700000000.5\n\
+all_model_checkpoint_timestamps: 1700000600.25\n\
+last_preserved_timestamp: 1699999000.0\n";
 
 #[test]
 fn module_functions_read_urls_with_settings_from_the_environment() {
@@ -439,6 +461,7 @@ fn module_functions_read_urls_with_settings_from_the_environment() {
     let mut bytes = bucket.get(key);
     *bytes.last_mut().unwrap() ^= 0xff;
     bucket.put(key, bytes);
+    bucket.put("tf/checkpoint", TF_STATE.as_bytes().to_vec());
     let home = tempfile::tempdir().unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -461,4 +484,238 @@ fn module_functions_read_urls_with_settings_from_the_environment() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Tensors of several dtypes, 40 MiB in all (a multipart upload of three
+/// parts, and reads split into ranges), saved to a bucket and to a local
+/// directory: the object's bytes are the local file's, and a restore
+/// reads every byte back.
+#[test]
+fn the_built_in_saver_round_trips_byte_for_byte() {
+    let bucket = Bucket::new("byte-for-byte");
+    let url = bucket.url("run");
+    let local = tempfile::tempdir().unwrap();
+    let big: Vec<f64> = (0..5 << 20).map(|i| (i as f64).sin()).collect();
+    let small: Vec<u8> = (0..1001).map(|i| (i * 7) as u8).collect();
+    let open = |config: Config, big: &mut Vec<f64>, small: &mut Vec<u8>| {
+        let mut manager = CheckpointManager::new(config, Callbacks::new()).unwrap();
+        // SAFETY: the vectors outlive the manager in each use below.
+        unsafe {
+            manager
+                .register_tensor("big", DType::F64, &[5, 1 << 20], big.as_mut_ptr().cast())
+                .unwrap();
+            manager
+                .register_tensor("small", DType::U8, &[1001], small.as_mut_ptr())
+                .unwrap();
+        }
+        manager
+    };
+    let (mut big_copy, mut small_copy) = (big.clone(), small.clone());
+    let mut remote = open(
+        bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2)),
+        &mut big_copy,
+        &mut small_copy,
+    );
+    let mut on_disk = open(
+        Config::new(local.path(), MaxToKeep::Last(2)).unwrap(),
+        &mut big_copy,
+        &mut small_copy,
+    );
+    remote.save(None, false).unwrap();
+    on_disk.save(None, false).unwrap();
+    drop((remote, on_disk));
+    let file = std::fs::read(local.path().join("ckpt-1.safetensors")).unwrap();
+    assert!(file.len() > 40 << 20);
+    assert!(
+        bucket.get("run/ckpt-1.safetensors") == file,
+        "the bytes differ"
+    );
+
+    big_copy.fill(0.0);
+    small_copy.fill(0);
+    let mut restored = open(
+        bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2)),
+        &mut big_copy,
+        &mut small_copy,
+    );
+    restored.restore_or_initialize().unwrap().unwrap();
+    drop(restored);
+    assert!(
+        big_copy == big && small_copy == small,
+        "restored values differ"
+    );
+}
+
+/// TF's hours rule on a bucket: with a clock moving an hour per save and
+/// keep_checkpoint_every_n_hours = 2, every other checkpoint the sweep
+/// drops is preserved, in the bucket and after a reopen.
+#[test]
+fn keep_every_n_hours_preserves_on_a_bucket() {
+    let bucket = Bucket::new("keep-hours");
+    let url = bucket.url("run");
+    let now = Arc::new(Mutex::new(0.0f64));
+    let open = |now: &Arc<Mutex<f64>>| {
+        let mut config = bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(1));
+        config.set_keep_checkpoint_every_n_hours(Some(2.0)).unwrap();
+        let clock = Arc::clone(now);
+        let callbacks = Callbacks::new()
+            .on_save(|prefix, number| {
+                let path = ckpt_manager::paths::with_suffix(prefix, ".note");
+                Ok(std::fs::write(path, number.to_string())?)
+            })
+            .clock(move || *clock.lock().unwrap())
+            .log(|_, _| {});
+        CheckpointManager::new(config, callbacks).unwrap()
+    };
+    let mut manager = open(&now);
+    for _ in 0..5 {
+        *now.lock().unwrap() += 3600.0;
+        manager.save(None, false).unwrap();
+    }
+    drop(manager);
+    let kept: BTreeSet<String> = ["ckpt-2", "ckpt-4", "ckpt-5"]
+        .iter()
+        .flat_map(|base| {
+            ["ckpt-manifest.json", "note"].map(|suffix| format!("run/{base}.{suffix}"))
+        })
+        .chain(["run/checkpoint".to_owned()])
+        .collect();
+    assert_eq!(bucket.keys(), kept);
+    let manager = open(&now);
+    assert_eq!(manager.checkpoints(), [url.join("ckpt-5")]);
+}
+
+/// The local staging directory: callbacks' files are there only during
+/// the call; the manager's own subdirectory is gone when it closes.
+#[test]
+fn local_staging_is_emptied_after_each_call() {
+    let bucket = Bucket::new("local-staging");
+    let url = bucket.url("run");
+    let staging = tempfile::tempdir().unwrap();
+    let files_in_staging = || {
+        walk(staging.path())
+            .into_iter()
+            .filter(|path| path.is_file())
+            .count()
+    };
+    let mut config = bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2));
+    config
+        .set_storage_option(
+            "ckpt_local_staging_directory",
+            staging.path().to_str().unwrap(),
+        )
+        .unwrap();
+    let mut trainer = Trainer::open(config.clone()).unwrap();
+    trainer.save(1);
+    assert_eq!(files_in_staging(), 0);
+    trainer.manager.restore_or_initialize().unwrap();
+    assert_eq!(
+        trainer.restored_note.lock().unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(files_in_staging(), 0);
+    drop(trainer);
+    assert_eq!(walk(staging.path()), Vec::<PathBuf>::new());
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
+}
+
+/// Pins replace the manifest object conditionally; a background save
+/// commits on the library's thread; a missing bucket is a clear error.
+#[test]
+fn pins_background_saves_and_a_missing_bucket() {
+    let bucket = Bucket::new("pins-async");
+    let url = bucket.url("run");
+    let mut trainer =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(1))).unwrap();
+    trainer.save(1);
+    trainer
+        .manager
+        .set_pinned(&url.join("ckpt-1"), true)
+        .unwrap();
+    trainer.weights.fill(2.0);
+    let args = ckpt_manager::SaveArgs::default();
+    let future = trainer.manager.save_async(&args).unwrap().unwrap();
+    assert_eq!(future, url.join("ckpt-2"));
+    trainer
+        .manager
+        .wait_until_finished(Some(Duration::from_secs(60)))
+        .unwrap();
+    drop(trainer);
+    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1, 2]));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&bucket.get("run/ckpt-1.ckpt-manifest.json")).unwrap();
+    assert_eq!(manifest["pinned"], true, "{manifest}");
+
+    let missing = PathBuf::from("s3://no-such-bucket/run");
+    let err = Trainer::open(bucket.config(&missing, &bucket.endpoint, MaxToKeep::Last(1)))
+        .err()
+        .expect("a missing bucket fails the open");
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("s3://no-such-bucket/run"), "{err}");
+}
+
+const PROFILE_CHILD_ENV: &str = "CKPT_S3_PROFILE_CHILD_URL";
+
+/// In a child process whose credentials, region and endpoint come from
+/// `~/.aws/credentials` and `~/.aws/config` (profile `AWS_PROFILE`).
+#[test]
+fn child_configured_by_aws_files() {
+    let Some(url) = std::env::var_os(PROFILE_CHILD_ENV).map(PathBuf::from) else {
+        return; // only as the child of the test below
+    };
+    let config = Config::new(&url, MaxToKeep::Last(2)).unwrap();
+    let mut trainer = Trainer::open(config).unwrap();
+    trainer.save(1);
+}
+
+#[test]
+fn settings_come_from_the_aws_files() {
+    let bucket = Bucket::new("aws-files");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        "[default]\naws_access_key_id = wrong\n\n[trainer]\naws_access_key_id = testing\n\
+         aws_secret_access_key = testing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        home.path().join(".aws/config"),
+        format!(
+            "[profile trainer]\nregion = us-east-1\nendpoint_url = {}\n",
+            bucket.endpoint
+        ),
+    )
+    .unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["child_configured_by_aws_files", "--exact", "--nocapture"])
+        .env(PROFILE_CHILD_ENV, bucket.url("run"))
+        .env("HOME", home.path())
+        .env("AWS_PROFILE", "trainer")
+        // Not a setting the files have: plain HTTP to the local server.
+        .env("AWS_ALLOW_HTTP", "true")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_REGION")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
 }

@@ -512,6 +512,26 @@ static void invalid_options(const char *dir) {
               ckpt_options_set_checkpoint_interval(options, 0));
   CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "interval",
               ckpt_options_set_checkpoint_interval(options, -5));
+  /* A URL of a scheme the library does not serve: refused, never a local
+   * folder named "gs:". */
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "'gs://' is not one this library serves",
+              ckpt_options_set_directory(options, "gs://bucket/run"));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "hdfs://",
+              ckpt_options_set_directory(options, "hdfs://namenode/run"));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "bucket name",
+              ckpt_options_set_directory(options, "s3://A_B/run"));
+  char *no_latest = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "gs://",
+              ckpt_latest_checkpoint("gs://bucket/run", &no_latest));
+  CHECK(no_latest == SENTINEL_STRING);
+  CHECK(access("gs:", F_OK) != 0);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "unknown storage option",
+              ckpt_options_set_storage_option(options, "aws_no_such_key", "x"));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "true or false",
+              ckpt_options_set_storage_option(options, "ckpt_allow_unconditional_writes", "maybe"));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "key",
+              ckpt_options_set_storage_option(options, NULL, "x"));
+  CHECK_OK(ckpt_options_set_storage_option(options, "aws_region", "eu-west-1"));
 
   /* No directory (the failed set did not set one). */
   CHECK_OK(ckpt_options_set_max_to_keep(options, 3));
