@@ -445,6 +445,12 @@ impl Transaction {
             }
         };
         apply(&*self.store, &self.base, &record, false).map_err(|err| {
+            if let Error::Conflict(_) = err {
+                // Another writer's state won the conditional write: never
+                // roll this commit forward over it.
+                let _ = self.undo();
+                return err;
+            }
             let prefix = self.store.shown(Path::new(&self.base));
             Error::io(
                 format!(

@@ -38,6 +38,9 @@ const PART_BYTES: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 8;
 /// Ranged GETs of one read at once, each of at most `PART_BYTES`.
 const RANGES_IN_FLIGHT: usize = 8;
+/// S3's limit on a server-side copy (CopyObject), which moves a staged file
+/// into place: a larger file fails while it is written, before the commit.
+const COPY_LIMIT: u64 = 5 << 30;
 
 /// The library's own options, beside the client's (`aws_*`).
 pub const LOCAL_STAGING_OPTION: &str = "ckpt_local_staging_directory";
@@ -380,7 +383,14 @@ impl Store for ObjectStore {
             self.upload_shadow(from)?;
         }
         let (source, target) = (self.key(from)?, self.key(to)?);
-        if self.seen(&target).is_some() {
+        let client = self.client.clone();
+        let read = source.clone();
+        let size = run(async move { client.head(&read).await })?
+            .map_err(io_error)?
+            .size;
+        // Small objects this store read (the state, manifests) are replaced
+        // conditionally; large ones are data files under a new name.
+        if self.seen(&target).is_some() && size <= PART_BYTES as u64 {
             let client = self.client.clone();
             let read = source.clone();
             let bytes =
@@ -605,6 +615,7 @@ struct ObjectWriter {
     client: Arc<dyn Client>,
     key: Key,
     buffer: Vec<u8>,
+    written: u64,
     upload: Option<Box<dyn MultipartUpload>>,
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
 }
@@ -615,6 +626,7 @@ impl ObjectWriter {
             client,
             key,
             buffer: Vec::new(),
+            written: 0,
             upload: None,
             in_flight: Default::default(),
         }
@@ -653,6 +665,14 @@ impl io::Write for ObjectWriter {
             self.buffer.reserve_exact(PART_BYTES);
         }
         let taken = bytes.len().min(PART_BYTES - self.buffer.len());
+        self.written += taken as u64;
+        if self.written > COPY_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a file over 5 GiB cannot be moved into place on object storage yet (S3's \
+                 CopyObject limit)",
+            ));
+        }
         self.buffer.extend_from_slice(&bytes[..taken]);
         if self.buffer.len() == PART_BYTES {
             self.send_part()?;
