@@ -38,6 +38,11 @@ pub const STAGING_SUFFIX: &str = ".ckpt-staging";
 /// The commit record inside the staging directory; its presence, durable,
 /// is the commit point.
 const RECORD_NAME: &str = "commit-record.json";
+/// On object storage, a new file is placed at its final name before the
+/// commit point (saving the server-side copy a move costs); this empty
+/// marker in staging, `<staging>/<file>.ckpt-early`, written first, lets
+/// an abort or recovery delete it again.
+const EARLY_SUFFIX: &str = ".ckpt-early";
 const RECORD_FORMAT: &str = "ckpt-manager-commit";
 
 /// Suffixes of names this library uses for its own bookkeeping, never
@@ -303,7 +308,11 @@ impl Transaction {
         suffix: &str,
         write: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
     ) -> Result<()> {
-        let name = self.staged(suffix.as_bytes());
+        let final_name = file_name(&self.base, &self.in_checkpoint(suffix.as_bytes()));
+        let name = match self.place_early(&final_name)? {
+            true => final_name,
+            false => self.staged(suffix.as_bytes()),
+        };
         let mut file = self
             .store
             .create(&name)
@@ -322,6 +331,23 @@ impl Transaction {
             crc32c: crc,
         });
         Ok(())
+    }
+
+    /// On object storage, claims `final_name` for a file placed there before
+    /// the commit point, when nothing is there yet: its marker first.
+    fn place_early(&self, final_name: &Path) -> Result<bool> {
+        if !self.store.moves_by_copy() {
+            return Ok(false);
+        }
+        let taken =
+            self.store
+                .kind(final_name)
+                .map_err(io_at("inspect", &*self.store, final_name))?;
+        if taken.is_some() {
+            return Ok(false);
+        }
+        write_whole(&*self.store, &early_marker(&self.staging, final_name), b"")?;
+        Ok(true)
     }
 
     /// Describes what the write phase left in staging: every regular file
@@ -369,6 +395,17 @@ impl Transaction {
                         pending.push(name);
                     }
                     Kind::File => {
+                        // A file placed early is read at its final name.
+                        let early =
+                            self.store.moves_by_copy() && suffix.ends_with(EARLY_SUFFIX.as_bytes());
+                        let suffix = match early {
+                            true => &suffix[..suffix.len() - EARLY_SUFFIX.len()],
+                            false => suffix,
+                        };
+                        let name = match early {
+                            true => file_name(&self.base, suffix),
+                            false => name.clone(),
+                        };
                         let file = self
                             .store
                             .open_read(&name)
@@ -526,6 +563,23 @@ impl Transaction {
                 })
                 .collect(),
         };
+        if self.store.moves_by_copy() {
+            for file in &sealed.files {
+                let staged = self.staged_file(file.suffix.as_bytes());
+                let final_name = file_name(&self.base, file.suffix.as_bytes());
+                let in_staging =
+                    self.store
+                        .kind(&staged)
+                        .map_err(io_at("inspect", &*self.store, &staged))?;
+                if in_staging == Some(Kind::File) && self.place_early(&final_name)? {
+                    self.store.rename(&staged, &final_name).map_err(io_at(
+                        "upload",
+                        &*self.store,
+                        &final_name,
+                    ))?;
+                }
+            }
+        }
         // Everything the record names is durable before the record is (an
         // object store makes each write durable at once).
         let mut files: Vec<PathBuf> = sealed
@@ -584,6 +638,7 @@ impl Transaction {
     /// rolled forward, then the staging directory.
     fn undo(&self) -> io::Result<()> {
         self.store.remove_file(&self.staging.join(RECORD_NAME))?;
+        remove_placed_early(&*self.store, &self.staging, true)?;
         self.store.remove_staging(&self.staging)
     }
 }
@@ -595,6 +650,42 @@ impl Drop for Transaction {
             saves.remove(&self.prefix());
         }
     }
+}
+
+fn early_marker(staging: &Path, final_name: &Path) -> PathBuf {
+    let mut marker = staging.join(final_name).into_os_string();
+    marker.push(EARLY_SUFFIX);
+    PathBuf::from(marker)
+}
+
+/// Removes the markers of files placed early (and, with `files`, those
+/// files: the save they belong to never committed).
+fn remove_placed_early(store: &dyn Store, staging: &Path, files: bool) -> io::Result<()> {
+    let mut pending = vec![staging.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in store.list(&directory)? {
+            let name = directory.join(&entry.name);
+            match entry.kind {
+                Kind::Directory => pending.push(name),
+                _ => {
+                    let Some(placed) = name
+                        .as_os_str()
+                        .as_bytes()
+                        .strip_suffix(EARLY_SUFFIX.as_bytes())
+                    else {
+                        continue;
+                    };
+                    if files {
+                        let placed = Path::new(OsStr::from_bytes(placed));
+                        let final_name = placed.strip_prefix(staging).unwrap_or(placed);
+                        store.remove_file(final_name)?;
+                    }
+                    store.remove_file(&name)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_whole(store: &dyn Store, name: &Path, bytes: &[u8]) -> Result<()> {
@@ -688,6 +779,19 @@ fn apply(store: &dyn Store, base: &OsStr, record: &CommitRecord, recovering: boo
             other => other.map_err(io_at("delete", store, &name))?,
         }
     }
+    // Without a lock (object storage), another writer's open may have
+    // removed this save's files as an abandoned upload: never name them.
+    if store.moves_by_copy() && !recovering {
+        for suffix in &record.moves {
+            let name = file_name(base, suffix.as_bytes());
+            if store.kind(&name).map_err(io_at("inspect", store, &name))? != Some(Kind::File) {
+                return Err(Error::Conflict(format!(
+                    "'{}' was removed while this save ran, by another writer's recovery",
+                    store.shown(&name).display()
+                )));
+            }
+        }
+    }
     // The staged state file is gone once it was renamed into place.
     let state_name = Path::new(STATE_FILE_NAME);
     let staged = path_of(&record.state_staged);
@@ -746,6 +850,15 @@ fn finish(
             .map_err(io_at("sync", store, Path::new("")))?;
     }
     let staging = staging_name(base);
+    // The markers go first: what remains of staging, if removing it is cut
+    // short, must not make recovery delete the committed files.
+    if store.moves_by_copy() {
+        remove_placed_early(store, &staging, false).map_err(io_at(
+            "remove staging directory",
+            store,
+            &staging,
+        ))?;
+    }
     store
         .remove_staging(&staging)
         .map_err(io_at("remove staging directory", store, &staging))
@@ -803,6 +916,13 @@ fn recover_staging(
                 "removing an uncommitted save of '{}' left when the last writer stopped",
                 shown.display()
             ));
+            if store.moves_by_copy() {
+                remove_placed_early(store, &staging, true).map_err(io_at(
+                    "remove staging directory",
+                    store,
+                    &staging,
+                ))?;
+            }
             store.remove_staging(&staging).map_err(io_at(
                 "remove staging directory",
                 store,

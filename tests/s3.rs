@@ -349,6 +349,9 @@ fn child_saving_through_the_proxy() {
 fn a_process_killed_mid_upload_leaves_nothing_that_counts_and_recovery_removes_it() {
     let bucket = Bucket::new("killed");
     let proxy = FaultProxy::start(MotoServer::shared().address());
+    // The callback's file goes up after the tensors and before the commit
+    // record: held there, the child is killed between the two.
+    proxy.hold_requests("PUT /killed/run/ckpt-2.note");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "child_saving_through_the_proxy",
@@ -362,13 +365,11 @@ fn a_process_killed_mid_upload_leaves_nothing_that_counts_and_recovery_removes_i
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Killed once its second save's tensors are uploaded (the callback's
-    // file goes up after them), before its commit.
     let deadline = Instant::now() + Duration::from_secs(120);
     let uploaded = |requests: &[String]| {
         requests
             .iter()
-            .any(|r| r.starts_with("PUT /killed/run/ckpt-2.ckpt-staging/ckpt-2.note"))
+            .any(|r| r.starts_with("PUT /killed/run/ckpt-2.note"))
     };
     while !uploaded(&proxy.requests()) {
         assert!(Instant::now() < deadline, "{:?}", proxy.requests());
@@ -378,8 +379,16 @@ fn a_process_killed_mid_upload_leaves_nothing_that_counts_and_recovery_removes_i
     child.kill().unwrap();
     child.wait().unwrap();
     let left = bucket.keys();
+    // New files go straight to their final names, each after its marker.
+    for key in [
+        "run/ckpt-2.safetensors",
+        "run/ckpt-2.ckpt-staging/ckpt-2.safetensors.ckpt-early",
+        "run/ckpt-2.ckpt-staging/ckpt-2.note.ckpt-early",
+    ] {
+        assert!(left.contains(key), "{key} in {left:?}");
+    }
     assert!(
-        left.contains("run/ckpt-2.ckpt-staging/ckpt-2.safetensors"),
+        !left.iter().any(|key| key.contains("commit-record")),
         "{left:?}"
     );
     let url = bucket.url("run");
@@ -718,4 +727,51 @@ fn settings_come_from_the_aws_files() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
+}
+
+/// A writer whose upload is stalled while a second writer opens the prefix
+/// (and recovers it, removing the upload as abandoned): the first writer's
+/// commit finds its files gone and gets LOCKED instead of naming them.
+#[test]
+fn a_save_whose_upload_another_writer_removed_is_not_committed() {
+    let bucket = Bucket::new("removed-upload");
+    let proxy = FaultProxy::start(MotoServer::shared().address());
+    let url = bucket.url("run");
+    let mut first =
+        Trainer::open(bucket.config(&url, &proxy.endpoint(), MaxToKeep::Last(5))).unwrap();
+    first.save(1);
+    let state = bucket.get("run/checkpoint");
+    proxy.hold_requests("PUT /removed-upload/run/ckpt-2.note");
+    let saving = std::thread::spawn(move || {
+        first.weights.fill(2.0);
+        let result = first.manager.save(None, false).map(drop);
+        (first, result)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !proxy
+        .requests()
+        .iter()
+        .any(|r| r.starts_with("PUT /removed-upload/run/ckpt-2.note"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", proxy.requests());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(5))).unwrap();
+    proxy.release_held();
+    let (first, result) = saving.join().unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(
+        err.to_string().contains("removed while this save ran"),
+        "{err}"
+    );
+    assert_eq!(bucket.get("run/checkpoint"), state);
+    drop((first, second));
+    let mut reader =
+        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(5))).unwrap();
+    assert_eq!(
+        reader.manager.restore_or_initialize().unwrap(),
+        Some(url.join("ckpt-1"))
+    );
+    reader.assert_holds(1);
 }

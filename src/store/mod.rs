@@ -103,6 +103,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes a directory the transaction created, with what is in it
     /// (symlinks removed, never followed).
     fn remove_staging(&self, name: &Path) -> io::Result<()>;
+    /// Whether `rename` copies the bytes (object storage) rather than
+    /// moving a name: the transaction then writes a new file at its final
+    /// name when nothing is there, instead of moving it later.
+    fn moves_by_copy(&self) -> bool {
+        false
+    }
     /// How messages show `name`: its path, or its URL.
     fn shown(&self, name: &Path) -> PathBuf {
         self.local_path(name)

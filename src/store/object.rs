@@ -258,10 +258,11 @@ impl ObjectStore {
         }
     }
 
-    /// Uploads a callback's local file to its object, and removes the copy.
-    fn upload_shadow(&self, name: &Path) -> io::Result<()> {
+    /// Uploads a callback's local file `name` to the object `to`, and
+    /// removes the local copy.
+    fn upload_shadow(&self, name: &Path, to: &Path) -> io::Result<()> {
         let mut file = fs::File::open(self.shadow.local_path(name))?;
-        let mut writer = ObjectWriter::new(self.client.clone(), self.key(name)?);
+        let mut writer = ObjectWriter::new(self.client.clone(), self.key(to)?);
         let mut buffer = vec![0u8; PART_BYTES.min(8 << 20)];
         loop {
             let read = file.read(&mut buffer)?;
@@ -368,7 +369,7 @@ impl Store for ObjectStore {
     fn sync_files(&self, names: &[PathBuf]) -> io::Result<()> {
         for name in names {
             if self.shadow_file(name)? {
-                self.upload_shadow(name)?;
+                self.upload_shadow(name, name)?;
             }
         }
         Ok(())
@@ -378,9 +379,13 @@ impl Store for ObjectStore {
         Ok(())
     }
 
+    fn moves_by_copy(&self) -> bool {
+        true
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         if self.shadow_file(from)? {
-            self.upload_shadow(from)?;
+            return self.upload_shadow(from, to);
         }
         let (source, target) = (self.key(from)?, self.key(to)?);
         let client = self.client.clone();

@@ -34,6 +34,8 @@ struct Faults {
     drop_response_body_after: Option<(usize, usize)>,
     /// Lower-case header names removed from every request.
     stripped_headers: Vec<String>,
+    /// Requests whose "METHOD path" starts with this are held.
+    held_paths: Option<String>,
     connections_dropped: usize,
 }
 
@@ -76,6 +78,19 @@ impl FaultProxy {
     /// Cuts the next `times` requests whose bodies are longer than `bytes`.
     pub fn drop_request_bodies_after(&self, bytes: usize, times: usize) {
         self.state.faults.lock().unwrap().drop_request_body_after = Some((bytes, times));
+    }
+
+    /// Holds every later request whose "METHOD path" starts with `pattern`
+    /// before forwarding it: its client waits, as on a stalled network,
+    /// until `release_held` or the proxy stops. `requests()` lists a held
+    /// request.
+    pub fn hold_requests(&self, pattern: &str) {
+        self.state.faults.lock().unwrap().held_paths = Some(pattern.to_owned());
+    }
+
+    /// Forwards the held requests, and holds no more.
+    pub fn release_held(&self) {
+        self.state.faults.lock().unwrap().held_paths = None;
     }
 
     /// Forwards every later request body whole.
@@ -257,6 +272,17 @@ impl Connection {
                 .lock()
                 .unwrap()
                 .push(format!("{method} {path}"));
+            let line = format!("{method} {path}");
+            let held = || {
+                let faults = self.state.faults.lock().unwrap();
+                faults
+                    .held_paths
+                    .as_ref()
+                    .is_some_and(|p| line.starts_with(p))
+            };
+            while held() && !self.state.stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             let stripped = self.state.faults.lock().unwrap().stripped_headers.clone();
             request.write(&mut server, &stripped)?;
             let _ = methods.send(method);
