@@ -18,7 +18,7 @@ mod fault_injection_tests;
 pub mod ffi;
 mod inspect;
 mod integrity;
-mod location;
+pub mod location;
 mod manager;
 mod manifest;
 pub mod paths;

@@ -1,7 +1,9 @@
 //! `ckpt`: look at, verify and tidy checkpoint directories, on the Rust
 //! core of ckpt-manager. Every decision (what is latest, intact, kept,
 //! pruned, recovered) is the library's; this crate parses arguments and
-//! prints. Exit status: 0 ok, 1 damaged or "no", 2 usage or I/O error.
+//! prints. A directory or prefix may be an `s3://` URL, configured by the
+//! `AWS_*` variables and files as the library is. Exit status: 0 ok,
+//! 1 damaged or "no", 2 usage or I/O error.
 
 mod diff;
 mod location;
@@ -62,7 +64,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Apply the retention rules now: delete what none keeps (takes the directory's lock)
+    /// Apply the retention rules now: delete what none keeps (takes a local directory's lock)
     Prune {
         directory: String,
         /// Show what would be removed; change nothing (takes no lock)
@@ -73,7 +75,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Finish or remove what interrupted saves left (takes the directory's lock)
+    /// Finish or remove what interrupted saves left (takes a local directory's lock)
     Recover {
         directory: String,
         /// Show what would be done; change nothing (takes no lock)

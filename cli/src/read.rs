@@ -10,8 +10,9 @@ use ckpt_manager::{
 };
 use serde_json::json;
 
+use crate::location::{self, Target};
 use crate::output::{self, shown};
-use crate::{location, Failure, Outcome, RuleArgs};
+use crate::{Failure, Outcome, RuleArgs};
 
 /// Checkpoints at least this large get a spinner while their CRCs are
 /// checked, when stderr is a terminal.
@@ -370,40 +371,60 @@ pub fn show(argument: &str, json: bool) -> Outcome {
     Ok(())
 }
 
-/// The state file's latest checkpoint, as it names it.
-fn state_latest(directory: &Path) -> Result<PathBuf, Failure> {
-    let state = ckpt_manager::get_checkpoint_state(directory)?.ok_or_else(|| {
+/// The latest checkpoint the directory's state file names; `None`
+/// without a state file (or object).
+fn state_latest(directory: &Path) -> Result<Option<PathBuf>, Failure> {
+    use std::os::unix::ffi::OsStringExt;
+    Ok(ckpt_manager::get_checkpoint_state(directory)?
+        .map(|state| PathBuf::from(std::ffi::OsString::from_vec(state.model_checkpoint_path))))
+}
+
+/// Every checkpoint of the directory, sorted.
+fn all_checkpoints(directory: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let manager = open(config(directory, &RuleArgs::default(), true)?)?;
+    let mut prefixes: Vec<PathBuf> = manager
+        .retention_report()?
+        .into_iter()
+        .map(|retained| retained.prefix)
+        .collect();
+    prefixes.sort();
+    Ok(prefixes)
+}
+
+/// A local directory is a directory; on object storage, where a prefix is
+/// no object, a URL is a directory when it has a state object or `--all`
+/// asks for one, else a checkpoint prefix.
+fn to_verify(target: &Target, all: bool) -> Result<Vec<PathBuf>, Failure> {
+    let no_state = |directory: &Path| {
         Failure::Trouble(format!(
             "'{}' has no checkpoint state file",
             directory.display()
         ))
-    })?;
-    use std::os::unix::ffi::OsStringExt;
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(
-        state.model_checkpoint_path,
-    )))
+    };
+    match target {
+        Target::Local(directory) if directory.is_dir() => match all {
+            true => all_checkpoints(directory),
+            false => Ok(vec![
+                state_latest(directory)?.ok_or_else(|| no_state(directory))?
+            ]),
+        },
+        Target::Local(_) if all => Err(Failure::Trouble("--all needs a directory".into())),
+        Target::Local(prefix) => Ok(vec![prefix.clone()]),
+        Target::Url(directory) if all => all_checkpoints(directory),
+        Target::Url(url) => match state_latest(url)? {
+            Some(latest) => Ok(vec![latest]),
+            None if ckpt_manager::checkpoint_exists(url)? => Ok(vec![url.clone()]),
+            None => Err(Failure::Trouble(format!(
+                "'{}' is neither a checkpoint directory (it has no state object) nor a checkpoint",
+                url.display()
+            ))),
+        },
+    }
 }
 
 pub fn verify(argument: &str, all: bool, json: bool) -> Outcome {
-    let target = location::prefix(argument)?;
-    let prefixes = if target.is_dir() {
-        if all {
-            let manager = open(config(&target, &RuleArgs::default(), true)?)?;
-            let mut prefixes: Vec<PathBuf> = manager
-                .retention_report()?
-                .into_iter()
-                .map(|retained| retained.prefix)
-                .collect();
-            prefixes.sort();
-            prefixes
-        } else {
-            vec![state_latest(&target)?]
-        }
-    } else if all {
-        return Err(Failure::Trouble("--all needs a directory".into()));
-    } else {
-        vec![target]
-    };
+    let target = location::parse(argument)?;
+    let prefixes = to_verify(&target, all)?;
     let mut results = Vec::new();
     for prefix in prefixes {
         let checked = check(&prefix, Verification::Checksums)?;
@@ -416,6 +437,8 @@ pub fn verify(argument: &str, all: bool, json: bool) -> Outcome {
             .map(|(prefix, c)| json!({"prefix": shown(prefix), "integrity": c.status, "detail": c.detail}))
             .collect();
         output::print_json(&json!({ "checkpoints": rows }));
+    } else if results.is_empty() {
+        println!("no checkpoint in {}", target.path().display());
     } else {
         for (prefix, checked) in &results {
             match &checked.detail {
@@ -451,6 +474,10 @@ pub fn latest(argument: &str, json: bool) -> Outcome {
     }
     match found {
         Some(_) => Ok(()),
+        None if state_latest(&directory)?.is_none() => Err(Failure::No(format!(
+            "'{}' has no checkpoint state file: nothing was saved there",
+            directory.display()
+        ))),
         None => Err(Failure::No(format!(
             "no intact checkpoint in '{}'",
             directory.display()

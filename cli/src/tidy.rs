@@ -1,6 +1,7 @@
 //! The commands that change a directory: prune and recover, each through
-//! the library, holding the directory's lock (a dry run takes none and
-//! changes nothing).
+//! the library, holding a local directory's lock (a dry run takes none and
+//! changes nothing). Object storage has no lock: the library's conditional
+//! write of the state object refuses a commit over another writer's.
 
 use std::path::{Path, PathBuf};
 

@@ -3,56 +3,16 @@
 //! text compared with snapshots (cli/tests/snapshots; the temporary
 //! directory shown as DIR; `CKPT_UPDATE_SNAPSHOTS=1` rewrites them).
 
+#[path = "support/command.rs"]
+mod command;
 mod support;
 
 use std::fs;
 use std::path::Path;
 
-use assert_cmd::cargo::cargo_bin_cmd;
 use ckpt_manager::{Callbacks, CheckpointManager, Config, MaxToKeep};
+use command::{assert_snapshot, ckpt, json, text};
 use serde_json::Value;
-
-/// What one run of `ckpt` printed, and how it exited.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn ckpt(args: &[&str]) -> Ran {
-    let output = cargo_bin_cmd!("ckpt").args(args).output().unwrap();
-    Ran {
-        code: output.status.code().expect("exited, not killed"),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
-    }
-}
-
-fn json(ran: &Ran) -> Value {
-    serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.stdout))
-}
-
-fn text(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// Compares `actual`, with `directory` shown as DIR, with the snapshot.
-fn assert_snapshot(name: &str, directory: &Path, actual: &str) {
-    let actual = actual.replace(text(directory), "DIR");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(format!("{name}.txt"));
-    if std::env::var_os("CKPT_UPDATE_SNAPSHOTS").is_some() {
-        fs::write(&path, &actual).unwrap();
-    }
-    let expected = fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (CKPT_UPDATE_SNAPSHOTS=1 writes it)",
-            path.display()
-        )
-    });
-    assert_eq!(actual, expected, "snapshot {name} differs");
-}
 
 /// Six saves keeping 3, `ckpt-2` pinned: ckpt-2, 4, 5 and 6 on disk.
 fn demo() -> tempfile::TempDir {
@@ -386,11 +346,11 @@ fn recover_removes_what_interrupted_saves_left() {
 }
 
 #[test]
-fn usage_errors_and_urls_exit_2() {
+fn usage_errors_and_urls_the_library_does_not_serve_exit_2() {
     let root = demo();
     for args in [
         vec!["list", "gs://bucket/run"],
-        vec!["latest", "s3://bucket/run"],
+        vec!["latest", "s3://Not_A_Bucket/run"],
         vec!["show", "gs://bucket/run/ckpt-1"],
         vec!["prune", text(root.path())],
         vec!["list", text(&root.path().join("missing"))],
@@ -401,11 +361,27 @@ fn usage_errors_and_urls_exit_2() {
         assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
         assert!(!ran.stderr.is_empty(), "{args:?}");
     }
+    // The library's own message.
     let ran = ckpt(&["list", "gs://bucket/run"]);
-    assert!(ran.stderr.contains("gs:// URL"), "{}", ran.stderr);
-    // No state file: latest says no.
+    assert!(
+        ran.stderr
+            .contains("'gs://' is not one this library serves (s3:// and file://"),
+        "{}",
+        ran.stderr
+    );
+    // No state file: latest says no, and why.
     let empty = tempfile::tempdir().unwrap();
     let ran = ckpt(&["latest", text(empty.path())]);
     assert_eq!(ran.code, 1);
     assert_eq!(ran.stdout, "");
+    assert!(
+        ran.stderr.contains("no checkpoint state file"),
+        "{}",
+        ran.stderr
+    );
+    // A file:// URL is the local directory.
+    let url = format!("file://{}", text(root.path()));
+    let ran = ckpt(&["latest", &url]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.stdout, format!("{}/ckpt-6\n", text(root.path())));
 }

@@ -1,6 +1,8 @@
 //! Checkpoint directories made by the library, for the tests and the
 //! README's demo (`cargo run -p ckpt-cli --example demo_directory DIR`).
 
+#![allow(dead_code)] // Each test crate uses part of this module.
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,15 @@ const SAVE_EVERY_SECONDS: f64 = 600.0;
 /// (100 per save) and a u8 mask that never changes; each save records the
 /// metric `loss` (1/number) and metadata. `pin` is pinned after its save.
 pub fn save_run(directory: &Path, count: u64, keep: usize, pin: Option<u64>) -> Vec<PathBuf> {
+    save_run_with(
+        Config::new(directory, MaxToKeep::Last(keep)).unwrap(),
+        count,
+        pin,
+    )
+}
+
+/// `save_run` with the caller's configuration (an object store's options).
+pub fn save_run_with(config: Config, count: u64, pin: Option<u64>) -> Vec<PathBuf> {
     let clock = Arc::new(AtomicU64::new(START.to_bits()));
     let reading = Arc::clone(&clock);
     let step = Arc::new(AtomicI64::new(0));
@@ -23,7 +34,6 @@ pub fn save_run(directory: &Path, count: u64, keep: usize, pin: Option<u64>) -> 
     let callbacks = Callbacks::new()
         .clock(move || f64::from_bits(reading.load(Ordering::SeqCst)))
         .step_counter(move || Ok(counted.load(Ordering::SeqCst)));
-    let config = Config::new(directory, MaxToKeep::Last(keep)).unwrap();
     let mut manager = CheckpointManager::new(config, callbacks).unwrap();
     // Vectors: their heap blocks stay put while registered.
     let mut weights = vec![0f32; 6];
