@@ -350,6 +350,47 @@ impl Transaction {
         Ok(true)
     }
 
+    /// On object storage, before the commit point: every staged file with
+    /// nothing at its final name goes there now (a callback's local file is
+    /// uploaded straight there). The others are moved at the commit, by a
+    /// copy the store may limit in size: a file over it fails here.
+    fn place_staged_early(&self, sealed: &Sealed) -> Result<()> {
+        for file in &sealed.files {
+            let staged = self.staged_file(file.suffix.as_bytes());
+            let final_name = file_name(&self.base, file.suffix.as_bytes());
+            let in_staging =
+                self.store
+                    .kind(&staged)
+                    .map_err(io_at("inspect", &*self.store, &staged))?;
+            if in_staging != Some(Kind::File) {
+                continue;
+            }
+            if self.place_early(&final_name)? {
+                self.store.rename(&staged, &final_name).map_err(io_at(
+                    "upload",
+                    &*self.store,
+                    &final_name,
+                ))?;
+                continue;
+            }
+            if let Some(limit) = self.store.largest_move().filter(|l| file.size > *l) {
+                return Err(Error::io_at(
+                    "move into place",
+                    &self.store.shown(&final_name),
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "it replaces a file of the same name, and at {} bytes it is over \
+                             the {limit}-byte limit of a server-side copy",
+                            file.size
+                        ),
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Describes what the write phase left in staging: every regular file
     /// named `<base>` or `<base>.<suffix>`, or inside a `<base>` directory,
     /// with its size and CRC32C (read again only for files not written
@@ -564,21 +605,7 @@ impl Transaction {
                 .collect(),
         };
         if self.store.moves_by_copy() {
-            for file in &sealed.files {
-                let staged = self.staged_file(file.suffix.as_bytes());
-                let final_name = file_name(&self.base, file.suffix.as_bytes());
-                let in_staging =
-                    self.store
-                        .kind(&staged)
-                        .map_err(io_at("inspect", &*self.store, &staged))?;
-                if in_staging == Some(Kind::File) && self.place_early(&final_name)? {
-                    self.store.rename(&staged, &final_name).map_err(io_at(
-                        "upload",
-                        &*self.store,
-                        &final_name,
-                    ))?;
-                }
-            }
+            self.place_staged_early(sealed)?;
         }
         // Everything the record names is durable before the record is (an
         // object store makes each write durable at once).

@@ -109,6 +109,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn moves_by_copy(&self) -> bool {
         false
     }
+    /// The largest file `rename` can move, if limited.
+    fn largest_move(&self) -> Option<u64> {
+        None
+    }
     /// How messages show `name`: its path, or its URL.
     fn shown(&self, name: &Path) -> PathBuf {
         self.local_path(name)

@@ -38,8 +38,7 @@ const PART_BYTES: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 8;
 /// Ranged GETs of one read at once, each of at most `PART_BYTES`.
 const RANGES_IN_FLIGHT: usize = 8;
-/// S3's limit on a server-side copy (CopyObject), which moves a staged file
-/// into place: a larger file fails while it is written, before the commit.
+/// S3's limit on a server-side copy (CopyObject).
 const COPY_LIMIT: u64 = 5 << 30;
 
 /// The library's own options, beside the client's (`aws_*`).
@@ -383,6 +382,10 @@ impl Store for ObjectStore {
         true
     }
 
+    fn largest_move(&self) -> Option<u64> {
+        Some(COPY_LIMIT)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         if self.shadow_file(from)? {
             return self.upload_shadow(from, to);
@@ -620,7 +623,6 @@ struct ObjectWriter {
     client: Arc<dyn Client>,
     key: Key,
     buffer: Vec<u8>,
-    written: u64,
     upload: Option<Box<dyn MultipartUpload>>,
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
 }
@@ -631,7 +633,6 @@ impl ObjectWriter {
             client,
             key,
             buffer: Vec::new(),
-            written: 0,
             upload: None,
             in_flight: Default::default(),
         }
@@ -670,14 +671,6 @@ impl io::Write for ObjectWriter {
             self.buffer.reserve_exact(PART_BYTES);
         }
         let taken = bytes.len().min(PART_BYTES - self.buffer.len());
-        self.written += taken as u64;
-        if self.written > COPY_LIMIT {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a file over 5 GiB cannot be moved into place on object storage yet (S3's \
-                 CopyObject limit)",
-            ));
-        }
         self.buffer.extend_from_slice(&bytes[..taken]);
         if self.buffer.len() == PART_BYTES {
             self.send_part()?;
