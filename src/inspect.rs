@@ -159,6 +159,16 @@ fn verify_listed(
 /// `Integrity::ManifestOutdated` when the directory's state file records
 /// a later save of it than its manifest.
 pub fn verify_checkpoint(prefix: &Path, verification: Verification) -> Result<Integrity> {
+    verify_checkpoint_with_progress(prefix, verification, &mut |_| {})
+}
+
+/// `verify_checkpoint`, telling `progress` the bytes of each chunk it reads
+/// for a checksum (for a progress bar).
+pub fn verify_checkpoint_with_progress(
+    prefix: &Path,
+    verification: Verification,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Integrity> {
     let (store, base) = split_prefix(prefix)?;
     // The time is only a hint: an unreadable state file leaves it out.
     let saved_at = read_state(&*store).ok().flatten().and_then(|file| {
@@ -172,7 +182,8 @@ pub fn verify_checkpoint(prefix: &Path, verification: Verification) -> Result<In
             .get(index)
             .copied()
     });
-    integrity::verify(&*store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
+    integrity::verify_with_progress(&*store, &base, verification, saved_at, None, progress)
+        .map(|(integrity, _)| integrity)
 }
 
 /// Whether the checkpoint at `prefix` has a manifest or any file.

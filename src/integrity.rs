@@ -185,6 +185,18 @@ pub fn verify(
     saved_at: Option<f64>,
     deferred: Option<&[u8]>,
 ) -> Result<(Integrity, Option<u32>)> {
+    verify_with_progress(store, base, level, saved_at, deferred, &mut |_| {})
+}
+
+/// `verify`, telling `progress` the bytes of each chunk it checksums.
+pub fn verify_with_progress(
+    store: &dyn Store,
+    base: &OsStr,
+    level: Verification,
+    saved_at: Option<f64>,
+    deferred: Option<&[u8]>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Integrity, Option<u32>)> {
     let Some(manifest) = read_manifest(store, base)? else {
         return if has_files(store, base)? {
             Ok((Integrity::NoManifest, None))
@@ -200,7 +212,7 @@ pub fn verify(
     let mut deferred_crc = None;
     for record in &manifest.files {
         let deferred = deferred == Some(record.suffix.as_bytes());
-        check_record(store, base, record, level, deferred)?;
+        check_record(store, base, record, level, deferred, progress)?;
         if deferred {
             deferred_crc = Some(record.crc32c);
         }
@@ -216,6 +228,7 @@ fn check_record(
     record: &crate::manifest::FileRecord,
     level: Verification,
     deferred: bool,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
     let name = file_name(base, record.suffix.as_bytes());
     let shown = store.shown(&name);
@@ -255,7 +268,8 @@ fn check_record(
         ));
     }
     if !deferred && level == Verification::Checksums {
-        let (_, crc) = store::checksum(&*file).map_err(|err| Error::io_at("read", &shown, err))?;
+        let (_, crc) =
+            store::checksum(&*file, progress).map_err(|err| Error::io_at("read", &shown, err))?;
         check_crc(&store.shown(Path::new(base)), &shown, crc, record.crc32c)?;
     }
     Ok(())
@@ -281,7 +295,7 @@ pub fn verify_shard(
     for record in &manifest.files {
         if record.suffix.as_bytes().starts_with(shard) {
             found = true;
-            check_record(store, base, record, level, false)?;
+            check_record(store, base, record, level, false, &mut |_| {})?;
         }
     }
     if !found {

@@ -39,7 +39,8 @@ pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
     checkpoint_exists, checkpoints_on_disk, get_checkpoint_state, latest_checkpoint, read_manifest,
-    recover_directory, remove_checkpoint, verify_checkpoint, LatestOptions,
+    recover_directory, remove_checkpoint, verify_checkpoint, verify_checkpoint_with_progress,
+    LatestOptions,
 };
 pub use integrity::Integrity;
 pub use manager::{

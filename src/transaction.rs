@@ -465,11 +465,8 @@ impl Transaction {
                         let record = match record {
                             Some(record) => record,
                             None => {
-                                let (size, crc32c) = store::checksum(&*file).map_err(io_at(
-                                    "read",
-                                    &*self.store,
-                                    &name,
-                                ))?;
+                                let (size, crc32c) = store::checksum(&*file, &mut |_| {})
+                                    .map_err(io_at("read", &*self.store, &name))?;
                                 FileRecord {
                                     suffix: ByteString::from_bytes(suffix),
                                     size,

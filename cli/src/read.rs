@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use ckpt_manager::{
     Callbacks, CheckpointInfo, CheckpointManager, Config, Error, Integrity, KeepReason, MaxToKeep,
@@ -14,8 +13,8 @@ use crate::location::{self, Target};
 use crate::output::{self, shown};
 use crate::{Failure, Outcome, RuleArgs};
 
-/// Checkpoints at least this large get a spinner while their CRCs are
-/// checked, when stderr is a terminal.
+/// Checkpoints at least this large get a progress bar while their CRCs
+/// are checked, when stderr is a terminal.
 const PROGRESS_FROM_BYTES: u64 = 64 << 20;
 
 /// The library's configuration for `rules` (keep-all without `--keep`).
@@ -53,22 +52,28 @@ pub fn check(prefix: &Path, verification: Verification) -> Result<Checked, Failu
         .ok()
         .flatten()
         .map_or(0, |manifest| manifest.files.iter().map(|f| f.size).sum());
-    let spinner = (verification == Verification::Checksums
+    let bar = (verification == Verification::Checksums
         && bytes >= PROGRESS_FROM_BYTES
         && std::io::stderr().is_terminal())
     .then(|| {
-        let spinner = indicatif::ProgressBar::new_spinner();
-        spinner.set_message(format!(
-            "checking {} ({})",
-            prefix.display(),
-            output::size(bytes)
-        ));
-        spinner.enable_steady_tick(Duration::from_millis(120));
-        spinner
+        let bar = indicatif::ProgressBar::new(bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(format!("checking {}", prefix.display()));
+        bar
     });
-    let result = ckpt_manager::verify_checkpoint(prefix, verification);
-    if let Some(spinner) = spinner {
-        spinner.finish_and_clear();
+    let result = ckpt_manager::verify_checkpoint_with_progress(prefix, verification, &mut |read| {
+        if let Some(bar) = &bar {
+            bar.inc(read);
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     match result {
         Ok(Integrity::Intact) => Ok(Checked {

@@ -385,3 +385,43 @@ fn usage_errors_and_urls_the_library_does_not_serve_exit_2() {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.stdout, format!("{}/ckpt-6\n", text(root.path())));
 }
+
+/// `verify` draws a progress bar of bytes on a terminal (run under
+/// `script`, which gives it one) for a checkpoint over 64 MiB, and none
+/// when stderr is a pipe.
+#[test]
+fn verify_shows_a_progress_bar_only_on_a_terminal() {
+    let root = tempfile::tempdir().unwrap();
+    let config = Config::new(root.path(), MaxToKeep::Last(1)).unwrap();
+    let mut manager = CheckpointManager::new(config, Callbacks::new()).unwrap();
+    let mut weights = vec![0.5f32; 17 << 20];
+    // SAFETY: `weights` outlives the manager.
+    unsafe {
+        manager
+            .register_tensor(
+                "w",
+                ckpt_manager::DType::F32,
+                &[weights.len() as u64],
+                weights.as_mut_ptr().cast(),
+            )
+            .unwrap();
+    }
+    let prefix = manager.save(None, false).unwrap().unwrap();
+    drop(manager);
+    let piped = ckpt(&["verify", prefix.to_str().unwrap()]);
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(!piped.stderr.contains("checking"), "{}", piped.stderr);
+    let binary = assert_cmd::cargo::cargo_bin!("ckpt");
+    let command = format!("{} verify {}", binary.display(), prefix.display());
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs the command on a terminal");
+    let drawn = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{drawn}");
+    assert!(
+        drawn.contains(&format!("checking {}", prefix.display()))
+            && drawn.contains("MiB/68.00 MiB"),
+        "{drawn}"
+    );
+}

@@ -205,9 +205,10 @@ pub fn read_bounded(store: &dyn Store, name: &Path, limit: u64) -> io::Result<Op
     Ok(Some(bytes))
 }
 
-/// The size and CRC32C of a regular file, read in large chunks.
-pub fn checksum(file: &dyn ReadAt) -> io::Result<(u64, u32)> {
-    const CHUNK: u64 = 4 << 20;
+/// The size and CRC32C of a regular file, read in large chunks; `progress`
+/// hears the bytes of each chunk read.
+pub fn checksum(file: &dyn ReadAt, progress: &mut dyn FnMut(u64)) -> io::Result<(u64, u32)> {
+    const CHUNK: u64 = 16 << 20;
     let size = file.size();
     let mut buffer = vec![0u8; CHUNK.min(size) as usize];
     let (mut offset, mut crc) = (0u64, 0u32);
@@ -216,6 +217,7 @@ pub fn checksum(file: &dyn ReadAt) -> io::Result<(u64, u32)> {
         file.read_exact_at(chunk, offset)?;
         crc = crc32c::crc32c_append(crc, chunk);
         offset += chunk.len() as u64;
+        progress(chunk.len() as u64);
     }
     Ok((size, crc))
 }
