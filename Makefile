@@ -6,7 +6,7 @@
 #   make test  installs what the tests need and runs every test (the
 #   library's and the ckpt command-line tool's, cli/)
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make bench-async, make bench-mpi, make torture; make header regenerates
+#   make bench-async, make bench-mpi, make bench-s3, make torture; make header regenerates
 #   include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
@@ -90,9 +90,11 @@ test:
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
 	@echo "== the Python package, pip-installed into a fresh virtual environment"
+	@# boto3 reads the S3 tests' buckets back; their moto server is the one
+	@# scripts/setup installed into build/s3-venv (one pinned install of moto).
 	rm -rf $(BUILD_DIR)/py-venv
 	python3 -m venv $(BUILD_DIR)/py-venv
-	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy mpi4py ./bindings/python
+	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy mpi4py boto3==1.43.11 ./bindings/python
 	$(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
 
 bench:
@@ -115,6 +117,13 @@ bench-async:
 .PHONY: bench-mpi
 bench-mpi:
 	./scripts/bench-mpi
+
+# Upload and download of 1 GiB of tensors through the library's S3 store
+# against boto3's transfer manager on one moto server (scripts/bench-s3,
+# benches/s3_transfer.py).
+.PHONY: bench-s3
+bench-s3:
+	./scripts/bench-s3
 
 # cbindgen runs only here (and in the test that checks the header is current).
 .PHONY: header

@@ -1,30 +1,49 @@
 #!/usr/bin/env python3
-"""Upload and download throughput of boto3's transfer manager against an S3
-server on loopback: the baseline the library's S3 store is compared with
-(issue 13). Starts moto_server (build/s3-venv, from scripts/setup) unless
---endpoint is given. Run with build/s3-venv/bin/python.
+"""Upload and download throughput of the library's S3 store against boto3's
+transfer manager, on one S3 server on loopback, in one run (issue 13).
 
-    build/s3-venv/bin/python benches/s3_transfer.py --size-mib 1024
+The same bytes on both sides: TENSORS float32 arrays of TENSOR_MIB each
+(default 16 x 64 MiB = 1 GiB), views into one buffer.
+  library  upload:   CheckpointManager.save() on s3://bucket/lib with the
+                     arrays registered (the safetensors file uploaded from the
+                     buffers, multipart, then the commit);
+           download: restore_or_initialize() of a second manager whose
+                     registered arrays are zeroed (ranged reads into them).
+  boto3    upload:   upload_fileobj of the buffer (read from memory);
+           download: download_fileobj into a zeroed buffer.
+TransferConfig uses the library's part size and parts in flight (16 MiB, 8)
+unless --part-mib / --threads say otherwise. The two sides alternate which
+goes first each round; every download is checked against the source.
+
+Starts moto_server (build/s3-venv, from scripts/setup) unless --endpoint is
+given. Run by scripts/bench-s3 (make bench-s3), which builds the release
+library and runs this with build/s3-venv/bin/python.
 """
 
 import argparse
-import os
+import io
+import json
 import socket
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import boto3
+import numpy as np
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+
+import ckpt_manager
 
 REPO = Path(__file__).resolve().parent.parent
 MOTO_SERVER = REPO / "build" / "s3-venv" / "bin" / "moto_server"
 MIB = 1024 * 1024
+CREDENTIALS = {"aws_region": "us-east-1", "aws_access_key_id": "testing",
+               "aws_secret_access_key": "testing"}
 
 
 def free_port():
@@ -56,57 +75,188 @@ def start_moto(deadline_seconds=60):
             time.sleep(0.05)
 
 
-def client(endpoint):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(max_pool_connections=32),
-    )
+def client(endpoint, threads):
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=Config(max_pool_connections=max(32, threads)),
+                        region_name=CREDENTIALS["aws_region"],
+                        aws_access_key_id=CREDENTIALS["aws_access_key_id"],
+                        aws_secret_access_key=CREDENTIALS["aws_secret_access_key"])
 
 
-def timed(label, size, action):
+class MemoryReader(io.RawIOBase):
+    """A seekable binary file reading a buffer, for upload_fileobj."""
+
+    def __init__(self, buffer):
+        self._view = memoryview(buffer).cast("B")
+        self._at = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._at
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = base + offset
+        return self._at
+
+    def readinto(self, out):
+        chunk = self._view[self._at:self._at + len(out)]
+        out[:len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+
+class MemoryWriter(io.RawIOBase):
+    """A seekable binary file writing into a preallocated buffer, for
+    download_fileobj (which seeks to each part's offset)."""
+
+    def __init__(self, buffer):
+        self._view = memoryview(buffer).cast("B")
+        self._at = 0
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._at
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = base + offset
+        return self._at
+
+    def write(self, data):
+        size = len(data)
+        self._view[self._at:self._at + size] = data
+        self._at += size
+        return size
+
+
+def timed(action):
     start = time.perf_counter()
     action()
-    seconds = time.perf_counter() - start
-    print(f"boto3 {label}: {size / MIB:.0f} MiB in {seconds:.2f} s = {size / MIB / seconds:.1f} MiB/s")
-    return seconds
+    return time.perf_counter() - start
+
+
+class Library:
+    """The library's side: a writer with the source arrays registered, and
+    per download a fresh manager whose arrays are the zeroed targets."""
+    name = "library"
+
+    def __init__(self, endpoint, bucket, source, target):
+        self.url = f"s3://{bucket}/lib"
+        self.options = dict(CREDENTIALS, aws_endpoint=endpoint, aws_allow_http=True)
+        self.source, self.target = source, target
+        # max_to_keep 1: each save's sweep deletes the previous round's object.
+        self.writer = ckpt_manager.CheckpointManager(self.url, 1, storage_options=self.options)
+        for i, array in enumerate(source):
+            self.writer.register_array(f"tensor-{i}", array)
+
+    def upload(self):
+        return timed(self.writer.save)
+
+    def download(self):
+        for array in self.target:
+            array.fill(0)
+        with ckpt_manager.CheckpointManager(self.url, 1, read_only=True,
+                                            storage_options=self.options) as reader:
+            for i, array in enumerate(self.target):
+                reader.register_array(f"tensor-{i}", array)
+            seconds = timed(reader.restore_or_initialize)
+        if not all(np.array_equal(a, b) for a, b in zip(self.source, self.target)):
+            sys.exit("library: the restored arrays differ from the saved ones")
+        return seconds
+
+    def close(self):
+        self.writer.close()
+
+
+class Boto3:
+    """boto3's side: one object of the same bytes, through the transfer manager."""
+    name = "boto3"
+
+    def __init__(self, endpoint, bucket, source_buffer, target_buffer, part_mib, threads):
+        self.s3 = client(endpoint, threads)
+        self.bucket, self.key = bucket, "boto3/tensors.bin"
+        self.source, self.target = source_buffer, target_buffer
+        self.config = TransferConfig(multipart_threshold=part_mib * MIB,
+                                     multipart_chunksize=part_mib * MIB,
+                                     max_concurrency=threads, use_threads=True)
+
+    def upload(self):
+        return timed(lambda: self.s3.upload_fileobj(
+            MemoryReader(self.source), self.bucket, self.key, Config=self.config))
+
+    def download(self):
+        self.target.fill(0)
+        seconds = timed(lambda: self.s3.download_fileobj(
+            self.bucket, self.key, MemoryWriter(self.target), Config=self.config))
+        if not np.array_equal(self.source, self.target):
+            sys.exit("boto3: the downloaded bytes differ from the uploaded ones")
+        return seconds
+
+    def close(self):
+        pass
 
 
 def run(endpoint, args):
-    s3 = client(endpoint)
+    size = args.tensors * args.tensor_mib * MIB
+    rng = np.random.default_rng(13)
+    source = rng.standard_normal(size // 4, dtype=np.float32)
+    target = np.zeros_like(source)
+    per_tensor = args.tensor_mib * MIB // 4
+    views = lambda buffer: [buffer[i * per_tensor:(i + 1) * per_tensor]  # noqa: E731
+                            for i in range(args.tensors)]
     bucket = f"bench-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=bucket)
-    config = TransferConfig(
-        multipart_threshold=args.part_mib * MIB,
-        multipart_chunksize=args.part_mib * MIB,
-        max_concurrency=args.threads,
-        use_threads=True,
-    )
-    size = args.size_mib * MIB
-    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        source = Path(scratch) / "tensors.bin"
-        with open(source, "wb") as out:
-            for _ in range(args.size_mib):
-                out.write(os.urandom(MIB))
-        target = Path(scratch) / "restored.bin"
-        key = "run/ckpt-1/tensors.bin"
-        timed("upload", size, lambda: s3.upload_file(str(source), bucket, key, Config=config))
-        timed("download", size, lambda: s3.download_file(bucket, key, str(target), Config=config))
-        if os.path.getsize(target) != size:
-            sys.exit("the downloaded object has the wrong size")
-    print(f"(parts of {args.part_mib} MiB, {args.threads} threads, endpoint {endpoint})")
+    client(endpoint, args.threads).create_bucket(Bucket=bucket)
+    sides = [Library(endpoint, bucket, views(source), views(target)),
+             Boto3(endpoint, bucket, source, target, args.part_mib, args.threads)]
+    rates = {(side.name, way): [] for side in sides for way in ("upload", "download")}
+    try:
+        for round_number in range(args.rounds):
+            order = sides if round_number % 2 == 0 else sides[::-1]
+            for side in order:
+                for way in ("upload", "download"):
+                    seconds = getattr(side, way)()
+                    rate = size / MIB / seconds
+                    rates[(side.name, way)].append(rate)
+                    print(f"round {round_number} {side.name:7} {way:8}: {size / MIB:.0f} MiB "
+                          f"in {seconds:6.2f} s = {rate:7.1f} MiB/s", flush=True)
+    finally:
+        for side in sides:
+            side.close()
+    print(f"\n{args.rounds} rounds, {args.tensors} x {args.tensor_mib} MiB float32; boto3 parts "
+          f"of {args.part_mib} MiB, {args.threads} threads; endpoint {endpoint}; medians:\n")
+    print("| | library | boto3 | library / boto3 |")
+    print("|---|---|---|---|")
+    summary = {}
+    for way in ("upload", "download"):
+        library = statistics.median(rates[("library", way)])
+        baseline = statistics.median(rates[("boto3", way)])
+        summary[way] = {"library_mib_s": library, "boto3_mib_s": baseline,
+                        "ratio": library / baseline}
+        print(f"| {way} | {library:.1f} MiB/s | {baseline:.1f} MiB/s | "
+              f"**{library / baseline:.2f}x** |")
+    print("\n" + json.dumps({"rates": {f"{n} {w}": r for (n, w), r in rates.items()},
+                             "medians": summary}))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024, help="object size (default 1 GiB)")
-    parser.add_argument("--part-mib", type=int, default=8, help="multipart part size")
-    parser.add_argument("--threads", type=int, default=10, help="transfer threads")
+    parser.add_argument("--tensors", type=int, default=16, help="arrays (default 16)")
+    parser.add_argument("--tensor-mib", type=int, default=64, help="MiB per array (default 64)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--part-mib", type=int, default=16, help="boto3's part size")
+    parser.add_argument("--threads", type=int, default=8, help="boto3's transfer threads")
     parser.add_argument("--endpoint", help="an S3 endpoint to use instead of starting moto")
-    parser.add_argument("--scratch", help="where the local file is written (default: temp dir)")
     args = parser.parse_args()
     if args.endpoint:
         run(args.endpoint, args)

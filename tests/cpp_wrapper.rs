@@ -102,6 +102,7 @@ cases!(
     move_semantics,
     tensors,
     module_functions,
+    object_storage_options,
     nested_calls,
     threads,
     shared_options_threads,

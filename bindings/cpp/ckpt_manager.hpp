@@ -482,7 +482,9 @@ class Options {
   Options(const Options&) = delete;
   Options& operator=(const Options&) = delete;
 
-  // Required. Created by the first save if missing.
+  // Required. Created by the first save if missing. A local path, or
+  // `s3://bucket/prefix` (see storage_option); any other `scheme://`, such as
+  // `gs://`, throws CKPT_STATUS_INVALID_ARGUMENT.
   Options& directory(const std::string& directory) {
     check(ckpt_options_set_directory(options_, directory.c_str()));
     return *this;
@@ -563,6 +565,18 @@ class Options {
   // finite; default 300 seconds) before the call throws CKPT_STATUS_TIMEOUT.
   Options& coordination_timeout(double seconds) {
     check(ckpt_options_set_coordination_timeout(options_, seconds));
+    return *this;
+  }
+
+  // An option of the object store an `s3://` directory lives on, beating
+  // the AWS_* environment variables and files: the S3 client's keys
+  // (`aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_allow_http`, ...)
+  // or the library's (`ckpt_local_staging_directory`,
+  // `ckpt_allow_unconditional_writes`, `ckpt_max_retries`); see
+  // ckpt_options_set_storage_option. An unknown key throws
+  // CKPT_STATUS_INVALID_ARGUMENT. Local directories ignore these options.
+  Options& storage_option(const std::string& key, const std::string& value) {
+    check(ckpt_options_set_storage_option(options_, key.c_str(), value.c_str()));
     return *this;
   }
 

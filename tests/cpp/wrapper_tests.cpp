@@ -628,6 +628,29 @@ void module_functions(const std::string& workdir) {
   EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "", ckpt::checkpoint_exists(""));
 }
 
+// Object storage options: the library's and the S3 client's keys are taken,
+// an unknown key or a bad boolean throws, and so does a directory of a
+// scheme the library does not serve. A local directory ignores the options.
+void object_storage_options(const std::string& workdir) {
+  ckpt::Options().storage_option("aws_region", "us-east-1")
+      .storage_option("ckpt_allow_unconditional_writes", "false")
+      .storage_option("ckpt_max_retries", "2");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "no_such_option",
+               ckpt::Options().storage_option("no_such_option", "x"));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "ckpt_allow_unconditional_writes",
+               ckpt::Options().storage_option("ckpt_allow_unconditional_writes", "yes"));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "gs://", ckpt::Options().directory("gs://bucket/run"));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "gs://", ckpt::latest_checkpoint("gs://bucket/run"));
+
+  const std::string dir = workdir + "/run";
+  World world;
+  ckpt::Options options = world.options(dir);
+  options.storage_option("aws_endpoint", "http://127.0.0.1:1");
+  ckpt::Manager manager(options);
+  CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  CHECK(ckpt::checkpoint_exists(dir + "/ckpt-1"));
+}
+
 // A callback may use another manager, whose callbacks throw and are caught
 // inside it; and a callback that calls its own manager gets REENTRANT_CALL,
 // which, left to propagate, comes out of the outer call as a ckpt::Error.
@@ -1372,6 +1395,7 @@ const Case cases[] = {
     {"move_semantics", move_semantics},
     {"tensors", tensors},
     {"module_functions", module_functions},
+    {"object_storage_options", object_storage_options},
     {"nested_calls", nested_calls},
     {"threads", threads},
     {"shared_options_threads", shared_options_threads},

@@ -409,6 +409,20 @@ class CheckpointManager:
     every rank locks, commits and sweeps its own files there, and restores
     follow rank 0's state (ckpt_options_set_node_local in the header).
 
+    Object storage: `directory` may be `s3://bucket/prefix` (a str), a prefix
+    of an S3-compatible bucket; every prefix the manager returns is then such
+    a URL too. Endpoint, region and credentials come from the `AWS_*`
+    environment variables and `~/.aws` files; `storage_options` ({key: value})
+    overrides them with the S3 client's keys (`aws_endpoint`, `aws_region`,
+    `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`, ...) and
+    sets the library's own: `ckpt_local_staging_directory` (where `save_fn`
+    writes and `restore_fn` reads, uploaded and downloaded by the library),
+    `ckpt_allow_unconditional_writes` and `ckpt_max_retries`. A value may be a
+    str, a bool ("true"/"false") or an int. An unknown key, or a URL of
+    another scheme (`gs://`, ...), raises InvalidArgumentError. Local
+    directories ignore the options. (ckpt_options_set_storage_option in the
+    header.)
+
     Close it with close() or a `with` block; garbage collection closes it too.
     """
 
@@ -419,7 +433,7 @@ class CheckpointManager:
                  partial_restore=False, delete_fn=None, log_fn=None, keep_best=None,
                  best_metric=None, best_mode="min", keep_period=None,
                  save_interval_seconds=None, prepare_fn=None, communicator=None,
-                 coordination_timeout=None, node_local=False):
+                 coordination_timeout=None, node_local=False, storage_options=None):
         self._handle = None
         self._communicator = None
         self._arrays = {}
@@ -492,6 +506,8 @@ class CheckpointManager:
                     options, float(coordination_timeout)))
             if node_local:
                 _check(_lib.ckpt_options_set_node_local(options, True))
+            for key, value in _storage_options(storage_options):
+                _check(_lib.ckpt_options_set_storage_option(options, key, value))
             keys = []
             for setter, cfunc in _trampolines(
                     self._pending, self._background, save_fn=save_fn, prepare_fn=prepare_fn,
@@ -896,6 +912,24 @@ def _numpy():
     return numpy
 
 
+def _storage_options(storage_options):
+    """[(key, value)] encoded for ckpt_options_set_storage_option."""
+    if storage_options is None:
+        return []
+    if not isinstance(storage_options, collections.abc.Mapping):
+        raise TypeError("storage_options must be a dict of key: value, not %s"
+                        % type(storage_options).__name__)
+    encoded = []
+    for key, value in storage_options.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int):
+            value = str(value)
+        encoded.append((_encode_text(key, "a storage option's key"),
+                        _encode_text(value, "storage option %r" % (key,))))
+    return encoded
+
+
 def _metadata_json(metadata):
     if not isinstance(metadata, collections.abc.Mapping):
         raise TypeError("metadata must be a dict, not %s" % type(metadata).__name__)
@@ -917,9 +951,13 @@ class CheckpointState:
     last_preserved_timestamp: float
 
 
+# The module functions take a local path or an `s3://bucket/prefix` URL; for
+# a URL, the endpoint and credentials come from the `AWS_*` environment
+# variables and `~/.aws` files, read at each call.
+
 def latest_checkpoint(directory, *, fallback=True, verify_checksums=False):
-    """The newest usable checkpoint of `directory` (tf.train.latest_checkpoint),
-    or None. If the latest's files are damaged, the newest intact older one is
+    """The newest usable checkpoint of `directory` (tf.train.latest_checkpoint,
+    a path or an `s3://` URL), or None. If the latest's files are damaged, the newest intact older one is
     returned (with a warning on stderr) unless `fallback=False`, which raises
     CheckpointDamagedError. `verify_checksums` checks CRC32C, not only sizes."""
     flags = (0 if fallback else _lib.CKPT_LATEST_NO_FALLBACK) | (
@@ -931,7 +969,8 @@ def latest_checkpoint(directory, *, fallback=True, verify_checksums=False):
 
 
 def get_checkpoint_state(directory):
-    """The parsed state file of `directory` (paths joined onto it), or None."""
+    """The parsed state file of `directory` (a path or an `s3://` URL; paths
+    joined onto it), or None."""
     out = ctypes.c_void_p()
     _check(_lib.ckpt_get_checkpoint_state(_encode_path(directory, "directory"),
                                           ctypes.byref(out)))
@@ -954,7 +993,8 @@ def get_checkpoint_state(directory):
 
 
 def checkpoint_exists(prefix):
-    """Whether any file `<prefix>` or `<prefix>.<suffix>` exists."""
+    """Whether any file (or object, for an `s3://` URL) `<prefix>` or
+    `<prefix>.<suffix>` exists."""
     out = ctypes.c_bool()
     _check(_lib.ckpt_checkpoint_exists(_encode_path(prefix, "prefix"), ctypes.byref(out)))
     return out.value
