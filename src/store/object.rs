@@ -161,8 +161,8 @@ fn parse_count(key: &str, value: &str) -> crate::Result<usize> {
 
 fn parse_bool(key: &str, value: &str) -> crate::Result<bool> {
     match value {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
+        "true" => Ok(true),
+        "false" => Ok(false),
         _ => Err(crate::Error::invalid(format!(
             "storage option {key} is true or false, not '{value}'"
         ))),
