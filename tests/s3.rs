@@ -223,9 +223,10 @@ fn saves_restores_and_sweeps_on_a_bucket() {
     assert_eq!(bucket.keys(), checkpoint_keys("runs/a", &[2, 3]));
 }
 
-#[test]
-fn a_damaged_object_makes_the_restore_fall_back() {
-    let bucket = Bucket::new("falls-back");
+/// Checkpoints 1 and 2 saved under `<bucket>/run`, the last byte of 2's
+/// tensors flipped (its size still right: only its CRC tells).
+fn two_saves_the_second_damaged(name: &str) -> (Bucket, PathBuf) {
+    let bucket = Bucket::new(name);
     let url = bucket.url("run");
     let mut trainer =
         Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(3))).unwrap();
@@ -236,6 +237,12 @@ fn a_damaged_object_makes_the_restore_fall_back() {
     let mut bytes = bucket.get(key);
     *bytes.last_mut().unwrap() ^= 0xff;
     bucket.put(key, bytes);
+    (bucket, url)
+}
+
+#[test]
+fn a_damaged_object_makes_the_restore_fall_back() {
+    let (bucket, url) = two_saves_the_second_damaged("falls-back");
     let mut trainer =
         Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(3))).unwrap();
     let restored = trainer.manager.restore_or_initialize().unwrap().unwrap();
@@ -459,17 +466,7 @@ last_preserved_timestamp: 1699999000.0\n";
 
 #[test]
 fn module_functions_read_urls_with_settings_from_the_environment() {
-    let bucket = Bucket::new("module-functions");
-    let url = bucket.url("run");
-    let mut trainer =
-        Trainer::open(bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(3))).unwrap();
-    trainer.save(1);
-    trainer.save(2);
-    drop(trainer);
-    let key = "run/ckpt-2.safetensors";
-    let mut bytes = bucket.get(key);
-    *bytes.last_mut().unwrap() ^= 0xff;
-    bucket.put(key, bytes);
+    let (bucket, url) = two_saves_the_second_damaged("module-functions");
     bucket.put("tf/checkpoint", TF_STATE.as_bytes().to_vec());
     let home = tempfile::tempdir().unwrap();
     let output = Command::new(std::env::current_exe().unwrap())
