@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -57,11 +58,11 @@ pub fn read_tensor_file(
 ) -> Result<()> {
     let name = file_name(base, TENSOR_FILE_SUFFIX.as_bytes());
     let path = store.shown(&name);
-    let io_error = |err| Error::io_at("read tensors from", &path, err);
     let damaged = |detail: String| Error::Damaged {
         prefix: path.clone(),
         detail,
     };
+    let io_error = |err| read_error(&path, err);
     let file = match store.open_read(&name) {
         Ok(Some(file)) => file,
         Ok(None) if partial => return Ok(()),
@@ -107,6 +108,18 @@ pub fn read_tensor_file(
     }
 }
 
+/// A failed read of the tensor file at `path`. Bytes that read back
+/// invalid (an object replaced while it was read) are damage.
+fn read_error(path: &Path, err: io::Error) -> Error {
+    match err.kind() {
+        io::ErrorKind::InvalidData => Error::Damaged {
+            prefix: path.to_path_buf(),
+            detail: err.to_string(),
+        },
+        _ => Error::io_at("read tensors from", path, err),
+    }
+}
+
 /// A tensor file opened and its header validated.
 struct OpenedHeader {
     file: Box<dyn ReadAt>,
@@ -120,7 +133,7 @@ struct OpenedHeader {
 /// Reads and validates the header of the tensor file at `path`: an
 /// unusable one is `Err(Damaged)`.
 fn read_header(file: Box<dyn ReadAt>, path: &Path) -> Result<OpenedHeader> {
-    let io_error = |err| Error::io_at("read tensors from", path, err);
+    let io_error = |err| read_error(path, err);
     let damaged = |detail: String| Error::Damaged {
         prefix: path.to_path_buf(),
         detail,

@@ -72,6 +72,9 @@ fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> i
         .map_err(|_| io::Error::other("an object store request panicked"))
 }
 
+/// The ETags this store last saw, by key; its writers record theirs.
+type SeenTags = Arc<Mutex<HashMap<String, Seen>>>;
+
 /// What this store last saw of an object it read or wrote.
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
@@ -85,7 +88,7 @@ pub struct ObjectStore {
     client: Arc<dyn Client>,
     /// Where save callbacks write and restore callbacks read, locally.
     shadow: LocalStore,
-    seen: Mutex<HashMap<String, Seen>>,
+    seen: SeenTags,
     /// The user opted out of conditional writes (a server without them).
     unconditional: bool,
 }
@@ -127,7 +130,7 @@ pub fn connect(
         location: location.clone(),
         client: Arc::new(client),
         shadow: LocalStore::new(shadow),
-        seen: Mutex::new(HashMap::new()),
+        seen: SeenTags::default(),
         unconditional,
     })
 }
@@ -193,7 +196,24 @@ impl ObjectStore {
         let name = std::str::from_utf8(name.as_os_str().as_bytes()).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "object names must be UTF-8")
         })?;
-        Ok(Key::from(self.location.key(name)))
+        // The exact key, not percent-encoded as `Key::from` would.
+        Key::parse(self.location.key(name))
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))
+    }
+
+    /// A writer of `key`, which must still be absent if this store saw it
+    /// absent: a file placed early never overwrites another writer's.
+    fn writer(&self, key: Key) -> ObjectWriter {
+        let create_only = !self.unconditional && self.seen(&key) == Some(Seen::Absent);
+        ObjectWriter {
+            client: self.client.clone(),
+            seen: self.seen.clone(),
+            create_only,
+            key,
+            buffer: Vec::new(),
+            upload: None,
+            in_flight: Default::default(),
+        }
     }
 
     fn see(&self, key: &Key, seen: Seen) {
@@ -261,7 +281,7 @@ impl ObjectStore {
     /// removes the local copy.
     fn upload_shadow(&self, name: &Path, to: &Path) -> io::Result<()> {
         let mut file = fs::File::open(self.shadow.local_path(name))?;
-        let mut writer = ObjectWriter::new(self.client.clone(), self.key(to)?);
+        let mut writer = self.writer(self.key(to)?);
         let mut buffer = vec![0u8; PART_BYTES.min(8 << 20)];
         loop {
             let read = file.read(&mut buffer)?;
@@ -323,6 +343,7 @@ impl Store for ObjectStore {
         if missing_is_none(head)?.is_some() {
             return Ok(Some(Kind::File));
         }
+        self.see(&key, Seen::Absent);
         let client = self.client.clone();
         let listed =
             run(async move { client.list_with_delimiter(Some(&key)).await })?.map_err(io_error)?;
@@ -353,10 +374,7 @@ impl Store for ObjectStore {
     }
 
     fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>> {
-        Ok(Box::new(ObjectWriter::new(
-            self.client.clone(),
-            self.key(name)?,
-        )))
+        Ok(Box::new(self.writer(self.key(name)?)))
     }
 
     /// Objects need no directories; callbacks get a local one to write in.
@@ -433,9 +451,9 @@ impl Store for ObjectStore {
         let client = self.client.clone();
         run(async move {
             use futures::TryStreamExt;
-            let prefix = Key::from(format!("{key}/"));
+            // Listing is by whole segments: `a/b` lists `a/b/...` only.
             let keys: Vec<Key> = client
-                .list(Some(&prefix))
+                .list(Some(&key))
                 .map_ok(|meta| meta.location)
                 .try_collect()
                 .await?;
@@ -593,7 +611,13 @@ impl ReadAt for ObjectReader {
                 }))
                 .await
             })?
-            .map_err(io_error)?;
+            .map_err(|err| match err {
+                object_store::Error::Precondition { .. } => io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the object was replaced while it was read",
+                ),
+                err => io_error(err),
+            })?;
             let mut at = 0;
             for part in parts {
                 let end = at + part.len();
@@ -621,6 +645,10 @@ impl ReadAt for ObjectReader {
 /// upload whose parts go up concurrently as the caller writes.
 struct ObjectWriter {
     client: Arc<dyn Client>,
+    seen: SeenTags,
+    /// Fails (a conflict) if the object exists by the time it is written;
+    /// a multipart upload cannot ask this of the server, and does not.
+    create_only: bool,
     key: Key,
     buffer: Vec<u8>,
     upload: Option<Box<dyn MultipartUpload>>,
@@ -628,16 +656,6 @@ struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    fn new(client: Arc<dyn Client>, key: Key) -> Self {
-        ObjectWriter {
-            client,
-            key,
-            buffer: Vec::new(),
-            upload: None,
-            in_flight: Default::default(),
-        }
-    }
-
     fn wait_oldest(&mut self) -> io::Result<()> {
         let Some(part) = self.in_flight.pop_front() else {
             return Ok(());
@@ -685,23 +703,37 @@ impl io::Write for ObjectWriter {
 
 impl FileWriter for ObjectWriter {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
-        if self.upload.is_none() {
+        let put = if self.upload.is_none() {
             let (client, key) = (self.client.clone(), self.key.clone());
             let payload = PutPayload::from(std::mem::take(&mut self.buffer));
-            return run(async move { client.put(&key, payload).await })?
-                .map(drop)
-                .map_err(io_error);
-        }
-        if !self.buffer.is_empty() {
-            self.send_part()?;
-        }
-        while !self.in_flight.is_empty() {
-            self.wait_oldest()?;
-        }
-        let mut upload = self.upload.take().expect("a multipart upload");
-        run(async move { upload.complete().await })?
-            .map(drop)
-            .map_err(io_error)
+            let mode = match self.create_only {
+                true => PutMode::Create,
+                false => PutMode::Overwrite,
+            };
+            run(async move {
+                let options = PutOptions {
+                    mode,
+                    ..PutOptions::default()
+                };
+                client.put_opts(&key, payload, options).await
+            })?
+        } else {
+            if !self.buffer.is_empty() {
+                self.send_part()?;
+            }
+            while !self.in_flight.is_empty() {
+                self.wait_oldest()?;
+            }
+            let mut upload = self.upload.take().expect("a multipart upload");
+            run(async move { upload.complete().await })?
+        };
+        let put = put.map_err(io_error)?;
+        let mut seen = self.seen.lock().unwrap();
+        match put.e_tag {
+            Some(tag) => seen.insert(self.key.to_string(), Seen::Tag(tag)),
+            None => seen.remove(self.key.as_ref()),
+        };
+        Ok(())
     }
 }
 

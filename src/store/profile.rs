@@ -79,8 +79,18 @@ pub fn settings() -> Result<Vec<(AmazonS3ConfigKey, String)>> {
         let Some(values) = parsed.section(Some(section)) else {
             continue;
         };
+        // Credentials go together: a key id from the environment is never
+        // paired with a secret from a file.
+        let credentials_set = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
         for (name, key, variables) in SETTINGS {
-            let overridden = variables.iter().any(|v| std::env::var_os(v).is_some());
+            let credential = matches!(
+                key,
+                AmazonS3ConfigKey::AccessKeyId
+                    | AmazonS3ConfigKey::SecretAccessKey
+                    | AmazonS3ConfigKey::Token
+            );
+            let overridden = (credential && credentials_set)
+                || variables.iter().any(|v| std::env::var_os(v).is_some());
             let known = found.iter().any(|(k, _)| k == key);
             if let Some(value) = values.get(name).filter(|_| !overridden && !known) {
                 found.push((*key, value.to_owned()));

@@ -1,7 +1,8 @@
-//! Review of the object-storage change (issue 13): defects and edge cases,
-//! against a real moto server on loopback. A test marked `#[ignore]` with
-//! "defect: ..." fails today and shows a core defect; the rest pass and
-//! pin behaviour found sound.
+//! Object storage at its edges, against a real moto server on loopback:
+//! racing writers, keys with characters a client would percent-encode,
+//! the bucket's root, part boundaries, empty files, an object replaced
+//! while it is read. Each of the first four failed once (a review found
+//! them) and pins its fix.
 
 mod support;
 
@@ -141,10 +142,10 @@ impl Writer {
 /// Two writers on one prefix save the same number. The first's upload of
 /// its tensor file, placed early at its final name, stalls; meanwhile the
 /// second's save (whose begin removes the first's staging as abandoned)
-/// commits. When the stalled PUT lands, the loser gets LOCKED, but its
-/// bytes have replaced the winner's committed file.
+/// commits. The stalled PUT is conditional (If-None-Match: the store saw
+/// the name free), so it fails when it lands, and the winner's committed
+/// file keeps its bytes.
 #[test]
-#[ignore = "defect: an early-placed file is an unconditional PUT; a loser's late upload overwrites the winner's committed file"]
 fn a_losing_writers_late_upload_leaves_the_winners_checkpoint_intact() {
     let bucket = Bucket::new("late-upload");
     let proxy = FaultProxy::start(MotoServer::shared().address());
@@ -222,14 +223,10 @@ fn a_callback_file_named_with_a_tilde_is_restored_and_swept() {
     assert_eq!(*restored.lock().unwrap(), b"2");
 }
 
-/// A URL whose prefix holds `~` is accepted, but the objects go to keys
-/// with `%7E`: TF (or `aws s3`) reading `s3://bucket/run~1/checkpoint`
-/// finds nothing. It should be written at the key the URL names, or the
-/// URL refused. (And `remove_staging` encodes the encoded key again, so
-/// the commit record `run%7E1/ckpt-1.ckpt-staging/commit-record.json`
-/// stays after the save.)
+/// A URL whose prefix holds `~`: the objects go to the keys the URL names
+/// (not percent-encoded ones), so TF or `aws s3` reading
+/// `s3://bucket/run~1/checkpoint` finds it, and the staging is removed.
 #[test]
-#[ignore = "defect: an s3:// prefix with '~' is written under a percent-encoded key, not the URL's"]
 fn the_state_object_lies_at_the_key_the_url_names() {
     let bucket = Bucket::new("tilde-prefix");
     let url = bucket.url("run~1");
@@ -243,12 +240,9 @@ fn the_state_object_lies_at_the_key_the_url_names() {
     assert!(keys.contains("run~1/checkpoint"), "{keys:?}");
 }
 
-/// A checkpoint name with `~` (accepted by `set_checkpoint_name`): the
-/// store lists keys by their percent-encoded names (`model%7Ea-1...`), so
-/// the seal takes the save's own early-placed file for a stranger and
-/// refuses the save.
+/// A checkpoint name with `~` (accepted by `set_checkpoint_name`): keys
+/// are listed by their own names, so the seal finds the save's files.
 #[test]
-#[ignore = "defect: listing yields percent-encoded names; a checkpoint name with '~' cannot be saved"]
 fn a_checkpoint_name_with_a_tilde_saves_and_leaves_no_staging() {
     let bucket = Bucket::new("tilde-name");
     let url = bucket.url("run");
@@ -386,13 +380,9 @@ fn an_empty_callback_file_round_trips() {
 
 /// The latest checkpoint's tensor file is replaced (damaged) between the
 /// reader's HEAD and its ranged GETs. Each GET is pinned to the ETag seen,
-/// so the server answers 412; but the store maps 412 to a write conflict,
-/// and the restore fails as LOCKED ("another writer committed ... this
-/// save is not committed") instead of taking the file for damaged and
-/// falling back to the older checkpoint, as it does for a file damaged
-/// before the read.
+/// so the server answers 412: the file is damaged for this restore, which
+/// falls back to the older checkpoint, as for a file damaged before.
 #[test]
-#[ignore = "defect: a ranged read's 412 (object replaced) is reported as a LOCKED write conflict; no fallback"]
 fn an_object_replaced_during_a_restore_makes_it_fall_back() {
     let bucket = Bucket::new("replaced-mid-read");
     let proxy = FaultProxy::start(MotoServer::shared().address());
