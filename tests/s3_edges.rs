@@ -238,6 +238,7 @@ fn the_state_object_lies_at_the_key_the_url_names() {
     writer.save(1.0).unwrap();
     let keys = bucket.keys();
     assert!(keys.contains("run~1/checkpoint"), "{keys:?}");
+    assert!(!keys.iter().any(|key| key.contains("staging")), "{keys:?}");
 }
 
 /// A checkpoint name with `~` (accepted by `set_checkpoint_name`): keys
