@@ -191,6 +191,52 @@ fn missing_is_none<T>(result: Result<T, object_store::Error>) -> io::Result<Opti
     }
 }
 
+/// Records the ETag a write left (none known: forget the key).
+fn record(seen: &SeenTags, key: &Key, e_tag: Option<String>) {
+    let mut seen = seen.lock().unwrap();
+    match e_tag {
+        Some(tag) => seen.insert(key.to_string(), Seen::Tag(tag)),
+        None => seen.remove(key.as_ref()),
+    };
+}
+
+/// One PUT of `bytes` in `mode`, recording its ETag. A conditional PUT the
+/// client retried can find its own first attempt: if the object holds
+/// exactly these bytes, that is success, not a conflict.
+fn put(
+    client: &Arc<dyn Client>,
+    seen: &SeenTags,
+    key: &Key,
+    bytes: Vec<u8>,
+    mode: PutMode,
+) -> io::Result<()> {
+    let (client, target) = (client.clone(), key.clone());
+    let payload = PutPayload::from(bytes.clone());
+    let outcome = run(async move {
+        let options = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match client.put_opts(&target, payload, options).await {
+            Ok(put) => Ok(put.e_tag),
+            Err(
+                err @ (object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }),
+            ) => {
+                let got = client.get(&target).await?;
+                let tag = got.meta.e_tag.clone();
+                match got.bytes().await? == bytes.as_slice() {
+                    true => Ok(tag),
+                    false => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        }
+    })?;
+    record(seen, key, outcome.map_err(io_error)?);
+    Ok(())
+}
+
 impl ObjectStore {
     fn key(&self, name: &Path) -> io::Result<Key> {
         let name = std::str::from_utf8(name.as_os_str().as_bytes()).map_err(|_| {
@@ -239,42 +285,7 @@ impl ObjectStore {
                 version: None,
             }),
         };
-        let client = self.client.clone();
-        let (target, payload) = (key.clone(), PutPayload::from(bytes.clone()));
-        let put = run(async move {
-            let options = PutOptions {
-                mode,
-                ..PutOptions::default()
-            };
-            client.put_opts(&target, payload, options).await
-        })?;
-        match put {
-            Ok(result) => {
-                self.see(key, result.e_tag.map_or(Seen::Absent, Seen::Tag));
-                Ok(())
-            }
-            // A retried PUT can find its own first attempt: the same bytes.
-            Err(
-                err @ (object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. }),
-            ) => {
-                let client = self.client.clone();
-                let target = key.clone();
-                let current = run(async move {
-                    let got = client.get(&target).await?;
-                    let tag = got.meta.e_tag.clone();
-                    Ok::<_, object_store::Error>((got.bytes().await?, tag))
-                })?;
-                match current {
-                    Ok((current, tag)) if current.as_ref() == bytes.as_slice() => {
-                        self.see(key, tag.map_or(Seen::Absent, Seen::Tag));
-                        Ok(())
-                    }
-                    _ => Err(io_error(err)),
-                }
-            }
-            Err(err) => Err(io_error(err)),
-        }
+        put(&self.client, &self.seen, key, bytes, mode)
     }
 
     /// Uploads a callback's local file `name` to the object `to`, and
@@ -703,36 +714,23 @@ impl io::Write for ObjectWriter {
 
 impl FileWriter for ObjectWriter {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
-        let put = if self.upload.is_none() {
-            let (client, key) = (self.client.clone(), self.key.clone());
-            let payload = PutPayload::from(std::mem::take(&mut self.buffer));
+        if self.upload.is_none() {
             let mode = match self.create_only {
                 true => PutMode::Create,
                 false => PutMode::Overwrite,
             };
-            run(async move {
-                let options = PutOptions {
-                    mode,
-                    ..PutOptions::default()
-                };
-                client.put_opts(&key, payload, options).await
-            })?
-        } else {
-            if !self.buffer.is_empty() {
-                self.send_part()?;
-            }
-            while !self.in_flight.is_empty() {
-                self.wait_oldest()?;
-            }
-            let mut upload = self.upload.take().expect("a multipart upload");
-            run(async move { upload.complete().await })?
-        };
-        let put = put.map_err(io_error)?;
-        let mut seen = self.seen.lock().unwrap();
-        match put.e_tag {
-            Some(tag) => seen.insert(self.key.to_string(), Seen::Tag(tag)),
-            None => seen.remove(self.key.as_ref()),
-        };
+            let bytes = std::mem::take(&mut self.buffer);
+            return put(&self.client, &self.seen, &self.key, bytes, mode);
+        }
+        if !self.buffer.is_empty() {
+            self.send_part()?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        let mut upload = self.upload.take().expect("a multipart upload");
+        let done = run(async move { upload.complete().await })?.map_err(io_error)?;
+        record(&self.seen, &self.key, done.e_tag);
         Ok(())
     }
 }
