@@ -662,7 +662,9 @@ impl Transaction {
     /// rolled forward, then the staging directory.
     fn undo(&self) -> io::Result<()> {
         self.store.remove_file(&self.staging.join(RECORD_NAME))?;
-        remove_placed_early(&*self.store, &self.staging, true)?;
+        if self.store.moves_by_copy() {
+            remove_placed_early(&*self.store, &self.staging, true)?;
+        }
         self.store.remove_staging(&self.staging)
     }
 }
