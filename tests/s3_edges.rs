@@ -6,104 +6,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ckpt_manager::{Callbacks, CheckpointManager, Config, DType, MaxToKeep};
-use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::ObjectStore;
 use support::fault_proxy::FaultProxy;
-use support::s3::MotoServer;
-
-/// A bucket of its own on the shared server.
-struct Bucket {
-    name: String,
-    endpoint: String,
-}
-
-impl Bucket {
-    fn new(name: &str) -> Bucket {
-        let server = MotoServer::shared();
-        server.create_bucket(name);
-        Bucket {
-            name: name.to_owned(),
-            endpoint: server.endpoint(),
-        }
-    }
-
-    fn url(&self, prefix: &str) -> PathBuf {
-        PathBuf::from(format!("s3://{}/{prefix}", self.name))
-    }
-
-    /// The test's own client on the bucket, to read back what the library
-    /// wrote, and a runtime to drive it.
-    fn client(&self) -> (AmazonS3, tokio::runtime::Runtime) {
-        let client = AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("testing")
-            .with_secret_access_key("testing")
-            .with_bucket_name(&self.name)
-            .build()
-            .unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        (client, runtime)
-    }
-
-    /// Every key in the bucket as the server stores it, sorted.
-    fn keys(&self) -> BTreeSet<String> {
-        let (client, runtime) = self.client();
-        runtime.block_on(async {
-            client
-                .list(None)
-                .map_ok(|meta| meta.location.to_string())
-                .try_collect()
-                .await
-                .unwrap()
-        })
-    }
-
-    fn get(&self, key: &str) -> Vec<u8> {
-        let (client, runtime) = self.client();
-        let key = object_store::path::Path::from(key);
-        runtime.block_on(async {
-            client
-                .get(&key)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-                .to_vec()
-        })
-    }
-
-    fn put(&self, key: &str, bytes: Vec<u8>) {
-        let (client, runtime) = self.client();
-        let key = object_store::path::Path::from(key);
-        runtime.block_on(async { client.put(&key, bytes.into()).await.unwrap() });
-    }
-
-    fn config(&self, url: &Path, endpoint: &str, max_to_keep: MaxToKeep) -> Config {
-        let mut config = Config::new(url, max_to_keep).unwrap();
-        for (key, value) in [
-            ("aws_endpoint", endpoint),
-            ("aws_allow_http", "true"),
-            ("aws_region", "us-east-1"),
-            ("aws_access_key_id", "testing"),
-            ("aws_secret_access_key", "testing"),
-        ] {
-            config.set_storage_option(key, value).unwrap();
-        }
-        config
-    }
-}
+use support::s3::{storage_config, Bucket, MotoServer};
 
 /// A manager saving one registered tensor of `values` floats, all `fill`.
 struct Writer {
@@ -150,7 +58,7 @@ fn a_losing_writers_late_upload_leaves_the_winners_checkpoint_intact() {
     let bucket = Bucket::new("late-upload");
     let proxy = FaultProxy::start(MotoServer::shared().address());
     let url = bucket.url("run");
-    let config = |endpoint: &str| bucket.config(&url, endpoint, MaxToKeep::Last(5));
+    let config = |endpoint: &str| storage_config(&url, endpoint, MaxToKeep::Last(5));
     let mut loser = Writer::open(config(&proxy.endpoint()), Callbacks::new(), 1024);
     let mut winner = Writer::open(config(&bucket.endpoint), Callbacks::new(), 1024);
     proxy.hold_requests("PUT /late-upload/run/ckpt-1.safetensors");
@@ -204,7 +112,7 @@ fn a_callback_file_named_with_a_tilde_is_restored_and_swept() {
                 Ok(())
             })
     };
-    let config = || bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(1));
+    let config = || storage_config(&url, &bucket.endpoint, MaxToKeep::Last(1));
     let mut writer = Writer::open(config(), callbacks(restored.clone()), 16);
     writer.save(1.0).unwrap();
     writer.save(2.0).unwrap();
@@ -231,7 +139,7 @@ fn the_state_object_lies_at_the_key_the_url_names() {
     let bucket = Bucket::new("tilde-prefix");
     let url = bucket.url("run~1");
     let mut writer = Writer::open(
-        bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2)),
+        storage_config(&url, &bucket.endpoint, MaxToKeep::Last(2)),
         Callbacks::new(),
         16,
     );
@@ -247,7 +155,7 @@ fn the_state_object_lies_at_the_key_the_url_names() {
 fn a_checkpoint_name_with_a_tilde_saves_and_leaves_no_staging() {
     let bucket = Bucket::new("tilde-name");
     let url = bucket.url("run");
-    let mut config = bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(2));
+    let mut config = storage_config(&url, &bucket.endpoint, MaxToKeep::Last(2));
     config.set_checkpoint_name("model~a").unwrap();
     let mut writer = Writer::open(config, Callbacks::new(), 16);
     writer.save(1.0).unwrap();
@@ -265,7 +173,7 @@ fn a_checkpoint_name_with_a_tilde_saves_and_leaves_no_staging() {
 fn the_bucket_root_is_a_checkpoint_directory() {
     let bucket = Bucket::new("root-dir");
     let other = PathBuf::from("s3://root-dir/other");
-    let config = |url: &Path| bucket.config(url, &bucket.endpoint, MaxToKeep::Last(1));
+    let config = |url: &Path| storage_config(url, &bucket.endpoint, MaxToKeep::Last(1));
     // Another run's keys under the root, which the root's listing sees as
     // a directory `other`.
     Writer::open(config(&other), Callbacks::new(), 16)
@@ -298,7 +206,7 @@ fn the_bucket_root_is_a_checkpoint_directory() {
 fn sweeping_ckpt_1_keeps_ckpt_10() {
     let bucket = Bucket::new("prefix-collision");
     let url = bucket.url("run");
-    let config = || bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(1));
+    let config = || storage_config(&url, &bucket.endpoint, MaxToKeep::Last(1));
     let mut writer = Writer::open(config(), Callbacks::new(), 16);
     writer.weights.fill(1.0);
     writer.manager.save(Some(1), false).unwrap();
@@ -331,7 +239,7 @@ fn a_tensor_over_a_part_round_trips() {
     let bucket = Bucket::new("large-tensor");
     let url = bucket.url("run");
     let values = (17 << 20) / 4 + 3;
-    let config = || bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(1));
+    let config = || storage_config(&url, &bucket.endpoint, MaxToKeep::Last(1));
     let mut writer = Writer::open(config(), Callbacks::new(), values);
     writer
         .weights
@@ -369,7 +277,7 @@ fn an_empty_callback_file_round_trips() {
                 Ok(())
             })
     };
-    let config = || bucket.config(&url, &bucket.endpoint, MaxToKeep::Last(1));
+    let config = || storage_config(&url, &bucket.endpoint, MaxToKeep::Last(1));
     Writer::open(config(), callbacks(restored.clone()), 16)
         .save(1.0)
         .unwrap();
@@ -388,7 +296,7 @@ fn an_object_replaced_during_a_restore_makes_it_fall_back() {
     let bucket = Bucket::new("replaced-mid-read");
     let proxy = FaultProxy::start(MotoServer::shared().address());
     let url = bucket.url("run");
-    let config = |endpoint: &str| bucket.config(&url, endpoint, MaxToKeep::Last(2));
+    let config = |endpoint: &str| storage_config(&url, endpoint, MaxToKeep::Last(2));
     let mut writer = Writer::open(config(&bucket.endpoint), Callbacks::new(), 1024);
     writer.save(1.0).unwrap();
     writer.save(2.0).unwrap();

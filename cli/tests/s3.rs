@@ -16,9 +16,6 @@ use std::path::Path;
 
 use ckpt_manager::{Callbacks, CheckpointManager, Config, ErrorKind, MaxToKeep};
 use command::{assert_snapshot, ckpt, ckpt_with_env, json, Ran};
-use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::ObjectStore;
 use serde_json::Value;
 
 /// The workspace root: tests/support/s3.rs finds moto under it.
@@ -26,45 +23,25 @@ fn repo_root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// A bucket of its own on the shared server, the test's client on it, and
-/// the HOME and TMPDIR that `ckpt` runs with.
+/// A bucket of its own on the shared server (with the test's client on
+/// it), and the HOME and TMPDIR that `ckpt` runs with.
 struct Bucket {
-    name: String,
-    endpoint: String,
-    client: AmazonS3,
-    runtime: tokio::runtime::Runtime,
+    bucket: moto::Bucket,
     home: tempfile::TempDir,
     temporary: tempfile::TempDir,
 }
 
 impl Bucket {
     fn new(name: &str) -> Bucket {
-        let server = moto::MotoServer::shared();
-        server.create_bucket(name);
-        let client = AmazonS3Builder::new()
-            .with_endpoint(server.endpoint())
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_access_key_id("testing")
-            .with_secret_access_key("testing")
-            .with_bucket_name(name)
-            .build()
-            .unwrap();
         Bucket {
-            name: name.to_owned(),
-            endpoint: server.endpoint(),
-            client,
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
+            bucket: moto::Bucket::new(name),
             home: tempfile::tempdir().unwrap(),
             temporary: tempfile::tempdir().unwrap(),
         }
     }
 
     fn url(&self, prefix: &str) -> String {
-        format!("s3://{}/{prefix}", self.name)
+        self.bucket.url(prefix).to_str().unwrap().to_owned()
     }
 
     /// Six saves of the library's writer keeping 3, `ckpt-2` pinned (as
@@ -75,17 +52,7 @@ impl Bucket {
 
     /// The writer's settings are storage options, not the environment.
     fn writer_config(&self, url: &str) -> Config {
-        let mut config = Config::new(url, MaxToKeep::Last(3)).unwrap();
-        for (key, value) in [
-            ("aws_endpoint", self.endpoint.as_str()),
-            ("aws_allow_http", "true"),
-            ("aws_region", "us-east-1"),
-            ("aws_access_key_id", "testing"),
-            ("aws_secret_access_key", "testing"),
-        ] {
-            config.set_storage_option(key, value).unwrap();
-        }
-        config
+        moto::storage_config(Path::new(url), &self.bucket.endpoint, MaxToKeep::Last(3))
     }
 
     /// `ckpt` configured by the standard variables only.
@@ -95,7 +62,7 @@ impl Bucket {
             &[
                 ("HOME", home.to_str().unwrap()),
                 ("TMPDIR", temporary.to_str().unwrap()),
-                ("AWS_ENDPOINT_URL", &self.endpoint),
+                ("AWS_ENDPOINT_URL", &self.bucket.endpoint),
                 ("AWS_ALLOW_HTTP", "true"),
                 ("AWS_REGION", "us-east-1"),
                 ("AWS_ACCESS_KEY_ID", "testing"),
@@ -105,31 +72,16 @@ impl Bucket {
         )
     }
 
-    /// Every key in the bucket.
     fn keys(&self) -> BTreeSet<String> {
-        self.runtime.block_on(async {
-            self.client
-                .list(None)
-                .map_ok(|meta| meta.location.to_string())
-                .try_collect()
-                .await
-                .unwrap()
-        })
+        self.bucket.keys()
     }
 
     fn get(&self, key: &str) -> Vec<u8> {
-        self.runtime.block_on(async {
-            let path = object_store::path::Path::from(key);
-            let got = self.client.get(&path).await.unwrap();
-            got.bytes().await.unwrap().to_vec()
-        })
+        self.bucket.get(key)
     }
 
     fn put(&self, key: &str, bytes: Vec<u8>) {
-        self.runtime.block_on(async {
-            let path = object_store::path::Path::from(key);
-            self.client.put(&path, bytes.into()).await.unwrap();
-        });
+        self.bucket.put(key, bytes)
     }
 
     /// Nothing `ckpt` staged or cached locally is left behind.

@@ -200,9 +200,11 @@ fn record(seen: &SeenTags, key: &Key, e_tag: Option<String>) {
     };
 }
 
-/// One PUT of `bytes` in `mode`, recording its ETag. A conditional PUT the
-/// client retried can find its own first attempt: if the object holds
-/// exactly these bytes, that is success, not a conflict.
+/// One PUT of `bytes` in `mode`, recording its ETag. The client does not
+/// retry a conditional PUT whose connection broke (it is not idempotent),
+/// so this does, a few times; and a retry can find its own first attempt:
+/// if the object holds exactly these bytes, that is success, not a
+/// conflict.
 fn put(
     client: &Arc<dyn Client>,
     seen: &SeenTags,
@@ -210,27 +212,38 @@ fn put(
     bytes: Vec<u8>,
     mode: PutMode,
 ) -> io::Result<()> {
+    const CONDITIONAL_ATTEMPTS: u32 = 4;
     let (client, target) = (client.clone(), key.clone());
     let payload = PutPayload::from(bytes.clone());
     let outcome = run(async move {
-        let options = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        match client.put_opts(&target, payload, options).await {
-            Ok(put) => Ok(put.e_tag),
-            Err(
-                err @ (object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. }),
-            ) => {
-                let got = client.get(&target).await?;
-                let tag = got.meta.e_tag.clone();
-                match got.bytes().await? == bytes.as_slice() {
-                    true => Ok(tag),
-                    false => Err(err),
+        let conditional = mode != PutMode::Overwrite;
+        let mut attempt = 1;
+        loop {
+            let options = PutOptions {
+                mode: mode.clone(),
+                ..PutOptions::default()
+            };
+            match client.put_opts(&target, payload.clone(), options).await {
+                Ok(put) => return Ok(put.e_tag),
+                Err(
+                    err @ (object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. }),
+                ) => {
+                    let got = client.get(&target).await?;
+                    let tag = got.meta.e_tag.clone();
+                    return match got.bytes().await? == bytes.as_slice() {
+                        true => Ok(tag),
+                        false => Err(err),
+                    };
                 }
+                Err(object_store::Error::Generic { .. })
+                    if conditional && attempt < CONDITIONAL_ATTEMPTS =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
             }
-            Err(err) => Err(err),
         }
     })?;
     record(seen, key, outcome.map_err(io_error)?);

@@ -193,3 +193,92 @@ pub fn http_request(
         .ok_or_else(invalid)?;
     Ok((status, response[header_end + 4..].to_vec()))
 }
+
+/// A bucket of its own on the shared server, and the test's own client on
+/// it, to read back what the library wrote (keys as the server stores them).
+pub struct Bucket {
+    pub name: String,
+    pub endpoint: String,
+    client: object_store::aws::AmazonS3,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Bucket {
+    pub fn new(name: &str) -> Bucket {
+        let server = MotoServer::shared();
+        server.create_bucket(name);
+        let client = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(server.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .with_bucket_name(name)
+            .build()
+            .unwrap();
+        Bucket {
+            name: name.to_owned(),
+            endpoint: server.endpoint(),
+            client,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, prefix: &str) -> PathBuf {
+        PathBuf::from(format!("s3://{}/{prefix}", self.name))
+    }
+
+    /// Every key in the bucket, sorted.
+    pub fn keys(&self) -> std::collections::BTreeSet<String> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStore;
+        self.runtime.block_on(async {
+            self.client
+                .list(None)
+                .map_ok(|meta| meta.location.to_string())
+                .try_collect()
+                .await
+                .unwrap()
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        use object_store::ObjectStore;
+        let key = object_store::path::Path::parse(key).unwrap();
+        self.runtime.block_on(async {
+            let got = self.client.get(&key).await.unwrap();
+            got.bytes().await.unwrap().to_vec()
+        })
+    }
+
+    pub fn put(&self, key: &str, bytes: Vec<u8>) {
+        use object_store::ObjectStore;
+        let key = object_store::path::Path::parse(key).unwrap();
+        self.runtime
+            .block_on(async { self.client.put(&key, bytes.into()).await.unwrap() });
+    }
+}
+
+/// A writer's configuration on `url`, reaching the server through
+/// `endpoint` (the server's own, or a proxy's in front of it), by storage
+/// options.
+pub fn storage_config(
+    url: &std::path::Path,
+    endpoint: &str,
+    max_to_keep: ckpt_manager::MaxToKeep,
+) -> ckpt_manager::Config {
+    let mut config = ckpt_manager::Config::new(url, max_to_keep).unwrap();
+    for (key, value) in [
+        ("aws_endpoint", endpoint),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "testing"),
+        ("aws_secret_access_key", "testing"),
+    ] {
+        config.set_storage_option(key, value).unwrap();
+    }
+    config
+}
