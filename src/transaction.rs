@@ -1124,18 +1124,23 @@ pub fn replace_manifest(store: &dyn Store, base: &OsStr, manifest: &Manifest) ->
     let target = file_name(base, MANIFEST_SUFFIX.as_bytes());
     let mut staged = target.clone().into_os_string();
     staged.push(format!(".tmp{}", random_hex32()));
-    let staged = PathBuf::from(staged);
-    write_whole(store, &staged, &manifest.to_json())?;
+    replace_aside(store, &target, Path::new(&staged), &manifest.to_json())
+}
+
+/// Writes `bytes` to `staged` and syncs it, renames it over `target` (on
+/// failure the staged file goes), and syncs the directory.
+fn replace_aside(store: &dyn Store, target: &Path, staged: &Path, bytes: &[u8]) -> Result<()> {
+    write_whole(store, staged, bytes)?;
     let replaced = store
-        .sync_files(std::slice::from_ref(&staged))
-        .map_err(io_at("sync", store, &staged))
+        .sync_files(&[staged.to_path_buf()])
+        .map_err(io_at("sync", store, staged))
         .and_then(|()| {
             store
-                .rename(&staged, &target)
-                .map_err(io_at("replace", store, &target))
+                .rename(staged, target)
+                .map_err(io_at("replace", store, target))
         });
     if let Err(err) = replaced {
-        let _ = store.remove_file(&staged);
+        let _ = store.remove_file(staged);
         return Err(err);
     }
     store
@@ -1157,20 +1162,5 @@ pub fn replace_state(store: &dyn Store, bytes: &[u8], state_before: Option<u32>)
         )));
     }
     let staged = PathBuf::from(format!("{STATE_FILE_NAME}.tmp{}", random_hex32()));
-    write_whole(store, &staged, bytes)?;
-    let replaced = store
-        .sync_files(std::slice::from_ref(&staged))
-        .map_err(io_at("sync", store, &staged))
-        .and_then(|()| {
-            store
-                .rename(&staged, target)
-                .map_err(io_at("write state file", store, target))
-        });
-    if let Err(err) = replaced {
-        let _ = store.remove_file(&staged);
-        return Err(err);
-    }
-    store
-        .sync_directories(&[PathBuf::new()])
-        .map_err(io_at("sync", store, Path::new("")))
+    replace_aside(store, target, &staged, bytes)
 }

@@ -260,13 +260,7 @@ fn a_process_killed_mid_upload_leaves_nothing_that_counts_and_recovery_removes_i
     // The callback's file goes up after the tensors and before the commit
     // record: held there, the child is killed between the two.
     proxy.hold_requests("PUT /killed/run/ckpt-2.note");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_saving_through_the_proxy",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = child_test("child_saving_through_the_proxy")
         .env(CHILD_ENV, proxy.endpoint())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -370,25 +364,32 @@ fn module_functions_read_urls_with_settings_from_the_environment() {
     let (bucket, url) = two_saves_the_second_damaged("module-functions");
     bucket.put("tf/checkpoint", TF_STATE.as_bytes().to_vec());
     let home = tempfile::tempdir().unwrap();
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_reading_with_module_functions",
-            "--exact",
-            "--nocapture",
-        ])
+    let mut child = child_test("child_reading_with_module_functions");
+    child
         .env(MODULE_CHILD_ENV, &url)
         .env("HOME", home.path())
         .env("AWS_ENDPOINT_URL", &bucket.endpoint)
         .env("AWS_ALLOW_HTTP", "true")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .output()
-        .unwrap();
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    assert_child_passes(child);
+}
+
+/// This executable, to run test `name` alone in a child process.
+fn child_test(name: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args([name, "--exact", "--nocapture", "--test-threads=1"]);
+    command
+}
+
+/// Runs the child and fails unless its one test ran and passed.
+fn assert_child_passes(mut child: Command) {
+    let output = child.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
+        output.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
@@ -609,8 +610,8 @@ fn settings_come_from_the_aws_files() {
         ),
     )
     .unwrap();
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["child_configured_by_aws_files", "--exact", "--nocapture"])
+    let mut child = child_test("child_configured_by_aws_files");
+    child
         .env(PROFILE_CHILD_ENV, bucket.url("run"))
         .env("HOME", home.path())
         .env("AWS_PROFILE", "trainer")
@@ -619,15 +620,8 @@ fn settings_come_from_the_aws_files() {
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_REGION")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .env_remove("AWS_REGION");
+    assert_child_passes(child);
     assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
 }
 

@@ -99,12 +99,7 @@ impl ReadAt for LocalFile {
     }
 
     fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-        if offset.saturating_add(buffer.len() as u64) > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read beyond the file's size",
-            ));
-        }
+        super::check_within(offset, buffer.len(), self.size)?;
         self.file.read_exact_at(buffer, offset)
     }
 }

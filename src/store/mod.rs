@@ -72,6 +72,18 @@ pub fn is_conflict(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|inner| inner.is::<Conflict>())
 }
 
+/// `Err(UnexpectedEof)` when `length` bytes from `offset` pass `size`:
+/// a reader never reads beyond the size its file had when opened.
+pub(crate) fn check_within(offset: u64, length: usize, size: u64) -> io::Result<()> {
+    if offset.saturating_add(length as u64) > size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "read beyond the size the file had when opened",
+        ));
+    }
+    Ok(())
+}
+
 /// The operations on a checkpoint directory. Names are relative paths
 /// without `.` or `..` components, built by the callers from validated
 /// parts.

@@ -600,12 +600,7 @@ impl ReadAt for ObjectReader {
     /// Concurrent ranged GETs straight into `buffer`, each pinned to the
     /// ETag the object had when opened.
     fn read_exact_at(&self, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-        if offset.saturating_add(buffer.len() as u64) > self.size {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read beyond the object's size",
-            ));
-        }
+        super::check_within(offset, buffer.len(), self.size)?;
         for group in buffer
             .chunks_mut(PART_BYTES * RANGES_IN_FLIGHT)
             .scan(offset, |at, group| {
