@@ -140,7 +140,7 @@ DESTDIR ?=
 
 # Installs the library, headers, pkg-config file, CMake package and the
 # ckpt command-line tool (bin/ckpt) into
-# $(PREFIX) (DESTDIR stages it), in cargo-c's layout: see README.md.
+# $(PREFIX) (DESTDIR stages it), in cargo-c's layout: see docs/installing.md.
 .PHONY: install
 install:
 	./scripts/install --prefix "$(PREFIX)" --destdir "$(DESTDIR)"

@@ -1,5 +1,5 @@
 /* The cost of a collective save across MPI ranks against one process saving
- * the same bytes (scripts/bench-mpi runs it; see README.md).
+ * the same bytes (scripts/bench-mpi runs it; see docs/benchmarks.md).
  *
  * Usage: mpirun -np N mpi_commit MODE DIRECTORY TOTAL_MIB SAVES
  *   ranks        a communicator over the N ranks; TENSORS tensors of

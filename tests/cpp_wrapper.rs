@@ -1,6 +1,6 @@
 //! The C++ wrapper (bindings/cpp/ckpt_manager.hpp): its tests
 //! (tests/cpp/wrapper_tests.cpp) and its quick-start example
-//! (bindings/cpp/examples/quickstart.cpp, shown in the README), compiled as
+//! (bindings/cpp/examples/quickstart.cpp, shown in docs/cpp.md), compiled as
 //! C++17 with warnings as errors under AddressSanitizer (with
 //! LeakSanitizer) and UndefinedBehaviorSanitizer, and run case by case.
 //!
@@ -136,7 +136,7 @@ fn last_line(text: &str) -> &str {
     text.lines().last().unwrap_or("")
 }
 
-/// The README's C++ example: interrupted and resumed, it ends with the same
+/// The C++ quick-start example: interrupted and resumed, it ends with the same
 /// weights as a run straight through, and keeps the newest 3 checkpoints.
 #[test]
 fn quickstart_resumes_to_the_same_weights() {

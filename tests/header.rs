@@ -177,16 +177,3 @@ fn every_name_in_the_header_is_prefixed() {
         "unprefixed names in the header: {stray:?}"
     );
 }
-
-/// The README's C++ and C examples are the files the tests build and run.
-#[test]
-fn readme_examples_are_the_tested_files() {
-    let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
-    let example =
-        std::fs::read_to_string(support::repo_root().join("bindings/cpp/examples/quickstart.cpp"))
-            .unwrap();
-    assert!(
-        readme.contains(&format!("```cpp\n{example}```")),
-        "README.md's ```cpp block must be bindings/cpp/examples/quickstart.cpp verbatim"
-    );
-}
