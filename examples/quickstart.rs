@@ -25,7 +25,9 @@ fn model_file(prefix: &Path) -> PathBuf {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let directory = args.get(1).ok_or("usage: quickstart DIRECTORY [STEPS [STOP_AT]]")?;
+    let directory = args
+        .get(1)
+        .ok_or("usage: quickstart DIRECTORY [STEPS [STOP_AT]]")?;
     let steps: i64 = args.get(2).map_or(Ok(50), |s| s.parse())?;
     let stop_at: i64 = args.get(3).map_or(Ok(steps), |s| s.parse())?;
     let model = Arc::new(Mutex::new(Model::default()));
@@ -72,6 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let m = model.lock().unwrap();
-    println!("at step {}: weight {:.6}; kept {:?}", m.step, m.weight, manager.checkpoints());
+    println!(
+        "at step {}: weight {:.6}; kept {:?}",
+        m.step,
+        m.weight,
+        manager.checkpoints()
+    );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! relative links lead somewhere.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,6 +73,71 @@ fn readme_excerpts_are_lines_of_the_tested_examples() {
             }
         }
     }
+}
+
+/// The Rust quick start (`examples/quickstart.rs`), built as `cargo test`
+/// builds examples (or here, when only this test was built).
+fn rust_quick_start() -> PathBuf {
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let program = profile_dir.join("examples/quickstart");
+    if !program.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "quickstart"])
+            .current_dir(repo())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build --example quickstart failed");
+    }
+    program
+}
+
+fn run_quick_start(directory: &Path, args: &[&str]) -> String {
+    let output = Command::new(rust_quick_start())
+        .arg(directory)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Stopped at step 34 and run again, the Rust quick start resumes from its
+/// checkpoint of step 30 and keeps the newest 3.
+#[test]
+fn the_rust_quick_start_resumes_where_it_stopped() {
+    let root = tempfile::tempdir().unwrap();
+    let directory = root.path().join("run");
+    let first = run_quick_start(&directory, &["50", "34"]);
+    assert!(first.starts_with("no checkpoint in"), "{first}");
+    assert!(first.contains("at step 34:"), "{first}");
+    let second = run_quick_start(&directory, &["50"]);
+    let resumed = format!(
+        "resumed from {} at step 30",
+        directory.join("ckpt-3").display()
+    );
+    assert_eq!(second.lines().next(), Some(resumed.as_str()), "{second}");
+    assert!(second.contains("at step 50:"), "{second}");
+    let mut files: Vec<String> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let mut expected = vec!["checkpoint".to_string(), "checkpoint.lock".to_string()];
+    for number in 3..=5 {
+        expected.push(format!("ckpt-{number}.ckpt-manifest.json"));
+        expected.push(format!("ckpt-{number}.model"));
+    }
+    assert_eq!(files, expected);
 }
 
 /// GitHub's anchor for a heading: lowercase, spaces to hyphens,
