@@ -328,6 +328,27 @@ fn manager_commits_nothing_when_one_rank_save_callback_fails() {
     runs.run_passing(&["restore", "2"]);
 }
 
+/// Rank 2 asks for checkpoint 7 while the others ask for 5: every rank is
+/// refused with INVALID_ARGUMENT naming the ranks and numbers, nothing is
+/// committed, and the save all ask for then goes through.
+#[test]
+fn manager_refuses_a_save_whose_ranks_ask_for_different_numbers() {
+    let runs = ManagerRuns::new();
+    let case = runs.run(&["numbers_disagree"], &[]);
+    case.assert_every_rank_passed();
+    for rank in 0..RANKS as usize {
+        assert!(
+            case.log(rank)
+                .contains("returned CKPT_STATUS_INVALID_ARGUMENT"),
+            "rank {rank}:\n{}",
+            case.describe()
+        );
+    }
+    assert_eq!(runs.listed(), ["ckpt-1", "ckpt-5"]);
+    runs.assert_complete(5);
+    assert!(!runs.files().iter().any(|name| name.starts_with("ckpt-7")));
+}
+
 /// Rank 2 is SIGKILLed in its save callback: the others time out, nothing
 /// is committed, and the next job restores the checkpoint before.
 #[test]

@@ -13,6 +13,9 @@
  *   rank0_killed_after_commit saves 1 and 2; rank 0 is SIGKILLed as soon as
  *                             2 returned
  *   save_alone                saves 1; rank 1 alone then calls save
+ *   numbers_disagree          saves 1; rank 2 asks for checkpoint 7 while
+ *                             the others ask for 5, which every rank
+ *                             refuses; then 5 is saved
  *
  * Each rank writes WORKDIR/rank-<r>.log line by line and, once its case
  * passed, a line "pass". A failed check writes "FAIL ..." and MPI_Aborts the
@@ -297,6 +300,39 @@ static void callback_fails(void) {
   ckpt_mpi_communicator_free(&communicator);
 }
 
+static void numbers_disagree(void) {
+  ckpt_communicator communicator = new_communicator();
+  ckpt_manager *manager = open_manager(&communicator, GENEROUS_TIMEOUT);
+  save(manager, 1);
+  char state_before[4096];
+  if (world_rank == 0) read_state_file(state_before, sizeof state_before);
+
+  const uint64_t asked = world_rank == 2 ? 7 : 5;
+  char *prefix = NULL;
+  const ckpt_status status = ckpt_manager_save(manager, &asked, true, &prefix);
+  const char *message = ckpt_last_error_message();
+  note("save of %llu returned %s: %s", (unsigned long long)asked, ckpt_status_name(status),
+       message);
+  CHECK(status == CKPT_STATUS_INVALID_ARGUMENT);
+  CHECK(prefix == NULL);
+  CHECK(strstr(message, "rank 2: checkpoint_number 7") != NULL);
+  CHECK(strstr(message, "ranks 0, 1, 3: checkpoint_number 5") != NULL);
+  check_same_on_every_rank("the error message", message);
+  if (world_rank == 0) {
+    char state_after[4096];
+    read_state_file(state_after, sizeof state_after);
+    CHECK(strcmp(state_before, state_after) == 0);
+    check_no_staging();
+  }
+
+  const uint64_t agreed = 5;
+  CHECK_STATUS(CKPT_STATUS_OK, ckpt_manager_save(manager, &agreed, true, &prefix));
+  CHECK(prefix != NULL && ends_with(prefix, "/ckpt-5"));
+  ckpt_string_free(prefix);
+  ckpt_manager_free(manager);
+  ckpt_mpi_communicator_free(&communicator);
+}
+
 /* The ranks but `victim`, for the survivors' own wait before MPI_Abort. */
 static MPI_Comm survivors_of(int victim) {
   MPI_Comm survivors;
@@ -396,6 +432,8 @@ int main(int argc, char **argv) {
     rank0_killed_after_commit();
   } else if (strcmp(name, "save_alone") == 0) {
     save_alone();
+  } else if (strcmp(name, "numbers_disagree") == 0) {
+    numbers_disagree();
   } else {
     fail(__LINE__, "no case %s", name);
   }
