@@ -51,7 +51,7 @@ impl CheckpointManager {
         Ok(())
     }
 
-    pub(super) fn take_back(
+    fn take_back(
         &mut self,
         save: Option<SaveFn>,
         delete: Option<DeleteFn>,

@@ -367,6 +367,16 @@ impl CheckpointManager {
         }
     }
 
+    /// The time the state file records for a listed checkpoint.
+    fn saved_at(&self, prefix: &Path) -> Option<f64> {
+        let entry = self.entry_of(prefix);
+        self.retention
+            .managed()
+            .iter()
+            .find(|m| m.entry == entry)
+            .map(|m| m.timestamp)
+    }
+
     /// The store and base of a checkpoint path: this directory's store for
     /// its own checkpoints, the file system for entries elsewhere.
     fn locate(&self, prefix: &Path) -> Result<(Arc<dyn Store>, OsString)> {

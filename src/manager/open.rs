@@ -69,7 +69,7 @@ impl CheckpointManager {
     /// interrupted saves left.
     /// On object storage there is no lock: the commit is a conditional
     /// write, which the server must support.
-    pub(super) fn take_directory(&mut self) -> Result<()> {
+    fn take_directory(&mut self) -> Result<()> {
         if !self.config.read_only {
             if self.config.is_local() {
                 crate::store::create_directory(&self.config.directory)?;
@@ -83,7 +83,7 @@ impl CheckpointManager {
     }
 
     /// Finishes or removes what interrupted saves left (see `transaction`).
-    pub(super) fn recover(&mut self) -> Result<()> {
+    fn recover(&mut self) -> Result<()> {
         let named: HashSet<Vec<u8>> = match read_state(&*self.store)? {
             Some(file) => std::iter::once(file.state.model_checkpoint_path)
                 .chain(file.state.all_model_checkpoint_paths)
@@ -128,7 +128,7 @@ impl CheckpointManager {
     }
 
     /// Rebuilds the retention state from the state file at time `now`.
-    pub(super) fn load_state(&mut self, now: f64) -> Result<()> {
+    fn load_state(&mut self, now: f64) -> Result<()> {
         let directory = self.config.directory.clone();
         let Some(file) = read_state(&*self.store)? else {
             self.retention = Retention::fresh(now);
@@ -185,7 +185,7 @@ impl CheckpointManager {
 
     /// The number the next unnumbered save must exceed: the highest number
     /// in the state file (under any name) or on disk under this name.
-    pub(super) fn highest_known_number(&self) -> Result<u64> {
+    fn highest_known_number(&self) -> Result<u64> {
         let listed = self
             .latest
             .iter()

@@ -206,7 +206,7 @@ impl CheckpointManager {
     }
 
     /// The state-file entry of a checkpoint on the managed list.
-    pub(super) fn managed_entry(&self, prefix: &Path) -> Result<PathBuf> {
+    fn managed_entry(&self, prefix: &Path) -> Result<PathBuf> {
         let entry = self.entry_of(prefix);
         if self.retention.managed().iter().any(|m| m.entry == entry) {
             Ok(entry)

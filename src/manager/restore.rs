@@ -26,42 +26,6 @@ use crate::tensor_file::{read_tensor_file, TENSOR_FILE_SUFFIX};
 const READER_RETRIES: usize = 20;
 
 impl CheckpointManager {
-    /// Runs the restore callback on the checkpoint `base`'s files named
-    /// `<files_of>...` (a rank's shard, or all). From object storage they
-    /// are downloaded to the local staging directory first, and removed
-    /// after.
-    pub(super) fn run_restore_callback(
-        &mut self,
-        store: &Arc<dyn Store>,
-        base: &OsStr,
-        files_of: &OsStr,
-    ) -> Result<()> {
-        let Some(restore) = self.callbacks.restore.as_mut() else {
-            return Ok(());
-        };
-        let mut files = integrity::owned_files(&**store, base)?.files;
-        files.retain(|file| file.as_os_str().as_bytes().starts_with(files_of.as_bytes()));
-        let prefix = Path::new(files_of);
-        let restored = store
-            .fetch_local(&files)
-            .map_err(|err| Error::io_at("download", &store.shown(prefix), err))
-            .and_then(|()| restore(&store.local_path(prefix)).map_err(Error::callback("restore")));
-        let released = store
-            .release_local()
-            .map_err(|err| Error::io_at("remove local copies of", &store.shown(prefix), err));
-        restored.and(released)
-    }
-
-    /// The time the state file records for a listed checkpoint.
-    pub(super) fn saved_at(&self, prefix: &Path) -> Option<f64> {
-        let entry = self.entry_of(prefix);
-        self.retention
-            .managed()
-            .iter()
-            .find(|m| m.entry == entry)
-            .map(|m| m.timestamp)
-    }
-
     /// Restores the newest intact checkpoint and returns its prefix: the
     /// latest, or, when it is damaged, the newest older one that verifies
     /// (with a warning). With no checkpoint, runs the init callback (if
@@ -210,7 +174,7 @@ impl CheckpointManager {
 
     /// Checkpoints of this name that have a manifest but are not listed
     /// (preserved ones), newest first.
-    pub(super) fn unlisted(&self) -> Result<Vec<PathBuf>> {
+    fn unlisted(&self) -> Result<Vec<PathBuf>> {
         let entries = store::list_root(&*self.store)?;
         let mut numbers: Vec<u64> = entries
             .iter()
@@ -242,6 +206,31 @@ impl CheckpointManager {
                 )
             })
             .collect())
+    }
+    /// Runs the restore callback on the checkpoint `base`'s files named
+    /// `<files_of>...` (a rank's shard, or all). From object storage they
+    /// are downloaded to the local staging directory first, and removed
+    /// after.
+    fn run_restore_callback(
+        &mut self,
+        store: &Arc<dyn Store>,
+        base: &OsStr,
+        files_of: &OsStr,
+    ) -> Result<()> {
+        let Some(restore) = self.callbacks.restore.as_mut() else {
+            return Ok(());
+        };
+        let mut files = integrity::owned_files(&**store, base)?.files;
+        files.retain(|file| file.as_os_str().as_bytes().starts_with(files_of.as_bytes()));
+        let prefix = Path::new(files_of);
+        let restored = store
+            .fetch_local(&files)
+            .map_err(|err| Error::io_at("download", &store.shown(prefix), err))
+            .and_then(|()| restore(&store.local_path(prefix)).map_err(Error::callback("restore")));
+        let released = store
+            .release_local()
+            .map_err(|err| Error::io_at("remove local copies of", &store.shown(prefix), err));
+        restored.and(released)
     }
 }
 

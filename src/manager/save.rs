@@ -136,7 +136,7 @@ impl CheckpointManager {
         Ok(Some(prefix))
     }
 
-    pub(super) fn prepare(&mut self, number: u64) -> Result<()> {
+    fn prepare(&mut self, number: u64) -> Result<()> {
         match self.callbacks.prepare.as_mut() {
             Some(prepare) => prepare(number).map_err(Error::callback("prepare")),
             None => Ok(()),
@@ -146,7 +146,7 @@ impl CheckpointManager {
     /// Whether a save goes ahead, and if so everything it needs: the
     /// intervals, the number, what the manifest records, the retention
     /// before it. Claims the save request; `restore_request` gives it back.
-    pub(super) fn decide(&mut self, args: &SaveArgs) -> Result<Option<Decided>> {
+    fn decide(&mut self, args: &SaveArgs) -> Result<Option<Decided>> {
         if self.config.read_only {
             return Err(Error::ReadOnly);
         }
@@ -196,7 +196,7 @@ impl CheckpointManager {
     /// Everything a save of `number` needs once it is decided: the job
     /// (the retention before it, what its manifest records) and what the
     /// manager records if it commits.
-    pub(super) fn decided(
+    fn decided(
         &self,
         number: u64,
         counter: u64,
@@ -250,7 +250,7 @@ impl CheckpointManager {
 
     /// Takes the save request and the preemption signals seen so far: this
     /// save answers them. Returns what to give back if it fails.
-    pub(super) fn claim_request(&mut self) -> Request {
+    fn claim_request(&mut self) -> Request {
         let request = Request {
             flag: self.save_requested.swap(false, Ordering::AcqRel),
             preemptions_seen: self.preemptions_seen,
@@ -300,7 +300,7 @@ impl CheckpointManager {
 
     /// The step and clock gates. `check_interval` false or a requested
     /// save opens them, except that the same step never saves twice.
-    pub(super) fn gate(&mut self, check_interval: bool, requested: bool) -> Result<Gate> {
+    fn gate(&mut self, check_interval: bool, requested: bool) -> Result<Gate> {
         let check_interval = check_interval && !requested;
         // A save in flight counts as done.
         let (mut step, last_save_time) = match &self.pending {
