@@ -589,7 +589,9 @@ void ckpt_manager_free(ckpt_manager *manager);
 // Returns: CKPT_STATUS_OK with the new checkpoint's prefix, or NULL when the
 // interval gate skipped it; or an error.
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (neither a
-// save callback nor a registered tensor), CKPT_STATUS_CALLBACK_FAILED,
+// save callback nor a registered tensor; under a communicator, ranks passing
+// different `checkpoint_number` or `check_interval`: every rank fails and
+// nothing is saved), CKPT_STATUS_CALLBACK_FAILED,
 // CKPT_STATUS_IO_ERROR (the previous state stays valid),
 // CKPT_STATUS_READ_ONLY, CKPT_STATUS_REENTRANT_CALL.
 // Threads: any thread; calls on one manager are serialised, and one made from

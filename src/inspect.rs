@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::integrity::{self, Integrity};
 use crate::manifest::Verification;
 use crate::manifest::{Manifest, MANIFEST_SUFFIX};
@@ -25,9 +25,13 @@ use crate::transaction::{self, RecoveryAction};
 const READER_RETRIES: usize = 20;
 
 /// The store holding a checkpoint prefix's files (a directory or URL),
+/// opened with `options` (an object store's; the environment's without),
 /// and the prefix's base.
-pub(crate) fn split_prefix(prefix: &Path) -> Result<(Arc<dyn Store>, OsString)> {
-    store::of_prefix(prefix, &[])
+pub(crate) fn split_prefix(
+    prefix: &Path,
+    options: &[(String, String)],
+) -> Result<(Arc<dyn Store>, OsString)> {
+    store::of_prefix(prefix, options)
 }
 
 /// The directory's state file with every relative path joined onto the
@@ -119,8 +123,8 @@ fn latest_in(
 }
 
 /// The first candidate for which `try_one` succeeds, warning about each
-/// damaged one and about a fallback. Errors other than damage stop the
-/// search.
+/// damaged one and about a fallback. Errors other than damage (a rank's
+/// included) stop the search.
 pub(crate) fn first_usable<T>(
     candidates: &[PathBuf],
     warn: &mut dyn FnMut(&str),
@@ -138,7 +142,7 @@ pub(crate) fn first_usable<T>(
                 }
                 return Ok(Some((candidate.clone(), value)));
             }
-            Err(err @ Error::Damaged { .. }) => warn(&err.to_string()),
+            Err(err) if err.kind() == ErrorKind::Damaged => warn(&err.to_string()),
             Err(err) => return Err(err),
         }
     }
@@ -150,7 +154,7 @@ fn verify_listed(
     verification: Verification,
     saved_at: Option<f64>,
 ) -> Result<Integrity> {
-    let (store, base) = split_prefix(prefix)?;
+    let (store, base) = split_prefix(prefix, &[])?;
     integrity::verify(&*store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
 }
 
@@ -169,7 +173,7 @@ pub fn verify_checkpoint_with_progress(
     verification: Verification,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Integrity> {
-    let (store, base) = split_prefix(prefix)?;
+    let (store, base) = split_prefix(prefix, &[])?;
     // The time is only a hint: an unreadable state file leaves it out.
     let saved_at = read_state(&*store).ok().flatten().and_then(|file| {
         let index = file
@@ -188,7 +192,7 @@ pub fn verify_checkpoint_with_progress(
 
 /// Whether the checkpoint at `prefix` has a manifest or any file.
 pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
-    let (store, base) = split_prefix(prefix)?;
+    let (store, base) = split_prefix(prefix, &[])?;
     Ok(integrity::read_manifest(&*store, &base)
         .ok()
         .flatten()
@@ -200,17 +204,22 @@ pub fn checkpoint_exists(prefix: &Path) -> Result<bool> {
 /// lists, or TF's `.index` and `.data-NNNNN-of-NNNNN` files without one.
 /// Nothing else, and nothing existing is fine.
 pub fn remove_checkpoint(prefix: &Path) -> Result<()> {
-    let (store, base) = split_prefix(prefix)?;
+    let (store, base) = split_prefix(prefix, &[])?;
     integrity::delete_owned(&*store, &integrity::owned_files(&*store, &base)?)
 }
 
 /// The checkpoints on disk in `directory`, listed or not, sorted by name:
 /// every `<base>` with a manifest (`<base>.ckpt-manifest.json`) or with
-/// TensorFlow's `<base>.index`.
+/// TensorFlow's `<base>.index`. An object store is reached as the
+/// environment says (a manager's `retention_report` uses its options).
 pub fn checkpoints_on_disk(directory: &Path) -> Result<Vec<PathBuf>> {
-    let store = store::open(directory, &[])?;
+    checkpoints_in(&*store::open(directory, &[])?, directory)
+}
+
+/// `checkpoints_on_disk` of the directory `store` holds.
+pub(crate) fn checkpoints_in(store: &dyn Store, directory: &Path) -> Result<Vec<PathBuf>> {
     let mut bases: Vec<&[u8]> = Vec::new();
-    let entries = store::list_root(&*store)?;
+    let entries = store::list_root(store)?;
     for entry in &entries {
         let name = entry.name.as_bytes();
         let base = name
@@ -262,7 +271,7 @@ pub fn recover_directory(
 /// The manifest of the checkpoint at `prefix`, validated; `None` when it
 /// has none (TF wrote it), `Err(Damaged)` when it is unusable.
 pub fn read_manifest(prefix: &Path) -> Result<Option<Manifest>> {
-    let (store, base) = split_prefix(prefix)?;
+    let (store, base) = split_prefix(prefix, &[])?;
     integrity::read_manifest(&*store, &base)
 }
 

@@ -26,7 +26,6 @@ mod policy;
 mod preemption;
 mod safetensors;
 mod save_file;
-mod save_job;
 pub mod state;
 mod state_file;
 mod store;

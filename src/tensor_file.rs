@@ -180,7 +180,7 @@ impl TensorFile {
     /// `None` when the checkpoint has no tensor file; `Err(Damaged)` when
     /// its header is unusable.
     pub fn open(prefix: &Path) -> Result<Option<TensorFile>> {
-        let (store, base) = split_prefix(prefix)?;
+        let (store, base) = split_prefix(prefix, &[])?;
         let name = file_name(&base, TENSOR_FILE_SUFFIX.as_bytes());
         let path = store.shown(&name);
         let file = match store.open_read(&name) {

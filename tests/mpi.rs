@@ -114,6 +114,17 @@ impl Case {
         );
     }
 
+    /// Every rank's log says `text`.
+    fn assert_every_log_contains(&self, text: &str) {
+        for rank in 0..RANKS as usize {
+            assert!(
+                self.log(rank).contains(text),
+                "rank {rank} did not log {text:?}:\n{}",
+                self.describe()
+            );
+        }
+    }
+
     /// `victim` stopped at its SIGKILL and every other rank passed.
     fn assert_killed_and_others_passed(&self, victim: usize) {
         assert!(
@@ -315,17 +326,24 @@ fn manager_commits_nothing_when_one_rank_save_callback_fails() {
     let runs = ManagerRuns::new();
     let case = runs.run(&["callback_fails"], &[]);
     case.assert_every_rank_passed();
-    for rank in 0..RANKS as usize {
-        assert!(
-            case.log(rank)
-                .contains("save returned CKPT_STATUS_CALLBACK_FAILED after"),
-            "rank {rank}:\n{}",
-            case.describe()
-        );
-    }
+    case.assert_every_log_contains("save returned CKPT_STATUS_CALLBACK_FAILED after");
     assert_eq!(runs.listed(), ["ckpt-1", "ckpt-2"]);
     runs.assert_complete(2);
     runs.run_passing(&["restore", "2"]);
+}
+
+/// Rank 2 asks for checkpoint 7 while the others ask for 5: every rank is
+/// refused with INVALID_ARGUMENT naming the ranks and numbers, nothing is
+/// committed, and the save all ask for then goes through.
+#[test]
+fn manager_refuses_a_save_whose_ranks_ask_for_different_numbers() {
+    let runs = ManagerRuns::new();
+    let case = runs.run(&["numbers_disagree"], &[]);
+    case.assert_every_rank_passed();
+    case.assert_every_log_contains("save returned CKPT_STATUS_INVALID_ARGUMENT after");
+    assert_eq!(runs.listed(), ["ckpt-1", "ckpt-5"]);
+    runs.assert_complete(5);
+    assert!(!runs.files().iter().any(|name| name.starts_with("ckpt-7")));
 }
 
 /// Rank 2 is SIGKILLed in its save callback: the others time out, nothing

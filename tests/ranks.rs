@@ -528,3 +528,100 @@ fn should_save_on_every_rank_follows_rank_0s_saves() {
         }
     }
 }
+
+/// Ranks that ask for different saves (another explicit number, or
+/// another `check_interval`) are all refused with the ranks and values
+/// named, and nothing is committed; the same save asked by all then goes
+/// through.
+#[test]
+fn ranks_disagreeing_on_the_save_are_refused_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let results = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator, Arc::default()).unwrap();
+        let number = if rank == 2 { 7 } else { 5 };
+        let by_number = me.manager.save(Some(number), true).unwrap_err();
+        let by_interval = me.manager.save(Some(5), rank != 1).unwrap_err();
+        let agreed = me.manager.save(Some(5), true).unwrap().unwrap();
+        (
+            (by_number.kind(), by_number.to_string()),
+            (by_interval.kind(), by_interval.to_string()),
+            agreed,
+        )
+    });
+    for (by_number, by_interval, agreed) in &results {
+        assert_eq!(by_number.0, ErrorKind::InvalidArgument, "{}", by_number.1);
+        assert_eq!(by_number.1, results[0].0 .1);
+        assert!(
+            by_number.1.contains("rank 2: checkpoint_number 7")
+                && by_number.1.contains("ranks 0, 1, 3: checkpoint_number 5"),
+            "{}",
+            by_number.1
+        );
+        assert_eq!(
+            by_interval.0,
+            ErrorKind::InvalidArgument,
+            "{}",
+            by_interval.1
+        );
+        assert!(
+            by_interval
+                .1
+                .contains("rank 1: checkpoint_number 5, check_interval false")
+                && by_interval
+                    .1
+                    .contains("ranks 0, 2, 3: checkpoint_number 5, check_interval true"),
+            "{}",
+            by_interval.1
+        );
+        assert!(agreed.ends_with("ckpt-5"), "{}", agreed.display());
+    }
+    assert_eq!(listed(dir.path()), ["ckpt-5"]);
+    assert!(!names(dir.path()).iter().any(|f| f.starts_with("ckpt-7")));
+}
+
+/// Read-only ranks whose state file changed under them (the checkpoint
+/// they knew as the latest was swept by the writing ranks, whose other
+/// checkpoints are of a name the readers do not look for on disk) read it
+/// again and restore the new latest, as one reader does.
+#[test]
+fn read_only_ranks_retry_with_the_state_file_a_writer_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let writers = ThreadCommunicator::group(SIZE);
+    let readers = ThreadCommunicator::group(SIZE);
+    let threads: Vec<_> = writers
+        .into_iter()
+        .zip(readers)
+        .map(|(writer, reader)| {
+            let root = dir.path().to_path_buf();
+            thread::spawn(move || {
+                let rank = writer.rank;
+                let mut writing = open_with(&root, writer, Arc::default(), |config| {
+                    config.set_checkpoint_name("model").unwrap()
+                })
+                .unwrap();
+                writing.weights.fill(value(rank, 1));
+                writing.manager.save(None, true).unwrap().unwrap();
+                let mut reading = open_with(&root, reader, Arc::default(), |config| {
+                    config.set_read_only(true)
+                })
+                .unwrap();
+                for round in 2..=3 {
+                    writing.weights.fill(value(rank, round));
+                    writing.manager.save(None, true).unwrap().unwrap();
+                }
+                let restored = reading.manager.restore_or_initialize().unwrap().unwrap();
+                assert!(
+                    reading.weights.iter().all(|&w| w == value(rank, 3)),
+                    "rank {rank}"
+                );
+                restored
+            })
+        })
+        .collect();
+    for thread in threads {
+        let restored = thread.join().unwrap();
+        assert!(restored.ends_with("model-3"), "{}", restored.display());
+    }
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ckpt_manager::{
     get_checkpoint_state, latest_checkpoint, Callbacks, CheckpointManager, Config, DType,
-    ErrorKind, LatestOptions, MaxToKeep,
+    ErrorKind, KeepReason, LatestOptions, MaxToKeep,
 };
 use support::fault_proxy::FaultProxy;
 use support::s3::{storage_config, Bucket, MotoServer};
@@ -143,6 +143,39 @@ fn two_saves_the_second_damaged(name: &str) -> (Bucket, PathBuf) {
     *bytes.last_mut().unwrap() ^= 0xff;
     bucket.put(key, bytes);
     (bucket, url)
+}
+
+/// `retention_report` reads the bucket through the manager's storage
+/// options: the endpoint is given only there (no `AWS_*` variable), and
+/// the report still lists every checkpoint, another tool's included.
+#[test]
+fn retention_report_reaches_the_bucket_through_the_storage_options() {
+    let bucket = Bucket::new("retention-report");
+    let url = bucket.url("runs/report");
+    let mut trainer =
+        Trainer::open(storage_config(&url, &bucket.endpoint, MaxToKeep::Last(2))).unwrap();
+    for round in 1..=2 {
+        trainer.save(round);
+    }
+    bucket.put("runs/report/tf-7.index", b"written by TensorFlow".to_vec());
+    let report: Vec<(PathBuf, Vec<KeepReason>)> = trainer
+        .manager
+        .retention_report()
+        .unwrap()
+        .into_iter()
+        .map(|kept| (kept.prefix, kept.reasons))
+        .collect();
+    assert_eq!(
+        report,
+        [
+            (url.join("ckpt-1"), vec![KeepReason::LastN]),
+            (
+                url.join("ckpt-2"),
+                vec![KeepReason::Latest, KeepReason::LastN]
+            ),
+            (url.join("tf-7"), vec![]),
+        ]
+    );
 }
 
 #[test]

@@ -1,9 +1,11 @@
-//! Saves and restores across ranks, through the trainer's communicator.
-//! Every step is collective: every rank makes the same calls in the same
-//! order, and every rank returns the same result.
+//! The processes a save or restore runs across: one, or the trainer's
+//! ranks through its communicator. The manager runs every save and restore
+//! as the steps below, and one process is the 1-rank case of each: its
+//! collectives do nothing and its files carry no shard name. This is the
+//! only module that knows how many ranks there are.
 //!
-//! A save: rank 0 decides (intervals, number, time) and makes the staging
-//! directory; every rank writes its files, named with its shard
+//! A save across ranks: rank 0 decides (intervals, number) and every rank
+//! follows; every rank writes its files, named with its shard
 //! (`<name>-<N>.rank-00003-of-00008...`), seals and syncs them; the ranks
 //! exchange their statuses. In a shared directory each sends rank 0 its
 //! file list and rank 0 commits the manifest of every file and the state
@@ -13,29 +15,45 @@
 //! every rank and rank 0 commits nothing.
 //!
 //! A restore: rank 0 lists the candidates (the latest, then older ones);
-//! for each, every rank verifies its own files, and the first that every
+//! for each, every rank checks its own files, and the first that every
 //! rank can restore is restored by all.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ffi::{OsStr, OsString};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{CheckpointManager, Decided, Request};
 use crate::communicator::{broadcast_bytes, CommError, Communicator};
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::integrity;
-use crate::manifest::{Annotations, ByteString};
-use crate::paths;
-use crate::policy;
-use crate::tensor_file::{read_tensor_file, write_tensor_file};
+use crate::integrity::{self, Integrity};
+use crate::manifest::Verification;
+use crate::store::Store;
 use crate::transaction::{Sealed, Transaction};
 
 /// The part of every file name that is this rank's, after the checkpoint's
 /// base: `.rank-00003-of-00008`.
 pub fn shard_infix(rank: u32, size: u32) -> String {
     format!(".rank-{rank:05}-of-{size:05}")
+}
+
+/// The ranks of one save or restore. Cheap to make: the manager makes one
+/// per call.
+#[derive(Clone)]
+pub(crate) struct Ranks {
+    /// `None`: one process.
+    group: Option<Group>,
+}
+
+#[derive(Clone)]
+struct Group {
+    communicator: Arc<dyn Communicator>,
+    timeout: Duration,
+    /// Each rank has its own directory.
+    node_local: bool,
 }
 
 /// A failure as one rank tells the others.
@@ -76,30 +94,49 @@ impl Report {
     }
 }
 
-/// Rank 0's decision on a save, which every rank follows.
-#[derive(Debug, Serialize, Deserialize)]
-enum Decision {
-    Skip,
-    Save(Plan),
-    Failed(Report),
-}
-
-/// What every rank records of a save rank 0 decided: its time is read
-/// when rank 0 decides, so that all ranks record the same.
-#[derive(Debug, Serialize, Deserialize)]
-struct Plan {
-    number: u64,
-    counter: u64,
-    step: Option<i64>,
-    annotations: Annotations,
-    saved_at: f64,
-}
-
 /// Rank 0's answer that every rank takes.
 #[derive(Debug, Serialize, Deserialize)]
 enum Outcome<T> {
     Done(T),
     Failed(Report),
+}
+
+/// What a save asks for that every rank must ask alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Asked {
+    checkpoint_number: Option<u64>,
+    check_interval: bool,
+}
+
+impl Asked {
+    const LENGTH: usize = 10;
+
+    fn to_bytes(self) -> [u8; Self::LENGTH] {
+        let mut bytes = [0; Self::LENGTH];
+        bytes[0] = u8::from(self.checkpoint_number.is_some());
+        bytes[1..9].copy_from_slice(&self.checkpoint_number.unwrap_or(0).to_le_bytes());
+        bytes[9] = u8::from(self.check_interval);
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; Self::LENGTH] = bytes.try_into().ok()?;
+        let number = u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
+        Some(Asked {
+            checkpoint_number: (bytes[0] != 0).then_some(number),
+            check_interval: bytes[9] != 0,
+        })
+    }
+}
+
+impl std::fmt::Display for Asked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.checkpoint_number {
+            Some(number) => write!(f, "checkpoint_number {number}")?,
+            None => write!(f, "no checkpoint_number")?,
+        }
+        write!(f, ", check_interval {}", self.check_interval)
+    }
 }
 
 /// A collective step that did not complete, as `rank` saw it: which rank
@@ -111,443 +148,335 @@ fn lost(rank: u32, step: &str, err: CommError) -> Error {
     }
 }
 
-/// Rank `root`'s value, on every rank.
-fn share<T: Serialize + DeserializeOwned>(
-    communicator: &dyn Communicator,
-    value: Option<&T>,
-    root: u32,
-    step: &str,
-    timeout: std::time::Duration,
-) -> Result<T> {
-    let rank = communicator.rank();
-    let mut bytes = value
-        .map(|v| serde_json::to_vec(v).expect("coordination messages serialise"))
-        .unwrap_or_default();
-    broadcast_bytes(communicator, &mut bytes, root, timeout)
-        .map_err(|err| lost(rank, step, err))?;
-    serde_json::from_slice(&bytes).map_err(|err| Error::Rank {
-        rank: root,
-        kind: ErrorKind::Io,
-        message: format!("{step}: an unreadable message ({err})"),
-    })
-}
-
-/// Every rank's `local` result becomes one: `Ok` if every rank succeeded,
-/// else the failure of the first rank that failed, on every rank.
-fn agree<T>(
-    communicator: &dyn Communicator,
-    local: &Result<T>,
-    step: &str,
-    timeout: std::time::Duration,
-) -> Result<()> {
-    let rank = communicator.rank();
-    let succeeded = [u8::from(local.is_ok())];
-    let all = communicator
-        .all_gather(&succeeded, timeout)
-        .map_err(|err| lost(rank, step, err))?;
-    let Some(failed) = all.iter().position(|status| status[0] == 0) else {
-        return Ok(());
-    };
-    let failed = failed as u32;
-    let report = local.as_ref().err().map(|err| Report::of(rank, err));
-    let report: Report = share(
-        communicator,
-        report.as_ref().filter(|_| rank == failed),
-        failed,
-        step,
-        timeout,
-    )?;
-    Err(report.into_error())
-}
-
-impl CheckpointManager {
-    /// Opening across ranks. Shared directory: rank 0 takes it (its lock,
-    /// and recovery, which no rank's save can race: the others wait here)
-    /// and every rank returns rank 0's outcome. Node-local: every rank
-    /// takes its own, and all fail if one does.
-    pub(super) fn open_across_ranks(&mut self, communicator: &dyn Communicator) -> Result<()> {
-        let timeout = self.config.coordination_timeout;
-        if self.config.node_local {
-            let taken = self.take_directory();
-            return agree(communicator, &taken, "opening", timeout);
+impl Ranks {
+    /// The ranks of the configuration's communicator; one process without.
+    pub fn of(config: &Config) -> Ranks {
+        Ranks {
+            group: config.communicator.as_ref().map(|shared| Group {
+                communicator: Arc::clone(&shared.0),
+                timeout: config.coordination_timeout,
+                node_local: config.node_local,
+            }),
         }
-        let opened = (communicator.rank() == 0).then(|| match self.take_directory() {
-            Ok(()) => Outcome::Done(()),
-            Err(err) => Outcome::Failed(Report::of(0, &err)),
+    }
+
+    /// The one process of a background save.
+    pub fn one() -> Ranks {
+        Ranks { group: None }
+    }
+
+    pub fn rank(&self) -> u32 {
+        self.group
+            .as_ref()
+            .map_or(0, |group| group.communicator.rank())
+    }
+
+    /// Rank 0, which decides and (in a shared directory) commits.
+    pub fn is_root(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// The part of this rank's file names after the checkpoint's base:
+    /// empty for one process.
+    pub fn shard(&self) -> OsString {
+        match &self.group {
+            None => OsString::new(),
+            Some(group) => shard_infix(group.communicator.rank(), group.communicator.size()).into(),
+        }
+    }
+
+    /// A background save runs on one process only.
+    pub fn allow_background(&self) -> Result<()> {
+        match self.group {
+            None => Ok(()),
+            Some(_) => Err(Error::invalid(
+                "a save across ranks is blocking: background saves across ranks are not \
+                 supported yet",
+            )),
+        }
+    }
+
+    /// Rank 0's `local` (the others pass `None`), on every rank: its value,
+    /// or its failure as `Error::Rank`. One process keeps its own result.
+    pub fn share<T: Serialize + DeserializeOwned>(
+        &self,
+        local: Option<Result<T>>,
+        step: &str,
+    ) -> Result<T> {
+        let Some(group) = &self.group else {
+            return local.expect("the only process is rank 0");
+        };
+        let rank = group.communicator.rank();
+        let outcome = local.map(|result| match result {
+            Ok(value) => Outcome::Done(value),
+            Err(err) => Outcome::Failed(Report::of(rank, &err)),
         });
-        match share(communicator, opened.as_ref(), 0, "opening", timeout)? {
-            Outcome::Done(()) => Ok(()),
+        match group.share(outcome.as_ref(), 0, step)? {
+            Outcome::Done(value) => Ok(value),
             Outcome::Failed(report) => Err(report.into_error()),
         }
     }
 
-    /// `save_with` across ranks (see the module's comment). A save that
-    /// fails leaves every rank's save request standing.
-    pub(super) fn save_across_ranks(
-        &mut self,
-        communicator: &dyn Communicator,
-        args: &crate::SaveArgs,
-    ) -> Result<Option<PathBuf>> {
-        let mut claim = None;
-        let saved = self.save_with_ranks(communicator, args, &mut claim);
-        if let (Err(_), Some(claim)) = (&saved, &claim) {
-            self.restore_request(claim);
-        }
-        saved
-    }
-
-    fn save_with_ranks(
-        &mut self,
-        communicator: &dyn Communicator,
-        args: &crate::SaveArgs,
-        claim: &mut Option<Request>,
-    ) -> Result<Option<PathBuf>> {
-        let timeout = self.config.coordination_timeout;
-        let rank = communicator.rank();
-        let shard = shard_infix(rank, communicator.size());
-        let mut primary = None;
-        let decision = (rank == 0).then(|| match self.decide_for_ranks(args, &shard) {
-            Ok(None) => Decision::Skip,
-            Ok(Some((decided, transaction, plan))) => {
-                primary = Some((decided, transaction));
-                Decision::Save(plan)
-            }
-            Err(err) => Decision::Failed(Report::of(0, &err)),
-        });
-        if let Some((decided, _)) = &primary {
-            *claim = Some(decided.pending.request.clone());
-        }
-        let decision = share(
-            communicator,
-            decision.as_ref(),
-            0,
-            "deciding the save",
-            timeout,
-        );
-        let plan = match decision {
-            Ok(Decision::Save(plan)) => plan,
-            Ok(Decision::Skip) => return Ok(None),
-            Ok(Decision::Failed(report)) => return Err(report.into_error()),
-            Err(err) => {
-                if let Some((_, transaction)) = primary {
-                    transaction.abort();
-                }
-                return Err(err);
-            }
-        };
-        let (decided, transaction) = match primary {
-            Some(primary) => (primary.0, Ok(primary.1)),
-            None => {
-                let request = self.claim_request();
-                *claim = Some(request.clone());
-                let annotations = plan.annotations.clone();
-                let decided =
-                    self.decided(plan.number, plan.counter, plan.step, annotations, request);
-                let base = decided.job.base.clone();
-                let transaction = if self.config.node_local {
-                    Transaction::begin_shard(self.store.clone(), &base, shard.as_ref())
-                } else {
-                    // Rank 0 made the staging directory before deciding.
-                    Ok(Transaction::join_shard(
-                        self.store.clone(),
-                        &base,
-                        shard.as_ref(),
-                    ))
-                };
-                (decided, transaction)
-            }
-        };
-        let prefix = decided.prefix.clone();
-        let written = transaction.and_then(|transaction| {
-            match self.write_shard(&transaction, plan.number, &decided.tensor_metadata) {
-                Ok(sealed) => Ok((transaction, sealed)),
-                Err(err) => {
-                    transaction.abort();
-                    Err(err)
-                }
-            }
-        });
-        // A failure here is every rank's, as agreed: no outcome to share.
-        let agreed = agree(communicator, &written, "writing the ranks' files", timeout);
-        let (transaction, sealed) = match (agreed, written) {
-            (Ok(()), Ok(written)) => written,
-            (Err(err), Ok((transaction, _))) => {
-                transaction.abort();
-                return Err(err);
-            }
-            (agreed, Err(err)) => return Err(agreed.err().unwrap_or(err)),
-        };
-        let committed = self.commit_across_ranks(communicator, decided, transaction, sealed, &plan);
-        if let Err(err @ Error::Coordination { .. }) = committed {
-            // The ranks no longer hear each other.
-            return Err(err);
-        }
-        let outcome = match &committed {
-            Ok(()) => Outcome::Done(()),
-            Err(err) => Outcome::Failed(Report::of(rank, err)),
-        };
-        let outcome = share(
-            communicator,
-            Some(&outcome).filter(|_| rank == 0),
-            0,
-            "committing (rank 0 may have committed it; the next restore tells)",
-            timeout,
-        )?;
-        match outcome {
-            Outcome::Failed(report) => Err(report.into_error()),
-            Outcome::Done(()) => {
-                if rank != 0 && !self.config.node_local {
-                    // Rank 0 committed this directory's state.
-                    self.reload()?;
-                    self.save_counter = self.save_counter.max(plan.counter);
-                    self.last_checkpoint_step = plan.step;
-                }
-                Ok(Some(prefix))
-            }
+    /// Every rank's `local` result becomes one: its own value if every
+    /// rank succeeded, else the failure of the first rank that failed, on
+    /// every rank. One process keeps its own result.
+    pub fn agree<T>(&self, local: Result<T>, step: &str) -> Result<T> {
+        match &self.group {
+            None => local,
+            Some(group) => group.agree(&local, step).and(local),
         }
     }
 
-    /// Rank 0's decision, with its time, and the staging directory (the
-    /// others write to it in a shared directory).
-    fn decide_for_ranks(
-        &mut self,
-        args: &crate::SaveArgs,
-        shard: &str,
-    ) -> Result<Option<(Decided, Transaction, Plan)>> {
-        let Some(decided) = self.decide(args)? else {
-            return Ok(None);
-        };
-        let begun = self.now().and_then(|saved_at| {
-            let transaction =
-                Transaction::begin_shard(self.store.clone(), &decided.job.base, shard.as_ref())?;
-            Ok((saved_at, transaction))
-        });
-        let (saved_at, transaction) = match begun {
-            Ok(begun) => begun,
-            Err(err) => {
-                self.restore_request(&decided.pending.request);
-                return Err(err);
-            }
-        };
-        let plan = Plan {
-            number: decided.job.number,
-            counter: decided.pending.counter,
-            step: decided.pending.step,
-            annotations: decided.job.annotations.clone(),
-            saved_at,
-        };
-        Ok(Some((decided, transaction, plan)))
-    }
-
-    /// This rank's write phase: the prepare and save callbacks and the
-    /// tensors, under its shard's prefix; sealed and synced.
-    fn write_shard(
-        &mut self,
-        transaction: &Transaction,
-        number: u64,
-        tensor_metadata: &BTreeMap<String, String>,
-    ) -> Result<Sealed> {
-        self.prepare(number)?;
-        if let Some(save) = self.callbacks.save.as_mut() {
-            save(&transaction.prefix(), number).map_err(Error::callback("save"))?;
-        }
-        if !self.tensors.is_empty() {
-            write_tensor_file(transaction, &self.tensors, tensor_metadata)?;
-        }
-        let sealed = transaction.seal()?;
-        transaction.sync_shard(&sealed)?;
-        Ok(sealed)
-    }
-
-    /// After every rank wrote its files. Shared directory: each rank sends
-    /// rank 0 its file list, and rank 0 commits one manifest of them all.
-    /// Node-local: the other ranks commit their own directories first;
-    /// rank 0 commits last, and restores follow rank 0's state. A rank that
-    /// committed a checkpoint rank 0 did not has it replaced by the next
-    /// save of that number.
-    fn commit_across_ranks(
-        &mut self,
-        communicator: &dyn Communicator,
-        decided: Decided,
-        transaction: Transaction,
-        sealed: Sealed,
-        plan: &Plan,
+    /// Refuses, on every rank, a save the ranks asked for differently.
+    pub fn check_same_save(
+        &self,
+        checkpoint_number: Option<u64>,
+        check_interval: bool,
     ) -> Result<()> {
-        let rank = communicator.rank();
-        let timeout = self.config.coordination_timeout;
-        if self.config.node_local {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let asked = Asked {
+            checkpoint_number,
+            check_interval,
+        };
+        let rank = group.communicator.rank();
+        let all = group
+            .communicator
+            .all_gather(&asked.to_bytes(), group.timeout)
+            .map_err(|err| lost(rank, "comparing the ranks' saves", err))?;
+        let mut by_value: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (rank, bytes) in all.iter().enumerate() {
+            let shown = Asked::from_bytes(bytes)
+                .map_or_else(|| "an unreadable request".to_owned(), |a| a.to_string());
+            by_value.entry(shown).or_default().push(rank);
+        }
+        if by_value.len() == 1 {
+            return Ok(());
+        }
+        let mut groups: Vec<(Vec<usize>, String)> = by_value
+            .into_iter()
+            .map(|(shown, ranks)| (ranks, shown))
+            .collect();
+        groups.sort();
+        let described: Vec<String> = groups
+            .iter()
+            .map(|(ranks, shown)| {
+                let listed: Vec<String> = ranks.iter().map(usize::to_string).collect();
+                let noun = if ranks.len() == 1 { "rank" } else { "ranks" };
+                format!("{noun} {}: {shown}", listed.join(", "))
+            })
+            .collect();
+        Err(Error::invalid(format!(
+            "every rank must pass the same checkpoint_number and check_interval to a save; \
+             {}",
+            described.join("; ")
+        )))
+    }
+
+    /// Opens the directory (`take`) where this rank must: one process and
+    /// node-local ranks each take their own; in a shared directory rank 0
+    /// takes it (its lock, and recovery, which no rank's save can race: the
+    /// others wait here) and every rank returns its outcome.
+    pub fn take_directory(&self, take: impl FnOnce() -> Result<()>) -> Result<()> {
+        match &self.group {
+            None => take(),
+            Some(group) if group.node_local => self.agree(take(), "opening"),
+            Some(_) => self.share(self.is_root().then(take), "opening"),
+        }
+    }
+
+    /// Starts this rank's part of the save of `base`. In a shared directory
+    /// the others write into the staging directory rank 0 made.
+    pub fn begin(&self, store: &Arc<dyn Store>, base: &OsStr) -> Result<Transaction> {
+        let shard = self.shard();
+        let begin = || Transaction::begin_shard(Arc::clone(store), base, &shard);
+        match &self.group {
+            None => begin(),
+            Some(group) if group.node_local => {
+                let begun = begin();
+                match group.agree(&begun, "starting the save") {
+                    Ok(()) => begun,
+                    Err(err) => {
+                        if let Ok(transaction) = begun {
+                            transaction.abort();
+                        }
+                        Err(err)
+                    }
+                }
+            }
+            Some(_) => {
+                let (mine, made) = match self.is_root().then(begin) {
+                    Some(Ok(transaction)) => (Some(transaction), Some(Ok(()))),
+                    Some(Err(err)) => (None, Some(Err(err))),
+                    None => (None, None),
+                };
+                match self.share(made, "making the staging directory") {
+                    Ok(()) => Ok(mine.unwrap_or_else(|| {
+                        Transaction::join_shard(Arc::clone(store), base, &shard)
+                    })),
+                    Err(err) => {
+                        if let Some(transaction) = mine {
+                            transaction.abort();
+                        }
+                        Err(err)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes this rank's sealed files durable before the commit, which
+    /// needs every rank's files on disk; one process's commit syncs its own.
+    pub fn sync_before_commit(&self, transaction: &Transaction, sealed: &Sealed) -> Result<()> {
+        match self.group {
+            None => Ok(()),
+            Some(_) => transaction.sync_shard(sealed),
+        }
+    }
+
+    /// Commits where this rank must, through `commit`: one process its own;
+    /// in a shared directory rank 0 every rank's files (each sends it its
+    /// file list), the others nothing (`None`); node-local ranks each their
+    /// own directory, rank 0 last, so that restores follow rank 0's state.
+    /// A rank that committed a checkpoint rank 0 did not has it replaced by
+    /// the next save of that number.
+    pub fn commit<T>(
+        &self,
+        transaction: Transaction,
+        mut sealed: Sealed,
+        commit: impl FnOnce(Transaction, Sealed) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let Some(group) = &self.group else {
+            return commit(transaction, sealed).map(Some);
+        };
+        let rank = group.communicator.rank();
+        if group.node_local {
             const STEP: &str = "committing on the other ranks";
             if rank != 0 {
-                let own = self.commit_for_ranks(decided, transaction, sealed, &[], plan.saved_at);
-                return agree(communicator, &own, STEP, timeout);
+                let own = commit(transaction, sealed);
+                return group.agree(&own, STEP).and(own).map(Some);
             }
-            return match agree(communicator, &Ok(()), STEP, timeout) {
-                Ok(()) => self.commit_for_ranks(decided, transaction, sealed, &[], plan.saved_at),
+            return match group.agree(&Ok(()), STEP) {
+                Ok(()) => commit(transaction, sealed).map(Some),
                 Err(err) => {
                     transaction.abort();
                     Err(err)
                 }
             };
         }
-        let fragments = self.gather_fragments(communicator, &sealed, timeout);
-        match (rank, fragments) {
-            (0, Ok(fragments)) => {
-                self.commit_for_ranks(decided, transaction, sealed, &fragments, plan.saved_at)
-            }
-            (0, Err(err)) => {
+        let fragments = group.gather_fragments(&sealed);
+        if rank != 0 {
+            // Rank 0 commits this rank's files.
+            return fragments.map(|_| None);
+        }
+        let added = fragments.and_then(|fragments| {
+            fragments
+                .iter()
+                .try_for_each(|fragment| sealed.add_fragment(fragment))
+        });
+        match added {
+            Ok(()) => commit(transaction, sealed).map(Some),
+            Err(err) => {
                 transaction.abort();
                 Err(err)
             }
-            // Rank 0 commits this rank's files.
-            (_, fragments) => fragments.map(drop),
         }
     }
 
-    /// Every other rank's file list, on rank 0 (each rank sends its own).
-    fn gather_fragments(
+    /// Rank 0's outcome of the commit, on every rank (the ranks that no
+    /// longer hear each other keep their own).
+    pub fn commit_outcome(&self, local: Result<()>) -> Result<()> {
+        match (&self.group, local) {
+            (None, local) => local,
+            (Some(_), Err(err @ Error::Coordination { .. })) => Err(err),
+            (Some(_), local) => self.share(
+                self.is_root().then_some(local),
+                "committing (rank 0 may have committed it; the next restore tells)",
+            ),
+        }
+    }
+
+    /// Checks this rank's files of the checkpoint `base`: the whole
+    /// checkpoint for one process (whose files may have no manifest, or a
+    /// manifest older than the state file's save), the files named with
+    /// its shard across ranks. Returns the CRC32C of the `deferred` file
+    /// it left for the reader to check.
+    pub fn check_own_files(
         &self,
-        communicator: &dyn Communicator,
-        sealed: &Sealed,
-        timeout: std::time::Duration,
-    ) -> Result<Vec<Vec<u8>>> {
-        let rank = communicator.rank();
+        store: &dyn Store,
+        base: &OsStr,
+        level: Verification,
+        listed_at: Option<f64>,
+        deferred: Option<&[u8]>,
+    ) -> Result<(Integrity, Option<u32>)> {
+        match self.group {
+            None => integrity::verify(store, base, level, listed_at, deferred),
+            Some(_) => {
+                let shard = self.shard();
+                integrity::verify_shard(store, base, shard.as_encoded_bytes(), level)
+                    .map(|()| (Integrity::Intact, None))
+            }
+        }
+    }
+}
+
+impl Group {
+    /// Rank `root`'s value, on every rank.
+    fn share<T: Serialize + DeserializeOwned>(
+        &self,
+        value: Option<&T>,
+        root: u32,
+        step: &str,
+    ) -> Result<T> {
+        let rank = self.communicator.rank();
+        let mut bytes = value
+            .map(|v| serde_json::to_vec(v).expect("coordination messages serialise"))
+            .unwrap_or_default();
+        broadcast_bytes(&*self.communicator, &mut bytes, root, self.timeout)
+            .map_err(|err| lost(rank, step, err))?;
+        serde_json::from_slice(&bytes).map_err(|err| Error::Rank {
+            rank: root,
+            kind: ErrorKind::Io,
+            message: format!("{step}: an unreadable message ({err})"),
+        })
+    }
+
+    /// `Ok` if every rank's `local` succeeded, else the failure of the
+    /// first rank that failed, on every rank.
+    fn agree<T>(&self, local: &Result<T>, step: &str) -> Result<()> {
+        let rank = self.communicator.rank();
+        let succeeded = [u8::from(local.is_ok())];
+        let all = self
+            .communicator
+            .all_gather(&succeeded, self.timeout)
+            .map_err(|err| lost(rank, step, err))?;
+        let Some(failed) = all.iter().position(|status| status[0] == 0) else {
+            return Ok(());
+        };
+        let failed = failed as u32;
+        let report = local.as_ref().err().map(|err| Report::of(rank, err));
+        let report: Report =
+            self.share(report.as_ref().filter(|_| rank == failed), failed, step)?;
+        Err(report.into_error())
+    }
+
+    /// Every other rank's file list, on rank 0 (each rank sends its own).
+    fn gather_fragments(&self, sealed: &Sealed) -> Result<Vec<Vec<u8>>> {
+        let rank = self.communicator.rank();
         let mut fragments = Vec::new();
-        for sender in 1..communicator.size() {
+        for sender in 1..self.communicator.size() {
             let mut bytes = if rank == sender {
                 sealed.to_fragment()
             } else {
                 Vec::new()
             };
-            broadcast_bytes(communicator, &mut bytes, sender, timeout)
+            broadcast_bytes(&*self.communicator, &mut bytes, sender, self.timeout)
                 .map_err(|err| lost(rank, "sending the file lists", err))?;
             if rank == 0 {
                 fragments.push(bytes);
             }
         }
         Ok(fragments)
-    }
-
-    /// Commits this directory's part: every rank's files on rank 0 of a
-    /// shared directory, the rank's own in a node-local one.
-    fn commit_for_ranks(
-        &mut self,
-        decided: Decided,
-        transaction: Transaction,
-        mut sealed: Sealed,
-        fragments: &[Vec<u8>],
-        saved_at: f64,
-    ) -> Result<()> {
-        for fragment in fragments {
-            if let Err(err) = sealed.add_fragment(fragment) {
-                transaction.abort();
-                return Err(err);
-            }
-        }
-        let (mut warnings, mut unfinished) = (Vec::new(), false);
-        let result = decided.job.commit_sealed(
-            transaction,
-            sealed,
-            saved_at,
-            self.callbacks.delete.as_mut(),
-            &mut warnings,
-            &mut unfinished,
-        );
-        let report = super::JobReport {
-            result,
-            warnings,
-            unfinished,
-        };
-        self.apply(decided.pending, report)
-    }
-
-    /// `restore_or_initialize` across ranks (see the module's comment).
-    pub(super) fn restore_across_ranks(
-        &mut self,
-        communicator: &dyn Communicator,
-    ) -> Result<Option<PathBuf>> {
-        let timeout = self.config.coordination_timeout;
-        let (rank, size) = (communicator.rank(), communicator.size());
-        let shard = shard_infix(rank, size);
-        let candidates = (rank == 0).then(|| match self.restore_candidates() {
-            Ok(candidates) => Outcome::Done(candidates),
-            Err(err) => Outcome::Failed(Report::of(0, &err)),
-        });
-        let candidates = match share(communicator, candidates.as_ref(), 0, "listing", timeout)? {
-            Outcome::Done(candidates) => candidates,
-            Outcome::Failed(report) => return Err(report.into_error()),
-        };
-        if candidates.is_empty() {
-            let initialized = match self.callbacks.init.as_mut() {
-                Some(init) => init().map_err(Error::callback("init")),
-                None => Ok(()),
-            };
-            agree(communicator, &initialized, "initializing", timeout)?;
-            return Ok(None);
-        }
-        let level = self.verification();
-        for candidate in &candidates {
-            let candidate = self.full_path(&paths::path_from_bytes(candidate.as_bytes()));
-            let verified = self.locate(&candidate).and_then(|(store, base)| {
-                integrity::verify_shard(&*store, &base, shard.as_bytes(), level)
-            });
-            match agree(
-                communicator,
-                &verified,
-                "verifying the ranks' files",
-                timeout,
-            ) {
-                Ok(()) => {
-                    let restored = self.restore_shard(&candidate, &shard);
-                    agree(communicator, &restored, "restoring", timeout)?;
-                    if self.config.checkpoint_interval.is_some() {
-                        self.last_checkpoint_step = Some(self.current_step()?);
-                    }
-                    return Ok(Some(candidate));
-                }
-                // The ranks no longer agree on anything: stop.
-                Err(err @ Error::Coordination { .. }) => return Err(err),
-                Err(err) => self.warn(&format!(
-                    "not restoring '{}' ({err}); trying an older checkpoint",
-                    candidate.display()
-                )),
-            }
-        }
-        Err(Error::Damaged {
-            prefix: self.full_path(&paths::path_from_bytes(candidates[0].as_bytes())),
-            detail: "no checkpoint is intact on every rank".into(),
-        })
-    }
-
-    /// Rank 0's order of checkpoints to try: the latest, then the older.
-    fn restore_candidates(&mut self) -> Result<Vec<ByteString>> {
-        let Some(latest) = self.latest_checkpoint() else {
-            return Ok(Vec::new());
-        };
-        if self.callbacks.restore.is_none() && self.tensors.is_empty() {
-            return Err(Error::invalid(
-                "no restore callback is set and no tensor is registered",
-            ));
-        }
-        let order = policy::fallback_order(&latest, &self.checkpoints(), self.unlisted()?);
-        // Relative to the directory, which other hosts may mount elsewhere.
-        Ok(order
-            .iter()
-            .map(|path| {
-                let entry = self.entry_of(path);
-                ByteString::from_bytes(paths::path_bytes(&entry))
-            })
-            .collect())
-    }
-
-    /// Reads this rank's tensors and runs its restore callback.
-    fn restore_shard(&mut self, candidate: &Path, shard: &str) -> Result<()> {
-        let (store, base) = self.locate(candidate)?;
-        let mut shard_base = base.clone();
-        shard_base.push(shard);
-        if !self.tensors.is_empty() {
-            let partial = self.config.partial_restore;
-            read_tensor_file(&*store, &shard_base, &self.tensors, partial, None)?;
-        }
-        self.run_restore_callback(&store, &base, &shard_base)
     }
 }

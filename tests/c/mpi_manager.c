@@ -13,6 +13,9 @@
  *   rank0_killed_after_commit saves 1 and 2; rank 0 is SIGKILLed as soon as
  *                             2 returned
  *   save_alone                saves 1; rank 1 alone then calls save
+ *   numbers_disagree          saves 1; rank 2 asks for checkpoint 7 while
+ *                             the others ask for 5, which every rank
+ *                             refuses; then 5 is saved
  *
  * Each rank writes WORKDIR/rank-<r>.log line by line and, once its case
  * passed, a line "pass". A failed check writes "FAIL ..." and MPI_Aborts the
@@ -202,12 +205,14 @@ static void save(ckpt_manager *manager, unsigned long long number) {
   ckpt_string_free(prefix);
 }
 
-/* A save that fails with `expected` within the bounds of a timeout when it
- * is CKPT_STATUS_TIMEOUT; returns the message. */
-static const char *save_failing(ckpt_manager *manager, ckpt_status expected) {
+/* A save (of `number`, or the next one when NULL) that fails with `expected`
+ * within the bounds of a timeout when it is CKPT_STATUS_TIMEOUT; returns the
+ * message. */
+static const char *save_failing(ckpt_manager *manager, const uint64_t *number,
+                                ckpt_status expected) {
   char *prefix = NULL;
   const double start = now();
-  const ckpt_status status = ckpt_manager_save(manager, NULL, true, &prefix);
+  const ckpt_status status = ckpt_manager_save(manager, number, true, &prefix);
   const double elapsed = now() - start;
   const char *message = ckpt_last_error_message();
   note("save returned %s after %.3f s: %s", ckpt_status_name(status), elapsed, message);
@@ -273,6 +278,16 @@ static void check_no_staging(void) {
   closedir(directory);
 }
 
+/* On rank 0: the state file still holds `state_before` and no staging
+ * directory is left. */
+static void check_nothing_committed(const char *state_before) {
+  if (world_rank != 0) return;
+  char state_after[4096];
+  read_state_file(state_after, sizeof state_after);
+  CHECK(strcmp(state_before, state_after) == 0);
+  check_no_staging();
+}
+
 static void callback_fails(void) {
   ckpt_communicator communicator = new_communicator();
   ckpt_manager *manager = open_manager(&communicator, GENEROUS_TIMEOUT);
@@ -281,18 +296,36 @@ static void callback_fails(void) {
   if (world_rank == 0) read_state_file(state_before, sizeof state_before);
 
   failing_rank = 2;
-  const char *message = save_failing(manager, CKPT_STATUS_CALLBACK_FAILED);
+  const char *message = save_failing(manager, NULL, CKPT_STATUS_CALLBACK_FAILED);
   CHECK(strncmp(message, "rank 2:", 7) == 0);
   check_same_on_every_rank("the error message", message);
   failing_rank = -1;
-  if (world_rank == 0) {
-    char state_after[4096];
-    read_state_file(state_after, sizeof state_after);
-    CHECK(strcmp(state_before, state_after) == 0);
-    check_no_staging();
-  }
+  check_nothing_committed(state_before);
 
   save(manager, 2);
+  ckpt_manager_free(manager);
+  ckpt_mpi_communicator_free(&communicator);
+}
+
+static void numbers_disagree(void) {
+  ckpt_communicator communicator = new_communicator();
+  ckpt_manager *manager = open_manager(&communicator, GENEROUS_TIMEOUT);
+  save(manager, 1);
+  char state_before[4096];
+  if (world_rank == 0) read_state_file(state_before, sizeof state_before);
+
+  const uint64_t asked = world_rank == 2 ? 7 : 5;
+  const char *message = save_failing(manager, &asked, CKPT_STATUS_INVALID_ARGUMENT);
+  CHECK(strstr(message, "rank 2: checkpoint_number 7") != NULL);
+  CHECK(strstr(message, "ranks 0, 1, 3: checkpoint_number 5") != NULL);
+  check_same_on_every_rank("the error message", message);
+  check_nothing_committed(state_before);
+
+  const uint64_t agreed = 5;
+  char *prefix = NULL;
+  CHECK_STATUS(CKPT_STATUS_OK, ckpt_manager_save(manager, &agreed, true, &prefix));
+  CHECK(prefix != NULL && ends_with(prefix, "/ckpt-5"));
+  ckpt_string_free(prefix);
   ckpt_manager_free(manager);
   ckpt_mpi_communicator_free(&communicator);
 }
@@ -322,7 +355,7 @@ static void killed_mid_save(void) {
   ckpt_manager_free(manager);
   manager = open_manager(&communicator, SHORT_TIMEOUT);
   killed_rank = victim;
-  save_failing(manager, CKPT_STATUS_TIMEOUT);
+  save_failing(manager, NULL, CKPT_STATUS_TIMEOUT);
   ckpt_manager_free(manager);
   ckpt_mpi_communicator_free(&communicator);
   end_without(survivors);
@@ -357,7 +390,7 @@ static void save_alone(void) {
   ckpt_manager_free(manager);
   manager = open_manager(&communicator, SHORT_TIMEOUT);
   if (world_rank == alone) {
-    save_failing(manager, CKPT_STATUS_TIMEOUT);
+    save_failing(manager, NULL, CKPT_STATUS_TIMEOUT);
   } else {
     note("not calling save");
   }
@@ -396,6 +429,8 @@ int main(int argc, char **argv) {
     rank0_killed_after_commit();
   } else if (strcmp(name, "save_alone") == 0) {
     save_alone();
+  } else if (strcmp(name, "numbers_disagree") == 0) {
+    numbers_disagree();
   } else {
     fail(__LINE__, "no case %s", name);
   }

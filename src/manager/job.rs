@@ -1,18 +1,19 @@
-//! One save after the manager decided it: the write phase (the save
-//! callback, the tensors), then the plan and the commit. It holds all it
-//! needs, so it runs on the calling thread (`save`) or on the library's
-//! background thread (`save_async`) alike; the manager applies what it
-//! reports.
+//! One save after the manager decided it, on every rank alike (one
+//! process is the 1-rank case): the write phase (the save callback, the
+//! tensors), then the plan and the commit. It holds all it needs, so it
+//! runs on the calling thread (`save`) or on the library's background
+//! thread (`save_async`) alike; the manager applies what it reports.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::coordination::Ranks;
+use super::{deletable_base, state_for};
 use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::integrity;
-use crate::manager::{deletable_base, state_for};
 use crate::manifest::Annotations;
 use crate::policy::{Managed, Retention, Rules, Traits};
 use crate::store::Store;
@@ -52,27 +53,37 @@ pub(crate) struct Saved {
 
 /// What a save job reports back.
 pub(crate) struct JobReport {
-    pub result: Result<Saved>,
+    /// What this rank committed to its directory; `None` when it committed
+    /// nothing, or when rank 0 committed this directory's state for it.
+    pub committed: Option<Saved>,
+    /// The save's outcome, the same on every rank.
+    pub result: Result<()>,
     /// For the log callback, which runs on the calling thread.
     pub warnings: Vec<String>,
     /// The commit got past its commit point but not to its end.
     pub unfinished: bool,
 }
 
+/// The callbacks a save job runs, and its time.
+pub(crate) struct JobCallbacks<'a> {
+    pub save: Option<&'a mut SaveFn>,
+    pub delete: Option<&'a mut DeleteFn>,
+    /// Gives the save's time once the files are written (read on rank 0).
+    pub now: &'a mut dyn FnMut() -> Result<f64>,
+}
+
 impl SaveJob {
-    /// Writes, commits and deletes what the sweep dropped. `now` gives the
-    /// save's time once the files are written.
-    pub fn run(
-        self,
-        save: Option<&mut SaveFn>,
-        tensors: Tensors,
-        delete: Option<&mut DeleteFn>,
-        now: &mut dyn FnMut() -> Result<f64>,
-    ) -> JobReport {
+    /// Writes, commits and deletes what the sweep dropped, across `ranks`.
+    pub fn run(self, ranks: &Ranks, tensors: Tensors, callbacks: JobCallbacks) -> JobReport {
         let (mut warnings, mut unfinished) = (Vec::new(), false);
-        let result = self.commit(save, tensors, delete, now, &mut warnings, &mut unfinished);
+        let committed = self.commit(ranks, tensors, callbacks, &mut warnings, &mut unfinished);
+        let (committed, result) = match committed {
+            Ok(committed) => (committed, Ok(())),
+            Err(err) => (None, Err(err)),
+        };
         JobReport {
-            result,
+            committed,
+            result: ranks.commit_outcome(result),
             warnings,
             unfinished,
         }
@@ -80,32 +91,43 @@ impl SaveJob {
 
     fn commit(
         &self,
-        save: Option<&mut SaveFn>,
+        ranks: &Ranks,
         tensors: Tensors,
-        delete: Option<&mut DeleteFn>,
-        now: &mut dyn FnMut() -> Result<f64>,
+        callbacks: JobCallbacks,
         warnings: &mut Vec<String>,
         unfinished: &mut bool,
-    ) -> Result<Saved> {
-        let transaction = Transaction::begin(self.store.clone(), &self.base)?;
-        let sealed = self
+    ) -> Result<Option<Saved>> {
+        let JobCallbacks { save, delete, now } = callbacks;
+        let transaction = ranks.begin(&self.store, &self.base)?;
+        let written = self
             .write(&transaction, save, tensors)
             .and_then(|()| transaction.seal())
-            .and_then(|sealed| Ok((sealed, now()?)));
-        match sealed {
-            Ok((sealed, now)) => {
-                self.commit_sealed(transaction, sealed, now, delete, warnings, unfinished)
-            }
+            .and_then(|sealed| {
+                ranks.sync_before_commit(&transaction, &sealed)?;
+                Ok(sealed)
+            });
+        let timed = ranks
+            .agree(written, "writing the ranks' files")
+            .and_then(|sealed| {
+                let now = ranks.share(ranks.is_root().then(now), "reading the save's time")?;
+                Ok((sealed, now))
+            });
+        let (sealed, now) = match timed {
+            Ok(timed) => timed,
             Err(err) => {
                 transaction.abort();
-                Err(err)
+                return Err(err);
             }
-        }
+        };
+        ranks.commit(transaction, sealed, |transaction, sealed| {
+            self.commit_sealed(transaction, sealed, now, delete, warnings, unfinished)
+        })
     }
 
-    /// Plans and commits what the write phase sealed (on every rank, for
-    /// a save across ranks), then deletes what the sweep dropped.
-    pub fn commit_sealed(
+    /// Plans and commits what the write phase sealed (every rank's files
+    /// on rank 0 of a shared directory), then deletes what the sweep
+    /// dropped.
+    fn commit_sealed(
         &self,
         transaction: Transaction,
         sealed: Sealed,
