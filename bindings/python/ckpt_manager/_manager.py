@@ -18,7 +18,7 @@ import warnings
 import weakref
 
 from . import _communicator, _lib
-from ._statuses import CALLBACK_FAILED, DTYPES, OK, REENTRANT_CALL
+from ._statuses import DTYPES, OK, REENTRANT_CALL
 from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
 
 logger = logging.getLogger("ckpt_manager")
