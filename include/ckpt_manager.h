@@ -9,7 +9,11 @@
  * Ownership, Returns, Errors, Threads and Callbacks:
  *  - Fallible calls return a ckpt_status (a uint32_t); CKPT_STATUS_OK (0)
  *    is success.
- *  - Out-parameters are written only on CKPT_STATUS_OK.
+ *  - Out-parameters hold a result only on CKPT_STATUS_OK. On any failure
+ *    a non-NULL out-parameter is left NULL (pointers), 0 (counts) or
+ *    false, whatever it held before, so that a reused pointer variable
+ *    never keeps a dangling handle; NULL out-parameters are refused with
+ *    CKPT_STATUS_NULL_ARGUMENT.
  *  - ckpt_last_error_message() describes the last failure on the calling
  *    thread.
  *  - Strings, lists and states returned to you are yours: free them with
@@ -28,25 +32,24 @@
  * its callbacks one at a time. Managers built from one ckpt_options share its
  * callbacks and their user_data, so those may run at the same time on
  * different threads. A callback must not unwind (a C++ exception, longjmp)
- * through the library. To carry a callback's exception across the C
- * boundary once, as the C++ and Python bindings do:
- *  1. The binding's wrapper of each library call opens a slot for this
- *     call on this thread: thread-local, since callbacks run on the calling
- *     thread, and one per call in progress, since a callback may call
- *     another manager.
- *  2. The callback catches everything, keeps the first exception in the
- *     innermost slot, and reports failure to the library: a non-zero return
- *     (NaN from the clock callback). The library then fails the call with
- *     CKPT_STATUS_CALLBACK_FAILED and commits nothing.
- *  3. When the library call returns, the wrapper empties the slot and
- *     rethrows its exception instead of raising for the status. The log and
- *     delete callbacks cannot fail a call (a deletion runs after the
- *     commit): the binding reports their exception once the call returns,
- *     whatever it returned (C++ rethrows it; Python warns if the call
- *     succeeded).
- *  4. A background save's callbacks run with no call open: the binding
- *     keeps their exception with the manager, and the call that returns
- *     that save's failure (CKPT_STATUS_CALLBACK_FAILED) rethrows it.
+ * through the library. To carry a callback's error (a C++ exception, a
+ * Python exception) across the C boundary:
+ *  1. The callback catches everything, attaches a message and the error
+ *     itself (an owned pointer with its finalizer) with
+ *     ckpt_callback_set_error, and reports failure to the library: a
+ *     non-zero return (a non-finite time from the clock callback).
+ *  2. The library fails the call that reports that failure with
+ *     CKPT_STATUS_CALLBACK_FAILED and commits nothing: the call that ran
+ *     the callback, or, for the save callback of a background save, the
+ *     next call that returns that save's failure
+ *     (ckpt_manager_wait_until_finished included). The error travels with
+ *     the failure from the library's background thread to that call.
+ *  3. On the thread of that call, ckpt_last_error_message() contains the
+ *     message and ckpt_take_error_payload hands over the pointer, to be
+ *     rethrown. A payload nobody takes is finalized, exactly once.
+ * The log and delete callbacks cannot fail a call (a deletion runs after
+ * the commit; a failed one is a warning to the log callback): a binding
+ * reports their exception itself, once the call that ran them returns.
  */
 
 #ifndef CKPT_MANAGER_H
@@ -236,6 +239,9 @@ typedef struct {
   size_t len;
 } ckpt_string_list;
 
+// Releases a callback's `user_data` when the library no longer needs it.
+typedef void (*ckpt_finalizer)(void *user_data);
+
 // Collectives over the trainer's processes ("ranks"), supplied by the
 // trainer (`include/ckpt_manager_mpi.h` builds one from an `MPI_Comm`).
 // Each callback is collective: every rank calls it, in the same order. Each
@@ -280,12 +286,11 @@ typedef struct {
 // library computes their CRC32C on the way. Returns 0 on success, any other
 // value on failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that
 // value); nothing is committed then and the staging directory is removed.
+// Every callback below may attach a message and a value of its own to its
+// failure with `ckpt_callback_set_error` before it returns.
 typedef int32_t (*ckpt_save_callback)(void *user_data,
                                       const char *prefix,
                                       uint64_t checkpoint_number);
-
-// Releases a callback's `user_data` when the library no longer needs it.
-typedef void (*ckpt_finalizer)(void *user_data);
 
 // Prepares checkpoint `checkpoint_number` for saving: runs on the thread that
 // called `ckpt_manager_save`, `_save_with` or `_save_async`, when the save
@@ -375,6 +380,63 @@ void ckpt_string_free(char *string);
 // Threads: any thread.
 // Callbacks: none run.
 void ckpt_string_list_free(ckpt_string_list *list);
+
+// Attaches a message and a value to the failure the running callback is
+// about to return.
+//
+// Call it inside a callback set on `ckpt_options` (save, prepare, restore,
+// init, step counter, clock, delete, log), then return failure from the
+// callback (a non-zero code; a non-finite time from the clock). The call that
+// reports that failure on the caller's thread (the call that ran the
+// callback; for a background save's save callback, the later call that
+// returns the save's failure, `ckpt_manager_wait_until_finished` included)
+// then returns CKPT_STATUS_CALLBACK_FAILED, its `ckpt_last_error_message()`
+// contains `message`, and `ckpt_take_error_payload` on that thread hands over
+// `payload`. A callback that returns success drops what it attached (the
+// payload is finalized as it returns); so do the log callback, which cannot
+// fail, and the delete callback, whose failure after a commit fails no call
+// (its message goes into the warning to the log callback). Attaching again in
+// the same callback replaces the earlier attachment (finalized at once).
+// Across ranks (`ckpt_options_set_communicator`) the message reaches every
+// rank and the payload is finalized.
+//
+// Ownership: `message` is borrowed (copied; NULL attaches no message; bytes
+// that are not UTF-8 are replaced). The library takes `payload` (may be NULL)
+// in every case: it either hands it over through `ckpt_take_error_payload`,
+// after which it is the caller's and `finalizer` never runs, or calls
+// `finalizer` (may be NULL) on it exactly once: when the callback returns
+// success, when the failure is not reported as a call's failure (see above),
+// when a later failed call on the reporting thread replaces it untaken, when
+// that thread exits, or when the manager is freed with its background save's
+// failure unreported. The finalizer runs on the thread where that happens
+// (the callback's thread, the reporting thread, or the thread that calls
+// `ckpt_manager_free`), so `payload` and `finalizer` must be usable from any
+// thread.
+// Returns: CKPT_STATUS_OK; or an error, after which `payload` is already
+// finalized.
+// Errors: CKPT_STATUS_INVALID_ARGUMENT (not called inside a running options
+// callback on this thread: communicator callbacks and finalizers are not
+// options callbacks).
+// Threads: the thread running the callback (for a background save's save
+// callback, the library's background thread).
+// Callbacks: the finalizer of a replaced attachment runs on the calling
+// thread.
+ckpt_status ckpt_callback_set_error(const char *message, void *payload, ckpt_finalizer finalizer);
+
+// Takes the payload that a callback attached (`ckpt_callback_set_error`) to
+// the failure of the last failed call on this thread.
+//
+// Ownership: on CKPT_STATUS_OK `*out_payload` is the payload, now the
+// caller's (its finalizer will not run), or NULL when that failure carried
+// none, when it was taken already, or when no call has failed on this thread.
+// Returns: CKPT_STATUS_OK with the payload or NULL, or
+// CKPT_STATUS_NULL_ARGUMENT (`out_payload` NULL; nothing is taken, and the
+// last error message and payload stay as they are).
+// Errors: CKPT_STATUS_NULL_ARGUMENT.
+// Threads: any thread; each thread has its own last payload, as it has its
+// own `ckpt_last_error_message()`.
+// Callbacks: none run.
+ckpt_status ckpt_take_error_payload(void **out_payload);
 
 // The newest usable checkpoint named by `directory`'s state file: the latest
 // if its files are intact (every file in its manifest exists with its size),

@@ -334,7 +334,7 @@ static inline int32_t ckpt_mpi_all_gather_(void *user_data, const void *record, 
 // NULL, MPI_COMM_NULL, an inter-communicator, MPI not initialized or
 // finalized), CKPT_MPI_OUT_OF_MEMORY, or CKPT_MPI_ERROR_CLASS_BASE + an
 // MPI error class (reported only if `comm`'s error handler returns), with
-// `*out` untouched.
+// `*out` zeroed (when `out` is not NULL).
 // Threads: MPI's rules for a collective on `comm`. Each callback calls MPI
 // on the thread that runs it (the manager's calling thread): with
 // MPI_THREAD_FUNNELED that must be the thread that initialized MPI, and if
@@ -346,7 +346,11 @@ static inline int32_t ckpt_mpi_communicator_new(MPI_Comm comm, ckpt_communicator
   int finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
-  if (out == NULL || !initialized || finalized || comm == MPI_COMM_NULL) {
+  if (out == NULL) {
+    return CKPT_MPI_INVALID_ARGUMENT;
+  }
+  memset(out, 0, sizeof *out);  // what a failure leaves
+  if (!initialized || finalized || comm == MPI_COMM_NULL) {
     return CKPT_MPI_INVALID_ARGUMENT;
   }
   int inter = 0;
@@ -384,7 +388,6 @@ static inline int32_t ckpt_mpi_communicator_new(MPI_Comm comm, ckpt_communicator
     MPI_Error_class(error, &error_class);
     return CKPT_MPI_ERROR_CLASS_BASE + error_class;
   }
-  memset(out, 0, sizeof *out);
   out->version = CKPT_COMMUNICATOR_VERSION;
   out->rank = (uint32_t)state->rank;
   out->size = (uint32_t)state->size;

@@ -317,12 +317,34 @@ impl fmt::Display for LogLevel {
     }
 }
 
+/// A clock reading that is no time (NaN, an infinity): the clock failed.
+#[derive(Debug)]
+pub(crate) struct NonFiniteTime(f64);
+
+impl NonFiniteTime {
+    pub(crate) fn check(seconds: f64) -> Result<f64, NonFiniteTime> {
+        if seconds.is_finite() {
+            Ok(seconds)
+        } else {
+            Err(NonFiniteTime(seconds))
+        }
+    }
+}
+
+impl fmt::Display for NonFiniteTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "it returned {}, not a finite time", self.0)
+    }
+}
+
+impl std::error::Error for NonFiniteTime {}
+
 pub type PrepareFn = Box<dyn FnMut(u64) -> Result<(), CallbackError> + Send>;
 pub type SaveFn = Box<dyn FnMut(&Path, u64) -> Result<(), CallbackError> + Send>;
 pub type RestoreFn = Box<dyn FnMut(&Path) -> Result<(), CallbackError> + Send>;
 pub type InitFn = Box<dyn FnMut() -> Result<(), CallbackError> + Send>;
 pub type StepCounterFn = Box<dyn FnMut() -> Result<i64, CallbackError> + Send>;
-pub type ClockFn = Box<dyn FnMut() -> f64 + Send>;
+pub type ClockFn = Box<dyn FnMut() -> Result<f64, CallbackError> + Send>;
 pub type DeleteFn = Box<dyn FnMut(&Path) -> Result<(), CallbackError> + Send>;
 pub type LogFn = Box<dyn FnMut(LogLevel, &str) + Send>;
 
@@ -394,8 +416,17 @@ impl Callbacks {
         self
     }
 
-    /// Wall-clock seconds since the epoch; the default reads the system clock.
-    pub fn clock(mut self, f: impl FnMut() -> f64 + Send + 'static) -> Self {
+    /// Wall-clock seconds since the epoch; the default reads the system
+    /// clock. A reading that is not finite fails the call that read it.
+    pub fn clock(self, mut f: impl FnMut() -> f64 + Send + 'static) -> Self {
+        self.fallible_clock(move || NonFiniteTime::check(f()).map_err(Into::into))
+    }
+
+    /// `clock`, for a clock that reports its own failures.
+    pub(crate) fn fallible_clock(
+        mut self,
+        f: impl FnMut() -> Result<f64, CallbackError> + Send + 'static,
+    ) -> Self {
         self.clock = Some(Box::new(f));
         self
     }

@@ -98,6 +98,17 @@ c_cases!(async_cases, "async_cases.c":
     read_only_refuses_save_async,
 );
 
+c_cases!(error_cases, "error_cases.c":
+    sync_save_error,
+    untaken_payload_is_finalized,
+    background_save_error,
+    other_callbacks,
+    failed_new_clears_out_manager,
+    failed_calls_clear_out_strings,
+    failed_calls_clear_out_counts,
+    failed_save_file_open_clears_out_file,
+);
+
 c_cases!(tensor_cases, "tensor_cases.c":
     registration_errors,
     empty_tensors,

@@ -77,6 +77,27 @@ fn run_case(case: &str) {
     );
 }
 
+/// The callbacks' exceptions on an `s3://` directory, on moto's server
+/// (tests/support/s3.rs), sync and in the background.
+#[test]
+fn s3_callback_exceptions() {
+    let bucket = support::s3::Bucket::new("cpp-callback-exceptions");
+    let program = sanitized_program("cpp_wrapper_tests", "tests/cpp/wrapper_tests.cpp");
+    let workdir = tempfile::tempdir().unwrap();
+    let output = sanitized_command(&program)
+        .args(["s3_callback_exceptions".as_ref(), workdir.path().as_os_str()])
+        .env("CKPT_TEST_S3_URL", bucket.url("run"))
+        .env("CKPT_TEST_S3_ENDPOINT", &bucket.endpoint)
+        .output()
+        .unwrap();
+    support::assert_success(&output, "wrapper_tests s3_callback_exceptions");
+    assert!(
+        bucket.keys().contains("run/ckpt-1.model"),
+        "ckpt-1 is in the bucket: {:?}",
+        bucket.keys()
+    );
+}
+
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
         $(

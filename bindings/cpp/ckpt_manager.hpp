@@ -18,12 +18,14 @@
 // Callbacks. Each std::function is copied to the heap and handed to the
 // library, which frees it (through a finalizer) once neither the options
 // nor any manager built from them holds it. When a callback throws, the
-// wrapper records the exception (on the calling thread) and reports
-// failure to the library: a non-zero code (save, prepare, restore, init,
-// step_counter, delete) or NaN (clock). The library then fails the call
-// with CKPT_STATUS_CALLBACK_FAILED and commits nothing, and the wrapper
-// rethrows the recorded exception instead of a ckpt::Error. Two callbacks
-// cannot report failure to the library in a way that stops the call:
+// wrapper attaches the exception to the failure it reports to the library
+// (ckpt_callback_set_error, with the exception's what() as the message):
+// a non-zero code (save, prepare, restore, init, step_counter, delete) or
+// NaN (clock). The library fails the call that reports that failure with
+// CKPT_STATUS_CALLBACK_FAILED and commits nothing, and the wrapper of that
+// call takes the exception back (ckpt_take_error_payload) and rethrows it,
+// with its original type, instead of a ckpt::Error. Two callbacks cannot
+// report failure to the library in a way that stops the call:
 //  - on_delete: a failed deletion of an old checkpoint is only a warning,
 //    because the new checkpoint is already committed; save() still
 //    rethrows the exception, but the checkpoint it was saving is committed
@@ -31,21 +33,21 @@
 //  - on_log: the call goes on; its exception is rethrown once the call
 //    has returned, whatever the call did.
 // If several callbacks throw during one call, the first exception wins.
+// Callbacks set on a ckpt::Options through the C API directly must not
+// attach payloads of their own (the wrapper takes every payload as an
+// exception).
 //
 // Background saves (Manager::save_async). The save and delete callbacks
-// run on the library's background thread after save_async has returned,
-// with no wrapper call to rethrow from; the wrapper keeps their exception
-// with the manager (by its directory, which has one writer):
-//  - on_save's fails the save (nothing is committed); the next call on the
-//    manager that returns that failure (save, save_with, save_async,
-//    restore_or_initialize, pin, unpin, reload, should_save,
-//    wait_until_finished) rethrows it instead of a ckpt::Error, once;
-//  - on_delete's (the checkpoint is committed) is rethrown by the next call
-//    on the manager, which then does nothing else, or by the
-//    wait_until_finished that waited for that save.
-// A background callback that calls into a manager gets
-// CKPT_STATUS_REENTRANT_CALL; destroying the manager there leaks it
-// instead of waiting for the save that runs the callback.
+// run on the library's background thread after save_async has returned.
+// on_save's exception travels with the failed save inside the library,
+// and the next call on the manager that returns that failure (save,
+// save_with, save_async, restore_or_initialize, pin, unpin, reload,
+// should_save, wait_until_finished) rethrows it instead of a ckpt::Error,
+// once, on whichever thread makes that call. on_delete's fails nothing
+// (the checkpoint is committed): its what() goes to on_log in the
+// library's warning. A background callback that calls into a manager gets
+// CKPT_STATUS_REENTRANT_CALL; destroying a manager there leaks it instead
+// of waiting for the save that runs the callback.
 //
 // Threads: as in C. A Manager may be shared by threads (calls are
 // serialised by the library; callbacks run on the calling thread, except
@@ -63,9 +65,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -165,9 +165,41 @@ class CallScope {
   std::exception_ptr error_;
 };
 
+// Deletes a payload attach_current_exception made.
+inline void delete_attached_exception(void* payload) noexcept {
+  delete static_cast<std::exception_ptr*>(payload);
+}
+
+// Attaches the exception being handled (call it in a catch block) to the
+// failure the running callback is about to return: the library carries
+// it to the call that reports the failure, background saves included.
+inline void attach_current_exception() noexcept {
+  const char* message = "a C++ exception that is not a std::exception";
+  try {
+    throw;
+  } catch (const std::exception& exception) {
+    message = exception.what();
+  } catch (...) {
+  }
+  auto* payload = new (std::nothrow) std::exception_ptr(std::current_exception());
+  // Refused only outside a callback; the library then deletes the payload.
+  ckpt_callback_set_error(message, payload, payload ? delete_attached_exception : nullptr);
+}
+
+// The exception attached to the failure of the last failed call on this
+// thread, taken from the library; null when none was.
+inline std::exception_ptr take_attached_exception() noexcept {
+  void* payload = nullptr;
+  if (ckpt_take_error_payload(&payload) != CKPT_STATUS_OK || payload == nullptr) return nullptr;
+  std::unique_ptr<std::exception_ptr> owned(static_cast<std::exception_ptr*>(payload));
+  return *owned;
+}
+
 // Runs `c_call` (returning a ckpt_status) in a CallScope for `manager`
-// (none for functions without one); rethrows a callback's exception, else
-// throws Error for a failed status.
+// (none for functions without one); rethrows a callback's exception (the
+// first one thrown on this thread during the call, else the one attached
+// to the failure, as a background save's is), else throws Error for a
+// failed status.
 template <class F>
 void call(F&& c_call, const ckpt_manager* manager = nullptr) {
   ckpt_status status;
@@ -177,141 +209,43 @@ void call(F&& c_call, const ckpt_manager* manager = nullptr) {
     status = c_call();
     error = scope.error();
   }
+  std::exception_ptr attached = status == CKPT_STATUS_OK ? nullptr : take_attached_exception();
   if (error) std::rethrow_exception(error);
+  if (attached) std::rethrow_exception(attached);
   check(status);
 }
 
-// A directory as the library joins checkpoint paths onto it: without
-// trailing slashes ("run/" and "run" name the same one).
-inline std::string directory_key(std::string directory) {
-  while (!directory.empty() && directory.back() == '/') directory.pop_back();
-  return directory;
-}
-
-// "run/ckpt-3" -> "run".
-inline std::string parent_path(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  return slash == std::string::npos ? std::string() : path.substr(0, slash);
-}
-
-// The exceptions of background saves' callbacks, by directory (a
-// directory has one writer, hence one background save at a time). The
-// save callback's fails its save: taken by the call of that directory's
-// manager that returns the failure. The delete callback's comes after
-// the commit: taken by the next call of the manager that started a
-// background save there (its owner).
-class BackgroundErrors {
- public:
-  static void keep(const std::string& directory, std::exception_ptr error,
-                   bool after_commit) noexcept {
-    try {
-      std::lock_guard<std::mutex> lock(mutex());
-      Kept& kept = by_directory()[directory];
-      (after_commit ? kept.after_commit : kept.failure) = std::move(error);
-    } catch (...) {  // no memory for it: the library still sees the failure
-    }
-  }
-
-  // After `manager` started a background save in `directory`.
-  static void own(const std::string& directory, const ckpt_manager* manager) {
-    std::lock_guard<std::mutex> lock(mutex());
-    by_directory()[directory].owner = manager;
-  }
-
-  static std::exception_ptr take_failure(const std::string& directory) {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto found = by_directory().find(directory);
-    return found == by_directory().end() ? nullptr : std::exchange(found->second.failure, nullptr);
-  }
-
-  static std::exception_ptr take_after_commit(const std::string& directory,
-                                              const ckpt_manager* manager) {
-    if (manager == nullptr) return nullptr;  // an empty Manager owns nothing
-    std::lock_guard<std::mutex> lock(mutex());
-    auto found = by_directory().find(directory);
-    if (found == by_directory().end() || found->second.owner != manager) return nullptr;
-    return std::exchange(found->second.after_commit, nullptr);
-  }
-
-  // `manager` was freed: what its background saves left goes (the library
-  // logged a failure it found).
-  static void release(const std::string& directory, const ckpt_manager* manager) noexcept {
-    std::lock_guard<std::mutex> lock(mutex());
-    auto found = by_directory().find(directory);
-    if (found != by_directory().end() && found->second.owner == manager) {
-      by_directory().erase(found);
-    }
-  }
-
- private:
-  struct Kept {
-    const ckpt_manager* owner = nullptr;
-    std::exception_ptr failure, after_commit;
-  };
-  static std::mutex& mutex() {
-    static std::mutex mutex;
-    return mutex;
-  }
-  static std::map<std::string, Kept>& by_directory() {
-    static std::map<std::string, Kept> kept;
-    return kept;
-  }
-};
-
-// Marks this thread as running a background save callback of `directory`
-// (the library's thread, with no wrapper call open).
+// Marks this thread as running a callback with no wrapper call open: a
+// background save's, on the library's thread.
 class BackgroundCallback {
  public:
-  explicit BackgroundCallback(const std::string& directory) noexcept
-      : previous_(current()) {
-    current() = &directory;
-  }
+  BackgroundCallback() noexcept : previous_(current()) { current() = !CallScope::open(); }
   ~BackgroundCallback() { current() = previous_; }
   BackgroundCallback(const BackgroundCallback&) = delete;
   BackgroundCallback& operator=(const BackgroundCallback&) = delete;
 
-  static bool running() noexcept { return current() != nullptr; }
-
-  static bool running_for(const std::string& directory) noexcept {
-    return running() && *current() == directory;
-  }
+  static bool running() noexcept { return current(); }
 
  private:
-  static const std::string*& current() noexcept {
-    static thread_local const std::string* directory = nullptr;
-    return directory;
+  static bool& current() noexcept {
+    static thread_local bool running = false;
+    return running;
   }
-  const std::string* previous_;
+  bool previous_;
 };
 
-// Runs a save or delete callback's `body`: 0, or the failure code when it
-// throws. Its exception goes to the wrapper call open on this thread, or,
-// with none open (a background save), to BackgroundErrors for the
-// directory `directory_of()` names.
-template <class Body, class DirectoryOf>
-int32_t run_saving_callback(Body&& body, DirectoryOf&& directory_of, bool after_commit) noexcept {
-  if (CallScope::open()) {
-    try {
-      body();
-      return 0;
-    } catch (...) {
-      CallScope::capture_current_exception();
-      return callback_exception_code;
-    }
-  }
-  std::string directory;
+// Runs a callback's `body`: 0, or `failure` when it throws, with the
+// exception kept for the wrapper call open on this thread and attached to
+// the failure.
+template <class Body, class Result>
+Result run_callback(Body&& body, Result failure) noexcept {
+  BackgroundCallback running;
   try {
-    directory = directory_key(directory_of());
+    return body();
   } catch (...) {
-    return callback_exception_code;
-  }
-  BackgroundCallback running(directory);
-  try {
-    body();
-    return 0;
-  } catch (...) {
-    BackgroundErrors::keep(directory, std::current_exception(), after_commit);
-    return callback_exception_code;
+    CallScope::capture_current_exception();
+    attach_current_exception();
+    return failure;
   }
 }
 
@@ -356,66 +290,55 @@ void finalize(void* user_data) noexcept {
 }
 
 inline int32_t save_trampoline(void* user_data, const char* prefix, uint64_t number) noexcept {
-  return run_saving_callback(
-      [&] { (*static_cast<SaveFn*>(user_data))(std::string(prefix), number); },
-      // The staging prefix: <directory>/<name>-<N>.ckpt-staging/<name>-<N>.
-      [&] { return parent_path(parent_path(prefix)); }, false);
-}
-
-// A swept checkpoint's prefix: <directory>/<name>-<N>.
-inline int32_t delete_trampoline(void* user_data, const char* prefix) noexcept {
-  return run_saving_callback([&] { (*static_cast<PrefixFn*>(user_data))(std::string(prefix)); },
-                             [&] { return parent_path(prefix); }, true);
+  return run_callback(
+      [&] {
+        (*static_cast<SaveFn*>(user_data))(std::string(prefix), number);
+        return int32_t{0};
+      },
+      callback_exception_code);
 }
 
 inline int32_t prepare_trampoline(void* user_data, uint64_t number) noexcept {
-  try {
-    (*static_cast<PrepareFn*>(user_data))(number);
-    return 0;
-  } catch (...) {
-    CallScope::capture_current_exception();
-    return callback_exception_code;
-  }
+  return run_callback(
+      [&] {
+        (*static_cast<PrepareFn*>(user_data))(number);
+        return int32_t{0};
+      },
+      callback_exception_code);
 }
 
+// Restore and delete.
 inline int32_t prefix_trampoline(void* user_data, const char* prefix) noexcept {
-  try {
-    (*static_cast<PrefixFn*>(user_data))(std::string(prefix));
-    return 0;
-  } catch (...) {
-    CallScope::capture_current_exception();
-    return callback_exception_code;
-  }
+  return run_callback(
+      [&] {
+        (*static_cast<PrefixFn*>(user_data))(std::string(prefix));
+        return int32_t{0};
+      },
+      callback_exception_code);
 }
 
 inline int32_t init_trampoline(void* user_data) noexcept {
-  try {
-    (*static_cast<InitFn*>(user_data))();
-    return 0;
-  } catch (...) {
-    CallScope::capture_current_exception();
-    return callback_exception_code;
-  }
+  return run_callback(
+      [&] {
+        (*static_cast<InitFn*>(user_data))();
+        return int32_t{0};
+      },
+      callback_exception_code);
 }
 
 inline int32_t step_trampoline(void* user_data, int64_t* out_step) noexcept {
-  try {
-    *out_step = (*static_cast<StepFn*>(user_data))();
-    return 0;
-  } catch (...) {
-    CallScope::capture_current_exception();
-    return callback_exception_code;
-  }
+  return run_callback(
+      [&] {
+        *out_step = (*static_cast<StepFn*>(user_data))();
+        return int32_t{0};
+      },
+      callback_exception_code);
 }
 
 inline double clock_trampoline(void* user_data) noexcept {
-  try {
-    return (*static_cast<ClockFn*>(user_data))();
-  } catch (...) {
-    CallScope::capture_current_exception();
-    // The library refuses a non-finite time: CKPT_STATUS_CALLBACK_FAILED.
-    return std::numeric_limits<double>::quiet_NaN();
-  }
+  // The library refuses a non-finite time: CKPT_STATUS_CALLBACK_FAILED.
+  return run_callback([&] { return (*static_cast<ClockFn*>(user_data))(); },
+                      std::numeric_limits<double>::quiet_NaN());
 }
 
 inline void log_trampoline(void* user_data, ckpt_log_level level, const char* message) noexcept {
@@ -619,7 +542,7 @@ class Options {
   // Replaces the built-in deletion of swept checkpoints (see the note on
   // exceptions at the top of this file).
   Options& on_delete(std::function<void(const std::string& prefix)> callback) {
-    set(ckpt_options_set_delete_callback, detail::delete_trampoline, std::move(callback));
+    set(ckpt_options_set_delete_callback, detail::prefix_trampoline, std::move(callback));
     return *this;
   }
   // Receives the manager's info and warning messages (default: warnings
@@ -723,25 +646,14 @@ class Manager {
     ckpt_manager* manager = nullptr;
     detail::call([&] { return ckpt_manager_new(options.get(), &manager); });
     manager_ = manager;
-    try {
-      directory_ = detail::directory_key(directory());
-    } catch (...) {
-      reset();
-      throw;
-    }
   }
   // Waits for the background save in flight, if any (see reset()).
   ~Manager() { reset(); }
-  Manager(Manager&& other) noexcept
-      : manager_(std::exchange(other.manager_, nullptr)),
-        directory_(std::move(other.directory_)),
-        serial_(std::move(other.serial_)) {}
+  Manager(Manager&& other) noexcept : manager_(std::exchange(other.manager_, nullptr)) {}
   Manager& operator=(Manager&& other) noexcept {
     if (this != &other) {
       reset();
       manager_ = std::exchange(other.manager_, nullptr);
-      directory_ = std::move(other.directory_);
-      serial_ = std::move(other.serial_);
     }
     return *this;
   }
@@ -790,11 +702,9 @@ class Manager {
 
   // save_async() with the arguments of `args` (metrics, metadata).
   std::optional<std::string> save_async(const SaveArgs& args) {
-    std::optional<std::string> prefix = optional_string([&](char** out) {
+    return optional_string([&](char** out) {
       return ckpt_manager_save_async(manager_, args.get(), out);
     });
-    if (prefix) detail::BackgroundErrors::own(directory_, manager_);
-    return prefix;
   }
 
   // Waits until the background save in flight, if any, has committed or
@@ -803,10 +713,6 @@ class Manager {
   // CKPT_STATUS_TIMEOUT when it is still running.
   void wait_until_finished(double timeout_seconds = -1) {
     call([&] { return ckpt_manager_wait_until_finished(manager_, timeout_seconds); });
-    // The save it waited for may have left an on_delete exception.
-    if (std::exception_ptr late = detail::BackgroundErrors::take_after_commit(directory_, manager_)) {
-      std::rethrow_exception(late);
-    }
   }
 
   // Whether save() (with the interval checked) would save now: a save was
@@ -947,47 +853,25 @@ class Manager {
   // instead.
   void reset() noexcept {
     if (manager_ != nullptr && !detail::CallScope::running(manager_) &&
-        !detail::BackgroundCallback::running_for(directory_)) {
+        !detail::BackgroundCallback::running()) {
       detail::CallScope scope;  // nothing escapes a destructor
-      ckpt_manager* freed = std::exchange(manager_, nullptr);
-      ckpt_manager_free(freed);
-      detail::BackgroundErrors::release(directory_, freed);
+      ckpt_manager_free(std::exchange(manager_, nullptr));
     }
   }
 
  private:
   // Runs `c_call` (returning a ckpt_status) on this manager, as
-  // detail::call does, and carries background saves' exceptions: an
-  // on_delete exception is thrown instead of making the call, and
-  // on_save's replaces the failure it caused.
+  // detail::call does.
   template <class F>
   void call(F&& c_call) const {
     if (detail::BackgroundCallback::running()) {
-      // Refused by the library too; serial_ may be held by a call that
-      // waits for the save running this callback.
+      // Refused by the library too, before it would wait for the save
+      // running this callback.
       throw Error(CKPT_STATUS_REENTRANT_CALL,
                   "a callback of a background save called into a manager; it could wait for "
                   "the save that runs it");
     }
-    std::unique_lock<std::recursive_mutex> serialised;
-    if (serial_) serialised = std::unique_lock<std::recursive_mutex>(*serial_);
-    if (std::exception_ptr late = detail::BackgroundErrors::take_after_commit(directory_, manager_)) {
-      std::rethrow_exception(late);
-    }
-    ckpt_status status;
-    std::exception_ptr error;
-    {
-      detail::CallScope scope(manager_);
-      status = c_call();
-      error = scope.error();
-    }
-    if (error) std::rethrow_exception(error);
-    if (status == CKPT_STATUS_CALLBACK_FAILED) {
-      if (std::exception_ptr failure = detail::BackgroundErrors::take_failure(directory_)) {
-        std::rethrow_exception(failure);
-      }
-    }
-    check(status);
+    detail::call(std::forward<F>(c_call), manager_);
   }
 
   // Runs `c_call(char** out)` on this manager; its string, or nullopt for NULL.
@@ -1004,13 +888,6 @@ class Manager {
   }
 
   ckpt_manager* manager_ = nullptr;
-  // Keys this manager's background saves' exceptions (detail::BackgroundErrors).
-  std::string directory_;
-  // Held from a call into the library until its background exception is
-  // taken: once the library has returned a failed save's status, another
-  // thread's call may start the next save, whose callback may fail too.
-  // Recursive: a callback may call its own manager (the library refuses).
-  std::unique_ptr<std::recursive_mutex> serial_ = std::make_unique<std::recursive_mutex>();
 };
 
 // ---------------------------------------------------------------------------

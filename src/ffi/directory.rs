@@ -80,10 +80,10 @@ pub unsafe extern "C" fn ckpt_latest_checkpoint_with_flags(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (directory, out) = unsafe {
+        let (out, directory) = unsafe {
             (
-                path_arg(directory, "directory")?,
                 out_param(out_prefix, "out_prefix")?,
+                path_arg(directory, "directory")?,
             )
         };
         let known = CKPT_LATEST_NO_FALLBACK | CKPT_LATEST_VERIFY_CHECKSUMS;
@@ -145,10 +145,10 @@ pub unsafe extern "C" fn ckpt_get_checkpoint_state(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (directory, out) = unsafe {
+        let (out, directory) = unsafe {
             (
-                path_arg(directory, "directory")?,
                 out_param(out_state, "out_state")?,
+                path_arg(directory, "directory")?,
             )
         };
         let Some(state) = inspect::get_checkpoint_state(directory)? else {
@@ -303,10 +303,10 @@ pub unsafe extern "C" fn ckpt_checkpoint_exists(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (prefix, out) = unsafe {
+        let (out, prefix) = unsafe {
             (
-                path_arg(prefix, "prefix")?,
                 out_param(out_exists, "out_exists")?,
+                path_arg(prefix, "prefix")?,
             )
         };
         out.write(inspect::checkpoint_exists(prefix)?)

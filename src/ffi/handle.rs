@@ -3,8 +3,10 @@
 //! behind it, so ownership is a property of the type and no entry point
 //! calls `Box::into_raw`, `Box::from_raw` or `CString::from_raw` itself.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::ptr;
+
+use super::ckpt_finalizer;
 
 /// A C type that stands for a boxed Rust value. C owns each pointer from
 /// the call that returns it (`to_handle`) to its free (`free_handle`).
@@ -110,6 +112,53 @@ impl Drop for ckpt_string_list {
         for &item in items.iter() {
             // SAFETY: each came from `to_c_string` and is freed only here.
             unsafe { free_c_string(item) };
+        }
+    }
+}
+
+/// A pointer C gave the library to own, with the finalizer that releases
+/// it: a callback's `user_data`, or the payload of a callback's error.
+/// Dropped, it runs the finalizer once, on the dropping thread;
+/// `into_raw` hands the pointer back to C instead.
+pub(crate) struct CValue {
+    ptr: *mut c_void,
+    finalizer: ckpt_finalizer,
+}
+
+// SAFETY: the header requires these pointers and their finalizers to be
+// usable from any thread.
+unsafe impl Send for CValue {}
+// SAFETY: as above; user_data is also used from several threads at once
+// (managers built from one options object share it), as the header allows.
+unsafe impl Sync for CValue {}
+
+impl CValue {
+    pub(crate) fn new(ptr: *mut c_void, finalizer: ckpt_finalizer) -> Self {
+        CValue { ptr, finalizer }
+    }
+
+    pub(crate) fn ptr(&self) -> *mut c_void {
+        self.ptr
+    }
+
+    /// The pointer, now C's again: the finalizer will not run.
+    pub(crate) fn into_raw(self) -> *mut c_void {
+        std::mem::ManuallyDrop::new(self).ptr
+    }
+}
+
+impl std::fmt::Debug for CValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:p}", self.ptr)
+    }
+}
+
+impl Drop for CValue {
+    fn drop(&mut self) {
+        if let Some(finalizer) = self.finalizer {
+            // SAFETY: C registered this finalizer for this pointer, and it
+            // runs once: `into_raw` skips the drop.
+            unsafe { finalizer(self.ptr) };
         }
     }
 }

@@ -132,8 +132,8 @@ unsafe fn prefix_call(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: forwarded to the caller.
-        let (manager, out) =
-            unsafe { (manager_arg(manager)?, out_param(out_prefix, "out_prefix")?) };
+        let (out, manager) =
+            unsafe { (out_param(out_prefix, "out_prefix")?, manager_arg(manager)?) };
         let prefix = manager.call(|m| {
             m.refresh();
             Ok(body(m)?)
@@ -170,9 +170,9 @@ pub unsafe extern "C" fn ckpt_manager_new(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let options = unsafe { handle_arg(options, "options") }?;
-        // SAFETY: as above.
         let out = unsafe { out_param(out_manager, "out_manager") }?;
+        // SAFETY: as above.
+        let options = unsafe { handle_arg(options, "options") }?;
         let manager = CheckpointManager::new(options.config().clone(), options.callbacks())?;
         out.write(handle::to_handle(Manager {
             save_requested: manager.save_request_flag(),
@@ -306,7 +306,7 @@ pub unsafe extern "C" fn ckpt_manager_checkpoints(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) = unsafe { (manager_arg(manager)?, out_param(out_list, "out_list")?) };
+        let (out, manager) = unsafe { (out_param(out_list, "out_list")?, manager_arg(manager)?) };
         let checkpoints = manager.call(|m| {
             m.refresh();
             Ok(m.checkpoints())
@@ -376,10 +376,10 @@ pub unsafe extern "C" fn ckpt_manager_directory(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) = unsafe {
+        let (out, manager) = unsafe {
             (
-                manager_arg(manager)?,
                 out_param(out_directory, "out_directory")?,
+                manager_arg(manager)?,
             )
         };
         let directory = manager.call(|m| c_string(m.directory().as_os_str().as_bytes()))?;
@@ -405,10 +405,10 @@ pub unsafe extern "C" fn ckpt_manager_save_counter(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) = unsafe {
+        let (out, manager) = unsafe {
             (
-                manager_arg(manager)?,
                 out_param(out_counter, "out_counter")?,
+                manager_arg(manager)?,
             )
         };
         out.write(manager.call(|m| Ok(m.save_counter()))?)
@@ -570,7 +570,11 @@ pub unsafe extern "C" fn ckpt_manager_save_with(
 ) -> ckpt_status {
     // SAFETY: NULL or a live handle (header).
     let Some(args) = (unsafe { handle::borrow(args) }) else {
-        return guard(|| Err(Failure::null("args")));
+        return guard(|| {
+            // SAFETY: NULL or writable (header).
+            unsafe { out_param(out_prefix, "out_prefix") }?;
+            Err(Failure::null("args"))
+        });
     };
     // SAFETY: the caller passes NULL or valid pointers (header).
     unsafe { prefix_call(manager, out_prefix, |m| m.save_with(args)) }
@@ -596,10 +600,10 @@ pub unsafe extern "C" fn ckpt_manager_should_save(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, out) = unsafe {
+        let (out, manager) = unsafe {
             (
-                manager_arg(manager)?,
                 out_param(out_should_save, "out_should_save")?,
+                manager_arg(manager)?,
             )
         };
         out.write(manager.call(|m| Ok(m.should_save()?))?)
@@ -741,11 +745,11 @@ pub unsafe extern "C" fn ckpt_manager_checkpoint_info(
 ) -> ckpt_status {
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
-        let (manager, prefix, out) = unsafe {
+        let (out, manager, prefix) = unsafe {
             (
+                out_param(out_json, "out_json")?,
                 manager_arg(manager)?,
                 path_arg(prefix, "prefix")?,
-                out_param(out_json, "out_json")?,
             )
         };
         let info = manager.call(|m| Ok(m.checkpoint_info(prefix)?))?;

@@ -2,8 +2,9 @@
 //! errors to statuses. No policy here; everything else is in the Rust core.
 //!
 //! Conventions for every function (the header repeats them per function):
-//! fallible calls return `ckpt_status`; out-parameters are written only on
-//! `CKPT_STATUS_OK`; `ckpt_last_error_message()` explains the last failure
+//! fallible calls return `ckpt_status`; out-parameters are cleared (NULL,
+//! 0, false) first and hold a result only on `CKPT_STATUS_OK`;
+//! `ckpt_last_error_message()` explains the last failure
 //! on the calling thread; strings and lists the library returns are owned
 //! by the caller and freed with `ckpt_string_free` / `ckpt_string_list_free`.
 //!
@@ -14,6 +15,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // The safety contract is in the header comments.
 
+mod callback_error;
 mod communicator;
 mod directory;
 mod handle;
@@ -23,6 +25,7 @@ mod preemption;
 mod save_args;
 mod save_file;
 
+pub use callback_error::*;
 pub use communicator::{ckpt_communicator, CKPT_COMMUNICATOR_TIMEOUT, CKPT_COMMUNICATOR_VERSION};
 pub use directory::*;
 pub use handle::ckpt_string_list;
@@ -137,10 +140,12 @@ fn status_names() -> &'static [CString] {
     })
 }
 
-/// A failed call: the status to return and the message to keep.
+/// A failed call: the status to return, the message to keep and the
+/// payload a callback attached to the failure.
 pub(crate) struct Failure {
     status: ckpt_status,
     message: String,
+    payload: Option<handle::CValue>,
 }
 
 impl Failure {
@@ -148,6 +153,7 @@ impl Failure {
         Failure {
             status,
             message: message.into(),
+            payload: None,
         }
     }
 
@@ -174,7 +180,11 @@ impl From<Error> for Failure {
             ErrorKind::Timeout => ckpt_status::Timeout,
             ErrorKind::Panic => ckpt_status::Panic,
         };
-        Failure::new(status, err.to_string())
+        Failure {
+            status,
+            message: err.to_string(),
+            payload: callback_error::payload_of(err),
+        }
     }
 }
 
@@ -204,10 +214,12 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> ckpt_status {
         Ok(Ok(())) => ckpt_status::Ok,
         Ok(Err(failure)) => {
             set_last_error(&failure.message);
+            callback_error::report(failure.payload);
             failure.status
         }
         Err(payload) => {
             set_last_error(&panic_message(payload.as_ref()));
+            callback_error::report(None);
             ckpt_status::Panic
         }
     }
@@ -219,15 +231,35 @@ pub(crate) fn guard_void(body: impl FnOnce()) {
     let _ = panic::catch_unwind(AssertUnwindSafe(body));
 }
 
-/// Checks an out-parameter for NULL before any work is done.
+/// Checks an out-parameter for NULL and clears it (NULL, 0, false), so that
+/// a call that fails leaves it cleared: take it before any other argument.
 ///
 /// # Safety
 /// `out` is NULL or valid for a write of `T` until the `OutParam` is used.
-pub(crate) unsafe fn out_param<T>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
+pub(crate) unsafe fn out_param<T: Cleared>(out: *mut T, name: &str) -> FfiResult<OutParam<T>> {
     if out.is_null() {
         return Err(Failure::null(name));
     }
+    // SAFETY: non-NULL and writable (the contract).
+    unsafe { out.write(T::CLEARED) };
     Ok(OutParam(out))
+}
+
+/// What a failed call leaves in an out-parameter of this type.
+pub(crate) trait Cleared {
+    const CLEARED: Self;
+}
+
+impl<T> Cleared for *mut T {
+    const CLEARED: Self = ptr::null_mut();
+}
+
+impl Cleared for u64 {
+    const CLEARED: Self = 0;
+}
+
+impl Cleared for bool {
+    const CLEARED: Self = false;
 }
 
 /// An out-parameter known to be non-NULL and writable, written once on

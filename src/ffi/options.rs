@@ -7,9 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::communicator::{ckpt_communicator, CCommunicator};
-use super::handle::{self, BoxCastable};
+use super::callback_error;
+use super::handle::{self, BoxCastable, CValue};
 use super::{ckpt_status, guard, guard_void, out_param, path_arg, utf8_arg, Failure, FfiResult};
-use crate::config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
+use crate::config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep, NonFiniteTime};
 use crate::error::CallbackError;
 use crate::policy::MetricMode;
 
@@ -25,6 +26,8 @@ pub type ckpt_finalizer = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// library computes their CRC32C on the way. Returns 0 on success, any other
 /// value on failure (reported as `CKPT_STATUS_CALLBACK_FAILED` with that
 /// value); nothing is committed then and the staging directory is removed.
+/// Every callback below may attach a message and a value of its own to its
+/// failure with `ckpt_callback_set_error` before it returns.
 pub type ckpt_save_callback = Option<
     unsafe extern "C" fn(
         user_data: *mut c_void,
@@ -83,32 +86,11 @@ pub type ckpt_log_callback = Option<
     unsafe extern "C" fn(user_data: *mut c_void, level: ckpt_log_level, message: *const c_char),
 >;
 
-/// A callback's `user_data`, finalized once when the last holder drops it.
-struct UserData {
-    ptr: *mut c_void,
-    finalizer: ckpt_finalizer,
-}
-
-// SAFETY: the header requires user_data and the finalizer to be usable
-// from any thread.
-unsafe impl Send for UserData {}
-// SAFETY: the header requires user_data to be usable from several threads
-// at once: managers built from one options object share it.
-unsafe impl Sync for UserData {}
-
-impl Drop for UserData {
-    fn drop(&mut self) {
-        if let Some(finalizer) = self.finalizer {
-            // SAFETY: the user registered this finalizer for this pointer.
-            unsafe { finalizer(self.ptr) };
-        }
-    }
-}
-
 /// A C function pointer with its shared user data.
 struct CCallback<F> {
     func: F,
-    data: Arc<UserData>,
+    /// Finalized once, when the last holder drops it.
+    data: Arc<CValue>,
 }
 
 impl<F: Copy> Clone for CCallback<F> {
@@ -132,10 +114,13 @@ impl fmt::Display for ReturnedCode {
 
 impl std::error::Error for ReturnedCode {}
 
-fn check_code(code: i32) -> Result<(), CallbackError> {
-    match code {
+/// Runs a C callback that returns a code: 0 is success; any other value a
+/// failure, with what the callback attached to it.
+fn run_coded(callback: impl FnOnce() -> i32) -> Result<(), CallbackError> {
+    let called = callback_error::call(callback);
+    match called.value {
         0 => Ok(()),
-        code => Err(Box::new(ReturnedCode(code))),
+        code => Err(called.failure(ReturnedCode(code))),
     }
 }
 
@@ -181,50 +166,57 @@ impl Options {
         &self.config
     }
 
-    /// The callbacks as Rust closures; each shares the C user data.
+    /// The callbacks as Rust closures; each shares the C user data. What
+    /// a callback attaches to its failure travels in the error it returns.
     pub(crate) fn callbacks(&self) -> Callbacks {
         let mut callbacks = Callbacks::new();
         if let Some(cb) = self.prepare.clone() {
-            // SAFETY: the user set `func` for `data` (header).
-            callbacks = callbacks
-                .on_prepare(move |number| check_code(unsafe { (cb.func)(cb.data.ptr, number) }));
+            callbacks = callbacks.on_prepare(move |number| {
+                // SAFETY: the user set `func` for `data` (header).
+                run_coded(|| unsafe { (cb.func)(cb.data.ptr(), number) })
+            });
         }
         if let Some(cb) = self.save.clone() {
             callbacks = callbacks.on_save(move |prefix, number| {
                 let prefix = path_c_string(prefix)?;
                 // SAFETY: the user set `func` for `data` (header); `prefix`
                 // outlives the call.
-                check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr(), number) })
+                run_coded(|| unsafe { (cb.func)(cb.data.ptr(), prefix.as_ptr(), number) })
             });
         }
         if let Some(cb) = self.restore.clone() {
             callbacks = callbacks.on_restore(move |prefix| {
                 let prefix = path_c_string(prefix)?;
                 // SAFETY: as for save.
-                check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
+                run_coded(|| unsafe { (cb.func)(cb.data.ptr(), prefix.as_ptr()) })
             });
         }
         if let Some(cb) = self.init.clone() {
-            // SAFETY: the user set `func` for `data` (header).
-            callbacks = callbacks.on_init(move || check_code(unsafe { (cb.func)(cb.data.ptr) }));
+            callbacks = callbacks.on_init(move || {
+                // SAFETY: the user set `func` for `data` (header).
+                run_coded(|| unsafe { (cb.func)(cb.data.ptr()) })
+            });
         }
         if let Some(cb) = self.step_counter.clone() {
             callbacks = callbacks.step_counter(move || {
                 let mut step = 0i64;
                 // SAFETY: as for init; `step` outlives the call.
-                check_code(unsafe { (cb.func)(cb.data.ptr, &mut step) })?;
+                run_coded(|| unsafe { (cb.func)(cb.data.ptr(), &mut step) })?;
                 Ok(step)
             });
         }
         if let Some(cb) = self.clock.clone() {
-            // SAFETY: the user set `func` for `data` (header).
-            callbacks = callbacks.clock(move || unsafe { (cb.func)(cb.data.ptr) });
+            callbacks = callbacks.fallible_clock(move || {
+                // SAFETY: the user set `func` for `data` (header).
+                let called = callback_error::call(|| unsafe { (cb.func)(cb.data.ptr()) });
+                NonFiniteTime::check(called.value).map_err(|cause| called.failure(cause))
+            });
         }
         if let Some(cb) = self.delete.clone() {
             callbacks = callbacks.on_delete(move |prefix| {
                 let prefix = path_c_string(prefix)?;
                 // SAFETY: as for save.
-                check_code(unsafe { (cb.func)(cb.data.ptr, prefix.as_ptr()) })
+                run_coded(|| unsafe { (cb.func)(cb.data.ptr(), prefix.as_ptr()) })
             });
         }
         if let Some(cb) = self.log.clone() {
@@ -234,8 +226,9 @@ impl Options {
                     LogLevel::Warning => ckpt_log_level::Warning,
                 };
                 let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-                // SAFETY: as for save; `message` outlives the call.
-                unsafe { (cb.func)(cb.data.ptr, level, message.as_ptr()) }
+                // SAFETY: as for save; `message` outlives the call. It cannot
+                // fail: what it attaches is dropped.
+                callback_error::call(|| unsafe { (cb.func)(cb.data.ptr(), level, message.as_ptr()) });
             });
         }
         callbacks
@@ -827,10 +820,7 @@ unsafe fn set_callback<F: Copy>(
     // SAFETY: forwarded to the caller.
     unsafe {
         update(options, |o| {
-            let data = Arc::new(UserData {
-                ptr: user_data,
-                finalizer,
-            });
+            let data = Arc::new(CValue::new(user_data, finalizer));
             *slot(o) = func.map(|func| CCallback { func, data });
             Ok(())
         })

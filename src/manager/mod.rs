@@ -416,19 +416,12 @@ impl CheckpointManager {
 
 /// Seconds since the epoch, from the clock callback or the system clock.
 fn read_clock(clock: &mut Option<ClockFn>) -> Result<f64> {
-    let now = match clock.as_mut() {
-        Some(clock) => clock(),
-        None => SystemTime::now()
+    match clock.as_mut() {
+        Some(clock) => clock().map_err(Error::callback("clock")),
+        None => Ok(SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    };
-    if !now.is_finite() {
-        return Err(Error::Callback {
-            callback: "clock",
-            source: format!("it returned {now}, not a finite time").into(),
-        });
+            .map_or(0.0, |d| d.as_secs_f64())),
     }
-    Ok(now)
 }
 
 /// The base of a swept state entry the manager may delete: a plain name

@@ -197,10 +197,12 @@ static void check_refused(ckpt_communicator *communicator, int32_t code, const c
 }
 
 static void invalid_arguments(void) {
-  ckpt_communicator untouched = {0};
-  untouched.version = 77;
-  CHECK(ckpt_mpi_communicator_new(MPI_COMM_NULL, &untouched) == CKPT_MPI_INVALID_ARGUMENT);
-  CHECK(untouched.version == 77);
+  /* A failure clears the struct: no stale callbacks or user_data. */
+  ckpt_communicator cleared = {0};
+  cleared.version = 77;
+  cleared.user_data = &cleared;
+  CHECK(ckpt_mpi_communicator_new(MPI_COMM_NULL, &cleared) == CKPT_MPI_INVALID_ARGUMENT);
+  CHECK(cleared.version == 0 && cleared.user_data == NULL && cleared.barrier == NULL);
   CHECK(ckpt_mpi_communicator_new(MPI_COMM_WORLD, NULL) == CKPT_MPI_INVALID_ARGUMENT);
 
   unsigned char buffer[8] = {0};

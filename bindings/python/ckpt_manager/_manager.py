@@ -4,6 +4,7 @@ import collections.abc
 import contextlib
 import ctypes
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ import warnings
 import weakref
 
 from . import _communicator, _lib
-from ._statuses import CALLBACK_FAILED, DTYPES, OK, REENTRANT_CALL
+from ._statuses import DTYPES, OK, REENTRANT_CALL
 from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
 
 logger = logging.getLogger("ckpt_manager")
@@ -173,34 +174,39 @@ class _Pending(threading.local):
 _AFTER_COMMIT = ("delete", "log")
 
 
-class _BackgroundErrors:
-    """Exceptions of a background save's callbacks, which run on the
-    library's thread with no call open. The save callback's fails the save:
-    the call that returns that failure raises it. An after-commit
-    callback's is warned about by the next call. Never locked around a call
-    into the library, which may wait for those callbacks."""
+# Exceptions a callback attached to the failure it returned
+# (ckpt_callback_set_error), by the key the library holds as the payload:
+# the library hands the key back to the thread of the call that reports the
+# failure (ckpt_take_error_payload), or releases it through
+# _release_payload when nobody takes it. Each entry is (which, exception).
+_attached = {}
+_attached_keys = itertools.count(1)
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._failure = None  # (which, exc)
-        self._after_commit = []  # [(which, exc)]
 
-    def keep(self, which, exc):
-        with self._lock:
-            if which in _AFTER_COMMIT:
-                self._after_commit.append((which, exc))
-            else:  # at most one save in flight, and it fails here
-                self._failure = (which, exc)
+@_lib.ckpt_finalizer
+def _release_payload(key):
+    try:
+        _attached.pop(key, None)
+    except Exception:  # interpreter shutdown: nothing left to do
+        pass
 
-    def take_failure(self):
-        with self._lock:
-            failure, self._failure = self._failure, None
-        return failure
 
-    def take_after_commit(self):
-        with self._lock:
-            taken, self._after_commit = self._after_commit, []
-        return taken
+def _attach(which, exc):
+    """Attaches `exc`, raised in the `which` callback, to the failure the
+    callback is about to return to the library."""
+    key = next(_attached_keys)
+    _attached[key] = (which, exc)
+    message = "%s: %s" % (type(exc).__name__, exc)
+    _lib.ckpt_callback_set_error(message.encode("utf-8", "backslashreplace"), key,
+                                 _release_payload)
+
+
+def _take_attached():
+    """(which, exception) attached to this thread's last failed call, or None."""
+    key = ctypes.c_void_p()
+    if _lib.ckpt_take_error_payload(ctypes.byref(key)) != OK or not key.value:
+        return None
+    return _attached.pop(key.value, None)
 
 
 # The _Pending of the manager whose background save callback runs on this
@@ -214,32 +220,32 @@ def _running_background_callback():
     return getattr(_background_callback, "pending", None)
 
 
-def _trampolines(pending, background, *, save_fn, prepare_fn, restore_fn, init_fn, step_counter,
+def _trampolines(pending, *, save_fn, prepare_fn, restore_fn, init_fn, step_counter,
                  clock, delete_fn, log_fn):
     """ctypes callbacks (setter, CFUNCTYPE object) for the given Python callables.
 
-    They reference `pending`, `background` and the user's callables only,
-    never the manager, so that a manager is collected when unreachable."""
+    They reference `pending` and the user's callables only, never the
+    manager, so that a manager is collected when unreachable."""
 
     def run(which, body, failure):
         """body()'s value; if it raises, the exception goes to the call open
-        on this thread, or, with none open (a background save's callback),
-        to `background`, and `failure` goes to the library."""
-        if pending.calls:
-            try:
-                return body()
-            except BaseException as exc:
-                if pending.exc is None:  # keep the first one
-                    pending.exc, pending.which = exc, which
-                return failure
-        _background_callback.pending = pending
+        on this thread, and is attached to the failure returned to the
+        library (`failure`), which carries it to the call that reports it:
+        a background save's (run with no call open) included."""
+        in_call = pending.calls > 0
+        if not in_call:
+            _background_callback.pending = pending
         try:
             return body()
         except BaseException as exc:
-            background.keep(which, exc)
+            if in_call and pending.exc is None:  # keep the first one
+                pending.exc, pending.which = exc, which
+            if which != "log":  # the only one that cannot report failure
+                _attach(which, exc)
             return failure
         finally:
-            _background_callback.pending = None
+            if not in_call:
+                _background_callback.pending = None
 
     result = []
     if save_fn is not None:
@@ -441,7 +447,6 @@ class CheckpointManager:
         self._lock = threading.RLock()
         self._depth = 0
         self._pending = _Pending()
-        self._background = _BackgroundErrors()
         if checkpoint is not None:
             if save_fn is None:
                 save_fn = lambda prefix, _number: checkpoint.write(prefix)  # noqa: E731
@@ -510,7 +515,7 @@ class CheckpointManager:
                 _check(_lib.ckpt_options_set_storage_option(options, key, value))
             keys = []
             for setter, cfunc in _trampolines(
-                    self._pending, self._background, save_fn=save_fn, prepare_fn=prepare_fn,
+                    self._pending, save_fn=save_fn, prepare_fn=prepare_fn,
                     restore_fn=restore_fn, init_fn=init_fn, step_counter=step_counter,
                     clock=clock, delete_fn=delete_fn, log_fn=log_fn):
                 key = _new_key()
@@ -537,26 +542,24 @@ class CheckpointManager:
     def _raise_for(self, status):
         """Raise for `status`, preferring an exception a callback raised: one
         of this call, or, when the call returns a background save's failure,
-        the one that save's callback raised. Warns about exceptions of
-        callbacks that could not fail a call."""
+        the one that save's callback raised (attached to the failure). Warns
+        about exceptions of callbacks that could not fail a call."""
         pending = self._pending
         exc, which = pending.exc, pending.which
         pending.exc = pending.which = None
+        attached = _take_attached() if status != OK else None
         if self._communicator is not None:
             self._raise_collective(status, exc, which)
-        for late_which, late in self._background.take_after_commit():
-            _warn_callback_raised(late_which, late, "the background save went on", stacklevel=3)
-        if status == CALLBACK_FAILED and (exc is None or which in _AFTER_COMMIT):
-            failure = self._background.take_failure()
-            if failure is not None:
-                if exc is not None:
-                    _warn_callback_raised(which, exc, "the call failed anyway", stacklevel=3)
-                failed_which, failed = failure
-                raise _with_note(failed, "(raised in the %s callback of a background save run "
-                                         "by ckpt_manager)" % failed_which)
+        if attached is not None and (exc is None or which in _AFTER_COMMIT):
+            if exc is not None:
+                _warn_callback_raised(which, exc, "the call failed anyway", stacklevel=3)
+            failed_which, failed = attached
+            raise _with_note(failed, "(raised in the %s callback of a background save run "
+                                     "by ckpt_manager: %s)" % (failed_which, _last_error()))
         if exc is not None:
             if status != OK:
-                raise _with_note(exc, "(raised in the %s callback run by ckpt_manager)" % which)
+                raise _with_note(exc, "(raised in the %s callback run by ckpt_manager: %s)"
+                                 % (which, _last_error()))
             _warn_callback_raised(which, exc, "the call succeeded anyway", stacklevel=3)
         _check(status)
 
@@ -858,15 +861,13 @@ class CheckpointManager:
             self._arrays = {}
             self._callbacks = []
             self._communicator = None
-        # No call is left to raise these (the library logged the failure).
+        # No call is left to raise it (the library logged a background
+        # save's failure it found, and released that save's exception).
         pending = self._pending
-        unreported = [(pending.which, pending.exc)] if pending.exc is not None else []
+        if pending.exc is not None:
+            _warn_callback_raised(pending.which, pending.exc, "the manager closed anyway",
+                                  stacklevel=2)
         pending.exc = pending.which = None
-        unreported += self._background.take_after_commit()
-        failure = self._background.take_failure()
-        unreported += [failure] if failure else []
-        for which, exc in unreported:
-            _warn_callback_raised(which, exc, "the manager closed anyway", stacklevel=2)
 
     def __enter__(self):
         return self

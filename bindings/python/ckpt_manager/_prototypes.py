@@ -37,8 +37,8 @@ class ckpt_communicator(ctypes.Structure):
     ]
 
 
-ckpt_save_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
 ckpt_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+ckpt_save_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64)
 ckpt_prepare_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint64)
 ckpt_restore_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
 ckpt_init_callback = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
@@ -54,6 +54,8 @@ FUNCTIONS = (
     ('ckpt_status_name', ctypes.c_char_p, (ctypes.c_uint32,)),
     ('ckpt_string_free', None, (ctypes.c_void_p,)),
     ('ckpt_string_list_free', None, (ctypes.POINTER(ckpt_string_list),)),
+    ('ckpt_callback_set_error', ctypes.c_uint32, (ctypes.c_char_p, ctypes.c_void_p, ckpt_finalizer)),
+    ('ckpt_take_error_payload', ctypes.c_uint32, (ctypes.POINTER(ctypes.c_void_p),)),
     ('ckpt_latest_checkpoint', ctypes.c_uint32, (ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p))),
     ('ckpt_latest_checkpoint_with_flags', ctypes.c_uint32, (ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_void_p))),
     ('ckpt_verify_checkpoint', ctypes.c_uint32, (ctypes.c_char_p, ctypes.c_bool)),

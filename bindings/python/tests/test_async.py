@@ -302,17 +302,39 @@ def test_prepare_runs_on_the_calling_thread_and_save_on_the_background(directory
         CheckpointManager(directory, 3, save_fn=save_fn, prepare_fn="not callable")
 
 
-def test_a_background_delete_exception_is_a_warning(directory, clock):
+def test_a_background_delete_exception_is_a_logged_warning(directory, clock):
+    """It fails nothing (the checkpoint is committed): the library's warning,
+    naming the exception, reaches the log from the wait that saw the save end."""
     def delete_fn(prefix):
         raise Boom("cannot delete " + os.path.basename(prefix))
 
+    logged = []
     with CheckpointManager(directory, 1, save_fn=tf_save, delete_fn=delete_fn,
-                           clock=clock) as m:
+                           clock=clock, log_fn=lambda level, text: logged.append(text)) as m:
         m.save()
         second = m.save_async()
-        with pytest.warns(RuntimeWarning, match="cannot delete ckpt-1"):
-            m.wait_until_finished()
+        m.wait_until_finished()
+        assert [text for text in logged if "could not delete" in text] == [
+            text for text in logged if "Boom: cannot delete ckpt-1" in text]
+        assert any("Boom: cannot delete ckpt-1" in text for text in logged)
         assert m.latest_checkpoint == second and m.checkpoints == [second]
+
+
+def test_a_background_exception_carries_the_library_message(directory, clock):
+    """The exception raised is the callback's own; the library's message (which
+    names it) is in a note, and its payload is released once raised."""
+    def save_fn(prefix, number):
+        raise Boom("disk full at %d" % number)
+
+    with CheckpointManager(directory, 3, save_fn=save_fn, clock=clock) as m:
+        m.save_async()
+        with pytest.raises(Boom) as info:
+            m.wait_until_finished()
+        if sys.version_info >= (3, 11):
+            notes = "\n".join(info.value.__notes__)
+            assert "background save" in notes
+            assert "the save callback failed: Boom: disk full at 1" in notes
+        assert _manager._attached == {}
 
 
 @pytest.mark.parametrize("reentry", ["latest_checkpoint", "close"])

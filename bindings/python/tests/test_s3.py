@@ -250,3 +250,50 @@ def test_unserved_schemes_and_unknown_options_are_refused(tmp_path):
     with pytest.raises(TypeError):
         CheckpointManager(str(tmp_path / "run"), 2, storage_options=[("aws_region", "x")])
     assert not os.path.exists(tmp_path / "run")
+
+
+class ModelError(Exception):
+    pass
+
+
+def test_callback_exceptions_come_back_with_their_type(bucket, storage_options):
+    """On an s3:// directory the callbacks see a local staging prefix; their
+    exceptions still come back as they were raised, from a blocking call and
+    from the call that reports a background save's failure."""
+    url = "s3://%s/exceptions" % bucket
+    fail = {"save": False, "restore": False}
+    staged = []
+
+    def save_fn(prefix, number):
+        staged.append(prefix)
+        with open(prefix + ".model", "w") as f:
+            f.write(str(number))
+        if fail["save"]:
+            raise ModelError("cannot save %d" % number)
+
+    def restore_fn(prefix):
+        if fail["restore"]:
+            raise ModelError("cannot restore " + os.path.basename(prefix))
+
+    with CheckpointManager(url, None, save_fn=save_fn, restore_fn=restore_fn,
+                           clock=FakeClock(), storage_options=storage_options) as m:
+        assert m.save() == url + "/ckpt-1"
+        assert not staged[0].startswith("s3://")
+        fail["save"] = True
+        with pytest.raises(ModelError, match="cannot save 2"):
+            m.save()
+        assert m.save_async() == url + "/ckpt-2"
+        with pytest.raises(ModelError, match="cannot save 2") as info:
+            m.wait_until_finished()
+        assert isinstance(info.value, ModelError)
+        assert m.save_async() == url + "/ckpt-2"
+        with pytest.raises(ModelError, match="cannot save 2"):
+            m.save_async()  # the next call reports it, and starts nothing
+        m.wait_until_finished()  # once
+        fail["save"] = False
+        assert m.latest_checkpoint == url + "/ckpt-1"
+        fail["restore"] = True
+        with pytest.raises(ModelError, match="cannot restore ckpt-1"):
+            m.restore_or_initialize()
+        fail["restore"] = False
+        assert m.restore_or_initialize() == url + "/ckpt-1"
