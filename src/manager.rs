@@ -17,7 +17,8 @@ use crate::config::{
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::integrity::{self, Integrity};
-use crate::manifest::{Annotations, ByteString, Metric, Verification, MANIFEST_SUFFIX};
+use crate::layout::{deletable_base, manifest_base, TENSOR_FILE_SUFFIX};
+use crate::manifest::{Annotations, ByteString, Metric, Verification};
 use crate::paths;
 use crate::policy::{
     self, interval_allows_save, time_allows_save, KeptBy, Retention, Rules, SweepOutcome, Traits,
@@ -26,7 +27,7 @@ use crate::preemption;
 use crate::save_job::{JobReport, SaveJob, Tensors};
 use crate::state_file::read_state;
 use crate::store::{self, DirectoryLock, Store};
-use crate::tensor_file::{read_tensor_file, TensorSnapshot, TENSOR_FILE_SUFFIX};
+use crate::tensor_file::{read_tensor_file, TensorSnapshot};
 use crate::tensors::{DType, TensorRegistry};
 use crate::transaction;
 
@@ -1383,10 +1384,7 @@ impl CheckpointManager {
         let mut numbers: Vec<u64> = entries
             .iter()
             .filter_map(|entry| {
-                let base = entry
-                    .name
-                    .as_bytes()
-                    .strip_suffix(MANIFEST_SUFFIX.as_bytes())?;
+                let base = manifest_base(entry.name.as_bytes())?;
                 let number = paths::own_checkpoint_number(
                     OsStr::from_bytes(base),
                     &self.config.checkpoint_name,
@@ -1540,14 +1538,6 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
-/// The base of a swept state entry the manager may delete: a plain name
-/// directly inside the directory that is not the state file or the lock.
-pub(crate) fn deletable_base(entry: &Path) -> Option<&OsStr> {
-    let reserved = [paths::STATE_FILE_NAME, crate::store::LOCK_FILE_NAME];
-    (paths::is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
-        .then_some(entry.as_os_str())
 }
 
 /// The state file TF would write for this retention, `latest` being the

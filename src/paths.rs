@@ -6,8 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
-/// The name of the state file inside a checkpoint directory.
-pub const STATE_FILE_NAME: &str = "checkpoint";
+pub use crate::layout::STATE_FILE_NAME;
 
 /// `<directory>/<name>-<number>`, the prefix a checkpoint's files share.
 pub fn checkpoint_prefix(directory: &Path, name: &OsStr, number: u64) -> PathBuf {

@@ -26,17 +26,12 @@ use super::{CheckpointManager, Decided, Request};
 use crate::communicator::{broadcast_bytes, CommError, Communicator};
 use crate::error::{Error, ErrorKind, Result};
 use crate::integrity;
+use crate::layout::shard_infix;
 use crate::manifest::{Annotations, ByteString};
 use crate::paths;
 use crate::policy;
 use crate::tensor_file::{read_tensor_file, write_tensor_file};
 use crate::transaction::{Sealed, Transaction};
-
-/// The part of every file name that is this rank's, after the checkpoint's
-/// base: `.rank-00003-of-00008`.
-pub fn shard_infix(rank: u32, size: u32) -> String {
-    format!(".rank-{rank:05}-of-{size:05}")
-}
 
 /// A failure as one rank tells the others.
 #[derive(Debug, Serialize, Deserialize)]
