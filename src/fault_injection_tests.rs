@@ -514,6 +514,52 @@ fn every_failing_step_of_a_pin_keeps_one_whole_manifest(backend: Backend) {
     assert!(failures > 0, "no step of the pin failed");
 }
 
+/// Whether a failed call's error says its commit may be (or is) done.
+fn maybe_committed(err: &crate::Error) -> bool {
+    let message = err.to_string();
+    message.contains("it is committed") || message.contains("it may still be committed")
+}
+
+/// A save or a pin that fails at one step (a write that meets a
+/// full disk, say) while every other step succeeds, and fails before its
+/// commit point, leaves the directory as it was: no write-aside file piles
+/// up while the writer stays open.
+fn a_failed_save_or_pin_leaves_the_directory_as_it_was(backend: Backend) {
+    let harness = Harness::new(backend);
+    let steps = Steps::new();
+    let mut manager = harness.open(steps.clone()).unwrap();
+    let pinned = manager.save(None, true).unwrap().unwrap();
+    type Call = fn(&mut CheckpointManager, &Path) -> crate::Result<()>;
+    let calls: [(&str, Call); 2] = [
+        ("save", |manager, _| manager.save(None, true).map(drop)),
+        ("pin", |manager, prefix| manager.set_pinned(prefix, true)),
+    ];
+    for (what, call) in calls {
+        let mut failures = 0;
+        for allowed in 0.. {
+            let before = harness.files("");
+            steps.fail_only_after(allowed);
+            let result = call(&mut manager, &pinned);
+            let (taken, log) = (steps.taken(), steps.steps());
+            steps.fail_after(None);
+            match result {
+                Err(err) if !maybe_committed(&err) => {
+                    failures += 1;
+                    assert_eq!(
+                        harness.files(""),
+                        before,
+                        "a {what} failing at {:?}: {err}",
+                        log.get(allowed)
+                    );
+                }
+                _ if taken <= allowed => break,
+                _ => {}
+            }
+        }
+        assert!(failures > 0, "no step of a {what} failed");
+    }
+}
+
 /// Each test above, once over each kind of store.
 macro_rules! over_both_stores {
     ($($test:ident),* $(,)?) => {
@@ -540,4 +586,5 @@ over_both_stores!(
     a_stale_commit_record_does_not_undo_a_later_commit,
     the_next_save_finishes_a_commit_that_failed_past_its_commit_point,
     every_failing_step_of_a_pin_keeps_one_whole_manifest,
+    a_failed_save_or_pin_leaves_the_directory_as_it_was,
 );

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Capabilities, Entry, Kind, ReadAt, Store};
+use super::{Capabilities, Entry, FileWriter, Kind, ReadAt, Store};
 
 #[derive(Debug, Default)]
 pub struct Steps {
@@ -19,6 +19,8 @@ pub struct Steps {
     log: Mutex<Vec<(&'static str, PathBuf)>>,
     /// `usize::MAX` fails nothing.
     allowed: AtomicUsize,
+    /// How many steps fail after the allowed ones (`usize::MAX`: all).
+    failing: AtomicUsize,
 }
 
 impl Steps {
@@ -27,16 +29,27 @@ impl Steps {
             taken: AtomicUsize::new(0),
             log: Mutex::default(),
             allowed: AtomicUsize::new(usize::MAX),
+            failing: AtomicUsize::new(usize::MAX),
         })
     }
 
     /// Fails every step after the next `allowed` (`None`: none fails) and
     /// restarts the count.
     pub fn fail_after(&self, allowed: Option<usize>) {
+        self.restart(allowed.unwrap_or(usize::MAX), usize::MAX);
+    }
+
+    /// Fails only the step after the next `allowed` (the others succeed,
+    /// as removing a file does on a full disk) and restarts the count.
+    pub fn fail_only_after(&self, allowed: usize) {
+        self.restart(allowed, 1);
+    }
+
+    fn restart(&self, allowed: usize, failing: usize) {
         self.taken.store(0, Ordering::SeqCst);
         self.log.lock().unwrap().clear();
-        self.allowed
-            .store(allowed.unwrap_or(usize::MAX), Ordering::SeqCst);
+        self.allowed.store(allowed, Ordering::SeqCst);
+        self.failing.store(failing, Ordering::SeqCst);
     }
 
     pub fn taken(&self) -> usize {
@@ -58,10 +71,34 @@ impl Steps {
         let entry = (operation, name.to_path_buf());
         self.log.lock().unwrap().push(entry);
         let taken = self.taken.fetch_add(1, Ordering::SeqCst) + 1;
-        if taken > self.allowed.load(Ordering::SeqCst) {
+        let allowed = self.allowed.load(Ordering::SeqCst);
+        if taken > allowed && taken - allowed <= self.failing.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         Ok(())
+    }
+}
+
+struct FaultyWriter {
+    inner: Box<dyn FileWriter>,
+    steps: Arc<Steps>,
+    name: PathBuf,
+}
+
+impl io::Write for FaultyWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl FileWriter for FaultyWriter {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.steps.step("write", &self.name)?;
+        self.inner.finish()
     }
 }
 
@@ -91,9 +128,15 @@ impl Store for FaultyStore {
     fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>> {
         self.inner.open_read(name)
     }
-    fn create(&self, name: &Path) -> io::Result<Box<dyn super::FileWriter>> {
+    /// Creating and finishing the write are two steps: a write can fail
+    /// (ENOSPC) after its file was created.
+    fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>> {
         self.steps.step("create", name)?;
-        self.inner.create(name)
+        Ok(Box::new(FaultyWriter {
+            inner: self.inner.create(name)?,
+            steps: self.steps.clone(),
+            name: name.to_path_buf(),
+        }))
     }
     fn create_dir(&self, name: &Path) -> io::Result<()> {
         self.steps.step("create_dir", name)?;
