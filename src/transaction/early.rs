@@ -54,13 +54,14 @@ impl Strategy for EarlyPlacement {
         base: &OsStr,
         sealed: &Sealed,
         plan: &CommitPlan,
+        state_staged: &Path,
     ) -> Result<CommitRecord> {
         // Another writer's commit since this one read the state: stop before
         // the commit point, having touched none of its files.
         store
             .check_unchanged(Path::new(STATE_FILE_NAME))
             .map_err(io_at("commit to", store, Path::new("")))?;
-        let staged = record::stage(store, base, sealed, plan)?;
+        let staged = record::stage(store, base, sealed, plan, state_staged)?;
         place_staged_early(store, base, sealed)?;
         record::reach_commit_point(store, base, sealed, staged)
     }

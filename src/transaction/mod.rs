@@ -64,13 +64,15 @@ trait Strategy: Sync + std::fmt::Debug {
         suffix: &'a [u8],
         name: PathBuf,
     ) -> (&'a [u8], PathBuf);
-    /// Every step up to the commit point, which is its last.
+    /// Every step up to the commit point, which is its last; the new state
+    /// file is written aside at `state_staged`.
     fn prepare(
         &self,
         store: &dyn Store,
         base: &OsStr,
         sealed: &Sealed,
         plan: &CommitPlan,
+        state_staged: &Path,
     ) -> Result<CommitRecord>;
     /// Every step after the commit point but the sweep's; `recovering`
     /// when recovery runs them again.
@@ -435,14 +437,15 @@ impl Transaction {
     /// aborts; after it, the record stays for `recover` to finish, and the
     /// error says so.
     pub fn commit(self, sealed: Sealed, plan: CommitPlan) -> Result<Committed> {
-        let prepared = self
-            .strategy
-            .prepare(&*self.store, &self.base, &sealed, &plan);
+        let state_staged = layout::temporary_name(Path::new(layout::STATE_FILE_NAME));
+        let prepared =
+            self.strategy
+                .prepare(&*self.store, &self.base, &sealed, &plan, &state_staged);
         let record = match prepared {
             Ok(record) => record,
             Err(err) => {
                 let prefix = self.store.shown(Path::new(&self.base));
-                return Err(match self.undo() {
+                return Err(match self.undo_commit(&state_staged) {
                     Ok(()) => err,
                     // The record may be durable: recovery will roll it forward.
                     Err(undo) => Error::io(
@@ -463,7 +466,7 @@ impl Transaction {
             if let Error::Conflict(_) = err {
                 // Another writer's state won the conditional write: never
                 // roll this commit forward over it.
-                let _ = self.undo();
+                let _ = self.undo_commit(&state_staged);
                 return err;
             }
             let prefix = self.store.shown(Path::new(&self.base));
@@ -506,6 +509,13 @@ impl Transaction {
         self.store
             .sync_directories(&sealed.directories)
             .map_err(io_at("sync", &*self.store, &self.staging))
+    }
+
+    /// `undo`, then the state file written aside: once the record is gone
+    /// nothing can roll it forward. The directory is as it was.
+    fn undo_commit(&self, state_staged: &Path) -> io::Result<()> {
+        self.undo()?;
+        self.store.remove_file(state_staged)
     }
 
     /// Removes the commit record first, so that what is left is never

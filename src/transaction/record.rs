@@ -62,11 +62,16 @@ pub(super) fn path_of(bytes: &ByteString) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes.as_bytes().to_vec()))
 }
 
+/// Writes `name` whole; a write that fails (a full disk) removes what it
+/// created, so that no partial file is left behind.
 pub(super) fn write_whole(store: &dyn Store, name: &Path, bytes: &[u8]) -> Result<()> {
-    store
-        .create(name)
-        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.finish()))
-        .map_err(io_at("write", store, name))
+    let mut file = store.create(name).map_err(io_at("write", store, name))?;
+    file.write_all(bytes)
+        .and_then(|()| file.finish())
+        .map_err(|err| {
+            let _ = store.remove_file(name);
+            io_at("write", store, name)(err)
+        })
 }
 
 /// A commit staged but not yet recorded: its record, and the staged files
@@ -76,13 +81,15 @@ pub(super) struct Staged {
     pub files: Vec<PathBuf>,
 }
 
-/// Writes the new state file aside and the manifest into staging, and
-/// describes the commit. The directory's files are untouched.
+/// Writes the new state file aside (at `state_staged`) and the manifest
+/// into staging, and describes the commit. The directory's files are
+/// untouched.
 pub(super) fn stage(
     store: &dyn Store,
     base: &OsStr,
     sealed: &Sealed,
     plan: &CommitPlan,
+    state_staged: &Path,
 ) -> Result<Staged> {
     let state_name = Path::new(STATE_FILE_NAME);
     if !matches!(store.kind(state_name), Ok(None | Some(Kind::File))) {
@@ -92,8 +99,7 @@ pub(super) fn stage(
             io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"),
         ));
     }
-    let state_staged = layout::temporary_name(state_name);
-    write_whole(store, &state_staged, &plan.state_after)?;
+    write_whole(store, state_staged, &plan.state_after)?;
     let mut manifest = Manifest::new(plan.number, sealed.files.clone());
     manifest.saved_at = Some(plan.saved_at);
     manifest.annotations = plan.annotations.clone();
@@ -125,7 +131,7 @@ pub(super) fn stage(
             .collect(),
         moves,
         state_before: plan.state_before,
-        state_staged: bytes_of(&state_staged),
+        state_staged: bytes_of(state_staged),
         swept: plan
             .swept
             .iter()
@@ -141,7 +147,7 @@ pub(super) fn stage(
         .iter()
         .map(|f| staging.join(file_name(base, f.suffix.as_bytes())))
         .collect();
-    files.extend([manifest_staged, state_staged]);
+    files.extend([manifest_staged, state_staged.to_path_buf()]);
     Ok(Staged { record, files })
 }
 

@@ -38,8 +38,9 @@ impl Strategy for RenameCommit {
         base: &OsStr,
         sealed: &Sealed,
         plan: &CommitPlan,
+        state_staged: &Path,
     ) -> Result<CommitRecord> {
-        let staged = record::stage(store, base, sealed, plan)?;
+        let staged = record::stage(store, base, sealed, plan, state_staged)?;
         record::reach_commit_point(store, base, sealed, staged)
     }
 
