@@ -34,6 +34,10 @@ pub enum RecoveryAction {
     /// A marker of an interrupted save of version 0.1 is removed, and, when
     /// the state file does not name `base` (`delete`), what it owns.
     ResolveLegacyMarker { base: OsString, delete: bool },
+    /// The manifest of a checkpoint that the state file does not name and
+    /// none of whose files exist (another tool, TF's manager, deleted them)
+    /// is removed.
+    RemoveOrphanedManifest { base: OsString },
 }
 
 /// A planned step of recovery, with the commit record it rolls forward.
@@ -97,7 +101,54 @@ pub fn plan_recovery(
             record: None,
         });
     }
+    for entry in &entries {
+        let Some(base) = layout::manifest_base(entry.name.as_bytes()) else {
+            continue;
+        };
+        let base = OsStr::from_bytes(base);
+        if entry.kind == Kind::File && !named(base) && is_orphaned(store, base, &entries)? {
+            steps.push(RecoveryStep {
+                action: RecoveryAction::RemoveOrphanedManifest {
+                    base: base.to_owned(),
+                },
+                record: None,
+            });
+        }
+    }
     Ok(steps)
+}
+
+/// Whether `base` has a readable manifest but none of the files it lists,
+/// and nothing else of its name in the directory (`entries`): no staging,
+/// no marker, no temporary manifest. The listing decides most bases
+/// without reading their manifest.
+fn is_orphaned(store: &dyn Store, base: &OsStr, entries: &[store::Entry]) -> Result<bool> {
+    let manifest = layout::manifest_name(base);
+    let has_others = entries.iter().any(|entry| {
+        entry.name != manifest.as_os_str()
+            && entry
+                .name
+                .as_bytes()
+                .strip_prefix(base.as_bytes())
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'.')
+    });
+    if has_others {
+        return Ok(false);
+    }
+    let Ok(Some(manifest)) = integrity::read_manifest(store, base) else {
+        return Ok(false); // unreadable: what it owns is unknown
+    };
+    for file in &manifest.files {
+        let name = layout::file_name(base, file.suffix.as_bytes());
+        if store
+            .kind(&name)
+            .map_err(io_at("inspect", store, &name))?
+            .is_some()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Recovery on open, for a writer holding the lock: every staging
@@ -150,6 +201,17 @@ pub fn run_recovery_step(
             store
                 .remove_file(&marker)
                 .map_err(io_at("remove", store, &marker))
+        }
+        RecoveryAction::RemoveOrphanedManifest { base } => {
+            let manifest = layout::manifest_name(base);
+            warn(&format!(
+                "removing '{}': the files of its checkpoint are gone and the state file does \
+                 not name it",
+                store.shown(&manifest).display()
+            ));
+            store
+                .remove_file(&manifest)
+                .map_err(io_at("remove", store, &manifest))
         }
     }
 }
