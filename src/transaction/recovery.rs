@@ -101,10 +101,24 @@ pub fn plan_recovery(
             record: None,
         });
     }
+    // A commit rolled forward deletes what its sweep dropped itself.
+    let swept: Vec<Vec<u8>> = steps
+        .iter()
+        .filter_map(|step| step.record.as_ref())
+        .flat_map(|record| {
+            record
+                .swept
+                .iter()
+                .map(|swept| swept.base.as_bytes().to_vec())
+        })
+        .collect();
     for entry in &entries {
         let Some(base) = layout::manifest_base(entry.name.as_bytes()) else {
             continue;
         };
+        if swept.iter().any(|swept| swept == base) {
+            continue;
+        }
         let base = OsStr::from_bytes(base);
         if entry.kind == Kind::File && !named(base) && is_orphaned(store, base, &entries)? {
             steps.push(RecoveryStep {
