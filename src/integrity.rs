@@ -86,7 +86,11 @@ fn tensorflow_files(store: &dyn Store, base: &OsStr) -> Result<Vec<PathBuf>> {
         .filter(|entry| layout::is_tensorflow_file(entry.name.as_bytes(), base.as_bytes()))
         .map(|entry| PathBuf::from(&entry.name))
         .collect();
-    files.sort_by_key(|name| name.as_os_str().as_bytes().ends_with(b".index"));
+    files.sort_by_key(|name| {
+        name.as_os_str()
+            .as_bytes()
+            .ends_with(TENSORFLOW_INDEX_SUFFIX.as_bytes())
+    });
     Ok(files)
 }
 
@@ -96,7 +100,7 @@ pub fn owned_files(store: &dyn Store, base: &OsStr) -> Result<Owned> {
         Ok(Some(manifest)) => {
             let mut suffixes: Vec<&[u8]> =
                 manifest.files.iter().map(|f| f.suffix.as_bytes()).collect();
-            suffixes.sort_by_key(|suffix| *suffix == b".index");
+            suffixes.sort_by_key(|suffix| *suffix == TENSORFLOW_INDEX_SUFFIX.as_bytes());
             for suffix in suffixes {
                 owned.files.push(file_name(base, suffix));
                 let mut parent = suffix;

@@ -8,7 +8,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 /// TF's state file inside a checkpoint directory.
 pub const STATE_FILE_NAME: &str = "checkpoint";
@@ -180,13 +180,21 @@ fn is_temporary_manifest(name: &[u8]) -> bool {
     rest == b".tmp" || is_temporary_of(rest, b"")
 }
 
+/// `true` when the entry names a file directly inside the directory.
+pub fn is_plain_file_name(entry: &Path) -> bool {
+    let mut components = entry.components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(_)), None)
+    )
+}
+
 /// The base of a swept state entry the manager may delete: a plain name
 /// directly inside the directory that is not the state file or the lock.
 pub fn deletable_base(entry: &Path) -> Option<&OsStr> {
     let reserved = [STATE_FILE_NAME, LOCK_FILE_NAME];
-    (crate::paths::is_plain_file_name(entry)
-        && !reserved.iter().any(|name| entry == Path::new(name)))
-    .then_some(entry.as_os_str())
+    (is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
+        .then_some(entry.as_os_str())
 }
 
 /// Whether a directory entry is one of TensorFlow's files of `base`:
