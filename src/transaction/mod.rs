@@ -187,8 +187,10 @@ pub struct CommitPlan {
 
 impl Transaction {
     /// Starts a save of `<base>`: an empty staging directory. One left by
-    /// an earlier save of the same name is recovered first.
+    /// an earlier save of the same name is recovered first. The commit's
+    /// strategy is chosen here, from what the store can do.
     pub fn begin(store: Arc<dyn Store>, base: &OsStr) -> Result<Transaction> {
+        let strategy = strategy_for(&*store);
         let staging = staging_name(base);
         if store
             .kind(&staging)
@@ -196,7 +198,6 @@ impl Transaction {
             .is_some()
         {
             let record = read_record(&*store, base)?;
-            let strategy = strategy_for(&*store);
             recovery::recover_staging(
                 &*store,
                 strategy,
@@ -209,13 +210,7 @@ impl Transaction {
         store
             .create_dir(&staging)
             .map_err(io_at("create staging directory", &*store, &staging))?;
-        Ok(Transaction::open(
-            store,
-            base,
-            staging,
-            OsString::new(),
-            true,
-        ))
+        Ok(Transaction::open(store, strategy, base, staging, true))
     }
 
     /// Rank 0's save across ranks: `begin`, its own files named with
@@ -229,26 +224,26 @@ impl Transaction {
     /// Another rank's part of a save across ranks: it writes its files,
     /// named with `shard`, into the staging directory rank 0 made.
     pub fn join_shard(store: Arc<dyn Store>, base: &OsStr, shard: &OsStr) -> Transaction {
-        let staging = staging_name(base);
-        let mut transaction = Transaction::open(store, base, staging, OsString::new(), false);
+        let (strategy, staging) = (strategy_for(&*store), staging_name(base));
+        let mut transaction = Transaction::open(store, strategy, base, staging, false);
         transaction.set_shard(shard);
         transaction
     }
 
     fn open(
         store: Arc<dyn Store>,
+        strategy: &'static dyn Strategy,
         base: &OsStr,
         staging: PathBuf,
-        shard: OsString,
         owns_staging: bool,
     ) -> Transaction {
         let transaction = Transaction {
-            strategy: strategy_for(&*store),
+            strategy,
             written: Written::default(),
             base: base.to_owned(),
             staging,
             store,
-            shard,
+            shard: OsString::new(),
             owns_staging,
         };
         transaction.register();
