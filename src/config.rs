@@ -143,7 +143,7 @@ impl Config {
                 "checkpoint_name {name:?} must be a non-empty file name without '/'"
             )));
         }
-        if name == crate::paths::STATE_FILE_NAME || name == "." || name == ".." {
+        if name == crate::layout::STATE_FILE_NAME || name == "." || name == ".." {
             return Err(Error::invalid(format!(
                 "checkpoint_name {name:?} is reserved"
             )));

@@ -1,17 +1,21 @@
-//! Every store operation of a save, and of recovery on open, is made to
-//! fail in turn (ENOSPC from `FaultyStore`). After each failure, a reopen
-//! finds the last good checkpoint, or the new one when the failure came
-//! after the commit point, and it restores byte for byte; a number saved
-//! again restores as it was or as it became, never mixed; no staging or
-//! temporary file survives the reopen.
+//! Every store operation of a save, of a restore and of recovery on open
+//! is made to fail in turn (ENOSPC from `FaultyStore`), over both kinds of
+//! store: the local file system (the rename commit) and the in-memory
+//! object store (early placement, with its conditional writes, probe and
+//! downloads). After each failure, a reopen finds the last good
+//! checkpoint, or the new one when the failure came after the commit
+//! point, and it restores byte for byte; a number saved again restores as
+//! it was or as it became, never mixed; no staging or temporary file
+//! survives the reopen, and a file the manager does not own is untouched.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::store::faulty::{FaultyStore, Steps};
-use crate::store::LocalStore;
+use crate::store::memory::{Bucket, MemoryStore};
+use crate::store::{self, LocalStore, Store};
 use crate::{Callbacks, CheckpointManager, Config, MaxToKeep};
 
 /// The bytes checkpoint `number` holds in save generation `generation`,
@@ -20,23 +24,111 @@ fn payload(number: u64, generation: u8) -> Vec<u8> {
     vec![number as u8 ^ generation; 100 + number as usize * 10 + generation as usize]
 }
 
+/// A file of the user's in the checkpoint directory, which no save,
+/// restore or recovery may touch.
+const FOREIGN: &str = "notes.txt";
+
+/// The kind of store a test runs over.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Local,
+    Memory,
+}
+
 struct Harness {
     restored: Arc<Mutex<Option<Vec<u8>>>>,
     generation: Arc<AtomicU8>,
+    /// The local directory, or the local root of the memory store's
+    /// callback directories.
+    root: tempfile::TempDir,
+    /// The objects, with `Backend::Memory`.
+    bucket: Option<Bucket>,
 }
 
+const MEMORY_URL: &str = "s3://bucket/run";
+
 impl Harness {
-    fn new() -> Self {
-        Harness {
+    fn new(backend: Backend) -> Self {
+        let harness = Harness {
             restored: Arc::default(),
             generation: Arc::default(),
+            root: tempfile::tempdir().unwrap(),
+            bucket: matches!(backend, Backend::Memory).then(Bucket::new),
+        };
+        harness.write(FOREIGN, b"the user's");
+        harness
+    }
+
+    /// The checkpoint directory the manager is given.
+    fn dir(&self) -> PathBuf {
+        match self.bucket {
+            Some(_) => PathBuf::from(MEMORY_URL),
+            None => self.root.path().to_path_buf(),
         }
+    }
+
+    /// A new handle on the store, as a new process would open it.
+    fn store(&self) -> Box<dyn Store> {
+        match &self.bucket {
+            Some(bucket) => Box::new(MemoryStore::new(
+                bucket.clone(),
+                MEMORY_URL,
+                self.root.path(),
+            )),
+            None => Box::new(LocalStore::new(self.root.path())),
+        }
+    }
+
+    /// Writes a file of the directory behind the manager's back.
+    fn write(&self, name: &str, bytes: &[u8]) {
+        let store = self.store();
+        if let Some(parent) = Path::new(name)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            store.create_dir(parent).unwrap();
+        }
+        let mut file = store.create(Path::new(name)).unwrap();
+        file.write_all(bytes).unwrap();
+        file.finish().unwrap();
+        store.sync_files(&[PathBuf::from(name)]).unwrap();
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        store::read_bounded(&*self.store(), Path::new(name), 1 << 20)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name} is missing"))
+    }
+
+    /// The files of directory `under` ("": the root), with their paths
+    /// below it, recursively.
+    fn files(&self, under: &str) -> Vec<String> {
+        let store = self.store();
+        let mut files = Vec::new();
+        let mut pending = vec![PathBuf::from(under)];
+        while let Some(directory) = pending.pop() {
+            for entry in store.list(&directory).unwrap() {
+                let name = directory.join(&entry.name);
+                match entry.kind {
+                    store::Kind::Directory => pending.push(name),
+                    _ => files.push(
+                        name.strip_prefix(under)
+                            .unwrap()
+                            .to_str()
+                            .unwrap()
+                            .to_owned(),
+                    ),
+                }
+            }
+        }
+        files.sort();
+        files
     }
 
     /// A manager whose checkpoints are `.index` + `.data` files holding
     /// `payload(number, generation)`, over a store failing as `steps` says.
-    fn open(&self, dir: &Path, steps: Arc<Steps>) -> crate::Result<CheckpointManager> {
-        let config = Config::new(dir, MaxToKeep::Last(2))?;
+    fn open(&self, steps: Arc<Steps>) -> crate::Result<CheckpointManager> {
+        let config = Config::new(self.dir(), MaxToKeep::Last(2))?;
         let (into, generation) = (Arc::clone(&self.restored), Arc::clone(&self.generation));
         let callbacks = Callbacks::new()
             .on_save(move |prefix, number| {
@@ -53,17 +145,17 @@ impl Harness {
                 Ok(())
             })
             .log(|_, _| {});
-        let store = Arc::new(FaultyStore::new(LocalStore::new(dir), steps));
+        let store = Arc::new(FaultyStore::new(self.store(), steps));
         CheckpointManager::with_store(config, callbacks, store)
     }
 
     /// Reopens without failures: the latest must be `ckpt-<number>` and
     /// restore one of `generations`' bytes; returns the generation found.
-    /// Only the state file, the lock and listed checkpoints' files are left.
-    fn check_recovered(&self, dir: &Path, number: u64, generations: &[u8]) -> u8 {
-        let mut manager = self
-            .open(dir, Steps::new())
-            .expect("reopening after a failure");
+    /// Only the state file, the lock, the user's file and listed
+    /// checkpoints' files are left.
+    fn check_recovered(&self, number: u64, generations: &[u8]) -> u8 {
+        let dir = self.dir();
+        let mut manager = self.open(Steps::new()).expect("reopening after a failure");
         let latest = manager.latest_checkpoint().unwrap();
         assert_eq!(latest, dir.join(format!("ckpt-{number}")));
         assert_eq!(manager.restore_or_initialize().unwrap(), Some(latest));
@@ -73,8 +165,9 @@ impl Harness {
             .find(|&&g| restored == payload(number, g))
             .unwrap_or_else(|| panic!("ckpt-{number} restored bytes of no save: {restored:?}"));
         let listed = manager.checkpoints();
-        for name in names(dir) {
-            if name == "checkpoint" || name == "checkpoint.lock" {
+        assert_eq!(self.read(FOREIGN), b"the user's");
+        for name in self.files("") {
+            if ["checkpoint", "checkpoint.lock", FOREIGN].contains(&name.as_str()) {
                 continue;
             }
             let owner = listed.iter().any(|prefix| {
@@ -85,7 +178,7 @@ impl Harness {
             assert!(
                 owner,
                 "'{name}' belongs to no listed checkpoint: {:?}",
-                names(dir)
+                self.files("")
             );
             assert!(
                 !name.contains(".ckpt-staging") && !name.contains(".tmp"),
@@ -96,34 +189,29 @@ impl Harness {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Saves ckpt-1..3, then saves `number` (a new one or 3 again) with every
 /// step after the first `allowed` failing; checks what a reopen finds.
-/// Returns whether the save took no more steps than allowed.
-fn fail_one_save(allowed: usize, number: u64, failures: &mut usize) -> bool {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path();
-    let harness = Harness::new();
+/// Returns the steps the save took when it took no more than allowed.
+fn fail_one_save(
+    backend: Backend,
+    allowed: usize,
+    number: u64,
+    failures: &mut usize,
+) -> Option<Vec<(&'static str, PathBuf)>> {
+    let harness = Harness::new(backend);
+    let dir = harness.dir();
     {
-        let mut manager = harness.open(dir, Steps::new()).unwrap();
+        let mut manager = harness.open(Steps::new()).unwrap();
         for _ in 0..3 {
             manager.save(None, true).unwrap();
         }
     }
     harness.generation.store(1, Ordering::SeqCst);
     let steps = Steps::new();
-    let mut manager = harness.open(dir, steps.clone()).unwrap();
+    let mut manager = harness.open(steps.clone()).unwrap();
     steps.fail_after(Some(allowed));
     let result = manager.save(Some(number), true);
-    let taken = steps.taken();
+    let (taken, log) = (steps.taken(), steps.steps());
     steps.fail_after(None);
     // Whether the save is committed: yes, no, or unknown when undoing it
     // failed too (then a reopen may roll it forward).
@@ -151,7 +239,7 @@ fn fail_one_save(allowed: usize, number: u64, failures: &mut usize) -> bool {
     };
     drop(manager);
     if number == 3 {
-        let generation = harness.check_recovered(dir, 3, &[0, 1]);
+        let generation = harness.check_recovered(3, &[0, 1]);
         if let Some(committed) = committed {
             assert_eq!(
                 generation == 1,
@@ -160,71 +248,114 @@ fn fail_one_save(allowed: usize, number: u64, failures: &mut usize) -> bool {
             );
         }
     } else {
-        let latest = harness.open(dir, Steps::new()).unwrap().latest_checkpoint();
+        let latest = harness.open(Steps::new()).unwrap().latest_checkpoint();
         let new = latest == Some(dir.join(format!("ckpt-{number}")));
         if let Some(committed) = committed {
             assert_eq!(new, committed, "after step {allowed}: {result:?}");
         }
         if new {
-            harness.check_recovered(dir, number, &[1]);
+            harness.check_recovered(number, &[1]);
         } else {
-            harness.check_recovered(dir, 3, &[0]);
+            harness.check_recovered(3, &[0]);
         }
     }
-    taken <= allowed
+    (taken <= allowed).then_some(log)
 }
 
-#[test]
-fn every_failing_step_of_a_save_keeps_the_last_good_checkpoint() {
+/// Fails each step of a save of `number` in turn; returns the steps of
+/// the save that failed none.
+fn fail_each_step_of_a_save(backend: Backend, number: u64) -> Vec<(&'static str, PathBuf)> {
     let mut failures = 0;
     for allowed in 0.. {
-        if fail_one_save(allowed, 4, &mut failures) {
+        if let Some(steps) = fail_one_save(backend, allowed, number, &mut failures) {
             assert!(failures >= 8, "only {failures} failing steps");
-            return;
+            return steps;
         }
+    }
+    unreachable!()
+}
+
+/// Whether `steps` hold `operation` on a name ending in `suffix`.
+fn took(steps: &[(&'static str, PathBuf)], operation: &str, suffix: &str) -> bool {
+    steps
+        .iter()
+        .any(|(op, name)| *op == operation && name.to_str().unwrap().ends_with(suffix))
+}
+
+fn every_failing_step_of_a_save_keeps_the_last_good_checkpoint(backend: Backend) {
+    let steps = fail_each_step_of_a_save(backend, 4);
+    if let Backend::Memory = backend {
+        // The object-storage commit's own steps were among those failed.
+        assert!(took(&steps, "check_unchanged", "checkpoint"), "{steps:?}");
+        assert!(
+            took(&steps, "create", "ckpt-4.index.ckpt-early"),
+            "{steps:?}"
+        );
+        assert!(took(&steps, "rename", "ckpt-4.index"), "{steps:?}");
     }
 }
 
-#[test]
-fn every_failing_step_of_a_resave_keeps_one_whole_version() {
-    let mut failures = 0;
-    for allowed in 0.. {
-        if fail_one_save(allowed, 3, &mut failures) {
-            assert!(failures >= 8, "only {failures} failing steps");
-            return;
-        }
+fn every_failing_step_of_a_resave_keeps_one_whole_version(backend: Backend) {
+    let steps = fail_each_step_of_a_save(backend, 3);
+    if let Backend::Memory = backend {
+        // Files that replace others wait in staging for the commit.
+        assert!(!took(&steps, "create", ".ckpt-early"), "{steps:?}");
+        assert!(took(&steps, "rename", "ckpt-3.index"), "{steps:?}");
     }
 }
 
-#[test]
-fn every_failing_step_of_recovery_loses_nothing() {
+fn every_failing_step_of_recovery_loses_nothing(backend: Backend) {
     for allowed in 0.. {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path();
-        let harness = Harness::new();
+        let harness = Harness::new(backend);
         {
-            let mut manager = harness.open(dir, Steps::new()).unwrap();
+            let mut manager = harness.open(Steps::new()).unwrap();
             manager.save(None, true).unwrap();
             manager.save(None, true).unwrap();
         }
         // What a crash in the middle of saving ckpt-3 leaves behind, and a
         // temporary state file.
-        let staging = dir.join("ckpt-3.ckpt-staging");
-        fs::create_dir(&staging).unwrap();
-        fs::write(staging.join("ckpt-3.index"), b"partial").unwrap();
-        fs::write(
-            dir.join(format!("checkpoint.tmp{}", "0".repeat(32))),
-            b"partial",
-        )
-        .unwrap();
+        harness.write("ckpt-3.ckpt-staging/ckpt-3.index", b"partial");
+        harness.write(&format!("checkpoint.tmp{}", "0".repeat(32)), b"partial");
 
         let steps = Steps::new();
         steps.fail_after(Some(allowed));
-        let opened = harness.open(dir, steps.clone());
-        let taken = steps.taken();
+        let opened = harness.open(steps.clone());
+        let (taken, log) = (steps.taken(), steps.steps());
         drop(opened);
-        harness.check_recovered(dir, 2, &[0]);
+        harness.check_recovered(2, &[0]);
         if taken <= allowed {
+            if let Backend::Memory = backend {
+                assert!(took(&log, "probe_conditional_writes", ""), "{log:?}");
+            }
+            return;
+        }
+    }
+}
+
+/// A restore that fails at any step (a download, removing the local
+/// copies) changes nothing in the directory, and the next one restores.
+fn every_failing_step_of_a_restore_changes_nothing(backend: Backend) {
+    let harness = Harness::new(backend);
+    {
+        let mut manager = harness.open(Steps::new()).unwrap();
+        manager.save(None, true).unwrap();
+        manager.save(None, true).unwrap();
+    }
+    let before = harness.files("");
+    for allowed in 0.. {
+        let steps = Steps::new();
+        let mut manager = harness.open(steps.clone()).unwrap();
+        steps.fail_after(Some(allowed));
+        let restored = manager.restore_or_initialize();
+        let (taken, log) = (steps.taken(), steps.steps());
+        drop(manager);
+        assert_eq!(harness.files(""), before, "after step {allowed}");
+        harness.check_recovered(2, &[0]);
+        if taken <= allowed {
+            restored.unwrap();
+            if let Backend::Memory = backend {
+                assert!(took(&log, "fetch_local", ".data-00000-of-00001"), "{log:?}");
+            }
             return;
         }
     }
@@ -237,10 +368,9 @@ fn every_failing_step_of_recovery_loses_nothing() {
 /// the renames.
 #[test]
 fn a_save_syncs_in_four_rounds() {
-    let root = tempfile::tempdir().unwrap();
-    let harness = Harness::new();
+    let harness = Harness::new(Backend::Local);
     let steps = Steps::new();
-    let mut manager = harness.open(root.path(), steps.clone()).unwrap();
+    let mut manager = harness.open(steps.clone()).unwrap();
     steps.fail_after(None);
     manager.save(None, true).unwrap();
     let operations = steps.operations();
@@ -255,61 +385,62 @@ fn a_save_syncs_in_four_rounds() {
 /// later save committed meanwhile) must not roll the directory back when
 /// it resurfaces: the state file is replaced only if it is still the one
 /// the record's commit replaced.
-#[test]
-fn a_stale_commit_record_does_not_undo_a_later_commit() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path();
-    let harness = Harness::new();
+fn a_stale_commit_record_does_not_undo_a_later_commit(backend: Backend) {
+    let harness = Harness::new(backend);
+    let dir = harness.dir();
     // How many steps a save of ckpt-1 takes, so that only the last one
     // (removing the staging directory) fails.
     let steps_of_a_save = {
-        let scratch = tempfile::tempdir().unwrap();
+        let scratch = Harness::new(backend);
         let steps = Steps::new();
-        let mut manager = harness.open(scratch.path(), steps.clone()).unwrap();
+        let mut manager = scratch.open(steps.clone()).unwrap();
         steps.fail_after(None);
         manager.save(None, true).unwrap();
         assert_eq!(steps.operations().last(), Some(&"remove_staging"));
         steps.taken()
     };
     let steps = Steps::new();
-    let mut manager = harness.open(dir, steps.clone()).unwrap();
+    let mut manager = harness.open(steps.clone()).unwrap();
     steps.fail_after(Some(steps_of_a_save - 1));
     assert_eq!(manager.save(None, true).unwrap(), Some(dir.join("ckpt-1")));
     drop(manager);
-    let staging = dir.join("ckpt-1.ckpt-staging");
-    let kept = root.path().join("stale-staging");
-    fs::create_dir(&kept).unwrap();
-    for entry in fs::read_dir(&staging).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), kept.join(entry.file_name())).unwrap();
-    }
+    let staging = "ckpt-1.ckpt-staging";
+    let kept: Vec<(String, Vec<u8>)> = harness
+        .files(staging)
+        .into_iter()
+        .map(|name| {
+            let bytes = harness.read(&format!("{staging}/{name}"));
+            (name, bytes)
+        })
+        .collect();
+    assert!(!kept.is_empty());
 
-    let mut manager = harness.open(dir, Steps::new()).unwrap();
-    assert!(!staging.exists(), "the open finished the commit");
+    let mut manager = harness.open(Steps::new()).unwrap();
+    assert!(
+        harness.files(staging).is_empty(),
+        "the open finished the commit"
+    );
     manager.save(None, true).unwrap();
     drop(manager);
-    let state_after_ckpt_2 = fs::read(dir.join("checkpoint")).unwrap();
-    fs::rename(&kept, &staging).unwrap();
+    let state_after_ckpt_2 = harness.read("checkpoint");
+    for (name, bytes) in &kept {
+        harness.write(&format!("{staging}/{name}"), bytes);
+    }
 
-    harness.check_recovered(dir, 2, &[0]);
-    assert_eq!(
-        fs::read(dir.join("checkpoint")).unwrap(),
-        state_after_ckpt_2
-    );
-    assert!(!staging.exists());
+    harness.check_recovered(2, &[0]);
+    assert_eq!(harness.read("checkpoint"), state_after_ckpt_2);
+    assert!(harness.files(staging).is_empty());
 }
 
 /// A save that fails after its commit point is finished by the same
 /// manager's next save, which then takes the next number: no number is
 /// used twice, and both checkpoints are whole.
-#[test]
-fn the_next_save_finishes_a_commit_that_failed_past_its_commit_point() {
+fn the_next_save_finishes_a_commit_that_failed_past_its_commit_point(backend: Backend) {
     for allowed in 0.. {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path();
-        let harness = Harness::new();
+        let harness = Harness::new(backend);
+        let dir = harness.dir();
         let steps = Steps::new();
-        let mut manager = harness.open(dir, steps.clone()).unwrap();
+        let mut manager = harness.open(steps.clone()).unwrap();
         manager.save(None, true).unwrap();
         steps.fail_after(Some(allowed));
         let result = manager.save(None, true);
@@ -326,7 +457,7 @@ fn the_next_save_finishes_a_commit_that_failed_past_its_commit_point() {
             [2, 3].map(|n| dir.join(format!("ckpt-{n}")))
         );
         drop(manager);
-        harness.check_recovered(dir, 3, &[0]);
+        harness.check_recovered(3, &[0]);
         return;
     }
 }
@@ -335,13 +466,10 @@ fn the_next_save_finishes_a_commit_that_failed_past_its_commit_point() {
 /// that leaves the old manifest or the new one, whole; the checkpoint
 /// restores; the pin is what the manager reported; the reopen leaves no
 /// temporary manifest.
-#[test]
-fn every_failing_step_of_a_pin_keeps_one_whole_manifest() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let harness = Harness::new();
+fn every_failing_step_of_a_pin_keeps_one_whole_manifest(backend: Backend) {
+    let harness = Harness::new(backend);
     let steps = Steps::new();
-    let mut manager = harness.open(dir, Arc::clone(&steps)).unwrap();
+    let mut manager = harness.open(Arc::clone(&steps)).unwrap();
     manager.save(None, true).unwrap();
     let prefix = manager.save(None, true).unwrap().unwrap();
     steps.fail_after(None);
@@ -357,13 +485,13 @@ fn every_failing_step_of_a_pin_keeps_one_whole_manifest() {
     let mut failures = 0;
     for allowed in 0..pin_steps {
         steps.fail_after(None);
-        let mut manager = harness.open(dir, Arc::clone(&steps)).unwrap();
+        let mut manager = harness.open(Arc::clone(&steps)).unwrap();
         steps.fail_after(Some(allowed));
         let pinned = manager.set_pinned(&prefix, true);
         failures += usize::from(pinned.is_err());
         drop(manager);
         let info = harness
-            .open(dir, Steps::new())
+            .open(Steps::new())
             .unwrap()
             .checkpoint_info(&prefix)
             .unwrap();
@@ -374,17 +502,98 @@ fn every_failing_step_of_a_pin_keeps_one_whole_manifest() {
                 "a pin that succeeded was lost after {allowed} steps"
             );
         }
-        assert!(
-            !names(dir).iter().any(|name| name.contains(".tmp")),
-            "{:?}",
-            names(dir)
-        );
-        harness.check_recovered(dir, 2, &[0]);
+        let files = harness.files("");
+        assert!(!files.iter().any(|name| name.contains(".tmp")), "{files:?}");
+        harness.check_recovered(2, &[0]);
         harness
-            .open(dir, Steps::new())
+            .open(Steps::new())
             .unwrap()
             .set_pinned(&prefix, false)
             .unwrap();
     }
     assert!(failures > 0, "no step of the pin failed");
 }
+
+/// Whether a failed call's error says its commit may be (or is) done.
+fn maybe_committed(err: &crate::Error) -> bool {
+    let message = err.to_string();
+    message.contains("it is committed") || message.contains("it may still be committed")
+}
+
+/// A save or a pin that fails at one step (a write that meets a
+/// full disk, say) while every other step succeeds, and fails before its
+/// commit point, leaves the directory as it was: no write-aside file piles
+/// up while the writer stays open.
+fn a_failed_save_or_pin_leaves_the_directory_as_it_was(backend: Backend) {
+    let harness = Harness::new(backend);
+    let steps = Steps::new();
+    let mut manager = harness.open(steps.clone()).unwrap();
+    manager.save(None, true).unwrap();
+    type Call = fn(&mut CheckpointManager) -> crate::Result<()>;
+    let calls: [(&str, Call); 2] = [
+        ("save", |manager| manager.save(None, true).map(drop)),
+        ("pin", |manager| {
+            let latest = manager.latest_checkpoint().unwrap();
+            manager.set_pinned(&latest, true)
+        }),
+    ];
+    for (what, call) in calls {
+        let mut failures = 0;
+        for allowed in 0.. {
+            let before = harness.files("");
+            steps.fail_only_after(allowed);
+            let result = call(&mut manager);
+            let (taken, log) = (steps.taken(), steps.steps());
+            steps.fail_after(None);
+            match result {
+                Err(err) if !maybe_committed(&err) => {
+                    failures += 1;
+                    assert_eq!(
+                        harness.files(""),
+                        before,
+                        "a {what} failing at {:?}: {err}",
+                        log.get(allowed)
+                    );
+                }
+                Ok(()) if taken <= allowed => break,
+                _ => {
+                    // Committed, with a step after the commit point failed:
+                    // a reopen finishes it, so that the next failure starts
+                    // from a settled directory.
+                    drop(manager);
+                    manager = harness.open(steps.clone()).unwrap();
+                }
+            }
+        }
+        assert!(failures > 0, "no step of a {what} failed");
+    }
+}
+
+/// Each test above, once over each kind of store.
+macro_rules! over_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod local {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Backend::Local)
+            })*
+        }
+        mod memory {
+            $(#[test]
+            fn $test() {
+                super::$test(super::Backend::Memory)
+            })*
+        }
+    };
+}
+
+over_both_stores!(
+    every_failing_step_of_a_save_keeps_the_last_good_checkpoint,
+    every_failing_step_of_a_resave_keeps_one_whole_version,
+    every_failing_step_of_recovery_loses_nothing,
+    every_failing_step_of_a_restore_changes_nothing,
+    a_stale_commit_record_does_not_undo_a_later_commit,
+    the_next_save_finishes_a_commit_that_failed_past_its_commit_point,
+    every_failing_step_of_a_pin_keeps_one_whole_manifest,
+    a_failed_save_or_pin_leaves_the_directory_as_it_was,
+);

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::integrity::{self, Integrity};
+use crate::layout;
+use crate::manifest::Manifest;
 use crate::manifest::Verification;
-use crate::manifest::{Manifest, MANIFEST_SUFFIX};
 use crate::paths;
 use crate::policy;
 use crate::state::CheckpointState;
@@ -221,11 +222,7 @@ pub(crate) fn checkpoints_in(store: &dyn Store, directory: &Path) -> Result<Vec<
     let mut bases: Vec<&[u8]> = Vec::new();
     let entries = store::list_root(store)?;
     for entry in &entries {
-        let name = entry.name.as_bytes();
-        let base = name
-            .strip_suffix(MANIFEST_SUFFIX.as_bytes())
-            .or_else(|| name.strip_suffix(b".index"));
-        if let Some(base) = base.filter(|base| !base.is_empty()) {
+        if let Some(base) = layout::checkpoint_base(entry.name.as_bytes()) {
             bases.push(base);
         }
     }

@@ -3,13 +3,14 @@
 //! and deletion of exactly those files. A checkpoint is named by its base
 //! (`ckpt-3`) inside one store.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, Verification, MANIFEST_SUFFIX, MAX_MANIFEST_BYTES};
+use crate::layout::{self, file_name, manifest_name, TENSORFLOW_INDEX_SUFFIX};
+use crate::manifest::{Manifest, Verification, MAX_MANIFEST_BYTES};
 use crate::store::{self, Kind, Store};
 
 /// What verification found for a checkpoint that is not damaged.
@@ -23,17 +24,6 @@ pub enum Integrity {
     /// file records a later save of it, made by a tool that writes no
     /// manifest (TensorFlow). It is not verified, as with `NoManifest`.
     ManifestOutdated,
-}
-
-/// `<base><suffix>` as a name in the store.
-pub fn file_name(base: &OsStr, suffix: &[u8]) -> PathBuf {
-    let mut name = base.as_bytes().to_vec();
-    name.extend_from_slice(suffix);
-    PathBuf::from(OsString::from_vec(name))
-}
-
-pub fn manifest_name(base: &OsStr) -> PathBuf {
-    file_name(base, MANIFEST_SUFFIX.as_bytes())
 }
 
 fn damaged(store: &dyn Store, base: &OsStr, detail: String) -> Error {
@@ -66,26 +56,10 @@ pub fn read_manifest(store: &dyn Store, base: &OsStr) -> Result<Option<Manifest>
 /// Whether `<base>.index`, TensorFlow's mark of a checkpoint, exists.
 fn has_tensorflow_index(store: &dyn Store, base: &OsStr) -> bool {
     store
-        .kind(&file_name(base, b".index"))
+        .kind(&file_name(base, TENSORFLOW_INDEX_SUFFIX.as_bytes()))
         .ok()
         .flatten()
         .is_some()
-}
-
-/// Whether a directory entry is one of TensorFlow's files of `base`:
-/// `<base>.index` or `<base>.data-NNNNN-of-NNNNN`.
-fn is_tensorflow_file(entry: &[u8], base: &[u8]) -> bool {
-    let Some(suffix) = entry.strip_prefix(base) else {
-        return false;
-    };
-    if suffix == b".index" {
-        return true;
-    }
-    let Some(shard) = suffix.strip_prefix(b".data-") else {
-        return false;
-    };
-    let digits = |part: &[u8]| part.len() == 5 && part.iter().all(u8::is_ascii_digit);
-    shard.len() == 14 && digits(&shard[..5]) && &shard[5..9] == b"-of-" && digits(&shard[9..])
 }
 
 /// The files a checkpoint owns, in the order to delete them (data, then
@@ -109,10 +83,14 @@ fn tensorflow_files(store: &dyn Store, base: &OsStr) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = entries
         .iter()
         .filter(|entry| entry.kind != Kind::Directory)
-        .filter(|entry| is_tensorflow_file(entry.name.as_bytes(), base.as_bytes()))
+        .filter(|entry| layout::is_tensorflow_file(entry.name.as_bytes(), base.as_bytes()))
         .map(|entry| PathBuf::from(&entry.name))
         .collect();
-    files.sort_by_key(|name| name.as_os_str().as_bytes().ends_with(b".index"));
+    files.sort_by_key(|name| {
+        name.as_os_str()
+            .as_bytes()
+            .ends_with(TENSORFLOW_INDEX_SUFFIX.as_bytes())
+    });
     Ok(files)
 }
 
@@ -122,7 +100,7 @@ pub fn owned_files(store: &dyn Store, base: &OsStr) -> Result<Owned> {
         Ok(Some(manifest)) => {
             let mut suffixes: Vec<&[u8]> =
                 manifest.files.iter().map(|f| f.suffix.as_bytes()).collect();
-            suffixes.sort_by_key(|suffix| *suffix == b".index");
+            suffixes.sort_by_key(|suffix| *suffix == TENSORFLOW_INDEX_SUFFIX.as_bytes());
             for suffix in suffixes {
                 owned.files.push(file_name(base, suffix));
                 let mut parent = suffix;
@@ -318,16 +296,9 @@ pub fn has_files(store: &dyn Store, base: &OsStr) -> Result<bool> {
         return Ok(true);
     }
     let entries = store::list_root(store)?;
-    Ok(entries.iter().any(|entry| {
-        entry
-            .name
-            .as_bytes()
-            .strip_prefix(base.as_bytes())
-            .is_some_and(|rest| {
-                (rest.is_empty() || rest[0] == b'.')
-                    && !crate::transaction::is_reserved_suffix(rest)
-            })
-    }))
+    Ok(entries
+        .iter()
+        .any(|entry| layout::may_belong_to(entry.name.as_bytes(), base.as_bytes())))
 }
 
 /// `Err(Damaged)` unless the CRC32C of the file `path` of the checkpoint

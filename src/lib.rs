@@ -18,6 +18,7 @@ mod fault_injection_tests;
 pub mod ffi;
 mod inspect;
 mod integrity;
+mod layout;
 pub mod location;
 mod manager;
 mod manifest;

@@ -6,11 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
-pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
-/// The marker of a save in progress in version 0.1 of this library; its
-/// recovery is still honoured.
-pub const LEGACY_PENDING_SUFFIX: &str = ".ckpt-pending";
+use crate::layout::MANIFEST_SUFFIX;
+
 /// Manifests larger than this are damaged, not read.
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 

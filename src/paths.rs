@@ -6,8 +6,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
-/// The name of the state file inside a checkpoint directory.
-pub const STATE_FILE_NAME: &str = "checkpoint";
+pub use crate::layout::{is_plain_file_name, STATE_FILE_NAME};
 
 /// `<directory>/<name>-<number>`, the prefix a checkpoint's files share.
 pub fn checkpoint_prefix(directory: &Path, name: &OsStr, number: u64) -> PathBuf {
@@ -42,15 +41,6 @@ pub fn trailing_number(path: &Path) -> Option<u64> {
     let file = path.file_name()?.as_bytes();
     let dash = file.iter().rposition(|&b| b == b'-')?;
     parse_canonical_number(&file[dash + 1..])
-}
-
-/// `true` when the entry names a file directly inside the directory.
-pub fn is_plain_file_name(entry: &Path) -> bool {
-    let mut components = entry.components();
-    matches!(
-        (components.next(), components.next()),
-        (Some(Component::Normal(_)), None)
-    )
 }
 
 /// Lexical normalisation as Python's `os.path.normpath` does it.

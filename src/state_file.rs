@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::paths::STATE_FILE_NAME;
+use crate::layout::STATE_FILE_NAME;
 use crate::state::CheckpointState;
 use crate::store::{self, Store};
 

@@ -9,15 +9,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::inspect::split_prefix;
-use crate::integrity::{check_crc, file_name};
+use crate::integrity::check_crc;
+use crate::layout::{file_name, TENSOR_FILE_SUFFIX};
 use crate::safetensors::{
     decode_header, encode_header, restore_plan, FileTensor, Header, MAX_HEADER_BYTES,
 };
 use crate::store::{ReadAt, Store};
 use crate::tensors::TensorRegistry;
 use crate::transaction::Transaction;
-
-pub const TENSOR_FILE_SUFFIX: &str = ".safetensors";
 
 // safetensors is little-endian; buffers are written as they are in memory.
 #[cfg(target_endian = "big")]

@@ -253,6 +253,41 @@ fn recovery_on_open_removes_interrupted_saves_and_nothing_else() {
     assert_eq!(manager.save_counter(), 9);
 }
 
+/// TensorFlow's manager, sharing the directory, sweeps the checkpoints it
+/// no longer keeps by deleting their `.index` and `.data` files only, so
+/// our manifests of them stay behind. A writer's open removes a manifest
+/// whose checkpoint the state file does not name and none of whose files
+/// exist; no other: not one with a file left, not one the state file
+/// names, not one it cannot read. A reader removes nothing.
+#[test]
+fn a_manifest_of_a_checkpoint_tf_swept_is_removed_at_open_and_no_other() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let journal = Shared::default();
+    drop(saved_three(dir, &journal));
+    // TF keeps ckpt-3 only; it swept ckpt-1 whole and ckpt-2's index.
+    fs::write(
+        dir.join("checkpoint"),
+        "model_checkpoint_path: \"ckpt-3\"\nall_model_checkpoint_paths: \"ckpt-3\"\n",
+    )
+    .unwrap();
+    for swept in ["ckpt-1.index", "ckpt-1.data-00000-of-00001", "ckpt-2.index"] {
+        fs::remove_file(dir.join(swept)).unwrap();
+    }
+    // A manifest that cannot be read says nothing of what it owns.
+    fs::write(dir.join("ckpt-9.ckpt-manifest.json"), b"not json").unwrap();
+    let before = support::file_names(dir);
+
+    drop(open_with(dir, &journal, |c| c.set_read_only(true)).unwrap());
+    assert_eq!(support::file_names(dir), before, "a reader removes nothing");
+    drop(open(dir, &journal));
+    let expected: Vec<String> = before
+        .into_iter()
+        .filter(|name| name != "ckpt-1.ckpt-manifest.json")
+        .collect();
+    assert_eq!(support::file_names(dir), expected);
+}
+
 #[test]
 fn a_second_writer_is_refused_and_a_reader_follows_along() {
     let root = tempfile::tempdir().unwrap();

@@ -81,6 +81,16 @@ fn describe(directory: &Path, action: &RecoveryAction) -> (String, serde_json::V
             format!("remove the temporary file {}", at(name)),
             json!({"action": "remove-temporary", "file": at(name)}),
         ),
+        RecoveryAction::RemoveOrphanedManifest { base } => {
+            let manifest = format!("{}.ckpt-manifest.json", at(base));
+            (
+                format!(
+                    "remove the manifest {manifest} (its checkpoint's files are gone, and the \
+                     state file does not name it)"
+                ),
+                json!({"action": "remove-orphaned-manifest", "manifest": manifest}),
+            )
+        }
         RecoveryAction::ResolveLegacyMarker { base, delete } => {
             let marker = format!("{}.ckpt-pending", at(base));
             if *delete {

@@ -345,6 +345,38 @@ fn recover_removes_what_interrupted_saves_left() {
     assert_eq!(ran.stdout, format!("nothing to recover in {}\n", text(dir)));
 }
 
+/// Another tool (TF's manager) deleted a checkpoint's files but not our
+/// manifest: recover names it, then removes that manifest alone.
+#[test]
+fn recover_removes_a_manifest_whose_checkpoint_another_tool_deleted() {
+    let root = demo();
+    let dir = root.path();
+    let manifest = names_on_disk(dir)
+        .into_iter()
+        .find(|name| name.ends_with(".ckpt-manifest.json"))
+        .unwrap();
+    fs::copy(dir.join(manifest), dir.join("ckpt-99.ckpt-manifest.json")).unwrap();
+    let before = names_on_disk(dir);
+
+    let ran = ckpt(&["recover", text(dir), "--dry-run", "--json"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let actions = json(&ran)["actions"].clone();
+    assert_eq!(
+        actions[0]["action"], "remove-orphaned-manifest",
+        "{actions}"
+    );
+    assert_eq!(actions.as_array().unwrap().len(), 1, "{actions}");
+    assert_eq!(names_on_disk(dir), before);
+
+    let ran = ckpt(&["recover", text(dir)]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let expected: Vec<String> = before
+        .into_iter()
+        .filter(|name| name != "ckpt-99.ckpt-manifest.json")
+        .collect();
+    assert_eq!(names_on_disk(dir), expected);
+}
+
 #[test]
 fn usage_errors_and_urls_the_library_does_not_serve_exit_2() {
     let root = demo();

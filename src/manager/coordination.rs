@@ -30,15 +30,10 @@ use crate::communicator::{broadcast_bytes, CommError, Communicator};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::integrity::{self, Integrity};
+use crate::layout::shard_infix;
 use crate::manifest::Verification;
 use crate::store::Store;
 use crate::transaction::{Sealed, Transaction};
-
-/// The part of every file name that is this rank's, after the checkpoint's
-/// base: `.rank-00003-of-00008`.
-pub fn shard_infix(rank: u32, size: u32) -> String {
-    format!(".rank-{rank:05}-of-{size:05}")
-}
 
 /// The ranks of one save or restore. Cheap to make: the manager makes one
 /// per call.

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::coordination::Ranks;
-use super::{deletable_base, state_for};
+use super::state_for;
+use crate::layout::{deletable_base, staging_name};
 use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::integrity;
@@ -19,7 +20,7 @@ use crate::policy::{Managed, Retention, Rules, Traits};
 use crate::store::Store;
 use crate::tensor_file::{write_tensor_file, TensorSnapshot};
 use crate::tensors::TensorRegistry;
-use crate::transaction::{self, CommitPlan, Sealed, Transaction};
+use crate::transaction::{CommitPlan, Sealed, Transaction};
 
 /// Where the built-in saver's bytes come from.
 pub(crate) enum Tensors<'a> {
@@ -152,7 +153,7 @@ impl SaveJob {
         let committed = transaction.commit(sealed, plan).inspect_err(|_| {
             *unfinished = self
                 .store
-                .kind(&transaction::staging_name(&self.base))
+                .kind(&staging_name(&self.base))
                 .ok()
                 .flatten()
                 .is_some();

@@ -8,7 +8,7 @@
 //! knows about ranks: one process is the 1-rank case of every step.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use crate::background::Worker;
 use crate::config::{check_metric_name, Callbacks, ClockFn, Config, LogLevel, MaxToKeep};
 use crate::error::{Error, Result};
 use crate::inspect;
+use crate::layout::deletable_base;
 use crate::integrity;
 use crate::manifest::{Annotations, ByteString, Metric, Verification};
 use crate::paths;
@@ -422,14 +423,6 @@ fn read_clock(clock: &mut Option<ClockFn>) -> Result<f64> {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())),
     }
-}
-
-/// The base of a swept state entry the manager may delete: a plain name
-/// directly inside the directory that is not the state file or the lock.
-pub(crate) fn deletable_base(entry: &Path) -> Option<&OsStr> {
-    let reserved = [paths::STATE_FILE_NAME, crate::store::LOCK_FILE_NAME];
-    (paths::is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
-        .then_some(entry.as_os_str())
 }
 
 /// The state file TF would write for this retention, `latest` being the

@@ -14,12 +14,13 @@ use crate::config::LogLevel;
 use crate::error::{Error, Result};
 use crate::inspect;
 use crate::integrity::{self, Integrity};
-use crate::manifest::{ByteString, Verification, MANIFEST_SUFFIX};
+use crate::layout::{manifest_base, TENSOR_FILE_SUFFIX};
+use crate::manifest::{ByteString, Verification};
 use crate::paths;
 use crate::policy;
 use crate::state_file::read_state;
 use crate::store::{self, Store};
-use crate::tensor_file::{read_tensor_file, TENSOR_FILE_SUFFIX};
+use crate::tensor_file::read_tensor_file;
 
 /// How often a read-only manager re-reads a state file that changed under
 /// a restore before it gives up.
@@ -179,10 +180,7 @@ impl CheckpointManager {
         let mut numbers: Vec<u64> = entries
             .iter()
             .filter_map(|entry| {
-                let base = entry
-                    .name
-                    .as_bytes()
-                    .strip_suffix(MANIFEST_SUFFIX.as_bytes())?;
+                let base = manifest_base(entry.name.as_bytes())?;
                 let number = paths::own_checkpoint_number(
                     OsStr::from_bytes(base),
                     &self.config.checkpoint_name,

@@ -145,19 +145,6 @@ pub fn create_directory(directory: &Path) -> crate::Result<()> {
         .map_err(|err| crate::Error::io_at("create directory", directory, err))
 }
 
-/// 32 random hex digits, for names no other writer uses.
-pub(crate) fn random_hex32() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No entropy source: pid and time still make a name unused now.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Durable later, by `sync_files`.
 impl FileWriter for File {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
@@ -281,5 +268,35 @@ impl Store for LocalStore {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(err) => Err(err),
         }
+    }
+
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            atomic_rename: true,
+            largest_copy: None,
+        }
+    }
+
+    fn shown(&self, name: &Path) -> PathBuf {
+        self.path(name)
+    }
+
+    /// The directory's lock already keeps any other writer out.
+    fn check_unchanged(&self, _name: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Local files are readable where they are.
+    fn fetch_local(&self, _names: &[PathBuf]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn release_local(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The lock, not conditional writes, keeps a second writer out.
+    fn probe_conditional_writes(&self) -> crate::Result<()> {
+        Ok(())
     }
 }

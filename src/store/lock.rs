@@ -14,8 +14,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-
-pub const LOCK_FILE_NAME: &str = "checkpoint.lock";
+use crate::layout::LOCK_FILE_NAME;
 
 /// (device, inode) of the directories this process holds locks on.
 static HELD: Mutex<Option<HashSet<(u64, u64)>>> = Mutex::new(None);

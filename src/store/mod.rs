@@ -10,16 +10,15 @@ mod lock;
 mod object;
 mod profile;
 
-pub use lock::LOCK_FILE_NAME;
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::location::Location;
 
-pub(crate) use local::random_hex32;
 pub use local::{create_directory, LocalStore};
+#[cfg(test)]
+pub(crate) mod memory;
 pub use lock::DirectoryLock;
 pub use object::check_option;
 
@@ -115,37 +114,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Removes a directory the transaction created, with what is in it
     /// (symlinks removed, never followed).
     fn remove_staging(&self, name: &Path) -> io::Result<()>;
-    /// Whether `rename` copies the bytes (object storage) rather than
-    /// moving a name: the transaction then writes a new file at its final
-    /// name when nothing is there, instead of moving it later.
-    fn moves_by_copy(&self) -> bool {
-        false
-    }
-    /// The largest file `rename` can move, if limited.
-    fn largest_move(&self) -> Option<u64> {
-        None
-    }
+    /// What this backend can do; the transaction picks its commit from it.
+    fn capabilities(&self) -> Capabilities;
     /// How messages show `name`: its path, or its URL.
-    fn shown(&self, name: &Path) -> PathBuf {
-        self.local_path(name)
-    }
+    fn shown(&self, name: &Path) -> PathBuf;
     /// A `Conflict` when `name` changed since this store read or wrote it
-    /// (another writer). The local store's lock already excludes one.
-    fn check_unchanged(&self, _name: &Path) -> io::Result<()> {
-        Ok(())
-    }
+    /// (another writer); a store whose lock excludes one returns `Ok`.
+    fn check_unchanged(&self, name: &Path) -> io::Result<()>;
     /// Makes these files readable at `local_path`, for a restore callback.
-    fn fetch_local(&self, _names: &[PathBuf]) -> io::Result<()> {
-        Ok(())
-    }
+    fn fetch_local(&self, names: &[PathBuf]) -> io::Result<()>;
     /// Removes what `fetch_local` and callbacks left locally.
-    fn release_local(&self) -> io::Result<()> {
-        Ok(())
-    }
+    fn release_local(&self) -> io::Result<()>;
     /// Refuses to write where a second writer could commit unnoticed.
-    fn probe_conditional_writes(&self) -> crate::Result<()> {
-        Ok(())
-    }
+    fn probe_conditional_writes(&self) -> crate::Result<()>;
+}
+
+/// What a backend can do. Every method of `Store` is required (no default
+/// bodies), so a wrapper such as the fault-injecting store cannot forget
+/// to forward one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `rename` moves a name atomically without copying its bytes (a file
+    /// system). Without it (object storage), a rename is a copy and a
+    /// delete, and a commit places new files at their final names early.
+    pub atomic_rename: bool,
+    /// The largest file `rename` can move, if limited (a server-side copy).
+    pub largest_copy: Option<u64>,
 }
 
 /// The store of a directory or URL; `options` are storage options (for

@@ -125,7 +125,7 @@ pub fn connect(
             crate::Error::invalid(format!("cannot reach '{}': {err}", location.url()))
         })?;
     let root = staging.unwrap_or_else(std::env::temp_dir);
-    let shadow = root.join(format!("ckpt-manager-{}", super::random_hex32()));
+    let shadow = root.join(crate::layout::shadow_directory_name());
     Ok(ObjectStore {
         location: location.clone(),
         client: Arc::new(client),
@@ -420,12 +420,11 @@ impl Store for ObjectStore {
         Ok(())
     }
 
-    fn moves_by_copy(&self) -> bool {
-        true
-    }
-
-    fn largest_move(&self) -> Option<u64> {
-        Some(COPY_LIMIT)
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            atomic_rename: false,
+            largest_copy: Some(COPY_LIMIT),
+        }
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -543,7 +542,7 @@ impl Store for ObjectStore {
         if self.unconditional {
             return Ok(());
         }
-        let name = PathBuf::from(format!(".ckpt-probe-{}", super::random_hex32()));
+        let name = crate::layout::probe_name();
         let key = self
             .key(&name)
             .map_err(|err| crate::Error::io("probe", err))?;
