@@ -571,15 +571,25 @@ fn mlp_demo_killed_rank_and_resumed_matches_a_straight_run() {
         "rank 1 did not stop at its SIGKILL:\n{}",
         killed.describe()
     );
-    for rank in [0, 2, 3] {
+    // The first survivor to time out ends the job with MPI_Abort, which may
+    // kill a slower survivor before its own deadline: each survivor either
+    // timed out at step 300's save or stopped after step 200's, and at
+    // least one timed out. None went past the save it could not make.
+    let timed_out = "failed: save of step 300: CKPT_STATUS_TIMEOUT";
+    let survivors = [0, 2, 3].map(|rank| killed.log(rank));
+    for (rank, log) in [0, 2, 3].into_iter().zip(&survivors) {
+        let last = log.lines().last().unwrap_or_default();
         assert!(
-            killed
-                .log(rank)
-                .contains("failed: save of step 300: CKPT_STATUS_TIMEOUT"),
-            "rank {rank} did not time out at the save of step 300:\n{}",
+            last.starts_with(timed_out) || last.contains("saved") && last.ends_with("ckpt-200"),
+            "rank {rank} neither timed out at the save of step 300 nor stopped after step 200:\n{}",
             killed.describe()
         );
     }
+    assert!(
+        survivors.iter().any(|log| log.contains(timed_out)),
+        "no rank timed out at the save of step 300:\n{}",
+        killed.describe()
+    );
     let state = ckpt_manager::get_checkpoint_state(&work.join("resumed"))
         .unwrap()
         .expect("a state file");
