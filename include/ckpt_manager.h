@@ -398,7 +398,7 @@ void ckpt_string_list_free(ckpt_string_list *list);
 // (its message goes into the warning to the log callback). Attaching again in
 // the same callback replaces the earlier attachment (finalized at once).
 // Across ranks (`ckpt_options_set_communicator`) the message reaches every
-// rank and the payload is finalized.
+// rank; the payload goes to the caller on the rank whose callback failed.
 //
 // Ownership: `message` is borrowed (copied; NULL attaches no message; bytes
 // that are not UTF-8 are replaced). The library takes `payload` (may be NULL)

@@ -44,11 +44,13 @@ pub enum Error {
     /// failed.
     Coordination { timed_out: bool, message: String },
     /// A save or restore across ranks failed on `rank`; every rank returns
-    /// this error, of the kind of that rank's own.
+    /// this error, of the kind of that rank's own. On the failing rank,
+    /// `own` keeps its own error, with what a callback attached to it.
     Rank {
         rank: u32,
         kind: ErrorKind,
         message: String,
+        own: Option<Box<Error>>,
     },
 }
 
@@ -151,11 +153,7 @@ impl fmt::Display for Error {
             Error::Timeout => write!(f, "the background save is still running"),
             Error::Panic(message) => write!(f, "a background save panicked: {message}"),
             Error::Coordination { message, .. } => write!(f, "{message}"),
-            Error::Rank {
-                rank,
-                kind: _,
-                message,
-            } => write!(f, "rank {rank}: {message}"),
+            Error::Rank { rank, message, .. } => write!(f, "rank {rank}: {message}"),
             Error::NoManifest { prefix } => write!(
                 f,
                 "checkpoint '{}' has no manifest and cannot be verified",

@@ -79,14 +79,12 @@ pub(super) fn call<T>(callback: impl FnOnce() -> T) -> Called<T> {
 /// The payload a failed call hands to its caller: the one attached to the
 /// callback failure it reports, if any.
 pub(super) fn payload_of(err: Error) -> Option<CValue> {
-    let Error::Callback { source, .. } = err else {
-        return None;
+    let source = match err {
+        Error::Callback { source, .. } => source,
+        Error::Rank { own: Some(own), .. } => return payload_of(*own),
+        _ => return None,
     };
-    source
-        .downcast::<CallbackFailure>()
-        .ok()?
-        .attached?
-        .payload
+    source.downcast::<CallbackFailure>().ok()?.attached?.payload
 }
 
 /// Makes `payload` the calling thread's reported payload, finalizing one
@@ -113,7 +111,7 @@ pub(super) fn report(payload: Option<CValue>) {
 /// (its message goes into the warning to the log callback). Attaching again in
 /// the same callback replaces the earlier attachment (finalized at once).
 /// Across ranks (`ckpt_options_set_communicator`) the message reaches every
-/// rank and the payload is finalized.
+/// rank; the payload goes to the caller on the rank whose callback failed.
 ///
 /// Ownership: `message` is borrowed (copied; NULL attaches no message; bytes
 /// that are not UTF-8 are replaced). The library takes `payload` (may be NULL)
@@ -142,8 +140,8 @@ pub unsafe extern "C" fn ckpt_callback_set_error(
     payload: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    let payload = (!payload.is_null() || finalizer.is_some())
-        .then(|| CValue::new(payload, finalizer));
+    let payload =
+        (!payload.is_null() || finalizer.is_some()).then(|| CValue::new(payload, finalizer));
     guard(|| {
         if RUNNING.with(Cell::get) == 0 {
             drop(payload);
@@ -183,10 +181,7 @@ pub unsafe extern "C" fn ckpt_take_error_payload(out_payload: *mut *mut c_void) 
     if out_payload.is_null() {
         return ckpt_status::NullArgument;
     }
-    let taken = REPORTED
-        .try_with(|reported| reported.take())
-        .ok()
-        .flatten();
+    let taken = REPORTED.try_with(|reported| reported.take()).ok().flatten();
     // SAFETY: non-NULL and writable (header).
     unsafe { out_payload.write(taken.map_or(std::ptr::null_mut(), CValue::into_raw)) };
     ckpt_status::Ok

@@ -67,6 +67,7 @@ impl Report {
                 rank,
                 kind,
                 message,
+                ..
             } => Report {
                 rank: *rank,
                 kind: *kind,
@@ -85,7 +86,37 @@ impl Report {
             rank: self.rank,
             kind: self.kind,
             message: self.message,
+            own: None,
         }
+    }
+}
+
+/// `shared`, the failure every rank returns, keeping beneath it this rank's
+/// own error when the failure is this rank's: its callback's attachment
+/// then reaches its caller.
+fn keep_own(shared: Error, mine: Option<Error>, rank: u32) -> Error {
+    match (shared, mine) {
+        (
+            Error::Rank {
+                rank: failed,
+                kind,
+                message,
+                own: None,
+            },
+            Some(mine),
+        ) if failed == rank => {
+            let own = match mine {
+                Error::Rank { own: Some(own), .. } => own,
+                mine => Box::new(mine),
+            };
+            Error::Rank {
+                rank,
+                kind,
+                message,
+                own: Some(own),
+            }
+        }
+        (shared, _) => shared,
     }
 }
 
@@ -202,13 +233,14 @@ impl Ranks {
             return local.expect("the only process is rank 0");
         };
         let rank = group.communicator.rank();
-        let outcome = local.map(|result| match result {
-            Ok(value) => Outcome::Done(value),
-            Err(err) => Outcome::Failed(Report::of(rank, &err)),
-        });
+        let (outcome, mine) = match local {
+            Some(Ok(value)) => (Some(Outcome::Done(value)), None),
+            Some(Err(err)) => (Some(Outcome::Failed(Report::of(rank, &err))), Some(err)),
+            None => (None, None),
+        };
         match group.share(outcome.as_ref(), 0, step)? {
             Outcome::Done(value) => Ok(value),
-            Outcome::Failed(report) => Err(report.into_error()),
+            Outcome::Failed(report) => Err(keep_own(report.into_error(), mine, rank)),
         }
     }
 
@@ -218,7 +250,10 @@ impl Ranks {
     pub fn agree<T>(&self, local: Result<T>, step: &str) -> Result<T> {
         match &self.group {
             None => local,
-            Some(group) => group.agree(&local, step).and(local),
+            Some(group) => match (group.agree(&local, step), local) {
+                (Ok(()), local) => local,
+                (Err(err), local) => Err(keep_own(err, local.err(), group.communicator.rank())),
+            },
         }
     }
 
@@ -385,10 +420,17 @@ impl Ranks {
         match (&self.group, local) {
             (None, local) => local,
             (Some(_), Err(err @ Error::Coordination { .. })) => Err(err),
-            (Some(_), local) => self.share(
-                self.is_root().then_some(local),
-                "committing (rank 0 may have committed it; the next restore tells)",
-            ),
+            (Some(group), local) => {
+                let (root, mine) = match self.is_root() {
+                    true => (Some(local), None),
+                    false => (None, local.err()),
+                };
+                self.share(
+                    root,
+                    "committing (rank 0 may have committed it; the next restore tells)",
+                )
+                .map_err(|err| keep_own(err, mine, group.communicator.rank()))
+            }
         }
     }
 
@@ -434,6 +476,7 @@ impl Group {
             rank: root,
             kind: ErrorKind::Io,
             message: format!("{step}: an unreadable message ({err})"),
+            own: None,
         })
     }
 

@@ -124,6 +124,7 @@ static int32_t save_note(void *user_data, const char *prefix, uint64_t number) {
   (void)user_data;
   if (world_rank == failing_rank) {
     note("save callback of %llu: returning 7", (unsigned long long)number);
+    CHECK(ckpt_callback_set_error("disk quota of rank 2", &failing_rank, NULL) == CKPT_STATUS_OK);
     return 7;
   }
   if (world_rank == killed_rank) {
@@ -298,7 +299,12 @@ static void callback_fails(void) {
   failing_rank = 2;
   const char *message = save_failing(manager, NULL, CKPT_STATUS_CALLBACK_FAILED);
   CHECK(strncmp(message, "rank 2:", 7) == 0);
+  CHECK(strstr(message, "disk quota of rank 2") != NULL);
   check_same_on_every_rank("the error message", message);
+  /* What the callback attached comes back on its own rank only. */
+  void *payload = NULL;
+  CHECK(ckpt_take_error_payload(&payload) == CKPT_STATUS_OK);
+  CHECK(payload == (world_rank == 2 ? (void *)&failing_rank : NULL));
   failing_rank = -1;
   check_nothing_committed(state_before);
 
