@@ -527,7 +527,10 @@ fn keep_every_n_hours_preserves_on_a_bucket() {
         .flat_map(|base| {
             ["ckpt-manifest.json", "note"].map(|suffix| format!("run/{base}.{suffix}"))
         })
-        .chain(["run/checkpoint".to_owned(), "run/checkpoint.lease".to_owned()])
+        .chain([
+            "run/checkpoint".to_owned(),
+            "run/checkpoint.lease".to_owned(),
+        ])
         .collect();
     assert_eq!(bucket.keys(), kept);
     let manager = open(&now);
@@ -676,9 +679,7 @@ fn a_save_whose_upload_another_writer_removed_is_not_committed() {
     let bucket = Bucket::new("removed-upload");
     let proxy = FaultProxy::start(MotoServer::shared().address());
     let url = bucket.url("run");
-    let config = |endpoint: &str| {
-        without_lease(storage_config(&url, endpoint, MaxToKeep::Last(5)))
-    };
+    let config = |endpoint: &str| without_lease(storage_config(&url, endpoint, MaxToKeep::Last(5)));
     let mut first = Trainer::open(config(&proxy.endpoint())).unwrap();
     first.save(1);
     let state = bucket.get("run/checkpoint");
@@ -719,6 +720,8 @@ fn a_save_whose_upload_another_writer_removed_is_not_committed() {
 
 /// A writer that takes no lease (`ckpt_lease_seconds` 0).
 fn without_lease(mut config: Config) -> Config {
-    config.set_storage_option("ckpt_lease_seconds", "0").unwrap();
+    config
+        .set_storage_option("ckpt_lease_seconds", "0")
+        .unwrap();
     config
 }

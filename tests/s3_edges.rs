@@ -61,7 +61,9 @@ fn a_losing_writers_late_upload_leaves_the_winners_checkpoint_intact() {
     // Without the lease, which would refuse the second writer at open.
     let config = |endpoint: &str| {
         let mut config = storage_config(&url, endpoint, MaxToKeep::Last(5));
-        config.set_storage_option("ckpt_lease_seconds", "0").unwrap();
+        config
+            .set_storage_option("ckpt_lease_seconds", "0")
+            .unwrap();
         config
     };
     let mut loser = Writer::open(config(&proxy.endpoint()), Callbacks::new(), 1024);

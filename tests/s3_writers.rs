@@ -94,7 +94,10 @@ const CHILD_ENV: &str = "CKPT_S3_WRITERS_CHILD";
 fn child(name: &str, bucket: &Bucket, job: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{} {} {job}", bucket.name, bucket.endpoint))
+        .env(
+            CHILD_ENV,
+            format!("{} {} {job}", bucket.name, bucket.endpoint),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -150,7 +153,8 @@ fn a_second_writer_is_locked_until_the_first_closes() {
     let err = Writer::open(config(&bucket, &url)).err().expect("LOCKED");
     assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
     assert!(
-        err.to_string().contains("s3://second-writer/run/checkpoint.lease"),
+        err.to_string()
+            .contains("s3://second-writer/run/checkpoint.lease"),
         "{err}"
     );
     // A reader takes no lease.
@@ -218,7 +222,11 @@ fn killed_writers_leave_no_incomplete_uploads() {
             assert!(!left.is_empty(), "the kill left no upload to abort");
         }
         let mut writer = Writer::open(config(&bucket, &url)).unwrap();
-        assert_eq!(incomplete_uploads(&bucket), Vec::<String>::new(), "left before: {left:?}");
+        assert_eq!(
+            incomplete_uploads(&bucket),
+            Vec::<String>::new(),
+            "left before: {left:?}"
+        );
         if writer.manager.latest_checkpoint().is_some() {
             let restored = writer.restore_latest();
             assert!(restored >= committed, "{restored} < {committed}");

@@ -138,7 +138,9 @@ impl Lease {
         seconds: f64,
         shown: String,
     ) -> crate::Result<Lease> {
-        let failed = |err: object_store::Error| Error::io(format!("take the lease '{shown}'"), super::io_error(err));
+        let failed = |err: object_store::Error| {
+            Error::io(format!("take the lease '{shown}'"), super::io_error(err))
+        };
         let body = Body {
             holder: holder_name(),
             token: crate::layout::random_hex32(),
@@ -156,10 +158,14 @@ impl Lease {
                         holder = live.holder.clone();
                         let now = server_now(&*client, &clock).await.map_err(failed)?;
                         let age = Duration::from_millis((now - found.modified).max(0) as u64);
-                        let lasts = Duration::from_secs_f64(live.seconds.max(0.0)) + DATE_GRANULARITY;
+                        let lasts =
+                            Duration::from_secs_f64(live.seconds.max(0.0)) + DATE_GRANULARITY;
                         if let Some(left) = lasts.checked_sub(age) {
                             let poll = Duration::from_secs_f64(live.seconds.max(0.6) / 6.0);
-                            if !outlives(&*client, &key, &found.e_tag, left, poll).await.map_err(failed)? {
+                            if !outlives(&*client, &key, &found.e_tag, left, poll)
+                                .await
+                                .map_err(failed)?
+                            {
                                 return Err(leased(&shown, holder));
                             }
                         }
@@ -181,11 +187,8 @@ impl Lease {
                         e_tag: put.e_tag.unwrap_or_default(),
                         lost: false,
                     }));
-                    let refresher = super::runtime().spawn(refresh(
-                        client.clone(),
-                        key.clone(),
-                        held.clone(),
-                    ));
+                    let refresher =
+                        super::runtime().spawn(refresh(client.clone(), key.clone(), held.clone()));
                     return Ok(Lease {
                         client,
                         key,

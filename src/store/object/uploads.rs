@@ -127,9 +127,17 @@ impl Uploads {
             let page: Page = quick_xml::de::from_str(&text)
                 .map_err(|err| failed(format!("list uploads: {err}: {text}")))?;
             uploads.extend(page.upload);
-            match (page.is_truncated, page.next_key_marker, page.next_upload_id_marker) {
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
                 (true, Some(key), Some(id)) => {
-                    markers = format!("&key-marker={}&upload-id-marker={}", encode(&key), encode(&id));
+                    markers = format!(
+                        "&key-marker={}&upload-id-marker={}",
+                        encode(&key),
+                        encode(&id)
+                    );
                 }
                 _ => return Ok(uploads),
             }
