@@ -127,7 +127,9 @@ fn child_writer() {
         let first = latest.map_or(1, |latest| {
             ckpt_manager::paths::trailing_number(&latest).unwrap() + 1
         });
-        (first..).for_each(|number| writer.save(number));
+        for number in first.. {
+            writer.save(number);
+        }
     }
     loop {
         std::thread::sleep(Duration::from_secs(60));
