@@ -236,3 +236,27 @@ fn killed_writers_leave_no_incomplete_uploads() {
         }
     }
 }
+
+/// A writer whose lease another writer took over (as after it stalled
+/// past its duration) has its next save refused before the commit point.
+#[test]
+fn a_writer_whose_lease_was_taken_over_commits_nothing() {
+    let bucket = Bucket::new("lease-taken");
+    let url = bucket.url("run");
+    let mut writer = Writer::open(config(&bucket, &url)).unwrap();
+    writer.save(1);
+    let state = bucket.get("run/checkpoint");
+    let taken = r#"{"holder":"process 1 on elsewhere","token":"0","seconds":2.0,"refreshes":0,"released":false}"#;
+    bucket.put("run/checkpoint.lease", taken.as_bytes().to_vec());
+    let weights = writer.weights.iter_mut().enumerate();
+    weights.for_each(|(i, w)| *w = value(2, i));
+    let err = writer.manager.save(Some(2), false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(err.to_string().contains("taken over"), "{err}");
+    assert_eq!(bucket.get("run/checkpoint"), state);
+    assert!(
+        !bucket.keys().iter().any(|key| key.contains("ckpt-2")),
+        "{:?}",
+        bucket.keys()
+    );
+}

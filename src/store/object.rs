@@ -511,8 +511,16 @@ impl Store for ObjectStore {
     }
 
     fn check_unchanged(&self, name: &Path) -> io::Result<()> {
-        if let Some(lost) = self.lease.lock().unwrap().as_ref().and_then(|l| l.lost()) {
-            return Err(conflict(lost));
+        let lease = self
+            .lease
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|lease| lease.lost());
+        if let Some(lost) = lease {
+            if let Some(lost) = run(lost)?.map_err(io_error)? {
+                return Err(conflict(lost));
+            }
         }
         let key = self.key(name)?;
         let Some(seen) = self.seen(&key).filter(|_| !self.unconditional) else {

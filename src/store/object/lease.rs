@@ -5,9 +5,9 @@
 //!   or replace if its ETag is still the one read, when it was released or
 //!   has expired. Losing that race means another writer took it.
 //! - The holder rewrites it every third of its duration (a counter in the
-//!   body changes the ETag), conditionally on its own last ETag; finding it
-//!   replaced means another writer took it over, and this writer's next
-//!   commit is refused (`check_unchanged`).
+//!   body changes the ETag), conditionally on its own last ETag. Before
+//!   each commit point it reads the lease back (`check_unchanged`): one
+//!   another writer took over refuses the commit.
 //! - It expires `seconds` after its last refresh as the server dates it:
 //!   a contender compares the lease's Last-Modified with the Last-Modified
 //!   of an object it writes itself, both the server's clock, so clock
@@ -121,10 +121,14 @@ async fn server_now(client: &dyn Client, clock: &Key) -> object_store::Result<i6
     Ok(now)
 }
 
+/// A conditional write found the lease not as it was read: another
+/// writer changed it (or deleted it: `If-Match` on no object is a 404).
 fn is_lost_race(err: &object_store::Error) -> bool {
     matches!(
         err,
-        object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }
+        object_store::Error::Precondition { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::NotFound { .. }
     )
 }
 
@@ -204,21 +208,39 @@ impl Lease {
         Err(leased(&shown, holder))
     }
 
-    /// Whether another writer took this lease over.
-    pub(super) fn lost(&self) -> Option<String> {
-        let held = self.held.lock().unwrap();
-        held.lost.then(|| {
-            format!(
-                "this manager's lease '{}' was taken over by another writer",
-                self.shown
-            )
-        })
+    /// Reads the lease back: `Some(message)` when another writer took it
+    /// over (a writer that stalled past its duration), which a commit must
+    /// not outlive.
+    pub(super) fn lost(
+        &self,
+    ) -> impl std::future::Future<Output = object_store::Result<Option<String>>> {
+        let (client, key, held) = (self.client.clone(), self.key.clone(), self.held.clone());
+        let message = format!(
+            "this manager's lease '{}' was taken over by another writer",
+            self.shown
+        );
+        async move {
+            if !held.lock().unwrap().lost {
+                let found = read(&*client, &key).await?;
+                let mut held = held.lock().unwrap();
+                match found {
+                    Some(Found {
+                        body: Some(body),
+                        e_tag: Some(e_tag),
+                        ..
+                    }) if body.token == held.body.token => held.e_tag = e_tag,
+                    _ => held.lost = true,
+                }
+            }
+            Ok(held.lock().unwrap().lost.then_some(message))
+        }
     }
 
     /// Stops refreshing and marks the lease released, if still this one's.
+    /// A refresh cut short may still have landed: its ETag is read back.
     pub(super) async fn release(self) {
         self.refresher.abort();
-        let (mut body, e_tag) = {
+        let (mut body, mut e_tag) = {
             let held = self.held.lock().unwrap();
             if held.lost {
                 return;
@@ -226,14 +248,26 @@ impl Lease {
             (held.body.clone(), held.e_tag.clone())
         };
         body.released = true;
-        let options = PutOptions {
-            mode: PutMode::Update(UpdateVersion {
-                e_tag: Some(e_tag),
-                version: None,
-            }),
-            ..PutOptions::default()
-        };
-        let _ = self.client.put_opts(&self.key, body.bytes(), options).await;
+        for _ in 0..2 {
+            let options = PutOptions {
+                mode: PutMode::Update(UpdateVersion {
+                    e_tag: Some(e_tag),
+                    version: None,
+                }),
+                ..PutOptions::default()
+            };
+            match self.client.put_opts(&self.key, body.bytes(), options).await {
+                Err(err) if is_lost_race(&err) => match read(&*self.client, &self.key).await {
+                    Ok(Some(Found {
+                        body: Some(found),
+                        e_tag: Some(found_tag),
+                        ..
+                    })) if found.token == body.token => e_tag = found_tag,
+                    _ => return,
+                },
+                _ => return,
+            }
+        }
     }
 }
 
