@@ -85,10 +85,6 @@
 // only that every file exists with its size (reads every byte).
 #define CKPT_LATEST_VERIFY_CHECKSUMS 2
 
-// Long enough to ride out a few slow refreshes, short enough that a
-// killed writer's restart waits at most 26 s.
-#define DEFAULT_LEASE_SECONDS 25.0
-
 // The result of every fallible call: a `uint32_t`. Values never change
 // meaning; new statuses get new numbers.
 enum ckpt_status

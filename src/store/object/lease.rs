@@ -33,7 +33,7 @@ use crate::error::Error;
 pub const LEASE_SECONDS_OPTION: &str = "ckpt_lease_seconds";
 /// Long enough to ride out a few slow refreshes, short enough that a
 /// killed writer's restart waits at most 26 s.
-pub const DEFAULT_LEASE_SECONDS: f64 = 25.0;
+pub(super) const DEFAULT_LEASE_SECONDS: f64 = 25.0;
 /// Last-Modified has whole seconds.
 const DATE_GRANULARITY: Duration = Duration::from_secs(1);
 /// Rounds of taking a lease other writers also race for.
