@@ -160,8 +160,8 @@ pub fn open(directory: &Path, options: &[(String, String)]) -> crate::Result<Arc
     })
 }
 
-/// A writer's hold on a local directory; object stores rely on
-/// conditional writes instead (`None`).
+/// A writer's hold on a local directory; an object store's writer takes
+/// a lease instead (`Store::take_lease`): `None`.
 pub fn lock(directory: &Path) -> crate::Result<Option<DirectoryLock>> {
     match crate::location::parse(directory)? {
         Location::Local(path) => Ok(Some(DirectoryLock::acquire(&path)?)),

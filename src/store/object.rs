@@ -133,8 +133,7 @@ pub fn connect(
     let unreachable =
         |err| crate::Error::invalid(format!("cannot reach '{}': {err}", location.url()));
     let client = Arc::new(builder.clone().build().map_err(unreachable)?);
-    let uploads = uploads::Uploads::new(&builder, client.clone()).map_err(unreachable)?;
-    let uploads = Arc::new(uploads);
+    let uploads = Arc::new(uploads::Uploads::new(&builder, client.clone()));
     let root = staging.unwrap_or_else(std::env::temp_dir);
     let shadow = root.join(crate::layout::shadow_directory_name());
     Ok(ObjectStore {

@@ -5,7 +5,7 @@
 //! ids finds every upload, also one a writer killed between starting it
 //! and recording its id would have left.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector};
@@ -19,7 +19,9 @@ use serde::Deserialize;
 #[derive(Debug)]
 pub(super) struct Uploads {
     s3: Arc<AmazonS3>,
-    http: HttpClient,
+    options: ClientOptions,
+    /// Made at the first listing: only a writer's open lists.
+    http: OnceLock<HttpClient>,
     /// `https://host/bucket` (path style) or `https://bucket.host`.
     bucket_endpoint: String,
     region: String,
@@ -52,7 +54,7 @@ fn failed(message: String) -> object_store::Error {
 }
 
 impl Uploads {
-    pub(super) fn new(builder: &AmazonS3Builder, s3: Arc<AmazonS3>) -> object_store::Result<Self> {
+    pub(super) fn new(builder: &AmazonS3Builder, s3: Arc<AmazonS3>) -> Self {
         let setting = |key| builder.get_config_value(&key);
         let mut options = ClientOptions::new();
         for key in [
@@ -80,12 +82,13 @@ impl Uploads {
             (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
             (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
         };
-        Ok(Uploads {
+        Uploads {
             s3,
-            http: ReqwestConnector::default().connect(&options)?,
+            options,
+            http: OnceLock::new(),
             bucket_endpoint,
             region,
-        })
+        }
     }
 
     /// Every incomplete upload whose key starts with `prefix`.
@@ -93,6 +96,13 @@ impl Uploads {
         let encode = |text: &str| {
             percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
                 .to_string()
+        };
+        let http = match self.http.get() {
+            Some(http) => http,
+            None => {
+                let http = ReqwestConnector::default().connect(&self.options)?;
+                self.http.get_or_init(|| http)
+            }
         };
         let mut uploads = Vec::new();
         let mut markers = String::new();
@@ -109,8 +119,7 @@ impl Uploads {
                 .map_err(|err| failed(format!("list uploads: {err}")))?;
             let credential = self.s3.credentials().get_credential().await?;
             AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
-            let response = self
-                .http
+            let response = http
                 .execute(request)
                 .await
                 .map_err(|err| failed(format!("list uploads: {err}")))?;
