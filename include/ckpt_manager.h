@@ -604,7 +604,13 @@ ckpt_status ckpt_remove_checkpoint(const char *prefix);
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
 // directory, no max_to_keep, an interval without a step counter),
 // CKPT_STATUS_LOCKED (another manager writes there; the message names its
-// pid), CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
+// pid). On an `s3://` prefix the lock is a lease object
+// (`<prefix>/checkpoint.lease`) its writer keeps fresh: a lease whose holder
+// stopped refreshing it is waited out (at most its duration plus one second
+// after the last refresh, by the server's clock; 25 s by default, see
+// `ckpt_lease_seconds`) and taken over, so a killed writer's restart opens;
+// a lease refreshed meanwhile fails with LOCKED, within a third of its
+// duration. CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
 // CKPT_STATUS_CALLBACK_FAILED (clock).
 // Threads: any thread, one at a time per options object.
 // Callbacks: the clock and log callbacks, and the delete callback for the
@@ -1225,14 +1231,20 @@ ckpt_status ckpt_options_set_coordination_timeout(ckpt_options *options, double 
 //    If-None-Match), which the manager otherwise refuses at open, since two
 //    writers could then both commit;
 //  - `ckpt_max_retries`: how often a failed request is retried, with
-//    exponential backoff (default 10, within 3 minutes).
+//    exponential backoff (default 10, within 3 minutes);
+//  - `ckpt_lease_seconds` (default 25; 0, or at least 1): how long a
+//    writer's lease on the prefix lasts without a refresh (it refreshes every
+//    third of it); a killed writer keeps its restart out that long plus one
+//    second at most. 0 takes no lease: a second writer then opens, and only
+//    the conditional commit refuses it (see `ckpt_manager_new`).
 //
 // Local directories ignore these options.
 //
 // Ownership: `options` is borrowed; `key` and `value` are borrowed (copied).
 // Returns: CKPT_STATUS_OK, or an error.
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not UTF-8,
-// an unknown key, a boolean that is not "true" or "false").
+// an unknown key, a boolean that is not "true" or "false", a count or a
+// number of seconds that is not one).
 // Threads: one thread at a time per options object.
 // Callbacks: none run.
 ckpt_status ckpt_options_set_storage_option(ckpt_options *options,

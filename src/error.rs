@@ -23,6 +23,8 @@ pub enum Error {
     },
     /// Another manager holds the directory's lock.
     Locked { path: PathBuf, holder: Option<u32> },
+    /// Another live writer holds the lease of an object-storage prefix.
+    Leased { lease: PathBuf, holder: String },
     /// Another writer committed to the directory (an object store's
     /// conditional write failed); this manager's commit did not happen.
     Conflict(String),
@@ -93,7 +95,7 @@ impl Error {
             Error::StateCorrupt { .. } => ErrorKind::StateCorrupt,
             Error::Io { .. } => ErrorKind::Io,
             Error::Callback { .. } => ErrorKind::Callback,
-            Error::Locked { .. } | Error::Conflict(_) => ErrorKind::Locked,
+            Error::Locked { .. } | Error::Leased { .. } | Error::Conflict(_) => ErrorKind::Locked,
             Error::ReadOnly => ErrorKind::ReadOnly,
             Error::Damaged { .. } => ErrorKind::Damaged,
             Error::NoManifest { .. } => ErrorKind::NoManifest,
@@ -140,6 +142,12 @@ impl fmt::Display for Error {
                     None => write!(f, "an unknown process)"),
                 }
             }
+            Error::Leased { lease, holder } => write!(
+                f,
+                "another manager is writing to this prefix (its lease '{}' is held by {holder} \
+                 and kept fresh)",
+                lease.display()
+            ),
             Error::Conflict(message) => write!(
                 f,
                 "another writer committed to this directory since this manager read it \

@@ -151,8 +151,8 @@ impl Harness {
 
     /// Reopens without failures: the latest must be `ckpt-<number>` and
     /// restore one of `generations`' bytes; returns the generation found.
-    /// Only the state file, the lock, the user's file and listed
-    /// checkpoints' files are left.
+    /// Only the state file, the lock (or the lease), the user's file and
+    /// listed checkpoints' files are left.
     fn check_recovered(&self, number: u64, generations: &[u8]) -> u8 {
         let dir = self.dir();
         let mut manager = self.open(Steps::new()).expect("reopening after a failure");
@@ -167,7 +167,9 @@ impl Harness {
         let listed = manager.checkpoints();
         assert_eq!(self.read(FOREIGN), b"the user's");
         for name in self.files("") {
-            if ["checkpoint", "checkpoint.lock", FOREIGN].contains(&name.as_str()) {
+            if ["checkpoint", "checkpoint.lock", "checkpoint.lease", FOREIGN]
+                .contains(&name.as_str())
+            {
                 continue;
             }
             let owner = listed.iter().any(|prefix| {
@@ -569,6 +571,17 @@ fn a_failed_save_or_pin_leaves_the_directory_as_it_was(backend: Backend) {
     }
 }
 
+/// A second writer is refused at open (the lock file, or the lease object
+/// through the store) while the first is open, and opens once it closed.
+fn a_second_writer_is_refused_at_open(backend: Backend) {
+    let harness = Harness::new(backend);
+    let first = harness.open(Steps::new()).unwrap();
+    let err = harness.open(Steps::new()).expect_err("refused");
+    assert_eq!(err.kind(), crate::ErrorKind::Locked, "{err}");
+    drop(first);
+    harness.open(Steps::new()).unwrap();
+}
+
 /// Each test above, once over each kind of store.
 macro_rules! over_both_stores {
     ($($test:ident),* $(,)?) => {
@@ -596,4 +609,5 @@ over_both_stores!(
     the_next_save_finishes_a_commit_that_failed_past_its_commit_point,
     every_failing_step_of_a_pin_keeps_one_whole_manifest,
     a_failed_save_or_pin_leaves_the_directory_as_it_was,
+    a_second_writer_is_refused_at_open,
 );

@@ -236,8 +236,8 @@ pub(crate) fn checkpoints_in(store: &dyn Store, directory: &Path) -> Result<Vec<
 
 /// Runs the recovery a writer runs on open (finishing or removing
 /// interrupted saves, removing temporary files) on `directory`, holding
-/// its lock (`Error::Locked` when a manager has it), and returns what it
-/// did. With `dry_run`, takes no lock and only says what it would do.
+/// its lock or, on a bucket, its lease (`Error::Locked` or `Error::Leased`
+/// when a manager has it), and returns what it did. With `dry_run`, takes no lock and only says what it would do.
 /// `warn` hears what recovery says as it goes.
 pub fn recover_directory(
     directory: &Path,
@@ -248,6 +248,7 @@ pub fn recover_directory(
     let _lock = if dry_run {
         None
     } else {
+        store.take_lease()?;
         store::lock(directory)?
     };
     let named: std::collections::HashSet<Vec<u8>> = match read_state(&*store)? {

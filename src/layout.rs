@@ -14,6 +14,9 @@ use std::path::{Component, Path, PathBuf};
 pub const STATE_FILE_NAME: &str = "checkpoint";
 /// A writer's lock beside the state file (local directories).
 pub const LOCK_FILE_NAME: &str = "checkpoint.lock";
+/// A writer's lease beside the state object (object storage): who writes
+/// to the prefix, kept fresh while that writer lives.
+pub const LEASE_NAME: &str = "checkpoint.lease";
 /// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
 pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
 /// The marker of a save in progress in version 0.1 of this library; its
@@ -149,6 +152,11 @@ pub fn probe_name() -> PathBuf {
     PathBuf::from(format!(".ckpt-probe-{}", random_hex32()))
 }
 
+/// The object a writer creates and reads back to learn the server's time.
+pub fn clock_name() -> PathBuf {
+    PathBuf::from(format!(".ckpt-clock-{}", random_hex32()))
+}
+
 /// The local directory where an object store's callbacks write and read.
 pub fn shadow_directory_name() -> String {
     format!("ckpt-manager-{}", random_hex32())
@@ -190,9 +198,10 @@ pub fn is_plain_file_name(entry: &Path) -> bool {
 }
 
 /// The base of a swept state entry the manager may delete: a plain name
-/// directly inside the directory that is not the state file or the lock.
+/// directly inside the directory that is not the state file, the lock or
+/// the lease.
 pub fn deletable_base(entry: &Path) -> Option<&OsStr> {
-    let reserved = [STATE_FILE_NAME, LOCK_FILE_NAME];
+    let reserved = [STATE_FILE_NAME, LOCK_FILE_NAME, LEASE_NAME];
     (is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
         .then_some(entry.as_os_str())
 }

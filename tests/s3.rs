@@ -83,8 +83,12 @@ impl Trainer {
     }
 }
 
+/// The state object, the writers' lease and the checkpoints' objects.
 fn checkpoint_keys(prefix: &str, numbers: &[u64]) -> BTreeSet<String> {
-    let mut keys = BTreeSet::from([format!("{prefix}/checkpoint")]);
+    let mut keys = BTreeSet::from([
+        format!("{prefix}/checkpoint"),
+        format!("{prefix}/checkpoint.lease"),
+    ]);
     for n in numbers {
         for suffix in ["ckpt-manifest.json", "note", "safetensors"] {
             keys.insert(format!("{prefix}/ckpt-{n}.{suffix}"));
@@ -188,13 +192,14 @@ fn a_damaged_object_makes_the_restore_fall_back() {
     trainer.assert_holds(1);
 }
 
-/// Two writers opened on one prefix: the second to commit loses the
-/// conditional write and gets LOCKED; the first's checkpoint is intact.
+/// Two writers opened on one prefix without the lease (tests/s3_writers.rs
+/// has it refuse the second): the second to commit loses the conditional
+/// write and gets LOCKED; the first's checkpoint is intact.
 #[test]
 fn of_two_writers_the_second_to_commit_gets_locked() {
     let bucket = Bucket::new("two-writers");
     let url = bucket.url("run");
-    let config = || storage_config(&url, &bucket.endpoint, MaxToKeep::Last(5));
+    let config = || without_lease(storage_config(&url, &bucket.endpoint, MaxToKeep::Last(5)));
     let mut first = Trainer::open(config()).unwrap();
     let mut second = Trainer::open(config()).unwrap();
     first.save(1);
@@ -236,7 +241,10 @@ fn a_server_without_conditional_writes_is_refused_unless_allowed() {
         .unwrap();
     let mut trainer = Trainer::open(allowed).unwrap();
     trainer.save(1);
-    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
+    // A lease needs conditional writes: there is none.
+    let mut expected = checkpoint_keys("run", &[1]);
+    expected.remove("run/checkpoint.lease");
+    assert_eq!(bucket.keys(), expected);
 }
 
 /// A connection cut in the middle of an upload is retried; when every
@@ -519,7 +527,10 @@ fn keep_every_n_hours_preserves_on_a_bucket() {
         .flat_map(|base| {
             ["ckpt-manifest.json", "note"].map(|suffix| format!("run/{base}.{suffix}"))
         })
-        .chain(["run/checkpoint".to_owned()])
+        .chain([
+            "run/checkpoint".to_owned(),
+            "run/checkpoint.lease".to_owned(),
+        ])
         .collect();
     assert_eq!(bucket.keys(), kept);
     let manager = open(&now);
@@ -659,15 +670,17 @@ fn settings_come_from_the_aws_files() {
 }
 
 /// A writer whose upload is stalled while a second writer opens the prefix
-/// (and recovers it, removing the upload as abandoned): the first writer's
-/// commit finds its files gone and gets LOCKED instead of naming them.
+/// (and recovers it, removing the upload as abandoned; without the lease,
+/// as after a lease that expired while the first writer stalled): the
+/// first writer's commit finds its files gone and gets LOCKED instead of
+/// naming them.
 #[test]
 fn a_save_whose_upload_another_writer_removed_is_not_committed() {
     let bucket = Bucket::new("removed-upload");
     let proxy = FaultProxy::start(MotoServer::shared().address());
     let url = bucket.url("run");
-    let mut first =
-        Trainer::open(storage_config(&url, &proxy.endpoint(), MaxToKeep::Last(5))).unwrap();
+    let config = |endpoint: &str| without_lease(storage_config(&url, endpoint, MaxToKeep::Last(5)));
+    let mut first = Trainer::open(config(&proxy.endpoint())).unwrap();
     first.save(1);
     let state = bucket.get("run/checkpoint");
     proxy.hold_requests("PUT /removed-upload/run/ckpt-2.note");
@@ -685,7 +698,7 @@ fn a_save_whose_upload_another_writer_removed_is_not_committed() {
         assert!(Instant::now() < deadline, "{:?}", proxy.requests());
         std::thread::sleep(Duration::from_millis(5));
     }
-    let second = Trainer::open(storage_config(&url, &bucket.endpoint, MaxToKeep::Last(5))).unwrap();
+    let second = Trainer::open(config(&bucket.endpoint)).unwrap();
     proxy.release_held();
     let (first, result) = saving.join().unwrap();
     let err = result.unwrap_err();
@@ -703,4 +716,12 @@ fn a_save_whose_upload_another_writer_removed_is_not_committed() {
         Some(url.join("ckpt-1"))
     );
     reader.assert_holds(1);
+}
+
+/// A writer that takes no lease (`ckpt_lease_seconds` 0).
+fn without_lease(mut config: Config) -> Config {
+    config
+        .set_storage_option("ckpt_lease_seconds", "0")
+        .unwrap();
+    config
 }

@@ -58,7 +58,14 @@ fn a_losing_writers_late_upload_leaves_the_winners_checkpoint_intact() {
     let bucket = Bucket::new("late-upload");
     let proxy = FaultProxy::start(MotoServer::shared().address());
     let url = bucket.url("run");
-    let config = |endpoint: &str| storage_config(&url, endpoint, MaxToKeep::Last(5));
+    // Without the lease, which would refuse the second writer at open.
+    let config = |endpoint: &str| {
+        let mut config = storage_config(&url, endpoint, MaxToKeep::Last(5));
+        config
+            .set_storage_option("ckpt_lease_seconds", "0")
+            .unwrap();
+        config
+    };
     let mut loser = Writer::open(config(&proxy.endpoint()), Callbacks::new(), 1024);
     let mut winner = Writer::open(config(&bucket.endpoint), Callbacks::new(), 1024);
     proxy.hold_requests("PUT /late-upload/run/ckpt-1.safetensors");
@@ -216,6 +223,7 @@ fn sweeping_ckpt_1_keeps_ckpt_10() {
     let keys = bucket.keys();
     let expected = [
         "run/checkpoint",
+        "run/checkpoint.lease",
         "run/ckpt-10.ckpt-manifest.json",
         "run/ckpt-10.safetensors",
     ];

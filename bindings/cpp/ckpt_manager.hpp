@@ -495,7 +495,8 @@ class Options {
   // the AWS_* environment variables and files: the S3 client's keys
   // (`aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_allow_http`, ...)
   // or the library's (`ckpt_local_staging_directory`,
-  // `ckpt_allow_unconditional_writes`, `ckpt_max_retries`); see
+  // `ckpt_allow_unconditional_writes`, `ckpt_max_retries`,
+  // `ckpt_lease_seconds`); see
   // ckpt_options_set_storage_option. An unknown key throws
   // CKPT_STATUS_INVALID_ARGUMENT. Local directories ignore these options.
   Options& storage_option(const std::string& key, const std::string& value) {

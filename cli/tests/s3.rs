@@ -94,9 +94,12 @@ impl Bucket {
 }
 
 /// The keys of checkpoints `numbers` (built-in saver) under `prefix`, with
-/// its state object.
+/// its state object and the writers' lease.
 fn checkpoint_keys(prefix: &str, numbers: &[u64]) -> BTreeSet<String> {
-    let mut keys = BTreeSet::from([format!("{prefix}/checkpoint")]);
+    let mut keys = BTreeSet::from([
+        format!("{prefix}/checkpoint"),
+        format!("{prefix}/checkpoint.lease"),
+    ]);
     for n in numbers {
         for suffix in ["ckpt-manifest.json", "safetensors"] {
             keys.insert(format!("{prefix}/ckpt-{n}.{suffix}"));
@@ -214,9 +217,21 @@ fn prune_and_recover_change_a_bucket_as_a_directory_and_a_writer_notices() {
     assert_snapshot("prune_dry_run", Path::new(&url), &ran.stdout);
     assert_eq!(bucket.keys(), before);
 
-    // A writer opened before the prune: object storage has no lock, so
-    // the prune goes ahead and the writer's next commit is refused.
-    let config = bucket.writer_config(&url);
+    // A writer holding the prefix's lease keeps the prune out, as a
+    // directory's lock does.
+    let holder = CheckpointManager::new(bucket.writer_config(&url), Callbacks::new()).unwrap();
+    let ran = bucket.ckpt(&["prune", &url, "--keep", "1"]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("checkpoint.lease"), "{}", ran.stderr);
+    assert_eq!(bucket.keys(), before);
+    drop(holder);
+
+    // A writer without the lease opened before the prune: the prune goes
+    // ahead and the writer's next commit is refused.
+    let mut config = bucket.writer_config(&url);
+    config
+        .set_storage_option("ckpt_lease_seconds", "0")
+        .unwrap();
     let callbacks = Callbacks::new().on_save(|prefix, number| {
         let path = ckpt_manager::paths::with_suffix(prefix, ".note");
         Ok(std::fs::write(path, number.to_string())?)

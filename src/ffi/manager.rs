@@ -158,7 +158,13 @@ unsafe fn prefix_call(
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (no
 /// directory, no max_to_keep, an interval without a step counter),
 /// CKPT_STATUS_LOCKED (another manager writes there; the message names its
-/// pid), CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
+/// pid). On an `s3://` prefix the lock is a lease object
+/// (`<prefix>/checkpoint.lease`) its writer keeps fresh: a lease whose holder
+/// stopped refreshing it is waited out (at most its duration plus one second
+/// after the last refresh, by the server's clock; 25 s by default, see
+/// `ckpt_lease_seconds`) and taken over, so a killed writer's restart opens;
+/// a lease refreshed meanwhile fails with LOCKED, within a third of its
+/// duration. CKPT_STATUS_STATE_CORRUPT, CKPT_STATUS_IO_ERROR,
 /// CKPT_STATUS_CALLBACK_FAILED (clock).
 /// Threads: any thread, one at a time per options object.
 /// Callbacks: the clock and log callbacks, and the delete callback for the

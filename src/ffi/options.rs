@@ -637,14 +637,20 @@ pub unsafe extern "C" fn ckpt_options_set_coordination_timeout(
 ///    If-None-Match), which the manager otherwise refuses at open, since two
 ///    writers could then both commit;
 ///  - `ckpt_max_retries`: how often a failed request is retried, with
-///    exponential backoff (default 10, within 3 minutes).
+///    exponential backoff (default 10, within 3 minutes);
+///  - `ckpt_lease_seconds` (default 25; 0, or at least 1): how long a
+///    writer's lease on the prefix lasts without a refresh (it refreshes every
+///    third of it); a killed writer keeps its restart out that long plus one
+///    second at most. 0 takes no lease: a second writer then opens, and only
+///    the conditional commit refuses it (see `ckpt_manager_new`).
 ///
 /// Local directories ignore these options.
 ///
 /// Ownership: `options` is borrowed; `key` and `value` are borrowed (copied).
 /// Returns: CKPT_STATUS_OK, or an error.
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (not UTF-8,
-/// an unknown key, a boolean that is not "true" or "false").
+/// an unknown key, a boolean that is not "true" or "false", a count or a
+/// number of seconds that is not one).
 /// Threads: one thread at a time per options object.
 /// Callbacks: none run.
 #[no_mangle]

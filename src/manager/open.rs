@@ -67,19 +67,51 @@ impl CheckpointManager {
 
     /// A writer creates the directory, takes its lock and recovers what
     /// interrupted saves left.
-    /// On object storage there is no lock: the commit is a conditional
-    /// write, which the server must support.
+    /// On object storage the lock is a lease object (`Error::Leased` while
+    /// another writer lives), and the commit a conditional write, which
+    /// the server must support; a dead writer's incomplete multipart
+    /// uploads are aborted once the lease is this writer's.
     fn take_directory(&mut self) -> Result<()> {
         if !self.config.read_only {
             if self.config.is_local() {
                 crate::store::create_directory(&self.config.directory)?;
             } else {
                 self.store.probe_conditional_writes()?;
+                self.store.take_lease()?;
             }
             self._lock = store::lock(&self.config.directory)?;
+            self.abort_abandoned_uploads();
             self.recover()?;
         }
         Ok(())
+    }
+
+    /// Aborts the incomplete uploads of this manager's checkpoints (files
+    /// named `<name>-<N>...` or in their staging) that a dead writer left.
+    /// A failure is a warning: a listing the credentials do not allow must
+    /// not keep a writer from opening.
+    fn abort_abandoned_uploads(&mut self) {
+        let name = self.config.checkpoint_name.clone();
+        let owned = |upload: &std::path::Path| {
+            upload.components().next().is_some_and(|first| {
+                paths::own_checkpoint_number(first.as_os_str(), &name).is_some()
+            })
+        };
+        let shown = self.store.shown(std::path::Path::new(""));
+        match self.store.abort_uploads(&owned) {
+            Ok(aborted) => aborted.iter().for_each(|upload| {
+                let upload = self.store.shown(upload);
+                self.warn(&format!(
+                    "aborted an incomplete upload of '{}' left when the last writer stopped",
+                    upload.display()
+                ))
+            }),
+            Err(err) => self.warn(&format!(
+                "could not abort incomplete uploads under '{}' ({err}); a bucket lifecycle \
+                 rule AbortIncompleteMultipartUpload removes them",
+                shown.display()
+            )),
+        }
     }
 
     /// Finishes or removes what interrupted saves left (see `transaction`).

@@ -195,6 +195,16 @@ impl Store for FaultyStore {
             .map_err(|err| crate::Error::io("probe conditional writes", err))?;
         self.inner.probe_conditional_writes()
     }
+    fn take_lease(&self) -> crate::Result<()> {
+        self.steps
+            .step("take_lease", Path::new(crate::layout::LEASE_NAME))
+            .map_err(|err| crate::Error::io("take the lease", err))?;
+        self.inner.take_lease()
+    }
+    fn abort_uploads(&self, owned: &dyn Fn(&Path) -> bool) -> io::Result<Vec<PathBuf>> {
+        self.steps.step("abort_uploads", Path::new(""))?;
+        self.inner.abort_uploads(owned)
+    }
 }
 
 mod tests {

@@ -299,4 +299,14 @@ impl Store for LocalStore {
     fn probe_conditional_writes(&self) -> crate::Result<()> {
         Ok(())
     }
+
+    /// The lock file excludes other writers.
+    fn take_lease(&self) -> crate::Result<()> {
+        Ok(())
+    }
+
+    /// Files are written whole: no uploads to abort.
+    fn abort_uploads(&self, _owned: &dyn Fn(&Path) -> bool) -> io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
 }

@@ -72,6 +72,8 @@ pub struct MemoryStore {
     url: String,
     shadow: LocalStore,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// The version of the lease object this handle wrote, while it holds it.
+    lease: Mutex<Option<u64>>,
 }
 
 impl MemoryStore {
@@ -83,6 +85,7 @@ impl MemoryStore {
             url: url.to_owned(),
             shadow: LocalStore::new(local_root.join(crate::layout::shadow_directory_name())),
             seen: Arc::default(),
+            lease: Mutex::new(None),
         }
     }
 
@@ -340,11 +343,43 @@ impl Store for MemoryStore {
             _ => Err(crate::Error::invalid("conditional writes are ignored")),
         }
     }
+
+    /// A create-only PUT of the lease object; it never expires here (no
+    /// process dies in a unit test), and goes when this handle is dropped.
+    fn take_lease(&self) -> crate::Result<()> {
+        let key = crate::layout::LEASE_NAME;
+        let fresh = Mutex::new(HashMap::from([(key.to_owned(), Seen::Absent)]));
+        match put(&self.bucket, &fresh, key, b"held".to_vec()) {
+            Ok(()) => {
+                *self.lease.lock().unwrap() = match fresh.lock().unwrap().get(key) {
+                    Some(Seen::Version(version)) => Some(*version),
+                    _ => None,
+                };
+                Ok(())
+            }
+            Err(err) if super::is_conflict(&err) => Err(crate::Error::Leased {
+                lease: PathBuf::from(format!("{}/{key}", self.url)),
+                holder: "another handle".to_owned(),
+            }),
+            Err(err) => Err(crate::Error::io("take the lease", err)),
+        }
+    }
+
+    /// Objects are written whole: no uploads to abort.
+    fn abort_uploads(&self, _owned: &dyn Fn(&Path) -> bool) -> io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
 }
 
 impl Drop for MemoryStore {
     fn drop(&mut self) {
         let _ = self.release_local();
+        if let Some(version) = self.lease.get_mut().unwrap().take() {
+            let mut objects = self.bucket.objects.lock().unwrap();
+            if objects.get(crate::layout::LEASE_NAME).map(|o| o.version) == Some(version) {
+                objects.remove(crate::layout::LEASE_NAME);
+            }
+        }
     }
 }
 

@@ -127,6 +127,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn release_local(&self) -> io::Result<()>;
     /// Refuses to write where a second writer could commit unnoticed.
     fn probe_conditional_writes(&self) -> crate::Result<()>;
+    /// Takes this writer's lease on an object-storage prefix (see
+    /// `object/lease.rs`), kept fresh in the background and released when
+    /// the store is dropped; `Error::Leased` while another live writer
+    /// holds it. A local directory's lock file does this job: nothing to do.
+    fn take_lease(&self) -> crate::Result<()>;
+    /// Aborts the incomplete multipart uploads under the store's root whose
+    /// names `owned` accepts, and returns those names. Only for a writer
+    /// holding the lease: a live writer's uploads are in there too.
+    fn abort_uploads(&self, owned: &dyn Fn(&Path) -> bool) -> io::Result<Vec<PathBuf>>;
 }
 
 /// What a backend can do. Every method of `Store` is required (no default
@@ -151,8 +160,8 @@ pub fn open(directory: &Path, options: &[(String, String)]) -> crate::Result<Arc
     })
 }
 
-/// A writer's hold on a local directory; object stores rely on
-/// conditional writes instead (`None`).
+/// A writer's hold on a local directory; an object store's writer takes
+/// a lease instead (`Store::take_lease`): `None`.
 pub fn lock(directory: &Path) -> crate::Result<Option<DirectoryLock>> {
     match crate::location::parse(directory)? {
         Location::Local(path) => Ok(Some(DirectoryLock::acquire(&path)?)),

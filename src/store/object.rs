@@ -21,6 +21,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod lease;
+mod uploads;
+
 use futures::future::try_join_all;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
@@ -45,6 +48,7 @@ const COPY_LIMIT: u64 = 5 << 30;
 pub const LOCAL_STAGING_OPTION: &str = "ckpt_local_staging_directory";
 pub const UNCONDITIONAL_OPTION: &str = "ckpt_allow_unconditional_writes";
 pub const RETRIES_OPTION: &str = "ckpt_max_retries";
+pub use lease::LEASE_SECONDS_OPTION;
 
 /// The runtime every object store's requests run on; the library's calls
 /// block on them from whatever thread the caller uses.
@@ -91,6 +95,11 @@ pub struct ObjectStore {
     seen: SeenTags,
     /// The user opted out of conditional writes (a server without them).
     unconditional: bool,
+    /// How long a writer's lease lasts without a refresh; 0: no lease.
+    lease_seconds: f64,
+    /// This writer's lease, once taken.
+    lease: Mutex<Option<lease::Lease>>,
+    uploads: Arc<uploads::Uploads>,
 }
 
 /// The settings of a connection: the client's options by their own names,
@@ -105,10 +114,12 @@ pub fn connect(
     }
     let mut staging = None;
     let mut unconditional = false;
+    let mut lease_seconds = lease::DEFAULT_LEASE_SECONDS;
     for (key, value) in options {
         match key.as_str() {
             LOCAL_STAGING_OPTION => staging = Some(PathBuf::from(value)),
             UNCONDITIONAL_OPTION => unconditional = parse_bool(key, value)?,
+            LEASE_SECONDS_OPTION => lease_seconds = parse_seconds(key, value)?,
             RETRIES_OPTION => {
                 builder = builder.with_retry(object_store::RetryConfig {
                     max_retries: parse_count(key, value)?,
@@ -118,20 +129,22 @@ pub fn connect(
             _ => builder = builder.with_config(config_key(key)?, value),
         }
     }
-    let client = builder
-        .with_bucket_name(&location.bucket)
-        .build()
-        .map_err(|err| {
-            crate::Error::invalid(format!("cannot reach '{}': {err}", location.url()))
-        })?;
+    let builder = builder.with_bucket_name(&location.bucket);
+    let unreachable =
+        |err| crate::Error::invalid(format!("cannot reach '{}': {err}", location.url()));
+    let client = Arc::new(builder.clone().build().map_err(unreachable)?);
+    let uploads = Arc::new(uploads::Uploads::new(&builder, client.clone()));
     let root = staging.unwrap_or_else(std::env::temp_dir);
     let shadow = root.join(crate::layout::shadow_directory_name());
     Ok(ObjectStore {
         location: location.clone(),
-        client: Arc::new(client),
+        client,
         shadow: LocalStore::new(shadow),
         seen: SeenTags::default(),
         unconditional,
+        lease_seconds,
+        lease: Mutex::new(None),
+        uploads,
     })
 }
 
@@ -142,6 +155,7 @@ pub fn check_option(key: &str, value: &str) -> crate::Result<()> {
         LOCAL_STAGING_OPTION => Ok(()),
         UNCONDITIONAL_OPTION => parse_bool(key, value).map(drop),
         RETRIES_OPTION => parse_count(key, value).map(drop),
+        LEASE_SECONDS_OPTION => parse_seconds(key, value).map(drop),
         _ => config_key(key).map(drop),
     }
 }
@@ -151,7 +165,7 @@ fn config_key(key: &str) -> crate::Result<object_store::aws::AmazonS3ConfigKey> 
         crate::Error::invalid(format!(
             "unknown storage option '{key}': use the S3 client's names (aws_endpoint, aws_region, \
              aws_access_key_id, aws_allow_http, ...), {LOCAL_STAGING_OPTION}, \
-             {UNCONDITIONAL_OPTION} or {RETRIES_OPTION}"
+             {UNCONDITIONAL_OPTION}, {RETRIES_OPTION} or {LEASE_SECONDS_OPTION}"
         ))
     })
 }
@@ -160,6 +174,15 @@ fn parse_count(key: &str, value: &str) -> crate::Result<usize> {
     value.parse().map_err(|_| {
         crate::Error::invalid(format!("storage option {key} is a count, not '{value}'"))
     })
+}
+
+fn parse_seconds(key: &str, value: &str) -> crate::Result<f64> {
+    match value.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (seconds == 0.0 || seconds >= 1.0) => Ok(seconds),
+        _ => Err(crate::Error::invalid(format!(
+            "storage option {key} is a number of seconds, 0 or at least 1, not '{value}'"
+        ))),
+    }
 }
 
 fn parse_bool(key: &str, value: &str) -> crate::Result<bool> {
@@ -487,6 +510,17 @@ impl Store for ObjectStore {
     }
 
     fn check_unchanged(&self, name: &Path) -> io::Result<()> {
+        let lease = self
+            .lease
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|lease| lease.lost());
+        if let Some(lost) = lease {
+            if let Some(lost) = run(lost)?.map_err(io_error)? {
+                return Err(conflict(lost));
+            }
+        }
         let key = self.key(name)?;
         let Some(seen) = self.seen(&key).filter(|_| !self.unconditional) else {
             return Ok(());
@@ -538,6 +572,53 @@ impl Store for ObjectStore {
         }
     }
 
+    /// See `lease`: none when the user chose no lease or a server without
+    /// conditional writes, which a lease needs.
+    fn take_lease(&self) -> crate::Result<()> {
+        if self.unconditional || self.lease_seconds == 0.0 {
+            return Ok(());
+        }
+        let name = |name: &Path| self.key(name).map_err(|err| crate::Error::io("lease", err));
+        let taken = run(lease::Lease::take(
+            self.client.clone(),
+            name(Path::new(crate::layout::LEASE_NAME))?,
+            name(&crate::layout::clock_name())?,
+            self.lease_seconds,
+            self.shown(Path::new(crate::layout::LEASE_NAME))
+                .to_string_lossy()
+                .into_owned(),
+        ))
+        .map_err(|err| crate::Error::io("take the lease", err))??;
+        *self.lease.lock().unwrap() = Some(taken);
+        Ok(())
+    }
+
+    fn abort_uploads(&self, owned: &dyn Fn(&Path) -> bool) -> io::Result<Vec<PathBuf>> {
+        let root = self.key(Path::new(""))?.to_string();
+        let prefix = match root.is_empty() {
+            true => root,
+            false => format!("{root}/"),
+        };
+        let uploads = self.uploads.clone();
+        let listed = {
+            let (uploads, prefix) = (uploads.clone(), prefix.clone());
+            run(async move { uploads.list(&prefix).await })?.map_err(io_error)?
+        };
+        let mut aborted = Vec::new();
+        for upload in listed {
+            let Some(name) = upload.key.strip_prefix(&prefix).map(PathBuf::from) else {
+                continue;
+            };
+            if !owned(&name) {
+                continue;
+            }
+            let uploads = uploads.clone();
+            run(async move { uploads.abort(&upload).await })?.map_err(io_error)?;
+            aborted.push(name);
+        }
+        Ok(aborted)
+    }
+
     fn probe_conditional_writes(&self) -> crate::Result<()> {
         if self.unconditional {
             return Ok(());
@@ -581,6 +662,9 @@ impl Store for ObjectStore {
 impl Drop for ObjectStore {
     fn drop(&mut self) {
         let _ = self.release_local();
+        if let Some(lease) = self.lease.get_mut().unwrap().take() {
+            let _ = run(lease.release());
+        }
     }
 }
 

@@ -423,7 +423,9 @@ class CheckpointManager:
     `aws_access_key_id`, `aws_secret_access_key`, `aws_allow_http`, ...) and
     sets the library's own: `ckpt_local_staging_directory` (where `save_fn`
     writes and `restore_fn` reads, uploaded and downloaded by the library),
-    `ckpt_allow_unconditional_writes` and `ckpt_max_retries`. A value may be a
+    `ckpt_allow_unconditional_writes`, `ckpt_max_retries` and
+    `ckpt_lease_seconds` (how long a writer's lease on the prefix lasts; a
+    second writer gets LockedError at open). A value may be a
     str, a bool ("true"/"false") or an int. An unknown key, or a URL of
     another scheme (`gs://`, ...), raises InvalidArgumentError. Local
     directories ignore the options. (ckpt_options_set_storage_option in the

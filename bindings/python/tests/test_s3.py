@@ -124,7 +124,8 @@ def get(s3, bucket, key):
 
 
 def checkpoint_keys(prefix, numbers, suffixes):
-    return sorted(["%s/checkpoint" % prefix] + [
+    """The state object, the writers' lease and the checkpoints' objects."""
+    return sorted(["%s/checkpoint" % prefix, "%s/checkpoint.lease" % prefix] + [
         "%s/ckpt-%d.%s" % (prefix, n, suffix) for n in numbers
         for suffix in ("ckpt-manifest.json",) + suffixes])
 
