@@ -65,7 +65,8 @@ pub fn parse(directory: &Path) -> Result<Location> {
             std::ffi::OsStr::from_bytes(rest),
         ))),
         b"file" => Err(refused(directory, "a file:// URL needs an absolute path")),
-        b"s3" => parse_s3(directory, rest).map(Location::S3),
+        b"s3" if cfg!(feature = "s3") => parse_s3(directory, rest).map(Location::S3),
+        b"s3" => Err(without_object_storage(directory)),
         _ => Err(refused(
             directory,
             &format!(
@@ -106,6 +107,15 @@ fn parse_s3(directory: &Path, rest: &[u8]) -> Result<BucketPrefix> {
     })
 }
 
+/// An `s3://` directory in a build without the `s3` feature: refused,
+/// never taken for a local folder.
+pub fn without_object_storage(directory: &Path) -> Error {
+    refused(
+        directory,
+        "this library was built without object storage (cargo feature s3)",
+    )
+}
+
 fn refused(directory: &Path, why: &str) -> Error {
     Error::invalid(format!(
         "cannot use '{}' as a checkpoint directory: {why}",
@@ -117,6 +127,7 @@ fn refused(directory: &Path, why: &str) -> Error {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "s3")]
     fn s3(bucket: &str, prefix: &str) -> Location {
         Location::S3(BucketPrefix {
             bucket: bucket.into(),
@@ -140,6 +151,18 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(feature = "s3"))]
+    fn s3_urls_are_refused_without_the_s3_feature() {
+        let err = parse(Path::new("s3://bkt/run")).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(
+            err.to_string().contains("built without object storage (cargo feature s3)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "s3")]
     fn s3_urls_name_a_bucket_and_a_prefix() {
         assert_eq!(parse(Path::new("s3://bkt")).unwrap(), s3("bkt", ""));
         assert_eq!(parse(Path::new("s3://bkt/")).unwrap(), s3("bkt", ""));

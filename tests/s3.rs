@@ -2,6 +2,8 @@
 //! on loopback (tests/support/s3.rs), some through a fault-injecting proxy.
 //! Every assertion reads the bucket back with its own client.
 
+#![cfg(feature = "s3")]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -7,7 +7,9 @@
 pub(crate) mod faulty;
 mod local;
 mod lock;
+#[cfg(feature = "s3")]
 mod object;
+#[cfg(feature = "s3")]
 mod profile;
 
 pub use lock::LOCK_FILE_NAME;
@@ -21,7 +23,16 @@ use crate::location::Location;
 pub(crate) use local::random_hex32;
 pub use local::{create_directory, LocalStore};
 pub use lock::DirectoryLock;
+#[cfg(feature = "s3")]
 pub use object::check_option;
+
+/// Storage options configure object stores, which this build lacks.
+#[cfg(not(feature = "s3"))]
+pub fn check_option(key: &str, _value: &str) -> crate::Result<()> {
+    Err(crate::Error::invalid(format!(
+        "storage option '{key}': this library was built without object storage (cargo feature s3)"
+    )))
+}
 
 /// What a name in the store is. Anything but a regular file or a
 /// directory (symlinks, FIFOs, devices) is `Other` and is never read.
@@ -64,6 +75,7 @@ impl std::fmt::Display for Conflict {
 
 impl std::error::Error for Conflict {}
 
+#[cfg_attr(not(feature = "s3"), allow(dead_code))] // only object stores lose a race
 pub fn conflict(message: impl Into<String>) -> io::Error {
     io::Error::other(Conflict(message.into()))
 }
@@ -150,10 +162,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
 /// The store of a directory or URL; `options` are storage options (for
 /// object stores).
+#[cfg_attr(not(feature = "s3"), allow(unused_variables))]
 pub fn open(directory: &Path, options: &[(String, String)]) -> crate::Result<Arc<dyn Store>> {
     Ok(match crate::location::parse(directory)? {
         Location::Local(path) => Arc::new(LocalStore::new(path)),
+        #[cfg(feature = "s3")]
         Location::S3(location) => Arc::new(object::connect(&location, options)?),
+        #[cfg(not(feature = "s3"))]
+        Location::S3(_) => return Err(crate::location::without_object_storage(directory)),
     })
 }
 

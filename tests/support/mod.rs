@@ -6,6 +6,7 @@
 
 pub mod fault_proxy;
 pub mod harness;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::collections::HashMap;
