@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // Each test crate uses part of this module.
 
+pub mod checkpoint_dir;
 pub mod fault_proxy;
 pub mod harness;
 #[cfg(feature = "s3")]
