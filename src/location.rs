@@ -150,15 +150,43 @@ mod tests {
         );
     }
 
+    /// Without the `s3` feature every way in refuses an `s3://` directory,
+    /// naming the feature, and nothing named `s3:` appears locally.
     #[test]
     #[cfg(not(feature = "s3"))]
-    fn s3_urls_are_refused_without_the_s3_feature() {
-        let err = parse(Path::new("s3://bkt/run")).unwrap_err();
-        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
-        assert!(
-            err.to_string().contains("built without object storage (cargo feature s3)"),
-            "{err}"
-        );
+    fn s3_directories_are_refused_without_the_s3_feature() {
+        let url = Path::new("s3://bkt/run");
+        let mut config = crate::Config::new("run", crate::MaxToKeep::Last(1)).unwrap();
+        for (what, err) in [
+            ("parse", parse(url).unwrap_err()),
+            (
+                "Config::new",
+                crate::Config::new(url, crate::MaxToKeep::Last(1)).unwrap_err(),
+            ),
+            ("store::open", crate::store::open(url, &[]).unwrap_err()),
+            (
+                "get_checkpoint_state",
+                crate::get_checkpoint_state(url).unwrap_err(),
+            ),
+            (
+                "checkpoints_on_disk",
+                crate::checkpoints_on_disk(url).unwrap_err(),
+            ),
+            (
+                "set_storage_option",
+                config
+                    .set_storage_option("aws_endpoint", "http://127.0.0.1:9")
+                    .unwrap_err(),
+            ),
+        ] {
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{what}");
+            let message = err.to_string();
+            assert!(
+                message.contains("built without object storage (cargo feature s3)"),
+                "{what}: {message}"
+            );
+        }
+        assert!(!Path::new("s3:").exists(), "an s3: folder was created");
     }
 
     #[test]
