@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ckpt_manager::{CallbackError, Callbacks, CheckpointManager, CheckpointState, Config, MaxToKeep};
+use ckpt_manager::{
+    CallbackError, Callbacks, CheckpointManager, CheckpointState, Config, MaxToKeep,
+};
 
 /// How long a call that must not block may take before the test fails.
 pub const HANG_LIMIT: Duration = Duration::from_secs(10);
