@@ -3,7 +3,8 @@
 //! `pkg-config --cflags --libs ckpt_manager` and the CMake project
 //! `tests/install/CMakeLists.txt` (`find_package(ckpt_manager)`, the shared
 //! and the static target), each run. One test, in order: the install builds
-//! a release library (in target/install), which takes a while.
+//! bin/ckpt in the release tree the Python package shares and, from a copy
+//! of that tree, the library with its SONAME (in target/install).
 
 mod support;
 
