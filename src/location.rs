@@ -107,13 +107,15 @@ fn parse_s3(directory: &Path, rest: &[u8]) -> Result<BucketPrefix> {
     })
 }
 
+/// Why an `s3://` directory or a storage option is refused by a build
+/// without the `s3` feature.
+pub(crate) const WITHOUT_OBJECT_STORAGE: &str =
+    "this library was built without object storage (cargo feature s3)";
+
 /// An `s3://` directory in a build without the `s3` feature: refused,
 /// never taken for a local folder.
-pub fn without_object_storage(directory: &Path) -> Error {
-    refused(
-        directory,
-        "this library was built without object storage (cargo feature s3)",
-    )
+pub(crate) fn without_object_storage(directory: &Path) -> Error {
+    refused(directory, WITHOUT_OBJECT_STORAGE)
 }
 
 fn refused(directory: &Path, why: &str) -> Error {

@@ -30,7 +30,8 @@ pub use object::check_option;
 #[cfg(not(feature = "s3"))]
 pub fn check_option(key: &str, _value: &str) -> crate::Result<()> {
     Err(crate::Error::invalid(format!(
-        "storage option '{key}': this library was built without object storage (cargo feature s3)"
+        "storage option '{key}': {}",
+        crate::location::WITHOUT_OBJECT_STORAGE
     )))
 }
 
