@@ -86,6 +86,11 @@ tiny: $(BUILD_DIR)/tiny_trainer
 test:
 	./scripts/setup
 	cargo clippy --workspace --all-targets -- -D warnings
+	@echo "== the library without object storage (cargo feature s3): lints and its own tests"
+	@# --lib only: an integration test would build this variant's
+	@# libckpt_manager.so over the default one in target/debug/deps.
+	cargo clippy --no-default-features --all-targets -- -D warnings
+	cargo test --no-default-features --lib
 	cargo test --workspace
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example

@@ -148,16 +148,19 @@ pub fn random_hex32() -> String {
 
 /// The object a writer creates twice to learn whether the server honours
 /// conditional writes.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))] // object stores only
 pub fn probe_name() -> PathBuf {
     PathBuf::from(format!(".ckpt-probe-{}", random_hex32()))
 }
 
 /// The object a writer creates and reads back to learn the server's time.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))] // object stores only
 pub fn clock_name() -> PathBuf {
     PathBuf::from(format!(".ckpt-clock-{}", random_hex32()))
 }
 
 /// The local directory where an object store's callbacks write and read.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))] // object stores only
 pub fn shadow_directory_name() -> String {
     format!("ckpt-manager-{}", random_hex32())
 }

@@ -65,7 +65,8 @@ pub fn parse(directory: &Path) -> Result<Location> {
             std::ffi::OsStr::from_bytes(rest),
         ))),
         b"file" => Err(refused(directory, "a file:// URL needs an absolute path")),
-        b"s3" => parse_s3(directory, rest).map(Location::S3),
+        b"s3" if cfg!(feature = "s3") => parse_s3(directory, rest).map(Location::S3),
+        b"s3" => Err(without_object_storage(directory)),
         _ => Err(refused(
             directory,
             &format!(
@@ -106,6 +107,17 @@ fn parse_s3(directory: &Path, rest: &[u8]) -> Result<BucketPrefix> {
     })
 }
 
+/// Why an `s3://` directory or a storage option is refused by a build
+/// without the `s3` feature.
+pub(crate) const WITHOUT_OBJECT_STORAGE: &str =
+    "this library was built without object storage (cargo feature s3)";
+
+/// An `s3://` directory in a build without the `s3` feature: refused,
+/// never taken for a local folder.
+pub(crate) fn without_object_storage(directory: &Path) -> Error {
+    refused(directory, WITHOUT_OBJECT_STORAGE)
+}
+
 fn refused(directory: &Path, why: &str) -> Error {
     Error::invalid(format!(
         "cannot use '{}' as a checkpoint directory: {why}",
@@ -117,6 +129,7 @@ fn refused(directory: &Path, why: &str) -> Error {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "s3")]
     fn s3(bucket: &str, prefix: &str) -> Location {
         Location::S3(BucketPrefix {
             bucket: bucket.into(),
@@ -139,7 +152,47 @@ mod tests {
         );
     }
 
+    /// Without the `s3` feature every way in refuses an `s3://` directory,
+    /// naming the feature, and nothing named `s3:` appears locally.
     #[test]
+    #[cfg(not(feature = "s3"))]
+    fn s3_directories_are_refused_without_the_s3_feature() {
+        let url = Path::new("s3://bkt/run");
+        let mut config = crate::Config::new("run", crate::MaxToKeep::Last(1)).unwrap();
+        for (what, err) in [
+            ("parse", parse(url).unwrap_err()),
+            (
+                "Config::new",
+                crate::Config::new(url, crate::MaxToKeep::Last(1)).unwrap_err(),
+            ),
+            ("store::open", crate::store::open(url, &[]).unwrap_err()),
+            (
+                "get_checkpoint_state",
+                crate::get_checkpoint_state(url).unwrap_err(),
+            ),
+            (
+                "checkpoints_on_disk",
+                crate::checkpoints_on_disk(url).unwrap_err(),
+            ),
+            (
+                "set_storage_option",
+                config
+                    .set_storage_option("aws_endpoint", "http://127.0.0.1:9")
+                    .unwrap_err(),
+            ),
+        ] {
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{what}");
+            let message = err.to_string();
+            assert!(
+                message.contains("built without object storage (cargo feature s3)"),
+                "{what}: {message}"
+            );
+        }
+        assert!(!Path::new("s3:").exists(), "an s3: folder was created");
+    }
+
+    #[test]
+    #[cfg(feature = "s3")]
     fn s3_urls_name_a_bucket_and_a_prefix() {
         assert_eq!(parse(Path::new("s3://bkt")).unwrap(), s3("bkt", ""));
         assert_eq!(parse(Path::new("s3://bkt/")).unwrap(), s3("bkt", ""));

@@ -79,6 +79,7 @@ fn run_case(case: &str) {
 
 /// The callbacks' exceptions on an `s3://` directory, on moto's server
 /// (tests/support/s3.rs), sync and in the background.
+#[cfg(feature = "s3")]
 #[test]
 fn s3_callback_exceptions() {
     let bucket = support::s3::Bucket::new("cpp-callback-exceptions");

@@ -3,7 +3,8 @@
 //! `pkg-config --cflags --libs ckpt_manager` and the CMake project
 //! `tests/install/CMakeLists.txt` (`find_package(ckpt_manager)`, the shared
 //! and the static target), each run. One test, in order: the install builds
-//! a release library (in target/install), which takes a while.
+//! bin/ckpt in the release tree the Python package shares and, from a copy
+//! of that tree, the library with its SONAME (in target/install).
 
 mod support;
 
@@ -94,16 +95,41 @@ fn soname_of(file: &Path) -> Option<String> {
         })
 }
 
+/// Runs scripts/install as from a user's shell: without the variables cargo
+/// sets for this test (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...). Build
+/// scripts that watch them (ring's, through `rerun-if-env-changed`) would
+/// otherwise make the next plain `cargo build --release`, the Python
+/// package's, compile half the release tree again.
 fn install(args: &[&str]) -> String {
-    let output = run(
-        Command::new("bash")
-            .arg(support::repo_root().join("scripts/install"))
-            .args(args)
-            .env_remove("PREFIX")
-            .env_remove("DESTDIR")
-            .env_remove("LIBDIR"),
-        &format!("scripts/install {}", args.join(" ")),
-    );
+    let mut command = Command::new("bash");
+    command
+        .arg(support::repo_root().join("scripts/install"))
+        .args(args)
+        .env_remove("PREFIX")
+        .env_remove("DESTDIR")
+        .env_remove("LIBDIR");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo = name == "OUT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            || [
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&&*name);
+        if set_by_cargo {
+            command.env_remove(&*name);
+        }
+    }
+    let output = run(&mut command, &format!("scripts/install {}", args.join(" ")));
     stdout(&output)
 }
 

@@ -1,10 +1,12 @@
 //! A read-only file system and a full disk, made real with small tmpfs
 //! mounts. Mounting needs root (CI runs as root); elsewhere these tests
-//! say so and pass without checking anything. Linux only (tmpfs, mount(8)).
+//! print "skipped, checked nothing" on stderr (shown even when they pass)
+//! and pass. Linux only (tmpfs, mount(8)).
 
 #![cfg(target_os = "linux")]
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -26,10 +28,27 @@ impl Tmpfs {
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&point)
-            .status()
-            .is_ok_and(|status| status.success());
-        if !mounted {
-            eprintln!("skipped: mounting a tmpfs needs root");
+            .output();
+        let failure = match &mounted {
+            Ok(output) if output.status.success() => None,
+            Ok(output) => Some(
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+            Err(err) => Some(format!("cannot run mount: {err}")),
+        };
+        if let Some(failure) = failure {
+            // Straight to stderr: the test harness hides what a passing
+            // test prints with eprintln!.
+            let test = std::thread::current().name().unwrap_or("?").to_owned();
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: skipped, checked nothing: mounting a {size} tmpfs needs root \
+                 (CAP_SYS_ADMIN): {failure}"
+            );
             return None;
         }
         Some(Tmpfs {

@@ -1,3 +1,4 @@
+#![cfg(feature = "s3")]
 //! One writer per `s3://` prefix (the lease object) and what a killed
 //! writer leaves on the server (incomplete multipart uploads), against a
 //! real moto server on loopback (tests/support/s3.rs). Leases last 2 s

@@ -19,6 +19,7 @@ impl LocalStore {
         LocalStore { root: root.into() }
     }
 
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))] // the object store's shadow directory
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -7,7 +7,9 @@
 pub(crate) mod faulty;
 mod local;
 mod lock;
+#[cfg(feature = "s3")]
 mod object;
+#[cfg(feature = "s3")]
 mod profile;
 
 use std::io;
@@ -20,7 +22,17 @@ pub use local::{create_directory, LocalStore};
 #[cfg(test)]
 pub(crate) mod memory;
 pub use lock::DirectoryLock;
+#[cfg(feature = "s3")]
 pub use object::check_option;
+
+/// Storage options configure object stores, which this build lacks.
+#[cfg(not(feature = "s3"))]
+pub fn check_option(key: &str, _value: &str) -> crate::Result<()> {
+    Err(crate::Error::invalid(format!(
+        "storage option '{key}': {}",
+        crate::location::WITHOUT_OBJECT_STORAGE
+    )))
+}
 
 /// What a name in the store is. Anything but a regular file or a
 /// directory (symlinks, FIFOs, devices) is `Other` and is never read.
@@ -63,6 +75,7 @@ impl std::fmt::Display for Conflict {
 
 impl std::error::Error for Conflict {}
 
+#[cfg_attr(not(feature = "s3"), allow(dead_code))] // only object stores lose a race
 pub fn conflict(message: impl Into<String>) -> io::Error {
     io::Error::other(Conflict(message.into()))
 }
@@ -153,10 +166,14 @@ pub struct Capabilities {
 
 /// The store of a directory or URL; `options` are storage options (for
 /// object stores).
+#[cfg_attr(not(feature = "s3"), allow(unused_variables))]
 pub fn open(directory: &Path, options: &[(String, String)]) -> crate::Result<Arc<dyn Store>> {
     Ok(match crate::location::parse(directory)? {
         Location::Local(path) => Arc::new(LocalStore::new(path)),
+        #[cfg(feature = "s3")]
         Location::S3(location) => Arc::new(object::connect(&location, options)?),
+        #[cfg(not(feature = "s3"))]
+        Location::S3(_) => return Err(crate::location::without_object_storage(directory)),
     })
 }
 

@@ -4,8 +4,10 @@
 
 #![allow(dead_code)] // Each test crate uses part of this module.
 
+pub mod checkpoint_dir;
 pub mod fault_proxy;
 pub mod harness;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::collections::HashMap;

@@ -15,7 +15,7 @@
 //! the warnings logged and what `checkpoint_info` reports of every
 //! checkpoint on disk are compared with the model.
 //!
-//! `PROPTEST_CASES=N cargo test --test retention_model` runs a longer
+//! `PROPTEST_CASES=N cargo test --test retention_rules_model` runs a longer
 //! search. Clock values are multiples of 0.25 s and the hours option a
 //! multiple of 0.25 h, so every timestamp is exact and comparisons need no
 //! tolerance.

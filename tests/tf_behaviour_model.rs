@@ -13,7 +13,7 @@
 //! `checkpoint.lock` appear when a writer opens, and every checkpoint has a
 //! `.ckpt-manifest.json`.
 //!
-//! `PROPTEST_CASES=N cargo test --test model` runs a longer search.
+//! `PROPTEST_CASES=N cargo test --test tf_behaviour_model` runs a longer search.
 //!
 //! Clock values are multiples of 0.25 s and `keep_checkpoint_every_n_hours`
 //! is a multiple of 0.25 h, so every timestamp and every `hours * 3600` is

@@ -2,6 +2,8 @@
 //! on loopback (tests/support/s3.rs), some through a fault-injecting proxy.
 //! Every assertion reads the bucket back with its own client.
 
+#![cfg(feature = "s3")]
+
 mod support;
 
 use std::collections::BTreeSet;
@@ -283,6 +285,7 @@ const CHILD_ENV: &str = "CKPT_S3_CHILD_ENDPOINT";
 /// In a child process: saves checkpoints 1 and 2 through the endpoint the
 /// parent gave; the parent SIGKILLs it during the second.
 #[test]
+#[ignore = "a child process of a_process_killed_mid_upload_leaves_nothing_that_counts_and_recovery_removes_it, which runs it"]
 fn child_saving_through_the_proxy() {
     let Ok(endpoint) = std::env::var(CHILD_ENV) else {
         return; // only as the child of the test below
@@ -357,6 +360,7 @@ const MODULE_CHILD_ENV: &str = "CKPT_S3_MODULE_CHILD_URL";
 /// In a child process configured by `AWS_*` variables only: the module
 /// functions on a URL.
 #[test]
+#[ignore = "a child process of module_functions_read_urls_with_settings_from_the_environment, which runs it"]
 fn child_reading_with_module_functions() {
     let Some(url) = std::env::var_os(MODULE_CHILD_ENV).map(PathBuf::from) else {
         return; // only as the child of the test below
@@ -420,7 +424,13 @@ fn module_functions_read_urls_with_settings_from_the_environment() {
 /// This executable, to run test `name` alone in a child process.
 fn child_test(name: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args([name, "--exact", "--nocapture", "--test-threads=1"]);
+    command.args([
+        name,
+        "--exact",
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     command
 }
 
@@ -626,6 +636,7 @@ const PROFILE_CHILD_ENV: &str = "CKPT_S3_PROFILE_CHILD_URL";
 /// In a child process whose credentials, region and endpoint come from
 /// `~/.aws/credentials` and `~/.aws/config` (profile `AWS_PROFILE`).
 #[test]
+#[ignore = "a child process of settings_come_from_the_aws_files, which runs it"]
 fn child_configured_by_aws_files() {
     let Some(url) = std::env::var_os(PROFILE_CHILD_ENV).map(PathBuf::from) else {
         return; // only as the child of the test below

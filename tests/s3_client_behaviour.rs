@@ -2,6 +2,8 @@
 //! checked against a real moto server (and through the fault proxy):
 //! each test pins one behaviour recorded in /work/notes/s3-facts.md.
 
+#![cfg(feature = "s3")]
+
 mod support;
 
 use std::sync::Arc;
