@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use super::coordination::Ranks;
 use super::state_for;
-use crate::layout::{deletable_base, staging_name};
 use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::integrity;
+use crate::layout::{deletable_base, staging_name};
 use crate::manifest::Annotations;
 use crate::policy::{Managed, Retention, Rules, Traits};
 use crate::store::Store;

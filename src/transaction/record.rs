@@ -42,6 +42,11 @@ pub(super) struct CommitRecord {
     /// The new state file, written and synced aside before the commit point.
     state_staged: ByteString,
     pub swept: Vec<SweptRecord>,
+    /// Set when the commit placed a new checkpoint's files and renamed the
+    /// state file itself, without writing this record (`rename.rs`):
+    /// only the directory's sync is left after the commit point.
+    #[serde(skip)]
+    pub placed: bool,
 }
 
 pub(super) fn io_at(
@@ -141,6 +146,7 @@ pub(super) fn stage(
                 directories: owned.directories.iter().map(|n| bytes_of(n)).collect(),
             })
             .collect(),
+        placed: false,
     };
     let mut files: Vec<PathBuf> = sealed
         .files
