@@ -118,6 +118,8 @@ const KIND_SHARD: u64 = 3;
 const KINDS: u64 = 4;
 const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
 const STAGING_SUFFIX: &str = ".ckpt-staging";
+/// The marker of a new checkpoint placed before the state file names it.
+const PENDING_SUFFIX: &str = ".ckpt-pending";
 
 /// Which save wrote a checkpoint: its generation (the committed saves
 /// before it, plus one) and the child's pid.
@@ -262,7 +264,9 @@ fn whole(
         .iter()
         .filter(|name| !decoys.contains(name))
         .filter(|name| {
-            parse_entry(name).is_some_and(|(n, suffix)| n == number && suffix != STAGING_SUFFIX)
+            parse_entry(name).is_some_and(|(n, suffix)| {
+                n == number && suffix != STAGING_SUFFIX && suffix != PENDING_SUFFIX
+            })
         })
         .cloned()
         .collect();
@@ -369,15 +373,25 @@ struct Staging {
     committed: bool,
 }
 
+/// The staging directories in `dir`: committed when they hold a commit
+/// record, or when a new checkpoint was placed (its pending marker is
+/// there) and the state file names it.
 fn stagings(dir: &Path) -> Vec<Staging> {
+    let state = fs::read_to_string(dir.join("checkpoint")).unwrap_or_default();
     names(dir)
         .into_iter()
         .filter_map(|name| {
             let base = name.strip_suffix(STAGING_SUFFIX)?.to_owned();
             let record = fs::read(dir.join(&name).join("commit-record.json")).ok();
-            let committed = record
+            let recorded = record
                 .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
                 .is_some_and(|record| record["format"] == "ckpt-manager-commit");
+            let named = state.lines().any(|line| {
+                line.split_once(": ")
+                    .is_some_and(|(_, value)| value == format!("\"{base}\""))
+            });
+            let placed = dir.join(format!("{base}{PENDING_SUFFIX}")).exists();
+            let committed = recorded || (placed && named);
             Some(Staging { base, committed })
         })
         .collect()

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::integrity::{self, Owned};
 use crate::layout::{self, file_name, record_name, STATE_FILE_NAME};
 use crate::manifest::{ByteString, Manifest, MAX_MANIFEST_BYTES};
+use crate::state::CheckpointState;
 use crate::state_file::{read_state_bytes, MAX_STATE_FILE_BYTES};
 use crate::store::{self, Kind, Store};
 
@@ -318,6 +319,20 @@ pub(super) fn delete_swept(
             .map_err(io_at("sync", store, Path::new("")))?;
     }
     Ok(())
+}
+
+/// Whether the state file names `<base>` (as the latest or among all).
+pub(super) fn state_names(store: &dyn Store, base: &OsStr) -> Result<bool> {
+    Ok(read_state_bytes(store)?
+        .and_then(|bytes| CheckpointState::parse(&bytes).ok())
+        .is_some_and(|state| {
+            let base = base.as_bytes();
+            state.model_checkpoint_path == base
+                || state
+                    .all_model_checkpoint_paths
+                    .iter()
+                    .any(|path| path == base)
+        }))
 }
 
 /// The commit record of `<base>`'s staging directory, when it holds a

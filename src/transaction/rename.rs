@@ -21,9 +21,10 @@
 //!    (1 sync). The marker, then the empty staging directory, go unsynced:
 //!    if either outlives a power cut, the next open removes it.
 //!
-//! Recovery resolves the marker: a checkpoint the state file names keeps
-//! its files, one it does not name loses what it owns (its manifest lists
-//! it, as the manifest is placed first). Under a kill every step happens in
+//! Recovery resolves the marker (with the staging directory, when it is
+//! left too): a checkpoint the state file names keeps its files, one it
+//! does not name loses what it owns (its manifest lists it, as the
+//! manifest is placed first). Under a kill every step happens in
 //! order, so nothing is left. After a power cut the state file never names
 //! a checkpoint whose files are not durable (step 3 precedes step 4);
 //! what no sync orders is the marker against the renames of step 2: a file
@@ -43,7 +44,6 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::record::{self, io_at, write_whole, CommitRecord, Staged};
@@ -51,8 +51,6 @@ use super::{CommitPlan, Sealed, Strategy};
 use crate::error::{Error, Result};
 use crate::integrity;
 use crate::layout::{self, file_name, STATE_FILE_NAME};
-use crate::state::CheckpointState;
-use crate::state_file::read_state_bytes;
 use crate::store::Store;
 
 #[derive(Debug)]
@@ -154,17 +152,7 @@ fn is_new_checkpoint(
             return Ok(false);
         }
     }
-    let named = read_state_bytes(store)?
-        .and_then(|bytes| CheckpointState::parse(&bytes).ok())
-        .is_some_and(|state| {
-            let base = base.as_bytes();
-            state.model_checkpoint_path == base
-                || state
-                    .all_model_checkpoint_paths
-                    .iter()
-                    .any(|path| path == base)
-        });
-    Ok(!named)
+    Ok(!record::state_names(store, base)?)
 }
 
 /// Steps 1 to 4 of the module's comment, up to the commit point. Before
