@@ -312,7 +312,7 @@ fn every_failing_step_of_a_new_checkpoint_without_a_sweep_keeps_the_last_good_on
 ) {
     let steps = fail_each_step_of_a_save(backend, (1, 2));
     if let Backend::Local = backend {
-        assert!(took(&steps, "create", "ckpt-2.ckpt-pending"), "{steps:?}");
+        assert!(took(&steps, "rename", "ckpt-2.ckpt-pending"), "{steps:?}");
         assert!(took(&steps, "rename", "ckpt-2.index"), "{steps:?}");
         assert!(!took(&steps, "create", "commit-record.json"), "{steps:?}");
     }

@@ -17,9 +17,10 @@ pub const LOCK_FILE_NAME: &str = "checkpoint.lock";
 /// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
 pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
 /// `<base>.ckpt-pending`: the marker of a save whose files go to their
-/// final names before the state file names them (a new checkpoint on a file
-/// system, as version 0.1 saved every one). Recovery deletes what `<base>`
-/// owns unless the state file names it.
+/// final names before the state file names them: a new checkpoint on a file
+/// system (its staging directory, renamed), or any save of version 0.1 (a
+/// file). Recovery deletes what `<base>` owns unless the state file names
+/// it.
 pub const PENDING_SUFFIX: &str = ".ckpt-pending";
 /// `<base>.ckpt-staging`: the directory a save of `<base>` writes into.
 pub const STAGING_SUFFIX: &str = ".ckpt-staging";

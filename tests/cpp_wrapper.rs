@@ -85,10 +85,7 @@ fn s3_callback_exceptions() {
     let program = sanitized_program("cpp_wrapper_tests", "tests/cpp/wrapper_tests.cpp");
     let workdir = tempfile::tempdir().unwrap();
     let output = sanitized_command(&program)
-        .args([
-            "s3_callback_exceptions".as_ref(),
-            workdir.path().as_os_str(),
-        ])
+        .args(["s3_callback_exceptions".as_ref(), workdir.path().as_os_str()])
         .env("CKPT_TEST_S3_URL", bucket.url("run"))
         .env("CKPT_TEST_S3_ENDPOINT", &bucket.endpoint)
         .output()

@@ -373,31 +373,39 @@ struct Staging {
     committed: bool,
 }
 
-/// The staging directories in `dir`: committed when they hold a commit
-/// record, or when a new checkpoint was placed (its pending marker is
-/// there) and the state file names it.
 fn stagings(dir: &Path) -> Vec<Staging> {
-    let state = fs::read_to_string(dir.join("checkpoint")).unwrap_or_default();
     names(dir)
         .into_iter()
         .filter_map(|name| {
             let base = name.strip_suffix(STAGING_SUFFIX)?.to_owned();
             let record = fs::read(dir.join(&name).join("commit-record.json")).ok();
-            let recorded = record
+            let committed = record
                 .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
                 .is_some_and(|record| record["format"] == "ckpt-manager-commit");
-            let named = state.lines().any(|line| {
-                line.split_once(": ")
-                    .is_some_and(|(_, value)| value == format!("\"{base}\""))
-            });
-            let placed = dir.join(format!("{base}{PENDING_SUFFIX}")).exists();
-            let committed = recorded || (placed && named);
             Some(Staging { base, committed })
         })
         .collect()
 }
 
-/// What recovery on `dir` must warn, one warning per staging directory.
+/// The bases of new checkpoints placed under a pending marker (their
+/// staging directory, renamed) that the state file does not name: recovery
+/// deletes what they placed.
+fn unnamed_pending(dir: &Path) -> Vec<String> {
+    let state = fs::read_to_string(dir.join("checkpoint")).unwrap_or_default();
+    names(dir)
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(PENDING_SUFFIX).map(str::to_owned))
+        .filter(|base| {
+            !state.lines().any(|line| {
+                line.split_once(": ")
+                    .is_some_and(|(_, value)| value == format!("\"{base}\""))
+            })
+        })
+        .collect()
+}
+
+/// What recovery on `dir` must warn, one warning per staging directory
+/// and per unnamed pending marker.
 fn expected_warnings(dir: &Path) -> Vec<String> {
     let mut warnings: Vec<String> = stagings(dir)
         .iter()
@@ -416,6 +424,12 @@ fn expected_warnings(dir: &Path) -> Vec<String> {
             }
         })
         .collect();
+    warnings.extend(unnamed_pending(dir).iter().map(|base| {
+        format!(
+            "removing '{}': it was being saved or deleted when the last writer stopped",
+            dir.join(base).display()
+        )
+    }));
     warnings.sort();
     warnings
 }

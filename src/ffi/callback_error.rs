@@ -82,7 +82,11 @@ pub(super) fn payload_of(err: Error) -> Option<CValue> {
     let Error::Callback { source, .. } = err else {
         return None;
     };
-    source.downcast::<CallbackFailure>().ok()?.attached?.payload
+    source
+        .downcast::<CallbackFailure>()
+        .ok()?
+        .attached?
+        .payload
 }
 
 /// Makes `payload` the calling thread's reported payload, finalizing one
@@ -138,8 +142,8 @@ pub unsafe extern "C" fn ckpt_callback_set_error(
     payload: *mut c_void,
     finalizer: ckpt_finalizer,
 ) -> ckpt_status {
-    let payload =
-        (!payload.is_null() || finalizer.is_some()).then(|| CValue::new(payload, finalizer));
+    let payload = (!payload.is_null() || finalizer.is_some())
+        .then(|| CValue::new(payload, finalizer));
     guard(|| {
         if RUNNING.with(Cell::get) == 0 {
             drop(payload);
@@ -179,7 +183,10 @@ pub unsafe extern "C" fn ckpt_take_error_payload(out_payload: *mut *mut c_void) 
     if out_payload.is_null() {
         return ckpt_status::NullArgument;
     }
-    let taken = REPORTED.try_with(|reported| reported.take()).ok().flatten();
+    let taken = REPORTED
+        .try_with(|reported| reported.take())
+        .ok()
+        .flatten();
     // SAFETY: non-NULL and writable (header).
     unsafe { out_payload.write(taken.map_or(std::ptr::null_mut(), CValue::into_raw)) };
     ckpt_status::Ok

@@ -6,8 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::callback_error;
 use super::communicator::{ckpt_communicator, CCommunicator};
+use super::callback_error;
 use super::handle::{self, BoxCastable, CValue};
 use super::{ckpt_status, guard, guard_void, out_param, path_arg, utf8_arg, Failure, FfiResult};
 use crate::config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep, NonFiniteTime};
@@ -228,9 +228,7 @@ impl Options {
                 let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
                 // SAFETY: as for save; `message` outlives the call. It cannot
                 // fail: what it attaches is dropped.
-                callback_error::call(|| unsafe {
-                    (cb.func)(cb.data.ptr(), level, message.as_ptr())
-                });
+                callback_error::call(|| unsafe { (cb.func)(cb.data.ptr(), level, message.as_ptr()) });
             });
         }
         callbacks

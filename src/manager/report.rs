@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use super::coordination::Ranks;
 use super::{
-    state_for, CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RetainedCheckpoint,
+    state_for, CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned,
+    RetainedCheckpoint,
 };
 use crate::config::MaxToKeep;
 use crate::error::{Error, Result};
 use crate::inspect;
-use crate::integrity::{self, Integrity};
 use crate::layout::deletable_base;
+use crate::integrity::{self, Integrity};
 use crate::manifest::{ByteString, Verification};
 use crate::paths;
 use crate::policy::{KeptBy, SweepOutcome};

@@ -7,7 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use super::record::{io_at, read_record, state_names, CommitRecord};
+use super::record::{io_at, read_record, CommitRecord};
 use super::{finish, strategy_for, Strategy};
 use crate::error::Result;
 use crate::integrity;
@@ -67,14 +67,7 @@ pub fn plan_recovery(
         }
         let base = OsStr::from_bytes(base);
         let record = read_record(store, base)?;
-        let marker = layout::pending_marker_name(base);
-        let placed = entries.iter().any(|entry| entry.name == marker.as_os_str());
         let action = match &record {
-            // A new checkpoint placed and named: only bookkeeping is left.
-            None if placed && named(base) => RecoveryAction::FinishCommit {
-                base: base.to_owned(),
-                swept: Vec::new(),
-            },
             Some(record) => RecoveryAction::FinishCommit {
                 base: base.to_owned(),
                 swept: record
@@ -97,13 +90,6 @@ pub fn plan_recovery(
             }
         } else if let Some(base) = layout::pending_marker_base(name) {
             let base = OsStr::from_bytes(base);
-            let staging = layout::staging_name(base);
-            if entries
-                .iter()
-                .any(|entry| entry.name == staging.as_os_str())
-            {
-                continue; // resolved with its staging directory
-            }
             RecoveryAction::ResolvePendingMarker {
                 base: base.to_owned(),
                 delete: !named(base),
@@ -226,10 +212,16 @@ pub fn run_recovery_step(
                 ));
                 integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
             }
+            // A new checkpoint's marker is its staging directory, renamed.
             let marker = layout::pending_marker_name(base);
-            store
-                .remove_file(&marker)
-                .map_err(io_at("remove", store, &marker))
+            match store
+                .kind(&marker)
+                .map_err(io_at("inspect", store, &marker))?
+            {
+                Some(Kind::Directory) => store.remove_staging(&marker),
+                _ => store.remove_file(&marker),
+            }
+            .map_err(io_at("remove", store, &marker))
         }
         RecoveryAction::RemoveOrphanedManifest { base } => {
             let manifest = layout::manifest_name(base);
@@ -247,9 +239,7 @@ pub fn run_recovery_step(
 
 /// Finishes or undoes the staging of `<base>`: with its commit record,
 /// rolls the commit forward (`on_swept` hears of each checkpoint its sweep
-/// drops); without, removes the staging, and resolves a pending marker: a
-/// placed checkpoint the state file names is committed, one it does not
-/// name loses what was placed.
+/// drops); without, removes the staging.
 pub(super) fn recover_staging(
     store: &dyn Store,
     strategy: &dyn Strategy,
@@ -260,32 +250,16 @@ pub(super) fn recover_staging(
 ) -> Result<()> {
     let shown = store.shown(Path::new(base));
     let Some(record) = record else {
-        let marker = layout::pending_marker_name(base);
-        let placed = store
-            .kind(&marker)
-            .map_err(io_at("inspect", store, &marker))?
-            .is_some();
-        let committed = placed && state_names(store, base)?;
-        warn(&match committed {
-            true => format!(
-                "finishing the commit of '{}', interrupted when the last writer stopped",
-                shown.display()
-            ),
-            false => format!(
-                "removing an uncommitted save of '{}' left when the last writer stopped",
-                shown.display()
-            ),
-        });
+        warn(&format!(
+            "removing an uncommitted save of '{}' left when the last writer stopped",
+            shown.display()
+        ));
         let staging = layout::staging_name(base);
-        strategy
-            .remove_staging(store, base, committed)
-            .map_err(io_at("remove staging directory", store, &staging))?;
-        if placed && !committed {
-            integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
-        }
-        return store
-            .remove_file(&marker)
-            .map_err(io_at("remove", store, &marker));
+        return strategy.remove_staging(store, base, false).map_err(io_at(
+            "remove staging directory",
+            store,
+            &staging,
+        ));
     };
     warn(&format!(
         "finishing the commit of '{}', interrupted when the last writer stopped",

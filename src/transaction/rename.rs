@@ -10,25 +10,25 @@
 //! 1. the staged files, the manifest and the new state file (written
 //!    aside) are synced: their bytes are on disk before any name points at
 //!    them (N + 2 syncs);
-//! 2. the pending marker `<base>.ckpt-pending` is created, then the
-//!    manifest and the files are renamed to their final names (manifest
-//!    first, so that what the marker's checkpoint owns is known at every
-//!    instant);
+//! 2. the staging directory is renamed to the pending marker
+//!    `<base>.ckpt-pending`, then the manifest and the files are renamed out
+//!    of it to their final names (manifest first, so that what the marker's
+//!    checkpoint owns is known at every instant);
 //! 3. the directory is synced: the final names are durable before the
 //!    state file can name them (1 sync);
 //! 4. the state file is renamed over the old one (the commit point), and
 //!    the directory synced: the save is durable when `commit` returns
-//!    (1 sync). The marker, then the empty staging directory, go unsynced:
-//!    if either outlives a power cut, the next open removes it.
+//!    (1 sync). The marker, now empty, goes unsynced: if it outlives a
+//!    power cut, the next open removes it.
 //!
-//! Recovery resolves the marker (with the staging directory, when it is
-//! left too): a checkpoint the state file names keeps its files, one it
-//! does not name loses what it owns (its manifest lists it, as the
-//! manifest is placed first). Under a kill every step happens in
+//! Recovery resolves the marker: a checkpoint the state file names keeps
+//! its files, one it does not name loses what it owns (its manifest lists
+//! it, as the manifest is placed first), and the marker goes with what it
+//! still holds. Under a kill every step happens in
 //! order, so nothing is left. After a power cut the state file never names
 //! a checkpoint whose files are not durable (step 3 precedes step 4);
 //! what no sync orders is the marker against the renames of step 2: a file
-//! system that may persist a later rename before an earlier create in the
+//! system that may persist a later rename before an earlier one in the
 //! same directory (POSIX allows it; ext4 and XFS journal them in order) can
 //! leave, after a power cut during step 2 or 3, placed files of an
 //! uncommitted save without their marker: unnamed files, never a wrong
@@ -46,7 +46,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::record::{self, io_at, write_whole, CommitRecord, Staged};
+use super::record::{self, io_at, CommitRecord, Staged};
 use super::{CommitPlan, Sealed, Strategy};
 use crate::error::{Error, Result};
 use crate::integrity;
@@ -90,7 +90,7 @@ impl Strategy for RenameCommit {
 
     /// Renames into place; the lock kept any other writer out. A placed
     /// checkpoint is in place: its state file's rename is made durable,
-    /// then its marker goes (the empty staging directory after it).
+    /// then its marker (the staging directory, empty) goes.
     fn apply(
         &self,
         store: &dyn Store,
@@ -102,7 +102,7 @@ impl Strategy for RenameCommit {
             sync_directory(store)?;
             let marker = layout::pending_marker_name(base);
             return store
-                .remove_file(&marker)
+                .remove_empty_dir(&marker)
                 .map_err(io_at("remove", store, &marker));
         }
         record::move_into_place(store, base, record, recovering)
@@ -167,10 +167,14 @@ fn place_and_name(
     store
         .sync_files(&staged.files)
         .map_err(io_at("sync", store, &staging))?;
+    // The staging directory becomes the marker: a rename, cheaper than
+    // creating a file, and one directory fewer to remove.
     let marker = layout::pending_marker_name(base);
-    write_whole(store, &marker, b"")?;
+    store
+        .rename(&staging, &marker)
+        .map_err(io_at("mark", store, &marker))?;
     let state_name = Path::new(STATE_FILE_NAME);
-    let named = place(store, base, &staged.record)
+    let named = place(store, base, &marker, &staged.record)
         .and_then(|()| sync_directory(store))
         .and_then(|()| {
             store.rename(state_staged, state_name).map_err(io_at(
@@ -193,25 +197,25 @@ fn place_and_name(
     Ok(record)
 }
 
-/// Renames every staged file to its final name, the manifest (last in
-/// `moves`) first.
-fn place(store: &dyn Store, base: &OsStr, record: &CommitRecord) -> Result<()> {
-    let staging = layout::staging_name(base);
+/// Renames every staged file from `marked` (the staging directory under
+/// its marker's name) to its final name, the manifest (last in `moves`)
+/// first.
+fn place(store: &dyn Store, base: &OsStr, marked: &Path, record: &CommitRecord) -> Result<()> {
     let (manifest, files) = record.moves.split_last().expect("moves name the manifest");
     for suffix in std::iter::once(manifest).chain(files) {
         let to = file_name(base, suffix.as_bytes());
         store
-            .rename(&staging.join(&to), &to)
+            .rename(&marked.join(&to), &to)
             .map_err(io_at("move into place", store, &to))?;
     }
     Ok(())
 }
 
 /// Before the commit point: deletes what the save placed (its manifest
-/// names it), then the marker.
+/// names it), then the marker with what was not placed.
 fn unplace(store: &dyn Store, base: &OsStr, marker: &Path) -> Result<()> {
     integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
     store
-        .remove_file(marker)
+        .remove_staging(marker)
         .map_err(io_at("remove", store, marker))
 }
