@@ -106,7 +106,7 @@ bench:
 	cargo bench --bench save_restore
 
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-# The commit of this tree against the previous design (scripts/bench-commit).
+# A save against the disk's floor in the same run, and its syscalls (scripts/bench-commit).
 .PHONY: bench-commit
 bench-commit:
 	./scripts/bench-commit

@@ -1,8 +1,9 @@
-//! The cost of a commit, for comparing two designs of the library: one
-//! process runs ONE side (the tree it was built in) and prints one JSON line
-//! per result on stdout; `scripts/bench-commit` (`make bench-commit`) builds
-//! this file in the current tree and in a worktree of the previous design,
-//! runs the two binaries alternately and prints the comparison.
+//! The cost of a commit, against what the same disk does by hand in the
+//! same run: one process prints one JSON line per result on stdout.
+//! `scripts/bench-commit` (`make bench-commit`) runs the `floor`, `tensor`
+//! and `big` scenarios and counts the syscalls of saves under strace; the
+//! file still builds in older trees, so two designs can be compared by
+//! running each tree's build of it (`CKPT_BENCH_SIDE` labels the lines).
 //!
 //! Only the public API both designs share is used: `Config::new`,
 //! `MaxToKeep`, `Callbacks::new().on_save(..).log(..)`,
@@ -11,6 +12,20 @@
 //! the `open.tf_*` ones, which are laid out as TensorFlow writes them).
 //!
 //! Scenarios (`CKPT_BENCH_SCENARIOS`, comma-separated, default all):
+//! - `floor`: a durable save whose callback writes 16 bytes, keep-all (no
+//!   sweep), against the minimal durable sequence by hand on the same disk:
+//!   write + fsync the data file, fsync the directory, write the state file
+//!   aside + fsync + rename + fsync the directory. `CKPT_BENCH_FLOOR_PAIRS`
+//!   (200) pairs after 10 untimed ones, which of the two goes first
+//!   alternating; the ratio is of the medians.
+//! - `tensor`: a save of one registered 1 MiB tensor (the built-in saver,
+//!   durable) against the same bytes written as TensorFlow writes a
+//!   checkpoint, without any fsync: the data file, a small index, the state
+//!   file written aside and renamed. `CKPT_BENCH_TENSOR_PAIRS` (50) pairs,
+//!   alternating; the ratio is of the medians.
+//! - `count`: `CKPT_BENCH_COUNT_SAVES` (100) saves as in `floor`, untimed,
+//!   for counting their syscalls from outside (the driver runs it under
+//!   strace with 0 and with 100 saves and prints the difference).
 //! - `keep_all`: ms per keep-all save in a directory holding
 //!   `CKPT_BENCH_FEW` (100) and `CKPT_BENCH_MANY` (10,000) checkpoints,
 //!   `CKPT_BENCH_KEEP_ALL_SAVES` (20) timed saves each, the two alternating;
@@ -29,8 +44,9 @@
 //! - `big`: a save whose callback writes one `CKPT_BENCH_BIG_MIB` (256) MiB
 //!   file with `write_all`, against writing the same bytes to a file by
 //!   hand + fsync of the file and of its directory, alternating which goes
-//!   first, `CKPT_BENCH_BIG_ROUNDS` (4, made even) rounds after two untimed
-//!   writes; the ratio is of the totals. One result per way of writing (see
+//!   first, `CKPT_BENCH_BIG_ROUNDS` (6, made even) rounds after two untimed
+//!   writes; the ratio is of the totals, and the median, lowest and highest
+//!   of the rounds' ratios follow. One result per way of writing (see
 //!   `BigWrite`).
 //! - `small`: the latency of a small save (two 4 KiB files) with
 //!   `max_to_keep` 3, so that every save sweeps one checkpoint;
@@ -64,7 +80,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ckpt_manager::{Callbacks, CheckpointManager, Config, MaxToKeep};
+use ckpt_manager::{Callbacks, CheckpointManager, Config, DType, MaxToKeep};
 
 /// Bumped when the recipe of a cached directory changes.
 const CACHE_RECIPE: u32 = 1;
@@ -113,6 +129,88 @@ fn two_files(index: usize, data: usize) -> Callbacks {
         fs::write(suffixed(prefix, ".data-00000-of-00001"), fill(data))?;
         Ok(())
     })
+}
+
+/// Saves write one 16-byte data file.
+fn sixteen_bytes() -> Callbacks {
+    quiet().on_save(|prefix: &Path, _| {
+        fs::write(suffixed(prefix, ".data-00000-of-00001"), [7u8; 16])?;
+        Ok(())
+    })
+}
+
+/// The state file as TF writes it, naming `count` checkpoints of `stem`.
+fn state_text(stem: &str, count: usize) -> String {
+    let mut text = format!("model_checkpoint_path: \"{stem}-{count}\"\n");
+    for n in 1..=count {
+        text.push_str(&format!("all_model_checkpoint_paths: \"{stem}-{n}\"\n"));
+    }
+    text
+}
+
+/// The least a durable save can do: write + fsync the data file, fsync the
+/// directory, write the state file aside + fsync + rename + fsync the
+/// directory. The state file lists every save, as a keep-all manager's.
+struct MinimalSaver {
+    directory: PathBuf,
+    saved: usize,
+}
+
+impl MinimalSaver {
+    fn new(directory: &Path) -> Self {
+        fresh_directory(directory);
+        MinimalSaver {
+            directory: directory.to_path_buf(),
+            saved: 0,
+        }
+    }
+
+    fn save(&mut self, bytes: &[u8]) -> Duration {
+        self.saved += 1;
+        let state = state_text("ckpt", self.saved);
+        let start = Instant::now();
+        let data = self.directory.join(format!("ckpt-{}.data", self.saved));
+        let mut file = File::create(data).unwrap();
+        file.write_all(bytes).unwrap();
+        file.sync_all().unwrap();
+        sync_directory(&self.directory);
+        let aside = self.directory.join("checkpoint.tmp");
+        let mut file = File::create(&aside).unwrap();
+        file.write_all(state.as_bytes()).unwrap();
+        file.sync_all().unwrap();
+        fs::rename(&aside, self.directory.join("checkpoint")).unwrap();
+        sync_directory(&self.directory);
+        start.elapsed()
+    }
+}
+
+/// What TensorFlow's save writes, and how: the data file, a small index,
+/// the state file written aside and renamed; no fsync anywhere.
+struct TensorFlowLike {
+    directory: PathBuf,
+    saved: usize,
+}
+
+impl TensorFlowLike {
+    fn new(directory: &Path) -> Self {
+        fresh_directory(directory);
+        TensorFlowLike {
+            directory: directory.to_path_buf(),
+            saved: 0,
+        }
+    }
+
+    fn save(&mut self, bytes: &[u8]) -> Duration {
+        self.saved += 1;
+        let start = Instant::now();
+        let prefix = self.directory.join(format!("ckpt-{}", self.saved));
+        fs::write(suffixed(&prefix, ".data-00000-of-00001"), bytes).unwrap();
+        fs::write(suffixed(&prefix, ".index"), [0u8; 64]).unwrap();
+        let aside = self.directory.join("checkpoint.tmp");
+        fs::write(&aside, state_text("ckpt", self.saved)).unwrap();
+        fs::rename(&aside, self.directory.join("checkpoint")).unwrap();
+        start.elapsed()
+    }
 }
 
 fn suffixed(prefix: &Path, suffix: &str) -> PathBuf {
@@ -233,10 +331,19 @@ fn main() {
     };
     fs::create_dir_all(&bench.cache).unwrap();
     let chosen = std::env::var("CKPT_BENCH_SCENARIOS")
-        .unwrap_or_else(|_| "keep_all,open,open_huge,big,small".to_owned());
+        .unwrap_or_else(|_| "floor,tensor,keep_all,open,open_huge,big,small".to_owned());
     let chosen: Vec<&str> = chosen.split(',').map(str::trim).collect();
     for name in &chosen {
-        let known = ["keep_all", "open", "open_huge", "big", "small"];
+        let known = [
+            "floor",
+            "tensor",
+            "count",
+            "keep_all",
+            "open",
+            "open_huge",
+            "big",
+            "small",
+        ];
         assert!(known.contains(name), "unknown scenario {name:?}: {known:?}");
     }
     eprintln!(
@@ -255,6 +362,15 @@ fn main() {
             huge => drop(bench.tf_directory(huge)),
         }
         return;
+    }
+    if chosen.contains(&"count") {
+        bench.count(env_number("CKPT_BENCH_COUNT_SAVES", 100));
+    }
+    if chosen.contains(&"floor") {
+        bench.floor(env_number("CKPT_BENCH_FLOOR_PAIRS", 200));
+    }
+    if chosen.contains(&"tensor") {
+        bench.tensor(env_number("CKPT_BENCH_TENSOR_PAIRS", 50));
     }
     if chosen.contains(&"keep_all") {
         bench.keep_all(few, many);
@@ -512,7 +628,7 @@ impl Bench {
     }
 
     fn big(&self, mib: usize) {
-        let rounds = env_number("CKPT_BENCH_BIG_ROUNDS", 4).next_multiple_of(2);
+        let rounds = env_number("CKPT_BENCH_BIG_ROUNDS", 6).next_multiple_of(2);
         let mut buffer = vec![0u8; mib << 20];
         buffer
             .iter_mut()
@@ -569,7 +685,107 @@ impl Bench {
                 saves.iter().sum::<f64>() / hands.iter().sum::<f64>(),
                 "totals",
             );
+            let ratios: Vec<f64> = saves.iter().zip(&hands).map(|(s, h)| s / h).collect();
+            let spread = summarize(&ratios);
+            self.report.ratio(
+                &format!("big_save.{name}.ratio_per_round_median"),
+                spread.median,
+                &format!("rounds, from {:.3} to {:.3}", spread.min, spread.max),
+            );
         }
+    }
+
+    fn count(&self, saves: usize) {
+        let directory = self.work("count");
+        fresh_directory(&directory);
+        let mut manager = open_writer(&directory, MaxToKeep::All, sixteen_bytes());
+        for _ in 0..saves {
+            save(&mut manager);
+        }
+        drop(manager);
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    fn floor(&self, pairs: usize) {
+        eprintln!(
+            "floor: durable saves of 16 bytes, keep-all, against the minimal sequence by hand"
+        );
+        let directory = self.work("floor");
+        fresh_directory(&directory);
+        let mut manager = open_writer(
+            &directory.join("checkpoints"),
+            MaxToKeep::All,
+            sixteen_bytes(),
+        );
+        let mut by_hand = MinimalSaver::new(&directory.join("by-hand"));
+        let (mut saves, mut hands) = (Vec::new(), Vec::new());
+        for pair in 0..10 + pairs {
+            let (save_ms, hand_ms) = if pair % 2 == 0 {
+                let hand = by_hand.save(&[7u8; 16]);
+                (save(&mut manager), hand)
+            } else {
+                let saved = save(&mut manager);
+                (saved, by_hand.save(&[7u8; 16]))
+            };
+            if pair >= 10 {
+                saves.push(millis(save_ms));
+                hands.push(millis(hand_ms));
+            }
+        }
+        drop(manager);
+        let save = self.report.timing("floor.save", &saves);
+        let hand = self.report.timing("floor.by_hand", &hands);
+        self.report.ratio(
+            "floor.ratio_save_over_hand",
+            save.median / hand.median,
+            "medians",
+        );
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    fn tensor(&self, pairs: usize) {
+        const BYTES: usize = 1 << 20;
+        eprintln!(
+            "tensor: a durable save of a registered 1 MiB tensor against TF's layout written \
+             without fsync"
+        );
+        let directory = self.work("tensor");
+        fresh_directory(&directory);
+        let mut tensor: Vec<u8> = (0..BYTES).map(|i| (i * 31) as u8).collect();
+        let mut manager = open_writer(&directory.join("checkpoints"), MaxToKeep::All, quiet());
+        // SAFETY: `tensor` outlives the manager and is not resized or
+        // touched while it saves.
+        unsafe {
+            manager
+                .register_tensor("weights", DType::U8, &[BYTES as u64], tensor.as_mut_ptr())
+                .unwrap();
+        }
+        let mut plain = TensorFlowLike::new(&directory.join("plain"));
+        let (mut saves, mut plains) = (Vec::new(), Vec::new());
+        for pair in 0..5 + pairs {
+            let (save_ms, plain_ms) = if pair % 2 == 0 {
+                let written = plain.save(&tensor);
+                (save(&mut manager), written)
+            } else {
+                let saved = save(&mut manager);
+                (saved, plain.save(&tensor))
+            };
+            if pair >= 5 {
+                saves.push(millis(save_ms));
+                plains.push(millis(plain_ms));
+            }
+        }
+        drop(manager);
+        let save = self.report.timing("tensor_1mib.save", &saves);
+        let plain = self
+            .report
+            .timing("tensor_1mib.tf_layout_no_fsync", &plains);
+        self.report.ratio(
+            "tensor_1mib.ratio_save_over_no_fsync",
+            save.median / plain.median,
+            "medians",
+        );
+        let _ = fs::remove_dir_all(&directory);
     }
 
     fn small(&self) {

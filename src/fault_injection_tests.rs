@@ -183,7 +183,9 @@ impl Harness {
                 self.files("")
             );
             assert!(
-                !name.contains(".ckpt-staging") && !name.contains(".tmp"),
+                !name.contains(".ckpt-staging")
+                    && !name.contains(".ckpt-pending")
+                    && !name.contains(".tmp"),
                 "{name}"
             );
         }
@@ -191,20 +193,21 @@ impl Harness {
     }
 }
 
-/// Saves ckpt-1..3, then saves `number` (a new one or 3 again) with every
-/// step after the first `allowed` failing; checks what a reopen finds.
-/// Returns the steps the save took when it took no more than allowed.
+/// Saves ckpt-1..`before`, then saves `number` (a new one or `before`
+/// again) with every step after the first `allowed` failing; checks what a
+/// reopen finds. Returns the steps the save took when it took no more than
+/// allowed.
 fn fail_one_save(
     backend: Backend,
     allowed: usize,
-    number: u64,
+    (before, number): (u64, u64),
     failures: &mut usize,
 ) -> Option<Vec<(&'static str, PathBuf)>> {
     let harness = Harness::new(backend);
     let dir = harness.dir();
     {
         let mut manager = harness.open(Steps::new()).unwrap();
-        for _ in 0..3 {
+        for _ in 0..before {
             manager.save(None, true).unwrap();
         }
     }
@@ -229,7 +232,11 @@ fn fail_one_save(
             *failures += 1;
             let message = err.to_string();
             assert!(message.contains("No space left"), "{message}");
-            assert_eq!(manager.save_counter(), 3, "a failed save changes nothing");
+            assert_eq!(
+                manager.save_counter(),
+                before,
+                "a failed save changes nothing"
+            );
             if message.contains("it is committed") {
                 Some(true)
             } else if message.contains("it may still be committed") {
@@ -240,8 +247,8 @@ fn fail_one_save(
         }
     };
     drop(manager);
-    if number == 3 {
-        let generation = harness.check_recovered(3, &[0, 1]);
+    if number == before {
+        let generation = harness.check_recovered(before, &[0, 1]);
         if let Some(committed) = committed {
             assert_eq!(
                 generation == 1,
@@ -258,18 +265,21 @@ fn fail_one_save(
         if new {
             harness.check_recovered(number, &[1]);
         } else {
-            harness.check_recovered(3, &[0]);
+            harness.check_recovered(before, &[0]);
         }
     }
     (taken <= allowed).then_some(log)
 }
 
-/// Fails each step of a save of `number` in turn; returns the steps of
-/// the save that failed none.
-fn fail_each_step_of_a_save(backend: Backend, number: u64) -> Vec<(&'static str, PathBuf)> {
+/// Fails each step of a save of `number` in turn, after `before` saves;
+/// returns the steps of the save that failed none.
+fn fail_each_step_of_a_save(
+    backend: Backend,
+    (before, number): (u64, u64),
+) -> Vec<(&'static str, PathBuf)> {
     let mut failures = 0;
     for allowed in 0.. {
-        if let Some(steps) = fail_one_save(backend, allowed, number, &mut failures) {
+        if let Some(steps) = fail_one_save(backend, allowed, (before, number), &mut failures) {
             assert!(failures >= 8, "only {failures} failing steps");
             return steps;
         }
@@ -285,7 +295,7 @@ fn took(steps: &[(&'static str, PathBuf)], operation: &str, suffix: &str) -> boo
 }
 
 fn every_failing_step_of_a_save_keeps_the_last_good_checkpoint(backend: Backend) {
-    let steps = fail_each_step_of_a_save(backend, 4);
+    let steps = fail_each_step_of_a_save(backend, (3, 4));
     if let Backend::Memory = backend {
         // The object-storage commit's own steps were among those failed.
         assert!(took(&steps, "check_unchanged", "checkpoint"), "{steps:?}");
@@ -297,8 +307,21 @@ fn every_failing_step_of_a_save_keeps_the_last_good_checkpoint(backend: Backend)
     }
 }
 
+/// ckpt-2 after ckpt-1 with `max_to_keep` 2: nothing replaced or swept,
+/// so a file system places the files before the state file names them.
+fn every_failing_step_of_a_new_checkpoint_without_a_sweep_keeps_the_last_good_one(
+    backend: Backend,
+) {
+    let steps = fail_each_step_of_a_save(backend, (1, 2));
+    if let Backend::Local = backend {
+        assert!(took(&steps, "rename", "ckpt-2.ckpt-pending"), "{steps:?}");
+        assert!(took(&steps, "rename", "ckpt-2.index"), "{steps:?}");
+        assert!(!took(&steps, "create", "commit-record.json"), "{steps:?}");
+    }
+}
+
 fn every_failing_step_of_a_resave_keeps_one_whole_version(backend: Backend) {
-    let steps = fail_each_step_of_a_save(backend, 3);
+    let steps = fail_each_step_of_a_save(backend, (3, 3));
     if let Backend::Memory = backend {
         // Files that replace others wait in staging for the commit.
         assert!(!took(&steps, "create", ".ckpt-early"), "{steps:?}");
@@ -363,48 +386,69 @@ fn every_failing_step_of_a_restore_changes_nothing(backend: Backend) {
     }
 }
 
-/// A save without a sweep takes four rounds of syncs, whatever the
-/// number of files: the staged files with the manifest and the new state
-/// file; then the commit record, which must not be durable before what it
+/// The rounds of syncs of a save without a sweep, whatever its number of
+/// files. A new checkpoint takes three: the staged files with the manifest
+/// and the new state file; the directory once they are placed, before the
+/// state file names them; the directory after the state file's rename. A
+/// number saved again takes four: the staged files, manifest and state
+/// file; the commit record, which must not be durable before what it
 /// names; the staging directory with the directory; the directory after
 /// the renames.
 #[test]
-fn a_save_syncs_in_four_rounds() {
+fn a_save_syncs_in_three_rounds_or_four_when_it_replaces() {
     let harness = Harness::new(Backend::Local);
     let steps = Steps::new();
     let mut manager = harness.open(steps.clone()).unwrap();
+    let syncs = |operations: Vec<&str>| {
+        operations
+            .iter()
+            .filter(|op| matches!(**op, "sync_files" | "sync_directories"))
+            .count()
+    };
     steps.fail_after(None);
     manager.save(None, true).unwrap();
-    let operations = steps.operations();
-    let syncs = operations
-        .iter()
-        .filter(|op| matches!(**op, "sync_files" | "sync_directories"))
-        .count();
-    assert_eq!(syncs, 4, "{operations:?}");
+    assert_eq!(syncs(steps.operations()), 3, "{:?}", steps.operations());
+    steps.fail_after(None);
+    manager.save(Some(1), true).unwrap();
+    assert_eq!(syncs(steps.operations()), 4, "{:?}", steps.operations());
 }
 
 /// A commit record that outlives its commit (its removal was lost, and a
 /// later save committed meanwhile) must not roll the directory back when
 /// it resurfaces: the state file is replaced only if it is still the one
-/// the record's commit replaced.
+/// the record's commit replaced. (ckpt-1 is saved twice: saving a number
+/// again writes a record; a new checkpoint is placed without one.)
 fn a_stale_commit_record_does_not_undo_a_later_commit(backend: Backend) {
     let harness = Harness::new(backend);
     let dir = harness.dir();
-    // How many steps a save of ckpt-1 takes, so that only the last one
+    // How many steps saving ckpt-1 again takes, so that only the last one
     // (removing the staging directory) fails.
     let steps_of_a_save = {
         let scratch = Harness::new(backend);
+        scratch
+            .open(Steps::new())
+            .unwrap()
+            .save(None, true)
+            .unwrap();
         let steps = Steps::new();
         let mut manager = scratch.open(steps.clone()).unwrap();
         steps.fail_after(None);
-        manager.save(None, true).unwrap();
+        manager.save(Some(1), true).unwrap();
         assert_eq!(steps.operations().last(), Some(&"remove_staging"));
         steps.taken()
     };
+    harness
+        .open(Steps::new())
+        .unwrap()
+        .save(None, true)
+        .unwrap();
     let steps = Steps::new();
     let mut manager = harness.open(steps.clone()).unwrap();
     steps.fail_after(Some(steps_of_a_save - 1));
-    assert_eq!(manager.save(None, true).unwrap(), Some(dir.join("ckpt-1")));
+    assert_eq!(
+        manager.save(Some(1), true).unwrap(),
+        Some(dir.join("ckpt-1"))
+    );
     drop(manager);
     let staging = "ckpt-1.ckpt-staging";
     let kept: Vec<(String, Vec<u8>)> = harness
@@ -603,6 +647,7 @@ macro_rules! over_both_stores {
 over_both_stores!(
     every_failing_step_of_a_save_keeps_the_last_good_checkpoint,
     every_failing_step_of_a_resave_keeps_one_whole_version,
+    every_failing_step_of_a_new_checkpoint_without_a_sweep_keeps_the_last_good_one,
     every_failing_step_of_recovery_loses_nothing,
     every_failing_step_of_a_restore_changes_nothing,
     a_stale_commit_record_does_not_undo_a_later_commit,

@@ -19,9 +19,12 @@ pub const LOCK_FILE_NAME: &str = "checkpoint.lock";
 pub const LEASE_NAME: &str = "checkpoint.lease";
 /// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
 pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
-/// The marker of a save in progress in version 0.1 of this library; its
-/// recovery is still honoured.
-pub const LEGACY_PENDING_SUFFIX: &str = ".ckpt-pending";
+/// `<base>.ckpt-pending`: the marker of a save whose files go to their
+/// final names before the state file names them: a new checkpoint on a file
+/// system (its staging directory, renamed), or any save of version 0.1 (a
+/// file). Recovery deletes what `<base>` owns unless the state file names
+/// it.
+pub const PENDING_SUFFIX: &str = ".ckpt-pending";
 /// `<base>.ckpt-staging`: the directory a save of `<base>` writes into.
 pub const STAGING_SUFFIX: &str = ".ckpt-staging";
 /// The commit record inside the staging directory; its presence, durable,
@@ -64,13 +67,13 @@ pub fn record_name(base: &OsStr) -> PathBuf {
     staging_name(base).join(RECORD_NAME)
 }
 
-pub fn legacy_marker_name(base: &OsStr) -> PathBuf {
-    file_name(base, LEGACY_PENDING_SUFFIX.as_bytes())
+pub fn pending_marker_name(base: &OsStr) -> PathBuf {
+    file_name(base, PENDING_SUFFIX.as_bytes())
 }
 
-/// The base of a version 0.1 marker's name.
-pub fn legacy_marker_base(name: &[u8]) -> Option<&[u8]> {
-    name.strip_suffix(LEGACY_PENDING_SUFFIX.as_bytes())
+/// The base of a pending marker's name.
+pub fn pending_marker_base(name: &[u8]) -> Option<&[u8]> {
+    name.strip_suffix(PENDING_SUFFIX.as_bytes())
 }
 
 /// The marker in `staging` of a file placed early at `final_name`.
@@ -99,7 +102,7 @@ pub fn suffix_of_marker(suffix: &[u8]) -> Option<&[u8]> {
 /// Suffixes of names this library uses for its own bookkeeping, never
 /// files of a checkpoint.
 pub fn is_reserved_suffix(suffix: &[u8]) -> bool {
-    suffix == STAGING_SUFFIX.as_bytes() || suffix == LEGACY_PENDING_SUFFIX.as_bytes()
+    suffix == STAGING_SUFFIX.as_bytes() || suffix == PENDING_SUFFIX.as_bytes()
 }
 
 /// The part of every file name that is this rank's, after the checkpoint's

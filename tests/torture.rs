@@ -118,6 +118,8 @@ const KIND_SHARD: u64 = 3;
 const KINDS: u64 = 4;
 const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
 const STAGING_SUFFIX: &str = ".ckpt-staging";
+/// The marker of a new checkpoint placed before the state file names it.
+const PENDING_SUFFIX: &str = ".ckpt-pending";
 
 /// Which save wrote a checkpoint: its generation (the committed saves
 /// before it, plus one) and the child's pid.
@@ -262,7 +264,9 @@ fn whole(
         .iter()
         .filter(|name| !decoys.contains(name))
         .filter(|name| {
-            parse_entry(name).is_some_and(|(n, suffix)| n == number && suffix != STAGING_SUFFIX)
+            parse_entry(name).is_some_and(|(n, suffix)| {
+                n == number && suffix != STAGING_SUFFIX && suffix != PENDING_SUFFIX
+            })
         })
         .cloned()
         .collect();
@@ -383,7 +387,25 @@ fn stagings(dir: &Path) -> Vec<Staging> {
         .collect()
 }
 
-/// What recovery on `dir` must warn, one warning per staging directory.
+/// The bases of new checkpoints placed under a pending marker (their
+/// staging directory, renamed) that the state file does not name: recovery
+/// deletes what they placed.
+fn unnamed_pending(dir: &Path) -> Vec<String> {
+    let state = fs::read_to_string(dir.join("checkpoint")).unwrap_or_default();
+    names(dir)
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(PENDING_SUFFIX).map(str::to_owned))
+        .filter(|base| {
+            !state.lines().any(|line| {
+                line.split_once(": ")
+                    .is_some_and(|(_, value)| value == format!("\"{base}\""))
+            })
+        })
+        .collect()
+}
+
+/// What recovery on `dir` must warn, one warning per staging directory
+/// and per unnamed pending marker.
 fn expected_warnings(dir: &Path) -> Vec<String> {
     let mut warnings: Vec<String> = stagings(dir)
         .iter()
@@ -402,6 +424,12 @@ fn expected_warnings(dir: &Path) -> Vec<String> {
             }
         })
         .collect();
+    warnings.extend(unnamed_pending(dir).iter().map(|base| {
+        format!(
+            "removing '{}': it was being saved or deleted when the last writer stopped",
+            dir.join(base).display()
+        )
+    }));
     warnings.sort();
     warnings
 }

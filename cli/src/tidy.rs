@@ -91,7 +91,7 @@ fn describe(directory: &Path, action: &RecoveryAction) -> (String, serde_json::V
                 json!({"action": "remove-orphaned-manifest", "manifest": manifest}),
             )
         }
-        RecoveryAction::ResolveLegacyMarker { base, delete } => {
+        RecoveryAction::ResolvePendingMarker { base, delete } => {
             let marker = format!("{}.ckpt-pending", at(base));
             if *delete {
                 (

@@ -14,7 +14,7 @@ use super::state_for;
 use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::integrity;
-use crate::layout::{deletable_base, staging_name};
+use crate::layout::{deletable_base, pending_marker_name, staging_name};
 use crate::manifest::Annotations;
 use crate::policy::{Managed, Retention, Rules, Traits};
 use crate::store::Store;
@@ -151,12 +151,10 @@ impl SaveJob {
             saved_at: plan.saved_at,
         };
         let committed = transaction.commit(sealed, plan).inspect_err(|_| {
-            *unfinished = self
-                .store
-                .kind(&staging_name(&self.base))
-                .ok()
-                .flatten()
-                .is_some();
+            // A commit left to finish: its staging directory, or the
+            // pending marker a new checkpoint's staging directory became.
+            let left = |name: &Path| self.store.kind(name).ok().flatten().is_some();
+            *unfinished = left(&staging_name(&self.base)) || left(&pending_marker_name(&self.base));
         })?;
         let deleted_by_callback = delete.is_some();
         if let Some(delete) = delete {

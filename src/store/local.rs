@@ -1,6 +1,7 @@
 //! The local POSIX file system: files are opened without following
 //! symlinks and without blocking on FIFOs, replaced through a synced
-//! temporary file and a rename, and synced concurrently.
+//! temporary file and a rename, and synced concurrently when there are
+//! many.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -105,14 +106,17 @@ impl ReadAt for LocalFile {
     }
 }
 
-/// Runs `each` on every item, on up to 8 threads: fsyncs of independent
-/// files proceed in parallel on the device.
+/// Runs `each` on every item: in turn for a few (a small save's files and
+/// directories: starting threads would cost more than it saves, and a save
+/// starts none), else on up to 8 threads, so that fsyncs of many
+/// independent files proceed in parallel on the device.
 fn concurrently(
     names: &[PathBuf],
     each: impl Fn(&Path) -> io::Result<()> + Sync,
 ) -> io::Result<()> {
     const THREADS: usize = 8;
-    if names.len() <= 1 {
+    const IN_TURN: usize = 4;
+    if names.len() <= IN_TURN {
         return names.iter().try_for_each(|name| each(name));
     }
     let chunk = names.len().div_ceil(THREADS);

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::integrity::{self, Owned};
 use crate::layout::{self, file_name, record_name, STATE_FILE_NAME};
 use crate::manifest::{ByteString, Manifest, MAX_MANIFEST_BYTES};
+use crate::state::CheckpointState;
 use crate::state_file::{read_state_bytes, MAX_STATE_FILE_BYTES};
 use crate::store::{self, Kind, Store};
 
@@ -42,6 +43,11 @@ pub(super) struct CommitRecord {
     /// The new state file, written and synced aside before the commit point.
     state_staged: ByteString,
     pub swept: Vec<SweptRecord>,
+    /// Set when the commit placed a new checkpoint's files and renamed the
+    /// state file itself, without writing this record (`rename.rs`):
+    /// only the directory's sync is left after the commit point.
+    #[serde(skip)]
+    pub placed: bool,
 }
 
 pub(super) fn io_at(
@@ -141,6 +147,7 @@ pub(super) fn stage(
                 directories: owned.directories.iter().map(|n| bytes_of(n)).collect(),
             })
             .collect(),
+        placed: false,
     };
     let mut files: Vec<PathBuf> = sealed
         .files
@@ -312,6 +319,20 @@ pub(super) fn delete_swept(
             .map_err(io_at("sync", store, Path::new("")))?;
     }
     Ok(())
+}
+
+/// Whether the state file names `<base>` (as the latest or among all).
+pub(super) fn state_names(store: &dyn Store, base: &OsStr) -> Result<bool> {
+    Ok(read_state_bytes(store)?
+        .and_then(|bytes| CheckpointState::parse(&bytes).ok())
+        .is_some_and(|state| {
+            let base = base.as_bytes();
+            state.model_checkpoint_path == base
+                || state
+                    .all_model_checkpoint_paths
+                    .iter()
+                    .any(|path| path == base)
+        }))
 }
 
 /// The commit record of `<base>`'s staging directory, when it holds a

@@ -1,7 +1,7 @@
 //! Recovery on open: every staging directory is rolled forward (it holds a
 //! commit record: its commit got past the commit point) or removed,
-//! temporary state files and manifests go, and markers of version 0.1's
-//! interrupted saves are resolved.
+//! temporary state files and manifests go, and pending markers (saves that
+//! placed a new checkpoint's files before naming it) are resolved.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -31,9 +31,10 @@ pub enum RecoveryAction {
     RemoveUncommitted { base: OsString },
     /// A temporary state file or manifest is removed.
     RemoveTemporary { name: OsString },
-    /// A marker of an interrupted save of version 0.1 is removed, and, when
+    /// The marker of a save that placed a new checkpoint's files before
+    /// naming it (or of version 0.1's saves) is removed, and, when
     /// the state file does not name `base` (`delete`), what it owns.
-    ResolveLegacyMarker { base: OsString, delete: bool },
+    ResolvePendingMarker { base: OsString, delete: bool },
     /// The manifest of a checkpoint that the state file does not name and
     /// none of whose files exist (another tool, TF's manager, deleted them)
     /// is removed.
@@ -49,7 +50,7 @@ pub struct RecoveryStep {
 
 /// What `recover` does to the store, in order, decided from one listing:
 /// staging directories first (a commit to roll forward renames its staged
-/// state file), then temporary files and version 0.1's markers. `named`
+/// state file), then temporary files and pending markers. `named`
 /// holds the bases the state file names. Changes nothing.
 pub fn plan_recovery(
     store: &dyn Store,
@@ -87,9 +88,9 @@ pub fn plan_recovery(
             RecoveryAction::RemoveTemporary {
                 name: entry.name.clone(),
             }
-        } else if let Some(base) = layout::legacy_marker_base(name) {
+        } else if let Some(base) = layout::pending_marker_base(name) {
             let base = OsStr::from_bytes(base);
-            RecoveryAction::ResolveLegacyMarker {
+            RecoveryAction::ResolvePendingMarker {
                 base: base.to_owned(),
                 delete: !named(base),
             }
@@ -167,7 +168,7 @@ fn is_orphaned(store: &dyn Store, base: &OsStr, entries: &[store::Entry]) -> Res
 
 /// Recovery on open, for a writer holding the lock: every staging
 /// directory is rolled forward or removed, temporary state files go, and
-/// markers of version 0.1's interrupted saves are resolved: a marked
+/// pending markers are resolved: a marked
 /// checkpoint the state names keeps its files, one it does not name loses
 /// what it owns. `named` holds the bases the state file names; `on_swept`
 /// hears of each checkpoint a rolled-forward sweep drops and says whether
@@ -203,7 +204,7 @@ pub fn run_recovery_step(
                 .remove_file(path)
                 .map_err(io_at("remove temporary state file", store, path))
         }
-        RecoveryAction::ResolveLegacyMarker { base, delete } => {
+        RecoveryAction::ResolvePendingMarker { base, delete } => {
             if *delete {
                 warn(&format!(
                     "removing '{}': it was being saved or deleted when the last writer stopped",
@@ -211,10 +212,16 @@ pub fn run_recovery_step(
                 ));
                 integrity::delete_owned(store, &integrity::owned_files(store, base)?)?;
             }
-            let marker = layout::legacy_marker_name(base);
-            store
-                .remove_file(&marker)
-                .map_err(io_at("remove", store, &marker))
+            // A new checkpoint's marker is its staging directory, renamed.
+            let marker = layout::pending_marker_name(base);
+            match store
+                .kind(&marker)
+                .map_err(io_at("inspect", store, &marker))?
+            {
+                Some(Kind::Directory) => store.remove_staging(&marker),
+                _ => store.remove_file(&marker),
+            }
+            .map_err(io_at("remove", store, &marker))
         }
         RecoveryAction::RemoveOrphanedManifest { base } => {
             let manifest = layout::manifest_name(base);
