@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::future::try_join_all;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as Key;
 use object_store::{
     GetOptions, GetRange, MultipartUpload, ObjectStore as Client, PutMode, PutOptions, PutPayload,
@@ -32,10 +32,14 @@ use object_store::{
 use super::{conflict, Entry, FileWriter, Kind, LocalStore, ReadAt, Store};
 use crate::location::BucketPrefix;
 
-/// Parts of a multipart upload, and the size under which a file is one PUT.
+/// The largest part of a multipart upload, and the size up to which a file
+/// is one PUT.
 const PART_BYTES: usize = 16 << 20;
 /// Parts uploaded at once by one file.
 const PARTS_IN_FLIGHT: usize = 8;
+/// S3's smallest part (but the last) and most parts of one upload.
+const MIN_PART_BYTES: usize = 5 << 20;
+const MAX_PARTS: u64 = 10_000;
 /// Ranged GETs of one read at once, each of at most `PART_BYTES`.
 const RANGES_IN_FLIGHT: usize = 8;
 /// S3's limit on a server-side copy (CopyObject).
@@ -45,6 +49,14 @@ const COPY_LIMIT: u64 = 5 << 30;
 pub const LOCAL_STAGING_OPTION: &str = "ckpt_local_staging_directory";
 pub const UNCONDITIONAL_OPTION: &str = "ckpt_allow_unconditional_writes";
 pub const RETRIES_OPTION: &str = "ckpt_max_retries";
+/// Every write carries the SHA-256 of its bytes (of each part, for a
+/// multipart upload), which the server checks and keeps with the object.
+/// The client computes that digest anyway to sign the request, so it costs
+/// nothing here; without it S3 (and moto) compute a whole-object checksum
+/// of their own when a multipart upload completes. `none` is for a server
+/// that refuses the header.
+const CHECKSUM_KEY: AmazonS3ConfigKey = AmazonS3ConfigKey::Checksum;
+const NO_CHECKSUM: &str = "none";
 
 /// The runtime every object store's requests run on; the library's calls
 /// block on them from whatever thread the caller uses.
@@ -105,6 +117,7 @@ pub fn connect(
     }
     let mut staging = None;
     let mut unconditional = false;
+    let mut without_checksum = false;
     for (key, value) in options {
         match key.as_str() {
             LOCAL_STAGING_OPTION => staging = Some(PathBuf::from(value)),
@@ -115,8 +128,14 @@ pub fn connect(
                     ..Default::default()
                 })
             }
-            _ => builder = builder.with_config(config_key(key)?, value),
+            _ => match config_key(key)? {
+                config if config == CHECKSUM_KEY && value == NO_CHECKSUM => without_checksum = true,
+                config => builder = builder.with_config(config, value),
+            },
         }
+    }
+    if !without_checksum && builder.get_config_value(&CHECKSUM_KEY).is_none() {
+        builder = builder.with_checksum_algorithm(Checksum::SHA256);
     }
     let client = builder
         .with_bucket_name(&location.bucket)
@@ -146,7 +165,7 @@ pub fn check_option(key: &str, value: &str) -> crate::Result<()> {
     }
 }
 
-fn config_key(key: &str) -> crate::Result<object_store::aws::AmazonS3ConfigKey> {
+fn config_key(key: &str) -> crate::Result<AmazonS3ConfigKey> {
     key.parse().map_err(|_| {
         crate::Error::invalid(format!(
             "unknown storage option '{key}': use the S3 client's names (aws_endpoint, aws_region, \
@@ -269,6 +288,7 @@ impl ObjectStore {
             seen: self.seen.clone(),
             create_only,
             key,
+            part_bytes: PART_BYTES,
             buffer: Vec::new(),
             upload: None,
             in_flight: Default::default(),
@@ -659,6 +679,20 @@ impl ReadAt for ObjectReader {
     }
 }
 
+/// The part size of a file of `size` bytes: equal parts, in whole rounds
+/// of `PARTS_IN_FLIGHT` so that no part goes up alone at the end, none
+/// over `PART_BYTES` (nor under S3's minimum, nor so small that the
+/// upload needs more parts than S3 allows). At most `PART_BYTES` is one PUT.
+fn part_bytes_for(size: u64) -> usize {
+    if size <= PART_BYTES as u64 {
+        return PART_BYTES;
+    }
+    let round = (PART_BYTES * PARTS_IN_FLIGHT) as u64;
+    let parts = size.div_ceil(round) * PARTS_IN_FLIGHT as u64;
+    let even = size.div_ceil(parts).max(size.div_ceil(MAX_PARTS));
+    usize::try_from(even).map_or(usize::MAX, |even| even.max(MIN_PART_BYTES))
+}
+
 /// Writes one object: buffered into one PUT while small, else a multipart
 /// upload whose parts go up concurrently as the caller writes.
 struct ObjectWriter {
@@ -668,6 +702,8 @@ struct ObjectWriter {
     /// a multipart upload cannot ask this of the server, and does not.
     create_only: bool,
     key: Key,
+    /// `PART_BYTES`, or sized to the file when its size is told.
+    part_bytes: usize,
     buffer: Vec<u8>,
     upload: Option<Box<dyn MultipartUpload>>,
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
@@ -704,11 +740,11 @@ impl ObjectWriter {
 impl io::Write for ObjectWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         if self.buffer.capacity() == 0 {
-            self.buffer.reserve_exact(PART_BYTES);
+            self.buffer.reserve_exact(self.part_bytes);
         }
-        let taken = bytes.len().min(PART_BYTES - self.buffer.len());
+        let taken = bytes.len().min(self.part_bytes - self.buffer.len());
         self.buffer.extend_from_slice(&bytes[..taken]);
-        if self.buffer.len() == PART_BYTES {
+        if self.buffer.len() == self.part_bytes {
             self.send_part()?;
         }
         Ok(taken)
@@ -720,6 +756,12 @@ impl io::Write for ObjectWriter {
 }
 
 impl FileWriter for ObjectWriter {
+    fn expect_size(&mut self, size: u64) {
+        if self.upload.is_none() && self.buffer.is_empty() {
+            self.part_bytes = part_bytes_for(size);
+        }
+    }
+
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         if self.upload.is_none() {
             let mode = match self.create_only {
@@ -749,5 +791,27 @@ impl Drop for ObjectWriter {
         if let Some(mut upload) = self.upload.take() {
             let _ = run(async move { upload.abort().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts S3 accepts (at least 5 MiB, at most 10,000), equal, in whole
+    /// rounds of the parts sent at once.
+    #[test]
+    fn parts_are_sized_to_the_file() {
+        const MIB: u64 = 1 << 20;
+        let parts = |size: u64| size.div_ceil(part_bytes_for(size) as u64);
+        assert_eq!(part_bytes_for(16 * MIB), PART_BYTES, "one PUT");
+        assert_eq!(parts(40 * MIB), 8);
+        assert_eq!(part_bytes_for(17 * MIB), MIN_PART_BYTES);
+        assert_eq!(parts(128 * MIB), 8);
+        assert_eq!(parts(128 * MIB + 200), 16);
+        assert_eq!(parts(1024 * MIB + 200), 72);
+        assert!(part_bytes_for(1024 * MIB + 200) <= PART_BYTES);
+        let huge = 1 << 40;
+        assert!(parts(huge) <= MAX_PARTS);
     }
 }
