@@ -326,6 +326,7 @@ impl ObjectStore {
     fn upload_shadow(&self, name: &Path, to: &Path) -> io::Result<()> {
         let mut file = fs::File::open(self.shadow.local_path(name))?;
         let mut writer = self.writer(self.key(to)?);
+        writer.expect_size(file.metadata()?.len());
         let mut buffer = vec![0u8; PART_BYTES.min(8 << 20)];
         loop {
             let read = file.read(&mut buffer)?;
@@ -680,16 +681,19 @@ impl ReadAt for ObjectReader {
 }
 
 /// The part size of a file of `size` bytes: equal parts, in whole rounds
-/// of `PARTS_IN_FLIGHT` so that no part goes up alone at the end, none
-/// over `PART_BYTES` (nor under S3's minimum, nor so small that the
-/// upload needs more parts than S3 allows). At most `PART_BYTES` is one PUT.
+/// of `PARTS_IN_FLIGHT` so that no part goes up alone at the end, each as
+/// near `PART_BYTES` as that allows (11 to 24 MiB), but never under S3's
+/// smallest nor so small that the upload needs more parts than S3 allows.
+/// At most `PART_BYTES` is one PUT.
 fn part_bytes_for(size: u64) -> usize {
     if size <= PART_BYTES as u64 {
         return PART_BYTES;
     }
     let round = (PART_BYTES * PARTS_IN_FLIGHT) as u64;
-    let parts = size.div_ceil(round) * PARTS_IN_FLIGHT as u64;
-    let even = size.div_ceil(parts).max(size.div_ceil(MAX_PARTS));
+    let rounds = ((size + round / 2) / round).max(1);
+    let even = size
+        .div_ceil(rounds * PARTS_IN_FLIGHT as u64)
+        .max(size.div_ceil(MAX_PARTS));
     usize::try_from(even).map_or(usize::MAX, |even| even.max(MIN_PART_BYTES))
 }
 
@@ -706,16 +710,16 @@ struct ObjectWriter {
     part_bytes: usize,
     buffer: Vec<u8>,
     upload: Option<Box<dyn MultipartUpload>>,
-    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+    /// Parts being sent; a new one takes the place of whichever ends first.
+    in_flight: tokio::task::JoinSet<object_store::Result<()>>,
 }
 
 impl ObjectWriter {
-    fn wait_oldest(&mut self) -> io::Result<()> {
-        let Some(part) = self.in_flight.pop_front() else {
+    fn wait_any(&mut self) -> io::Result<()> {
+        let Some(part) = futures::executor::block_on(self.in_flight.join_next()) else {
             return Ok(());
         };
-        futures::executor::block_on(part)
-            .map_err(|_| io::Error::other("an upload of a part panicked"))?
+        part.map_err(|_| io::Error::other("an upload of a part panicked"))?
             .map_err(io_error)
     }
 
@@ -727,12 +731,12 @@ impl ObjectWriter {
             self.upload = Some(upload);
         }
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
-            self.wait_oldest()?;
+            self.wait_any()?;
         }
         let part = PutPayload::from(std::mem::take(&mut self.buffer));
         let upload = self.upload.as_mut().expect("started above");
         self.in_flight
-            .push_back(runtime().spawn(upload.put_part(part)));
+            .spawn_on(upload.put_part(part), runtime().handle());
         Ok(())
     }
 }
@@ -775,7 +779,7 @@ impl FileWriter for ObjectWriter {
             self.send_part()?;
         }
         while !self.in_flight.is_empty() {
-            self.wait_oldest()?;
+            self.wait_any()?;
         }
         let mut upload = self.upload.take().expect("a multipart upload");
         let done = run(async move { upload.complete().await })?.map_err(io_error)?;
@@ -787,7 +791,7 @@ impl FileWriter for ObjectWriter {
 impl Drop for ObjectWriter {
     /// An upload that was not finished is abandoned on the server.
     fn drop(&mut self) {
-        self.in_flight.drain(..).for_each(|part| part.abort());
+        self.in_flight.abort_all();
         if let Some(mut upload) = self.upload.take() {
             let _ = run(async move { upload.abort().await });
         }
@@ -807,10 +811,14 @@ mod tests {
         assert_eq!(part_bytes_for(16 * MIB), PART_BYTES, "one PUT");
         assert_eq!(parts(40 * MIB), 8);
         assert_eq!(part_bytes_for(17 * MIB), MIN_PART_BYTES);
-        assert_eq!(parts(128 * MIB), 8);
-        assert_eq!(parts(128 * MIB + 200), 16);
-        assert_eq!(parts(1024 * MIB + 200), 72);
-        assert!(part_bytes_for(1024 * MIB + 200) <= PART_BYTES);
+        // A tensor file's header does not add a part.
+        assert_eq!(parts(128 * MIB + 200), 8);
+        assert_eq!(parts(200 * MIB), 16);
+        assert_eq!(parts(1024 * MIB + 200), 64);
+        for size in (40..4096).map(|mib| mib * MIB + 200) {
+            assert!(part_bytes_for(size) <= 24 << 20);
+            assert_eq!(parts(size) % PARTS_IN_FLIGHT as u64, 0, "{size}");
+        }
         let huge = 1 << 40;
         assert!(parts(huge) <= MAX_PARTS);
     }
