@@ -248,12 +248,13 @@ def run(endpoint, args, log_path=None):
     client(endpoint, args.threads).create_bucket(Bucket=bucket)
     sides = [Library(endpoint, bucket, views(source), views(target)),
              Boto3(endpoint, bucket, source, target, args.part_mib, args.threads)]
-    rates = {(side.name, way): [] for side in sides for way in ("upload", "download")}
+    run_ways = ("upload",) if args.uploads_only else ("upload", "download")
+    rates = {(side.name, way): [] for side in sides for way in run_ways}
     try:
         for round_number in range(args.rounds):
             order = sides if round_number % 2 == 0 else sides[::-1]
             for side in order:
-                for way in ("upload", "download"):
+                for way in run_ways:
                     seconds = getattr(side, way)()
                     rate = size / MIB / seconds
                     rates[(side.name, way)].append(rate)
@@ -262,7 +263,7 @@ def run(endpoint, args, log_path=None):
     finally:
         for side in sides:
             side.close()
-    ways = ["upload", "download"]
+    ways = list(run_ways)
     if log_path:
         ways.insert(1, "upload, data object alone")
         for side in sides:
@@ -294,6 +295,8 @@ def main():
     parser.add_argument("--part-mib", type=int, default=16, help="boto3's part size")
     parser.add_argument("--threads", type=int, default=8, help="boto3's transfer threads")
     parser.add_argument("--endpoint", help="an S3 endpoint to use instead of starting moto")
+    parser.add_argument("--uploads-only", action="store_true",
+                        help="skip the downloads (a round of 1 GiB then takes seconds, not minutes)")
     args = parser.parse_args()
     if args.endpoint:
         run(args.endpoint, args)
