@@ -11,13 +11,17 @@ The same bytes on both sides: TENSORS float32 arrays of TENSOR_MIB each
                      registered arrays are zeroed (ranged reads into them).
   boto3    upload:   upload_fileobj of the buffer (read from memory);
            download: download_fileobj into a zeroed buffer.
-TransferConfig uses the library's part size and parts in flight (16 MiB, 8)
-unless --part-mib / --threads say otherwise. The two sides alternate which
+TransferConfig uses the library's nominal part size and parts in flight
+(16 MiB, 8) unless --part-mib / --threads say otherwise. The two sides alternate which
 goes first each round; every download is checked against the source.
 
-Starts moto_server (build/s3-venv, from scripts/setup) unless --endpoint is
-given. Run by scripts/bench-s3 (make bench-s3), which builds the release
-library and runs this with build/s3-venv/bin/python.
+Starts moto's server (from build/s3-venv, which scripts/setup fills) unless
+--endpoint is given, through benches/s3_timed_server.py, which logs each
+request's start and end: besides the whole save, the library's upload is
+also given as its data object's alone (the tensor file's requests, from the
+start of the first to the end of the last), and boto3's the same way. Run by
+scripts/bench-s3 (make bench-s3), which builds the release library and runs
+this with build/s3-venv/bin/python.
 """
 
 import argparse
@@ -27,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -40,7 +45,7 @@ from botocore.config import Config
 import ckpt_manager
 
 REPO = Path(__file__).resolve().parent.parent
-MOTO_SERVER = REPO / "build" / "s3-venv" / "bin" / "moto_server"
+TIMED_SERVER = REPO / "benches" / "s3_timed_server.py"
 MIB = 1024 * 1024
 CREDENTIALS = {"aws_region": "us-east-1", "aws_access_key_id": "testing",
                "aws_secret_access_key": "testing"}
@@ -52,11 +57,12 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def start_moto(deadline_seconds=60):
-    """A moto server on a free loopback port, once it answers."""
+def start_moto(log_path, deadline_seconds=60):
+    """A moto server on a free loopback port logging its requests to
+    `log_path`, once it answers."""
     port = free_port()
     server = subprocess.Popen(
-        [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(TIMED_SERVER), str(port), str(log_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -140,28 +146,49 @@ class MemoryWriter(io.RawIOBase):
         return size
 
 
-def timed(action):
-    start = time.perf_counter()
+def timed(action, windows=None):
+    """Seconds `action` took; its wall-clock window is added to `windows`."""
+    start, wall = time.perf_counter(), time.time()
     action()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if windows is not None:
+        windows.append((wall, wall + seconds))
+    return seconds
+
+
+def data_seconds(log_path, windows, suffix):
+    """For each window, the span of the logged requests on a key ending
+    in `suffix`: the data object's upload alone."""
+    requests = []
+    for line in Path(log_path).read_text().splitlines():
+        start, end, _method, path = line.split(" ", 3)
+        if path.endswith(suffix):
+            requests.append((float(start), float(end)))
+    spans = []
+    for begin, finish in windows:
+        inside = [r for r in requests if begin - 0.01 <= r[0] and r[1] <= finish + 0.01]
+        spans.append(max(r[1] for r in inside) - min(r[0] for r in inside) if inside else None)
+    return spans
 
 
 class Library:
     """The library's side: a writer with the source arrays registered, and
     per download a fresh manager whose arrays are the zeroed targets."""
     name = "library"
+    data_suffix = ".safetensors"
 
     def __init__(self, endpoint, bucket, source, target):
         self.url = f"s3://{bucket}/lib"
         self.options = dict(CREDENTIALS, aws_endpoint=endpoint, aws_allow_http=True)
         self.source, self.target = source, target
+        self.windows = []
         # max_to_keep 1: each save's sweep deletes the previous round's object.
         self.writer = ckpt_manager.CheckpointManager(self.url, 1, storage_options=self.options)
         for i, array in enumerate(source):
             self.writer.register_array(f"tensor-{i}", array)
 
     def upload(self):
-        return timed(self.writer.save)
+        return timed(self.writer.save, self.windows)
 
     def download(self):
         for array in self.target:
@@ -182,18 +209,20 @@ class Library:
 class Boto3:
     """boto3's side: one object of the same bytes, through the transfer manager."""
     name = "boto3"
+    data_suffix = "/boto3/tensors.bin"
 
     def __init__(self, endpoint, bucket, source_buffer, target_buffer, part_mib, threads):
         self.s3 = client(endpoint, threads)
         self.bucket, self.key = bucket, "boto3/tensors.bin"
         self.source, self.target = source_buffer, target_buffer
+        self.windows = []
         self.config = TransferConfig(multipart_threshold=part_mib * MIB,
                                      multipart_chunksize=part_mib * MIB,
                                      max_concurrency=threads, use_threads=True)
 
     def upload(self):
         return timed(lambda: self.s3.upload_fileobj(
-            MemoryReader(self.source), self.bucket, self.key, Config=self.config))
+            MemoryReader(self.source), self.bucket, self.key, Config=self.config), self.windows)
 
     def download(self):
         self.target.fill(0)
@@ -207,7 +236,7 @@ class Boto3:
         pass
 
 
-def run(endpoint, args):
+def run(endpoint, args, log_path=None):
     size = args.tensors * args.tensor_mib * MIB
     rng = np.random.default_rng(13)
     source = rng.standard_normal(size // 4, dtype=np.float32)
@@ -219,12 +248,13 @@ def run(endpoint, args):
     client(endpoint, args.threads).create_bucket(Bucket=bucket)
     sides = [Library(endpoint, bucket, views(source), views(target)),
              Boto3(endpoint, bucket, source, target, args.part_mib, args.threads)]
-    rates = {(side.name, way): [] for side in sides for way in ("upload", "download")}
+    run_ways = ("upload",) if args.uploads_only else ("upload", "download")
+    rates = {(side.name, way): [] for side in sides for way in run_ways}
     try:
         for round_number in range(args.rounds):
             order = sides if round_number % 2 == 0 else sides[::-1]
             for side in order:
-                for way in ("upload", "download"):
+                for way in run_ways:
                     seconds = getattr(side, way)()
                     rate = size / MIB / seconds
                     rates[(side.name, way)].append(rate)
@@ -233,12 +263,20 @@ def run(endpoint, args):
     finally:
         for side in sides:
             side.close()
+    ways = list(run_ways)
+    if log_path:
+        ways.insert(1, "upload, data object alone")
+        for side in sides:
+            spans = data_seconds(log_path, side.windows, side.data_suffix)
+            rates[(side.name, ways[1])] = [size / MIB / s for s in spans if s]
+            print(f"{side.name:7} data object alone: " + ", ".join(
+                f"{size / MIB / s:.1f}" for s in spans if s) + " MiB/s")
     print(f"\n{args.rounds} rounds, {args.tensors} x {args.tensor_mib} MiB float32; boto3 parts "
           f"of {args.part_mib} MiB, {args.threads} threads; endpoint {endpoint}; medians:\n")
     print("| | library | boto3 | library / boto3 |")
     print("|---|---|---|---|")
     summary = {}
-    for way in ("upload", "download"):
+    for way in ways:
         library = statistics.median(rates[("library", way)])
         baseline = statistics.median(rates[("boto3", way)])
         summary[way] = {"library_mib_s": library, "boto3_mib_s": baseline,
@@ -257,16 +295,20 @@ def main():
     parser.add_argument("--part-mib", type=int, default=16, help="boto3's part size")
     parser.add_argument("--threads", type=int, default=8, help="boto3's transfer threads")
     parser.add_argument("--endpoint", help="an S3 endpoint to use instead of starting moto")
+    parser.add_argument("--uploads-only", action="store_true",
+                        help="skip the downloads (a round of 1 GiB then takes seconds, not minutes)")
     args = parser.parse_args()
     if args.endpoint:
         run(args.endpoint, args)
         return
-    server, endpoint = start_moto()
-    try:
-        run(endpoint, args)
-    finally:
-        server.kill()
-        server.wait()
+    with tempfile.TemporaryDirectory() as scratch:
+        log_path = Path(scratch) / "requests.log"
+        server, endpoint = start_moto(log_path)
+        try:
+            run(endpoint, args, log_path)
+        finally:
+            server.kill()
+            server.wait()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ pub fn write_tensor_file(
 ) -> Result<()> {
     let tensors = registry.in_file_order();
     let header = encode_header(&tensors, metadata);
-    transaction.write_file(TENSOR_FILE_SUFFIX, |write| {
+    let size = header.len() + tensors.iter().map(|t| t.byte_len()).sum::<usize>();
+    transaction.write_file(TENSOR_FILE_SUFFIX, size as u64, |write| {
         write(&header)?;
         for tensor in tensors {
             // SAFETY: registered buffers stay valid while registered.
@@ -245,7 +246,8 @@ impl TensorSnapshot {
 
     /// Writes the snapshot to the save's `<prefix>.safetensors`.
     pub fn write(&self, transaction: &Transaction) -> Result<()> {
-        transaction.write_file(TENSOR_FILE_SUFFIX, |write| {
+        let size = self.header.len() + self.data.len();
+        transaction.write_file(TENSOR_FILE_SUFFIX, size as u64, |write| {
             write(&self.header)?;
             write(&self.data)
         })

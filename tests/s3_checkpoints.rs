@@ -17,7 +17,7 @@ use ckpt_manager::{
     ErrorKind, KeepReason, LatestOptions, MaxToKeep,
 };
 use support::fault_proxy::FaultProxy;
-use support::s3::{storage_config, Bucket, MotoServer};
+use support::s3::{http_request, storage_config, Bucket, MotoServer};
 
 const VALUES: usize = 1 << 20;
 
@@ -502,6 +502,53 @@ fn the_built_in_saver_round_trips_byte_for_byte() {
     assert!(
         big_copy == big && small_copy == small,
         "restored values differ"
+    );
+}
+
+/// A tensor file of 40 MiB goes up as a multipart upload of 8 equal parts
+/// sent together (not 16 + 16 + 8 MiB), each part carrying its SHA-256,
+/// which the server checked and keeps with the object.
+#[test]
+fn a_large_tensor_file_goes_up_in_equal_parts_with_their_checksums() {
+    let bucket = Bucket::new("equal-parts");
+    let url = bucket.url("run");
+    let mut values: Vec<f32> = (0..10 << 20).map(|i| i as f32).collect();
+    let mut manager = CheckpointManager::new(
+        storage_config(&url, &bucket.endpoint, MaxToKeep::Last(1)),
+        Callbacks::new(),
+    )
+    .unwrap();
+    // SAFETY: `values` outlives the manager.
+    unsafe {
+        manager
+            .register_tensor("w", DType::F32, &[10 << 20], values.as_mut_ptr().cast())
+            .unwrap();
+    }
+    manager.save(None, false).unwrap();
+    drop(manager);
+
+    let server = MotoServer::shared();
+    let (status, body) = http_request(
+        server.address(),
+        "GET",
+        &format!("/{}/run/ckpt-1.safetensors?attributes", bucket.name),
+        &[("x-amz-object-attributes", "ETag,Checksum,ObjectSize")],
+        &[],
+    )
+    .unwrap();
+    let attributes = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{attributes}");
+    // A multipart upload's ETag ends in "-<parts>".
+    assert!(attributes.contains("-8</ETag>"), "{attributes}");
+    assert!(attributes.contains("<ChecksumSHA256>"), "{attributes}");
+    let file = bucket.get("run/ckpt-1.safetensors");
+    assert!(attributes.contains(&format!("<ObjectSize>{}</ObjectSize>", file.len())));
+    let data = &file[file.len() - (40 << 20)..];
+    assert!(
+        data.chunks(4)
+            .enumerate()
+            .all(|(i, v)| v == (i as f32).to_le_bytes()),
+        "the uploaded values differ"
     );
 }
 

@@ -96,6 +96,10 @@ impl io::Write for FaultyWriter {
 }
 
 impl FileWriter for FaultyWriter {
+    fn expect_size(&mut self, size: u64) {
+        self.inner.expect_size(size)
+    }
+
     fn finish(self: Box<Self>) -> io::Result<()> {
         self.steps.step("write", &self.name)?;
         self.inner.finish()

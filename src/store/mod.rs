@@ -60,6 +60,9 @@ pub trait ReadAt: Send {
 /// A file being written; `finish` makes it whole (an object store
 /// completes its upload there). Dropped unfinished, it may be lost.
 pub trait FileWriter: io::Write + Send {
+    /// The whole file's size, told before its first byte when known: an
+    /// object store sizes its upload's parts by it.
+    fn expect_size(&mut self, _size: u64) {}
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 

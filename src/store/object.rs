@@ -25,7 +25,7 @@ mod lease;
 mod uploads;
 
 use futures::future::try_join_all;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as Key;
 use object_store::{
     GetOptions, GetRange, MultipartUpload, ObjectStore as Client, PutMode, PutOptions, PutPayload,
@@ -35,10 +35,14 @@ use object_store::{
 use super::{conflict, Entry, FileWriter, Kind, LocalStore, ReadAt, Store};
 use crate::location::BucketPrefix;
 
-/// Parts of a multipart upload, and the size under which a file is one PUT.
+/// The largest part of a multipart upload, and the size up to which a file
+/// is one PUT.
 const PART_BYTES: usize = 16 << 20;
 /// Parts uploaded at once by one file.
 const PARTS_IN_FLIGHT: usize = 8;
+/// S3's smallest part (but the last) and most parts of one upload.
+const MIN_PART_BYTES: usize = 5 << 20;
+const MAX_PARTS: u64 = 10_000;
 /// Ranged GETs of one read at once, each of at most `PART_BYTES`.
 const RANGES_IN_FLIGHT: usize = 8;
 /// S3's limit on a server-side copy (CopyObject).
@@ -49,6 +53,14 @@ pub const LOCAL_STAGING_OPTION: &str = "ckpt_local_staging_directory";
 pub const UNCONDITIONAL_OPTION: &str = "ckpt_allow_unconditional_writes";
 pub const RETRIES_OPTION: &str = "ckpt_max_retries";
 pub use lease::LEASE_SECONDS_OPTION;
+/// Every write carries the SHA-256 of its bytes (of each part, for a
+/// multipart upload), which the server checks and keeps with the object.
+/// The client computes that digest anyway to sign the request, so it costs
+/// nothing here; without it S3 (and moto) compute a whole-object checksum
+/// of their own when a multipart upload completes. `none` is for a server
+/// that refuses the header.
+const CHECKSUM_KEY: AmazonS3ConfigKey = AmazonS3ConfigKey::Checksum;
+const NO_CHECKSUM: &str = "none";
 
 /// The runtime every object store's requests run on; the library's calls
 /// block on them from whatever thread the caller uses.
@@ -115,6 +127,7 @@ pub fn connect(
     let mut staging = None;
     let mut unconditional = false;
     let mut lease_seconds = lease::DEFAULT_LEASE_SECONDS;
+    let mut without_checksum = false;
     for (key, value) in options {
         match key.as_str() {
             LOCAL_STAGING_OPTION => staging = Some(PathBuf::from(value)),
@@ -126,8 +139,14 @@ pub fn connect(
                     ..Default::default()
                 })
             }
-            _ => builder = builder.with_config(config_key(key)?, value),
+            _ => match config_key(key)? {
+                config if config == CHECKSUM_KEY && value == NO_CHECKSUM => without_checksum = true,
+                config => builder = builder.with_config(config, value),
+            },
         }
+    }
+    if !without_checksum && builder.get_config_value(&CHECKSUM_KEY).is_none() {
+        builder = builder.with_checksum_algorithm(Checksum::SHA256);
     }
     let builder = builder.with_bucket_name(&location.bucket);
     let unreachable =
@@ -160,7 +179,7 @@ pub fn check_option(key: &str, value: &str) -> crate::Result<()> {
     }
 }
 
-fn config_key(key: &str) -> crate::Result<object_store::aws::AmazonS3ConfigKey> {
+fn config_key(key: &str) -> crate::Result<AmazonS3ConfigKey> {
     key.parse().map_err(|_| {
         crate::Error::invalid(format!(
             "unknown storage option '{key}': use the S3 client's names (aws_endpoint, aws_region, \
@@ -292,6 +311,7 @@ impl ObjectStore {
             seen: self.seen.clone(),
             create_only,
             key,
+            part_bytes: PART_BYTES,
             buffer: Vec::new(),
             upload: None,
             in_flight: Default::default(),
@@ -329,6 +349,7 @@ impl ObjectStore {
     fn upload_shadow(&self, name: &Path, to: &Path) -> io::Result<()> {
         let mut file = fs::File::open(self.shadow.local_path(name))?;
         let mut writer = self.writer(self.key(to)?);
+        writer.expect_size(file.metadata()?.len());
         let mut buffer = vec![0u8; PART_BYTES.min(8 << 20)];
         loop {
             let read = file.read(&mut buffer)?;
@@ -743,6 +764,23 @@ impl ReadAt for ObjectReader {
     }
 }
 
+/// The part size of a file of `size` bytes: equal parts, in whole rounds
+/// of `PARTS_IN_FLIGHT` so that no part goes up alone at the end, each as
+/// near `PART_BYTES` as that allows (11 to 24 MiB), but never under S3's
+/// smallest nor so small that the upload needs more parts than S3 allows.
+/// At most `PART_BYTES` is one PUT.
+fn part_bytes_for(size: u64) -> usize {
+    if size <= PART_BYTES as u64 {
+        return PART_BYTES;
+    }
+    let round = (PART_BYTES * PARTS_IN_FLIGHT) as u64;
+    let rounds = ((size + round / 2) / round).max(1);
+    let even = size
+        .div_ceil(rounds * PARTS_IN_FLIGHT as u64)
+        .max(size.div_ceil(MAX_PARTS));
+    usize::try_from(even).map_or(usize::MAX, |even| even.max(MIN_PART_BYTES))
+}
+
 /// Writes one object: buffered into one PUT while small, else a multipart
 /// upload whose parts go up concurrently as the caller writes.
 struct ObjectWriter {
@@ -752,18 +790,20 @@ struct ObjectWriter {
     /// a multipart upload cannot ask this of the server, and does not.
     create_only: bool,
     key: Key,
+    /// `PART_BYTES`, or sized to the file when its size is told.
+    part_bytes: usize,
     buffer: Vec<u8>,
     upload: Option<Box<dyn MultipartUpload>>,
-    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+    /// Parts being sent; a new one takes the place of whichever ends first.
+    in_flight: tokio::task::JoinSet<object_store::Result<()>>,
 }
 
 impl ObjectWriter {
-    fn wait_oldest(&mut self) -> io::Result<()> {
-        let Some(part) = self.in_flight.pop_front() else {
+    fn wait_any(&mut self) -> io::Result<()> {
+        let Some(part) = futures::executor::block_on(self.in_flight.join_next()) else {
             return Ok(());
         };
-        futures::executor::block_on(part)
-            .map_err(|_| io::Error::other("an upload of a part panicked"))?
+        part.map_err(|_| io::Error::other("an upload of a part panicked"))?
             .map_err(io_error)
     }
 
@@ -775,12 +815,12 @@ impl ObjectWriter {
             self.upload = Some(upload);
         }
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
-            self.wait_oldest()?;
+            self.wait_any()?;
         }
         let part = PutPayload::from(std::mem::take(&mut self.buffer));
         let upload = self.upload.as_mut().expect("started above");
         self.in_flight
-            .push_back(runtime().spawn(upload.put_part(part)));
+            .spawn_on(upload.put_part(part), runtime().handle());
         Ok(())
     }
 }
@@ -788,11 +828,11 @@ impl ObjectWriter {
 impl io::Write for ObjectWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         if self.buffer.capacity() == 0 {
-            self.buffer.reserve_exact(PART_BYTES);
+            self.buffer.reserve_exact(self.part_bytes);
         }
-        let taken = bytes.len().min(PART_BYTES - self.buffer.len());
+        let taken = bytes.len().min(self.part_bytes - self.buffer.len());
         self.buffer.extend_from_slice(&bytes[..taken]);
-        if self.buffer.len() == PART_BYTES {
+        if self.buffer.len() == self.part_bytes {
             self.send_part()?;
         }
         Ok(taken)
@@ -804,6 +844,12 @@ impl io::Write for ObjectWriter {
 }
 
 impl FileWriter for ObjectWriter {
+    fn expect_size(&mut self, size: u64) {
+        if self.upload.is_none() && self.buffer.is_empty() {
+            self.part_bytes = part_bytes_for(size);
+        }
+    }
+
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         if self.upload.is_none() {
             let mode = match self.create_only {
@@ -817,7 +863,7 @@ impl FileWriter for ObjectWriter {
             self.send_part()?;
         }
         while !self.in_flight.is_empty() {
-            self.wait_oldest()?;
+            self.wait_any()?;
         }
         let mut upload = self.upload.take().expect("a multipart upload");
         let done = run(async move { upload.complete().await })?.map_err(io_error)?;
@@ -829,9 +875,35 @@ impl FileWriter for ObjectWriter {
 impl Drop for ObjectWriter {
     /// An upload that was not finished is abandoned on the server.
     fn drop(&mut self) {
-        self.in_flight.drain(..).for_each(|part| part.abort());
+        self.in_flight.abort_all();
         if let Some(mut upload) = self.upload.take() {
             let _ = run(async move { upload.abort().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts S3 accepts (at least 5 MiB, at most 10,000), equal, in whole
+    /// rounds of the parts sent at once.
+    #[test]
+    fn parts_are_sized_to_the_file() {
+        const MIB: u64 = 1 << 20;
+        let parts = |size: u64| size.div_ceil(part_bytes_for(size) as u64);
+        assert_eq!(part_bytes_for(16 * MIB), PART_BYTES, "one PUT");
+        assert_eq!(parts(40 * MIB), 8);
+        assert_eq!(part_bytes_for(17 * MIB), MIN_PART_BYTES);
+        // A tensor file's header does not add a part.
+        assert_eq!(parts(128 * MIB + 200), 8);
+        assert_eq!(parts(200 * MIB), 16);
+        assert_eq!(parts(1024 * MIB + 200), 64);
+        for size in (40..4096).map(|mib| mib * MIB + 200) {
+            assert!(part_bytes_for(size) <= 24 << 20);
+            assert_eq!(parts(size) % PARTS_IN_FLIGHT as u64, 0, "{size}");
+        }
+        let huge = 1 << 40;
+        assert!(parts(huge) <= MAX_PARTS);
     }
 }

@@ -299,11 +299,12 @@ impl Transaction {
         self.store.local_path(&self.staged(b""))
     }
 
-    /// Writes `<prefix><suffix>` through `write`, with its CRC32C computed
-    /// on the way, and remembers it for the manifest.
+    /// Writes `<prefix><suffix>`, `size` bytes, through `write`, with its
+    /// CRC32C computed on the way, and remembers it for the manifest.
     pub fn write_file(
         &self,
         suffix: &str,
+        size: u64,
         write: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
     ) -> Result<()> {
         let final_name = file_name(&self.base, &self.in_checkpoint(suffix.as_bytes()));
@@ -315,13 +316,19 @@ impl Transaction {
             .store
             .create(&name)
             .map_err(io_at("create", &*self.store, &name))?;
-        let (mut size, mut crc) = (0u64, 0u32);
+        file.expect_size(size);
+        let (mut written, mut crc) = (0u64, 0u32);
         write(&mut |bytes| {
             crc = crc32c::crc32c_append(crc, bytes);
-            size += bytes.len() as u64;
+            written += bytes.len() as u64;
             file.write_all(bytes)
         })
-        .and_then(|()| file.finish())
+        .and_then(|()| match written == size {
+            true => file.finish(),
+            false => Err(io::Error::other(format!(
+                "{written} bytes written where {size} were announced"
+            ))),
+        })
         .map_err(io_at("write", &*self.store, &name))?;
         self.written.lock().unwrap().push(FileRecord {
             suffix: ByteString::from_bytes(&self.in_checkpoint(suffix.as_bytes())),

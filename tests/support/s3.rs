@@ -116,7 +116,7 @@ impl MotoServer {
                 ));
             }
             // Any HTTP answer will do: moto answers once its app is loaded.
-            if http_request(self.address, "GET", "/", &[]).is_ok() {
+            if http_request(self.address, "GET", "/", &[], &[]).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -145,7 +145,7 @@ impl MotoServer {
 
     /// Creates `bucket` (path-style, unsigned: moto accepts both).
     pub fn create_bucket(&self, bucket: &str) {
-        let (status, body) = http_request(self.address, "PUT", &format!("/{bucket}"), &[])
+        let (status, body) = http_request(self.address, "PUT", &format!("/{bucket}"), &[], &[])
             .unwrap_or_else(|error| panic!("PUT /{bucket}: {error}"));
         assert_eq!(
             status,
@@ -163,19 +163,24 @@ impl Drop for MotoServer {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; the status and body
-/// (chunked bodies are returned as sent, with their framing).
+/// One HTTP/1.1 request with `Connection: close` and `headers`; the status
+/// and body (chunked bodies are returned as sent, with their framing).
 pub fn http_request(
     address: SocketAddr,
     method: &str,
     path: &str,
+    headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
     let mut stream = TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;
