@@ -417,6 +417,33 @@ fn a_save_syncs_in_three_rounds_or_four_when_it_replaces() {
     assert_eq!(syncs(steps.operations()), 4, "{:?}", steps.operations());
 }
 
+/// Saving a number again in the same session, twice, replaces it each
+/// time: the manager's own earlier writes and moves of the staged files
+/// are no conflict, and a restore reads the last save's bytes.
+fn a_number_saved_again_in_one_session_restores_the_last_save(backend: Backend) {
+    let harness = Harness::new(backend);
+    let dir = harness.dir();
+    let mut manager = harness.open(Steps::new()).unwrap();
+    manager.save(None, true).unwrap();
+    for generation in 1..=2 {
+        harness.generation.store(generation, Ordering::SeqCst);
+        assert_eq!(
+            manager.save(Some(1), true).unwrap(),
+            Some(dir.join("ckpt-1"))
+        );
+    }
+    assert_eq!(
+        manager.restore_or_initialize().unwrap(),
+        Some(dir.join("ckpt-1"))
+    );
+    assert_eq!(
+        harness.restored.lock().unwrap().as_deref(),
+        Some(&*payload(1, 2))
+    );
+    drop(manager);
+    assert_eq!(harness.check_recovered(1, &[2]), 2);
+}
+
 /// A commit record that outlives its commit (its removal was lost, and a
 /// later save committed meanwhile) must not roll the directory back when
 /// it resurfaces: the state file is replaced only if it is still the one
@@ -429,25 +456,17 @@ fn a_stale_commit_record_does_not_undo_a_later_commit(backend: Backend) {
     // (removing the staging directory) fails.
     let steps_of_a_save = {
         let scratch = Harness::new(backend);
-        scratch
-            .open(Steps::new())
-            .unwrap()
-            .save(None, true)
-            .unwrap();
         let steps = Steps::new();
         let mut manager = scratch.open(steps.clone()).unwrap();
+        manager.save(None, true).unwrap();
         steps.fail_after(None);
         manager.save(Some(1), true).unwrap();
         assert_eq!(steps.operations().last(), Some(&"remove_staging"));
         steps.taken()
     };
-    harness
-        .open(Steps::new())
-        .unwrap()
-        .save(None, true)
-        .unwrap();
     let steps = Steps::new();
     let mut manager = harness.open(steps.clone()).unwrap();
+    manager.save(None, true).unwrap();
     steps.fail_after(Some(steps_of_a_save - 1));
     assert_eq!(
         manager.save(Some(1), true).unwrap(),
@@ -655,6 +674,7 @@ over_both_stores!(
     every_failing_step_of_a_new_checkpoint_without_a_sweep_keeps_the_last_good_one,
     every_failing_step_of_recovery_loses_nothing,
     every_failing_step_of_a_restore_changes_nothing,
+    a_number_saved_again_in_one_session_restores_the_last_save,
     a_stale_commit_record_does_not_undo_a_later_commit,
     the_next_save_finishes_a_commit_that_failed_past_its_commit_point,
     every_failing_step_of_a_pin_keeps_one_whole_manifest,

@@ -67,11 +67,16 @@ impl Trainer {
     }
 
     fn save(&mut self, round: u32) -> PathBuf {
+        self.save_as(None, round)
+    }
+
+    /// Saves round `round`'s weights as checkpoint `number` (None: the next).
+    fn save_as(&mut self, number: Option<u64>, round: u32) -> PathBuf {
         self.weights
             .iter_mut()
             .enumerate()
             .for_each(|(i, w)| *w = value(round, i));
-        self.manager.save(None, false).unwrap().unwrap()
+        self.manager.save(number, false).unwrap().unwrap()
     }
 
     fn assert_holds(&self, round: u32) {
@@ -132,6 +137,28 @@ fn saves_restores_and_sweeps_on_a_bucket() {
     );
     // The restore callback's local copies are gone after the call.
     assert_eq!(bucket.keys(), checkpoint_keys("runs/a", &[2, 3]));
+}
+
+/// A number saved again, twice, in one session: each re-save replaces the
+/// objects the same manager wrote (its own ETags are no conflict), and a
+/// restore reads the last one.
+#[test]
+fn a_number_saved_again_in_one_session_restores_the_last_save() {
+    let bucket = Bucket::new("resave-one-session");
+    let url = bucket.url("run");
+    let mut trainer =
+        Trainer::open(storage_config(&url, &bucket.endpoint, MaxToKeep::Last(2))).unwrap();
+    trainer.save(1);
+    for round in 2..=3 {
+        assert_eq!(trainer.save_as(Some(1), round), url.join("ckpt-1"));
+    }
+    assert_eq!(bucket.keys(), checkpoint_keys("run", &[1]));
+    trainer.weights.fill(0.0);
+    assert_eq!(
+        trainer.manager.restore_or_initialize().unwrap(),
+        Some(url.join("ckpt-1"))
+    );
+    trainer.assert_holds(3);
 }
 
 /// Checkpoints 1 and 2 saved under `<bucket>/run`, the last byte of 2's

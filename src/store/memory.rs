@@ -99,6 +99,12 @@ impl MemoryStore {
         self.seen.lock().unwrap().insert(key.to_owned(), seen);
     }
 
+    /// Forgets `key` once this handle deleted it itself: what it saw is
+    /// gone, and its own next write of that name is no conflict.
+    fn forget(&self, key: &str) {
+        self.seen.lock().unwrap().remove(key);
+    }
+
     fn seen(&self, key: &str) -> Option<Seen> {
         self.seen.lock().unwrap().get(key).copied()
     }
@@ -256,6 +262,7 @@ impl Store for MemoryStore {
         })?;
         self.put(&Self::key(to)?, bytes)?;
         self.bucket.objects.lock().unwrap().remove(&source);
+        self.forget(&source);
         Ok(())
     }
 
@@ -263,7 +270,7 @@ impl Store for MemoryStore {
         self.shadow.remove_file(name)?;
         let key = Self::key(name)?;
         self.bucket.objects.lock().unwrap().remove(&key);
-        self.seen.lock().unwrap().remove(&key);
+        self.forget(&key);
         Ok(())
     }
 
@@ -276,6 +283,8 @@ impl Store for MemoryStore {
         let under = self.under(name)?;
         let mut objects = self.bucket.objects.lock().unwrap();
         under.iter().for_each(|key| drop(objects.remove(key)));
+        drop(objects);
+        under.iter().for_each(|key| self.forget(key));
         Ok(())
     }
 
