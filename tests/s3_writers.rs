@@ -78,8 +78,14 @@ impl Writer {
 /// lists them (ListMultipartUploads; moto does not check signatures).
 fn incomplete_uploads(bucket: &Bucket) -> Vec<String> {
     let address = MotoServer::shared().address();
-    let (status, body) = http_request(address, "GET", &format!("/{}?uploads", bucket.name), &[])
-        .expect("ListMultipartUploads");
+    let (status, body) = http_request(
+        address,
+        "GET",
+        &format!("/{}?uploads", bucket.name),
+        &[],
+        &[],
+    )
+    .expect("ListMultipartUploads");
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status, 200, "{body}");
     body.split("<Key>")
