@@ -85,32 +85,15 @@ tiny: $(BUILD_DIR)/tiny_trainer
 
 test:
 	./scripts/setup
-	@# The lints build in a target directory of their own, beside the
-	@# tests (they share no artifacts with them); each part's output is
-	@# shown whole when that part ends.
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-lints test-python
-
-.PHONY: test-lints test-local-only test-workspace test-valgrind test-python
-test-lints:
-	@echo "== lints, with and without object storage (cargo feature s3)"
-	CARGO_TARGET_DIR=target/lints cargo clippy --workspace --all-targets -- -D warnings
-	CARGO_TARGET_DIR=target/lints cargo clippy --no-default-features --all-targets -- -D warnings
-
-test-local-only:
-	@echo "== the library without object storage (cargo feature s3): its own tests"
+	cargo clippy --workspace --all-targets -- -D warnings
+	@echo "== the library without object storage (cargo feature s3): lints and its own tests"
 	@# --lib only: an integration test would build this variant's
 	@# libckpt_manager.so over the default one in target/debug/deps.
+	cargo clippy --no-default-features --all-targets -- -D warnings
 	cargo test --no-default-features --lib
-
-test-workspace: test-local-only
-	@echo "== every test of the library and of the ckpt tool"
 	cargo test --workspace
-
-test-valgrind: test-workspace
 	@echo "== the C and C++ programs again, under valgrind"
 	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
-
-test-python: test-valgrind
 	@echo "== the Python package, pip-installed into a fresh virtual environment"
 	@# boto3 reads the S3 tests' buckets back; their moto server is the one
 	@# scripts/setup installed into build/s3-venv (one pinned install of moto).
