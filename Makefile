@@ -99,8 +99,10 @@ test:
 	@# scripts/setup installed into build/s3-venv (one pinned install of moto).
 	rm -rf $(BUILD_DIR)/py-venv
 	python3 -m venv $(BUILD_DIR)/py-venv
-	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy mpi4py boto3==1.43.11 ./bindings/python
-	$(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
+	@# The dev profile: the library the Rust tests built, not a second tree.
+	CKPT_MANAGER_CARGO_PROFILE=dev $(BUILD_DIR)/py-venv/bin/python -m pip install --quiet \
+		pytest numpy mpi4py boto3==1.43.11 ./bindings/python
+	CKPT_MANAGER_CARGO_PROFILE=dev $(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
 
 bench:
 	cargo bench --bench save_restore

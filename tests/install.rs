@@ -2,9 +2,11 @@
 //! installed library does: `tests/install/hello.c` built with
 //! `pkg-config --cflags --libs ckpt_manager` and the CMake project
 //! `tests/install/CMakeLists.txt` (`find_package(ckpt_manager)`, the shared
-//! and the static target), each run. One test, in order: the install builds
-//! bin/ckpt in the release tree the Python package shares and, from a copy
-//! of that tree, the library with its SONAME (in target/install).
+//! and the static target), each run. One test, in order. It installs the
+//! dev profile, the tree the tests themselves built, so that no second tree
+//! of dependencies is compiled: bin/ckpt from target/debug and, from a copy
+//! of that tree's compiled crates, the library with its SONAME (in
+//! target/install/debug). `make install` runs the same script for release.
 
 mod support;
 
@@ -98,12 +100,13 @@ fn soname_of(file: &Path) -> Option<String> {
 /// Runs scripts/install as from a user's shell: without the variables cargo
 /// sets for this test (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...). Build
 /// scripts that watch them (ring's, through `rerun-if-env-changed`) would
-/// otherwise make the next plain `cargo build --release`, the Python
-/// package's, compile half the release tree again.
+/// otherwise make the next plain `cargo build`, the Python package's,
+/// compile half the tree again.
 fn install(args: &[&str]) -> String {
     let mut command = Command::new("bash");
     command
         .arg(support::repo_root().join("scripts/install"))
+        .args(["--profile", "dev"])
         .args(args)
         .env_remove("PREFIX")
         .env_remove("DESTDIR")
@@ -360,22 +363,27 @@ fn compiles(compiler: &str, flags: &[&str], cflags: &str, source: &str) {
 fn install_then_build_with_pkg_config_and_cmake() {
     require_tools();
 
-    // `cargo test`'s own library has no SONAME: the other tests' programs
+    // `cargo test`'s own library has no SONAME, before the install and
+    // after it (which builds in the same tree): the other tests' programs
     // link it by its plain name.
     let test_library = support::library_dir().join(format!("lib{NAME}.so"));
-    if test_library.exists() {
-        assert_eq!(
-            soname_of(&test_library),
-            None,
-            "{} has a SONAME",
-            test_library.display()
-        );
-    }
+    let assert_no_soname = || {
+        if test_library.exists() {
+            assert_eq!(
+                soname_of(&test_library),
+                None,
+                "{} has a SONAME",
+                test_library.display()
+            );
+        }
+    };
+    assert_no_soname();
 
     let scratch = tempfile::tempdir().unwrap();
     let prefix = scratch.path().join("prefix");
     let prefix_arg = prefix.to_str().unwrap();
     let report = install(&["--prefix", prefix_arg]);
+    assert_no_soname();
     assert!(
         report.contains(&format!("lib{NAME}.so.{VERSION}")),
         "scripts/install printed:\n{report}"

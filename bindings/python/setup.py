@@ -6,7 +6,8 @@ target/release/libckpt_manager.so to ckpt_manager/_native/; the wheel is then
 platform-specific. Without cargo or the repository (pip copied the tree
 elsewhere, or an sdist), it builds a pure package that loads the library named
 by $CKPT_MANAGER_LIBRARY at import. Set CKPT_MANAGER_NO_CARGO=1 to skip the
-cargo build and bundle nothing.
+cargo build and bundle nothing, or CKPT_MANAGER_CARGO_PROFILE=dev to bundle the
+debug build instead (make test does, to reuse its tests' build).
 """
 import os
 import shutil
@@ -43,9 +44,11 @@ def build_library():
     if not os.path.isfile(cargo):
         _note("cargo not found: building a pure package; set CKPT_MANAGER_LIBRARY at run time")
         return None
-    subprocess.check_call([cargo, "build", "--release", "--lib"], cwd=REPO)
+    # make test builds the dev profile: the tree its Rust tests compiled.
+    profile = os.environ.get("CKPT_MANAGER_CARGO_PROFILE", "release")
+    subprocess.check_call([cargo, "build", "--profile", profile, "--lib"], cwd=REPO)
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
-    path = os.path.join(target, "release", LIBRARY)
+    path = os.path.join(target, "debug" if profile == "dev" else profile, LIBRARY)
     if not os.path.isfile(path):
         raise RuntimeError("cargo build succeeded but %s is missing" % path)
     return path

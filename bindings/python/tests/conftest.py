@@ -1,7 +1,8 @@
-"""Test setup: the tests load the repository's release build of the library
-through CKPT_MANAGER_LIBRARY (building it with cargo when it is missing) and
-import the package from this source tree, so they never test a stale install.
-Set CKPT_MANAGER_LIBRARY yourself to test another build."""
+"""Test setup: the tests load the repository's build of the library (release,
+or the profile CKPT_MANAGER_CARGO_PROFILE names: make test uses dev) through
+CKPT_MANAGER_LIBRARY (building it with cargo first) and import the package
+from this source tree, so they never test a stale install. Set
+CKPT_MANAGER_LIBRARY yourself to test another build."""
 import importlib.util
 import os
 import shutil
@@ -13,7 +14,9 @@ import pytest
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(os.path.dirname(PYTHON_DIR))
 HEADER = os.path.join(REPO, "include", "ckpt_manager.h")
-RELEASE_LIBRARY = os.path.join(REPO, "target", "release", "libckpt_manager.so")
+PROFILE = os.environ.get("CKPT_MANAGER_CARGO_PROFILE", "release")
+LIBRARY = os.path.join(REPO, "target", "debug" if PROFILE == "dev" else PROFILE,
+                       "libckpt_manager.so")
 
 
 def _ensure_library():
@@ -23,12 +26,13 @@ def _ensure_library():
     if os.path.isfile(os.path.join(REPO, "Cargo.toml")) and os.path.isfile(cargo):
         # Always run it: cargo is a no-op when the build is up to date, and a
         # stale library would test old code.
-        subprocess.check_call([cargo, "build", "--release", "--lib", "--quiet"], cwd=REPO)
-    if not os.path.isfile(RELEASE_LIBRARY):
+        subprocess.check_call([cargo, "build", "--profile", PROFILE, "--lib", "--quiet"],
+                              cwd=REPO)
+    if not os.path.isfile(LIBRARY):
         pytest.exit("libckpt_manager.so not found at %s and cargo could not build it; run "
-                    "`cargo build --release` in %s or set CKPT_MANAGER_LIBRARY"
-                    % (RELEASE_LIBRARY, REPO), returncode=3)
-    os.environ["CKPT_MANAGER_LIBRARY"] = RELEASE_LIBRARY
+                    "`cargo build --profile %s` in %s or set CKPT_MANAGER_LIBRARY"
+                    % (LIBRARY, PROFILE, REPO), returncode=3)
+    os.environ["CKPT_MANAGER_LIBRARY"] = LIBRARY
 
 
 _ensure_library()
