@@ -165,7 +165,16 @@ pub fn clock_name() -> PathBuf {
 /// The local directory where an object store's callbacks write and read.
 #[cfg_attr(not(feature = "s3"), allow(dead_code))] // object stores only
 pub fn shadow_directory_name() -> String {
-    format!("ckpt-manager-{}", random_hex32())
+    format!("{SHADOW_DIRECTORY_STEM}{}", random_hex32())
+}
+
+const SHADOW_DIRECTORY_STEM: &str = "ckpt-manager-";
+
+/// A name `shadow_directory_name` makes, and nothing else.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))] // object stores only
+pub fn is_shadow_directory_name(name: &[u8]) -> bool {
+    name.strip_prefix(SHADOW_DIRECTORY_STEM.as_bytes())
+        .is_some_and(|hex| hex.len() == 32 && hex.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// `<stem>.tmp` and 32 hex digits: this library's and TF's temporary

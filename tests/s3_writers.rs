@@ -1,6 +1,7 @@
 #![cfg(feature = "s3")]
 //! One writer per `s3://` prefix (the lease object) and what a killed
-//! writer leaves on the server (incomplete multipart uploads), against a
+//! writer leaves on the server (incomplete multipart uploads) and locally
+//! (its staging directory), against a
 //! real moto server on loopback (tests/support/s3.rs). Leases last 2 s
 //! here (`ckpt_lease_seconds`), so a dead writer's lease expires quickly.
 
@@ -18,11 +19,28 @@ const LEASE_SECONDS: &str = "2";
 const VALUES: usize = 5 << 20;
 
 fn config(bucket: &Bucket, url: &Path) -> Config {
-    let mut config = storage_config(url, &bucket.endpoint, MaxToKeep::Last(2));
+    config_at(&bucket.name, &bucket.endpoint, url)
+}
+
+fn config_at(bucket_name: &str, endpoint: &str, url: &Path) -> Config {
+    let mut config = storage_config(url, endpoint, MaxToKeep::Last(2));
     config
         .set_storage_option("ckpt_lease_seconds", LEASE_SECONDS)
         .unwrap();
     config
+        .set_storage_option("ckpt_local_staging_directory", &local_staging(bucket_name))
+        .unwrap();
+    config
+}
+
+/// Where the bucket's writers, here and in child processes, stage files.
+fn local_staging(bucket_name: &str) -> String {
+    let directory = std::env::temp_dir().join(format!("ckpt-s3-writers-{bucket_name}"));
+    directory.to_str().unwrap().to_owned()
+}
+
+fn entries(directory: &str) -> Vec<String> {
+    support::file_names(Path::new(directory))
 }
 
 fn value(number: u64, i: usize) -> f32 {
@@ -124,11 +142,7 @@ fn child_writer() {
         panic!("{setting}");
     };
     let url = PathBuf::from(format!("s3://{name}/run"));
-    let mut config = storage_config(&url, endpoint, MaxToKeep::Last(2));
-    config
-        .set_storage_option("ckpt_lease_seconds", LEASE_SECONDS)
-        .unwrap();
-    let mut writer = Writer::open(config).unwrap();
+    let mut writer = Writer::open(config_at(name, endpoint, &url)).unwrap();
     if job == "save" {
         let latest = writer.manager.latest_checkpoint();
         let first = latest.map_or(1, |latest| {
@@ -202,12 +216,13 @@ fn a_writer_in_another_process_holds_the_prefix_until_it_is_killed() {
 
 /// A writer saving 20 MiB checkpoints is SIGKILLed, the first time while
 /// an upload is in progress, then at random instants: each next writer's
-/// open leaves no incomplete upload, and restores the last checkpoint
-/// committed.
+/// open leaves no incomplete upload and none of the killed writer's local
+/// files, and restores the last checkpoint committed.
 #[test]
-fn killed_writers_leave_no_incomplete_uploads() {
+fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
     let bucket = Bucket::new("killed-writers");
     let url = bucket.url("run");
+    let _ = std::fs::remove_dir_all(local_staging(&bucket.name)); // an earlier run's
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -230,18 +245,29 @@ fn killed_writers_leave_no_incomplete_uploads() {
         if round == 0 {
             assert!(!left.is_empty(), "the kill left no upload to abort");
         }
+        let staging = local_staging(&bucket.name);
+        let left_locally = entries(&staging);
+        if round == 0 {
+            assert_eq!(left_locally.len(), 1, "{left_locally:?}");
+        }
         let mut writer = Writer::open(config(&bucket, &url)).unwrap();
         assert_eq!(
             incomplete_uploads(&bucket),
             Vec::<String>::new(),
             "left before: {left:?}"
         );
+        // The open removed the killed writer's staging directory: only
+        // its own is there.
+        let now = entries(&staging);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(!left_locally.contains(&now[0]), "{now:?}");
         if writer.manager.latest_checkpoint().is_some() {
             let restored = writer.restore_latest();
             assert!(restored >= committed, "{restored} < {committed}");
             committed = restored;
         }
     }
+    assert_eq!(entries(&local_staging(&bucket.name)), Vec::<String>::new());
 }
 
 /// A writer whose lease another writer took over (as after it stalled

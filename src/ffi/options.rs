@@ -631,7 +631,7 @@ pub unsafe extern "C" fn ckpt_options_set_coordination_timeout(
 ///  - `ckpt_local_staging_directory`: where save callbacks write before the
 ///    upload and restore callbacks read after the download (default: the
 ///    temporary directory); each manager uses its own subdirectory and empties
-///    it after each call;
+///    it after each call, and an open removes those of killed processes;
 ///  - `ckpt_allow_unconditional_writes` ("true" or "false", default false):
 ///    write to a server that ignores conditional writes (If-Match and
 ///    If-None-Match), which the manager otherwise refuses at open, since two

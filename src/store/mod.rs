@@ -11,6 +11,8 @@ mod lock;
 mod object;
 #[cfg(feature = "s3")]
 mod profile;
+#[cfg(feature = "s3")]
+mod shadow;
 
 use std::io;
 use std::path::{Path, PathBuf};

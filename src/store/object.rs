@@ -32,7 +32,8 @@ use object_store::{
     UpdateVersion,
 };
 
-use super::{conflict, Entry, FileWriter, Kind, LocalStore, ReadAt, Store};
+use super::shadow::ShadowDirectory;
+use super::{conflict, Entry, FileWriter, Kind, ReadAt, Store};
 use crate::location::BucketPrefix;
 
 /// The largest part of a multipart upload, and the size up to which a file
@@ -103,7 +104,7 @@ pub struct ObjectStore {
     location: BucketPrefix,
     client: Arc<dyn Client>,
     /// Where save callbacks write and restore callbacks read, locally.
-    shadow: LocalStore,
+    shadow: ShadowDirectory,
     seen: SeenTags,
     /// The user opted out of conditional writes (a server without them).
     unconditional: bool,
@@ -154,11 +155,13 @@ pub fn connect(
     let client = Arc::new(builder.clone().build().map_err(unreachable)?);
     let uploads = Arc::new(uploads::Uploads::new(&builder, client.clone()));
     let root = staging.unwrap_or_else(std::env::temp_dir);
-    let shadow = root.join(crate::layout::shadow_directory_name());
+    let shadow = ShadowDirectory::create(&root).map_err(|err| {
+        crate::Error::io_at("create a local staging directory in", &root, err)
+    })?;
     Ok(ObjectStore {
         location: location.clone(),
         client,
-        shadow: LocalStore::new(shadow),
+        shadow,
         seen: SeenTags::default(),
         unconditional,
         lease_seconds,
@@ -587,10 +590,7 @@ impl Store for ObjectStore {
     }
 
     fn release_local(&self) -> io::Result<()> {
-        match fs::remove_dir_all(self.shadow.root()) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-            _ => Ok(()),
-        }
+        self.shadow.clear()
     }
 
     /// See `lease`: none when the user chose no lease or a server without
@@ -682,7 +682,6 @@ impl Store for ObjectStore {
 
 impl Drop for ObjectStore {
     fn drop(&mut self) {
-        let _ = self.release_local();
         if let Some(lease) = self.lease.get_mut().unwrap().take() {
             let _ = run(lease.release());
         }
