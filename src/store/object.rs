@@ -155,9 +155,8 @@ pub fn connect(
     let client = Arc::new(builder.clone().build().map_err(unreachable)?);
     let uploads = Arc::new(uploads::Uploads::new(&builder, client.clone()));
     let root = staging.unwrap_or_else(std::env::temp_dir);
-    let shadow = ShadowDirectory::create(&root).map_err(|err| {
-        crate::Error::io_at("create a local staging directory in", &root, err)
-    })?;
+    let shadow = ShadowDirectory::create(&root)
+        .map_err(|err| crate::Error::io_at("create a local staging directory in", &root, err))?;
     Ok(ObjectStore {
         location: location.clone(),
         client,
