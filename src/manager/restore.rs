@@ -1,6 +1,6 @@
 //! Restoring the newest intact checkpoint, on every rank alike.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,9 +18,10 @@ use crate::layout::{manifest_base, TENSOR_FILE_SUFFIX};
 use crate::manifest::{ByteString, Verification};
 use crate::paths;
 use crate::policy;
+use crate::sharding::RestoreRanks;
 use crate::state_file::read_state;
 use crate::store::{self, Store};
-use crate::tensor_file::read_tensor_file;
+use crate::tensor_file::{read_tensor_file, read_tensors, TensorRestore};
 
 /// How often a read-only manager re-reads a state file that changed under
 /// a restore before it gives up.
@@ -83,28 +84,72 @@ impl CheckpointManager {
             .collect();
         let verification = self.verification();
         let partial = self.config.partial_restore;
-        // The tensor file is read in full anyway: check its CRC32C on the way
-        // rather than reading it twice.
+        // Every rank's tensor names: a checkpoint's tensor that no rank
+        // registers is a mismatch (unless partial), one that another rank
+        // registers is not.
+        let names: Vec<String> = self.tensors.iter().map(|t| t.name.clone()).collect();
+        let registered: BTreeSet<String> = ranks
+            .gather_all(&names, "comparing the ranks' tensors")?
+            .into_iter()
+            .flatten()
+            .collect();
+        let restore_ranks = RestoreRanks {
+            rank: ranks.rank(),
+            size: ranks.size(),
+            unmatched: self.config.unmatched_rank_local,
+        };
+        // A version 1 tensor file is read in full anyway: check its CRC32C on
+        // the way rather than reading it twice.
         let check_while_reading =
             !self.tensors.is_empty() && verification == Verification::Checksums && !partial;
-        let deferred = check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes());
+        let whole_file = check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes());
         let shard = ranks.shard();
         // Set when a damaged tensor file was read into the buffers.
         let mut overwritten_by: Option<PathBuf> = None;
+        let mut initialize = false;
         let mut load = |candidate: &Path| -> Result<Integrity> {
             let (store, base) = self.locate(candidate)?;
             let listed_at = saved_at.get(candidate).copied();
+            let table = integrity::read_manifest(&*store, &base)?
+                .filter(|manifest| !manifest.tensors.is_empty() && !registered.is_empty());
+            // Files of a tensor table are checked range by range as they are read.
+            let deferred: Vec<&[u8]> = match &table {
+                Some(manifest) => manifest
+                    .tensors
+                    .iter()
+                    .flat_map(|tensor| &tensor.boxes)
+                    .map(|saved| saved.file.as_bytes())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                None => whole_file.into_iter().collect(),
+            };
             let (integrity, crc) =
-                ranks.check_own_files(&*store, &base, verification, listed_at, deferred)?;
-            if !self.tensors.is_empty() {
-                let mut own = base.clone();
-                own.push(&shard);
-                let read = read_tensor_file(&*store, &own, &self.tensors, partial, crc);
-                if matches!(read, Err(Error::Damaged { .. })) && crc.is_some() {
-                    overwritten_by = Some(candidate.to_path_buf());
+                ranks.check_own_files(&*store, &base, verification, listed_at, &deferred)?;
+            initialize = false;
+            let read = match &table {
+                Some(manifest) => {
+                    let restore = TensorRestore {
+                        registry: &self.tensors,
+                        registered_anywhere: &registered,
+                        partial,
+                        ranks: restore_ranks,
+                        check_crcs: verification == Verification::Checksums,
+                    };
+                    read_tensors(&*store, &base, manifest, &restore)
+                        .map(|restored| initialize = restored.initialize)
                 }
-                read?;
+                None if !self.tensors.is_empty() => {
+                    let mut own = base.clone();
+                    own.push(&shard);
+                    read_tensor_file(&*store, &own, &self.tensors, partial, crc)
+                }
+                None => Ok(()),
+            };
+            if matches!(read, Err(Error::Damaged { .. })) && (crc.is_some() || table.is_some()) {
+                overwritten_by = Some(candidate.to_path_buf());
             }
+            read?;
             Ok(integrity)
         };
         let mut warnings = Vec::new();
@@ -150,6 +195,14 @@ impl CheckpointManager {
         own.push(&shard);
         let restored = self.run_restore_callback(&store, &base, &own);
         ranks.agree(restored, "restoring")?;
+        let initialized = match (initialize, self.callbacks.init.as_mut()) {
+            (true, Some(init)) => init().map_err(Error::callback("init")),
+            _ => Ok(()),
+        };
+        ranks.agree(
+            initialized,
+            "initializing rank-local tensors without a saved piece",
+        )?;
         if self.config.checkpoint_interval.is_some() {
             self.last_checkpoint_step = Some(self.current_step()?);
         }
