@@ -30,7 +30,8 @@ pub struct TensorRecord {
     pub name: String,
     pub kind: TensorKind,
     pub dtype: DType,
-    /// The global shape (a rank-local tensor's own shape).
+    /// The global shape (of a rank-local tensor, one rank's: each of its
+    /// boxes has its own).
     pub shape: Vec<u64>,
     /// Sorted by file then offset; a sharded tensor's boxes never overlap
     /// and need not cover it, a replicated tensor has one box, a rank-local
@@ -257,13 +258,15 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
         for saved in &tensor.boxes {
             let place = &saved.place;
             let dims = tensor.shape.len();
-            let inside = place.offset.len() == dims
-                && place.shape.len() == dims
-                && (0..dims).all(|d| {
-                    place.offset[d]
-                        .checked_add(place.shape[d])
-                        .is_some_and(|end| end <= tensor.shape[d])
-                });
+            // A rank-local tensor's pieces each have their own shape.
+            let inside = tensor.kind == TensorKind::RankLocal
+                || place.offset.len() == dims
+                    && place.shape.len() == dims
+                    && (0..dims).all(|d| {
+                        place.offset[d]
+                            .checked_add(place.shape[d])
+                            .is_some_and(|end| end <= tensor.shape[d])
+                    });
             if !inside {
                 return Err(format!(
                     "tensor '{name}': box {place} is outside its shape {:?}",

@@ -46,8 +46,13 @@ pub fn declarations(registry: &TensorRegistry) -> Vec<Declared> {
 /// returns the names of the tensors `rank` writes: its rank-local tensors,
 /// its non-empty boxes of sharded ones, and the replicated tensors it was
 /// given, each replicated tensor going to the registering rank that has
-/// written least so far, largest first.
-pub fn plan_writes(all: &[Vec<Declared>], rank: u32) -> Result<BTreeSet<String>> {
+/// written least so far, largest first. Unless `replicated_once` (ranks
+/// with directories of their own), every rank writes its replicated ones.
+pub fn plan_writes(
+    all: &[Vec<Declared>],
+    rank: u32,
+    replicated_once: bool,
+) -> Result<BTreeSet<String>> {
     let mut by_name: BTreeMap<&str, Vec<(u32, &Declared)>> = BTreeMap::new();
     for (r, declared) in all.iter().enumerate() {
         for d in declared {
@@ -76,11 +81,11 @@ pub fn plan_writes(all: &[Vec<Declared>], rank: u32) -> Result<BTreeSet<String>>
         .filter(|d| match d.kind {
             TensorKind::RankLocal => true,
             TensorKind::Sharded => d.place.elements() > 0,
-            TensorKind::Replicated => false,
+            TensorKind::Replicated => !replicated_once,
         })
         .map(|d| d.name.clone())
         .collect();
-    for (name, holders) in replicated {
+    for (name, holders) in replicated.into_iter().filter(|_| replicated_once) {
         let writer = holders
             .iter()
             .map(|(r, _)| *r)
@@ -111,7 +116,8 @@ fn check_agreement(name: &str, holders: &[(u32, &Declared)]) -> Result<()> {
         if d.dtype != first.dtype {
             return differs("dtype", first.dtype.name().into(), d.dtype.name().into());
         }
-        if d.global_shape != first.global_shape {
+        // Each rank's own tensor may have its own shape.
+        if d.global_shape != first.global_shape && d.kind != TensorKind::RankLocal {
             let shape = |d: &Declared| format!("{:?}", d.global_shape);
             return differs("shape", shape(first), shape(d));
         }
@@ -428,7 +434,7 @@ mod tests {
         };
         let all = vec![rank(), rank()];
         let on = |r| {
-            plan_writes(&all, r)
+            plan_writes(&all, r, true)
                 .unwrap()
                 .into_iter()
                 .collect::<Vec<_>>()
@@ -437,18 +443,20 @@ mod tests {
             (on(0), on(1)),
             (vec!["a".to_owned()], vec!["b".into(), "c".into()])
         );
+        // Ranks with directories of their own each write every one.
+        assert_eq!(plan_writes(&all, 1, false).unwrap().len(), 3);
 
         let overlapping = vec![
             vec![declared("w", TensorKind::Sharded, &[4], place(&[0], &[3]))],
             vec![declared("w", TensorKind::Sharded, &[4], place(&[2], &[2]))],
         ];
-        let err = plan_writes(&overlapping, 1).unwrap_err().to_string();
+        let err = plan_writes(&overlapping, 1, true).unwrap_err().to_string();
         assert!(err.contains("rank 0") && err.contains("overlap"), "{err}");
         let mixed = vec![
             vec![declared("w", TensorKind::Sharded, &[4], place(&[0], &[2]))],
             vec![declared("w", TensorKind::Replicated, &[4], whole(4))],
         ];
-        let err = plan_writes(&mixed, 0).unwrap_err().to_string();
+        let err = plan_writes(&mixed, 0, true).unwrap_err().to_string();
         assert!(
             err.contains("kind sharded on rank 0 and replicated on rank 1"),
             "{err}"

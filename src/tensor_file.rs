@@ -42,7 +42,7 @@ impl WritePlan {
         Ok(WritePlan {
             rank: 0,
             world_size: 1,
-            writes: plan_writes(&[declarations(registry)], 0)?,
+            writes: plan_writes(&[declarations(registry)], 0, true)?,
         })
     }
 }
@@ -240,33 +240,30 @@ pub struct TensorRestore<'a> {
     pub registered_anywhere: &'a BTreeSet<String>,
     pub partial: bool,
     pub ranks: RestoreRanks,
-    /// Check each range's CRC32C as it is read.
-    pub check_crcs: bool,
 }
 
-/// What a tensor restore leaves to do.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TensorRestored {
-    /// A rank-local tensor had no piece here and the init callback is to run.
+/// What a restore reads into this rank's registered tensors: for each, the
+/// saved boxes that fill it.
+pub struct TensorPlan<'r> {
+    fills: Vec<(&'r Tensor, Vec<SavedBox>)>,
+    /// A rank-local tensor has no piece here and the init callback is to run.
     pub initialize: bool,
 }
 
-/// Reads this rank's registered tensors from the checkpoint `base`, whose
-/// manifest lists its tensors: each registered box is filled from the
-/// saved boxes that overlap it, reading only the pieces of their byte
-/// ranges that hold what it needs, each piece checked against its CRC32C.
-/// Every tensor is matched first, so a mismatch (`TensorMismatch`) leaves
-/// every buffer untouched; damaged bytes are `Damaged` with the buffers
-/// partly overwritten.
-pub fn read_tensors(
-    store: &dyn Store,
-    base: &OsStr,
+/// Matches this rank's registered tensors against the checkpoint's tensor
+/// table and says which saved boxes fill each: a mismatch (dtype, shape, a
+/// region never saved, rank-local pieces the world sizes do not match, a
+/// tensor on one side only unless partial) is `TensorMismatch`, before any
+/// byte is read.
+pub fn plan_tensors<'r>(
     manifest: &Manifest,
-    restore: &TensorRestore,
-) -> Result<TensorRestored> {
+    restore: &TensorRestore<'r>,
+) -> Result<TensorPlan<'r>> {
     let world = manifest.world_size.unwrap_or(1);
-    let mut plan = Vec::new();
-    let mut restored = TensorRestored::default();
+    let mut plan = TensorPlan {
+        fills: Vec::new(),
+        initialize: false,
+    };
     for tensor in restore.registry.iter() {
         let Some(record) = manifest.tensor(&tensor.name) else {
             if restore.partial {
@@ -278,9 +275,11 @@ pub fn read_tensors(
             )));
         };
         match sources(tensor, record, world, restore.ranks)? {
-            Source::Boxes(boxes) => plan.push((tensor, boxes)),
+            Source::Boxes(boxes) => plan
+                .fills
+                .push((tensor, boxes.into_iter().cloned().collect())),
             Source::Untouched => {}
-            Source::Initialize => restored.initialize = true,
+            Source::Initialize => plan.initialize = true,
         }
     }
     if !restore.partial {
@@ -295,12 +294,26 @@ pub fn read_tensors(
             )));
         }
     }
+    Ok(plan)
+}
+
+/// Reads what `plan` says into the registered buffers from the checkpoint
+/// `base`, reading only the pieces of each saved box's byte range that hold
+/// what a buffer needs, each piece checked against its CRC32C (when
+/// `check_crcs`): damaged bytes are `Damaged`, with the buffers partly
+/// overwritten.
+pub fn read_planned(
+    store: &dyn Store,
+    base: &OsStr,
+    plan: &TensorPlan,
+    check_crcs: bool,
+) -> Result<()> {
     let mut files = OpenFiles {
         store,
         base,
         open: BTreeMap::new(),
     };
-    for (tensor, boxes) in plan {
+    for (tensor, boxes) in &plan.fills {
         // SAFETY: registered buffers stay valid and unshared during the call.
         let buffer = unsafe { tensor.bytes_mut() };
         let into = Target {
@@ -309,10 +322,10 @@ pub fn read_tensors(
             place: &tensor.place,
         };
         for saved in boxes {
-            fill(&mut files, &into, buffer, saved, restore.check_crcs)?;
+            fill(&mut files, &into, buffer, saved, check_crcs)?;
         }
     }
-    Ok(restored)
+    Ok(())
 }
 
 /// The checkpoint's files a restore has opened, by suffix.

@@ -302,6 +302,12 @@ impl Ranks {
             .collect()
     }
 
+    /// Whether every rank saves into one directory (one process does), as
+    /// opposed to a directory of its own (node-local).
+    pub fn share_one_directory(&self) -> bool {
+        self.group.as_ref().is_none_or(|group| !group.node_local)
+    }
+
     /// How many ranks there are (1 for one process).
     pub fn size(&self) -> u32 {
         self.group

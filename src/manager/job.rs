@@ -195,7 +195,7 @@ impl SaveJob {
         let plan = WritePlan {
             rank: ranks.rank(),
             world_size: ranks.size(),
-            writes: plan_writes(&all, ranks.rank())?,
+            writes: plan_writes(&all, ranks.rank(), ranks.share_one_directory())?,
         };
         if let Some(save) = save {
             save(&transaction.prefix(), self.number).map_err(Error::callback("save"))?;

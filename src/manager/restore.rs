@@ -1,7 +1,7 @@
 //! Restoring the newest intact checkpoint, on every rank alike.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::policy;
 use crate::sharding::RestoreRanks;
 use crate::state_file::read_state;
 use crate::store::{self, Store};
-use crate::tensor_file::{read_tensor_file, read_tensors, TensorRestore};
+use crate::tensor_file::{plan_tensors, read_planned, read_tensor_file, TensorPlan, TensorRestore};
 
 /// How often a read-only manager re-reads a state file that changed under
 /// a restore before it gives up.
@@ -107,7 +107,17 @@ impl CheckpointManager {
         // Set when a damaged tensor file was read into the buffers.
         let mut overwritten_by: Option<PathBuf> = None;
         let mut initialize = false;
-        let mut load = |candidate: &Path| -> Result<Integrity> {
+        let check_crcs = verification == Verification::Checksums;
+        let restore = TensorRestore {
+            registry: &self.tensors,
+            registered_anywhere: &registered,
+            partial,
+            ranks: restore_ranks,
+        };
+        // Every rank checks its files and matches its tensors, and all agree,
+        // before any rank reads a byte into a buffer: a mismatch on one rank
+        // leaves every rank's buffers as they were.
+        let prepare = |candidate: &Path| -> Result<Prepared> {
             let (store, base) = self.locate(candidate)?;
             let listed_at = saved_at.get(candidate).copied();
             let table = integrity::read_manifest(&*store, &base)?
@@ -126,18 +136,32 @@ impl CheckpointManager {
             };
             let (integrity, crc) =
                 ranks.check_own_files(&*store, &base, verification, listed_at, &deferred)?;
+            let plan = match &table {
+                Some(manifest) => Some(plan_tensors(manifest, &restore)?),
+                None => None,
+            };
+            Ok(Prepared {
+                store,
+                base,
+                integrity,
+                crc,
+                plan,
+            })
+        };
+        let mut load = |candidate: &Path| -> Result<Integrity> {
+            let prepared = ranks.agree(prepare(candidate), "matching the ranks' tensors")?;
             initialize = false;
-            let read = match &table {
-                Some(manifest) => {
-                    let restore = TensorRestore {
-                        registry: &self.tensors,
-                        registered_anywhere: &registered,
-                        partial,
-                        ranks: restore_ranks,
-                        check_crcs: verification == Verification::Checksums,
-                    };
-                    read_tensors(&*store, &base, manifest, &restore)
-                        .map(|restored| initialize = restored.initialize)
+            let Prepared {
+                store,
+                base,
+                integrity,
+                crc,
+                plan,
+            } = prepared;
+            let read = match &plan {
+                Some(plan) => {
+                    initialize = plan.initialize;
+                    read_planned(&*store, &base, plan, check_crcs)
                 }
                 None if !self.tensors.is_empty() => {
                     let mut own = base.clone();
@@ -146,7 +170,7 @@ impl CheckpointManager {
                 }
                 None => Ok(()),
             };
-            if matches!(read, Err(Error::Damaged { .. })) && (crc.is_some() || table.is_some()) {
+            if matches!(read, Err(Error::Damaged { .. })) && (crc.is_some() || plan.is_some()) {
                 overwritten_by = Some(candidate.to_path_buf());
             }
             read?;
@@ -283,6 +307,17 @@ impl CheckpointManager {
             .map_err(|err| Error::io_at("remove local copies of", &store.shown(prefix), err));
         restored.and(released)
     }
+}
+
+/// A candidate whose files this rank checked and whose tensors it matched.
+struct Prepared<'r> {
+    store: Arc<dyn Store>,
+    base: OsString,
+    integrity: Integrity,
+    /// The recorded CRC32C of a version 1 tensor file, to check as it is read.
+    crc: Option<u32>,
+    /// What to read from a checkpoint with a tensor table.
+    plan: Option<TensorPlan<'r>>,
 }
 
 /// A checkpoint to try, as rank 0 tells the others: by its place in the
