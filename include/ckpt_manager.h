@@ -823,11 +823,20 @@ ckpt_status ckpt_manager_verify(const ckpt_manager *manager,
 // Callbacks: the clock and log callbacks run on the calling thread.
 ckpt_status ckpt_manager_reload(ckpt_manager *manager);
 
-// Registers a host buffer with the built-in saver: every save writes all
-// registered tensors to `<prefix>.safetensors` (after the save callback, if
-// one is set, has run; that file name belongs to the built-in saver), and
-// `ckpt_manager_restore_or_initialize` reads them back into the buffers after
-// checking every name, dtype and shape.
+// Registers a host buffer with the built-in saver: every save writes the
+// registered tensors to `<prefix>.safetensors` (across ranks
+// `<prefix>.rank-RRRRR-of-NNNNN.safetensors`; after the save callback, if one
+// is set, has run; those file names belong to the built-in saver) and lists
+// them in the manifest, and `ckpt_manager_restore_or_initialize` reads them
+// back into the buffers after checking every name, dtype and shape.
+//
+// The tensor is rank-local: under a communicator each rank saves and restores
+// its own (ranks may give it different shapes); a restore by another number
+// of ranks than saved it is refused unless
+// `ckpt_options_set_unmatched_rank_local` says otherwise. Without a
+// communicator it is the whole tensor: it restores from a replicated or
+// sharded tensor of that name saved by any number of ranks, and what it saves
+// restores into any layout of boxes.
 //
 // `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
 // value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is 0: a
