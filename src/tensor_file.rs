@@ -82,15 +82,19 @@ fn lay_out<'r>(registry: &'r TensorRegistry, plan: &WritePlan) -> (Vec<&'r Tenso
 }
 
 /// The CRC32C of a box's bytes, whole and per `CRC_CHUNK_BYTES` piece.
+/// One pass over the bytes: the whole's CRC32C is combined from the pieces'.
 fn box_crcs(bytes: &[u8]) -> (u32, Vec<u32>) {
-    let whole = crc32c::crc32c(bytes);
-    let chunks = match bytes.len() as u64 > CRC_CHUNK_BYTES {
-        true => bytes
-            .chunks(CRC_CHUNK_BYTES as usize)
-            .map(crc32c::crc32c)
-            .collect(),
-        false => Vec::new(),
-    };
+    if bytes.len() as u64 <= CRC_CHUNK_BYTES {
+        return (crc32c::crc32c(bytes), Vec::new());
+    }
+    let pieces: Vec<&[u8]> = bytes.chunks(CRC_CHUNK_BYTES as usize).collect();
+    let chunks: Vec<u32> = pieces.iter().map(|piece| crc32c::crc32c(piece)).collect();
+    let whole = pieces
+        .iter()
+        .zip(&chunks)
+        .fold(0, |crc, (piece, &piece_crc)| {
+            crc32c::crc32c_combine(crc, piece_crc, piece.len())
+        });
     (whole, chunks)
 }
 

@@ -821,6 +821,7 @@ fn a_version_1_manifest_still_restores() {
 
 /// The round trip on object storage (moto's S3 server): ranged reads of
 /// each box's bytes.
+#[cfg(feature = "s3")]
 #[test]
 fn tensors_reshard_on_object_storage() {
     let bucket = support::s3::Bucket::new("reshard");

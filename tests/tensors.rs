@@ -944,6 +944,8 @@ fn checkpoint_tensors_read_any_box_and_check_only_the_pieces_read() {
         .flat_map(f32::to_le_bytes)
         .collect();
     assert_eq!(read_corner().unwrap(), expected);
+    let whole: Vec<u8> = big.iter().copied().flat_map(f32::to_le_bytes).collect();
+    assert!(tensors.read_global("big").unwrap() == whole);
 
     // One process registering a box of it restores that box.
     let mut slab = vec![0f32; 3 * 1024];
