@@ -21,6 +21,10 @@ pub struct Declared {
     pub dtype: DType,
     pub global_shape: Vec<u64>,
     pub place: TensorBox,
+    /// The CRC32C of a replicated tensor's bytes, when the ranks compare
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_crc32c: Option<u32>,
 }
 
 impl Declared {
@@ -29,7 +33,10 @@ impl Declared {
     }
 }
 
-pub fn declarations(registry: &TensorRegistry) -> Vec<Declared> {
+/// What this rank registered; with `compare_replicas`, the CRC32C of each
+/// replicated tensor's bytes too, so that ranks whose copies differ are
+/// found.
+pub fn declarations(registry: &TensorRegistry, compare_replicas: bool) -> Vec<Declared> {
     registry
         .iter()
         .map(|tensor| Declared {
@@ -38,6 +45,9 @@ pub fn declarations(registry: &TensorRegistry) -> Vec<Declared> {
             dtype: tensor.dtype,
             global_shape: tensor.global_shape.clone(),
             place: tensor.place.clone(),
+            replica_crc32c: (compare_replicas && tensor.kind == TensorKind::Replicated)
+                // SAFETY: registered buffers stay valid while registered.
+                .then(|| crc32c::crc32c(unsafe { tensor.bytes() })),
         })
         .collect()
 }
@@ -121,6 +131,15 @@ fn check_agreement(name: &str, holders: &[(u32, &Declared)]) -> Result<()> {
             let shape = |d: &Declared| format!("{:?}", d.global_shape);
             return differs("shape", shape(first), shape(d));
         }
+    }
+    if let Some(&(rank, _)) = holders
+        .iter()
+        .find(|(_, d)| d.replica_crc32c != first.replica_crc32c)
+    {
+        return Err(Error::TensorMismatch(format!(
+            "tensor '{name}' is registered as replicated but its bytes on rank {rank} differ \
+             from those on rank {first_rank}"
+        )));
     }
     if first.kind == TensorKind::Sharded {
         for (i, &(rank_a, a)) in holders.iter().enumerate() {
@@ -367,6 +386,7 @@ mod tests {
             dtype: DType::F32,
             global_shape: global.to_vec(),
             place: at,
+            replica_crc32c: None,
         }
     }
 

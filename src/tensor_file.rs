@@ -42,7 +42,7 @@ impl WritePlan {
         Ok(WritePlan {
             rank: 0,
             world_size: 1,
-            writes: plan_writes(&[declarations(registry)], 0, true)?,
+            writes: plan_writes(&[declarations(registry, false)], 0, true)?,
         })
     }
 }
@@ -71,7 +71,7 @@ fn lay_out<'r>(registry: &'r TensorRegistry, plan: &WritePlan) -> (Vec<&'r Tenso
         ranges.insert(tensor.name.as_str(), (offset, end));
         offset = end;
     }
-    let entries = declarations(registry)
+    let entries = declarations(registry, false)
         .into_iter()
         .map(|declared| Entry {
             range: ranges.get(declared.name.as_str()).copied(),

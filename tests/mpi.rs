@@ -775,7 +775,9 @@ fn a_damaged_box_makes_every_rank_restore_the_older_checkpoint() {
 
 #[test]
 fn bad_tensor_inputs_fail_the_save_on_every_rank_and_commit_nothing() {
-    for bad in ["overlap", "dtype", "shape", "ndim", "kind", "box"] {
+    for bad in [
+        "overlap", "dtype", "shape", "ndim", "kind", "replica", "box",
+    ] {
         let job = Reshard::new();
         job.passing(4, &["bad", &format!("bad={bad}")]);
         let files = support::file_names(&job.workdir.path().join("ckpt"));

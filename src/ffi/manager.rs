@@ -538,9 +538,9 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
 ///
 /// `name`, `dtype`, `shape`, `ndim` and `data` are as for
 /// `ckpt_manager_register_tensor`. Every rank that registers `name` must
-/// register it as replicated with the same dtype and shape; a save where the
-/// ranks disagree fails with CKPT_STATUS_TENSOR_MISMATCH on every rank and
-/// commits nothing.
+/// register it as replicated with the same dtype, shape and bytes (each save
+/// compares the CRC32C of every rank's copy); a save where the ranks disagree
+/// fails with CKPT_STATUS_TENSOR_MISMATCH on every rank and commits nothing.
 ///
 /// Ownership: as for `ckpt_manager_register_tensor`.
 /// Returns: CKPT_STATUS_OK, or an error.

@@ -188,7 +188,7 @@ impl SaveJob {
         tensors: Tensors,
     ) -> Result<()> {
         let declared = match &tensors {
-            Tensors::Registered(registry, _) => declarations(registry),
+            Tensors::Registered(registry, _) => declarations(registry, true),
             _ => Vec::new(),
         };
         let all = ranks.gather_all(&declared, "comparing the ranks' tensors")?;

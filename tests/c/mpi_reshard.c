@@ -10,7 +10,8 @@
  *   restore   restores; checkpoint `number` (default `count`) must come back,
  *             saved by `saved` ranks (default 4)
  *   bad       saves 1, then a save where one rank registers `bad` wrongly
- *             (overlap, dtype, shape, ndim, kind) fails on every rank with
+ *             (overlap, dtype, shape, ndim, kind) or holds other bytes of a
+ *             replicated tensor (replica) fails on every rank with
  *             CKPT_STATUS_INVALID_ARGUMENT or TENSOR_MISMATCH and commits
  *             nothing; `bad=box` is a box outside its tensor, refused when
  *             registered
@@ -361,6 +362,20 @@ static void bad_save(void) {
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_manager_save(manager, NULL, false, &prefix));
   ckpt_string_free(prefix);
   const int culprit = 1;
+  char before[4096], after[4096];
+  latest(before, sizeof before);
+  if (strcmp(bad, "replica") == 0) {
+    /* One rank's copy of a replicated tensor differs. */
+    if (world_rank == culprit) ((double *)tensors[EMB].data)[4] += 1;
+    const ckpt_status status = ckpt_manager_save(manager, NULL, false, &prefix);
+    note("bad save returned %s: %s", ckpt_status_name(status), ckpt_last_error_message());
+    CHECK(status == CKPT_STATUS_TENSOR_MISMATCH);
+    CHECK(strstr(ckpt_last_error_message(), "'emb' is registered as replicated") != NULL);
+    latest(after, sizeof after);
+    CHECK(strcmp(before, after) == 0);
+    close_manager(manager);
+    return;
+  }
   struct tensor *rows = &tensors[ROWS];
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_manager_unregister_tensor(manager, rows->name));
   ckpt_status expected = CKPT_STATUS_TENSOR_MISMATCH;
@@ -411,8 +426,6 @@ static void bad_save(void) {
                  ckpt_manager_register_tensor_slice(manager, rows->name, dtype, global, offset,
                                                     local, ndim, rows->data));
   }
-  char before[4096], after[4096];
-  latest(before, sizeof before);
   const ckpt_status status = ckpt_manager_save(manager, NULL, false, &prefix);
   note("bad save returned %s: %s", ckpt_status_name(status), ckpt_last_error_message());
   CHECK(status == expected);
