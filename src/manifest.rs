@@ -253,6 +253,11 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
     {
         return Err("its tensors are not sorted by unique name".into());
     }
+    let sizes: std::collections::HashMap<&[u8], u64> = manifest
+        .files
+        .iter()
+        .map(|file| (file.suffix.as_bytes(), file.size))
+        .collect();
     for tensor in &manifest.tensors {
         let name = &tensor.name;
         for saved in &tensor.boxes {
@@ -273,25 +278,21 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
                     tensor.shape
                 ));
             }
-            let file = manifest
-                .files
-                .iter()
-                .find(|file| file.suffix == saved.file)
-                .ok_or_else(|| {
-                    format!("tensor '{name}': its box {place} names an unlisted file")
-                })?;
+            let file_size = *sizes.get(saved.file.as_bytes()).ok_or_else(|| {
+                format!("tensor '{name}': its box {place} names an unlisted file")
+            })?;
             let bytes = place
                 .shape
                 .iter()
                 .try_fold(tensor.dtype.size() as u64, |n, &d| n.checked_mul(d));
-            let fits = saved.end <= file.size && Some(saved.end.wrapping_sub(saved.start)) == bytes;
+            let fits = saved.end <= file_size && Some(saved.end.wrapping_sub(saved.start)) == bytes;
             let chunks = saved.chunk_crc32c.len() as u64;
             let chunked =
                 chunks == 0 || chunks == (saved.end - saved.start).div_ceil(CRC_CHUNK_BYTES);
             if saved.start > saved.end || !fits || !chunked {
                 return Err(format!(
                     "tensor '{name}': box {place} has the byte range [{}, {}) of a {}-byte file",
-                    saved.start, saved.end, file.size
+                    saved.start, saved.end, file_size
                 ));
             }
         }

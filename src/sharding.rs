@@ -142,15 +142,52 @@ fn check_agreement(name: &str, holders: &[(u32, &Declared)]) -> Result<()> {
         )));
     }
     if first.kind == TensorKind::Sharded {
-        for (i, &(rank_a, a)) in holders.iter().enumerate() {
-            for &(rank_b, b) in &holders[i + 1..] {
-                if let Some(both) = a.place.intersection(&b.place) {
-                    return Err(Error::invalid(format!(
-                        "tensor '{name}': the boxes of rank {rank_a} ({}) and rank {rank_b} ({}) \
-                         overlap at {both}",
-                        a.place, b.place
-                    )));
-                }
+        check_no_overlap(name, holders)?;
+    }
+    Ok(())
+}
+
+/// No two non-empty boxes overlap. A sweep along the dimension where the
+/// boxes start at the most places, so that the usual layouts compare each
+/// box with its neighbours only.
+fn check_no_overlap(name: &str, holders: &[(u32, &Declared)]) -> Result<()> {
+    let mut boxes: Vec<(u32, &TensorBox)> = holders
+        .iter()
+        .filter(|(_, d)| d.place.elements() > 0)
+        .map(|(rank, d)| (*rank, &d.place))
+        .collect();
+    let dims = boxes.first().map_or(0, |(_, b)| b.offset.len());
+    let Some(axis) = (0..dims).max_by_key(|&d| {
+        boxes
+            .iter()
+            .map(|(_, b)| b.offset[d])
+            .collect::<BTreeSet<_>>()
+            .len()
+    }) else {
+        // Scalars: two non-empty boxes always overlap.
+        return match boxes.as_slice() {
+            [(a, _), (b, _), ..] => Err(Error::invalid(format!(
+                "tensor '{name}': the boxes of rank {a} and rank {b} overlap (it is a scalar)"
+            ))),
+            _ => Ok(()),
+        };
+    };
+    boxes.sort_by_key(|(rank, b)| (b.offset[axis], *rank));
+    for (i, &(rank_a, a)) in boxes.iter().enumerate() {
+        let end = a.offset[axis] + a.shape[axis];
+        let neighbours = boxes[i + 1..]
+            .iter()
+            .take_while(|(_, b)| b.offset[axis] < end);
+        for &(rank_b, b) in neighbours {
+            if let Some(both) = a.intersection(b) {
+                let ((r1, b1), (r2, b2)) = match rank_a < rank_b {
+                    true => ((rank_a, a), (rank_b, b)),
+                    false => ((rank_b, b), (rank_a, a)),
+                };
+                return Err(Error::invalid(format!(
+                    "tensor '{name}': the boxes of rank {r1} ({b1}) and rank {r2} ({b2}) overlap \
+                     at {both}"
+                )));
             }
         }
     }
@@ -472,6 +509,22 @@ mod tests {
         ];
         let err = plan_writes(&overlapping, 1, true).unwrap_err().to_string();
         assert!(err.contains("rank 0") && err.contains("overlap"), "{err}");
+        let block = |r: u64, c: u64| {
+            vec![declared(
+                "b",
+                TensorKind::Sharded,
+                &[4, 4],
+                place(&[r, c], &[2, 2]),
+            )]
+        };
+        let grid = vec![block(0, 0), block(0, 2), block(2, 0), block(2, 2)];
+        assert!(plan_writes(&grid, 3, true).is_ok());
+        let shifted = vec![block(0, 0), block(0, 2), block(2, 0), block(1, 1)];
+        let err = plan_writes(&shifted, 0, true).unwrap_err().to_string();
+        assert!(
+            err.contains("rank 0 (offset [0, 0] shape [2, 2]) and rank 3"),
+            "{err}"
+        );
         let mixed = vec![
             vec![declared("w", TensorKind::Sharded, &[4], place(&[0], &[2]))],
             vec![declared("w", TensorKind::Replicated, &[4], whole(4))],

@@ -141,10 +141,19 @@ pub struct SavedTensors {
 impl SavedTensors {
     /// Adds another rank's records: its boxes of tensors of the same name.
     fn merge(&mut self, other: SavedTensors) {
+        let mut known: HashMap<String, usize> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(at, tensor)| (tensor.name.clone(), at))
+            .collect();
         for record in other.tensors {
-            match self.tensors.iter_mut().find(|t| t.name == record.name) {
-                Some(known) => known.boxes.extend(record.boxes),
-                None => self.tensors.push(record),
+            match known.get(&record.name) {
+                Some(&at) => self.tensors[at].boxes.extend(record.boxes),
+                None => {
+                    known.insert(record.name.clone(), self.tensors.len());
+                    self.tensors.push(record);
+                }
             }
         }
     }
