@@ -93,88 +93,33 @@ impl CheckpointManager {
             .into_iter()
             .flatten()
             .collect();
-        let restore_ranks = RestoreRanks {
-            rank: ranks.rank(),
-            size: ranks.size(),
-            unmatched: self.config.unmatched_rank_local,
-        };
         // A version 1 tensor file is read in full anyway: check its CRC32C on
         // the way rather than reading it twice.
         let check_while_reading =
             !self.tensors.is_empty() && verification == Verification::Checksums && !partial;
-        let whole_file = check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes());
-        let shard = ranks.shard();
+        let attempt = Attempt {
+            ranks,
+            saved_at,
+            verification,
+            whole_file: check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes()),
+            tensors: TensorRestore {
+                registry: &self.tensors,
+                registered_anywhere: &registered,
+                partial,
+                ranks: RestoreRanks {
+                    rank: ranks.rank(),
+                    size: ranks.size(),
+                    unmatched: self.config.unmatched_rank_local,
+                },
+            },
+        };
         // Set when a damaged tensor file was read into the buffers.
         let mut overwritten_by: Option<PathBuf> = None;
         let mut initialize = false;
-        let check_crcs = verification == Verification::Checksums;
-        let restore = TensorRestore {
-            registry: &self.tensors,
-            registered_anywhere: &registered,
-            partial,
-            ranks: restore_ranks,
-        };
-        // Every rank checks its files and matches its tensors, and all agree,
-        // before any rank reads a byte into a buffer: a mismatch on one rank
-        // leaves every rank's buffers as they were.
-        let prepare = |candidate: &Path| -> Result<Prepared> {
-            let (store, base) = self.locate(candidate)?;
-            let listed_at = saved_at.get(candidate).copied();
-            let table = integrity::read_manifest(&*store, &base)?
-                .filter(|manifest| !manifest.tensors.is_empty() && !registered.is_empty());
-            // Files of a tensor table are checked range by range as they are read.
-            let deferred: Vec<&[u8]> = match &table {
-                Some(manifest) => manifest
-                    .tensors
-                    .iter()
-                    .flat_map(|tensor| &tensor.boxes)
-                    .map(|saved| saved.file.as_bytes())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect(),
-                None => whole_file.into_iter().collect(),
-            };
-            let (integrity, crc) =
-                ranks.check_own_files(&*store, &base, verification, listed_at, &deferred)?;
-            let plan = match &table {
-                Some(manifest) => Some(plan_tensors(manifest, &restore)?),
-                None => None,
-            };
-            Ok(Prepared {
-                store,
-                base,
-                integrity,
-                crc,
-                plan,
-            })
-        };
         let mut load = |candidate: &Path| -> Result<Integrity> {
-            let prepared = ranks.agree(prepare(candidate), "matching the ranks' tensors")?;
-            initialize = false;
-            let Prepared {
-                store,
-                base,
-                integrity,
-                crc,
-                plan,
-            } = prepared;
-            let read = match &plan {
-                Some(plan) => {
-                    initialize = plan.initialize;
-                    read_planned(&*store, &base, plan, check_crcs)
-                }
-                None if !self.tensors.is_empty() => {
-                    let mut own = base.clone();
-                    own.push(&shard);
-                    read_tensor_file(&*store, &own, &self.tensors, partial, crc)
-                }
-                None => Ok(()),
-            };
-            if matches!(read, Err(Error::Damaged { .. })) && (crc.is_some() || plan.is_some()) {
-                overwritten_by = Some(candidate.to_path_buf());
-            }
-            read?;
-            Ok(integrity)
+            let loaded = self.load(&attempt, candidate, &mut overwritten_by)?;
+            initialize = loaded.initialize;
+            Ok(loaded.integrity)
         };
         let mut warnings = Vec::new();
         let found = inspect::first_usable(
@@ -216,7 +161,7 @@ impl CheckpointManager {
         }
         let (store, base) = self.locate(&chosen)?;
         let mut own = base.clone();
-        own.push(&shard);
+        own.push(ranks.shard());
         let restored = self.run_restore_callback(&store, &base, &own);
         ranks.agree(restored, "restoring")?;
         let initialized = match (initialize, self.callbacks.init.as_mut()) {
@@ -231,6 +176,92 @@ impl CheckpointManager {
             self.last_checkpoint_step = Some(self.current_step()?);
         }
         Ok(Some(chosen))
+    }
+
+    /// Checks this rank's files of `candidate` and matches its tensors,
+    /// agrees with every rank on the outcome, then reads the tensors: a
+    /// mismatch on any rank leaves every rank's buffers as they were.
+    /// `overwritten_by` is set when damaged bytes were read into buffers.
+    fn load(
+        &self,
+        attempt: &Attempt,
+        candidate: &Path,
+        overwritten_by: &mut Option<PathBuf>,
+    ) -> Result<Loaded> {
+        let prepared = attempt.ranks.agree(
+            self.match_candidate(attempt, candidate),
+            "matching the ranks' tensors",
+        )?;
+        let Prepared {
+            store,
+            base,
+            integrity,
+            crc,
+            plan,
+        } = prepared;
+        let check_crcs = attempt.verification == Verification::Checksums;
+        let read = match &plan {
+            Some(plan) => read_planned(&*store, &base, plan, check_crcs),
+            None if !self.tensors.is_empty() => {
+                let mut own = base.clone();
+                own.push(attempt.ranks.shard());
+                let partial = attempt.tensors.partial;
+                read_tensor_file(&*store, &own, &self.tensors, partial, crc)
+            }
+            None => Ok(()),
+        };
+        if matches!(read, Err(Error::Damaged { .. })) && (crc.is_some() || plan.is_some()) {
+            *overwritten_by = Some(candidate.to_path_buf());
+        }
+        read?;
+        Ok(Loaded {
+            integrity,
+            initialize: plan.is_some_and(|plan| plan.initialize),
+        })
+    }
+
+    /// This rank's part of `load` before the ranks agree: its files checked
+    /// (those of a tensor table range by range later, as they are read) and
+    /// its tensors matched against the table.
+    fn match_candidate<'r>(
+        &'r self,
+        attempt: &Attempt<'r>,
+        candidate: &Path,
+    ) -> Result<Prepared<'r>> {
+        let (store, base) = self.locate(candidate)?;
+        let listed_at = attempt.saved_at.get(candidate).copied();
+        let registered = attempt.tensors.registered_anywhere;
+        let table = integrity::read_manifest(&*store, &base)?
+            .filter(|manifest| !manifest.tensors.is_empty() && !registered.is_empty());
+        let deferred: Vec<&[u8]> = match &table {
+            Some(manifest) => manifest
+                .tensors
+                .iter()
+                .flat_map(|tensor| &tensor.boxes)
+                .map(|saved| saved.file.as_bytes())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            None => attempt.whole_file.into_iter().collect(),
+        };
+        let (integrity, crc) = attempt.ranks.check_own_files(
+            &*store,
+            &base,
+            attempt.verification,
+            listed_at,
+            &deferred,
+        )?;
+        let plan = match &table {
+            Some(manifest) => Some(plan_tensors(manifest, &attempt.tensors)?),
+            None => None,
+        };
+        Ok(Prepared {
+            store,
+            base,
+            integrity,
+            crc,
+            plan,
+        })
     }
 
     /// Rank 0's order of checkpoints to try: the latest, then the older.
@@ -307,6 +338,24 @@ impl CheckpointManager {
             .map_err(|err| Error::io_at("remove local copies of", &store.shown(prefix), err));
         restored.and(released)
     }
+}
+
+/// What a restore's every candidate shares, on this rank.
+struct Attempt<'a> {
+    ranks: &'a Ranks,
+    /// The time the state file records for each checkpoint it lists.
+    saved_at: HashMap<PathBuf, f64>,
+    verification: Verification,
+    /// The suffix of a version 1 tensor file whose CRC32C its reader checks.
+    whole_file: Option<&'static [u8]>,
+    tensors: TensorRestore<'a>,
+}
+
+/// A candidate restored on this rank.
+struct Loaded {
+    integrity: Integrity,
+    /// A rank-local tensor had no piece here: the init callback is to run.
+    initialize: bool,
 }
 
 /// A candidate whose files this rank checked and whose tensors it matched.
