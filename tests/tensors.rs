@@ -1000,3 +1000,31 @@ fn checkpoint_tensors_read_any_box_and_check_only_the_pieces_read() {
         .unwrap_err();
     assert!(err.to_string().contains("does not fit"), "{err}");
 }
+
+/// A background save records its tensors as a blocking one does: the copy
+/// taken at the call, whatever the buffer holds later.
+#[test]
+fn a_background_save_lists_its_tensors_as_taken_at_the_call() {
+    use ckpt_manager::{CheckpointTensors, SaveArgs, TensorKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut weights = vec![1.5f64, 2.5, 3.5];
+    let mut manager = open(dir.path(), Callbacks::default());
+    // SAFETY: the buffer outlives the manager.
+    unsafe {
+        manager
+            .register_replicated_tensor("w", DType::F64, &[3], weights.as_mut_ptr().cast())
+            .unwrap();
+    }
+    let prefix = manager.save_async(&SaveArgs::default()).unwrap().unwrap();
+    weights[1] = -1.0;
+    manager.wait_until_finished(None).unwrap();
+    let tensors = CheckpointTensors::open(&prefix)
+        .unwrap()
+        .expect("a tensor table");
+    assert_eq!(tensors.tensors()[0].kind, TensorKind::Replicated);
+    let saved: Vec<u8> = [1.5f64, 2.5, 3.5]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(tensors.read_global("w").unwrap(), saved);
+}
