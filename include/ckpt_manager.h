@@ -208,6 +208,32 @@ typedef uint32_t ckpt_metric;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// What a restore onto another number of ranks does with a rank-local
+// tensor that has no saved piece for a rank (a new rank), or whose saved
+// pieces include ranks that no longer exist. `ckpt_unmatched_rank_local`
+// in C, a `uint32_t`.
+enum ckpt_unmatched_rank_local
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // A TENSOR_MISMATCH on every rank, naming the tensor (the default).
+  CKPT_UNMATCHED_RANK_LOCAL_REFUSE = 0,
+  // The pieces of ranks that no longer exist are dropped; a rank with no
+  // saved piece leaves its buffer as it is.
+  CKPT_UNMATCHED_RANK_LOCAL_SKIP = 1,
+  // As `Skip`, and a rank with no saved piece of some rank-local tensor
+  // runs the init callback once the restore has read everything else.
+  CKPT_UNMATCHED_RANK_LOCAL_INITIALIZE = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum ckpt_unmatched_rank_local ckpt_unmatched_rank_local;
+#else
+typedef uint32_t ckpt_unmatched_rank_local;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A directory's `checkpoint` state file, paths joined onto the directory:
 // what `ckpt_get_checkpoint_state` returns. Opaque, so that it can grow;
 // read it with the `ckpt_checkpoint_state_*` accessors and free it with
@@ -797,11 +823,20 @@ ckpt_status ckpt_manager_verify(const ckpt_manager *manager,
 // Callbacks: the clock and log callbacks run on the calling thread.
 ckpt_status ckpt_manager_reload(ckpt_manager *manager);
 
-// Registers a host buffer with the built-in saver: every save writes all
-// registered tensors to `<prefix>.safetensors` (after the save callback, if
-// one is set, has run; that file name belongs to the built-in saver), and
-// `ckpt_manager_restore_or_initialize` reads them back into the buffers after
-// checking every name, dtype and shape.
+// Registers a host buffer with the built-in saver: every save writes the
+// registered tensors to `<prefix>.safetensors` (across ranks
+// `<prefix>.rank-RRRRR-of-NNNNN.safetensors`; after the save callback, if one
+// is set, has run; those file names belong to the built-in saver) and lists
+// them in the manifest, and `ckpt_manager_restore_or_initialize` reads them
+// back into the buffers after checking every name, dtype and shape.
+//
+// The tensor is rank-local: under a communicator each rank saves and restores
+// its own (ranks may give it different shapes); a restore by another number
+// of ranks than saved it is refused unless
+// `ckpt_options_set_unmatched_rank_local` says otherwise. Without a
+// communicator it is the whole tensor: it restores from a replicated or
+// sharded tensor of that name saved by any number of ranks, and what it saves
+// restores into any layout of boxes.
 //
 // `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
 // value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is 0: a
@@ -827,6 +862,67 @@ ckpt_status ckpt_manager_register_tensor(ckpt_manager *manager,
                                          const uint64_t *shape,
                                          size_t ndim,
                                          void *data);
+
+// Registers a host buffer that holds the same tensor on every rank (weights
+// of data-parallel training): a save writes it once, the ranks sharing the
+// writing of such tensors so that none writes much more than the others, and
+// a restore reads it into every rank's buffer, whatever number of ranks
+// saved it. Without a communicator it is as `ckpt_manager_register_tensor`.
+//
+// `name`, `dtype`, `shape`, `ndim` and `data` are as for
+// `ckpt_manager_register_tensor`. Every rank that registers `name` must
+// register it as replicated with the same dtype, shape and bytes (each save
+// compares the CRC32C of every rank's copy); a save where the ranks disagree
+// fails with CKPT_STATUS_TENSOR_MISMATCH on every rank and commits nothing.
+//
+// Ownership: as for `ckpt_manager_register_tensor`.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: as for `ckpt_manager_register_tensor`.
+// Threads: as for `ckpt_manager_register_tensor`.
+// Callbacks: none run.
+ckpt_status ckpt_manager_register_replicated_tensor(ckpt_manager *manager,
+                                                    const char *name,
+                                                    uint32_t dtype,
+                                                    const uint64_t *shape,
+                                                    size_t ndim,
+                                                    void *data);
+
+// Registers this rank's box of a sharded tensor: the tensor is
+// `global_shape`, this rank holds the elements from `offset` over
+// `local_shape` (each `ndim` long), and `data` holds them row-major over
+// `local_shape`. Any layout of boxes over the ranks works (rows, columns,
+// blocks, uneven splits); a rank may hold an empty box (a 0 in
+// `local_shape`) or not register the tensor. A save writes each rank's box;
+// a restore fills each rank's box from the saved boxes that overlap it,
+// reading only their bytes, whatever number of ranks saved them (a single
+// process's `ckpt_manager_register_tensor` tensor of that name included).
+//
+// A save fails with CKPT_STATUS_TENSOR_MISMATCH on every rank, committing
+// nothing, when the ranks disagree on the tensor's kind, dtype or global
+// shape, or when two ranks' boxes overlap. A restore fails with
+// CKPT_STATUS_TENSOR_MISMATCH, on every rank, when part of a box was never
+// saved (the message names the tensor and the missing region), even with a
+// partial restore.
+//
+// Ownership: `manager`, `name`, `global_shape`, `offset` and `local_shape` are
+// borrowed for the call (each may be NULL when `ndim` is 0); `data` as for
+// `ckpt_manager_register_tensor`, holding the box's bytes.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (as for
+// `ckpt_manager_register_tensor`, and a box outside `global_shape`),
+// CKPT_STATUS_REENTRANT_CALL.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL.
+// Callbacks: none run.
+ckpt_status ckpt_manager_register_tensor_slice(ckpt_manager *manager,
+                                               const char *name,
+                                               uint32_t dtype,
+                                               const uint64_t *global_shape,
+                                               const uint64_t *offset,
+                                               const uint64_t *local_shape,
+                                               size_t ndim,
+                                               void *data);
 
 // Unregisters a tensor; its buffer is no longer read or written.
 //
@@ -1315,6 +1411,25 @@ ckpt_status ckpt_options_set_verify_checksums(ckpt_options *options, bool verify
 // Threads: one thread at a time per options object.
 // Callbacks: none run.
 ckpt_status ckpt_options_set_partial_restore(ckpt_options *options, bool partial);
+
+// What a restore onto another number of ranks does with a rank-local tensor
+// (`ckpt_manager_register_tensor` under a communicator) that has no saved
+// piece for a rank (a new rank), or whose saved pieces include ranks that no
+// longer exist: CKPT_UNMATCHED_RANK_LOCAL_REFUSE (the default) fails the
+// restore with CKPT_STATUS_TENSOR_MISMATCH on every rank, naming the tensor;
+// CKPT_UNMATCHED_RANK_LOCAL_SKIP drops the pieces of ranks that are gone and
+// leaves the buffers of a rank without a piece as they are;
+// CKPT_UNMATCHED_RANK_LOCAL_INITIALIZE does the same, then runs the init
+// callback on each rank that had no piece of some rank-local tensor, after
+// every other tensor is restored.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (a value that is not a `ckpt_unmatched_rank_local`).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_unmatched_rank_local(ckpt_options *options, uint32_t unmatched);
 
 // Sets the save callback, which writes each checkpoint's files. Without one,
 // saves write only the tensors registered with `ckpt_manager_register_tensor`

@@ -34,6 +34,7 @@ pub struct Config {
     pub(crate) read_only: bool,
     pub(crate) verify_checksums: bool,
     pub(crate) partial_restore: bool,
+    pub(crate) unmatched_rank_local: UnmatchedRankLocal,
     pub(crate) keep_best: Option<KeepBest>,
     pub(crate) keep_period: Option<u64>,
     pub(crate) save_interval_seconds: Option<f64>,
@@ -78,6 +79,7 @@ impl Default for Config {
             read_only: false,
             verify_checksums: true,
             partial_restore: false,
+            unmatched_rank_local: UnmatchedRankLocal::Refuse,
             keep_best: None,
             keep_period: None,
             save_interval_seconds: None,
@@ -182,6 +184,13 @@ impl Config {
     /// the checkpoint but not registered, or registered but not in it.
     pub fn set_partial_restore(&mut self, partial: bool) {
         self.partial_restore = partial;
+    }
+
+    /// What a restore does with rank-local tensors that the world sizes do
+    /// not match: a rank with no saved piece, or saved pieces of ranks that
+    /// no longer exist.
+    pub fn set_unmatched_rank_local(&mut self, unmatched: UnmatchedRankLocal) {
+        self.unmatched_rank_local = unmatched;
     }
 
     /// Also keeps the best `k` checkpoints by `metric` (`None` turns this
@@ -299,6 +308,33 @@ pub(crate) fn check_metric_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// What a restore onto another number of ranks does with a rank-local
+/// tensor that has no saved piece for a rank (a new rank), or whose saved
+/// pieces include ranks that no longer exist. `ckpt_unmatched_rank_local`
+/// in C, a `uint32_t`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnmatchedRankLocal {
+    /// A TENSOR_MISMATCH on every rank, naming the tensor (the default).
+    #[default]
+    Refuse = 0,
+    /// The pieces of ranks that no longer exist are dropped; a rank with no
+    /// saved piece leaves its buffer as it is.
+    Skip = 1,
+    /// As `Skip`, and a rank with no saved piece of some rank-local tensor
+    /// runs the init callback once the restore has read everything else.
+    Initialize = 2,
+}
+
+impl UnmatchedRankLocal {
+    /// The value of a C `ckpt_unmatched_rank_local`, if it is one.
+    pub fn from_u32(value: u32) -> Option<Self> {
+        [Self::Refuse, Self::Skip, Self::Initialize]
+            .into_iter()
+            .find(|v| *v as u32 == value)
+    }
 }
 
 /// Severity of a message given to the log callback.

@@ -156,7 +156,7 @@ fn verify_listed(
     saved_at: Option<f64>,
 ) -> Result<Integrity> {
     let (store, base) = split_prefix(prefix, &[])?;
-    integrity::verify(&*store, &base, verification, saved_at, None).map(|(integrity, _)| integrity)
+    integrity::verify(&*store, &base, verification, saved_at, &[]).map(|(integrity, _)| integrity)
 }
 
 /// Checks a checkpoint against its manifest: `Integrity::Intact`,
@@ -187,7 +187,7 @@ pub fn verify_checkpoint_with_progress(
             .get(index)
             .copied()
     });
-    integrity::verify_with_progress(&*store, &base, verification, saved_at, None, progress)
+    integrity::verify_with_progress(&*store, &base, verification, saved_at, &[], progress)
         .map(|(integrity, _)| integrity)
 }
 

@@ -154,14 +154,15 @@ pub fn delete_owned(store: &dyn Store, owned: &Owned) -> Result<()> {
 /// manifest's means another tool saved it again since. `Err(Damaged)` when
 /// a listed file is missing, not a regular file, of another size or (with
 /// `Verification::Checksums`) of another CRC32C, or when nothing of the
-/// checkpoint exists. `deferred`: the suffix of a file whose CRC32C the
-/// caller checks while reading it anyway; its recorded CRC is returned.
+/// checkpoint exists. `deferred`: the suffixes of files whose CRC32C the
+/// caller checks while reading them anyway; the recorded CRC of the first
+/// is returned.
 pub fn verify(
     store: &dyn Store,
     base: &OsStr,
     level: Verification,
     saved_at: Option<f64>,
-    deferred: Option<&[u8]>,
+    deferred: &[&[u8]],
 ) -> Result<(Integrity, Option<u32>)> {
     verify_with_progress(store, base, level, saved_at, deferred, &mut |_| {})
 }
@@ -172,7 +173,7 @@ pub fn verify_with_progress(
     base: &OsStr,
     level: Verification,
     saved_at: Option<f64>,
-    deferred: Option<&[u8]>,
+    deferred: &[&[u8]],
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Integrity, Option<u32>)> {
     let Some(manifest) = read_manifest(store, base)? else {
@@ -189,10 +190,10 @@ pub fn verify_with_progress(
     }
     let mut deferred_crc = None;
     for record in &manifest.files {
-        let deferred = deferred == Some(record.suffix.as_bytes());
+        let deferred = deferred.contains(&record.suffix.as_bytes());
         check_record(store, base, record, level, deferred, progress)?;
         if deferred {
-            deferred_crc = Some(record.crc32c);
+            deferred_crc = deferred_crc.or(Some(record.crc32c));
         }
     }
     Ok((Integrity::Intact, deferred_crc))
@@ -254,13 +255,16 @@ fn check_record(
 }
 
 /// Checks one rank's files of a checkpoint saved across ranks: those of its
-/// manifest whose suffix starts with `shard`. A checkpoint without a
-/// manifest, or without any file of this rank, is damaged for it.
+/// manifest whose suffix starts with `shard`, but the CRC32C of `deferred`
+/// ones (which the caller checks as it reads them). A checkpoint without a
+/// manifest, or without any file of this rank (unless its tensors are in the
+/// manifest, which every number of ranks restores), is damaged for it.
 pub fn verify_shard(
     store: &dyn Store,
     base: &OsStr,
     shard: &[u8],
     level: Verification,
+    deferred: &[&[u8]],
 ) -> Result<()> {
     let manifest = read_manifest(store, base)?.ok_or_else(|| {
         damaged(
@@ -273,10 +277,11 @@ pub fn verify_shard(
     for record in &manifest.files {
         if record.suffix.as_bytes().starts_with(shard) {
             found = true;
-            check_record(store, base, record, level, false, &mut |_| {})?;
+            let deferred = deferred.contains(&record.suffix.as_bytes());
+            check_record(store, base, record, level, deferred, &mut |_| {})?;
         }
     }
-    if !found {
+    if !found && manifest.tensors.is_empty() {
         return Err(damaged(
             store,
             base,

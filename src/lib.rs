@@ -27,6 +27,7 @@ mod policy;
 mod preemption;
 mod safetensors;
 mod save_file;
+mod sharding;
 pub mod state;
 mod state_file;
 mod store;
@@ -35,7 +36,7 @@ mod tensors;
 mod transaction;
 
 pub use communicator::{broadcast_bytes, CommError, Communicator};
-pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
+pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep, UnmatchedRankLocal};
 pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
     checkpoint_exists, checkpoints_on_disk, get_checkpoint_state, latest_checkpoint, read_manifest,
@@ -46,12 +47,14 @@ pub use integrity::Integrity;
 pub use manager::{
     CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RetainedCheckpoint, SaveArgs,
 };
-pub use manifest::{Annotations, ByteString, FileRecord, Manifest, Metric, Verification};
+pub use manifest::{
+    Annotations, ByteString, FileRecord, Manifest, Metric, SavedBox, TensorRecord, Verification,
+};
 pub use policy::MetricMode;
 pub use preemption::{install_preemption_handler, preemption_requested};
 pub use safetensors::{FileTensor, Header as TensorHeader};
 pub use save_file::SaveFile;
 pub use state::CheckpointState;
-pub use tensor_file::TensorFile;
-pub use tensors::DType;
+pub use tensor_file::{CheckpointTensors, TensorFile};
+pub use tensors::{DType, TensorBox, TensorKind};
 pub use transaction::RecoveryAction;

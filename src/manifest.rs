@@ -1,18 +1,65 @@
 //! The integrity manifest `<prefix>.ckpt-manifest.json`: every file of a
-//! checkpoint with its size and CRC32C, written before the checkpoint is
-//! committed. Pure data and JSON; reading files is `storage`'s job.
+//! checkpoint with its size and CRC32C, and (version 2) every tensor the
+//! built-in saver wrote: its kind, dtype, global shape and each saved box's
+//! file, byte range and CRC32C. Written before the checkpoint is committed.
+//! Pure data and JSON; reading files is `storage`'s job.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::layout::MANIFEST_SUFFIX;
+use crate::tensors::{DType, TensorBox, TensorKind};
 
 /// Manifests larger than this are damaged, not read.
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 const FORMAT: &str = "ckpt-manager-manifest";
-const VERSION: u32 = 1;
+/// Manifests without tensors stay at version 1, which older libraries read.
+const VERSION_FILES: u32 = 1;
+/// Version 1 and the tensor table.
+const VERSION_TENSORS: u32 = 2;
+
+/// A saved box's bytes are checksummed in pieces of this size too, so a
+/// rank that needs part of a box reads and checks only the pieces it needs.
+pub(crate) const CRC_CHUNK_BYTES: u64 = 4 << 20;
+
+/// One tensor of the built-in saver, across every rank that saved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorRecord {
+    pub name: String,
+    pub kind: TensorKind,
+    pub dtype: DType,
+    /// The global shape (of a rank-local tensor, one rank's: each of its
+    /// boxes has its own).
+    pub shape: Vec<u64>,
+    /// Sorted by file then offset; a sharded tensor's boxes never overlap
+    /// and need not cover it, a replicated tensor has one box, a rank-local
+    /// tensor one per rank that saved it.
+    pub boxes: Vec<SavedBox>,
+}
+
+/// One saved piece of a tensor: where it is in the tensor and where its
+/// bytes (row-major over `place.shape`, little-endian) are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBox {
+    /// The rank whose piece this is (rank-local tensors only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    #[serde(flatten)]
+    pub place: TensorBox,
+    /// The suffix of the checkpoint's file that holds the bytes.
+    pub file: ByteString,
+    /// The byte range `[start, end)` in that file.
+    pub start: u64,
+    pub end: u64,
+    /// CRC32C of the whole range.
+    pub crc32c: u32,
+    /// CRC32C of each `CRC_CHUNK_BYTES` piece of the range (the last may be
+    /// shorter), when the range is longer than one piece.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunk_crc32c: Vec<u32>,
+}
 
 /// One file of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +112,12 @@ pub struct Manifest {
     /// What the save recorded about the checkpoint (absent before 0.3).
     #[serde(flatten)]
     pub annotations: Annotations,
+    /// How many ranks saved the tensors (1 for one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<u32>,
+    /// The built-in saver's tensors, by name (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensors: Vec<TensorRecord>,
     /// Fields a newer library wrote, kept so that rewriting the manifest
     /// (a pin) does not lose them.
     #[serde(flatten)]
@@ -131,13 +184,38 @@ impl Manifest {
         files.sort_by(|a, b| a.suffix.as_bytes().cmp(b.suffix.as_bytes()));
         Manifest {
             format: FORMAT.into(),
-            version: VERSION,
+            version: VERSION_FILES,
             number,
             files,
             saved_at: None,
             annotations: Annotations::default(),
+            world_size: None,
+            tensors: Vec::new(),
             unknown: serde_json::Map::new(),
         }
+    }
+
+    /// Records the tensors `world_size` ranks saved (a version 2 manifest).
+    pub fn set_tensors(&mut self, world_size: u32, mut tensors: Vec<TensorRecord>) {
+        if tensors.is_empty() {
+            return;
+        }
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        for tensor in &mut tensors {
+            tensor.boxes.sort_by(|a, b| {
+                (a.file.as_bytes(), &a.place.offset).cmp(&(b.file.as_bytes(), &b.place.offset))
+            });
+        }
+        self.version = VERSION_TENSORS;
+        self.world_size = Some(world_size);
+        self.tensors = tensors;
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorRecord> {
+        self.tensors
+            .binary_search_by(|tensor| tensor.name.as_str().cmp(name))
+            .ok()
+            .map(|at| &self.tensors[at])
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -151,7 +229,7 @@ impl Manifest {
         if manifest.format != FORMAT {
             return Err(format!("not a manifest (format {:?})", manifest.format));
         }
-        if manifest.version != VERSION {
+        if manifest.version != VERSION_FILES && manifest.version != VERSION_TENSORS {
             return Err(format!("unsupported manifest version {}", manifest.version));
         }
         if manifest.files.is_empty() {
@@ -160,8 +238,66 @@ impl Manifest {
         for record in &manifest.files {
             check_suffix(record.suffix.as_bytes())?;
         }
+        check_tensors(&manifest)?;
         Ok(manifest)
     }
+}
+
+/// Every tensor's boxes are inside its shape and name a listed file, and
+/// their byte ranges hold their elements; names are sorted and unique.
+fn check_tensors(manifest: &Manifest) -> Result<(), String> {
+    if manifest
+        .tensors
+        .windows(2)
+        .any(|pair| pair[0].name >= pair[1].name)
+    {
+        return Err("its tensors are not sorted by unique name".into());
+    }
+    let sizes: std::collections::HashMap<&[u8], u64> = manifest
+        .files
+        .iter()
+        .map(|file| (file.suffix.as_bytes(), file.size))
+        .collect();
+    for tensor in &manifest.tensors {
+        let name = &tensor.name;
+        for saved in &tensor.boxes {
+            let place = &saved.place;
+            let dims = tensor.shape.len();
+            // A rank-local tensor's pieces each have their own shape.
+            let inside = tensor.kind == TensorKind::RankLocal
+                || place.offset.len() == dims
+                    && place.shape.len() == dims
+                    && (0..dims).all(|d| {
+                        place.offset[d]
+                            .checked_add(place.shape[d])
+                            .is_some_and(|end| end <= tensor.shape[d])
+                    });
+            if !inside {
+                return Err(format!(
+                    "tensor '{name}': box {place} is outside its shape {:?}",
+                    tensor.shape
+                ));
+            }
+            let file_size = *sizes.get(saved.file.as_bytes()).ok_or_else(|| {
+                format!("tensor '{name}': its box {place} names an unlisted file")
+            })?;
+            let bytes = place
+                .shape
+                .iter()
+                .try_fold(tensor.dtype.size() as u64, |n, &d| n.checked_mul(d));
+            let fits = saved.end <= file_size && Some(saved.end.wrapping_sub(saved.start)) == bytes;
+            let chunks = saved.chunk_crc32c.len() as u64;
+            let chunked =
+                chunks == 0 || chunks == (saved.end - saved.start).div_ceil(CRC_CHUNK_BYTES);
+            if saved.start > saved.end || !fits || !chunked {
+                return Err(format!(
+                    "tensor '{name}': box {place} has the byte range [{}, {}) of a {}-byte file",
+                    saved.start, saved.end, file_size
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A file suffix a checkpoint may own: `""` (the prefix itself),

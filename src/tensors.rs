@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// Element types of the built-in saver, named as in the safetensors format.
@@ -105,12 +107,141 @@ impl DType {
     }
 }
 
-/// A registered host buffer.
+// In manifests, by its safetensors name.
+impl Serialize for DType {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for DType {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        DType::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unsupported dtype {name:?}")))
+    }
+}
+
+/// What a registered tensor is across ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorKind {
+    /// Each rank its own (its RNG, its data loader position); without a
+    /// communicator, the whole tensor.
+    RankLocal,
+    /// The same on every rank: saved once, restored on every rank.
+    Replicated,
+    /// This rank's box of a global tensor.
+    Sharded,
+}
+
+impl TensorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorKind::RankLocal => "rank-local",
+            TensorKind::Replicated => "replicated",
+            TensorKind::Sharded => "sharded",
+        }
+    }
+}
+
+/// A box of a global tensor: where it starts and its extent, per dimension.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TensorBox {
+    pub offset: Vec<u64>,
+    pub shape: Vec<u64>,
+}
+
+impl TensorBox {
+    /// The box of a whole tensor of `shape`.
+    pub fn whole(shape: &[u64]) -> TensorBox {
+        TensorBox {
+            offset: vec![0; shape.len()],
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// The part of both boxes (of the same rank), if it has an element.
+    pub fn intersection(&self, other: &TensorBox) -> Option<TensorBox> {
+        let mut offset = Vec::with_capacity(self.offset.len());
+        let mut shape = Vec::with_capacity(self.offset.len());
+        for dim in 0..self.offset.len() {
+            let start = self.offset[dim].max(other.offset[dim]);
+            let end =
+                (self.offset[dim] + self.shape[dim]).min(other.offset[dim] + other.shape[dim]);
+            if end <= start {
+                return None;
+            }
+            offset.push(start);
+            shape.push(end - start);
+        }
+        Some(TensorBox { offset, shape })
+    }
+
+    /// What of `self` is outside `other`, as disjoint boxes.
+    pub fn minus(&self, other: &TensorBox) -> Vec<TensorBox> {
+        let Some(inside) = self.intersection(other) else {
+            return if self.elements() == 0 {
+                Vec::new()
+            } else {
+                vec![self.clone()]
+            };
+        };
+        let mut rest = Vec::new();
+        let mut remaining = self.clone();
+        for dim in 0..self.offset.len() {
+            let (start, end) = (
+                remaining.offset[dim],
+                remaining.offset[dim] + remaining.shape[dim],
+            );
+            let (inner_start, inner_end) =
+                (inside.offset[dim], inside.offset[dim] + inside.shape[dim]);
+            if inner_start > start {
+                let mut below = remaining.clone();
+                below.shape[dim] = inner_start - start;
+                rest.push(below);
+            }
+            if inner_end < end {
+                let mut above = remaining.clone();
+                above.offset[dim] = inner_end;
+                above.shape[dim] = end - inner_end;
+                rest.push(above);
+            }
+            remaining.offset[dim] = inner_start;
+            remaining.shape[dim] = inner_end - inner_start;
+        }
+        rest
+    }
+}
+
+impl std::fmt::Display for TensorBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "offset {:?} shape {:?}", self.offset, self.shape)
+    }
+}
+
+/// A registered host buffer: `shape` elements of `dtype`, row-major, which
+/// are the box `place` of a tensor of `global_shape`.
 #[derive(Debug)]
 pub struct Tensor {
     pub name: String,
+    pub kind: TensorKind,
     pub dtype: DType,
+    /// The buffer's own shape.
     pub shape: Vec<u64>,
+    pub global_shape: Vec<u64>,
+    /// Where the buffer is in the global tensor: the whole of it, but for a
+    /// sharded tensor.
+    pub place: TensorBox,
     data: NonNull<u8>,
     byte_len: usize,
 }
@@ -169,7 +300,7 @@ impl TensorRegistry {
 
     /// Registers a buffer of `shape` elements of `dtype` (an empty shape is
     /// a scalar; a zero dimension, an empty tensor, whose `data` may be
-    /// NULL).
+    /// NULL): a rank-local tensor.
     ///
     /// # Safety
     /// `data` must stay valid for reads and writes of the tensor's bytes,
@@ -182,6 +313,79 @@ impl TensorRegistry {
         shape: &[u64],
         data: *mut u8,
     ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.register_kind(name, TensorKind::RankLocal, dtype, shape, None, data) }
+    }
+
+    /// Registers a tensor that is the same on every rank.
+    ///
+    /// # Safety
+    /// As for `register`.
+    pub unsafe fn register_replicated(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: *mut u8,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.register_kind(name, TensorKind::Replicated, dtype, shape, None, data) }
+    }
+
+    /// Registers this rank's box (`offset`, `local_shape`) of a tensor of
+    /// `global_shape`; `data` holds the box row-major. An empty box (a zero
+    /// in `local_shape`) holds nothing of the tensor.
+    ///
+    /// # Safety
+    /// As for `register`.
+    pub unsafe fn register_slice(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        global_shape: &[u64],
+        place: TensorBox,
+        data: *mut u8,
+    ) -> Result<()> {
+        if place.offset.len() != global_shape.len() || place.shape.len() != global_shape.len() {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': offset, local shape and global shape must have the same number of dimensions"
+            )));
+        }
+        let outside = (0..global_shape.len()).find(|&dim| {
+            place.offset[dim]
+                .checked_add(place.shape[dim])
+                .is_none_or(|end| end > global_shape[dim])
+        });
+        if let Some(dim) = outside {
+            return Err(Error::invalid(format!(
+                "tensor '{name}': the box {place} is outside the global shape {global_shape:?} (dimension {dim})"
+            )));
+        }
+        byte_len(name, dtype, global_shape)?;
+        // SAFETY: the caller's contract.
+        unsafe {
+            self.register_kind(
+                name,
+                TensorKind::Sharded,
+                dtype,
+                global_shape,
+                Some(place),
+                data,
+            )
+        }
+    }
+
+    /// # Safety
+    /// As for `register`.
+    unsafe fn register_kind(
+        &mut self,
+        name: &str,
+        kind: TensorKind,
+        dtype: DType,
+        global_shape: &[u64],
+        place: Option<TensorBox>,
+        data: *mut u8,
+    ) -> Result<()> {
         if name.is_empty() || name == "__metadata__" {
             return Err(Error::invalid(format!(
                 "'{name}' is not a usable tensor name"
@@ -192,7 +396,8 @@ impl TensorRegistry {
                 "a tensor named '{name}' is already registered"
             )));
         }
-        let byte_len = byte_len(name, dtype, shape)?;
+        let place = place.unwrap_or_else(|| TensorBox::whole(global_shape));
+        let byte_len = byte_len(name, dtype, &place.shape)?;
         // No byte of an empty tensor is ever read or written.
         let data = match NonNull::new(data) {
             None if byte_len == 0 => NonNull::dangling(),
@@ -202,8 +407,11 @@ impl TensorRegistry {
             name.to_owned(),
             Tensor {
                 name: name.to_owned(),
+                kind,
                 dtype,
-                shape: shape.to_vec(),
+                shape: place.shape.clone(),
+                global_shape: global_shape.to_vec(),
+                place,
                 data,
                 byte_len,
             },

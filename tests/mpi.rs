@@ -52,15 +52,26 @@ impl Case {
 
     /// `run` with `workdir` given: runs in one may follow each other there.
     fn run_in(workdir: &Path, program: &Path, args: &[&str], settings: &[(&str, &str)]) -> Case {
+        Case::run_ranks(RANKS, workdir, program, args, settings)
+    }
+
+    /// `run_in` on `ranks` ranks.
+    fn run_ranks(
+        ranks: u32,
+        workdir: &Path,
+        program: &Path,
+        args: &[&str],
+        settings: &[(&str, &str)],
+    ) -> Case {
         let mut arguments: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         arguments.insert(1, workdir.as_os_str());
-        let run = support::mpirun(RANKS, program, &arguments, settings, DEADLINE);
-        let logs = (0..RANKS)
+        let run = support::mpirun(ranks, program, &arguments, settings, DEADLINE);
+        let logs = (0..ranks)
             .map(|rank| std::fs::read_to_string(workdir.join(format!("rank-{rank}.log"))).ok())
             .collect();
         let case = Case {
             what: format!(
-                "mpirun -np {RANKS} {} {}",
+                "mpirun -np {ranks} {} {}",
                 program.display(),
                 args.join(" ")
             ),
@@ -100,7 +111,7 @@ impl Case {
     }
 
     fn assert_every_rank_passed(&self) {
-        for rank in 0..RANKS as usize {
+        for rank in 0..self.logs.len() {
             assert!(
                 self.passed(rank),
                 "rank {rank} did not pass:\n{}",
@@ -116,7 +127,7 @@ impl Case {
 
     /// Every rank's log says `text`.
     fn assert_every_log_contains(&self, text: &str) {
-        for rank in 0..RANKS as usize {
+        for rank in 0..self.logs.len() {
             assert!(
                 self.log(rank).contains(text),
                 "rank {rank} did not log {text:?}:\n{}",
@@ -622,4 +633,225 @@ fn mlp_demo_killed_rank_and_resumed_matches_a_straight_run() {
         std::fs::read(&resumed_weights).unwrap() == straight_bytes,
         "the resumed run's weights differ from the straight run's"
     );
+}
+
+fn reshard_program() -> PathBuf {
+    support::mpi_c_program("mpi_reshard", &["tests/c/mpi_reshard.c"], &[])
+}
+
+/// Runs of `mpi_reshard.c` on one checkpoint directory, each on its own
+/// number of ranks: a job saved by some ranks, resumed by others.
+struct Reshard {
+    workdir: tempfile::TempDir,
+}
+
+impl Reshard {
+    fn new() -> Self {
+        Reshard {
+            workdir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, ranks: u32, args: &[&str], settings: &[(&str, &str)]) -> Case {
+        Case::run_ranks(
+            ranks,
+            self.workdir.path(),
+            &reshard_program(),
+            args,
+            settings,
+        )
+    }
+
+    /// A run in which every rank passes.
+    fn passing(&self, ranks: u32, args: &[&str]) {
+        self.run(ranks, args, &[]).assert_every_rank_passed();
+    }
+
+    fn manifest(&self, number: u32) -> serde_json::Value {
+        let path = self
+            .workdir
+            .path()
+            .join(format!("ckpt/ckpt-{number}.ckpt-manifest.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn tensor(&self, number: u32, name: &str) -> serde_json::Value {
+        let manifest = self.manifest(number);
+        let tensors = manifest["tensors"].as_array().expect("a tensor table");
+        tensors
+            .iter()
+            .find(|tensor| tensor["name"] == name)
+            .unwrap_or_else(|| panic!("no tensor {name} in {manifest}"))
+            .clone()
+    }
+}
+
+/// Every restore of this file checks each element of each box it
+/// registered against the tensor's global value at the checkpoint.
+#[test]
+fn four_ranks_save_restores_onto_one_two_three_and_eight_ranks_and_one_process() {
+    let job = Reshard::new();
+    job.passing(4, &["save", "count=2"]);
+    let manifest = job.manifest(2);
+    assert_eq!(manifest["version"], 2);
+    assert_eq!(manifest["world_size"], 4);
+    // Replicated tensors are written once, by different ranks.
+    let mut writers = std::collections::BTreeSet::new();
+    for name in ["emb", "bias", "step"] {
+        let tensor = job.tensor(2, name);
+        assert_eq!(tensor["kind"], "replicated");
+        let boxes = tensor["boxes"].as_array().unwrap();
+        assert_eq!(boxes.len(), 1, "{tensor}");
+        writers.insert(boxes[0]["file"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        writers.len() > 1,
+        "one rank wrote every replicated tensor: {writers:?}"
+    );
+    let uneven = job.tensor(2, "uneven");
+    assert_eq!(uneven["kind"], "sharded");
+    // Rank 0 holds no box of it.
+    assert_eq!(uneven["boxes"].as_array().unwrap().len(), 3, "{uneven}");
+    for ranks in [1, 2, 3, 8] {
+        job.passing(ranks, &["restore", "number=2", "unmatched=skip"]);
+    }
+    for ranks in [2, 3] {
+        job.passing(ranks, &["restore", "number=2", "unmatched=skip", "flip=1"]);
+    }
+    job.passing(1, &["restore", "number=2", "comm=0", "unmatched=skip"]);
+    job.passing(4, &["restore", "number=2", "flip=1"]);
+}
+
+#[test]
+fn rank_local_tensors_of_missing_ranks_are_refused_unless_skipped_or_initialized() {
+    let job = Reshard::new();
+    job.passing(4, &["save"]);
+    let refused = job.run(
+        2,
+        &[
+            "restore",
+            "expect=CKPT_STATUS_TENSOR_MISMATCH",
+            "message=rank-local tensor 'rng'",
+        ],
+        &[],
+    );
+    refused.assert_every_rank_passed();
+    refused.assert_every_log_contains("ckpt_options_set_unmatched_rank_local");
+    // Ranks 4 to 7 have no piece: they run the init callback, once.
+    job.passing(8, &["restore", "unmatched=init"]);
+}
+
+#[test]
+fn one_process_checkpoint_restores_into_four_ranks_in_any_layout() {
+    let job = Reshard::new();
+    job.passing(1, &["save", "comm=0"]);
+    let rows = job.tensor(1, "rows");
+    assert_eq!(rows["boxes"].as_array().unwrap().len(), 1, "{rows}");
+    for flip in ["flip=0", "flip=1"] {
+        job.passing(4, &["restore", "saved=1", "unmatched=skip", flip]);
+    }
+}
+
+#[test]
+fn a_damaged_box_makes_every_rank_restore_the_older_checkpoint() {
+    let job = Reshard::new();
+    job.passing(4, &["save", "count=2"]);
+    // Flip a byte inside the second box of "blocks" in checkpoint 2: only
+    // the ranks whose boxes overlap it read it.
+    let blocks = job.tensor(2, "blocks");
+    let damaged = &blocks["boxes"][1];
+    let file = job
+        .workdir
+        .path()
+        .join(format!("ckpt/ckpt-2{}", damaged["file"].as_str().unwrap()));
+    let at = damaged["start"].as_u64().unwrap() as usize + 5;
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    let case = job.run(3, &["restore", "number=1", "unmatched=skip"], &[]);
+    case.assert_every_rank_passed();
+    case.assert_every_log_contains("/ckpt-1");
+}
+
+#[test]
+fn bad_tensor_inputs_fail_the_save_on_every_rank_and_commit_nothing() {
+    for bad in [
+        "overlap", "dtype", "shape", "ndim", "kind", "replica", "box",
+    ] {
+        let job = Reshard::new();
+        job.passing(4, &["bad", &format!("bad={bad}")]);
+        let files = support::file_names(&job.workdir.path().join("ckpt"));
+        assert!(
+            !files.iter().any(|name| name.starts_with("ckpt-2")),
+            "{bad}: {files:?}"
+        );
+    }
+}
+
+#[test]
+fn a_region_no_rank_saved_is_a_mismatch_naming_it_on_every_rank() {
+    let job = Reshard::new();
+    job.passing(4, &["save", "sparse=1"]);
+    let case = job.run(
+        2,
+        &[
+            "restore",
+            "unmatched=skip",
+            "expect=CKPT_STATUS_TENSOR_MISMATCH",
+            "message=tensor 'rows': the checkpoint never saved the region offset [9, 0] shape [4, 4]",
+        ],
+        &[],
+    );
+    case.assert_every_rank_passed();
+}
+
+/// A checkpoint as a library without tensor tables wrote it: every tensor
+/// rank-local, a version 1 manifest listing files only.
+#[test]
+fn a_version_1_manifest_still_restores() {
+    let job = Reshard::new();
+    job.passing(4, &["save", "local=1"]);
+    let mut manifest = job.manifest(1);
+    let fields = manifest.as_object_mut().unwrap();
+    fields.remove("tensors");
+    fields.remove("world_size");
+    fields.insert("version".into(), 1.into());
+    let path = job.workdir.path().join("ckpt/ckpt-1.ckpt-manifest.json");
+    std::fs::write(path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    job.passing(4, &["restore", "local=1"]);
+}
+
+/// The round trip on object storage (moto's S3 server): ranged reads of
+/// each box's bytes.
+#[cfg(feature = "s3")]
+#[test]
+fn tensors_reshard_on_object_storage() {
+    let bucket = support::s3::Bucket::new("reshard");
+    let url = bucket.url("run");
+    let dir = format!("dir={}", url.display());
+    let settings = [
+        ("AWS_ENDPOINT_URL", bucket.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ];
+    let job = Reshard::new();
+    job.run(4, &["save", "count=2", &dir], &settings)
+        .assert_every_rank_passed();
+    assert!(bucket
+        .keys()
+        .contains("run/ckpt-2.rank-00003-of-00004.safetensors"));
+    job.run(
+        3,
+        &["restore", "number=2", "unmatched=skip", "flip=1", &dir],
+        &settings,
+    )
+    .assert_every_rank_passed();
+    job.run(
+        1,
+        &["restore", "number=2", "comm=0", "unmatched=skip", &dir],
+        &settings,
+    )
+    .assert_every_rank_passed();
 }

@@ -877,3 +877,154 @@ fn a_mismatch_found_after_falling_back_says_the_buffers_hold_the_damaged_bytes()
         "a holds ckpt-2's damaged bytes"
     );
 }
+
+/// The f32 value of element `(row, col)` of the 2-D test tensor.
+fn element(row: u64, col: u64) -> f32 {
+    (row * 1024 + col) as f32
+}
+
+/// A tensor over 4 MiB saved by one process is read back whole, in any box,
+/// by a tool and by a one-process slice registration; a damaged 4 MiB piece
+/// fails only the reads that need it.
+#[test]
+fn checkpoint_tensors_read_any_box_and_check_only_the_pieces_read() {
+    use ckpt_manager::{CheckpointTensors, TensorBox, TensorKind};
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, cols) = (1100u64, 1024u64);
+    let mut big: Vec<f32> = (0..rows * cols)
+        .map(|i| element(i / cols, i % cols))
+        .collect();
+    let mut bias = vec![7i32, 8, 9];
+    let prefix = {
+        let mut manager = open(dir.path(), Callbacks::default());
+        // SAFETY: the buffers outlive the manager.
+        unsafe {
+            manager
+                .register_tensor("big", DType::F32, &[rows, cols], big.as_mut_ptr().cast())
+                .unwrap();
+            manager
+                .register_replicated_tensor("bias", DType::I32, &[3], bias.as_mut_ptr().cast())
+                .unwrap();
+        }
+        manager.save(None, false).unwrap().unwrap()
+    };
+    let tensors = CheckpointTensors::open(&prefix)
+        .unwrap()
+        .expect("a tensor table");
+    let names: Vec<(&str, TensorKind)> = tensors
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), t.kind))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("bias", TensorKind::Replicated),
+            ("big", TensorKind::RankLocal)
+        ]
+    );
+    let saved = &tensors.tensors()[1].boxes[0];
+    assert_eq!(saved.chunk_crc32c.len(), 2, "4.4 MB in 4 MiB pieces");
+    assert_eq!(
+        tensors.read_global("bias").unwrap(),
+        [7, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0]
+    );
+    let corner = TensorBox {
+        offset: vec![1090, 1000],
+        shape: vec![10, 24],
+    };
+    let read_corner = || {
+        let mut bytes = vec![0u8; 10 * 24 * 4];
+        tensors
+            .read_region("big", &corner, &mut bytes)
+            .map(|()| bytes)
+    };
+    let expected: Vec<u8> = (1090..1100)
+        .flat_map(|row| (1000..1024).map(move |col| element(row, col)))
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    assert_eq!(read_corner().unwrap(), expected);
+    let whole: Vec<u8> = big.iter().copied().flat_map(f32::to_le_bytes).collect();
+    assert!(tensors.read_global("big").unwrap() == whole);
+
+    // One process registering a box of it restores that box.
+    let mut slab = vec![0f32; 3 * 1024];
+    {
+        let mut manager = open(dir.path(), Callbacks::default());
+        let place = TensorBox {
+            offset: vec![1095, 0],
+            shape: vec![3, 1024],
+        };
+        // SAFETY: the buffers outlive the manager.
+        unsafe {
+            manager
+                .register_tensor_slice(
+                    "big",
+                    DType::F32,
+                    &[rows, cols],
+                    place,
+                    slab.as_mut_ptr().cast(),
+                )
+                .unwrap();
+            manager
+                .register_replicated_tensor("bias", DType::I32, &[3], bias.as_mut_ptr().cast())
+                .unwrap();
+        }
+        manager.restore_or_initialize().unwrap();
+    }
+    assert!(slab
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == element(1095 + i as u64 / 1024, i as u64 % 1024)));
+
+    // A flipped byte in the first 4 MiB piece: the corner, in the second
+    // piece, still reads; the whole tensor does not.
+    let file = tensor_file(&prefix);
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[saved.start as usize + 100] ^= 1;
+    fs::write(&file, bytes).unwrap();
+    assert_eq!(read_corner().unwrap(), expected);
+    let err = tensors.read_global("big").unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err}");
+    assert!(
+        err.to_string().contains("do not match their CRC32C"),
+        "{err}"
+    );
+    // A region outside the tensor is refused.
+    let outside = TensorBox {
+        offset: vec![1099, 0],
+        shape: vec![2, 1],
+    };
+    let err = tensors
+        .read_region("big", &outside, &mut [0u8; 8])
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+/// A background save records its tensors as a blocking one does: the copy
+/// taken at the call, whatever the buffer holds later.
+#[test]
+fn a_background_save_lists_its_tensors_as_taken_at_the_call() {
+    use ckpt_manager::{CheckpointTensors, SaveArgs, TensorKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut weights = vec![1.5f64, 2.5, 3.5];
+    let mut manager = open(dir.path(), Callbacks::default());
+    // SAFETY: the buffer outlives the manager.
+    unsafe {
+        manager
+            .register_replicated_tensor("w", DType::F64, &[3], weights.as_mut_ptr().cast())
+            .unwrap();
+    }
+    let prefix = manager.save_async(&SaveArgs::default()).unwrap().unwrap();
+    weights[1] = -1.0;
+    manager.wait_until_finished(None).unwrap();
+    let tensors = CheckpointTensors::open(&prefix)
+        .unwrap()
+        .expect("a tensor table");
+    assert_eq!(tensors.tensors()[0].kind, TensorKind::Replicated);
+    let saved: Vec<u8> = [1.5f64, 2.5, 3.5]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(tensors.read_global("w").unwrap(), saved);
+}

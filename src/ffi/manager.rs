@@ -16,7 +16,7 @@ use super::{
     FfiResult,
 };
 use crate::manager::CheckpointManager;
-use crate::tensors::DType;
+use crate::tensors::{DType, TensorBox};
 
 /// A checkpoint manager. Thread-safe: one handle may be used from several
 /// threads at once; calls on it are serialised inside.
@@ -474,11 +474,20 @@ pub unsafe extern "C" fn ckpt_manager_reload(manager: *mut ckpt_manager) -> ckpt
     guard(|| unsafe { manager_arg(manager) }?.call(|m| Ok(m.reload()?)))
 }
 
-/// Registers a host buffer with the built-in saver: every save writes all
-/// registered tensors to `<prefix>.safetensors` (after the save callback, if
-/// one is set, has run; that file name belongs to the built-in saver), and
-/// `ckpt_manager_restore_or_initialize` reads them back into the buffers after
-/// checking every name, dtype and shape.
+/// Registers a host buffer with the built-in saver: every save writes the
+/// registered tensors to `<prefix>.safetensors` (across ranks
+/// `<prefix>.rank-RRRRR-of-NNNNN.safetensors`; after the save callback, if one
+/// is set, has run; those file names belong to the built-in saver) and lists
+/// them in the manifest, and `ckpt_manager_restore_or_initialize` reads them
+/// back into the buffers after checking every name, dtype and shape.
+///
+/// The tensor is rank-local: under a communicator each rank saves and restores
+/// its own (ranks may give it different shapes); a restore by another number
+/// of ranks than saved it is refused unless
+/// `ckpt_options_set_unmatched_rank_local` says otherwise. Without a
+/// communicator it is the whole tensor: it restores from a replicated or
+/// sharded tensor of that name saved by any number of ranks, and what it saves
+/// restores into any layout of boxes.
 ///
 /// `name` (UTF-8, not "__metadata__") is copied. `dtype` is a `ckpt_dtype`
 /// value. `shape` points to `ndim` dimensions (may be NULL when `ndim` is 0: a
@@ -510,24 +519,142 @@ pub unsafe extern "C" fn ckpt_manager_register_tensor(
     guard(|| {
         // SAFETY: the caller passes NULL or valid pointers (header).
         let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
-        let dtype = DType::from_u32(dtype).ok_or_else(|| {
-            Failure::new(
-                ckpt_status::InvalidArgument,
-                format!("unknown dtype {dtype}"),
-            )
-        })?;
-        let shape = match (shape.is_null(), ndim) {
-            (_, 0) => &[][..],
-            (true, _) => return Err(Failure::null("shape")),
-            // SAFETY: `ndim` readable dimensions (header).
-            (false, _) => unsafe { std::slice::from_raw_parts(shape, ndim) },
-        };
+        let dtype = dtype_arg(dtype)?;
+        // SAFETY: `ndim` readable dimensions (header).
+        let shape = unsafe { dims_arg(shape, ndim, "shape") }?;
         manager.call(|m| {
             // SAFETY: the caller keeps `data` valid for the tensor's bytes
             // until it is unregistered or the manager freed (header).
             Ok(unsafe { m.register_tensor(name, dtype, shape, data.cast()) }?)
         })
     })
+}
+
+/// Registers a host buffer that holds the same tensor on every rank (weights
+/// of data-parallel training): a save writes it once, the ranks sharing the
+/// writing of such tensors so that none writes much more than the others, and
+/// a restore reads it into every rank's buffer, whatever number of ranks
+/// saved it. Without a communicator it is as `ckpt_manager_register_tensor`.
+///
+/// `name`, `dtype`, `shape`, `ndim` and `data` are as for
+/// `ckpt_manager_register_tensor`. Every rank that registers `name` must
+/// register it as replicated with the same dtype, shape and bytes (each save
+/// compares the CRC32C of every rank's copy); a save where the ranks disagree
+/// fails with CKPT_STATUS_TENSOR_MISMATCH on every rank and commits nothing.
+///
+/// Ownership: as for `ckpt_manager_register_tensor`.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: as for `ckpt_manager_register_tensor`.
+/// Threads: as for `ckpt_manager_register_tensor`.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_register_replicated_tensor(
+    manager: *mut ckpt_manager,
+    name: *const c_char,
+    dtype: u32,
+    shape: *const u64,
+    ndim: usize,
+    data: *mut c_void,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
+        let dtype = dtype_arg(dtype)?;
+        // SAFETY: `ndim` readable dimensions (header).
+        let shape = unsafe { dims_arg(shape, ndim, "shape") }?;
+        manager.call(|m| {
+            // SAFETY: the caller keeps `data` valid for the tensor's bytes
+            // until it is unregistered or the manager freed (header).
+            Ok(unsafe { m.register_replicated_tensor(name, dtype, shape, data.cast()) }?)
+        })
+    })
+}
+
+/// Registers this rank's box of a sharded tensor: the tensor is
+/// `global_shape`, this rank holds the elements from `offset` over
+/// `local_shape` (each `ndim` long), and `data` holds them row-major over
+/// `local_shape`. Any layout of boxes over the ranks works (rows, columns,
+/// blocks, uneven splits); a rank may hold an empty box (a 0 in
+/// `local_shape`) or not register the tensor. A save writes each rank's box;
+/// a restore fills each rank's box from the saved boxes that overlap it,
+/// reading only their bytes, whatever number of ranks saved them (a single
+/// process's `ckpt_manager_register_tensor` tensor of that name included).
+///
+/// A save fails with CKPT_STATUS_TENSOR_MISMATCH on every rank, committing
+/// nothing, when the ranks disagree on the tensor's kind, dtype or global
+/// shape, or when two ranks' boxes overlap. A restore fails with
+/// CKPT_STATUS_TENSOR_MISMATCH, on every rank, when part of a box was never
+/// saved (the message names the tensor and the missing region), even with a
+/// partial restore.
+///
+/// Ownership: `manager`, `name`, `global_shape`, `offset` and `local_shape` are
+/// borrowed for the call (each may be NULL when `ndim` is 0); `data` as for
+/// `ckpt_manager_register_tensor`, holding the box's bytes.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (as for
+/// `ckpt_manager_register_tensor`, and a box outside `global_shape`),
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Callbacks: none run.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn ckpt_manager_register_tensor_slice(
+    manager: *mut ckpt_manager,
+    name: *const c_char,
+    dtype: u32,
+    global_shape: *const u64,
+    offset: *const u64,
+    local_shape: *const u64,
+    ndim: usize,
+    data: *mut c_void,
+) -> ckpt_status {
+    guard(|| {
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (manager, name) = unsafe { (manager_arg(manager)?, utf8_arg(name, "name")?) };
+        let dtype = dtype_arg(dtype)?;
+        // SAFETY: `ndim` readable dimensions in each (header).
+        let (global_shape, offset, local_shape) = unsafe {
+            (
+                dims_arg(global_shape, ndim, "global_shape")?,
+                dims_arg(offset, ndim, "offset")?,
+                dims_arg(local_shape, ndim, "local_shape")?,
+            )
+        };
+        let place = TensorBox {
+            offset: offset.to_vec(),
+            shape: local_shape.to_vec(),
+        };
+        manager.call(|m| {
+            // SAFETY: the caller keeps `data` valid for the box's bytes
+            // until it is unregistered or the manager freed (header).
+            Ok(unsafe { m.register_tensor_slice(name, dtype, global_shape, place, data.cast()) }?)
+        })
+    })
+}
+
+/// A C `ckpt_dtype`.
+fn dtype_arg(dtype: u32) -> FfiResult<DType> {
+    DType::from_u32(dtype).ok_or_else(|| {
+        Failure::new(
+            ckpt_status::InvalidArgument,
+            format!("unknown dtype {dtype}"),
+        )
+    })
+}
+
+/// `ndim` dimensions at `dims` (which may be NULL when `ndim` is 0).
+///
+/// # Safety
+/// `dims` is NULL or points to `ndim` readable values.
+unsafe fn dims_arg<'a>(dims: *const u64, ndim: usize, what: &'static str) -> FfiResult<&'a [u64]> {
+    match (dims.is_null(), ndim) {
+        (_, 0) => Ok(&[]),
+        (true, _) => Err(Failure::null(what)),
+        // SAFETY: `ndim` readable dimensions (the caller's contract).
+        (false, _) => Ok(unsafe { std::slice::from_raw_parts(dims, ndim) }),
+    }
 }
 
 /// Unregisters a tensor; its buffer is no longer read or written.

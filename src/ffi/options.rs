@@ -10,7 +10,9 @@ use super::callback_error;
 use super::communicator::{ckpt_communicator, CCommunicator};
 use super::handle::{self, BoxCastable, CValue};
 use super::{ckpt_status, guard, guard_void, out_param, path_arg, utf8_arg, Failure, FfiResult};
-use crate::config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep, NonFiniteTime};
+use crate::config::{
+    Callbacks, Config, KeepBest, LogLevel, MaxToKeep, NonFiniteTime, UnmatchedRankLocal,
+};
 use crate::error::CallbackError;
 use crate::policy::MetricMode;
 
@@ -807,6 +809,44 @@ pub unsafe extern "C" fn ckpt_options_set_partial_restore(
     unsafe {
         update(options, |o| {
             o.config.set_partial_restore(partial);
+            Ok(())
+        })
+    }
+}
+
+/// What a restore onto another number of ranks does with a rank-local tensor
+/// (`ckpt_manager_register_tensor` under a communicator) that has no saved
+/// piece for a rank (a new rank), or whose saved pieces include ranks that no
+/// longer exist: CKPT_UNMATCHED_RANK_LOCAL_REFUSE (the default) fails the
+/// restore with CKPT_STATUS_TENSOR_MISMATCH on every rank, naming the tensor;
+/// CKPT_UNMATCHED_RANK_LOCAL_SKIP drops the pieces of ranks that are gone and
+/// leaves the buffers of a rank without a piece as they are;
+/// CKPT_UNMATCHED_RANK_LOCAL_INITIALIZE does the same, then runs the init
+/// callback on each rank that had no piece of some rank-local tensor, after
+/// every other tensor is restored.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (a value that is not a `ckpt_unmatched_rank_local`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_unmatched_rank_local(
+    options: *mut ckpt_options,
+    unmatched: u32,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            let unmatched = UnmatchedRankLocal::from_u32(unmatched).ok_or_else(|| {
+                Failure::new(
+                    ckpt_status::InvalidArgument,
+                    format!("{unmatched} is not a ckpt_unmatched_rank_local"),
+                )
+            })?;
+            o.config.set_unmatched_rank_local(unmatched);
             Ok(())
         })
     }

@@ -32,7 +32,12 @@ impl CheckpointManager {
         if self.tensors.is_empty() {
             snapshot = TensorSnapshot::default();
         } else {
-            snapshot.take(&self.tensors, &tensor_metadata);
+            let taken = snapshot.take(&self.tensors, &tensor_metadata);
+            if let Err(err) = taken {
+                self.snapshot = snapshot;
+                self.restore_request(&pending.request);
+                return Err(err);
+            }
         }
         let background = BackgroundSave {
             job,

@@ -257,6 +257,64 @@ impl Ranks {
         }
     }
 
+    /// Every rank's `local`, in rank order, on every rank (one process: its
+    /// own).
+    pub fn gather_all<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        local: &T,
+        step: &str,
+    ) -> Result<Vec<T>> {
+        let Some(group) = &self.group else {
+            return Ok(vec![local.clone()]);
+        };
+        let rank = group.communicator.rank();
+        let mut bytes = serde_json::to_vec(local).expect("coordination messages serialise");
+        let gather = |record: &[u8]| {
+            group
+                .communicator
+                .all_gather(record, group.timeout)
+                .map_err(|err| lost(rank, step, err))
+        };
+        // Records of one length: the lengths first, then each padded to the longest.
+        let lengths = gather(&(bytes.len() as u64).to_le_bytes())?;
+        let lengths: Vec<usize> = lengths
+            .iter()
+            .map(|length| {
+                let length: [u8; 8] = length.as_slice().try_into().unwrap_or_default();
+                u64::from_le_bytes(length) as usize
+            })
+            .collect();
+        bytes.resize(lengths.iter().copied().max().unwrap_or(0), b' ');
+        let all = gather(&bytes)?;
+        all.iter()
+            .zip(lengths)
+            .enumerate()
+            .map(|(sender, (bytes, length))| {
+                serde_json::from_slice(&bytes[..length.min(bytes.len())]).map_err(|err| {
+                    Error::Rank {
+                        rank: sender as u32,
+                        kind: ErrorKind::Io,
+                        message: format!("{step}: an unreadable message ({err})"),
+                        own: None,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Whether every rank saves into one directory (one process does), as
+    /// opposed to a directory of its own (node-local).
+    pub fn share_one_directory(&self) -> bool {
+        self.group.as_ref().is_none_or(|group| !group.node_local)
+    }
+
+    /// How many ranks there are (1 for one process).
+    pub fn size(&self) -> u32 {
+        self.group
+            .as_ref()
+            .map_or(1, |group| group.communicator.size())
+    }
+
     /// Refuses, on every rank, a save the ranks asked for differently.
     pub fn check_same_save(
         &self,
@@ -437,21 +495,21 @@ impl Ranks {
     /// Checks this rank's files of the checkpoint `base`: the whole
     /// checkpoint for one process (whose files may have no manifest, or a
     /// manifest older than the state file's save), the files named with
-    /// its shard across ranks. Returns the CRC32C of the `deferred` file
-    /// it left for the reader to check.
+    /// its shard across ranks. Returns the CRC32C of the first `deferred`
+    /// file, whose CRC32C it left for the reader to check.
     pub fn check_own_files(
         &self,
         store: &dyn Store,
         base: &OsStr,
         level: Verification,
         listed_at: Option<f64>,
-        deferred: Option<&[u8]>,
+        deferred: &[&[u8]],
     ) -> Result<(Integrity, Option<u32>)> {
         match self.group {
             None => integrity::verify(store, base, level, listed_at, deferred),
             Some(_) => {
                 let shard = self.shard();
-                integrity::verify_shard(store, base, shard.as_encoded_bytes(), level)
+                integrity::verify_shard(store, base, shard.as_encoded_bytes(), level, deferred)
                     .map(|()| (Integrity::Intact, None))
             }
         }

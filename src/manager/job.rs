@@ -17,8 +17,9 @@ use crate::integrity;
 use crate::layout::{deletable_base, pending_marker_name, staging_name};
 use crate::manifest::Annotations;
 use crate::policy::{Managed, Retention, Rules, Traits};
+use crate::sharding::{declarations, plan_writes};
 use crate::store::Store;
-use crate::tensor_file::{write_tensor_file, TensorSnapshot};
+use crate::tensor_file::{write_tensor_file, TensorSnapshot, WritePlan};
 use crate::tensors::TensorRegistry;
 use crate::transaction::{CommitPlan, Sealed, Transaction};
 
@@ -101,7 +102,7 @@ impl SaveJob {
         let JobCallbacks { save, delete, now } = callbacks;
         let transaction = ranks.begin(&self.store, &self.base)?;
         let written = self
-            .write(&transaction, save, tensors)
+            .write(&transaction, ranks, save, tensors)
             .and_then(|()| transaction.seal())
             .and_then(|sealed| {
                 ranks.sync_before_commit(&transaction, &sealed)?;
@@ -176,20 +177,33 @@ impl SaveJob {
     }
 
     /// Runs the save callback and writes the tensors into the
-    /// transaction's staging prefix.
+    /// transaction's staging prefix. Every rank tells the others its
+    /// tensors first (every rank, so that none waits for one that has
+    /// none), and every rank checks them alike.
     pub fn write(
         &self,
         transaction: &Transaction,
+        ranks: &Ranks,
         save: Option<&mut SaveFn>,
         tensors: Tensors,
     ) -> Result<()> {
+        let declared = match &tensors {
+            Tensors::Registered(registry, _) => declarations(registry, true),
+            _ => Vec::new(),
+        };
+        let all = ranks.gather_all(&declared, "comparing the ranks' tensors")?;
+        let plan = WritePlan {
+            rank: ranks.rank(),
+            world_size: ranks.size(),
+            writes: plan_writes(&all, ranks.rank(), ranks.share_one_directory())?,
+        };
         if let Some(save) = save {
             save(&transaction.prefix(), self.number).map_err(Error::callback("save"))?;
         }
         match tensors {
             Tensors::None => Ok(()),
             Tensors::Registered(registry, metadata) => {
-                write_tensor_file(transaction, registry, &metadata)
+                write_tensor_file(transaction, registry, &metadata, &plan)
             }
             Tensors::Snapshot(snapshot) => snapshot.write(transaction),
         }

@@ -25,7 +25,7 @@ use crate::paths;
 use crate::policy::{Retention, Rules, Traits};
 use crate::store::{DirectoryLock, Store};
 use crate::tensor_file::TensorSnapshot;
-use crate::tensors::{DType, TensorRegistry};
+use crate::tensors::{DType, TensorBox, TensorRegistry};
 
 use background::{BackgroundSave, Finished};
 use coordination::Ranks;
@@ -354,6 +354,44 @@ impl CheckpointManager {
     ) -> Result<()> {
         // SAFETY: the caller's contract is the registry's.
         unsafe { self.tensors.register(name, dtype, shape, data) }
+    }
+
+    /// Registers a tensor that is the same on every rank: saved once (by
+    /// one rank, the ranks sharing the writing), restored on every rank.
+    ///
+    /// # Safety
+    /// As for `register_tensor`.
+    pub unsafe fn register_replicated_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: *mut u8,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract is the registry's.
+        unsafe { self.tensors.register_replicated(name, dtype, shape, data) }
+    }
+
+    /// Registers this rank's box `place` of a tensor of `global_shape`;
+    /// `data` holds the box row-major. A restore fills the box from
+    /// whichever saved boxes overlap it, whatever number of ranks saved
+    /// them.
+    ///
+    /// # Safety
+    /// As for `register_tensor`.
+    pub unsafe fn register_tensor_slice(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        global_shape: &[u64],
+        place: TensorBox,
+        data: *mut u8,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract is the registry's.
+        unsafe {
+            self.tensors
+                .register_slice(name, dtype, global_shape, place, data)
+        }
     }
 
     pub fn unregister_tensor(&mut self, name: &str) -> Result<()> {

@@ -314,7 +314,6 @@ impl CheckpointManager {
                 .ok_or_else(|| Error::invalid("there is no latest checkpoint to verify"))?,
         };
         let (store, base) = self.locate(&prefix)?;
-        integrity::verify(&*store, &base, verification, self.saved_at(&prefix), None)
-            .map(|(i, _)| i)
+        integrity::verify(&*store, &base, verification, self.saved_at(&prefix), &[]).map(|(i, _)| i)
     }
 }

@@ -1,7 +1,7 @@
 //! Restoring the newest intact checkpoint, on every rank alike.
 
-use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,9 +18,10 @@ use crate::layout::{manifest_base, TENSOR_FILE_SUFFIX};
 use crate::manifest::{ByteString, Verification};
 use crate::paths;
 use crate::policy;
+use crate::sharding::RestoreRanks;
 use crate::state_file::read_state;
 use crate::store::{self, Store};
-use crate::tensor_file::read_tensor_file;
+use crate::tensor_file::{plan_tensors, read_planned, read_tensor_file, TensorPlan, TensorRestore};
 
 /// How often a read-only manager re-reads a state file that changed under
 /// a restore before it gives up.
@@ -83,29 +84,42 @@ impl CheckpointManager {
             .collect();
         let verification = self.verification();
         let partial = self.config.partial_restore;
-        // The tensor file is read in full anyway: check its CRC32C on the way
-        // rather than reading it twice.
+        // Every rank's tensor names: a checkpoint's tensor that no rank
+        // registers is a mismatch (unless partial), one that another rank
+        // registers is not.
+        let names: Vec<String> = self.tensors.iter().map(|t| t.name.clone()).collect();
+        let registered: BTreeSet<String> = ranks
+            .gather_all(&names, "comparing the ranks' tensors")?
+            .into_iter()
+            .flatten()
+            .collect();
+        // A version 1 tensor file is read in full anyway: check its CRC32C on
+        // the way rather than reading it twice.
         let check_while_reading =
             !self.tensors.is_empty() && verification == Verification::Checksums && !partial;
-        let deferred = check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes());
-        let shard = ranks.shard();
+        let attempt = Attempt {
+            ranks,
+            saved_at,
+            verification,
+            whole_file: check_while_reading.then_some(TENSOR_FILE_SUFFIX.as_bytes()),
+            tensors: TensorRestore {
+                registry: &self.tensors,
+                registered_anywhere: &registered,
+                partial,
+                ranks: RestoreRanks {
+                    rank: ranks.rank(),
+                    size: ranks.size(),
+                    unmatched: self.config.unmatched_rank_local,
+                },
+            },
+        };
         // Set when a damaged tensor file was read into the buffers.
         let mut overwritten_by: Option<PathBuf> = None;
+        let mut initialize = false;
         let mut load = |candidate: &Path| -> Result<Integrity> {
-            let (store, base) = self.locate(candidate)?;
-            let listed_at = saved_at.get(candidate).copied();
-            let (integrity, crc) =
-                ranks.check_own_files(&*store, &base, verification, listed_at, deferred)?;
-            if !self.tensors.is_empty() {
-                let mut own = base.clone();
-                own.push(&shard);
-                let read = read_tensor_file(&*store, &own, &self.tensors, partial, crc);
-                if matches!(read, Err(Error::Damaged { .. })) && crc.is_some() {
-                    overwritten_by = Some(candidate.to_path_buf());
-                }
-                read?;
-            }
-            Ok(integrity)
+            let loaded = self.load(&attempt, candidate, &mut overwritten_by)?;
+            initialize = loaded.initialize;
+            Ok(loaded.integrity)
         };
         let mut warnings = Vec::new();
         let found = inspect::first_usable(
@@ -147,13 +161,107 @@ impl CheckpointManager {
         }
         let (store, base) = self.locate(&chosen)?;
         let mut own = base.clone();
-        own.push(&shard);
+        own.push(ranks.shard());
         let restored = self.run_restore_callback(&store, &base, &own);
         ranks.agree(restored, "restoring")?;
+        let initialized = match (initialize, self.callbacks.init.as_mut()) {
+            (true, Some(init)) => init().map_err(Error::callback("init")),
+            _ => Ok(()),
+        };
+        ranks.agree(
+            initialized,
+            "initializing rank-local tensors without a saved piece",
+        )?;
         if self.config.checkpoint_interval.is_some() {
             self.last_checkpoint_step = Some(self.current_step()?);
         }
         Ok(Some(chosen))
+    }
+
+    /// Checks this rank's files of `candidate` and matches its tensors,
+    /// agrees with every rank on the outcome, then reads the tensors: a
+    /// mismatch on any rank leaves every rank's buffers as they were.
+    /// `overwritten_by` is set when damaged bytes were read into buffers.
+    fn load(
+        &self,
+        attempt: &Attempt,
+        candidate: &Path,
+        overwritten_by: &mut Option<PathBuf>,
+    ) -> Result<Loaded> {
+        let prepared = attempt.ranks.agree(
+            self.match_candidate(attempt, candidate),
+            "matching the ranks' tensors",
+        )?;
+        let Prepared {
+            store,
+            base,
+            integrity,
+            crc,
+            plan,
+        } = prepared;
+        let check_crcs = attempt.verification == Verification::Checksums;
+        let read = match &plan {
+            Some(plan) => read_planned(&*store, &base, plan, check_crcs),
+            None if !self.tensors.is_empty() => {
+                let mut own = base.clone();
+                own.push(attempt.ranks.shard());
+                let partial = attempt.tensors.partial;
+                read_tensor_file(&*store, &own, &self.tensors, partial, crc)
+            }
+            None => Ok(()),
+        };
+        if matches!(read, Err(Error::Damaged { .. })) && (crc.is_some() || plan.is_some()) {
+            *overwritten_by = Some(candidate.to_path_buf());
+        }
+        read?;
+        Ok(Loaded {
+            integrity,
+            initialize: plan.is_some_and(|plan| plan.initialize),
+        })
+    }
+
+    /// This rank's part of `load` before the ranks agree: its files checked
+    /// (those of a tensor table range by range later, as they are read) and
+    /// its tensors matched against the table.
+    fn match_candidate<'r>(
+        &'r self,
+        attempt: &Attempt<'r>,
+        candidate: &Path,
+    ) -> Result<Prepared<'r>> {
+        let (store, base) = self.locate(candidate)?;
+        let listed_at = attempt.saved_at.get(candidate).copied();
+        let registered = attempt.tensors.registered_anywhere;
+        let table = integrity::read_manifest(&*store, &base)?
+            .filter(|manifest| !manifest.tensors.is_empty() && !registered.is_empty());
+        let deferred: Vec<&[u8]> = match &table {
+            Some(manifest) => manifest
+                .tensors
+                .iter()
+                .flat_map(|tensor| &tensor.boxes)
+                .map(|saved| saved.file.as_bytes())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            None => attempt.whole_file.into_iter().collect(),
+        };
+        let (integrity, crc) = attempt.ranks.check_own_files(
+            &*store,
+            &base,
+            attempt.verification,
+            listed_at,
+            &deferred,
+        )?;
+        let plan = match &table {
+            Some(manifest) => Some(plan_tensors(manifest, &attempt.tensors)?),
+            None => None,
+        };
+        Ok(Prepared {
+            store,
+            base,
+            integrity,
+            crc,
+            plan,
+        })
     }
 
     /// Rank 0's order of checkpoints to try: the latest, then the older.
@@ -230,6 +338,35 @@ impl CheckpointManager {
             .map_err(|err| Error::io_at("remove local copies of", &store.shown(prefix), err));
         restored.and(released)
     }
+}
+
+/// What a restore's every candidate shares, on this rank.
+struct Attempt<'a> {
+    ranks: &'a Ranks,
+    /// The time the state file records for each checkpoint it lists.
+    saved_at: HashMap<PathBuf, f64>,
+    verification: Verification,
+    /// The suffix of a version 1 tensor file whose CRC32C its reader checks.
+    whole_file: Option<&'static [u8]>,
+    tensors: TensorRestore<'a>,
+}
+
+/// A candidate restored on this rank.
+struct Loaded {
+    integrity: Integrity,
+    /// A rank-local tensor had no piece here: the init callback is to run.
+    initialize: bool,
+}
+
+/// A candidate whose files this rank checked and whose tensors it matched.
+struct Prepared<'r> {
+    store: Arc<dyn Store>,
+    base: OsString,
+    integrity: Integrity,
+    /// The recorded CRC32C of a version 1 tensor file, to check as it is read.
+    crc: Option<u32>,
+    /// What to read from a checkpoint with a tensor table.
+    plan: Option<TensorPlan<'r>>,
 }
 
 /// A checkpoint to try, as rank 0 tells the others: by its place in the

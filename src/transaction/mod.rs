@@ -37,7 +37,7 @@ use self::record::{bytes_of, io_at, path_of, read_record, CommitRecord};
 use crate::error::{Error, Result};
 use crate::integrity::Owned;
 use crate::layout::{self, file_name};
-use crate::manifest::{Annotations, ByteString, FileRecord};
+use crate::manifest::{Annotations, ByteString, FileRecord, TensorRecord};
 use crate::store::{self, Kind, Store};
 
 pub(crate) use crate::layout::staging_name;
@@ -126,6 +126,37 @@ pub struct Transaction {
     /// Whether this transaction made the staging directory (and removes it
     /// on abort): rank 0 or the only process.
     owns_staging: bool,
+    /// The tensors the built-in saver wrote, for the manifest.
+    tensors: Mutex<Option<SavedTensors>>,
+}
+
+/// What the built-in saver recorded of a save: its tensors (this rank's
+/// boxes, then every rank's on rank 0) and the number of ranks that saved.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavedTensors {
+    pub world_size: u32,
+    pub tensors: Vec<TensorRecord>,
+}
+
+impl SavedTensors {
+    /// Adds another rank's records: its boxes of tensors of the same name.
+    fn merge(&mut self, other: SavedTensors) {
+        let mut known: HashMap<String, usize> = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(at, tensor)| (tensor.name.clone(), at))
+            .collect();
+        for record in other.tensors {
+            match known.get(&record.name) {
+                Some(&at) => self.tensors[at].boxes.extend(record.boxes),
+                None => {
+                    known.insert(record.name.clone(), self.tensors.len());
+                    self.tensors.push(record);
+                }
+            }
+        }
+    }
 }
 
 /// What the staging directory holds once the write phase is over.
@@ -133,6 +164,7 @@ pub struct Transaction {
 pub struct Sealed {
     files: Vec<FileRecord>,
     directories: Vec<PathBuf>,
+    tensors: Option<SavedTensors>,
 }
 
 /// One rank's sealed files, as it sends them to rank 0.
@@ -140,6 +172,8 @@ pub struct Sealed {
 struct Fragment {
     files: Vec<FileRecord>,
     directories: Vec<ByteString>,
+    #[serde(default)]
+    tensors: Option<SavedTensors>,
 }
 
 impl Sealed {
@@ -148,6 +182,7 @@ impl Sealed {
         let fragment = Fragment {
             files: self.files.clone(),
             directories: self.directories.iter().map(|d| bytes_of(d)).collect(),
+            tensors: self.tensors.clone(),
         };
         serde_json::to_vec(&fragment).expect("a fragment always serialises")
     }
@@ -163,6 +198,11 @@ impl Sealed {
         self.files.extend(fragment.files);
         self.directories
             .extend(fragment.directories.iter().map(path_of));
+        if let Some(tensors) = fragment.tensors {
+            self.tensors
+                .get_or_insert_with(Default::default)
+                .merge(tensors);
+        }
         Ok(())
     }
 }
@@ -245,6 +285,7 @@ impl Transaction {
             store,
             shard: OsString::new(),
             owns_staging,
+            tensors: Mutex::new(None),
         };
         transaction.register();
         transaction
@@ -338,6 +379,16 @@ impl Transaction {
         Ok(())
     }
 
+    /// The suffix in the checkpoint of this rank's file `<prefix><suffix>`.
+    pub fn file_suffix(&self, suffix: &str) -> ByteString {
+        ByteString::from_bytes(&self.in_checkpoint(suffix.as_bytes()))
+    }
+
+    /// Records the tensors the built-in saver wrote, for the manifest.
+    pub fn record_tensors(&self, tensors: SavedTensors) {
+        *self.tensors.lock().unwrap() = Some(tensors);
+    }
+
     /// Describes what the write phase left in staging: every regular file
     /// named `<base>` or `<base>.<suffix>`, or inside a `<base>` directory,
     /// with its size and CRC32C (read again only for files not written
@@ -347,6 +398,7 @@ impl Transaction {
         let mut sealed = Sealed {
             files: Vec::new(),
             directories: Vec::new(),
+            tensors: self.tensors.lock().unwrap().take(),
         };
         if self.owns_staging {
             sealed.directories.push(self.staging.clone());

@@ -109,6 +109,9 @@ pub(super) fn stage(
     let mut manifest = Manifest::new(plan.number, sealed.files.clone());
     manifest.saved_at = Some(plan.saved_at);
     manifest.annotations = plan.annotations.clone();
+    if let Some(saved) = &sealed.tensors {
+        manifest.set_tensors(saved.world_size, saved.tensors.clone());
+    }
     let staging = layout::staging_name(base);
     let manifest_staged = staging.join(layout::manifest_name(base));
     write_whole(store, &manifest_staged, &manifest.to_json())?;

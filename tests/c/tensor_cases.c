@@ -149,7 +149,36 @@ static void registration_errors(const char *dir) {
   CHECK_OK(ckpt_manager_unregister_tensor(manager, "w"));
   CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "'w'", ckpt_manager_unregister_tensor(manager, "w"));
   CHECK_OK(ckpt_manager_register_tensor(manager, "w", CKPT_DTYPE_F32, shape, 2, w));
+
+  /* Replicated and sharded tensors: the same checks, and a box inside its tensor. */
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "shape",
+              ckpt_manager_register_replicated_tensor(manager, "r", CKPT_DTYPE_F32, NULL, 2, w));
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "already",
+              ckpt_manager_register_replicated_tensor(manager, "w", CKPT_DTYPE_F32, shape, 2, w));
+  CHECK_OK(ckpt_manager_register_replicated_tensor(manager, "r", CKPT_DTYPE_F32, shape, 2, w));
+  uint64_t global[2] = {4, 6}, offset[2] = {2, 4}, local[2] = {2, 2};
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "offset",
+              ckpt_manager_register_tensor_slice(manager, "b", CKPT_DTYPE_F32, global, NULL,
+                                                 local, 2, w));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "global_shape",
+              ckpt_manager_register_tensor_slice(manager, "b", CKPT_DTYPE_F32, NULL, offset,
+                                                 local, 2, w));
+  uint64_t past[2] = {3, 4};
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "outside the global shape [4, 6]",
+              ckpt_manager_register_tensor_slice(manager, "b", CKPT_DTYPE_F32, global, past,
+                                                 local, 2, w));
+  uint64_t wrapping[2] = {UINT64_MAX, 0};
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "outside",
+              ckpt_manager_register_tensor_slice(manager, "b", CKPT_DTYPE_F32, global, wrapping,
+                                                 local, 2, w));
+  CHECK_OK(ckpt_manager_register_tensor_slice(manager, "b", CKPT_DTYPE_F32, global, offset, local,
+                                              2, w));
   ckpt_manager_free(manager);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "ckpt_unmatched_rank_local",
+              ckpt_options_set_unmatched_rank_local(options, 3));
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "options",
+              ckpt_options_set_unmatched_rank_local(NULL, CKPT_UNMATCHED_RANK_LOCAL_SKIP));
+  CHECK_OK(ckpt_options_set_unmatched_rank_local(options, CKPT_UNMATCHED_RANK_LOCAL_INITIALIZE));
   ckpt_options_free(options);
 
   /* Registering from inside a callback of the same manager is refused. */
