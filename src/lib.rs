@@ -44,6 +44,7 @@ pub use inspect::{
 };
 pub use integrity::Integrity;
 pub use manager::{
+    RemoteStatus,
     CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RetainedCheckpoint, SaveArgs,
 };
 pub use manifest::{Annotations, ByteString, FileRecord, Manifest, Metric, Verification};

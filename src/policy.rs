@@ -58,6 +58,8 @@ pub struct Retention {
 pub struct SweepOutcome {
     pub delete: Vec<PathBuf>,
     pub preserved: Vec<PathBuf>,
+    /// Held checkpoints the hold's limit let go (in `delete` or `preserved`).
+    pub released: Vec<PathBuf>,
 }
 
 /// Which rules keep one managed checkpoint. The sweep drops exactly the
@@ -268,6 +270,14 @@ impl Retention {
     /// at least `keep_every_n_hours` have passed since the last preserved
     /// one, and is otherwise to be deleted.
     pub fn sweep(&mut self, rules: &Rules) -> SweepOutcome {
+        self.sweep_holding(rules, &Hold::default())
+    }
+
+    /// `sweep`, keeping also what `hold` holds (checkpoints waiting for
+    /// their upload to another tier) as long as the list stays within its
+    /// limit; beyond it the oldest held ones go as the rules say, and are
+    /// reported as `released`.
+    pub fn sweep_holding(&mut self, rules: &Rules, hold: &Hold) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
         let Some(max_to_keep) = rules.max_to_keep else {
             return outcome;
@@ -276,7 +286,34 @@ impl Retention {
         if newest_from == 0 {
             return outcome;
         }
-        let kept = rules.keeps_beyond_recency(&self.managed);
+        let mut kept = rules.keeps_beyond_recency(&self.managed);
+        let mut held: Vec<bool> = self
+            .managed
+            .iter()
+            .enumerate()
+            .map(|(index, m)| index < newest_from && !kept[index] && hold.held.contains(&m.entry))
+            .collect();
+        if let Some(limit) = hold.limit {
+            let count = |kept: &[bool], held: &[bool]| {
+                (0..kept.len())
+                    .filter(|&i| i >= newest_from || kept[i] || held[i])
+                    .count()
+            };
+            let mut over = count(&kept, &held).saturating_sub(limit);
+            for index in 0..held.len() {
+                if over == 0 {
+                    break;
+                }
+                if held[index] {
+                    held[index] = false;
+                    over -= 1;
+                    outcome.released.push(self.managed[index].entry.clone());
+                }
+            }
+        }
+        for (index, is_held) in held.into_iter().enumerate() {
+            kept[index] |= is_held;
+        }
         let mut remaining = Vec::with_capacity(self.managed.len());
         for (index, checkpoint) in std::mem::take(&mut self.managed).into_iter().enumerate() {
             if index >= newest_from || kept[index] {
@@ -296,6 +333,14 @@ impl Retention {
         self.managed = remaining;
         outcome
     }
+}
+
+/// Checkpoints a sweep keeps beyond the rules (uploads not yet done), and
+/// the most the list may then hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hold {
+    pub held: HashSet<PathBuf>,
+    pub limit: Option<usize>,
 }
 
 /// The order in which to try checkpoints when the latest may be damaged:
