@@ -44,8 +44,8 @@ pub use inspect::{
 };
 pub use integrity::Integrity;
 pub use manager::{
-    RemoteStatus,
-    CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RetainedCheckpoint, SaveArgs,
+    CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RemoteStatus,
+    RetainedCheckpoint, SaveArgs,
 };
 pub use manifest::{Annotations, ByteString, FileRecord, Manifest, Metric, Verification};
 pub use policy::MetricMode;

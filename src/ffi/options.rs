@@ -471,7 +471,8 @@ pub unsafe extern "C" fn ckpt_options_set_remote_keep_checkpoint_every_n_hours(
     // during the call (header).
     unsafe {
         update(options, |o| {
-            Ok(o.config.set_remote_keep_checkpoint_every_n_hours(Some(hours))?)
+            Ok(o.config
+                .set_remote_keep_checkpoint_every_n_hours(Some(hours))?)
         })
     }
 }

@@ -157,7 +157,13 @@ impl CheckpointManager {
             mut job,
             mut pending,
             ..
-        } = self.decided(number, counter, annotations.step, annotations.clone(), request);
+        } = self.decided(
+            number,
+            counter,
+            annotations.step,
+            annotations.clone(),
+            request,
+        );
         if pinned && !job.annotations.pinned {
             annotations.pinned = true;
             job.traits.pinned = true;
@@ -185,8 +191,10 @@ impl CheckpointManager {
         let Some(tiers) = &self.tiers else {
             return Ok(());
         };
-        let (remote_store, remote_directory) =
-            (Arc::clone(&tiers.remote_store), tiers.remote_directory.clone());
+        let (remote_store, remote_directory) = (
+            Arc::clone(&tiers.remote_store),
+            tiers.remote_directory.clone(),
+        );
         let local_newest = self.latest.as_deref().and_then(paths::trailing_number);
         let state = match read_state(&*remote_store) {
             Ok(Some(file)) => file.state,
@@ -198,9 +206,8 @@ impl CheckpointManager {
                 return Ok(());
             }
         };
-        let entry = |bytes: &[u8]| {
-            paths::state_entry(&remote_directory, &paths::path_from_bytes(bytes))
-        };
+        let entry =
+            |bytes: &[u8]| paths::state_entry(&remote_directory, &paths::path_from_bytes(bytes));
         let mut candidates: Vec<PathBuf> = Vec::new();
         let listed = state.all_model_checkpoint_paths.iter().rev();
         for bytes in std::iter::once(&state.model_checkpoint_path).chain(listed) {
@@ -236,12 +243,11 @@ impl CheckpointManager {
     }
 
     fn download(&mut self, remote_store: &Arc<dyn Store>, base: &OsStr) -> Result<()> {
-        let manifest = integrity::read_manifest(&**remote_store, base)?.ok_or_else(|| {
-            Error::Damaged {
+        let manifest =
+            integrity::read_manifest(&**remote_store, base)?.ok_or_else(|| Error::Damaged {
                 prefix: remote_store.shown(Path::new(base)),
                 detail: "it has no manifest".into(),
-            }
-        })?;
+            })?;
         let saved_at = match manifest.saved_at {
             Some(saved_at) => saved_at,
             None => self.now()?,
@@ -287,12 +293,11 @@ impl RemoteCopier {
     }
 
     fn source(&self, base: &OsStr) -> Result<CopySource> {
-        let manifest = integrity::read_manifest(&*self.local, base)?.ok_or_else(|| {
-            Error::Damaged {
+        let manifest =
+            integrity::read_manifest(&*self.local, base)?.ok_or_else(|| Error::Damaged {
                 prefix: self.local.shown(Path::new(base)),
                 detail: "it has no manifest".into(),
-            }
-        })?;
+            })?;
         Ok(CopySource {
             store: Arc::clone(&self.local),
             base: base.to_owned(),

@@ -353,9 +353,11 @@ impl Transaction {
                 .map_err(io_at("inspect", &*self.store, &parent))?
                 .is_none();
             if missing {
-                self.store
-                    .create_dir(&parent)
-                    .map_err(io_at("create directory", &*self.store, &parent))?;
+                self.store.create_dir(&parent).map_err(io_at(
+                    "create directory",
+                    &*self.store,
+                    &parent,
+                ))?;
             }
         }
         Ok(())

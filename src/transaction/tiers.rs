@@ -61,6 +61,10 @@ struct Queue {
     messages: Vec<String>,
     /// Bumped at each change of `waiting`, to write the list once per change.
     generation: u64,
+    /// The remote was reached and the queue completed from the local
+    /// checkpoints newer than its newest: until then, uploads may wait
+    /// that the queue does not show yet.
+    resumed: bool,
     stopping: bool,
 }
 
@@ -71,7 +75,9 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sleeps `duration`, or less when the manager stops.
@@ -187,11 +193,11 @@ impl Uploads {
     }
 
     /// Waits until nothing is waiting, at most `timeout` (`None`: as long
-    /// as it takes); whether nothing is.
+    /// as it takes); whether nothing is (false too when the thread died).
     pub fn wait(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let mut queue = self.shared.lock();
-        while !queue.waiting.is_empty() {
+        while (!queue.waiting.is_empty() || !queue.resumed) && !queue.stopping {
             let left = match deadline {
                 None => Duration::from_secs(3600),
                 Some(deadline) => deadline.saturating_duration_since(Instant::now()),
@@ -206,7 +212,7 @@ impl Uploads {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
-        true
+        queue.waiting.is_empty() && queue.resumed
     }
 }
 
@@ -231,7 +237,9 @@ fn run(
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut backoff = FIRST_BACKOFF;
         let mut log = Vec::new();
+        let mut written = None;
         let remote_newest = loop {
+            write_list_once(shared, store, &mut written);
             if shared.lock().stopping {
                 return;
             }
@@ -247,13 +255,19 @@ fn run(
             }
         };
         resume_newer(shared, &local, remote_newest);
-        copy_waiting(shared, store, &mut *copier);
+        copy_waiting(shared, store, &mut *copier, written);
     }));
     if let Err(panic) = caught {
         let mut queue = shared.lock();
-        let message = format!("the upload thread stopped: {}", crate::background::panic_message(&*panic));
+        let message = format!(
+            "the upload thread stopped: {}",
+            crate::background::panic_message(&*panic)
+        );
         queue.status.last_error = Some(message.clone());
         queue.messages.push(message);
+        // Nothing uploads any more: waiters must not wait for it.
+        queue.stopping = true;
+        shared.changed.notify_all();
     }
 }
 
@@ -280,12 +294,17 @@ fn resume_newer(shared: &Shared, local: &[(OsString, u64)], remote_newest: Optio
     }
     queue.waiting = order.into();
     queue.generation += 1;
+    queue.resumed = true;
     shared.changed.notify_all();
 }
 
-fn copy_waiting(shared: &Shared, store: &dyn Store, copier: &mut dyn TierCopy) {
+fn copy_waiting(
+    shared: &Shared,
+    store: &dyn Store,
+    copier: &mut dyn TierCopy,
+    mut written: Option<u64>,
+) {
     let mut backoff = FIRST_BACKOFF;
-    let mut written = None;
     let mut log = Vec::new();
     loop {
         let (waiting, generation) = {
@@ -302,10 +321,7 @@ fn copy_waiting(shared: &Shared, store: &dyn Store, copier: &mut dyn TierCopy) {
                 return;
             }
             queue.copying = !queue.waiting.is_empty();
-            (
-                Vec::from(queue.waiting.clone()),
-                queue.generation,
-            )
+            (Vec::from(queue.waiting.clone()), queue.generation)
         };
         if written != Some(generation) {
             write_list_once(shared, store, &mut written);
@@ -353,10 +369,7 @@ fn copy_waiting(shared: &Shared, store: &dyn Store, copier: &mut dyn TierCopy) {
             }
             Err(err) => {
                 drop(queue);
-                shared.failed(
-                    &format!("uploading '{}'", Path::new(base).display()),
-                    &err,
-                );
+                shared.failed(&format!("uploading '{}'", Path::new(base).display()), &err);
                 shared.pause(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -371,6 +384,9 @@ fn write_list_once(shared: &Shared, store: &dyn Store, written: &mut Option<u64>
         let queue = shared.lock();
         (queue.waiting.clone(), queue.generation)
     };
+    if *written == Some(generation) {
+        return;
+    }
     let names: Vec<ByteString> = waiting
         .iter()
         .map(|base| ByteString::from_bytes(std::os::unix::ffi::OsStrExt::as_bytes(&**base)))
@@ -399,8 +415,6 @@ fn read_list(store: &dyn Store) -> Result<HashSet<OsString>> {
         .unwrap_or_default();
     Ok(names
         .iter()
-        .map(|name| {
-            <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes()).to_owned()
-        })
+        .map(|name| <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes()).to_owned())
         .collect())
 }
