@@ -3,6 +3,8 @@
 //! directory with its own retention; restores take the newer tier;
 //! uploads that cannot run wait, durably listed, and resume.
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -289,6 +291,7 @@ fn uploads_that_fail_wait_durably_and_resume_at_the_next_open() {
     assert_eq!(listed(&remote), names(1..=3));
     // The local tier is back to its own rule once nothing waits.
     assert_eq!(on_disk(local.path()), names([3]));
+    drop(trainer);
     let pending: Vec<String> =
         serde_json::from_slice(&fs::read(local.path().join("checkpoint.uploads")).unwrap())
             .unwrap();
@@ -336,4 +339,230 @@ fn superseded_uploads_the_remote_would_not_keep_are_skipped() {
     trainer.manager.wait_until_finished(None).unwrap();
     assert_eq!(listed(&remote), names([3, 4]));
     assert_eq!(on_disk(&remote), names([3, 4]));
+}
+
+/// The remote tier on object storage: moto's S3 server, as the S3 tests
+/// start it (tests/support/s3.rs). Leases last 2 s, so a killed writer's
+/// expires quickly; the client does not retry, so a stopped server fails
+/// an upload at once.
+#[cfg(feature = "s3")]
+mod on_object_storage {
+    use std::collections::BTreeSet;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use super::support::s3::{storage_config, Bucket, MotoServer};
+    use super::*;
+
+    fn s3_config(local: &Path, url: &Path, endpoint: &str, keep: (usize, usize)) -> Config {
+        let mut config = storage_config(url, endpoint, MaxToKeep::Last(keep.1));
+        for (key, value) in [("ckpt_lease_seconds", "2"), ("ckpt_max_retries", "0")] {
+            config.set_storage_option(key, value).unwrap();
+        }
+        let remote = config.directory().to_path_buf();
+        config.set_directory(local).unwrap();
+        config.set_max_to_keep(MaxToKeep::Last(keep.0)).unwrap();
+        config.set_remote_directory(Some(remote)).unwrap();
+        config
+            .set_remote_max_to_keep(MaxToKeep::Last(keep.1))
+            .unwrap();
+        config
+    }
+
+    /// A reader of the remote alone.
+    fn remote_reader(url: &Path, endpoint: &str) -> Trainer {
+        let mut config = storage_config(url, endpoint, MaxToKeep::Last(10));
+        config.set_read_only(true);
+        Trainer::open(config).unwrap()
+    }
+
+    /// The state object, the writer's lease and the checkpoints' objects.
+    fn keys(prefix: &str, numbers: impl IntoIterator<Item = u64>) -> BTreeSet<String> {
+        let mut keys = BTreeSet::from([
+            format!("{prefix}/checkpoint"),
+            format!("{prefix}/checkpoint.lease"),
+        ]);
+        for n in numbers {
+            for suffix in ["ckpt-manifest.json", "safetensors"] {
+                keys.insert(format!("{prefix}/ckpt-{n}.{suffix}"));
+            }
+        }
+        keys
+    }
+
+    /// Saves go to the local directory, then to the bucket, each tier
+    /// keeping its own; the bucket's state object is TF's text for its
+    /// kept set; with the local directory gone the restore downloads.
+    #[test]
+    fn saves_reach_the_bucket_and_a_lost_local_directory_comes_back_from_it() {
+        let bucket = Bucket::new("tiers-basic");
+        let (local, url) = (tempfile::tempdir().unwrap(), bucket.url("run"));
+        let config = s3_config(local.path(), &url, &bucket.endpoint, (2, 3));
+        let mut trainer = Trainer::open(config.clone()).unwrap();
+        let mut times = Vec::new();
+        for number in 1..=5 {
+            trainer.save(number);
+            let newest = *state(local.path())
+                .all_model_checkpoint_timestamps
+                .last()
+                .unwrap();
+            times.push((format!("ckpt-{number}"), newest));
+        }
+        trainer.manager.wait_until_finished(None).unwrap();
+        drop(trainer);
+        assert_eq!(listed(local.path()), names([4, 5]));
+        assert_eq!(bucket.keys(), keys("run", 3..=5));
+        let remote_state = CheckpointState::parse(&bucket.get("run/checkpoint")).unwrap();
+        assert_eq!(
+            bucket.get("run/checkpoint"),
+            expected_state(&times, &names(3..=5), remote_state.last_preserved_timestamp)
+        );
+        assert_eq!(remote_reader(&url, &bucket.endpoint).restore(), Some(5));
+
+        fs::remove_dir_all(local.path()).unwrap();
+        let mut trainer = Trainer::open(config).unwrap();
+        assert_eq!(trainer.restore(), Some(5));
+        assert_eq!(listed(local.path()), names([5]));
+    }
+
+    /// The server stops mid-run: saves go on committing locally, the
+    /// status shows the failure and what waits, and once a server answers
+    /// on the same port again the waiting uploads go up to it.
+    #[test]
+    fn a_stopped_server_delays_uploads_and_never_a_save() {
+        let server = MotoServer::start();
+        let (port, endpoint) = (server.address().port(), server.endpoint());
+        server.create_bucket("stopped");
+        let (local, url) = (
+            tempfile::tempdir().unwrap(),
+            PathBuf::from("s3://stopped/run"),
+        );
+        let mut trainer = Trainer::open(s3_config(local.path(), &url, &endpoint, (2, 5))).unwrap();
+        trainer.save(1);
+        trainer.manager.wait_until_finished(None).unwrap();
+        drop(server);
+        trainer.save(2);
+        trainer.save(3);
+        assert_eq!(listed(local.path()), names([2, 3]));
+        assert!(matches!(
+            trainer
+                .manager
+                .wait_until_finished(Some(Duration::from_millis(200))),
+            Err(Error::Timeout)
+        ));
+        let status = trainer.manager.remote_status().unwrap();
+        assert_eq!((status.newest_uploaded, status.pending), (Some(1), 2));
+        assert!(
+            status.last_error.is_some() && status.failures >= 1,
+            "{status:?}"
+        );
+
+        // Moto keeps nothing: the server that comes back is empty.
+        let server = MotoServer::start_again(port);
+        server.create_bucket("stopped");
+        trainer.manager.wait_until_finished(None).unwrap();
+        let status = trainer.manager.remote_status().unwrap();
+        assert_eq!(
+            (status.newest_uploaded, status.pending, status.last_error),
+            (Some(3), 0, None)
+        );
+        drop(trainer);
+        let mut reader = remote_reader(&url, &endpoint);
+        let on_remote: Vec<u64> = (reader.manager.checkpoints().iter())
+            .map(|prefix| ckpt_manager::paths::trailing_number(prefix).unwrap())
+            .collect();
+        assert_eq!(on_remote, [2, 3]);
+        assert_eq!(reader.restore(), Some(3));
+    }
+
+    const CHILD_ENV: &str = "CKPT_TIERS_CHILD";
+
+    /// In a child process: saves 24 MiB checkpoints (multipart uploads) locally as fast as it
+    /// can, uploading each to the bucket, until the parent kills it.
+    #[test]
+    #[ignore = "a child process of a_writer_killed_during_uploads_resumes_them_at_its_next_open"]
+    fn child_saving_with_uploads() {
+        let Ok(setting) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let [local, endpoint] = setting.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("{setting}");
+        };
+        let url = PathBuf::from("s3://tiers-killed/run");
+        let config = s3_config(Path::new(local), &url, endpoint, (20, 20));
+        let mut trainer = Trainer::open(config).unwrap();
+        trainer.weights = vec![0.0f32; 6 << 20].into_boxed_slice();
+        trainer.manager.unregister_tensor("weights").unwrap();
+        // SAFETY: as in `Trainer::open`.
+        unsafe {
+            let weights = &mut trainer.weights;
+            let shape = [weights.len() as u64];
+            trainer
+                .manager
+                .register_tensor("weights", DType::F32, &shape, weights.as_mut_ptr().cast())
+                .unwrap();
+        }
+        for number in 1..=8 {
+            trainer.save(number);
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
+
+    /// SIGKILL while uploads are in progress: the next open resumes them
+    /// (the local checkpoints all reach the bucket), aborts the
+    /// incomplete multipart upload, and leaves no object no checkpoint owns.
+    #[test]
+    fn a_writer_killed_during_uploads_resumes_them_at_its_next_open() {
+        let bucket = Bucket::new("tiers-killed");
+        let local = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["on_object_storage::child_saving_with_uploads", "--exact"])
+            .args(["--include-ignored", "--nocapture", "--test-threads=1"])
+            .env(
+                CHILD_ENV,
+                format!("{} {}", local.path().display(), bucket.endpoint),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while bucket.incomplete_uploads().is_empty() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "no upload was seen in progress: {:?} {:?}",
+                    bucket.keys(),
+                    on_disk(local.path())
+                );
+            }
+            assert!(child.try_wait().unwrap().is_none(), "the child ended first");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!bucket.incomplete_uploads().is_empty());
+        let saved: Vec<u64> = (listed(local.path()).iter())
+            .map(|name| ckpt_manager::paths::trailing_number(Path::new(name)).unwrap())
+            .collect();
+        assert!(!saved.is_empty());
+
+        let url = bucket.url("run");
+        let mut trainer =
+            Trainer::open(s3_config(local.path(), &url, &bucket.endpoint, (20, 20))).unwrap();
+        trainer.manager.wait_until_finished(None).unwrap();
+        assert_eq!(bucket.incomplete_uploads(), Vec::<String>::new());
+        assert_eq!(bucket.keys(), keys("run", saved.iter().copied()));
+        let status = trainer.manager.remote_status().unwrap();
+        assert_eq!(status.newest_uploaded, saved.last().copied());
+        drop(trainer);
+        let on_remote: Vec<u64> = (remote_reader(&url, &bucket.endpoint).manager.checkpoints())
+            .iter()
+            .map(|prefix| ckpt_manager::paths::trailing_number(prefix).unwrap())
+            .collect();
+        assert_eq!(on_remote, saved);
+    }
 }

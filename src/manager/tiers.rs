@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::integrity;
 use crate::layout::deletable_base;
 use crate::paths;
-use crate::policy::{Hold, Managed};
+use crate::policy::{Hold, Managed, Retention};
 use crate::state_file::read_state;
 use crate::store::{self, Store};
 use crate::transaction::tiers::{RemoteStatus, TierCopy, Uploads};
@@ -145,6 +145,11 @@ impl CheckpointManager {
     /// state file. An upload (on the remote's manager) or a download.
     fn commit_copy(&mut self, source: &CopySource, saved_at: f64, upload: bool) -> Result<()> {
         self.finish_unfinished()?;
+        if self.retention.managed().is_empty() && saved_at <= self.retention.last_preserved() {
+            // A directory new to this run starts its clock at the first
+            // copy's time, else TF's rules would leave the copy unmanaged.
+            self.retention = Retention::fresh(saved_at);
+        }
         let number = source.manifest.number;
         let counter = self.save_counter.max(number);
         let mut annotations = source.manifest.annotations.clone();
