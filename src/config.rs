@@ -61,6 +61,8 @@ pub struct RemoteTier {
     /// The most checkpoints the local directory holds while their uploads
     /// are behind; beyond it the oldest waiting ones are deleted unuploaded.
     pub(crate) local_max_held: Option<usize>,
+    /// How long a save answering a preemption signal waits for the uploads.
+    pub(crate) preemption_upload_time: Duration,
 }
 
 /// The trainer's communicator, shared by the managers built from one
@@ -301,6 +303,7 @@ impl Config {
             max_to_keep: None,
             keep_checkpoint_every_n_hours: None,
             local_max_held: None,
+            preemption_upload_time: Duration::from_secs(30),
         });
         remote.directory = directory;
         Ok(())
@@ -340,6 +343,20 @@ impl Config {
             return Err(Error::invalid("local_max_held_for_upload must be positive"));
         }
         self.remote_mut("local_max_held_for_upload")?.local_max_held = count;
+        Ok(())
+    }
+
+    /// How long a save that answers a preemption signal waits, after its
+    /// local commit, for the uploads to finish (default 30 s): what is left
+    /// resumes at the next open.
+    pub fn set_remote_preemption_seconds(&mut self, seconds: f64) -> Result<()> {
+        let time = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            Error::invalid(format!(
+                "remote_preemption_seconds must be a finite number of seconds >= 0, not {seconds}"
+            ))
+        })?;
+        self.remote_mut("remote_preemption_seconds")?
+            .preemption_upload_time = time;
         Ok(())
     }
 

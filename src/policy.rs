@@ -420,6 +420,32 @@ mod tests {
     }
 
     #[test]
+    fn held_checkpoints_stay_until_the_limit_releases_the_oldest() {
+        let mut retention = Retention::fresh(0.0);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            retention.record(plain(name, i as f64 + 1.0));
+        }
+        let held = ["a", "b", "c"].iter().map(PathBuf::from).collect();
+        let mut unbounded = retention.clone();
+        let hold = Hold { held, limit: None };
+        assert_eq!(
+            unbounded.sweep_holding(&last(1), &hold),
+            SweepOutcome::default()
+        );
+        assert_eq!(names(unbounded.managed()), ["a", "b", "c", "d"]);
+        let outcome = retention.sweep_holding(
+            &last(1),
+            &Hold {
+                limit: Some(3),
+                ..hold
+            },
+        );
+        assert_eq!(outcome.delete, [PathBuf::from("a")]);
+        assert_eq!(outcome.released, [PathBuf::from("a")]);
+        assert_eq!(names(retention.managed()), ["b", "c", "d"]);
+    }
+
+    #[test]
     fn sweep_preserves_one_every_n_hours() {
         let rules = Rules {
             keep_every_n_hours: Some(1.5),

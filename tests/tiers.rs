@@ -169,27 +169,31 @@ fn each_tier_keeps_its_own_and_the_remote_alone_is_a_valid_directory() {
 }
 
 /// The local directory lost: the restore downloads the remote's newest
-/// into it (the next restart is local) and uploads nothing back.
+/// into it (the next restart is local) and uploads nothing back. The
+/// remote is named by a `file://` URL.
 #[test]
 fn a_lost_local_directory_is_restored_from_the_remote() {
-    let (local, remote) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut trainer = Trainer::open(config(local.path(), remote.path(), 2, 3)).unwrap();
+    let (local, remote_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let remote = remote_dir.path();
+    let url = PathBuf::from(format!("file://{}", remote.display()));
+    let config = |local: &Path, _: &Path, l, r| config(local, &url, l, r);
+    let mut trainer = Trainer::open(config(local.path(), remote, 2, 3)).unwrap();
     for number in 1..=3 {
         trainer.save(number);
     }
     trainer.manager.wait_until_finished(None).unwrap();
     drop(trainer);
     fs::remove_dir_all(local.path()).unwrap();
-    let mut trainer = Trainer::open(config(local.path(), remote.path(), 2, 3)).unwrap();
+    let mut trainer = Trainer::open(config(local.path(), remote, 2, 3)).unwrap();
     assert_eq!(trainer.restore(), Some(3));
     assert_eq!(listed(local.path()), names([3]));
     assert_eq!(trainer.manager.remote_status().unwrap().pending, 0);
     trainer.save(4);
     trainer.manager.wait_until_finished(None).unwrap();
     drop(trainer);
-    assert_eq!(listed(remote.path()), names(2..=4));
+    assert_eq!(listed(remote), names(2..=4));
     // Restarted: restored locally.
-    let mut trainer = Trainer::open(config(local.path(), remote.path(), 2, 3)).unwrap();
+    let mut trainer = Trainer::open(config(local.path(), remote, 2, 3)).unwrap();
     assert_eq!(trainer.restore(), Some(4));
 }
 

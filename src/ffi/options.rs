@@ -508,6 +508,31 @@ pub unsafe extern "C" fn ckpt_options_set_local_max_held_for_upload(
     }
 }
 
+/// How long a save that answers a preemption signal (see
+/// `ckpt_install_preemption_handler`) waits, after its local commit, for the
+/// uploads to the remote tier to finish (default 30); what is left resumes
+/// when the directory is next opened, and a warning says so.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (NaN, infinite or negative, or no remote directory set yet).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_remote_preemption_seconds(
+    options: *mut ckpt_options,
+    seconds: f64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_remote_preemption_seconds(seconds)?)
+        })
+    }
+}
+
 /// Whether a smaller or a larger value of a metric is better: the `mode` of
 /// `ckpt_options_set_keep_best`, a `uint32_t`.
 #[repr(u32)]

@@ -67,6 +67,10 @@ impl CheckpointManager {
         if let (Err(_), Some(claim)) = (&saved, &claim) {
             self.restore_request(claim);
         }
+        let preempted = claim.is_some_and(|claim| claim.preemptions_seen < self.preemptions_seen);
+        if preempted && !background && matches!(saved, Ok(Some(_))) {
+            self.upload_before_preemption();
+        }
         saved
     }
 

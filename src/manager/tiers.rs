@@ -125,6 +125,26 @@ impl CheckpointManager {
         done
     }
 
+    /// A save answered a preemption signal: the uploads get a bounded time
+    /// before the trainer stops; what is left resumes at the next open.
+    pub(super) fn upload_before_preemption(&mut self) {
+        let Some(remote) = &self.config.remote else {
+            return;
+        };
+        let time = remote.preemption_upload_time;
+        if !self.wait_for_uploads(Some(time)) {
+            let pending = self
+                .tiers
+                .as_ref()
+                .map_or(0, |t| t.uploads.status().pending);
+            self.warn(&format!(
+                "preempted: {pending} uploads to the remote did not finish within {} s; they \
+                 resume when the directory is next opened",
+                time.as_secs_f64()
+            ));
+        }
+    }
+
     /// Once every upload is done: deletes what the local sweeps held for
     /// them and the local rules no longer keep.
     pub(super) fn prune_uploaded(&mut self) -> Result<()> {
