@@ -300,14 +300,14 @@ impl Retention {
                     .count()
             };
             let mut over = count(&kept, &held).saturating_sub(limit);
-            for index in 0..held.len() {
+            for (is_held, checkpoint) in held.iter_mut().zip(&self.managed) {
                 if over == 0 {
                     break;
                 }
-                if held[index] {
-                    held[index] = false;
+                if *is_held {
+                    *is_held = false;
                     over -= 1;
-                    outcome.released.push(self.managed[index].entry.clone());
+                    outcome.released.push(checkpoint.entry.clone());
                 }
             }
         }
