@@ -147,10 +147,13 @@ impl Uploads {
         })
     }
 
-    /// A checkpoint committed locally, to upload after those waiting.
+    /// A checkpoint committed locally, to upload after those waiting (again
+    /// when the one being copied was saved anew under it).
     pub fn push(&self, base: &OsStr) {
         let mut queue = self.shared.lock();
-        if !queue.waiting.iter().any(|waiting| waiting == base) {
+        let copying = queue.copying && queue.waiting.front().is_some_and(|first| first == base);
+        let waiting = queue.waiting.iter().skip(usize::from(copying));
+        if !waiting.clone().any(|waiting| waiting == base) {
             queue.waiting.push_back(base.to_owned());
             queue.generation += 1;
         }
