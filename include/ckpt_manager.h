@@ -268,6 +268,24 @@ typedef struct {
 // Releases a callback's `user_data` when the library no longer needs it.
 typedef void (*ckpt_finalizer)(void *user_data);
 
+// The remote tier's progress, as `ckpt_manager_remote_status` reports it.
+typedef struct {
+  // Whether the manager has a remote tier (false: every field is 0).
+  bool has_remote;
+  // Whether `newest_uploaded` is set: a checkpoint is in the remote.
+  bool has_uploaded;
+  // The number of the newest checkpoint in the remote tier.
+  uint64_t newest_uploaded;
+  // Checkpoints committed locally and not yet uploaded, the one being
+  // uploaded included.
+  uint64_t pending;
+  // Failed attempts (to open the remote or upload) since the manager opened.
+  uint64_t failures;
+  // Checkpoints deleted locally before their upload, by
+  // `ckpt_options_set_local_max_held_for_upload`.
+  uint64_t dropped;
+} ckpt_remote_status;
+
 // Collectives over the trainer's processes ("ranks"), supplied by the
 // trainer (`include/ckpt_manager_mpi.h` builds one from an `MPI_Comm`).
 // Each callback is collective: every rank calls it, in the same order. Each
@@ -1099,13 +1117,14 @@ ckpt_status ckpt_manager_save_async(ckpt_manager *manager,
                                     char **out_prefix);
 
 // Waits until the background save in flight, if any, has committed or failed,
-// for at most `timeout_seconds` (a negative value or infinity waits as long
+// and every upload to the remote tier (`ckpt_options_set_remote_directory`)
+// is done, for at most `timeout_seconds` (a negative value or infinity waits as long
 // as it takes; 0 only checks).
 //
 // Ownership: `manager` is borrowed.
 // Returns: CKPT_STATUS_OK when no save is in flight and none failed unreported;
 // the background save's own status when it failed (once); or
-// CKPT_STATUS_TIMEOUT when it is still running.
+// CKPT_STATUS_TIMEOUT when it or an upload is still running (uploads go on).
 // Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN),
 // CKPT_STATUS_TIMEOUT, CKPT_STATUS_REENTRANT_CALL, and every status of
 // `ckpt_manager_save_with` (the background save's).
@@ -1114,6 +1133,25 @@ ckpt_status ckpt_manager_save_async(ckpt_manager *manager,
 // manager's own callback is refused with CKPT_STATUS_REENTRANT_CALL.
 // Callbacks: the log callback runs on the calling thread.
 ckpt_status ckpt_manager_wait_until_finished(ckpt_manager *manager, double timeout_seconds);
+
+// The remote tier's progress: the newest checkpoint uploaded, how many wait,
+// how many attempts failed, and the last failure's message. Each failure is
+// also given to the log callback (by this call or the next that runs it).
+//
+// Ownership: `manager` is borrowed; `*out_status` is written; when
+// `out_last_error` is not NULL, `*out_last_error` is a new string the caller
+// frees with `ckpt_string_free`, or NULL when no failure is outstanding (the
+// last attempt succeeded). Both are zeroed (NULL) on failure.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`manager`, `out_status`),
+// CKPT_STATUS_REENTRANT_CALL.
+// Threads: any thread; calls on one manager are serialised, and one made from
+// inside that manager's own callback is refused with
+// CKPT_STATUS_REENTRANT_CALL. Uploads run on the manager's upload thread.
+// Callbacks: the log callback runs on the calling thread.
+ckpt_status ckpt_manager_remote_status(const ckpt_manager *manager,
+                                       ckpt_remote_status *out_status,
+                                       char **out_last_error);
 
 // Creates options with TF's defaults: checkpoint name "ckpt", no preservation,
 // no interval, no callbacks. A directory and max_to_keep (or keep-all) must be
@@ -1183,6 +1221,76 @@ ckpt_status ckpt_options_set_keep_all(ckpt_options *options);
 // Threads: one thread at a time per options object.
 // Callbacks: none run.
 ckpt_status ckpt_options_set_keep_checkpoint_every_n_hours(ckpt_options *options, double hours);
+
+// Adds a remote tier: every checkpoint committed to the directory is then
+// copied, in the background, to `directory` (a local path, `file://` or
+// `s3://` URL, as `ckpt_options_set_directory` takes), where it is committed
+// with its own manifest and TF state file, so that directory alone is a
+// valid checkpoint directory. Saves return after the local commit; one
+// upload thread per manager copies in commit order, retrying failures with
+// backoff (see `ckpt_manager_remote_status`). A restore takes the newest
+// checkpoint of either tier. The remote uses this options object's storage
+// options; its retention is the local one unless the `remote_` setters say
+// otherwise. NULL removes the remote tier. See docs/tiers.md.
+//
+// Ownership: `options` is borrowed; `directory` is borrowed (copied).
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (as `ckpt_options_set_directory`).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_remote_directory(ckpt_options *options, const char *directory);
+
+// Keeps at most `max_to_keep` (> 0) checkpoints in the remote tier (0: keep
+// every one there); the local tier keeps its own number. Default: the local
+// max_to_keep.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (negative, or no remote directory set yet).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_remote_max_to_keep(ckpt_options *options, int64_t max_to_keep);
+
+// The remote tier's keep_checkpoint_every_n_hours (0 turns it off there).
+// Default: the local one.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (NaN, infinite or negative, or no remote directory set yet).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_remote_keep_checkpoint_every_n_hours(ckpt_options *options,
+                                                                  double hours);
+
+// The most checkpoints the local directory holds while their uploads are
+// behind (0: no bound, the default). A checkpoint whose upload the remote
+// still wants is otherwise never deleted locally; past this bound the oldest
+// waiting ones are deleted unuploaded, each with a warning, and counted in
+// `ckpt_remote_status.dropped`.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (negative, or no remote directory set yet).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_local_max_held_for_upload(ckpt_options *options, int64_t count);
+
+// How long a save that answers a preemption signal (see
+// `ckpt_install_preemption_handler`) waits, after its local commit, for the
+// uploads to the remote tier to finish (default 30); what is left resumes
+// when the directory is next opened, and a warning says so.
+//
+// Ownership: `options` is borrowed.
+// Returns: CKPT_STATUS_OK, or an error.
+// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+// (NaN, infinite or negative, or no remote directory set yet).
+// Threads: one thread at a time per options object.
+// Callbacks: none run.
+ckpt_status ckpt_options_set_remote_preemption_seconds(ckpt_options *options, double seconds);
 
 // Also keeps the best `k` checkpoints by the metric `metric_name` that saves
 // record with `ckpt_save_args_set_metric`, whatever max_to_keep says. A save

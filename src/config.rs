@@ -46,6 +46,24 @@ pub struct Config {
     pub(crate) node_local: bool,
     /// For object storage: the client's options and the library's.
     pub(crate) storage_options: Vec<(String, String)>,
+    /// A second directory each committed checkpoint is copied to in the
+    /// background, and its own retention (see docs/tiers.md).
+    pub(crate) remote: Option<RemoteTier>,
+}
+
+/// The remote tier: where checkpoints are uploaded and what it keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteTier {
+    pub(crate) directory: PathBuf,
+    /// `None`: the local tier's `max_to_keep`.
+    pub(crate) max_to_keep: Option<MaxToKeep>,
+    /// `None`: the local tier's `keep_checkpoint_every_n_hours`.
+    pub(crate) keep_checkpoint_every_n_hours: Option<Option<f64>>,
+    /// The most checkpoints the local directory holds while their uploads
+    /// are behind; beyond it the oldest waiting ones are deleted unuploaded.
+    pub(crate) local_max_held: Option<usize>,
+    /// How long a save answering a preemption signal waits for the uploads.
+    pub(crate) preemption_upload_time: Duration,
 }
 
 /// The trainer's communicator, shared by the managers built from one
@@ -87,6 +105,7 @@ impl Default for Config {
             coordination_timeout: Duration::from_secs(300),
             node_local: false,
             storage_options: Vec::new(),
+            remote: None,
         }
     }
 }
@@ -274,6 +293,101 @@ impl Config {
         Ok(())
     }
 
+    /// Copies every committed checkpoint to `directory` (a local path,
+    /// `file://` or `s3://` URL) in the background; `None` turns it off.
+    pub fn set_remote_directory(&mut self, directory: Option<PathBuf>) -> Result<()> {
+        let Some(directory) = directory else {
+            self.remote = None;
+            return Ok(());
+        };
+        if directory.as_os_str().is_empty() {
+            return Err(Error::invalid("the remote directory must not be empty"));
+        }
+        let directory = match crate::location::parse(&directory)? {
+            Location::Local(path) => path,
+            Location::S3(_) => directory,
+        };
+        let remote = self.remote.get_or_insert(RemoteTier {
+            directory: PathBuf::new(),
+            max_to_keep: None,
+            keep_checkpoint_every_n_hours: None,
+            local_max_held: None,
+            preemption_upload_time: Duration::from_secs(30),
+        });
+        remote.directory = directory;
+        Ok(())
+    }
+
+    fn remote_mut(&mut self, option: &str) -> Result<&mut RemoteTier> {
+        self.remote.as_mut().ok_or_else(|| {
+            Error::invalid(format!("{option} needs a remote directory: set it first"))
+        })
+    }
+
+    /// How many checkpoints the remote keeps (default: as the local tier).
+    pub fn set_remote_max_to_keep(&mut self, max_to_keep: MaxToKeep) -> Result<()> {
+        if max_to_keep == MaxToKeep::Last(0) {
+            return Err(Error::invalid(
+                "remote_max_to_keep must be a positive number or keep-all",
+            ));
+        }
+        self.remote_mut("remote_max_to_keep")?.max_to_keep = Some(max_to_keep);
+        Ok(())
+    }
+
+    /// The remote's `keep_checkpoint_every_n_hours` (default: the local one).
+    pub fn set_remote_keep_checkpoint_every_n_hours(&mut self, hours: Option<f64>) -> Result<()> {
+        let mut checked = Config::default();
+        checked.set_keep_checkpoint_every_n_hours(hours)?;
+        self.remote_mut("remote_keep_checkpoint_every_n_hours")?
+            .keep_checkpoint_every_n_hours = Some(checked.keep_checkpoint_every_n_hours);
+        Ok(())
+    }
+
+    /// The most checkpoints the local directory holds while uploads are
+    /// behind (`None`: no bound). A checkpoint waiting for its upload is
+    /// otherwise never deleted locally.
+    pub fn set_local_max_held_for_upload(&mut self, count: Option<usize>) -> Result<()> {
+        if count == Some(0) {
+            return Err(Error::invalid("local_max_held_for_upload must be positive"));
+        }
+        self.remote_mut("local_max_held_for_upload")?.local_max_held = count;
+        Ok(())
+    }
+
+    /// How long a save that answers a preemption signal waits, after its
+    /// local commit, for the uploads to finish (default 30 s): what is left
+    /// resumes at the next open.
+    pub fn set_remote_preemption_seconds(&mut self, seconds: f64) -> Result<()> {
+        let time = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            Error::invalid(format!(
+                "remote_preemption_seconds must be a finite number of seconds >= 0, not {seconds}"
+            ))
+        })?;
+        self.remote_mut("remote_preemption_seconds")?
+            .preemption_upload_time = time;
+        Ok(())
+    }
+
+    /// The configuration of the remote directory's own manager: this one's
+    /// name and storage options, the remote's retention, no communicator.
+    pub(crate) fn remote_config(&self) -> Option<Config> {
+        let remote = self.remote.as_ref()?;
+        Some(Config {
+            directory: remote.directory.clone(),
+            max_to_keep: remote.max_to_keep.or(self.max_to_keep),
+            keep_checkpoint_every_n_hours: remote
+                .keep_checkpoint_every_n_hours
+                .unwrap_or(self.keep_checkpoint_every_n_hours),
+            checkpoint_name: self.checkpoint_name.clone(),
+            keep_best: self.keep_best.clone(),
+            keep_period: self.keep_period,
+            verify_checksums: self.verify_checksums,
+            storage_options: self.storage_options.clone(),
+            ..Config::default()
+        })
+    }
+
     /// Whether the directory is a local path (not an object store's URL).
     pub(crate) fn is_local(&self) -> bool {
         matches!(
@@ -289,6 +403,11 @@ impl Config {
         if self.max_to_keep.is_none() {
             return Err(Error::invalid(
                 "max_to_keep is not set: choose a positive number or keep all",
+            ));
+        }
+        if self.remote.is_some() && self.communicator.is_some() {
+            return Err(Error::invalid(
+                "a remote directory is for one process: across ranks it is not supported yet",
             ));
         }
         if self.checkpoint_interval.is_some() && callbacks.step_counter.is_none() {

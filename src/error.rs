@@ -158,7 +158,7 @@ impl fmt::Display for Error {
                 write!(f, "checkpoint '{}' is damaged: {detail}", prefix.display())
             }
             Error::TensorMismatch(message) => write!(f, "tensor mismatch: {message}"),
-            Error::Timeout => write!(f, "the background save is still running"),
+            Error::Timeout => write!(f, "the background save or an upload is still running"),
             Error::Panic(message) => write!(f, "a background save panicked: {message}"),
             Error::Coordination { message, .. } => write!(f, "{message}"),
             Error::Rank { rank, message, .. } => write!(f, "rank {rank}: {message}"),

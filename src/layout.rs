@@ -17,6 +17,9 @@ pub const LOCK_FILE_NAME: &str = "checkpoint.lock";
 /// A writer's lease beside the state object (object storage): who writes
 /// to the prefix, kept fresh while that writer lives.
 pub const LEASE_NAME: &str = "checkpoint.lease";
+/// The checkpoints committed locally whose copy to the remote tier is not
+/// done yet, beside the state file: a restarted manager resumes them.
+pub const UPLOADS_FILE_NAME: &str = "checkpoint.uploads";
 /// The manifest's own suffix; it is a file of the checkpoint, deleted with it.
 pub const MANIFEST_SUFFIX: &str = ".ckpt-manifest.json";
 /// `<base>.ckpt-pending`: the marker of a save whose files go to their

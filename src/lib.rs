@@ -45,7 +45,8 @@ pub use inspect::{
 };
 pub use integrity::Integrity;
 pub use manager::{
-    CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RetainedCheckpoint, SaveArgs,
+    CheckpointInfo, CheckpointManager, FileInfo, KeepReason, Pruned, RemoteStatus,
+    RetainedCheckpoint, SaveArgs,
 };
 pub use manifest::{
     Annotations, ByteString, FileRecord, Manifest, Metric, SavedBox, TensorRecord, Verification,

@@ -58,6 +58,8 @@ pub struct Retention {
 pub struct SweepOutcome {
     pub delete: Vec<PathBuf>,
     pub preserved: Vec<PathBuf>,
+    /// Held checkpoints the hold's limit let go (in `delete` or `preserved`).
+    pub released: Vec<PathBuf>,
 }
 
 /// Which rules keep one managed checkpoint. The sweep drops exactly the
@@ -268,6 +270,14 @@ impl Retention {
     /// at least `keep_every_n_hours` have passed since the last preserved
     /// one, and is otherwise to be deleted.
     pub fn sweep(&mut self, rules: &Rules) -> SweepOutcome {
+        self.sweep_holding(rules, &Hold::default())
+    }
+
+    /// `sweep`, keeping also what `hold` holds (checkpoints waiting for
+    /// their upload to another tier) as long as the list stays within its
+    /// limit; beyond it the oldest held ones go as the rules say, and are
+    /// reported as `released`.
+    pub fn sweep_holding(&mut self, rules: &Rules, hold: &Hold) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
         let Some(max_to_keep) = rules.max_to_keep else {
             return outcome;
@@ -276,7 +286,34 @@ impl Retention {
         if newest_from == 0 {
             return outcome;
         }
-        let kept = rules.keeps_beyond_recency(&self.managed);
+        let mut kept = rules.keeps_beyond_recency(&self.managed);
+        let mut held: Vec<bool> = self
+            .managed
+            .iter()
+            .enumerate()
+            .map(|(index, m)| index < newest_from && !kept[index] && hold.held.contains(&m.entry))
+            .collect();
+        if let Some(limit) = hold.limit {
+            let count = |kept: &[bool], held: &[bool]| {
+                (0..kept.len())
+                    .filter(|&i| i >= newest_from || kept[i] || held[i])
+                    .count()
+            };
+            let mut over = count(&kept, &held).saturating_sub(limit);
+            for (is_held, checkpoint) in held.iter_mut().zip(&self.managed) {
+                if over == 0 {
+                    break;
+                }
+                if *is_held {
+                    *is_held = false;
+                    over -= 1;
+                    outcome.released.push(checkpoint.entry.clone());
+                }
+            }
+        }
+        for (index, is_held) in held.into_iter().enumerate() {
+            kept[index] |= is_held;
+        }
         let mut remaining = Vec::with_capacity(self.managed.len());
         for (index, checkpoint) in std::mem::take(&mut self.managed).into_iter().enumerate() {
             if index >= newest_from || kept[index] {
@@ -296,6 +333,14 @@ impl Retention {
         self.managed = remaining;
         outcome
     }
+}
+
+/// Checkpoints a sweep keeps beyond the rules (uploads not yet done), and
+/// the most the list may then hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hold {
+    pub held: HashSet<PathBuf>,
+    pub limit: Option<usize>,
 }
 
 /// The order in which to try checkpoints when the latest may be damaged:
@@ -372,6 +417,32 @@ mod tests {
         assert_eq!(outcome.delete, vec![PathBuf::from("a")]);
         assert_eq!(names(retention.managed()), ["b", "c", "d"]);
         assert_eq!(retention.sweep(&Rules::default()), SweepOutcome::default());
+    }
+
+    #[test]
+    fn held_checkpoints_stay_until_the_limit_releases_the_oldest() {
+        let mut retention = Retention::fresh(0.0);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            retention.record(plain(name, i as f64 + 1.0));
+        }
+        let held = ["a", "b", "c"].iter().map(PathBuf::from).collect();
+        let mut unbounded = retention.clone();
+        let hold = Hold { held, limit: None };
+        assert_eq!(
+            unbounded.sweep_holding(&last(1), &hold),
+            SweepOutcome::default()
+        );
+        assert_eq!(names(unbounded.managed()), ["a", "b", "c", "d"]);
+        let outcome = retention.sweep_holding(
+            &last(1),
+            &Hold {
+                limit: Some(3),
+                ..hold
+            },
+        );
+        assert_eq!(outcome.delete, [PathBuf::from("a")]);
+        assert_eq!(outcome.released, [PathBuf::from("a")]);
+        assert_eq!(names(retention.managed()), ["b", "c", "d"]);
     }
 
     #[test]

@@ -96,6 +96,7 @@ c_cases!(async_cases, "async_cases.c":
     background_callbacks_cannot_call_managers,
     prepare_runs_on_the_calling_thread,
     read_only_refuses_save_async,
+    remote_tier,
 );
 
 c_cases!(error_cases, "error_cases.c":

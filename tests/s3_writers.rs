@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ckpt_manager::{Callbacks, CheckpointManager, Config, DType, ErrorKind, MaxToKeep};
-use support::s3::{http_request, storage_config, Bucket, MotoServer};
+use support::s3::{storage_config, Bucket};
 
 const LEASE_SECONDS: &str = "2";
 /// 20 MiB of floats: each save is a multipart upload of two parts.
@@ -90,26 +90,6 @@ impl Writer {
         );
         number
     }
-}
-
-/// The keys of the bucket's incomplete multipart uploads, as the server
-/// lists them (ListMultipartUploads; moto does not check signatures).
-fn incomplete_uploads(bucket: &Bucket) -> Vec<String> {
-    let address = MotoServer::shared().address();
-    let (status, body) = http_request(
-        address,
-        "GET",
-        &format!("/{}?uploads", bucket.name),
-        &[],
-        &[],
-    )
-    .expect("ListMultipartUploads");
-    let body = String::from_utf8_lossy(&body);
-    assert_eq!(status, 200, "{body}");
-    body.split("<Key>")
-        .skip(1)
-        .map(|rest| rest[..rest.find("</Key>").unwrap()].to_owned())
-        .collect()
 }
 
 const CHILD_ENV: &str = "CKPT_S3_WRITERS_CHILD";
@@ -232,7 +212,7 @@ fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
         let mut saving = child("child_writer", &bucket, "save");
         if round == 0 {
             wait_for(&mut saving, "an upload in progress", || {
-                !incomplete_uploads(&bucket).is_empty()
+                !bucket.incomplete_uploads().is_empty()
             });
         } else {
             // A fresh child takes a second or so before its first save.
@@ -241,7 +221,7 @@ fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
         }
         saving.kill().unwrap();
         saving.wait().unwrap();
-        let left = incomplete_uploads(&bucket);
+        let left = bucket.incomplete_uploads();
         if round == 0 {
             assert!(!left.is_empty(), "the kill left no upload to abort");
         }
@@ -252,7 +232,7 @@ fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
         }
         let mut writer = Writer::open(config(&bucket, &url)).unwrap();
         assert_eq!(
-            incomplete_uploads(&bucket),
+            bucket.incomplete_uploads(),
             Vec::<String>::new(),
             "left before: {left:?}"
         );

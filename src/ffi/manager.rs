@@ -946,13 +946,14 @@ pub unsafe extern "C" fn ckpt_manager_save_async(
 }
 
 /// Waits until the background save in flight, if any, has committed or failed,
-/// for at most `timeout_seconds` (a negative value or infinity waits as long
+/// and every upload to the remote tier (`ckpt_options_set_remote_directory`)
+/// is done, for at most `timeout_seconds` (a negative value or infinity waits as long
 /// as it takes; 0 only checks).
 ///
 /// Ownership: `manager` is borrowed.
 /// Returns: CKPT_STATUS_OK when no save is in flight and none failed unreported;
 /// the background save's own status when it failed (once); or
-/// CKPT_STATUS_TIMEOUT when it is still running.
+/// CKPT_STATUS_TIMEOUT when it or an upload is still running (uploads go on).
 /// Errors: CKPT_STATUS_NULL_ARGUMENT, CKPT_STATUS_INVALID_ARGUMENT (NaN),
 /// CKPT_STATUS_TIMEOUT, CKPT_STATUS_REENTRANT_CALL, and every status of
 /// `ckpt_manager_save_with` (the background save's).
@@ -978,5 +979,88 @@ pub unsafe extern "C" fn ckpt_manager_wait_until_finished(
         // SAFETY: NULL or a live handle (header).
         let manager = unsafe { manager_arg(manager) }?;
         manager.call(|m| Ok(m.wait_until_finished(timeout)?))
+    })
+}
+
+/// The remote tier's progress, as `ckpt_manager_remote_status` reports it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ckpt_remote_status {
+    /// Whether the manager has a remote tier (false: every field is 0).
+    pub has_remote: bool,
+    /// Whether `newest_uploaded` is set: a checkpoint is in the remote.
+    pub has_uploaded: bool,
+    /// The number of the newest checkpoint in the remote tier.
+    pub newest_uploaded: u64,
+    /// Checkpoints committed locally and not yet uploaded, the one being
+    /// uploaded included.
+    pub pending: u64,
+    /// Failed attempts (to open the remote or upload) since the manager opened.
+    pub failures: u64,
+    /// Checkpoints deleted locally before their upload, by
+    /// `ckpt_options_set_local_max_held_for_upload`.
+    pub dropped: u64,
+}
+
+impl super::Cleared for ckpt_remote_status {
+    const CLEARED: Self = ckpt_remote_status {
+        has_remote: false,
+        has_uploaded: false,
+        newest_uploaded: 0,
+        pending: 0,
+        failures: 0,
+        dropped: 0,
+    };
+}
+
+/// The remote tier's progress: the newest checkpoint uploaded, how many wait,
+/// how many attempts failed, and the last failure's message. Each failure is
+/// also given to the log callback (by this call or the next that runs it).
+///
+/// Ownership: `manager` is borrowed; `*out_status` is written; when
+/// `out_last_error` is not NULL, `*out_last_error` is a new string the caller
+/// frees with `ckpt_string_free`, or NULL when no failure is outstanding (the
+/// last attempt succeeded). Both are zeroed (NULL) on failure.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`manager`, `out_status`),
+/// CKPT_STATUS_REENTRANT_CALL.
+/// Threads: any thread; calls on one manager are serialised, and one made from
+/// inside that manager's own callback is refused with
+/// CKPT_STATUS_REENTRANT_CALL. Uploads run on the manager's upload thread.
+/// Callbacks: the log callback runs on the calling thread.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_manager_remote_status(
+    manager: *const ckpt_manager,
+    out_status: *mut ckpt_remote_status,
+    out_last_error: *mut *mut c_char,
+) -> ckpt_status {
+    guard(|| {
+        if !out_last_error.is_null() {
+            // SAFETY: non-NULL and writable (header).
+            unsafe { out_last_error.write(std::ptr::null_mut()) };
+        }
+        // SAFETY: the caller passes NULL or valid pointers (header).
+        let (out, manager) =
+            unsafe { (out_param(out_status, "out_status")?, manager_arg(manager)?) };
+        let Some(status) = manager.call(|m| Ok(m.remote_status()))? else {
+            return out.write(ckpt_remote_status::default());
+        };
+        let last_error = match (&status.last_error, out_last_error.is_null()) {
+            (Some(message), false) => Some(c_string(message.replace('\0', " "))?),
+            _ => None,
+        };
+        out.write(ckpt_remote_status {
+            has_remote: true,
+            has_uploaded: status.newest_uploaded.is_some(),
+            newest_uploaded: status.newest_uploaded.unwrap_or(0),
+            pending: status.pending as u64,
+            failures: status.failures,
+            dropped: status.dropped,
+        })?;
+        if let Some(last_error) = last_error {
+            // SAFETY: non-NULL and writable (header).
+            unsafe { out_last_error.write(handle::to_c_string(last_error)) };
+        }
+        Ok(())
     })
 }

@@ -391,6 +391,150 @@ pub unsafe extern "C" fn ckpt_options_set_keep_checkpoint_every_n_hours(
     }
 }
 
+/// Adds a remote tier: every checkpoint committed to the directory is then
+/// copied, in the background, to `directory` (a local path, `file://` or
+/// `s3://` URL, as `ckpt_options_set_directory` takes), where it is committed
+/// with its own manifest and TF state file, so that directory alone is a
+/// valid checkpoint directory. Saves return after the local commit; one
+/// upload thread per manager copies in commit order, retrying failures with
+/// backoff (see `ckpt_manager_remote_status`). A restore takes the newest
+/// checkpoint of either tier. The remote uses this options object's storage
+/// options; its retention is the local one unless the `remote_` setters say
+/// otherwise. NULL removes the remote tier. See docs/tiers.md.
+///
+/// Ownership: `options` is borrowed; `directory` is borrowed (copied).
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (as `ckpt_options_set_directory`).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_remote_directory(
+    options: *mut ckpt_options,
+    directory: *const c_char,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call, `directory` NULL or a NUL-terminated string (header).
+    unsafe {
+        update(options, |o| {
+            let directory = match directory.is_null() {
+                true => None,
+                false => Some(path_arg(directory, "directory")?.to_path_buf()),
+            };
+            Ok(o.config.set_remote_directory(directory)?)
+        })
+    }
+}
+
+/// Keeps at most `max_to_keep` (> 0) checkpoints in the remote tier (0: keep
+/// every one there); the local tier keeps its own number. Default: the local
+/// max_to_keep.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (negative, or no remote directory set yet).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_remote_max_to_keep(
+    options: *mut ckpt_options,
+    max_to_keep: i64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            let keep = match usize::try_from(max_to_keep) {
+                Ok(0) => MaxToKeep::All,
+                Ok(n) => MaxToKeep::Last(n),
+                Err(_) => MaxToKeep::Last(0),
+            };
+            Ok(o.config.set_remote_max_to_keep(keep)?)
+        })
+    }
+}
+
+/// The remote tier's keep_checkpoint_every_n_hours (0 turns it off there).
+/// Default: the local one.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (NaN, infinite or negative, or no remote directory set yet).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_remote_keep_checkpoint_every_n_hours(
+    options: *mut ckpt_options,
+    hours: f64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config
+                .set_remote_keep_checkpoint_every_n_hours(Some(hours))?)
+        })
+    }
+}
+
+/// The most checkpoints the local directory holds while their uploads are
+/// behind (0: no bound, the default). A checkpoint whose upload the remote
+/// still wants is otherwise never deleted locally; past this bound the oldest
+/// waiting ones are deleted unuploaded, each with a warning, and counted in
+/// `ckpt_remote_status.dropped`.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (negative, or no remote directory set yet).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_local_max_held_for_upload(
+    options: *mut ckpt_options,
+    count: i64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            let count = match usize::try_from(count) {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(_) => Some(0),
+            };
+            Ok(o.config.set_local_max_held_for_upload(count)?)
+        })
+    }
+}
+
+/// How long a save that answers a preemption signal (see
+/// `ckpt_install_preemption_handler`) waits, after its local commit, for the
+/// uploads to the remote tier to finish (default 30); what is left resumes
+/// when the directory is next opened, and a warning says so.
+///
+/// Ownership: `options` is borrowed.
+/// Returns: CKPT_STATUS_OK, or an error.
+/// Errors: CKPT_STATUS_NULL_ARGUMENT (`options`), CKPT_STATUS_INVALID_ARGUMENT
+/// (NaN, infinite or negative, or no remote directory set yet).
+/// Threads: one thread at a time per options object.
+/// Callbacks: none run.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_options_set_remote_preemption_seconds(
+    options: *mut ckpt_options,
+    seconds: f64,
+) -> ckpt_status {
+    // SAFETY: `options` is NULL or a live handle no other thread uses
+    // during the call (header).
+    unsafe {
+        update(options, |o| {
+            Ok(o.config.set_remote_preemption_seconds(seconds)?)
+        })
+    }
+}
+
 /// Whether a smaller or a larger value of a metric is better: the `mode` of
 /// `ckpt_options_set_keep_best`, a `uint32_t`.
 #[repr(u32)]

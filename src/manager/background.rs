@@ -2,13 +2,13 @@
 //! library's thread and applying what it reports.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::coordination::Ranks;
 use super::job::{JobCallbacks, JobReport, SaveJob, Tensors};
 use super::save::Pending;
 use super::CheckpointManager;
-use crate::background::Worker;
+use crate::background::{panic_message, Worker};
 use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::tensor_file::TensorSnapshot;
@@ -95,15 +95,21 @@ impl CheckpointManager {
     }
 
     /// Waits until the background save, if any, has committed or failed,
-    /// at most `timeout` (`None`: as long as it takes). Returns its failure
-    /// (once), or `Error::Timeout` if it is still running.
+    /// and every upload to the remote tier is done, at most `timeout`
+    /// (`None`: as long as it takes). Returns the save's failure (once),
+    /// or `Error::Timeout` if the save or an upload is still running.
     pub fn wait_until_finished(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
         self.collect(timeout);
         self.background_error.take().map_or(Ok(()), Err)?;
         if self.pending.is_some() {
             return Err(Error::Timeout);
         }
-        Ok(())
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if !self.wait_for_uploads(left) {
+            return Err(Error::Timeout);
+        }
+        self.prune_uploaded()
     }
 }
 
@@ -161,12 +167,4 @@ fn run_in_background(background: BackgroundSave) -> Finished {
         delete,
         snapshot,
     }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

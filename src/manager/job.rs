@@ -14,14 +14,14 @@ use super::state_for;
 use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::integrity;
-use crate::layout::{deletable_base, pending_marker_name, staging_name};
-use crate::manifest::Annotations;
-use crate::policy::{Managed, Retention, Rules, Traits};
+use crate::layout::{deletable_base, file_name, pending_marker_name, staging_name};
+use crate::manifest::{Annotations, Manifest};
+use crate::policy::{Hold, Managed, Retention, Rules, Traits};
 use crate::sharding::{declarations, plan_writes};
 use crate::store::Store;
 use crate::tensor_file::{write_tensor_file, TensorSnapshot, WritePlan};
 use crate::tensors::TensorRegistry;
-use crate::transaction::{CommitPlan, Sealed, Transaction};
+use crate::transaction::{CommitPlan, SavedTensors, Sealed, Transaction};
 
 /// Where the built-in saver's bytes come from.
 pub(crate) enum Tensors<'a> {
@@ -30,6 +30,16 @@ pub(crate) enum Tensors<'a> {
     Registered(&'a TensorRegistry, BTreeMap<String, String>),
     /// The copy `save_async` took.
     Snapshot(&'a TensorSnapshot),
+    /// Not tensors but every file of a committed checkpoint in another
+    /// store: an upload to the remote tier, or a download from it.
+    CopyOf(&'a CopySource),
+}
+
+/// A committed checkpoint to copy, as its manifest lists its files.
+pub(crate) struct CopySource {
+    pub store: Arc<dyn Store>,
+    pub base: OsString,
+    pub manifest: Manifest,
 }
 
 /// The decisions a save's commit needs, made on the calling thread.
@@ -43,12 +53,16 @@ pub(crate) struct SaveJob {
     /// The retention before this save.
     pub retention: Retention,
     pub rules: Rules,
+    /// Checkpoints the sweep keeps while their upload is not done.
+    pub hold: Hold,
     pub state_before: Option<u32>,
 }
 
 /// The manager's new state after a committed save.
 pub(crate) struct Saved {
     pub retention: Retention,
+    /// Held checkpoints the hold's limit made the sweep drop.
+    pub released: Vec<PathBuf>,
     pub state_crc: u32,
     pub saved_at: f64,
 }
@@ -138,7 +152,7 @@ impl SaveJob {
         warnings: &mut Vec<String>,
         unfinished: &mut bool,
     ) -> Result<Saved> {
-        let (plan, retention) = match self.plan(now, warnings) {
+        let (plan, retention, released) = match self.plan(now, warnings) {
             Ok(planned) => planned,
             Err(err) => {
                 transaction.abort();
@@ -148,6 +162,7 @@ impl SaveJob {
         let swept: Vec<OsString> = plan.swept.iter().map(|(base, _)| base.clone()).collect();
         let saved = Saved {
             retention,
+            released,
             state_crc: crc32c::crc32c(&plan.state_after),
             saved_at: plan.saved_at,
         };
@@ -206,12 +221,17 @@ impl SaveJob {
                 write_tensor_file(transaction, registry, &metadata, &plan)
             }
             Tensors::Snapshot(snapshot) => snapshot.write(transaction),
+            Tensors::CopyOf(source) => copy_files(transaction, source),
         }
     }
 
     /// The retention after this save and the commit that makes it so: the
     /// new state, what the sweep drops and what a re-saved number replaces.
-    fn plan(&self, now: f64, warnings: &mut Vec<String>) -> Result<(CommitPlan, Retention)> {
+    fn plan(
+        &self,
+        now: f64,
+        warnings: &mut Vec<String>,
+    ) -> Result<(CommitPlan, Retention, Vec<PathBuf>)> {
         let entry = Path::new(&self.base);
         let mut retention = self.retention.clone();
         retention.record(Managed {
@@ -219,7 +239,7 @@ impl SaveJob {
             timestamp: now,
             traits: self.traits,
         });
-        let outcome = retention.sweep(&self.rules);
+        let outcome = retention.sweep_holding(&self.rules, &self.hold);
         let mut swept = Vec::new();
         for old in &outcome.delete {
             match deletable_base(old) {
@@ -243,6 +263,67 @@ impl SaveJob {
             state_before: self.state_before,
             state_after: state_for(entry, &retention),
         };
-        Ok((plan, retention))
+        Ok((plan, retention, outcome.released))
     }
+}
+
+/// Writes every file `source`'s manifest lists into the transaction,
+/// checking each one's CRC32C against the manifest as it is read.
+fn copy_files(transaction: &Transaction, source: &CopySource) -> Result<()> {
+    const CHUNK: u64 = 8 << 20;
+    let store = &*source.store;
+    for record in &source.manifest.files {
+        let suffix = std::str::from_utf8(record.suffix.as_bytes()).map_err(|_| {
+            Error::invalid(format!(
+                "'{}' has a file name that is not UTF-8; it is not copied",
+                store.shown(Path::new(&source.base)).display()
+            ))
+        })?;
+        let name = file_name(&source.base, suffix.as_bytes());
+        let shown = store.shown(&name);
+        let file = store
+            .open_read(&name)
+            .map_err(|err| Error::io_at("read", &shown, err))?
+            .ok_or_else(|| Error::Damaged {
+                prefix: store.shown(Path::new(&source.base)),
+                detail: format!("'{}' is missing", shown.display()),
+            })?;
+        if file.size() != record.size {
+            return Err(Error::Damaged {
+                prefix: store.shown(Path::new(&source.base)),
+                detail: format!(
+                    "'{}' has {} bytes where its manifest lists {}",
+                    shown.display(),
+                    file.size(),
+                    record.size
+                ),
+            });
+        }
+        let mut crc = 0u32;
+        transaction.write_file(suffix, record.size, |write| {
+            let mut buffer = vec![0u8; CHUNK.min(record.size) as usize];
+            let mut offset = 0u64;
+            while offset < record.size {
+                let chunk = &mut buffer[..CHUNK.min(record.size - offset) as usize];
+                file.read_exact_at(chunk, offset)?;
+                crc = crc32c::crc32c_append(crc, chunk);
+                write(chunk)?;
+                offset += chunk.len() as u64;
+            }
+            Ok(())
+        })?;
+        integrity::check_crc(
+            &store.shown(Path::new(&source.base)),
+            &shown,
+            crc,
+            record.crc32c,
+        )?;
+    }
+    if !source.manifest.tensors.is_empty() {
+        transaction.record_tensors(SavedTensors {
+            world_size: source.manifest.world_size.unwrap_or(1),
+            tensors: source.manifest.tensors.clone(),
+        });
+    }
+    Ok(())
 }

@@ -30,6 +30,9 @@ use crate::tensors::{DType, TensorBox, TensorRegistry};
 use background::{BackgroundSave, Finished};
 use coordination::Ranks;
 use save::Pending;
+use tiers::Tiers;
+
+pub use crate::transaction::tiers::RemoteStatus;
 
 mod background;
 mod coordination;
@@ -38,6 +41,7 @@ mod open;
 mod report;
 mod restore;
 mod save;
+mod tiers;
 
 /// The largest user metadata object a save records, as JSON.
 const MAX_METADATA_BYTES: usize = 1 << 20;
@@ -203,6 +207,8 @@ pub struct CheckpointManager {
     /// The buffer background saves copy the tensors into, kept between
     /// saves.
     snapshot: TensorSnapshot,
+    /// The remote tier's uploads, when the options name a remote.
+    tiers: Option<Tiers>,
     /// Held by writers for the manager's life; `None` when read-only.
     _lock: Option<DirectoryLock>,
 }
@@ -211,11 +217,15 @@ impl Drop for CheckpointManager {
     /// Waits for the background save in flight, holding the directory's
     /// lock until it ends. Its failure can no longer be returned: it is
     /// logged.
+    /// Then stops the uploads after the one in progress, before the lock
+    /// goes: what waits is listed for the next open.
     fn drop(&mut self) {
         self.collect(None);
         if let Some(err) = self.background_error.take() {
             self.warn(&format!("the last background save failed: {err}"));
         }
+        self.relay_upload_messages();
+        self.stop_uploads();
     }
 }
 

@@ -55,6 +55,7 @@ impl CheckpointManager {
             latest: None,
             save_counter: 0,
             tensors: TensorRegistry::default(),
+            tiers: None,
             _lock: None,
         };
         // Read first, so that a failing clock creates nothing on disk.
@@ -62,6 +63,7 @@ impl CheckpointManager {
         Ranks::of(&manager.config).take_directory(|| manager.take_directory())?;
         manager.load_state(now)?;
         manager.save_counter = manager.highest_known_number()?;
+        manager.start_tiers()?;
         Ok(manager)
     }
 

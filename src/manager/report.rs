@@ -126,7 +126,9 @@ impl CheckpointManager {
                 retention.record(retention.managed()[position].clone());
             }
         }
-        let SweepOutcome { delete, preserved } = retention.sweep(&self.rules());
+        let SweepOutcome {
+            delete, preserved, ..
+        } = retention.sweep_holding(&self.rules(), &self.upload_hold());
         let mut pruned = Pruned {
             preserved: preserved.iter().map(|e| self.full_path(e)).collect(),
             ..Pruned::default()

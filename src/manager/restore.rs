@@ -38,6 +38,7 @@ impl CheckpointManager {
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
         self.settle(true)?;
         self.finish_unfinished()?;
+        self.download_newer()?;
         let ranks = Ranks::of(&self.config);
         let mut retries = 0;
         loop {

@@ -67,6 +67,10 @@ impl CheckpointManager {
         if let (Err(_), Some(claim)) = (&saved, &claim) {
             self.restore_request(claim);
         }
+        let preempted = claim.is_some_and(|claim| claim.preemptions_seen < self.preemptions_seen);
+        if preempted && !background && matches!(saved, Ok(Some(_))) {
+            self.upload_before_preemption();
+        }
         saved
     }
 
@@ -196,7 +200,7 @@ impl CheckpointManager {
     /// Everything a save of `number` needs once it is decided: the job
     /// (the retention before it, what its manifest records) and what the
     /// manager records if it commits.
-    fn decided(
+    pub(super) fn decided(
         &self,
         number: u64,
         counter: u64,
@@ -231,6 +235,7 @@ impl CheckpointManager {
             annotations,
             retention: self.retention.clone(),
             rules: self.rules(),
+            hold: self.upload_hold(),
             state_before: self.state_crc,
         };
         let pending = Pending {
@@ -239,6 +244,7 @@ impl CheckpointManager {
             entry,
             saved_at: None,
             request,
+            upload: true,
         };
         Decided {
             prefix,
@@ -282,6 +288,9 @@ impl CheckpointManager {
                 self.save_counter = pending.counter;
                 self.last_checkpoint_step = pending.step;
                 self.last_save_time = Some(saved.saved_at);
+                if pending.upload {
+                    self.queue_upload(&pending.entry, &saved.released);
+                }
                 self.latest = Some(pending.entry);
                 self.retention = saved.retention;
                 self.state_crc = Some(saved.state_crc);
@@ -377,6 +386,9 @@ pub(super) struct Pending {
     /// A background save's time, read when it was called.
     pub(super) saved_at: Option<f64>,
     pub(super) request: Request,
+    /// Whether its commit queues an upload to the remote tier (not for a
+    /// checkpoint downloaded from there).
+    pub(super) upload: bool,
 }
 
 /// What every rank records of a save rank 0 decided.

@@ -23,6 +23,7 @@ mod record;
 mod recovery;
 mod rename;
 mod replace;
+pub(crate) mod tiers;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -353,6 +354,7 @@ impl Transaction {
         let name = self
             .strategy
             .write_target(&*self.store, &self.staging, &final_name, staged)?;
+        self.create_parents(&name)?;
         let mut file = self
             .store
             .create(&name)
@@ -387,6 +389,29 @@ impl Transaction {
     /// Records the tensors the built-in saver wrote, for the manifest.
     pub fn record_tensors(&self, tensors: SavedTensors) {
         *self.tensors.lock().unwrap() = Some(tensors);
+    }
+
+    /// Creates the directories on the way to `name` (a file inside a
+    /// `<prefix>/` directory) that are missing.
+    fn create_parents(&self, name: &Path) -> Result<()> {
+        let mut parent = PathBuf::new();
+        let components: Vec<_> = name.components().collect();
+        for component in &components[..components.len().saturating_sub(1)] {
+            parent.push(component);
+            let missing = self
+                .store
+                .kind(&parent)
+                .map_err(io_at("inspect", &*self.store, &parent))?
+                .is_none();
+            if missing {
+                self.store.create_dir(&parent).map_err(io_at(
+                    "create directory",
+                    &*self.store,
+                    &parent,
+                ))?;
+            }
+        }
+        Ok(())
     }
 
     /// Describes what the write phase left in staging: every regular file

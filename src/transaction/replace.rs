@@ -34,7 +34,7 @@ pub fn replace_state(store: &dyn Store, bytes: &[u8], state_before: Option<u32>)
 
 /// Writes `bytes` to a temporary name and syncs it, renames it over
 /// `target` (on failure the temporary file goes), and syncs the directory.
-fn replace_aside(store: &dyn Store, target: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn replace_aside(store: &dyn Store, target: &Path, bytes: &[u8]) -> Result<()> {
     let staged = layout::temporary_name(target);
     write_whole(store, &staged, bytes)?;
     let replaced = store

@@ -785,6 +785,51 @@ static void read_only_refuses_save_async(const char *dir) {
   gate_destroy(&w.gate);
 }
 
+/* ------------------------------------------------------------------------
+ * 11. remote_tier: saves are copied to a second directory with its own
+ * max_to_keep; wait_until_finished waits for the uploads; the status says
+ * what went up, and a failed call zeroes its out-parameters. */
+
+static void remote_tier(const char *dir) {
+  alarm(DEADLOCK_SECONDS);
+  fake_world world = {.now = 100.0};
+  char *local = join(dir, "local");
+  char *remote = join(dir, "remote");
+  ckpt_options *options = world_options(&world, local, 1);
+  CHECK_FAILS(CKPT_STATUS_INVALID_ARGUMENT, "remote directory",
+              ckpt_options_set_remote_max_to_keep(options, 3));
+  CHECK_OK(ckpt_options_set_remote_directory(options, remote));
+  CHECK_OK(ckpt_options_set_remote_max_to_keep(options, 3));
+  CHECK_OK(ckpt_options_set_remote_keep_checkpoint_every_n_hours(options, 0));
+  CHECK_OK(ckpt_options_set_local_max_held_for_upload(options, 0));
+  CHECK_OK(ckpt_options_set_remote_preemption_seconds(options, 5));
+  ckpt_manager *manager = open_manager(options);
+  for (int i = 0; i < 4; i++) {
+    world.now += 1.0;
+    free(save(manager));
+  }
+  CHECK_OK(ckpt_manager_wait_until_finished(manager, -1));
+  ckpt_remote_status status;
+  char *error = SENTINEL_STRING;
+  CHECK_OK(ckpt_manager_remote_status(manager, &status, &error));
+  CHECK(status.has_remote && status.has_uploaded && status.newest_uploaded == 4);
+  CHECK(status.pending == 0 && status.failures == 0 && error == NULL);
+  CHECK(!exists(remote, "ckpt-1.ckpt-manifest.json"));
+  CHECK(exists(remote, "ckpt-2.ckpt-manifest.json") && exists(remote, "ckpt-4.ckpt-manifest.json"));
+  CHECK(!exists(local, "ckpt-3.ckpt-manifest.json") && exists(local, "ckpt-4.ckpt-manifest.json"));
+
+  status.pending = 7;
+  error = SENTINEL_STRING;
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "manager", ckpt_manager_remote_status(NULL, &status, &error));
+  CHECK(!status.has_remote && status.pending == 0 && error == NULL);
+  CHECK_FAILS(CKPT_STATUS_NULL_ARGUMENT, "out_status", ckpt_manager_remote_status(manager, NULL, NULL));
+
+  ckpt_manager_free(manager);
+  ckpt_options_free(options);
+  free(local);
+  free(remote);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"save_async_with_and_without_args", save_async_with_and_without_args},
@@ -799,6 +844,7 @@ int main(int argc, char **argv) {
       {"background_callbacks_cannot_call_managers", background_callbacks_cannot_call_managers},
       {"prepare_runs_on_the_calling_thread", prepare_runs_on_the_calling_thread},
       {"read_only_refuses_save_async", read_only_refuses_save_async},
+      {"remote_tier", remote_tier},
   };
   return run_test_case(cases, sizeof cases / sizeof cases[0], argc, argv);
 }

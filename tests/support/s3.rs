@@ -78,6 +78,27 @@ impl MotoServer {
             .and_then(|listener| listener.local_addr())
             .map_err(|error| format!("no free port: {error}"))?
             .port();
+        Self::start_on_port(binary, port)
+    }
+
+    /// A new, empty server on the port of one that was stopped (moto keeps
+    /// nothing), as a remote that went down and came back.
+    pub fn start_again(port: u16) -> MotoServer {
+        let mut failures = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::start_on_port(&moto_server_binary(), port) {
+                Ok(server) => return server,
+                Err(failure) => failures.push(failure),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "moto_server did not start again:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn start_on_port(binary: &PathBuf, port: u16) -> Result<MotoServer, String> {
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("moto-{port}.log"));
         let log_file = std::fs::File::create(&log).map_err(|error| error.to_string())?;
         let mut command = Command::new(binary);
@@ -257,6 +278,22 @@ impl Bucket {
             let got = self.client.get(&key).await.unwrap();
             got.bytes().await.unwrap().to_vec()
         })
+    }
+
+    /// The keys of the bucket's incomplete multipart uploads, as the
+    /// server lists them (ListMultipartUploads; moto does not check
+    /// signatures).
+    pub fn incomplete_uploads(&self) -> Vec<String> {
+        let address = MotoServer::shared().address();
+        let (status, body) =
+            http_request(address, "GET", &format!("/{}?uploads", self.name), &[], &[])
+                .expect("ListMultipartUploads");
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .map(|rest| rest[..rest.find("</Key>").unwrap()].to_owned())
+            .collect()
     }
 
     pub fn put(&self, key: &str, bytes: Vec<u8>) {

@@ -8,6 +8,7 @@ when imported from the source tree.
 from ._manager import (
     CheckpointManager,
     CheckpointState,
+    RemoteStatus,
     checkpoint_exists,
     get_checkpoint_state,
     install_preemption_handler,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointManager",
     "CheckpointState",
+    "RemoteStatus",
     "checkpoint_exists",
     "get_checkpoint_state",
     "install_preemption_handler",

@@ -17,7 +17,7 @@ import threading
 import warnings
 import weakref
 
-from . import _communicator, _lib
+from . import _communicator, _lib, _prototypes
 from ._statuses import DTYPES, OK, REENTRANT_CALL
 from .errors import ERRORS_BY_STATUS, InvalidArgumentError, error_for_status
 
@@ -431,6 +431,19 @@ class CheckpointManager:
     directories ignore the options. (ckpt_options_set_storage_option in the
     header.)
 
+    Two tiers: `remote_directory` (a path or `s3://` URL) receives a copy of
+    every checkpoint committed to `directory`, uploaded in the background by
+    one thread and committed there with its own manifest and state file, so
+    it is a valid checkpoint directory on its own; save() returns after the
+    local commit. `remote_max_to_keep` and
+    `remote_keep_checkpoint_every_n_hours` are its own retention (default:
+    the local values); a checkpoint waiting for its upload is not deleted
+    locally unless `local_max_held_for_upload` (a count) forces it.
+    remote_status() reports the uploads; wait_until_finished() waits for
+    them too; restore_or_initialize() takes the newer tier, downloading into
+    `directory`. A save answering a preemption signal gives the uploads
+    `remote_preemption_seconds` (default 30). See docs/tiers.md.
+
     Close it with close() or a `with` block; garbage collection closes it too.
     """
 
@@ -441,7 +454,10 @@ class CheckpointManager:
                  partial_restore=False, delete_fn=None, log_fn=None, keep_best=None,
                  best_metric=None, best_mode="min", keep_period=None,
                  save_interval_seconds=None, prepare_fn=None, communicator=None,
-                 coordination_timeout=None, node_local=False, storage_options=None):
+                 coordination_timeout=None, node_local=False, storage_options=None,
+                 remote_directory=None, remote_max_to_keep=None,
+                 remote_keep_checkpoint_every_n_hours=None, local_max_held_for_upload=None,
+                 remote_preemption_seconds=None):
         self._handle = None
         self._communicator = None
         self._arrays = {}
@@ -515,6 +531,21 @@ class CheckpointManager:
                 _check(_lib.ckpt_options_set_node_local(options, True))
             for key, value in _storage_options(storage_options):
                 _check(_lib.ckpt_options_set_storage_option(options, key, value))
+            if remote_directory is not None:
+                _check(_lib.ckpt_options_set_remote_directory(
+                    options, _encode_path(remote_directory, "remote_directory")))
+            if remote_max_to_keep is not None:
+                _check(_lib.ckpt_options_set_remote_max_to_keep(
+                    options, _to_int(remote_max_to_keep, "remote_max_to_keep")))
+            if remote_keep_checkpoint_every_n_hours is not None:
+                _check(_lib.ckpt_options_set_remote_keep_checkpoint_every_n_hours(
+                    options, float(remote_keep_checkpoint_every_n_hours)))
+            if local_max_held_for_upload is not None:
+                _check(_lib.ckpt_options_set_local_max_held_for_upload(
+                    options, _to_int(local_max_held_for_upload, "local_max_held_for_upload")))
+            if remote_preemption_seconds is not None:
+                _check(_lib.ckpt_options_set_remote_preemption_seconds(
+                    options, float(remote_preemption_seconds)))
             keys = []
             for setter, cfunc in _trampolines(
                     self._pending, save_fn=save_fn, prepare_fn=prepare_fn,
@@ -645,11 +676,36 @@ class CheckpointManager:
                 self._raise_for(_lib.ckpt_manager_save_async(handle, args, ctypes.byref(out)))
         return _take_string(out.value)
 
+    def remote_status(self):
+        """The remote tier's uploads (None without a remote_directory): a
+        RemoteStatus with the newest checkpoint number in the remote (None
+        before the first), how many wait, failed attempts, checkpoints
+        deleted locally before their upload, and the last failure's message
+        (None once an upload succeeds)."""
+        status = _prototypes.ckpt_remote_status()
+        message = ctypes.c_void_p()
+        with self._call() as handle:
+            self._raise_for(_lib.ckpt_manager_remote_status(
+                handle, ctypes.byref(status), ctypes.byref(message)))
+        last_error = None
+        if message.value:
+            try:
+                last_error = ctypes.string_at(message.value).decode("utf-8", "replace")
+            finally:
+                _lib.ckpt_string_free(message.value)
+        if not status.has_remote:
+            return None
+        return RemoteStatus(
+            newest_uploaded=status.newest_uploaded if status.has_uploaded else None,
+            pending=status.pending, failures=status.failures, dropped=status.dropped,
+            last_error=last_error)
+
     def wait_until_finished(self, timeout=None):
         """Waits until the background save in flight, if any, has committed
-        or failed: raises its error if it failed (once), or
-        CheckpointTimeoutError if it still runs after `timeout` seconds (None
-        waits as long as it takes, 0 only checks)."""
+        or failed, and every upload to the remote tier is done: raises the
+        save's error if it failed (once), or CheckpointTimeoutError if it or
+        an upload still runs after `timeout` seconds (None waits as long as
+        it takes, 0 only checks)."""
         if timeout is None:
             seconds = -1.0  # the library's "as long as it takes"
         else:
@@ -944,6 +1000,16 @@ def _metadata_json(metadata):
 
 
 # ----------------------------------------------------- module functions
+
+@dataclasses.dataclass(frozen=True)
+class RemoteStatus:
+    """What CheckpointManager.remote_status() reports."""
+    newest_uploaded: object
+    pending: int
+    failures: int
+    dropped: int
+    last_error: object
+
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointState:

@@ -25,6 +25,17 @@ class ckpt_string_list(ctypes.Structure):
     ]
 
 
+class ckpt_remote_status(ctypes.Structure):
+    _fields_ = [
+        ('has_remote', ctypes.c_bool),
+        ('has_uploaded', ctypes.c_bool),
+        ('newest_uploaded', ctypes.c_uint64),
+        ('pending', ctypes.c_uint64),
+        ('failures', ctypes.c_uint64),
+        ('dropped', ctypes.c_uint64),
+    ]
+
+
 class ckpt_communicator(ctypes.Structure):
     _fields_ = [
         ('version', ctypes.c_uint32),
@@ -92,12 +103,18 @@ FUNCTIONS = (
     ('ckpt_manager_checkpoint_info', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p))),
     ('ckpt_manager_save_async', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p))),
     ('ckpt_manager_wait_until_finished', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
+    ('ckpt_manager_remote_status', ctypes.c_uint32, (ctypes.c_void_p, ctypes.POINTER(ckpt_remote_status), ctypes.POINTER(ctypes.c_void_p))),
     ('ckpt_options_new', ctypes.c_uint32, (ctypes.POINTER(ctypes.c_void_p),)),
     ('ckpt_options_free', None, (ctypes.c_void_p,)),
     ('ckpt_options_set_directory', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p)),
     ('ckpt_options_set_max_to_keep', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_int64)),
     ('ckpt_options_set_keep_all', ctypes.c_uint32, (ctypes.c_void_p,)),
     ('ckpt_options_set_keep_checkpoint_every_n_hours', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
+    ('ckpt_options_set_remote_directory', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p)),
+    ('ckpt_options_set_remote_max_to_keep', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_int64)),
+    ('ckpt_options_set_remote_keep_checkpoint_every_n_hours', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
+    ('ckpt_options_set_local_max_held_for_upload', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_int64)),
+    ('ckpt_options_set_remote_preemption_seconds', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
     ('ckpt_options_set_keep_best', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_size_t)),
     ('ckpt_options_set_keep_period', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_uint64)),
     ('ckpt_options_set_save_interval_seconds', ctypes.c_uint32, (ctypes.c_void_p, ctypes.c_double)),
