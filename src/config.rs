@@ -405,11 +405,6 @@ impl Config {
                 "max_to_keep is not set: choose a positive number or keep all",
             ));
         }
-        if self.remote.is_some() && self.communicator.is_some() {
-            return Err(Error::invalid(
-                "a remote directory is for one process: across ranks it is not supported yet",
-            ));
-        }
         if self.checkpoint_interval.is_some() && callbacks.step_counter.is_none() {
             return Err(Error::invalid(
                 "checkpoint_interval needs a step counter callback",

@@ -38,6 +38,10 @@ pub const RECORD_NAME: &str = "commit-record.json";
 pub const EARLY_SUFFIX: &str = ".ckpt-early";
 /// The suffix of the tensors file the built-in tensor saver writes.
 pub const TENSOR_FILE_SUFFIX: &str = ".safetensors";
+/// `<base><shard>.ckpt-part/`: in a remote tier, a node-local rank's pieces
+/// of checkpoint `<base>` (its files and, written last, its manifest) until
+/// rank 0 copies them into the remote's commit and removes them.
+pub const PART_SUFFIX: &str = ".ckpt-part";
 /// TensorFlow's index file, its mark of a checkpoint.
 pub const TENSORFLOW_INDEX_SUFFIX: &str = ".index";
 
@@ -64,6 +68,23 @@ pub fn staging_name(base: &OsStr) -> PathBuf {
 /// The base of a staging directory's name.
 pub fn staging_base(name: &[u8]) -> Option<&[u8]> {
     name.strip_suffix(STAGING_SUFFIX.as_bytes())
+}
+
+/// The directory of rank `shard`'s pieces of `<base>` in a remote tier.
+pub fn part_directory(base: &OsStr, shard: &OsStr) -> PathBuf {
+    file_name(base, &[shard.as_bytes(), PART_SUFFIX.as_bytes()].concat())
+}
+
+/// The base the pieces are named after inside their directory:
+/// `<base><shard>.ckpt-part/<base>` (so `<base><suffix>` and the manifest
+/// `<base>.ckpt-manifest.json` are inside it).
+pub fn part_base(base: &OsStr, shard: &OsStr) -> OsString {
+    part_directory(base, shard).join(base).into_os_string()
+}
+
+/// Whether a remote's entry is a directory of some rank's pieces.
+pub fn is_part_directory(name: &[u8]) -> bool {
+    name.ends_with(PART_SUFFIX.as_bytes())
 }
 
 pub fn record_name(base: &OsStr) -> PathBuf {

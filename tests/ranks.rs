@@ -625,3 +625,155 @@ fn read_only_ranks_retry_with_the_state_file_a_writer_changed() {
         assert!(restored.ends_with("model-3"), "{}", restored.display());
     }
 }
+
+/// Node-local ranks with a remote tier, `<root>/rank-R` and `<root>/remote`
+/// (`None`: no remote).
+fn open_tiered(root: &Path, communicator: Arc<ThreadCommunicator>, remote: bool) -> Rank {
+    let dir = root.join(format!("rank-{}", communicator.rank));
+    let remote = remote.then(|| root.join("remote"));
+    open_with(&dir, communicator, Arc::default(), |config| {
+        config.set_node_local(true);
+        config.set_remote_directory(remote.clone()).unwrap();
+        if remote.is_some() {
+            config.set_remote_max_to_keep(MaxToKeep::Last(2)).unwrap();
+        }
+    })
+    .unwrap()
+}
+
+/// Saves checkpoints `rounds` on every rank, each with its own values.
+fn save_rounds(rank: u32, me: &mut Rank, rounds: std::ops::RangeInclusive<u32>) {
+    for round in rounds {
+        me.weights.fill(value(rank, round));
+        me.manager.save(Some(u64::from(round)), false).unwrap();
+    }
+}
+
+/// Restores on every rank of `root` (tiered) and returns the names
+/// restored, after checking each rank's values of `round`.
+fn restore_tiered(root: &Path, round: u32) -> Vec<String> {
+    let root = root.to_path_buf();
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_tiered(&root, communicator, true);
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, round)),
+            "rank {rank}"
+        );
+        restored.file_name().unwrap().to_str().unwrap().to_owned()
+    })
+}
+
+/// Node-local ranks upload complete checkpoints: every rank's files and
+/// one manifest of them in the remote, committed by rank 0, the ranks'
+/// pieces removed; a rank whose directory is lost downloads its pieces
+/// while the others read locally, and every rank restores the same number
+/// and bytes. The remote alone restores, as a shared directory.
+#[test]
+fn node_local_ranks_upload_whole_checkpoints_and_a_lost_rank_takes_its_pieces_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_tiered(&root, communicator, true);
+        save_rounds(rank, &mut me, 1..=3);
+        me.manager.wait_until_finished(None).unwrap();
+        let status = me.manager.remote_status().unwrap();
+        assert_eq!((status.newest_uploaded, status.pending), (Some(3), 0));
+    });
+    let remote = dir.path().join("remote");
+    assert_eq!(listed(&remote), ["ckpt-2", "ckpt-3"]);
+    let mut expected = vec!["checkpoint".to_owned(), "checkpoint.lock".to_owned()];
+    for number in [2, 3] {
+        expected.push(format!("ckpt-{number}.ckpt-manifest.json"));
+        for rank in 0..SIZE {
+            for suffix in ["safetensors", "step"] {
+                expected.push(format!(
+                    "ckpt-{number}.rank-{rank:05}-of-{SIZE:05}.{suffix}"
+                ));
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(names(&remote), expected);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(remote.join("ckpt-3.ckpt-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["files"].as_array().unwrap().len(),
+        2 * SIZE as usize
+    );
+    assert_eq!(manifest["world_size"], SIZE);
+    let boxes = manifest["tensors"][0]["boxes"].as_array().unwrap();
+    let ranks: Vec<u64> = boxes.iter().map(|b| b["rank"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, [0, 1, 2, 3]);
+    let remote_shard = remote.join(format!("ckpt-3.rank-00002-of-{SIZE:05}.safetensors"));
+    let saved_shard = fs::read(&remote_shard).unwrap();
+
+    let lost = dir.path().join("rank-2");
+    fs::remove_dir_all(&lost).unwrap();
+    let before: Vec<Vec<u8>> = [0, 1, 3]
+        .iter()
+        .map(|rank| fs::read(dir.path().join(format!("rank-{rank}/checkpoint"))).unwrap())
+        .collect();
+    let restored = restore_tiered(dir.path(), 3);
+    assert!(restored.iter().all(|name| name == "ckpt-3"), "{restored:?}");
+    let refilled = lost.join(format!("ckpt-3.rank-00002-of-{SIZE:05}.safetensors"));
+    assert_eq!(fs::read(refilled).unwrap(), saved_shard);
+    assert_eq!(listed(&lost), ["ckpt-3"]);
+    let mut own_files = names(&lost);
+    own_files.retain(|name| name.starts_with("ckpt-"));
+    assert_eq!(
+        own_files,
+        [
+            "ckpt-3.ckpt-manifest.json".to_owned(),
+            format!("ckpt-3.rank-00002-of-{SIZE:05}.safetensors"),
+            format!("ckpt-3.rank-00002-of-{SIZE:05}.step"),
+        ]
+    );
+    // The others read locally: their state files are as they were.
+    for (rank, before) in [0, 1, 3].iter().zip(before) {
+        let after = fs::read(dir.path().join(format!("rank-{rank}/checkpoint"))).unwrap();
+        assert_eq!(after, before, "rank {rank}");
+    }
+
+    // The remote alone: a shared directory of 4 ranks' files.
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_with(&remote, communicator, Arc::default(), |config| {
+            config.set_read_only(true)
+        })
+        .unwrap();
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(restored.ends_with("ckpt-3"));
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 3)),
+            "rank {rank}"
+        );
+    });
+}
+
+/// A checkpoint that some rank lost and the remote never got is not
+/// restored: every rank agrees on the newest one each has locally or can
+/// take from the remote (rank 2 downloads it, the others read it locally).
+#[test]
+fn node_local_ranks_agree_on_the_newest_checkpoint_every_rank_can_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_tiered(&root, Arc::clone(&communicator), true);
+        save_rounds(rank, &mut me, 1..=3);
+        me.manager.wait_until_finished(None).unwrap();
+        drop(me);
+        // Checkpoint 4 is saved without the remote: it never gets there.
+        let mut me = open_tiered(&root, communicator, false);
+        save_rounds(rank, &mut me, 4..=4);
+    });
+    fs::remove_dir_all(dir.path().join("rank-2")).unwrap();
+    let restored = restore_tiered(dir.path(), 3);
+    assert!(restored.iter().all(|name| name == "ckpt-3"), "{restored:?}");
+    assert_eq!(listed(&dir.path().join("rank-2")), ["ckpt-3"]);
+    assert_eq!(listed(&dir.path().join("rank-1")), ["ckpt-3", "ckpt-4"]);
+}

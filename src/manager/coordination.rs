@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::integrity::{self, Integrity};
 use crate::layout::shard_infix;
-use crate::manifest::Verification;
+use crate::manifest::{Manifest, Verification};
 use crate::store::Store;
 use crate::transaction::{Sealed, Transaction};
 
@@ -174,6 +174,17 @@ fn lost(rank: u32, step: &str, err: CommError) -> Error {
     }
 }
 
+/// What a rank's upload thread does with the remote tier.
+pub(crate) enum UploadRole {
+    /// Copies its committed checkpoints to the remote and commits them
+    /// there, with the pieces the node-local ranks `others` (their shards)
+    /// left in the remote: one process, and rank 0.
+    Commit { others: Vec<OsString> },
+    /// Leaves its pieces (files named with `shard`) in the remote for
+    /// rank 0 to commit: a node-local rank other than 0.
+    Contribute { shard: OsString },
+}
+
 impl Ranks {
     /// The ranks of the configuration's communicator; one process without.
     pub fn of(config: &Config) -> Ranks {
@@ -313,6 +324,51 @@ impl Ranks {
         self.group
             .as_ref()
             .map_or(1, |group| group.communicator.size())
+    }
+
+    /// This rank's part in the remote tier's uploads: in a shared
+    /// directory rank 0's manifest lists every rank's files, so rank 0
+    /// uploads them all and the others nothing (`None`).
+    pub fn upload_role(&self) -> Option<UploadRole> {
+        let Some(group) = &self.group else {
+            return Some(UploadRole::Commit { others: Vec::new() });
+        };
+        let size = group.communicator.size();
+        match (group.node_local, self.is_root()) {
+            (false, true) => Some(UploadRole::Commit { others: Vec::new() }),
+            (false, false) => None,
+            (true, true) => Some(UploadRole::Commit {
+                others: (1..size)
+                    .map(|rank| shard_infix(rank, size).into())
+                    .collect(),
+            }),
+            (true, false) => Some(UploadRole::Contribute {
+                shard: self.shard(),
+            }),
+        }
+    }
+
+    /// What this rank downloads of a remote checkpoint `manifest` into its
+    /// directory: all of it for one process and for rank 0 of a shared
+    /// directory, nothing for the others (`None`: rank 0 downloads for
+    /// them), its own files and the tensor boxes they hold for a
+    /// node-local rank.
+    pub fn own_pieces(&self, manifest: &Manifest) -> Option<Manifest> {
+        let Some(group) = &self.group else {
+            return Some(manifest.clone());
+        };
+        if !group.node_local {
+            return self.is_root().then(|| manifest.clone());
+        }
+        let shard = self.shard();
+        let mine = |suffix: &[u8]| suffix.starts_with(shard.as_encoded_bytes());
+        let mut own = manifest.clone();
+        own.files.retain(|file| mine(file.suffix.as_bytes()));
+        for tensor in &mut own.tensors {
+            tensor.boxes.retain(|saved| mine(saved.file.as_bytes()));
+        }
+        own.tensors.retain(|tensor| !tensor.boxes.is_empty());
+        Some(own)
     }
 
     /// Refuses, on every rank, a save the ranks asked for differently.

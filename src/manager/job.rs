@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::config::{DeleteFn, SaveFn};
 use crate::error::{Error, Result};
 use crate::integrity;
 use crate::layout::{deletable_base, file_name, pending_marker_name, staging_name};
-use crate::manifest::{Annotations, Manifest};
+use crate::manifest::{Annotations, FileRecord, Manifest};
 use crate::policy::{Hold, Managed, Retention, Rules, Traits};
 use crate::sharding::{declarations, plan_writes};
 use crate::store::Store;
@@ -40,6 +41,21 @@ pub(crate) struct CopySource {
     pub store: Arc<dyn Store>,
     pub base: OsString,
     pub manifest: Manifest,
+    /// The other node-local ranks' pieces of the same save, which they
+    /// left in the remote (an upload across ranks): copied in too.
+    pub others: Vec<CopySource>,
+}
+
+impl CopySource {
+    /// A checkpoint of one source (one process, or one rank's pieces).
+    pub fn single(store: Arc<dyn Store>, base: OsString, manifest: Manifest) -> CopySource {
+        CopySource {
+            store,
+            base,
+            manifest,
+            others: Vec::new(),
+        }
+    }
 }
 
 /// The decisions a save's commit needs, made on the calling thread.
@@ -267,63 +283,92 @@ impl SaveJob {
     }
 }
 
-/// Writes every file `source`'s manifest lists into the transaction,
-/// checking each one's CRC32C against the manifest as it is read.
+/// Writes every file `source`'s manifest lists (and its `others`') into
+/// the transaction, checking each one's CRC32C against the manifest as it
+/// is read; the tensor table is every source's.
 fn copy_files(transaction: &Transaction, source: &CopySource) -> Result<()> {
-    const CHUNK: u64 = 8 << 20;
-    let store = &*source.store;
-    for record in &source.manifest.files {
-        let suffix = std::str::from_utf8(record.suffix.as_bytes()).map_err(|_| {
-            Error::invalid(format!(
-                "'{}' has a file name that is not UTF-8; it is not copied",
-                store.shown(Path::new(&source.base)).display()
-            ))
-        })?;
-        let name = file_name(&source.base, suffix.as_bytes());
-        let shown = store.shown(&name);
-        let file = store
-            .open_read(&name)
-            .map_err(|err| Error::io_at("read", &shown, err))?
-            .ok_or_else(|| Error::Damaged {
-                prefix: store.shown(Path::new(&source.base)),
-                detail: format!("'{}' is missing", shown.display()),
+    let mut tensors = SavedTensors {
+        world_size: source.manifest.world_size.unwrap_or(1),
+        tensors: Vec::new(),
+    };
+    for part in std::iter::once(source).chain(&source.others) {
+        for record in &part.manifest.files {
+            copy_file(part, record, &mut |suffix, size, stream| {
+                transaction.write_file(suffix, size, stream)
             })?;
-        if file.size() != record.size {
-            return Err(Error::Damaged {
-                prefix: store.shown(Path::new(&source.base)),
-                detail: format!(
-                    "'{}' has {} bytes where its manifest lists {}",
-                    shown.display(),
-                    file.size(),
-                    record.size
-                ),
-            });
         }
-        let mut crc = 0u32;
-        transaction.write_file(suffix, record.size, |write| {
-            let mut buffer = vec![0u8; CHUNK.min(record.size) as usize];
-            let mut offset = 0u64;
-            while offset < record.size {
-                let chunk = &mut buffer[..CHUNK.min(record.size - offset) as usize];
-                file.read_exact_at(chunk, offset)?;
-                crc = crc32c::crc32c_append(crc, chunk);
-                write(chunk)?;
-                offset += chunk.len() as u64;
-            }
-            Ok(())
-        })?;
-        integrity::check_crc(
-            &store.shown(Path::new(&source.base)),
-            &shown,
-            crc,
-            record.crc32c,
-        )?;
-    }
-    if !source.manifest.tensors.is_empty() {
-        transaction.record_tensors(SavedTensors {
-            world_size: source.manifest.world_size.unwrap_or(1),
-            tensors: source.manifest.tensors.clone(),
+        tensors.merge(SavedTensors {
+            world_size: tensors.world_size,
+            tensors: part.manifest.tensors.clone(),
         });
     }
+    if !tensors.tensors.is_empty() {
+        transaction.record_tensors(tensors);
+    }
     Ok(())
+}
+
+/// Where `copy_file` writes a file: its suffix, its size and the stream of
+/// its bytes.
+pub(crate) type CopySink<'a> = dyn FnMut(
+        &str,
+        u64,
+        &mut dyn FnMut(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
+    ) -> Result<()>
+    + 'a;
+
+/// Copies the file `record` of `source` through `sink`, its size checked
+/// before and its CRC32C after.
+pub(crate) fn copy_file(
+    source: &CopySource,
+    record: &FileRecord,
+    sink: &mut CopySink,
+) -> Result<()> {
+    const CHUNK: u64 = 8 << 20;
+    let store = &*source.store;
+    let suffix = std::str::from_utf8(record.suffix.as_bytes()).map_err(|_| {
+        Error::invalid(format!(
+            "'{}' has a file name that is not UTF-8; it is not copied",
+            store.shown(Path::new(&source.base)).display()
+        ))
+    })?;
+    let name = file_name(&source.base, suffix.as_bytes());
+    let shown = store.shown(&name);
+    let file = store
+        .open_read(&name)
+        .map_err(|err| Error::io_at("read", &shown, err))?
+        .ok_or_else(|| Error::Damaged {
+            prefix: store.shown(Path::new(&source.base)),
+            detail: format!("'{}' is missing", shown.display()),
+        })?;
+    if file.size() != record.size {
+        return Err(Error::Damaged {
+            prefix: store.shown(Path::new(&source.base)),
+            detail: format!(
+                "'{}' has {} bytes where its manifest lists {}",
+                shown.display(),
+                file.size(),
+                record.size
+            ),
+        });
+    }
+    let mut crc = 0u32;
+    sink(suffix, record.size, &mut |write| {
+        let mut buffer = vec![0u8; CHUNK.min(record.size) as usize];
+        let mut offset = 0u64;
+        while offset < record.size {
+            let chunk = &mut buffer[..CHUNK.min(record.size - offset) as usize];
+            file.read_exact_at(chunk, offset)?;
+            crc = crc32c::crc32c_append(crc, chunk);
+            write(chunk)?;
+            offset += chunk.len() as u64;
+        }
+        Ok(())
+    })?;
+    integrity::check_crc(
+        &store.shown(Path::new(&source.base)),
+        &shown,
+        crc,
+        record.crc32c,
+    )
 }

@@ -38,11 +38,11 @@ impl CheckpointManager {
     pub fn restore_or_initialize(&mut self) -> Result<Option<PathBuf>> {
         self.settle(true)?;
         self.finish_unfinished()?;
-        self.download_newer()?;
+        let newest_everywhere = self.download_newer()?;
         let ranks = Ranks::of(&self.config);
         let mut retries = 0;
         loop {
-            let restored = self.restore_once(&ranks);
+            let restored = self.restore_once(&ranks, newest_everywhere);
             let may_retry = self.config.read_only
                 && retries < READER_RETRIES
                 && matches!(&restored, Err(err) if !matches!(err, Error::Coordination { .. }));
@@ -63,13 +63,31 @@ impl CheckpointManager {
         Ok(read_state(&*self.store)?.map(|file| file.crc32c) != self.state_crc)
     }
 
-    fn restore_once(&mut self, ranks: &Ranks) -> Result<Option<PathBuf>> {
+    /// `newest_everywhere`: with a remote tier, the newest checkpoint every
+    /// rank has locally or downloaded; nothing newer is tried.
+    fn restore_once(
+        &mut self,
+        ranks: &Ranks,
+        newest_everywhere: Option<u64>,
+    ) -> Result<Option<PathBuf>> {
         let listed = ranks.is_root().then(|| self.restore_candidates());
-        let candidates: Vec<PathBuf> = ranks
+        let mut candidates: Vec<PathBuf> = ranks
             .share(listed, "listing")?
             .into_iter()
             .map(|candidate| candidate.path(&self.config.directory))
             .collect();
+        if let Some(newest) = newest_everywhere {
+            let (newer, kept): (Vec<PathBuf>, Vec<PathBuf>) = candidates
+                .into_iter()
+                .partition(|c| paths::trailing_number(c).is_some_and(|number| number > newest));
+            candidates = kept;
+            for skipped in newer.iter().filter(|_| ranks.is_root()) {
+                self.warn(&format!(
+                    "not restoring '{}': some rank lacks its files and the remote has no copy",
+                    skipped.display()
+                ));
+            }
+        }
         let Some(latest) = candidates.first().cloned() else {
             let initialized = match self.callbacks.init.as_mut() {
                 Some(init) => init().map_err(Error::callback("init")),

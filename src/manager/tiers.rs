@@ -3,32 +3,44 @@
 //! directory, where a manager of its own commits it with that store's
 //! commit, manifest, state file and retention. A restore takes the newer
 //! of the two tiers, downloading into the local directory.
+//!
+//! Across node-local ranks each rank's upload thread leaves its pieces of
+//! a checkpoint in the remote (`<base><shard>.ckpt-part/`), and rank 0's
+//! commits the checkpoint there once every rank's pieces of that save are
+//! present, found by reading them: no upload thread takes part in a
+//! collective. A restore agrees on one number across ranks, and a rank
+//! missing it locally downloads its pieces (see docs/tiers.md).
 
 use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::coordination::Ranks;
-use super::job::{CopySource, JobCallbacks, Tensors};
+use super::coordination::{Ranks, UploadRole};
+use super::job::{copy_file, CopySource, JobCallbacks, Tensors};
 use super::save::{Decided, Request};
 use super::CheckpointManager;
 use crate::config::{Callbacks, LogLevel};
 use crate::error::{Error, Result};
 use crate::integrity;
-use crate::layout::deletable_base;
+use crate::layout::{
+    deletable_base, file_name, is_part_directory, manifest_name, part_base, part_directory,
+};
+use crate::manifest::{ByteString, Manifest, Verification};
 use crate::paths;
 use crate::policy::{Hold, Managed, Retention};
 use crate::state_file::read_state;
 use crate::store::{self, Store};
 use crate::transaction::tiers::{RemoteStatus, TierCopy, Uploads};
+use crate::transaction::{create_parents, replace_aside};
 
 /// A manager's remote tier: the upload queue and the remote's store, read
 /// by restores.
 pub(super) struct Tiers {
     uploads: Uploads,
     remote_store: Arc<dyn Store>,
-    remote_directory: PathBuf,
     /// The local bound on checkpoints held for their upload.
     local_max_held: Option<usize>,
 }
@@ -44,6 +56,9 @@ impl CheckpointManager {
         if self.config.read_only {
             return Ok(());
         }
+        let Some(role) = Ranks::of(&self.config).upload_role() else {
+            return Ok(());
+        };
         let remote_store = store::open(&remote_config.directory, &remote_config.storage_options)?;
         let local: Vec<(OsString, u64)> = self
             .retention
@@ -51,17 +66,27 @@ impl CheckpointManager {
             .iter()
             .filter_map(|m| Some((deletable_base(&m.entry)?.to_owned(), m.traits.number?)))
             .collect();
-        let copier = RemoteCopier {
-            local: Arc::clone(&self.store),
-            config: remote_config.clone(),
-            remote: None,
-            messages: Arc::default(),
+        let copier: Box<dyn TierCopy> = match role {
+            UploadRole::Commit { others } => Box::new(RemoteCopier {
+                local: Arc::clone(&self.store),
+                config: remote_config.clone(),
+                remote: None,
+                messages: Arc::default(),
+                others,
+                waiting_for: None,
+            }),
+            UploadRole::Contribute { shard } => Box::new(PieceUploader {
+                local: Arc::clone(&self.store),
+                remote: Arc::clone(&remote_store),
+                remote_is_local: remote_config.is_local(),
+                remote_directory: remote_config.directory.clone(),
+                shard,
+            }),
         };
-        let uploads = Uploads::start(Arc::clone(&self.store), local, Box::new(copier))?;
+        let uploads = Uploads::start(Arc::clone(&self.store), local, copier)?;
         self.tiers = Some(Tiers {
             uploads,
             remote_store,
-            remote_directory: remote_config.directory,
             local_max_held: self
                 .config
                 .remote
@@ -208,91 +233,185 @@ impl CheckpointManager {
         self.apply(pending, report)
     }
 
-    /// Before a restore: when the remote holds a checkpoint newer than the
-    /// newest local one, the newest of those that copies intact is
-    /// downloaded and committed locally, so the restore (and the next
-    /// restart) reads it locally. A remote that cannot be read is a warning.
-    pub(super) fn download_newer(&mut self) -> Result<()> {
-        let Some(tiers) = &self.tiers else {
-            return Ok(());
+    /// Before a restore: the ranks agree on the newest checkpoint every
+    /// rank has locally (its files present at their sizes) or can take
+    /// from the remote, and the ranks that lack it locally download their
+    /// pieces of it and commit them locally, so the restore (and the next
+    /// restart) reads it locally. A failed download tries the next older
+    /// one. Returns that number: the restore tries nothing newer. A remote
+    /// that cannot be read is a warning (rank 0's), and the local
+    /// directories are restored.
+    pub(super) fn download_newer(&mut self) -> Result<Option<u64>> {
+        let Some(remote_config) = self.config.remote_config() else {
+            return Ok(None);
         };
-        let (remote_store, remote_directory) = (
-            Arc::clone(&tiers.remote_store),
-            tiers.remote_directory.clone(),
-        );
-        let local_newest = self.latest.as_deref().and_then(paths::trailing_number);
-        let state = match read_state(&*remote_store) {
-            Ok(Some(file)) => file.state,
-            Ok(None) => return Ok(()),
-            Err(err) => {
-                self.warn(&format!(
-                    "restoring from the local directory only: the remote cannot be read ({err})"
-                ));
-                return Ok(());
-            }
-        };
-        let entry =
-            |bytes: &[u8]| paths::state_entry(&remote_directory, &paths::path_from_bytes(bytes));
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        let listed = state.all_model_checkpoint_paths.iter().rev();
-        for bytes in std::iter::once(&state.model_checkpoint_path).chain(listed) {
-            let entry = entry(bytes);
-            let newer = paths::trailing_number(&entry)
-                .is_some_and(|number| local_newest.is_none_or(|local| number > local));
-            if newer && !candidates.contains(&entry) {
-                candidates.push(entry);
-            }
+        if self.config.read_only {
+            return Ok(None);
         }
-        for entry in candidates {
-            let Some(base) = deletable_base(&entry).map(OsStr::to_owned) else {
+        let ranks = Ranks::of(&self.config);
+        let present = self.present_numbers(&ranks);
+        let everywhere = ranks.gather_all(&present, "listing the ranks' checkpoints")?;
+        let remote_store = match &self.tiers {
+            Some(tiers) => Ok(Arc::clone(&tiers.remote_store)),
+            None => store::open(&remote_config.directory, &remote_config.storage_options),
+        };
+        let listing = ranks
+            .is_root()
+            .then(|| Ok(self.remote_listing(remote_store.as_ref().ok())));
+        let remote: Vec<(u64, ByteString)> = ranks.share(listing, "reading the remote")?;
+        let mut numbers: Vec<u64> = everywhere
+            .iter()
+            .flatten()
+            .copied()
+            .chain(remote.iter().map(|(number, _)| *number))
+            .collect();
+        numbers.sort_unstable_by(|a, b| b.cmp(a));
+        numbers.dedup();
+        for number in numbers {
+            let in_remote = remote.iter().find(|(n, _)| *n == number);
+            if everywhere.iter().all(|local| local.contains(&number)) {
+                return Ok(Some(number));
+            }
+            let Some((_, base)) = in_remote else {
+                // Some rank lacks it and the remote has no copy.
                 continue;
             };
-            match self.download(&remote_store, &base) {
-                Ok(()) => {
-                    self.log(
-                        LogLevel::Info,
-                        &format!(
-                            "downloaded '{}', newer than the local checkpoints",
-                            remote_store.shown(Path::new(&base)).display()
-                        ),
-                    );
-                    return Ok(());
+            let base = OsStr::from_bytes(base.as_bytes()).to_owned();
+            let downloaded = match (&remote_store, present.contains(&number)) {
+                (_, true) => Ok(false),
+                (Ok(remote_store), false) => self.download(remote_store, &base, &ranks),
+                (Err(err), false) => Err(Error::io(
+                    "open the remote",
+                    std::io::Error::other(err.to_string()),
+                )),
+            };
+            let mine = downloaded.as_ref().ok().copied();
+            match ranks.agree(downloaded, "downloading from the remote") {
+                Ok(_) => {
+                    if mine == Some(true) {
+                        let shown = remote_store.as_ref().map(|s| s.shown(Path::new(&base)));
+                        let shown = shown.unwrap_or_else(|_| PathBuf::from(&base));
+                        self.log(
+                            LogLevel::Info,
+                            &format!("downloaded '{}' from the remote", shown.display()),
+                        );
+                    } else if ranks.share_one_directory() && !ranks.is_root() {
+                        // Rank 0 may have downloaded into the shared directory.
+                        self.reload()?;
+                    }
+                    return Ok(Some(number));
                 }
+                Err(err @ Error::Coordination { .. }) => return Err(err),
                 Err(err) => self.warn(&format!(
-                    "could not download '{}' ({err}); trying an older one",
-                    remote_store.shown(Path::new(&base)).display()
+                    "could not download '{}' from the remote ({err}); trying an older one",
+                    Path::new(&base).display()
                 )),
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn download(&mut self, remote_store: &Arc<dyn Store>, base: &OsStr) -> Result<()> {
+    /// The numbers of the checkpoints this rank's directory lists whose
+    /// files (this rank's) are all there at their sizes.
+    fn present_numbers(&self, ranks: &Ranks) -> Vec<u64> {
+        let listed = self
+            .latest
+            .iter()
+            .chain(self.retention.managed().iter().map(|m| &m.entry));
+        let mut numbers: Vec<u64> = listed
+            .filter(|entry| {
+                deletable_base(entry).is_some_and(|base| {
+                    ranks
+                        .check_own_files(&*self.store, base, Verification::Sizes, None, &[])
+                        .is_ok()
+                })
+            })
+            .filter_map(|entry| paths::trailing_number(entry))
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        numbers
+    }
+
+    /// Rank 0's reading of the remote's state file: its checkpoints'
+    /// numbers and bases, newest first; none (with a warning) when it
+    /// cannot be read.
+    fn remote_listing(&mut self, remote_store: Option<&Arc<dyn Store>>) -> Vec<(u64, ByteString)> {
+        let state = match remote_store.map(|store| read_state(&**store)) {
+            Some(Ok(Some(file))) => file.state,
+            Some(Ok(None)) => return Vec::new(),
+            Some(Err(err)) => {
+                self.warn(&format!(
+                    "restoring from the local directory only: the remote cannot be read ({err})"
+                ));
+                return Vec::new();
+            }
+            None => {
+                self.warn("restoring from the local directory only: the remote cannot be opened");
+                return Vec::new();
+            }
+        };
+        let mut listing: Vec<(u64, ByteString)> = Vec::new();
+        let listed = state.all_model_checkpoint_paths.iter().rev();
+        for bytes in std::iter::once(&state.model_checkpoint_path).chain(listed) {
+            let entry = paths::path_from_bytes(bytes);
+            let (Some(number), Some(base)) =
+                (paths::trailing_number(&entry), deletable_base(&entry))
+            else {
+                continue;
+            };
+            if !listing.iter().any(|(known, _)| *known == number) {
+                listing.push((number, ByteString::from_bytes(base.as_bytes())));
+            }
+        }
+        listing
+    }
+
+    /// Downloads this rank's pieces of the remote checkpoint `base` and
+    /// commits them locally; whether this rank had any to download.
+    fn download(
+        &mut self,
+        remote_store: &Arc<dyn Store>,
+        base: &OsStr,
+        ranks: &Ranks,
+    ) -> Result<bool> {
         let manifest =
             integrity::read_manifest(&**remote_store, base)?.ok_or_else(|| Error::Damaged {
                 prefix: remote_store.shown(Path::new(base)),
                 detail: "it has no manifest".into(),
             })?;
+        let Some(manifest) = ranks.own_pieces(&manifest) else {
+            return Ok(false);
+        };
+        if manifest.files.is_empty() {
+            return Err(Error::Damaged {
+                prefix: remote_store.shown(Path::new(base)),
+                detail: format!("it has no file of rank {}", ranks.rank()),
+            });
+        }
         let saved_at = match manifest.saved_at {
             Some(saved_at) => saved_at,
             None => self.now()?,
         };
-        let source = CopySource {
-            store: Arc::clone(remote_store),
-            base: base.to_owned(),
-            manifest,
-        };
-        self.commit_copy(&source, saved_at, false)
+        let source = CopySource::single(Arc::clone(remote_store), base.to_owned(), manifest);
+        self.commit_copy(&source, saved_at, false)?;
+        Ok(true)
     }
 }
 
-/// The upload thread's side: the remote's own manager, opened on it.
+/// The upload thread's side of one process and of rank 0: the remote's
+/// own manager, opened on it.
 struct RemoteCopier {
     local: Arc<dyn Store>,
     config: crate::config::Config,
     remote: Option<CheckpointManager>,
     /// The remote manager's log lines.
     messages: Arc<Mutex<Vec<String>>>,
+    /// The shards of the node-local ranks whose pieces each checkpoint
+    /// waits for in the remote.
+    others: Vec<OsString>,
+    /// The checkpoint last reported as waiting for pieces (reported once).
+    waiting_for: Option<OsString>,
 }
 
 impl RemoteCopier {
@@ -323,12 +442,87 @@ impl RemoteCopier {
                 prefix: self.local.shown(Path::new(base)),
                 detail: "it has no manifest".into(),
             })?;
-        Ok(CopySource {
-            store: Arc::clone(&self.local),
-            base: base.to_owned(),
+        Ok(CopySource::single(
+            Arc::clone(&self.local),
+            base.to_owned(),
             manifest,
+        ))
+    }
+
+    /// The other ranks' pieces of the save `own` in the remote, or the
+    /// shards whose pieces are not there yet (or are of another save of
+    /// the same number: their time differs).
+    fn pieces(&mut self, base: &OsStr, own: &Manifest) -> Result<PiecesFound> {
+        if self.others.is_empty() {
+            return Ok(PiecesFound::All(Vec::new()));
+        }
+        let store = Arc::clone(&self.remote(&mut Vec::new())?.store);
+        let (mut found, mut missing) = (Vec::new(), Vec::new());
+        for shard in &self.others {
+            let part = part_base(base, shard);
+            let manifest = integrity::read_manifest(&*store, &part).ok().flatten();
+            match manifest {
+                Some(manifest)
+                    if manifest.number == own.number && manifest.saved_at == own.saved_at =>
+                {
+                    found.push(CopySource::single(Arc::clone(&store), part, manifest));
+                }
+                _ => missing.push(shard.clone()),
+            }
+        }
+        Ok(match missing.is_empty() {
+            true => PiecesFound::All(found),
+            false => PiecesFound::Missing(missing),
         })
     }
+
+    /// Whether every rank's pieces of `base` are in the remote.
+    fn complete(&mut self, base: &OsStr) -> Result<bool> {
+        let own = self.source(base)?;
+        Ok(matches!(
+            self.pieces(base, &own.manifest)?,
+            PiecesFound::All(_)
+        ))
+    }
+
+    /// Removes the ranks' pieces of the checkpoints up to `number` from the
+    /// remote: copied, or of saves the remote will never commit.
+    fn remove_pieces_up_to(&mut self, number: u64, log: &mut Vec<String>) {
+        if self.others.is_empty() {
+            return;
+        }
+        let name = self.config.checkpoint_name.clone();
+        let Some(remote) = self.remote.as_ref() else {
+            return;
+        };
+        let store = Arc::clone(&remote.store);
+        let entries = match store::list_root(&*store) {
+            Ok(entries) => entries,
+            Err(err) => {
+                log.push(format!("could not list the remote's pieces: {err}"));
+                return;
+            }
+        };
+        for entry in entries {
+            let done = is_part_directory(entry.name.as_bytes())
+                && paths::own_checkpoint_number(&entry.name, &name).is_some_and(|n| n <= number);
+            if done {
+                if let Err(err) = store.remove_staging(Path::new(&entry.name)) {
+                    log.push(format!(
+                        "could not remove '{}': {err}",
+                        store.shown(Path::new(&entry.name)).display()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The other ranks' pieces of a checkpoint in the remote.
+enum PiecesFound {
+    All(Vec<CopySource>),
+    /// The shards whose pieces are not there yet.
+    Missing(Vec<OsString>),
 }
 
 impl TierCopy for RemoteCopier {
@@ -337,7 +531,17 @@ impl TierCopy for RemoteCopier {
         Ok(remote.latest.as_deref().and_then(paths::trailing_number))
     }
 
+    /// The remote's retention, and across ranks: a checkpoint whose pieces
+    /// are not all there is skipped once a newer one's are (the ranks
+    /// upload in commit order: they dropped or skipped its pieces).
     fn wanted(&mut self, queue: &[OsString], index: usize) -> Result<bool> {
+        if !self.others.is_empty() && !self.complete(&queue[index])? {
+            for newer in &queue[index + 1..] {
+                if self.complete(newer)? {
+                    return Ok(false);
+                }
+            }
+        }
         let sources: Vec<Option<CopySource>> =
             queue.iter().map(|base| self.source(base).ok()).collect();
         let mut log = Vec::new();
@@ -357,8 +561,34 @@ impl TierCopy for RemoteCopier {
         Ok(!outcome.delete.contains(&PathBuf::from(&queue[index])))
     }
 
+    fn ready(&mut self, base: &OsStr, log: &mut Vec<String>) -> Result<bool> {
+        let own = self.source(base)?;
+        let PiecesFound::Missing(missing) = self.pieces(base, &own.manifest)? else {
+            return Ok(true);
+        };
+        if self.waiting_for.as_deref() != Some(base) {
+            let shards: Vec<String> = missing
+                .iter()
+                .map(|shard| shard.to_string_lossy().into_owned())
+                .collect();
+            log.push(format!(
+                "'{}' waits for the pieces of ranks {} in the remote",
+                Path::new(base).display(),
+                shards.join(", ")
+            ));
+            self.waiting_for = Some(base.to_owned());
+        }
+        Ok(false)
+    }
+
     fn copy(&mut self, base: &OsStr, log: &mut Vec<String>) -> Result<u64> {
-        let source = self.source(base)?;
+        let mut source = self.source(base)?;
+        source.others = match self.pieces(base, &source.manifest)? {
+            PiecesFound::All(others) => others,
+            PiecesFound::Missing(_) => {
+                return Err(Error::invalid("another rank's pieces went from the remote"))
+            }
+        };
         let saved_at = source.manifest.saved_at;
         let remote = self.remote(log)?;
         let copied = match saved_at {
@@ -369,7 +599,94 @@ impl TierCopy for RemoteCopier {
         self.drain(log);
         if copied.is_err() {
             self.remote = None;
+        } else {
+            self.remove_pieces_up_to(source.manifest.number, log);
         }
         copied.map(|()| source.manifest.number)
+    }
+}
+
+/// The upload thread's side of a node-local rank other than 0: it leaves
+/// its pieces of each checkpoint in the remote for rank 0 to commit. It
+/// never writes the remote's state or manifests (rank 0 is its writer).
+struct PieceUploader {
+    local: Arc<dyn Store>,
+    remote: Arc<dyn Store>,
+    remote_is_local: bool,
+    remote_directory: PathBuf,
+    shard: OsString,
+}
+
+impl PieceUploader {
+    /// The number of the remote's newest committed checkpoint.
+    fn remote_newest(&self) -> Result<Option<u64>> {
+        Ok(read_state(&*self.remote)?.and_then(|file| {
+            paths::trailing_number(&paths::path_from_bytes(&file.state.model_checkpoint_path))
+        }))
+    }
+}
+
+impl TierCopy for PieceUploader {
+    fn connect(&mut self, _log: &mut Vec<String>) -> Result<Option<u64>> {
+        self.remote_newest()
+    }
+
+    /// Not once rank 0 committed this number or a newer one remotely: it
+    /// will not ask for these pieces.
+    fn wanted(&mut self, queue: &[OsString], index: usize) -> Result<bool> {
+        let number = paths::trailing_number(Path::new(&queue[index]));
+        Ok(match (number, self.remote_newest()?) {
+            (Some(number), Some(newest)) => number > newest,
+            _ => true,
+        })
+    }
+
+    /// Replaces this rank's pieces of `base` in the remote: its files, each
+    /// checked against its local manifest as it is read, then (synced)
+    /// that manifest, which rank 0 waits for.
+    fn copy(&mut self, base: &OsStr, _log: &mut Vec<String>) -> Result<u64> {
+        let manifest =
+            integrity::read_manifest(&*self.local, base)?.ok_or_else(|| Error::Damaged {
+                prefix: self.local.shown(Path::new(base)),
+                detail: "it has no manifest".into(),
+            })?;
+        let source = CopySource::single(Arc::clone(&self.local), base.to_owned(), manifest);
+        let store = &*self.remote;
+        let directory = part_directory(base, &self.shard);
+        let part = part_base(base, &self.shard);
+        let io_at = |action: &'static str, name: &Path| {
+            let shown = store.shown(name);
+            move |err| Error::io_at(action, &shown, err)
+        };
+        if self.remote_is_local {
+            crate::store::create_directory(&self.remote_directory)?;
+        }
+        // An earlier attempt's (or save's) pieces go first: rank 0 never
+        // finds a manifest beside other bytes.
+        store
+            .remove_staging(&directory)
+            .map_err(io_at("remove", &directory))?;
+        let mut written = Vec::new();
+        for record in &source.manifest.files {
+            copy_file(&source, record, &mut |suffix, size, stream| {
+                let name = file_name(&part, suffix.as_bytes());
+                create_parents(store, &name)?;
+                let mut file = store.create(&name).map_err(io_at("create", &name))?;
+                file.expect_size(size);
+                stream(&mut |bytes| file.write_all(bytes))
+                    .and_then(|()| file.finish())
+                    .map_err(io_at("write", &name))?;
+                written.push(name);
+                Ok(())
+            })?;
+        }
+        store
+            .sync_files(&written)
+            .map_err(io_at("sync", &directory))?;
+        replace_aside(store, &manifest_name(&part), &source.manifest.to_json())?;
+        store
+            .sync_directories(&[directory.clone()])
+            .map_err(io_at("sync", &directory))?;
+        Ok(source.manifest.number)
     }
 }

@@ -43,6 +43,7 @@ use crate::store::{self, Kind, Store};
 
 pub(crate) use crate::layout::staging_name;
 pub use recovery::{plan_recovery, recover, run_recovery_step, RecoveryAction};
+pub(crate) use replace::replace_aside;
 pub use replace::{replace_manifest, replace_state};
 
 /// How a commit gets the files of a save to their final names: one per
@@ -141,7 +142,7 @@ pub struct SavedTensors {
 
 impl SavedTensors {
     /// Adds another rank's records: its boxes of tensors of the same name.
-    fn merge(&mut self, other: SavedTensors) {
+    pub(crate) fn merge(&mut self, other: SavedTensors) {
         let mut known: HashMap<String, usize> = self
             .tensors
             .iter()
@@ -391,27 +392,8 @@ impl Transaction {
         *self.tensors.lock().unwrap() = Some(tensors);
     }
 
-    /// Creates the directories on the way to `name` (a file inside a
-    /// `<prefix>/` directory) that are missing.
     fn create_parents(&self, name: &Path) -> Result<()> {
-        let mut parent = PathBuf::new();
-        let components: Vec<_> = name.components().collect();
-        for component in &components[..components.len().saturating_sub(1)] {
-            parent.push(component);
-            let missing = self
-                .store
-                .kind(&parent)
-                .map_err(io_at("inspect", &*self.store, &parent))?
-                .is_none();
-            if missing {
-                self.store.create_dir(&parent).map_err(io_at(
-                    "create directory",
-                    &*self.store,
-                    &parent,
-                ))?;
-            }
-        }
-        Ok(())
+        create_parents(&*self.store, name)
     }
 
     /// Describes what the write phase left in staging: every regular file
@@ -639,6 +621,26 @@ impl Committed {
             &mut |_| deleted_by_callback,
         )
     }
+}
+
+/// Creates the directories on the way to `name` (a file inside a
+/// `<prefix>/` directory) that are missing.
+pub(crate) fn create_parents(store: &dyn Store, name: &Path) -> Result<()> {
+    let mut parent = PathBuf::new();
+    let components: Vec<_> = name.components().collect();
+    for component in &components[..components.len().saturating_sub(1)] {
+        parent.push(component);
+        let missing = store
+            .kind(&parent)
+            .map_err(io_at("inspect", store, &parent))?
+            .is_none();
+        if missing {
+            store
+                .create_dir(&parent)
+                .map_err(io_at("create directory", store, &parent))?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes what the record's sweep dropped (see `record::delete_swept`),

@@ -20,6 +20,8 @@ use crate::store::{self, Store};
 /// The first wait after a failure; it doubles up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often, at most, a copy that is not ready is looked at again.
+const MAX_READY_POLL: Duration = Duration::from_secs(1);
 /// The durable list is small: a line per waiting checkpoint.
 const MAX_LIST_BYTES: u64 = 16 << 20;
 
@@ -31,6 +33,11 @@ pub(crate) trait TierCopy: Send {
     /// Whether the remote's retention keeps `queue[index]` once every
     /// checkpoint of `queue` is uploaded: if not, its upload is skipped.
     fn wanted(&mut self, queue: &[OsString], index: usize) -> Result<bool>;
+    /// Whether `base` can be copied now (not a failure when not: rank 0
+    /// waits for the pieces other node-local ranks leave in the remote).
+    fn ready(&mut self, _base: &OsStr, _log: &mut Vec<String>) -> Result<bool> {
+        Ok(true)
+    }
     /// Copies the local checkpoint `base` and commits it remotely; its
     /// number.
     fn copy(&mut self, base: &OsStr, log: &mut Vec<String>) -> Result<u64>;
@@ -307,7 +314,7 @@ fn copy_waiting(
     copier: &mut dyn TierCopy,
     mut written: Option<u64>,
 ) {
-    let mut backoff = FIRST_BACKOFF;
+    let (mut backoff, mut poll) = (FIRST_BACKOFF, FIRST_BACKOFF);
     let mut log = Vec::new();
     loop {
         let (waiting, generation) = {
@@ -333,8 +340,25 @@ fn copy_waiting(
             continue;
         };
         let copied = copier.wanted(&waiting, 0).and_then(|wanted| match wanted {
-            true => copier.copy(base, &mut log).map(Some),
-            false => Ok(None),
+            true => match copier.ready(base, &mut log)? {
+                true => copier.copy(base, &mut log).map(Copied::Done),
+                false => Ok(Copied::NotReady),
+            },
+            false => Ok(Copied::Skipped),
+        });
+        if let Ok(Copied::NotReady) = copied {
+            let mut queue = shared.lock();
+            queue.messages.append(&mut log);
+            queue.copying = false;
+            drop(queue);
+            shared.pause(poll);
+            poll = (poll * 2).min(MAX_READY_POLL);
+            continue;
+        }
+        poll = FIRST_BACKOFF;
+        let copied = copied.map(|copied| match copied {
+            Copied::Done(number) => Some(number),
+            _ => None,
         });
         let mut queue = shared.lock();
         queue.messages.append(&mut log);
@@ -378,6 +402,14 @@ fn copy_waiting(
             }
         }
     }
+}
+
+/// What became of the first checkpoint waiting.
+enum Copied {
+    Done(u64),
+    /// The remote's retention would not keep it.
+    Skipped,
+    NotReady,
 }
 
 /// Writes the durable list as the queue is now; a failure is logged and
