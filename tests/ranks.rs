@@ -777,3 +777,93 @@ fn node_local_ranks_agree_on_the_newest_checkpoint_every_rank_can_restore() {
     assert_eq!(listed(&dir.path().join("rank-2")), ["ckpt-3"]);
     assert_eq!(listed(&dir.path().join("rank-1")), ["ckpt-3", "ckpt-4"]);
 }
+
+/// Ranks sharing a directory: rank 0 uploads every rank's files (its
+/// manifest lists them all); with the directory lost, rank 0 downloads the
+/// whole checkpoint and every rank restores its own values from it.
+#[test]
+fn ranks_sharing_a_directory_upload_through_rank_0_and_restore_from_the_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (local, remote) = (dir.path().join("local"), dir.path().join("remote"));
+    let open_shared = move |local: &Path, remote: &Path, communicator| {
+        let remote = remote.to_path_buf();
+        open_with(local, communicator, Arc::default(), move |config| {
+            config.set_remote_directory(Some(remote)).unwrap()
+        })
+        .unwrap()
+    };
+    let (l, r) = (local.clone(), remote.clone());
+    let statuses = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_shared(&l, &r, communicator);
+        save_rounds(rank, &mut me, 1..=3);
+        me.manager.wait_until_finished(None).unwrap();
+        me.manager
+            .remote_status()
+            .map(|status| status.newest_uploaded)
+    });
+    assert_eq!(statuses, [Some(Some(3)), None, None, None]);
+    assert_eq!(listed(&remote), ["ckpt-2", "ckpt-3"]);
+    fs::remove_dir_all(&local).unwrap();
+    let (l, r) = (local.clone(), remote.clone());
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_shared(&l, &r, communicator);
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 3)),
+            "rank {rank}"
+        );
+        restored
+    });
+    assert!(
+        restored.iter().all(|p| p.ends_with("ckpt-3")),
+        "{restored:?}"
+    );
+    assert_eq!(listed(&local), ["ckpt-3"]);
+}
+
+/// Rank 0 commits nothing remotely until every rank's pieces are there:
+/// with rank 2 uploading nothing, saves go on, the others' pieces wait in
+/// the remote, and the remote lists no checkpoint.
+#[test]
+fn the_remote_commits_no_checkpoint_without_every_ranks_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let statuses = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_tiered(&root, communicator, rank != 2);
+        save_rounds(rank, &mut me, 1..=2);
+        let waited = match rank {
+            0 => me
+                .manager
+                .wait_until_finished(Some(Duration::from_millis(300))),
+            _ => me.manager.wait_until_finished(None),
+        };
+        let status = me.manager.remote_status();
+        (
+            waited.is_ok(),
+            status.map(|s| (s.newest_uploaded, s.pending)),
+        )
+    });
+    assert_eq!(
+        statuses,
+        [
+            (false, Some((None, 2))),
+            (true, Some((Some(2), 0))),
+            (true, None),
+            (true, Some((Some(2), 0))),
+        ]
+    );
+    let remote = dir.path().join("remote");
+    assert!(listed(&remote).is_empty());
+    let mut parts = names(&remote);
+    parts.retain(|name| name.ends_with(".ckpt-part"));
+    let expected: Vec<String> = [1, 2]
+        .iter()
+        .flat_map(|number| {
+            [1, 3].map(|rank| format!("ckpt-{number}.rank-{rank:05}-of-{SIZE:05}.ckpt-part"))
+        })
+        .collect();
+    assert_eq!(parts, expected);
+}
