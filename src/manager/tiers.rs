@@ -685,7 +685,7 @@ impl TierCopy for PieceUploader {
             .map_err(io_at("sync", &directory))?;
         replace_aside(store, &manifest_name(&part), &source.manifest.to_json())?;
         store
-            .sync_directories(&[directory.clone()])
+            .sync_directories(std::slice::from_ref(&directory))
             .map_err(io_at("sync", &directory))?;
         Ok(source.manifest.number)
     }
