@@ -1232,6 +1232,9 @@ ckpt_status ckpt_options_set_keep_checkpoint_every_n_hours(ckpt_options *options
 // checkpoint of either tier. The remote uses this options object's storage
 // options; its retention is the local one unless the `remote_` setters say
 // otherwise. NULL removes the remote tier. See docs/tiers.md.
+// With a communicator every rank sets the same remote: the remote gets
+// whole checkpoints, committed by rank 0, and a node-local rank that lost
+// its directory restores its pieces from it (docs/tiers.md, Across ranks).
 //
 // Ownership: `options` is borrowed; `directory` is borrowed (copied).
 // Returns: CKPT_STATUS_OK, or an error.
