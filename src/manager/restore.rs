@@ -83,7 +83,8 @@ impl CheckpointManager {
             candidates = kept;
             for skipped in newer.iter().filter(|_| ranks.is_root()) {
                 self.warn(&format!(
-                    "not restoring '{}': some rank lacks its files and the remote has no copy",
+                    "not restoring '{}': its files are not all here (on every rank) and the \
+                     remote has no copy",
                     skipped.display()
                 ));
             }

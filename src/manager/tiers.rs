@@ -485,13 +485,14 @@ impl RemoteCopier {
         ))
     }
 
-    /// Removes the ranks' pieces of the checkpoints up to `number` from the
-    /// remote: copied, or of saves the remote will never commit.
-    fn remove_pieces_up_to(&mut self, number: u64, log: &mut Vec<String>) {
+    /// Removes from the remote the pieces `copied` and every rank's pieces
+    /// of numbers below `number`: rank 0 has passed them. Pieces of
+    /// `number` itself may be of a save of it again, not copied yet.
+    fn remove_pieces(&mut self, number: u64, copied: &[CopySource], log: &mut Vec<String>) {
         if self.others.is_empty() {
             return;
         }
-        let name = self.config.checkpoint_name.clone();
+        let checkpoint_name = self.config.checkpoint_name.clone();
         let Some(remote) = self.remote.as_ref() else {
             return;
         };
@@ -503,16 +504,24 @@ impl RemoteCopier {
                 return;
             }
         };
-        for entry in entries {
-            let done = is_part_directory(entry.name.as_bytes())
-                && paths::own_checkpoint_number(&entry.name, &name).is_some_and(|n| n <= number);
-            if done {
-                if let Err(err) = store.remove_staging(Path::new(&entry.name)) {
-                    log.push(format!(
-                        "could not remove '{}': {err}",
-                        store.shown(Path::new(&entry.name)).display()
-                    ));
-                }
+        let passed = entries
+            .iter()
+            .map(|entry| PathBuf::from(&entry.name))
+            .filter(|directory| {
+                let name = directory.as_os_str();
+                is_part_directory(name.as_bytes())
+                    && paths::own_checkpoint_number(name, &checkpoint_name)
+                        .is_some_and(|n| n < number)
+            });
+        let copied = copied
+            .iter()
+            .filter_map(|piece| Path::new(&piece.base).parent().map(Path::to_path_buf));
+        for directory in passed.chain(copied) {
+            if let Err(err) = store.remove_staging(&directory) {
+                log.push(format!(
+                    "could not remove '{}': {err}",
+                    store.shown(&directory).display()
+                ));
             }
         }
     }
@@ -600,7 +609,7 @@ impl TierCopy for RemoteCopier {
         if copied.is_err() {
             self.remote = None;
         } else {
-            self.remove_pieces_up_to(source.manifest.number, log);
+            self.remove_pieces(source.manifest.number, &source.others, log);
         }
         copied.map(|()| source.manifest.number)
     }
@@ -631,14 +640,27 @@ impl TierCopy for PieceUploader {
         self.remote_newest()
     }
 
-    /// Not once rank 0 committed this number or a newer one remotely: it
-    /// will not ask for these pieces.
+    /// Not when the remote holds this very save (rank 0 committed it) or
+    /// a newer number (rank 0 is past it): rank 0 will not ask for these
+    /// pieces. A number saved again is uploaded again.
     fn wanted(&mut self, queue: &[OsString], index: usize) -> Result<bool> {
-        let number = paths::trailing_number(Path::new(&queue[index]));
-        Ok(match (number, self.remote_newest()?) {
-            (Some(number), Some(newest)) => number > newest,
-            _ => true,
-        })
+        let base = &queue[index];
+        let passed = match (
+            paths::trailing_number(Path::new(base)),
+            self.remote_newest()?,
+        ) {
+            (Some(number), Some(newest)) => number < newest,
+            _ => false,
+        };
+        let saved_at = |store: &dyn Store| {
+            integrity::read_manifest(store, base)
+                .ok()
+                .flatten()
+                .and_then(|manifest| manifest.saved_at)
+        };
+        let local = saved_at(&*self.local);
+        let committed = local.is_some() && local == saved_at(&*self.remote);
+        Ok(!passed && !committed)
     }
 
     /// Replaces this rank's pieces of `base` in the remote: its files, each
