@@ -10,6 +10,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+#[cfg(feature = "s3")]
+mod support;
+
 use ckpt_manager::{
     get_checkpoint_state, Callbacks, CheckpointManager, CommError, Communicator, Config, DType,
     Error, ErrorKind, MaxToKeep,
@@ -866,4 +869,76 @@ fn the_remote_commits_no_checkpoint_without_every_ranks_pieces() {
         })
         .collect();
     assert_eq!(parts, expected);
+}
+
+/// The same over object storage (moto): the bucket holds whole checkpoints
+/// and no rank's pieces once rank 0 committed them, no multipart upload is
+/// left, and a lost rank's pieces come back from the bucket.
+#[cfg(feature = "s3")]
+#[test]
+fn node_local_ranks_upload_to_object_storage_and_a_lost_rank_takes_its_pieces_back() {
+    use support::s3::{storage_config, Bucket};
+    let bucket = Arc::new(Bucket::new("ranks-tiers"));
+    let dir = tempfile::tempdir().unwrap();
+    let open_s3 = {
+        let bucket = Arc::clone(&bucket);
+        move |root: &Path, communicator: Arc<ThreadCommunicator>| {
+            let (url, endpoint) = (bucket.url("run"), bucket.endpoint.clone());
+            let local = root.join(format!("rank-{}", communicator.rank));
+            let shared: Arc<dyn Communicator> = communicator.clone();
+            open_with(&local, communicator, Arc::default(), move |config| {
+                let mut s3 = storage_config(&url, &endpoint, MaxToKeep::Last(2));
+                s3.set_directory(config.directory()).unwrap();
+                s3.set_communicator(Some(shared));
+                s3.set_coordination_timeout(10.0).unwrap();
+                s3.set_node_local(true);
+                s3.set_remote_directory(Some(url)).unwrap();
+                *config = s3;
+            })
+            .unwrap()
+        }
+    };
+    let open_s3 = Arc::new(open_s3);
+    let (root, open) = (dir.path().to_path_buf(), Arc::clone(&open_s3));
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator);
+        save_rounds(rank, &mut me, 1..=3);
+        me.manager.wait_until_finished(None).unwrap();
+    });
+    let mut expected = std::collections::BTreeSet::from([
+        "run/checkpoint".to_owned(),
+        "run/checkpoint.lease".to_owned(),
+    ]);
+    for number in [2, 3] {
+        expected.insert(format!("run/ckpt-{number}.ckpt-manifest.json"));
+        for rank in 0..SIZE {
+            for suffix in ["safetensors", "step"] {
+                expected.insert(format!(
+                    "run/ckpt-{number}.rank-{rank:05}-of-{SIZE:05}.{suffix}"
+                ));
+            }
+        }
+    }
+    assert_eq!(bucket.keys(), expected);
+    assert!(bucket.incomplete_uploads().is_empty());
+
+    fs::remove_dir_all(dir.path().join("rank-2")).unwrap();
+    let (root, open) = (dir.path().to_path_buf(), Arc::clone(&open_s3));
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open(&root, communicator);
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 3)),
+            "rank {rank}"
+        );
+        restored.file_name().unwrap().to_str().unwrap().to_owned()
+    });
+    assert!(restored.iter().all(|name| name == "ckpt-3"), "{restored:?}");
+    let shard = format!("ckpt-3.rank-00002-of-{SIZE:05}.safetensors");
+    assert_eq!(
+        fs::read(dir.path().join("rank-2").join(&shard)).unwrap(),
+        bucket.get(&format!("run/{shard}"))
+    );
 }
