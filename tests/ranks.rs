@@ -629,6 +629,9 @@ fn read_only_ranks_retry_with_the_state_file_a_writer_changed() {
     }
 }
 
+/// A bound on waiting for uploads, so that a regression fails, never hangs.
+const UPLOADS: Duration = Duration::from_secs(60);
+
 /// Node-local ranks with a remote tier, `<root>/rank-R` and `<root>/remote`
 /// (`None`: no remote).
 fn open_tiered(root: &Path, communicator: Arc<ThreadCommunicator>, remote: bool) -> Rank {
@@ -681,7 +684,7 @@ fn node_local_ranks_upload_whole_checkpoints_and_a_lost_rank_takes_its_pieces_ba
         let rank = communicator.rank;
         let mut me = open_tiered(&root, communicator, true);
         save_rounds(rank, &mut me, 1..=3);
-        me.manager.wait_until_finished(None).unwrap();
+        me.manager.wait_until_finished(Some(UPLOADS)).unwrap();
         let status = me.manager.remote_status().unwrap();
         assert_eq!((status.newest_uploaded, status.pending), (Some(3), 0));
     });
@@ -768,7 +771,7 @@ fn node_local_ranks_agree_on_the_newest_checkpoint_every_rank_can_restore() {
         let rank = communicator.rank;
         let mut me = open_tiered(&root, Arc::clone(&communicator), true);
         save_rounds(rank, &mut me, 1..=3);
-        me.manager.wait_until_finished(None).unwrap();
+        me.manager.wait_until_finished(Some(UPLOADS)).unwrap();
         drop(me);
         // Checkpoint 4 is saved without the remote: it never gets there.
         let mut me = open_tiered(&root, communicator, false);
@@ -800,7 +803,7 @@ fn ranks_sharing_a_directory_upload_through_rank_0_and_restore_from_the_remote()
         let rank = communicator.rank;
         let mut me = open_shared(&l, &r, communicator);
         save_rounds(rank, &mut me, 1..=3);
-        me.manager.wait_until_finished(None).unwrap();
+        me.manager.wait_until_finished(Some(UPLOADS)).unwrap();
         me.manager
             .remote_status()
             .map(|status| status.newest_uploaded)
@@ -841,7 +844,7 @@ fn the_remote_commits_no_checkpoint_without_every_ranks_pieces() {
             0 => me
                 .manager
                 .wait_until_finished(Some(Duration::from_millis(300))),
-            _ => me.manager.wait_until_finished(None),
+            _ => me.manager.wait_until_finished(Some(UPLOADS)),
         };
         let status = me.manager.remote_status();
         (
@@ -904,7 +907,7 @@ fn node_local_ranks_upload_to_object_storage_and_a_lost_rank_takes_its_pieces_ba
         let rank = communicator.rank;
         let mut me = open(&root, communicator);
         save_rounds(rank, &mut me, 1..=3);
-        me.manager.wait_until_finished(None).unwrap();
+        me.manager.wait_until_finished(Some(UPLOADS)).unwrap();
     });
     let mut expected = std::collections::BTreeSet::from([
         "run/checkpoint".to_owned(),
@@ -941,4 +944,37 @@ fn node_local_ranks_upload_to_object_storage_and_a_lost_rank_takes_its_pieces_ba
         fs::read(dir.path().join("rank-2").join(&shard)).unwrap(),
         bucket.get(&format!("run/{shard}"))
     );
+}
+
+/// A number saved again is uploaded again by every rank: with every local
+/// directory lost, each rank restores the second save's values from the
+/// remote.
+#[test]
+fn node_local_ranks_upload_a_number_saved_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_tiered(&root, communicator, true);
+        save_rounds(rank, &mut me, 1..=1);
+        me.manager.wait_until_finished(Some(UPLOADS)).unwrap();
+        me.weights.fill(value(rank, 2));
+        me.manager.save(Some(1), false).unwrap();
+        me.manager.wait_until_finished(Some(UPLOADS)).unwrap();
+    });
+    for rank in 0..SIZE {
+        fs::remove_dir_all(dir.path().join(format!("rank-{rank}"))).unwrap();
+    }
+    let root = dir.path().to_path_buf();
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_tiered(&root, communicator, true);
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 2)),
+            "rank {rank}"
+        );
+        restored.file_name().unwrap().to_str().unwrap().to_owned()
+    });
+    assert!(restored.iter().all(|name| name == "ckpt-1"), "{restored:?}");
 }
