@@ -785,8 +785,9 @@ fn node_local_ranks_agree_on_the_newest_checkpoint_every_rank_can_restore() {
 }
 
 /// Ranks sharing a directory: rank 0 uploads every rank's files (its
-/// manifest lists them all); with the directory lost, rank 0 downloads the
-/// whole checkpoint and every rank restores its own values from it.
+/// manifest lists them all); with the directory lost, or one rank's file
+/// of it, rank 0 downloads the whole checkpoint and every rank restores
+/// its own values from it.
 #[test]
 fn ranks_sharing_a_directory_upload_through_rank_0_and_restore_from_the_remote() {
     let dir = tempfile::tempdir().unwrap();
@@ -827,6 +828,30 @@ fn ranks_sharing_a_directory_upload_through_rank_0_and_restore_from_the_remote()
         "{restored:?}"
     );
     assert_eq!(listed(&local), ["ckpt-3"]);
+
+    // One rank's file lost from the shared directory: rank 0 downloads
+    // the checkpoint again for it.
+    let shard = format!("ckpt-3.rank-00002-of-{SIZE:05}.safetensors");
+    fs::remove_file(local.join(&shard)).unwrap();
+    let (l, r) = (local.clone(), remote.clone());
+    let restored = on_every_rank(move |communicator| {
+        let rank = communicator.rank;
+        let mut me = open_shared(&l, &r, communicator);
+        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+        assert!(
+            me.weights.iter().all(|&w| w == value(rank, 3)),
+            "rank {rank}"
+        );
+        restored
+    });
+    assert!(
+        restored.iter().all(|p| p.ends_with("ckpt-3")),
+        "{restored:?}"
+    );
+    assert_eq!(
+        fs::read(local.join(&shard)).unwrap(),
+        fs::read(remote.join(&shard)).unwrap()
+    );
 }
 
 /// Rank 0 commits nothing remotely until every rank's pieces are there:

@@ -348,6 +348,20 @@ impl Ranks {
         }
     }
 
+    /// Whether this rank downloads checkpoint `number` before a restore,
+    /// given which numbers each rank has locally (`everywhere`, in rank
+    /// order): a node-local rank when it lacks it; rank 0 of a shared
+    /// directory (or one process) when any rank lacks its files of it.
+    pub fn must_download(&self, everywhere: &[Vec<u64>], number: u64) -> bool {
+        let lacks = |present: &Vec<u64>| !present.contains(&number);
+        match &self.group {
+            Some(group) if group.node_local => everywhere
+                .get(group.communicator.rank() as usize)
+                .is_some_and(lacks),
+            _ => self.is_root() && everywhere.iter().any(lacks),
+        }
+    }
+
     /// What this rank downloads of a remote checkpoint `manifest` into its
     /// directory: all of it for one process and for rank 0 of a shared
     /// directory, nothing for the others (`None`: rank 0 downloads for

@@ -257,7 +257,7 @@ impl CheckpointManager {
         };
         let listing = ranks
             .is_root()
-            .then(|| Ok(self.remote_listing(remote_store.as_ref().ok())));
+            .then(|| Ok(self.remote_listing(&remote_store)));
         let remote: Vec<(u64, ByteString)> = ranks.share(listing, "reading the remote")?;
         let mut numbers: Vec<u64> = everywhere
             .iter()
@@ -277,10 +277,10 @@ impl CheckpointManager {
                 continue;
             };
             let base = OsStr::from_bytes(base.as_bytes()).to_owned();
-            let downloaded = match (&remote_store, present.contains(&number)) {
-                (_, true) => Ok(false),
-                (Ok(remote_store), false) => self.download(remote_store, &base, &ranks),
-                (Err(err), false) => Err(Error::io(
+            let downloaded = match (&remote_store, ranks.must_download(&everywhere, number)) {
+                (_, false) => Ok(false),
+                (Ok(remote_store), true) => self.download(remote_store, &base, &ranks),
+                (Err(err), true) => Err(Error::io(
                     "open the remote",
                     std::io::Error::other(err.to_string()),
                 )),
@@ -336,18 +336,21 @@ impl CheckpointManager {
     /// Rank 0's reading of the remote's state file: its checkpoints'
     /// numbers and bases, newest first; none (with a warning) when it
     /// cannot be read.
-    fn remote_listing(&mut self, remote_store: Option<&Arc<dyn Store>>) -> Vec<(u64, ByteString)> {
-        let state = match remote_store.map(|store| read_state(&**store)) {
-            Some(Ok(Some(file))) => file.state,
-            Some(Ok(None)) => return Vec::new(),
-            Some(Err(err)) => {
+    fn remote_listing(&mut self, remote_store: &Result<Arc<dyn Store>>) -> Vec<(u64, ByteString)> {
+        let read = match remote_store {
+            Ok(store) => read_state(&**store),
+            Err(err) => Err(Error::io(
+                "open the remote",
+                std::io::Error::other(err.to_string()),
+            )),
+        };
+        let state = match read {
+            Ok(Some(file)) => file.state,
+            Ok(None) => return Vec::new(),
+            Err(err) => {
                 self.warn(&format!(
                     "restoring from the local directory only: the remote cannot be read ({err})"
                 ));
-                return Vec::new();
-            }
-            None => {
-                self.warn("restoring from the local directory only: the remote cannot be opened");
                 return Vec::new();
             }
         };
@@ -476,13 +479,13 @@ impl RemoteCopier {
         })
     }
 
-    /// Whether every rank's pieces of `base` are in the remote.
-    fn complete(&mut self, base: &OsStr) -> Result<bool> {
-        let own = self.source(base)?;
-        Ok(matches!(
-            self.pieces(base, &own.manifest)?,
-            PiecesFound::All(_)
-        ))
+    /// Whether every rank's pieces of `base` are in the remote (not when
+    /// they cannot be read: the copy reports that).
+    fn complete(&mut self, base: &OsStr) -> bool {
+        let Ok(own) = self.source(base) else {
+            return false;
+        };
+        matches!(self.pieces(base, &own.manifest), Ok(PiecesFound::All(_)))
     }
 
     /// Removes from the remote the pieces `copied` and every rank's pieces
@@ -544,9 +547,9 @@ impl TierCopy for RemoteCopier {
     /// are not all there is skipped once a newer one's are (the ranks
     /// upload in commit order: they dropped or skipped its pieces).
     fn wanted(&mut self, queue: &[OsString], index: usize) -> Result<bool> {
-        if !self.others.is_empty() && !self.complete(&queue[index])? {
+        if !self.others.is_empty() && !self.complete(&queue[index]) {
             for newer in &queue[index + 1..] {
-                if self.complete(newer)? {
+                if self.complete(newer) {
                     return Ok(false);
                 }
             }
