@@ -448,6 +448,40 @@ fn node_local_ranks_keep_and_sweep_their_own_directories() {
         .assert_every_rank_passed();
 }
 
+/// Node-local ranks with a remote tier (`remote`): the remote holds whole
+/// checkpoints, every rank's files under one manifest; with rank 2's
+/// directory deleted, every rank restores checkpoint 3, rank 2 from its
+/// pieces in the remote, the others locally.
+#[test]
+fn node_local_ranks_with_a_remote_restore_a_lost_rank_from_it() {
+    const TIERED: &[(&str, &str)] = &[("CKPT_TEST_NODE_LOCAL", "1"), ("CKPT_TEST_REMOTE", "1")];
+    let runs = ManagerRuns::new();
+    runs.run(&["save", "3"], TIERED).assert_every_rank_passed();
+    let remote = runs.workdir.path().join("remote");
+    let mut expected = vec!["checkpoint".to_owned(), "checkpoint.lock".to_owned()];
+    for number in [2, 3] {
+        expected.push(format!("ckpt-{number}.ckpt-manifest.json"));
+        for rank in 0..RANKS {
+            for suffix in ["note", "safetensors"] {
+                expected.push(format!(
+                    "ckpt-{number}.rank-{rank:05}-of-{RANKS:05}.{suffix}"
+                ));
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(support::file_names(&remote), expected);
+    let lost = runs.checkpoints().join("rank-2");
+    std::fs::remove_dir_all(&lost).unwrap();
+    runs.run(&["restore", "3"], TIERED)
+        .assert_every_rank_passed();
+    let shard = format!("ckpt-3.rank-00002-of-{RANKS:05}.safetensors");
+    assert_eq!(
+        std::fs::read(lost.join(&shard)).unwrap(),
+        std::fs::read(remote.join(&shard)).unwrap()
+    );
+}
+
 /// Node-local: rank 2 SIGKILLed mid-save; the others time out and no rank
 /// commits checkpoint 2 in its directory.
 #[test]

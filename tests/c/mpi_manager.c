@@ -47,6 +47,8 @@ static float weights[VALUES];
 
 /* What the save callback does. */
 static bool node_local;
+/* CKPT_TEST_REMOTE=1: every rank names the remote tier WORKDIR/remote. */
+static char remote_dir[4096];
 static int failing_rank = -1;
 static int killed_rank = -1;
 /* The checkpoint the restore callback must see. */
@@ -172,6 +174,9 @@ static ckpt_manager *open_manager(ckpt_communicator *communicator, double timeou
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_max_to_keep(options, 2));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_communicator(options, communicator));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_node_local(options, node_local));
+  if (remote_dir[0] != '\0') {
+    CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_remote_directory(options, remote_dir));
+  }
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_coordination_timeout(options, timeout));
   CHECK_STATUS(CKPT_STATUS_OK, ckpt_options_set_save_callback(options, save_note, NULL, NULL));
   CHECK_STATUS(CKPT_STATUS_OK,
@@ -230,6 +235,10 @@ static void save_checkpoints(unsigned long long count) {
   ckpt_communicator communicator = new_communicator();
   ckpt_manager *manager = open_manager(&communicator, GENEROUS_TIMEOUT);
   for (unsigned long long number = 1; number <= count; number++) save(manager, number);
+  /* Every rank's uploads (its pieces; rank 0's commits) are done. */
+  if (remote_dir[0] != '\0') {
+    CHECK_STATUS(CKPT_STATUS_OK, ckpt_manager_wait_until_finished(manager, GENEROUS_TIMEOUT));
+  }
   ckpt_manager_free(manager);
   ckpt_mpi_communicator_free(&communicator);
 }
@@ -419,6 +428,10 @@ int main(int argc, char **argv) {
     snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/ckpt/rank-%d", argv[2], world_rank);
   } else {
     snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/ckpt", argv[2]);
+  }
+  const char *remote = getenv("CKPT_TEST_REMOTE");
+  if (remote != NULL && strcmp(remote, "1") == 0) {
+    snprintf(remote_dir, sizeof remote_dir, "%s/remote", argv[2]);
   }
   const char *name = argv[1];
   note("rank %d of %d: %s %s", world_rank, world_size, name, argc > 3 ? argv[3] : "");
