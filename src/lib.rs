@@ -32,6 +32,7 @@ pub mod state;
 mod state_file;
 mod store;
 mod tensor_file;
+mod tensor_read;
 mod tensors;
 mod transaction;
 
@@ -56,6 +57,7 @@ pub use preemption::{install_preemption_handler, preemption_requested};
 pub use safetensors::{FileTensor, Header as TensorHeader};
 pub use save_file::SaveFile;
 pub use state::CheckpointState;
-pub use tensor_file::{CheckpointTensors, TensorFile};
+pub use tensor_file::TensorFile;
+pub use tensor_read::CheckpointTensors;
 pub use tensors::{DType, TensorBox, TensorKind};
 pub use transaction::RecoveryAction;
