@@ -99,7 +99,7 @@ test:
 	@# scripts/setup installed into build/s3-venv (one pinned install of moto).
 	rm -rf $(BUILD_DIR)/py-venv
 	python3 -m venv $(BUILD_DIR)/py-venv
-	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy mpi4py boto3==1.43.11 ./bindings/python
+	$(BUILD_DIR)/py-venv/bin/python -m pip install --quiet pytest numpy mpi4py boto3==1.43.11 safetensors ./bindings/python
 	$(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
 
 bench:
