@@ -6,7 +6,8 @@
 #   make test  installs what the tests need and runs every test (the
 #   library's and the ckpt command-line tool's, cli/)
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make bench-async, make bench-mpi, make bench-s3, make torture; make header regenerates
+#   make bench-async, make bench-mpi, make bench-reshard, make bench-s3, make torture;
+#   make header regenerates
 #   include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
@@ -129,6 +130,13 @@ bench-async:
 .PHONY: bench-mpi
 bench-mpi:
 	./scripts/bench-mpi
+
+# A checkpoint saved by 4 MPI ranks restored onto 2, 3 and 4: time, and bytes
+# each rank reads against the bytes it needs (scripts/bench-reshard,
+# benches/mpi_reshard.c).
+.PHONY: bench-reshard
+bench-reshard:
+	./scripts/bench-reshard
 
 # Upload and download of 1 GiB of tensors through the library's S3 store
 # against boto3's transfer manager on one moto server (scripts/bench-s3,
