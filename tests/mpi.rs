@@ -690,7 +690,11 @@ fn mlp_demo_killed_rank_and_resumed_matches_a_straight_run() {
     )
     .unwrap()
     .expect("a latest checkpoint");
-    assert!(latest.ends_with("ckpt-500"), "latest is {}", latest.display());
+    assert!(
+        latest.ends_with("ckpt-500"),
+        "latest is {}",
+        latest.display()
+    );
 }
 
 fn reshard_program() -> PathBuf {
