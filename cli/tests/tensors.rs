@@ -333,3 +333,45 @@ fn export_refuses_a_tensor_the_boxes_do_not_cover_and_leaves_the_output_alone() 
     );
     assert_eq!(fs::read(&out).unwrap(), b"an older export");
 }
+
+#[test]
+fn verify_names_the_damaged_4_mib_piece_of_a_large_box() {
+    let root = tempfile::tempdir().unwrap();
+    // 5 MiB of f32 in one process: one box in two CRC pieces.
+    let mut big = vec![1.5f32; 5 << 18];
+    let prefix = {
+        let config = Config::new(root.path(), MaxToKeep::All).unwrap();
+        let mut manager = CheckpointManager::new(config, Callbacks::new()).unwrap();
+        // SAFETY: the buffer outlives the manager.
+        unsafe {
+            manager
+                .register_tensor("big", DType::F32, &[5 << 18], big.as_mut_ptr().cast())
+                .unwrap();
+        }
+        manager.save(None, false).unwrap().unwrap()
+    };
+    let shown = json(&ckpt(&["show", text(&prefix), "--json"]));
+    let saved = &shown["tensors"][0]["boxes"][0];
+    assert_eq!(saved["chunk_crc32c"].as_array().unwrap().len(), 2);
+    let (start, end) = (
+        saved["start"].as_u64().unwrap(),
+        saved["end"].as_u64().unwrap(),
+    );
+    let file = file_of(&prefix, ".safetensors");
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[(start + (4 << 20) + 7) as usize] ^= 1;
+    fs::write(&file, bytes).unwrap();
+
+    let ran = ckpt(&["verify", text(&prefix), "--json"]);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    let damaged = &json(&ran)["checkpoints"][0]["damaged_boxes"];
+    assert_eq!(damaged.as_array().unwrap().len(), 1, "{damaged}");
+    let detail = damaged[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "tensor 'big' box 0 (offset [0] shape [1310720]): bytes [{}, {end})",
+            start + (4 << 20)
+        )),
+        "{detail}"
+    );
+}
