@@ -335,6 +335,53 @@ impl CheckpointTensors {
         Ok(Some(bytes))
     }
 
+    /// Reads saved box `index` of tensor `name` (as `tensors()` lists it)
+    /// through a bounded window and checks every CRC32C piece: `Damaged`
+    /// names the tensor, the box and the bytes that differ.
+    pub fn check_box(&self, name: &str, index: usize) -> Result<()> {
+        let record = self.record(name)?;
+        let saved = record
+            .boxes
+            .get(index)
+            .ok_or_else(|| Error::invalid(format!("tensor '{name}' has no saved box {index}")))?;
+        let mut files = OpenFiles {
+            store: &*self.store,
+            base: &self.base,
+            open: BTreeMap::new(),
+        };
+        let prefix = self.store.shown(Path::new(&self.base));
+        let (file, path) = files.get(&saved.file)?;
+        let box_len = saved.end - saved.start;
+        let piece = match saved.chunk_crc32c.is_empty() {
+            true => box_len.max(1),
+            false => CRC_CHUNK_BYTES,
+        };
+        let window_len = (READ_WINDOW_BYTES / piece).max(1) * piece;
+        let mut window = Vec::new();
+        let mut at = 0;
+        loop {
+            let end = (at + window_len).min(box_len);
+            window.resize((end - at) as usize, 0);
+            file.read_exact_at(&mut window, saved.start + at)
+                .map_err(|err| read_error(path, err))?;
+            check_pieces(&window, at, piece, saved).map_err(|(from, to)| Error::Damaged {
+                prefix: prefix.clone(),
+                detail: format!(
+                    "tensor '{name}' box {index} ({}): bytes [{}, {}) of '{}' do not match \
+                     their CRC32C",
+                    saved.place,
+                    saved.start + from,
+                    saved.start + to,
+                    path.display()
+                ),
+            })?;
+            at = end;
+            if at >= box_len {
+                return Ok(());
+            }
+        }
+    }
+
     fn record(&self, name: &str) -> Result<&TensorRecord> {
         self.manifest
             .tensor(name)

@@ -126,6 +126,7 @@ cases!(
     optional_none,
     move_semantics,
     tensors,
+    tensor_kinds,
     module_functions,
     object_storage_options,
     nested_calls,

@@ -840,6 +840,64 @@ class Manager {
     });
   }
 
+  // Registers a buffer that holds the same tensor on every rank (weights of
+  // data-parallel training): saved once, restored into every rank's buffer
+  // whatever number of ranks saved it. Without a communicator it is as
+  // register_tensor. `data` as for register_tensor.
+  template <class T>
+  void register_replicated_tensor(const std::string& name, T* data,
+                                  const std::vector<uint64_t>& shape) {
+    static_assert(detail::has_dtype<std::remove_cv_t<T>>::value && !std::is_const<T>::value,
+                  "ckpt::Manager::register_replicated_tensor: T as for register_tensor");
+    register_replicated_tensor(name, dtype_of_v<T>, static_cast<void*>(data), shape);
+  }
+
+  void register_replicated_tensor(const std::string& name, ckpt_dtype dtype, void* data,
+                                  const std::vector<uint64_t>& shape) {
+    call([&] {
+      return ckpt_manager_register_replicated_tensor(
+          manager_, name.c_str(), static_cast<uint32_t>(dtype),
+          shape.empty() ? nullptr : shape.data(), shape.size(), data);
+    });
+  }
+
+  // Registers this rank's box of a sharded tensor of `global_shape`: the
+  // elements from `offset` over `local_shape`, held row-major in `data`
+  // (which must hold the product of `local_shape` elements and stay valid
+  // as for register_tensor). A restore fills the box from whichever saved
+  // boxes overlap it, whatever number of ranks saved them. The three shapes
+  // must have one entry per dimension (else CKPT_STATUS_INVALID_ARGUMENT,
+  // thrown before the library is called); a box outside `global_shape` is
+  // CKPT_STATUS_INVALID_ARGUMENT too.
+  template <class T>
+  void register_tensor_slice(const std::string& name, T* data,
+                             const std::vector<uint64_t>& global_shape,
+                             const std::vector<uint64_t>& offset,
+                             const std::vector<uint64_t>& local_shape) {
+    static_assert(detail::has_dtype<std::remove_cv_t<T>>::value && !std::is_const<T>::value,
+                  "ckpt::Manager::register_tensor_slice: T as for register_tensor");
+    register_tensor_slice(name, dtype_of_v<T>, static_cast<void*>(data), global_shape, offset,
+                          local_shape);
+  }
+
+  void register_tensor_slice(const std::string& name, ckpt_dtype dtype, void* data,
+                             const std::vector<uint64_t>& global_shape,
+                             const std::vector<uint64_t>& offset,
+                             const std::vector<uint64_t>& local_shape) {
+    if (offset.size() != global_shape.size() || local_shape.size() != global_shape.size()) {
+      throw Error(CKPT_STATUS_INVALID_ARGUMENT,
+                  "register_tensor_slice '" + name +
+                      "': global_shape, offset and local_shape need one entry per dimension");
+    }
+    const size_t ndim = global_shape.size();
+    call([&] {
+      return ckpt_manager_register_tensor_slice(
+          manager_, name.c_str(), static_cast<uint32_t>(dtype),
+          ndim ? global_shape.data() : nullptr, ndim ? offset.data() : nullptr,
+          ndim ? local_shape.data() : nullptr, ndim, data);
+    });
+  }
+
   void unregister_tensor(const std::string& name) {
     call([&] { return ckpt_manager_unregister_tensor(manager_, name.c_str()); });
   }

@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use ckpt_manager::{
-    Callbacks, CheckpointInfo, CheckpointManager, Config, Error, Integrity, KeepReason, MaxToKeep,
-    Pruned, TensorFile, Verification,
+    Callbacks, CheckpointInfo, CheckpointManager, CheckpointTensors, Config, Error, Integrity,
+    KeepReason, MaxToKeep, Pruned, TensorBox, TensorFile, Verification,
 };
 use serde_json::json;
 
@@ -259,6 +259,7 @@ pub fn show(argument: &str, json: bool) -> Outcome {
     let manifest = ckpt_manager::read_manifest(&prefix)?;
     let manager = open(config(&directory, &RuleArgs::default(), true)?)?;
     let info = manager.checkpoint_info(&prefix)?;
+    let table = CheckpointTensors::open(&prefix)?;
     let tensors = TensorFile::open(&prefix)?;
     if json {
         let files: Vec<_> = match &manifest {
@@ -285,6 +286,8 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         let mut value = serde_json::to_value(&info).expect("info serialises");
         value["files"] = json!(files);
         value["safetensors"] = json!(tensors);
+        value["world_size"] = json!(table.as_ref().and_then(|t| t.manifest().world_size));
+        value["tensors"] = json!(table.as_ref().map(|t| t.tensors()));
         output::print_json(&value);
         return Ok(());
     }
@@ -353,7 +356,11 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         "{}",
         output::table(&["file", "bytes", "crc32c"], file_rows, &[1])
     );
-    if let Some(file) = tensors {
+    // The tensor table says more than the one-process file's header, which
+    // is shown for version 1 checkpoints.
+    if let Some(table) = &table {
+        print_tensor_table(table);
+    } else if let Some(file) = tensors {
         println!();
         let rows = file
             .header()
@@ -374,6 +381,106 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         );
     }
     Ok(())
+}
+
+/// Each tensor's kind, dtype and global shape, then every saved box: where
+/// it is in the tensor and where its bytes are.
+fn print_tensor_table(table: &CheckpointTensors) {
+    let tensors = table.tensors();
+    println!();
+    println!(
+        "tensors     {} (saved by {} rank(s))",
+        tensors.len(),
+        table.manifest().world_size.unwrap_or(1)
+    );
+    let rows = tensors
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.kind.name().to_owned(),
+                t.dtype.name().to_owned(),
+                format!("{:?}", t.shape),
+                t.boxes.len().to_string(),
+                t.boxes
+                    .iter()
+                    .map(|b| b.end - b.start)
+                    .sum::<u64>()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &["tensor", "kind", "dtype", "shape", "boxes", "bytes"],
+            rows,
+            &[4, 5]
+        )
+    );
+    println!();
+    let rows = tensors
+        .iter()
+        .flat_map(|t| {
+            t.boxes.iter().map(|b| {
+                vec![
+                    t.name.clone(),
+                    b.rank.map_or(String::new(), |r| r.to_string()),
+                    format!("{:?}", b.place.offset),
+                    format!("{:?}", b.place.shape),
+                    String::from_utf8_lossy(b.file.as_bytes()).into_owned(),
+                    format!("[{}, {})", b.start, b.end),
+                    format!("{:08x}", b.crc32c),
+                ]
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &["box of", "rank", "offset", "shape", "file", "bytes", "crc32c"],
+            rows,
+            &[],
+        )
+    );
+}
+
+/// A saved box whose bytes fail their CRC32C (or cannot be read).
+pub struct DamagedBox {
+    tensor: String,
+    index: usize,
+    place: TensorBox,
+    file: String,
+    detail: String,
+}
+
+/// Checks every saved box of every tensor in the checkpoint's tensor table
+/// (none for version 1): how many were checked, and those damaged. An
+/// unusable manifest is damage `check` has already reported.
+fn check_boxes(prefix: &Path) -> Result<(usize, Vec<DamagedBox>), Failure> {
+    let table = match CheckpointTensors::open(prefix) {
+        Ok(Some(table)) => table,
+        Ok(None) | Err(Error::Damaged { .. }) => return Ok((0, Vec::new())),
+        Err(err) => return Err(err.into()),
+    };
+    let (mut checked, mut damaged) = (0, Vec::new());
+    for tensor in table.tensors() {
+        for (index, saved) in tensor.boxes.iter().enumerate() {
+            checked += 1;
+            match table.check_box(&tensor.name, index) {
+                Ok(()) => {}
+                Err(Error::Damaged { detail, .. }) => damaged.push(DamagedBox {
+                    tensor: tensor.name.clone(),
+                    index,
+                    place: saved.place.clone(),
+                    file: String::from_utf8_lossy(saved.file.as_bytes()).into_owned(),
+                    detail,
+                }),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok((checked, damaged))
 }
 
 /// The latest checkpoint the directory's state file names; `None`
@@ -432,23 +539,50 @@ pub fn verify(argument: &str, all: bool, json: bool) -> Outcome {
     let prefixes = to_verify(&target, all)?;
     let mut results = Vec::new();
     for prefix in prefixes {
-        let checked = check(&prefix, Verification::Checksums)?;
-        results.push((prefix, checked));
+        let mut checked = check(&prefix, Verification::Checksums)?;
+        let (boxes, damaged_boxes) = check_boxes(&prefix)?;
+        if !damaged_boxes.is_empty() && !checked.damaged() {
+            checked = Checked {
+                status: "damaged",
+                detail: Some(format!(
+                    "{} saved box(es) fail their CRC32C",
+                    damaged_boxes.len()
+                )),
+            };
+        }
+        results.push((prefix, checked, boxes, damaged_boxes));
     }
-    let damaged = results.iter().filter(|(_, c)| c.damaged()).count();
+    let damaged = results.iter().filter(|(_, c, ..)| c.damaged()).count();
     if json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(prefix, c)| json!({"prefix": shown(prefix), "integrity": c.status, "detail": c.detail}))
+            .map(|(prefix, c, boxes, damaged_boxes)| {
+                json!({
+                    "prefix": shown(prefix),
+                    "integrity": c.status,
+                    "detail": c.detail,
+                    "boxes_checked": boxes,
+                    "damaged_boxes": damaged_boxes.iter().map(|d| json!({
+                        "tensor": d.tensor, "box": d.index, "offset": d.place.offset,
+                        "shape": d.place.shape, "file": d.file, "detail": d.detail,
+                    })).collect::<Vec<_>>(),
+                })
+            })
             .collect();
         output::print_json(&json!({ "checkpoints": rows }));
     } else if results.is_empty() {
         println!("no checkpoint in {}", target.path().display());
     } else {
-        for (prefix, checked) in &results {
+        for (prefix, checked, _, damaged_boxes) in &results {
             match &checked.detail {
                 Some(detail) => println!("{:<18} {} ({detail})", checked.status, prefix.display()),
                 None => println!("{:<18} {}", checked.status, prefix.display()),
+            }
+            for d in damaged_boxes {
+                println!(
+                    "  tensor '{}' box {} ({}) in {}: damaged",
+                    d.tensor, d.index, d.place, d.file
+                );
             }
         }
     }

@@ -590,6 +590,32 @@ void tensors(const std::string& workdir) {
   CHECK_EQ(restored_half[1], 0xc000);
 }
 
+// One process: a whole tensor saved, rows of it restored into a slice; a
+// replicated tensor round trips; inconsistent boxes are refused.
+void tensor_kinds(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  float whole[4][3] = {{0, 1, 2}, {3, 4, 5}, {6, 7, 8}, {9, 10, 11}};
+  double bias[2] = {0.5, -1.5};
+  {
+    ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
+    manager.register_tensor("w", &whole[0][0], {4, 3});
+    manager.register_replicated_tensor("bias", bias, {2});
+    CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  }
+  float rows[2][3] = {};
+  double restored_bias[2] = {};
+  ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "one entry per dimension",
+               manager.register_tensor_slice("w", &rows[0][0], {4, 3}, {2}, {2, 3}));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "",
+               manager.register_tensor_slice("w", &rows[0][0], {4, 3}, {3, 0}, {2, 3}));
+  manager.register_tensor_slice("w", &rows[0][0], {4, 3}, {2, 0}, {2, 3});
+  manager.register_replicated_tensor("bias", restored_bias, {2});
+  CHECK_EQ(manager.restore_or_initialize().value_or("none"), dir + "/ckpt-1");
+  CHECK(std::memcmp(rows, whole[2], sizeof rows) == 0);
+  CHECK(std::memcmp(restored_bias, bias, sizeof bias) == 0);
+}
+
 void module_functions(const std::string& workdir) {
   CHECK_EQ(ckpt::version(), std::to_string(CKPT_VERSION_MAJOR) + "." +
                                 std::to_string(CKPT_VERSION_MINOR) + "." +
@@ -1450,6 +1476,7 @@ const Case cases[] = {
     {"optional_none", optional_none},
     {"move_semantics", move_semantics},
     {"tensors", tensors},
+    {"tensor_kinds", tensor_kinds},
     {"module_functions", module_functions},
     {"object_storage_options", object_storage_options},
     {"nested_calls", nested_calls},
