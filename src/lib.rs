@@ -39,8 +39,8 @@ pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep};
 pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
     checkpoint_exists, checkpoints_on_disk, get_checkpoint_state, latest_checkpoint, read_manifest,
-    recover_directory, remove_checkpoint, verify_checkpoint, verify_checkpoint_with_progress,
-    LatestOptions,
+    recover_directory, remove_checkpoint, upload_list, verify_checkpoint,
+    verify_checkpoint_with_progress, LatestOptions,
 };
 pub use integrity::Integrity;
 pub use manager::{
@@ -55,4 +55,5 @@ pub use save_file::SaveFile;
 pub use state::CheckpointState;
 pub use tensor_file::TensorFile;
 pub use tensors::DType;
+pub use transaction::tiers::UploadList;
 pub use transaction::RecoveryAction;

@@ -284,9 +284,12 @@ fn uploads_that_fail_wait_durably_and_resume_at_the_next_open() {
         .iter()
         .any(|w| w.contains("retrying")));
     drop(trainer);
-    let pending: Vec<String> =
-        serde_json::from_slice(&fs::read(local.path().join("checkpoint.uploads")).unwrap())
-            .unwrap();
+    let list = ckpt_manager::upload_list(local.path()).unwrap().unwrap();
+    assert_eq!(list.remote(), remote);
+    let pending: Vec<String> = list
+        .pending()
+        .map(|p| p.to_str().unwrap().to_owned())
+        .collect();
     assert_eq!(pending, names(1..=3));
 
     unblock(&remote);
@@ -296,10 +299,8 @@ fn uploads_that_fail_wait_durably_and_resume_at_the_next_open() {
     // The local tier is back to its own rule once nothing waits.
     assert_eq!(on_disk(local.path()), names([3]));
     drop(trainer);
-    let pending: Vec<String> =
-        serde_json::from_slice(&fs::read(local.path().join("checkpoint.uploads")).unwrap())
-            .unwrap();
-    assert!(pending.is_empty());
+    let list = ckpt_manager::upload_list(local.path()).unwrap().unwrap();
+    assert_eq!(list.pending().count(), 0);
 }
 
 /// A bound on what the local tier holds for uploads: past it the oldest

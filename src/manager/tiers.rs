@@ -57,7 +57,8 @@ impl CheckpointManager {
             remote: None,
             messages: Arc::default(),
         };
-        let uploads = Uploads::start(Arc::clone(&self.store), local, Box::new(copier))?;
+        let remote = remote_config.directory.clone();
+        let uploads = Uploads::start(Arc::clone(&self.store), remote, local, Box::new(copier))?;
         self.tiers = Some(Tiers {
             uploads,
             remote_store,
