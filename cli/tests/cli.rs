@@ -484,7 +484,12 @@ fn list_and_verify_show_both_tiers() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|row| (row["number"].as_u64().unwrap(), row["tier"].as_str().unwrap()))
+        .map(|row| {
+            (
+                row["number"].as_u64().unwrap(),
+                row["tier"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         tiers,
