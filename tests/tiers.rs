@@ -232,6 +232,29 @@ fn the_restore_takes_the_newer_tier() {
     assert_eq!(listed(remote.path()), names(1..=5));
 }
 
+/// A local latest checkpoint that is not whole (a file cut short) is
+/// replaced by the remote's copy of it at the restore.
+#[test]
+fn a_damaged_local_latest_is_replaced_from_the_remote() {
+    let (local, remote) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut trainer = Trainer::open(config(local.path(), remote.path(), 3, 3)).unwrap();
+    trainer.save(1);
+    trainer.save(2);
+    trainer.manager.wait_until_finished(None).unwrap();
+    drop(trainer);
+    let tensors = local.path().join("ckpt-2.safetensors");
+    let bytes = fs::read(&tensors).unwrap();
+    fs::write(&tensors, &bytes[..bytes.len() / 2]).unwrap();
+    let mut trainer = Trainer::open(config(local.path(), remote.path(), 3, 3)).unwrap();
+    assert_eq!(trainer.restore(), Some(2));
+    assert_eq!(fs::read(&tensors).unwrap(), bytes);
+    let warnings = trainer.warnings.lock().unwrap().clone();
+    assert!(
+        warnings.iter().any(|w| w.contains("not whole")),
+        "{warnings:?}"
+    );
+}
+
 fn copy_directory(from: &Path, to: &Path) {
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
