@@ -310,6 +310,8 @@ fn resume_newer(shared: &Shared, local: &[(OsString, u64)], remote_newest: Optio
     shared.changed.notify_all();
 }
 
+/// Copies the oldest waiting checkpoint (or skips it) until the manager
+/// stops; a failure is reported and retried after a growing pause.
 fn copy_waiting(
     shared: &Shared,
     store: &dyn Store,
