@@ -6,8 +6,8 @@
 #   make test  installs what the tests need and runs every test (the
 #   library's and the ckpt command-line tool's, cli/)
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make bench-async, make bench-mpi, make bench-reshard, make bench-s3, make torture;
-#   make header regenerates
+#   make bench-async, make bench-mpi, make bench-reshard, make bench-s3, make bench-tiers,
+#   make torture; make header regenerates
 #   include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
@@ -146,6 +146,13 @@ bench-reshard:
 .PHONY: bench-s3
 bench-s3:
 	./scripts/bench-s3
+
+# The remote tier on one moto server: save() with and without a remote, the
+# background copy against boto3, a training loop's loss (scripts/bench-tiers,
+# benches/tiers.py).
+.PHONY: bench-tiers
+bench-tiers:
+	./scripts/bench-tiers
 
 # cbindgen runs only here (and in the test that checks the header is current).
 .PHONY: header

@@ -41,8 +41,8 @@ pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep, UnmatchedRank
 pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
     checkpoint_exists, checkpoints_on_disk, get_checkpoint_state, latest_checkpoint, read_manifest,
-    recover_directory, remove_checkpoint, verify_checkpoint, verify_checkpoint_with_progress,
-    LatestOptions,
+    recover_directory, remove_checkpoint, upload_list, verify_checkpoint,
+    verify_checkpoint_with_progress, LatestOptions,
 };
 pub use integrity::Integrity;
 pub use manager::{
@@ -60,4 +60,5 @@ pub use state::CheckpointState;
 pub use tensor_file::TensorFile;
 pub use tensor_read::CheckpointTensors;
 pub use tensors::{DType, TensorBox, TensorKind};
+pub use transaction::tiers::UploadList;
 pub use transaction::RecoveryAction;

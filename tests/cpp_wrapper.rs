@@ -148,6 +148,7 @@ cases!(
     save_async_threads,
     background_exceptions_per_manager,
     communicator,
+    remote_tier,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

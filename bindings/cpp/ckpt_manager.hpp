@@ -504,6 +504,37 @@ class Options {
     return *this;
   }
 
+  // A remote tier (see docs/tiers.md): every checkpoint committed to the
+  // directory is copied in the background to `directory` (a path,
+  // `file://` or `s3://` URL), committed there with its own manifest and
+  // state file. See ckpt_options_set_remote_directory.
+  Options& remote_directory(const std::string& directory) {
+    check(ckpt_options_set_remote_directory(options_, directory.c_str()));
+    return *this;
+  }
+  // The remote tier's own max_to_keep (0 keeps all there); after
+  // remote_directory.
+  Options& remote_max_to_keep(int64_t max_to_keep) {
+    check(ckpt_options_set_remote_max_to_keep(options_, max_to_keep));
+    return *this;
+  }
+  // The remote tier's own keep_checkpoint_every_n_hours (0: off).
+  Options& remote_keep_checkpoint_every_n_hours(double hours) {
+    check(ckpt_options_set_remote_keep_checkpoint_every_n_hours(options_, hours));
+    return *this;
+  }
+  // The most checkpoints the directory holds while uploads are behind
+  // (0: no bound); see ckpt_options_set_local_max_held_for_upload.
+  Options& local_max_held_for_upload(int64_t count) {
+    check(ckpt_options_set_local_max_held_for_upload(options_, count));
+    return *this;
+  }
+  // How long a save answering a preemption signal waits for the uploads.
+  Options& remote_preemption_seconds(double seconds) {
+    check(ckpt_options_set_remote_preemption_seconds(options_, seconds));
+    return *this;
+  }
+
   // Writes checkpoint `number`: every file named `prefix` or
   // `prefix.<suffix>` (the save's staging prefix; the files move into place
   // at the commit). Throw to fail the save (nothing is committed). For
@@ -794,6 +825,19 @@ class Manager {
   std::string directory() const {
     return optional_string([&](char** out) { return ckpt_manager_directory(manager_, out); })
         .value_or(std::string());
+  }
+
+  // The remote tier's uploads (see ckpt_manager_remote_status), and the
+  // last failure's message (std::nullopt once an upload succeeded).
+  struct RemoteStatus {
+    ckpt_remote_status counts;
+    std::optional<std::string> last_error;
+  };
+  RemoteStatus remote_status() const {
+    RemoteStatus status{};
+    status.last_error = optional_string(
+        [&](char** out) { return ckpt_manager_remote_status(manager_, &status.counts, out); });
+    return status;
   }
 
   uint64_t save_counter() const {

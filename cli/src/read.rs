@@ -147,6 +147,7 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
         info: Option<CheckpointInfo>,
         kept_by: Vec<String>,
         checked: Checked,
+        tier: &'static str,
     }
     let mut rows = Vec::new();
     for retained in report {
@@ -156,7 +157,28 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
             checked: check(&retained.prefix, verification)?,
             prefix: retained.prefix,
             info,
+            tier: "local",
         });
+    }
+    let tiers = RemoteTier::of(&directory)?;
+    if let Some(tiers) = &tiers {
+        for row in &mut rows {
+            row.tier = tiers.tier_of(&row.prefix);
+        }
+        let local: Vec<PathBuf> = rows.iter().map(|row| row.prefix.clone()).collect();
+        for prefix in tiers.remote_only(&local) {
+            let info = tiers
+                .manager
+                .as_ref()
+                .and_then(|m| m.checkpoint_info(&prefix).ok());
+            rows.push(Row {
+                kept_by: vec!["remote".to_owned()],
+                checked: check(&prefix, verification)?,
+                prefix,
+                info,
+                tier: "remote",
+            });
+        }
     }
     rows.sort_by_key(|row| {
         (
@@ -181,11 +203,13 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                     "kept_by": row.kept_by,
                     "integrity": row.checked.status,
                     "detail": row.checked.detail,
+                    "tier": tiers.is_some().then_some(row.tier),
                 })
             })
             .collect();
         output::print_json(&json!({
             "directory": shown(&directory),
+            "remote": tiers.as_ref().map(|tiers| shown(&tiers.remote)),
             "verification": if verify { "checksums" } else { "sizes" },
             "checkpoints": rows,
         }));
@@ -220,8 +244,15 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                     row.kept_by.join(", "),
                     integrity,
                 ]
+                .into_iter()
+                .chain(tiers.is_some().then(|| row.tier.to_owned()))
+                .collect()
             })
             .collect();
+        let header_columns = if tiers.is_some() { 9 } else { 8 };
+        if let Some(tiers) = &tiers {
+            println!("remote tier: {}", tiers.remote.display());
+        }
         if rows.is_empty() {
             println!("no checkpoint in {}", directory.display());
         } else {
@@ -236,8 +267,9 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                         "saved (UTC)",
                         "size",
                         "kept by",
-                        "integrity"
-                    ],
+                        "integrity",
+                        "tier",
+                    ][..header_columns],
                     table_rows,
                     &[2, 3, 5],
                 )
@@ -534,9 +566,78 @@ fn to_verify(target: &Target, all: bool) -> Result<Vec<PathBuf>, Failure> {
     }
 }
 
+/// A directory's remote tier, as `checkpoint.uploads` names it, and what
+/// it holds (read-only); `None` for a directory without one.
+struct RemoteTier {
+    remote: PathBuf,
+    uploading: Vec<std::ffi::OsString>,
+    /// `None` when the remote cannot be opened (a warning said why).
+    manager: Option<CheckpointManager>,
+}
+
+impl RemoteTier {
+    fn of(directory: &Path) -> Result<Option<RemoteTier>, Failure> {
+        let Some(list) = ckpt_manager::upload_list(directory)? else {
+            return Ok(None);
+        };
+        let remote = list.remote();
+        let manager = config(&remote, &RuleArgs::default(), true)
+            .and_then(open)
+            .inspect_err(|err| {
+                let (Failure::No(message) | Failure::Trouble(message)) = err;
+                eprintln!("ckpt: the remote tier cannot be read: {message}");
+            })
+            .ok();
+        Ok(Some(RemoteTier {
+            uploading: list.pending().map(ToOwned::to_owned).collect(),
+            remote,
+            manager,
+        }))
+    }
+
+    fn in_remote(&self) -> Vec<PathBuf> {
+        self.manager
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.checkpoints())
+    }
+
+    /// "uploading", "local+remote" or "local".
+    fn tier_of(&self, local: &Path) -> &'static str {
+        let name = local.file_name().unwrap_or_default();
+        if self.uploading.iter().any(|waiting| waiting == name) {
+            "uploading"
+        } else if self.in_remote().iter().any(|p| p.file_name() == Some(name)) {
+            "local+remote"
+        } else {
+            "local"
+        }
+    }
+
+    /// The remote's checkpoints that are not among `local`.
+    fn remote_only(&self, local: &[PathBuf]) -> Vec<PathBuf> {
+        let in_remote = self.in_remote().into_iter();
+        in_remote
+            .filter(|p| !local.iter().any(|l| l.file_name() == p.file_name()))
+            .collect()
+    }
+}
+
 pub fn verify(argument: &str, all: bool, json: bool) -> Outcome {
     let target = location::parse(argument)?;
-    let prefixes = to_verify(&target, all)?;
+    let mut prefixes = to_verify(&target, all)?;
+    let directory = target.path();
+    let is_directory = matches!(&target, Target::Local(d) if d.is_dir()) || all;
+    if let Some(list) = ckpt_manager::upload_list(directory)
+        .ok()
+        .flatten()
+        .filter(|_| is_directory)
+    {
+        // The remote tier too: it is a checkpoint directory of its own.
+        prefixes.extend(to_verify(
+            &location::parse(&list.remote().to_string_lossy())?,
+            all,
+        )?);
+    }
     let mut results = Vec::new();
     for prefix in prefixes {
         let mut checked = check(&prefix, Verification::Checksums)?;

@@ -17,6 +17,7 @@ use crate::config::{Callbacks, LogLevel};
 use crate::error::{Error, Result};
 use crate::integrity;
 use crate::layout::deletable_base;
+use crate::manifest::Verification;
 use crate::paths;
 use crate::policy::{Hold, Managed, Retention};
 use crate::state_file::read_state;
@@ -57,7 +58,8 @@ impl CheckpointManager {
             remote: None,
             messages: Arc::default(),
         };
-        let uploads = Uploads::start(Arc::clone(&self.store), local, Box::new(copier))?;
+        let remote = remote_config.directory.clone();
+        let uploads = Uploads::start(Arc::clone(&self.store), remote, local, Box::new(copier))?;
         self.tiers = Some(Tiers {
             uploads,
             remote_store,
@@ -209,8 +211,9 @@ impl CheckpointManager {
     }
 
     /// Before a restore: when the remote holds a checkpoint newer than the
-    /// newest local one, the newest of those that copies intact is
-    /// downloaded and committed locally, so the restore (and the next
+    /// newest local one (or as new, when the local one is not whole), the
+    /// newest of those that copies intact is downloaded and committed
+    /// locally, so the restore (and the next
     /// restart) reads it locally. A remote that cannot be read is a warning.
     pub(super) fn download_newer(&mut self) -> Result<()> {
         let Some(tiers) = &self.tiers else {
@@ -220,7 +223,16 @@ impl CheckpointManager {
             Arc::clone(&tiers.remote_store),
             tiers.remote_directory.clone(),
         );
-        let local_newest = self.latest.as_deref().and_then(paths::trailing_number);
+        let mut local_newest = self.latest.as_deref().and_then(paths::trailing_number);
+        let local_latest = self.latest_checkpoint();
+        let verified = local_latest
+            .as_deref()
+            .map(|latest| self.verify(Some(latest), Verification::Sizes));
+        if let Some(Err(err)) = verified {
+            // A remote copy of the same number replaces it.
+            self.warn(&format!("the local latest checkpoint is not whole ({err})"));
+            local_newest = local_newest.map(|newest| newest.saturating_sub(1));
+        }
         let state = match read_state(&*remote_store) {
             Ok(Some(file)) => file.state,
             Ok(None) => return Ok(()),

@@ -866,6 +866,23 @@ void keep_best_and_metrics(const std::string& workdir) {
 
 // keep_period and pins next to max_to_keep; a pin is in the manifest on
 // disk and survives reopening; unpin deletes nothing until the next save.
+void remote_tier(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  const std::string remote = workdir + "/remote";
+  World world;
+  ckpt::Manager manager(world.options(dir, 1).remote_directory(remote).remote_max_to_keep(2));
+  for (int i = 0; i < 3; ++i) manager.save();
+  manager.wait_until_finished();
+  const auto status = manager.remote_status();
+  CHECK(status.counts.has_remote && status.counts.has_uploaded);
+  CHECK(status.counts.newest_uploaded == 3 && status.counts.pending == 0);
+  CHECK(!status.last_error.has_value());
+  CHECK_EQ(listed(dir), "ckpt-3");
+  CHECK_EQ(listed(remote), "ckpt-2 ckpt-3");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "remote directory",
+               world.options(dir, 1).remote_max_to_keep(3));
+}
+
 void keep_period_and_pins(const std::string& workdir) {
   const std::string dir = workdir + "/run";
   World world;
@@ -1499,6 +1516,7 @@ const Case cases[] = {
     {"save_async_threads", save_async_threads},
     {"background_exceptions_per_manager", background_exceptions_per_manager},
     {"communicator", communicator},
+    {"remote_tier", remote_tier},
 };
 
 }  // namespace
