@@ -2,11 +2,12 @@
 #   make run   builds the library and runs the demo trainer, interrupted and resumed
 #   (make tiny runs the small example, examples/tiny_trainer.c, the same way)
 #   (make run-mpi runs its data-parallel variant over 4 MPI ranks, with
-#   one rank killed)
+#   one rank killed, then resumed on 2 ranks)
 #   make test  installs what the tests need and runs every test (the
 #   library's and the ckpt command-line tool's, cli/)
 #   (make install PREFIX=... installs the library; make bench, make bench-commit,
-#   make bench-async, make bench-mpi, make bench-s3, make torture; make header regenerates
+#   make bench-async, make bench-mpi, make bench-reshard, make bench-s3, make bench-tiers,
+#   make torture; make header regenerates
 #   include/ckpt_manager.h after a change to src/ffi)
 CC ?= cc
 CFLAGS ?= -std=c11 -O2 -Wall -Wextra -Wpedantic -Werror
@@ -49,10 +50,12 @@ $(BUILD_DIR)/mlp_trainer_mpi: examples/mlp_trainer_mpi.c examples/mlp_model.h in
 # The data-parallel demo over 4 ranks (OpenMPI: scripts/setup): rank 1
 # SIGKILLs itself at step 1250, the others time out at that step's save;
 # the same command without the kill resumes, and its weights are compared
-# with a run straight through. orte_enable_recovery lets the other ranks
+# with a run straight through; then 2 ranks resume the 4 ranks' last
+# checkpoint and train on. orte_enable_recovery lets the other ranks
 # reach their timeout instead of being killed by mpirun.
-MPIRUN := OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none \
-	mpirun --allow-run-as-root --oversubscribe -np 4
+MPIRUN_NP := OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none \
+	mpirun --allow-run-as-root --oversubscribe -np
+MPIRUN := $(MPIRUN_NP) 4
 # Absolute: a collective restore from a relative directory joins the
 # directory twice (reported on issue 12).
 MPI_DEMO := $(CURDIR)/$(BUILD_DIR)
@@ -72,6 +75,11 @@ run-mpi: $(BUILD_DIR)/mlp_trainer_mpi
 	tail -n 1 $(MPI_DEMO)/mlp-mpi-straight.log
 	cmp $(MPI_DEMO)/mlp-mpi-run.weights $(MPI_DEMO)/mlp-mpi-straight.weights
 	@echo "== the weights of the killed-and-resumed run and the straight run are identical"
+	@echo "== the 4-rank checkpoint resumed on 2 ranks, trained on to step 2500"
+	$(MPIRUN_NP) 2 $(BUILD_DIR)/mlp_trainer_mpi $(MPI_DEMO)/mlp-mpi-run --steps 2500 --save-every 250 \
+		--export-resumed $(MPI_DEMO)/mlp-mpi-2-ranks.resumed
+	cmp $(MPI_DEMO)/mlp-mpi-run.weights $(MPI_DEMO)/mlp-mpi-2-ranks.resumed
+	@echo "== the 2 ranks resumed with the weights 4 ranks saved at step 2000 (replicated tensors), bit for bit"
 
 tiny: $(BUILD_DIR)/tiny_trainer
 	rm -rf $(BUILD_DIR)/tiny-run
@@ -101,7 +109,7 @@ test:
 	python3 -m venv $(BUILD_DIR)/py-venv
 	@# The dev profile: the library the Rust tests built, not a second tree.
 	CKPT_MANAGER_CARGO_PROFILE=dev $(BUILD_DIR)/py-venv/bin/python -m pip install --quiet \
-		pytest numpy mpi4py boto3==1.43.11 ./bindings/python
+		pytest numpy mpi4py boto3==1.43.11 safetensors ./bindings/python
 	CKPT_MANAGER_CARGO_PROFILE=dev $(BUILD_DIR)/py-venv/bin/python -m pytest bindings/python/tests
 
 bench:
@@ -125,12 +133,26 @@ bench-async:
 bench-mpi:
 	./scripts/bench-mpi
 
+# A checkpoint saved by 4 MPI ranks restored onto 2, 3 and 4: time, and bytes
+# each rank reads against the bytes it needs (scripts/bench-reshard,
+# benches/mpi_reshard.c).
+.PHONY: bench-reshard
+bench-reshard:
+	./scripts/bench-reshard
+
 # Upload and download of 1 GiB of tensors through the library's S3 store
 # against boto3's transfer manager on one moto server (scripts/bench-s3,
 # benches/s3_transfer.py).
 .PHONY: bench-s3
 bench-s3:
 	./scripts/bench-s3
+
+# The remote tier on one moto server: save() with and without a remote, the
+# background copy against boto3, a training loop's loss (scripts/bench-tiers,
+# benches/tiers.py).
+.PHONY: bench-tiers
+bench-tiers:
+	./scripts/bench-tiers
 
 # cbindgen runs only here (and in the test that checks the header is current).
 .PHONY: header

@@ -172,8 +172,14 @@ static uint64_t checksum(const params *p) {
 
 /* Registers each parameter tensor's three copies: W1, W1.adam_m, W1.adam_v,
  * then b1, W2 and b2 likewise. Stops at the first failure and returns it. */
-static ckpt_status register_params(ckpt_manager *manager, params *weights, params *adam_m,
-                                   params *adam_v) {
+/* How a tensor is registered: ckpt_manager_register_tensor (one process, or
+ * each rank its own) or ckpt_manager_register_replicated_tensor (the same on
+ * every rank, saved once). */
+typedef ckpt_status (*register_fn)(ckpt_manager *manager, const char *name, uint32_t dtype,
+                                   const uint64_t *shape, size_t ndim, void *data);
+
+static ckpt_status register_params(ckpt_manager *manager, register_fn register_tensor,
+                                   params *weights, params *adam_m, params *adam_v) {
   static const uint64_t w1_shape[] = {HIDDEN, INPUTS}, hidden_shape[] = {HIDDEN},
                         w2_shape[] = {1, HIDDEN}, b2_shape[] = {1};
   static const struct {
@@ -196,8 +202,8 @@ static ckpt_status register_params(ckpt_manager *manager, params *weights, param
       char full[64];
       snprintf(full, sizeof full, "%s%s", tensors[t].name, copies[c].suffix);
       const ckpt_status status =
-          ckpt_manager_register_tensor(manager, full, CKPT_DTYPE_F32, tensors[t].shape,
-                                       tensors[t].ndim, (char *)copies[c].copy + tensors[t].offset);
+          register_tensor(manager, full, CKPT_DTYPE_F32, tensors[t].shape, tensors[t].ndim,
+                          (char *)copies[c].copy + tensors[t].offset);
       if (status != CKPT_STATUS_OK) return status;
     }
   return CKPT_STATUS_OK;

@@ -187,7 +187,8 @@ static void save(ckpt_manager *manager, const train_state *st, const dataset *da
 }
 
 static void register_state(ckpt_manager *manager, train_state *st) {
-  check(register_params(manager, &st->weights, &st->adam_m, &st->adam_v),
+  check(register_params(manager, ckpt_manager_register_tensor, &st->weights, &st->adam_m,
+                        &st->adam_v),
         "ckpt_manager_register_tensor");
   /* Scalars: ndim 0, no shape. */
   check(ckpt_manager_register_tensor(manager, "step", CKPT_DTYPE_I64, NULL, 0, &st->step),

@@ -13,19 +13,25 @@
  * reduces, so it is the same bits run after run.
  *
  * Every rank registers the weights, Adam's moments, the step, the shared
- * generator and the seed (the same on every rank), and its own state: its
+ * generator and the seed as replicated tensors (the same on every rank: each
+ * is saved once, by one of the ranks), and its own state as rank-local: its
  * noise generator ("rank_rng") and how many samples it has trained on
  * ("samples_seen"). A save writes one safetensors file per rank,
- * ckpt-<step>.rank-RRRRR-of-SSSSS.safetensors; restore gives each rank its
- * own file back.
+ * ckpt-<step>.rank-RRRRR-of-SSSSS.safetensors. A restore gives every rank the
+ * replicated tensors and its own state back, on any number of ranks: resumed
+ * by fewer ranks, the state of the ranks that are gone is dropped; by more,
+ * a new rank starts its own state fresh.
  *
  * Usage: mpirun -np N mlp_trainer_mpi DIRECTORY [--steps N] [--save-every K]
  *                    [--keep M] [--seed S] [--stop-at STEP] [--export FILE]
- *                    [--log-dir DIR] [--timeout SECONDS]
+ *                    [--export-resumed FILE] [--log-dir DIR] [--timeout SECONDS]
  *                    [--kill-rank R --kill-at STEP]
  *   --steps, --save-every, --keep, --seed, --stop-at, --export
  *                   as in mlp_trainer.c (defaults 2000, 100, 3, 42); rank 0
  *                   writes the export
+ *   --export-resumed FILE
+ *                   rank 0 writes the weights as restored, before training
+ *                   on (raw float32, as --export)
  *   --log-dir DIR   each rank also writes its lines to DIR/rank-R.log
  *                   (rank 0 prints them on stdout as well)
  *   --timeout SECONDS
@@ -116,14 +122,20 @@ static void check(ckpt_status status, const char *what) {
 /* STREAM_RANK + r is rank r's noise. */
 enum { STREAM_RANK = 1000 };
 
+/* A rank's own state at the start of a run; also what a rank keeps when it
+ * resumes a checkpoint saved by fewer ranks, which has no piece for it. */
+static void initialize_rank_state(train_state *st) {
+  st->rank_rng = stream(st->seed, STREAM_RANK + (uint64_t)rank);
+  st->samples_seen = 0;
+}
+
 /* The init callback: a fresh run, on every rank. */
 static int32_t initialize(void *user_data) {
   train_state *st = user_data;
   initialize_params(st->seed, &st->weights, &st->adam_m, &st->adam_v);
   st->step = 0;
   st->rng = stream(st->seed, STREAM_BATCHES);
-  st->rank_rng = stream(st->seed, STREAM_RANK + (uint64_t)rank);
-  st->samples_seen = 0;
+  initialize_rank_state(st);
   return 0;
 }
 
@@ -184,24 +196,32 @@ static void save(ckpt_manager *manager, const train_state *st, const dataset *da
   ckpt_string_free(saved);
 }
 
+/* What every rank holds alike is replicated (saved once, restored on any
+ * number of ranks); the augmentation state is each rank's own. */
 static void register_state(ckpt_manager *manager, train_state *st) {
-  check(register_params(manager, &st->weights, &st->adam_m, &st->adam_v),
-        "ckpt_manager_register_tensor");
+  check(register_params(manager, ckpt_manager_register_replicated_tensor, &st->weights,
+                        &st->adam_m, &st->adam_v),
+        "ckpt_manager_register_replicated_tensor");
   static const struct {
     const char *name;
     ckpt_dtype dtype;
     size_t offset;
+    bool replicated;
   } scalars[] = {
-      {"step", CKPT_DTYPE_I64, offsetof(train_state, step)},
-      {"rng", CKPT_DTYPE_U64, offsetof(train_state, rng)},
-      {"seed", CKPT_DTYPE_U64, offsetof(train_state, seed)},
-      {"rank_rng", CKPT_DTYPE_U64, offsetof(train_state, rank_rng)},
-      {"samples_seen", CKPT_DTYPE_I64, offsetof(train_state, samples_seen)},
+      {"step", CKPT_DTYPE_I64, offsetof(train_state, step), true},
+      {"rng", CKPT_DTYPE_U64, offsetof(train_state, rng), true},
+      {"seed", CKPT_DTYPE_U64, offsetof(train_state, seed), true},
+      {"rank_rng", CKPT_DTYPE_U64, offsetof(train_state, rank_rng), false},
+      {"samples_seen", CKPT_DTYPE_I64, offsetof(train_state, samples_seen), false},
   };
-  for (size_t k = 0; k < sizeof scalars / sizeof scalars[0]; k++)
-    check(ckpt_manager_register_tensor(manager, scalars[k].name, scalars[k].dtype, NULL, 0,
-                                       (char *)st + scalars[k].offset),
-          "ckpt_manager_register_tensor");
+  for (size_t k = 0; k < sizeof scalars / sizeof scalars[0]; k++) {
+    const register_fn register_tensor = scalars[k].replicated
+                                            ? ckpt_manager_register_replicated_tensor
+                                            : ckpt_manager_register_tensor;
+    check(register_tensor(manager, scalars[k].name, scalars[k].dtype, NULL, 0,
+                          (char *)st + scalars[k].offset),
+          scalars[k].name);
+  }
 }
 
 static void export_weights(const params *p, const char *path) {
@@ -212,8 +232,8 @@ static void usage(const char *program) {
   if (rank == 0)
     fprintf(stderr,
             "usage: mpirun -np N %s DIRECTORY [--steps N] [--save-every K] [--keep M]\n"
-            "       [--seed S] [--stop-at STEP] [--export FILE] [--log-dir DIR]\n"
-            "       [--timeout SECONDS] [--kill-rank R --kill-at STEP]\n",
+            "       [--seed S] [--stop-at STEP] [--export FILE] [--export-resumed FILE]\n"
+            "       [--log-dir DIR] [--timeout SECONDS] [--kill-rank R --kill-at STEP]\n",
             program);
   MPI_Finalize();
   exit(2);
@@ -237,7 +257,7 @@ int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &ranks);
-  const char *directory = NULL, *export_path = NULL, *log_dir = NULL;
+  const char *directory = NULL, *export_path = NULL, *export_resumed = NULL, *log_dir = NULL;
   long long total_steps = 2000, save_every = 100, keep = 3, stop_at = -1;
   long long kill_rank = -1, kill_at = -1;
   unsigned long long seed = 42;
@@ -256,6 +276,7 @@ int main(int argc, char **argv) {
     else if (strcmp(arg, "--seed") == 0) seed = (unsigned long long)number_arg(argv[0], arg, value, 1);
     else if (strcmp(arg, "--stop-at") == 0) stop_at = number_arg(argv[0], arg, value, 1);
     else if (strcmp(arg, "--export") == 0) export_path = value;
+    else if (strcmp(arg, "--export-resumed") == 0) export_resumed = value;
     else if (strcmp(arg, "--log-dir") == 0) log_dir = value;
     else if (strcmp(arg, "--timeout") == 0) timeout_seconds = (double)number_arg(argv[0], arg, value, 0);
     else if (strcmp(arg, "--kill-rank") == 0) kill_rank = number_arg(argv[0], arg, value, 1);
@@ -287,18 +308,26 @@ int main(int argc, char **argv) {
   check(ckpt_options_set_communicator(options, &communicator), "set_communicator");
   check(ckpt_options_set_coordination_timeout(options, timeout_seconds), "set_timeout");
   check(ckpt_options_set_init_callback(options, initialize, &st, NULL), "init callback");
+  /* Resumed on another number of ranks, a rank without a saved piece of its
+   * own state keeps the fresh one set below; pieces of ranks that are gone
+   * are dropped. */
+  check(ckpt_options_set_unmatched_rank_local(options, CKPT_UNMATCHED_RANK_LOCAL_SKIP),
+        "set_unmatched_rank_local");
   ckpt_manager *manager = NULL;
   check(ckpt_manager_new(options, &manager), "ckpt_manager_new");
   ckpt_options_free(options);
   register_state(manager, &st);
+  initialize_rank_state(&st);
 
   char *restored = NULL;
   check(ckpt_manager_restore_or_initialize(manager, &restored), "restore_or_initialize");
   if (restored != NULL) {
     if (st.seed != seed) die("%s holds a run started with --seed %llu", directory,
                              (unsigned long long)st.seed);
-    say("rank %d of %d: resumed from %s at step %" PRId64 " (%" PRId64 " samples seen here)",
-        rank, ranks, restored, st.step, st.samples_seen);
+    say("rank %d of %d: resumed from %s at step %" PRId64 " (%" PRId64
+        " samples seen here), weights fnv1a %016" PRIx64,
+        rank, ranks, restored, st.step, st.samples_seen, checksum(&st.weights));
+    if (export_resumed != NULL && rank == 0) export_weights(&st.weights, export_resumed);
   } else {
     say("rank %d of %d: no checkpoint in %s: a fresh %d-%d-1 MLP from seed %llu", rank, ranks,
         directory, INPUTS, HIDDEN, seed);

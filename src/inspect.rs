@@ -19,6 +19,7 @@ use crate::state_file::{read_state, StateFile};
 use crate::store::{self, Store};
 #[cfg(test)]
 use crate::tensor_file::TensorFile;
+use crate::transaction::tiers::UploadList;
 use crate::transaction::{self, RecoveryAction};
 
 /// How often `latest_checkpoint` reads a state file again that a writer
@@ -33,6 +34,13 @@ pub(crate) fn split_prefix(
     options: &[(String, String)],
 ) -> Result<(Arc<dyn Store>, OsString)> {
     store::of_prefix(prefix, options)
+}
+
+/// Where the remote tier of `directory` is and which of its checkpoints
+/// wait for their upload, as the manager that has it keeps them in
+/// `checkpoint.uploads`; `None` for a directory without a remote tier.
+pub fn upload_list(directory: &Path) -> Result<Option<UploadList>> {
+    crate::transaction::tiers::read_upload_list(&*store::open(directory, &[])?)
 }
 
 /// The directory's state file with every relative path joined onto the

@@ -32,6 +32,7 @@ pub mod state;
 mod state_file;
 mod store;
 mod tensor_file;
+mod tensor_read;
 mod tensors;
 mod transaction;
 
@@ -40,8 +41,8 @@ pub use config::{Callbacks, Config, KeepBest, LogLevel, MaxToKeep, UnmatchedRank
 pub use error::{CallbackError, Error, ErrorKind, Result};
 pub use inspect::{
     checkpoint_exists, checkpoints_on_disk, get_checkpoint_state, latest_checkpoint, read_manifest,
-    recover_directory, remove_checkpoint, verify_checkpoint, verify_checkpoint_with_progress,
-    LatestOptions,
+    recover_directory, remove_checkpoint, upload_list, verify_checkpoint,
+    verify_checkpoint_with_progress, LatestOptions,
 };
 pub use integrity::Integrity;
 pub use manager::{
@@ -56,6 +57,8 @@ pub use preemption::{install_preemption_handler, preemption_requested};
 pub use safetensors::{FileTensor, Header as TensorHeader};
 pub use save_file::SaveFile;
 pub use state::CheckpointState;
-pub use tensor_file::{CheckpointTensors, TensorFile};
+pub use tensor_file::TensorFile;
+pub use tensor_read::CheckpointTensors;
 pub use tensors::{DType, TensorBox, TensorKind};
+pub use transaction::tiers::UploadList;
 pub use transaction::RecoveryAction;

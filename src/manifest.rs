@@ -264,7 +264,9 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
             let place = &saved.place;
             let dims = tensor.shape.len();
             // A rank-local tensor's pieces each have their own shape.
-            let inside = tensor.kind == TensorKind::RankLocal
+            let inside = (tensor.kind == TensorKind::RankLocal
+                && place.offset.len() == place.shape.len()
+                && place.offset.iter().all(|&at| at == 0))
                 || place.offset.len() == dims
                     && place.shape.len() == dims
                     && (0..dims).all(|d| {
@@ -287,8 +289,12 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
                 .try_fold(tensor.dtype.size() as u64, |n, &d| n.checked_mul(d));
             let fits = saved.end <= file_size && Some(saved.end.wrapping_sub(saved.start)) == bytes;
             let chunks = saved.chunk_crc32c.len() as u64;
-            let chunked =
-                chunks == 0 || chunks == (saved.end - saved.start).div_ceil(CRC_CHUNK_BYTES);
+            let chunked = chunks == 0
+                || chunks
+                    == saved
+                        .end
+                        .saturating_sub(saved.start)
+                        .div_ceil(CRC_CHUNK_BYTES);
             if saved.start > saved.end || !fits || !chunked {
                 return Err(format!(
                     "tensor '{name}': box {place} has the byte range [{}, {}) of a {}-byte file",
@@ -387,6 +393,71 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tensor_table_tests {
+    use super::*;
+
+    fn with_box(offset: &[u64], shape: &[u64], start: u64, end: u64) -> Manifest {
+        let mut manifest = Manifest::new(
+            1,
+            vec![FileRecord {
+                suffix: ByteString::from_bytes(b".safetensors"),
+                size: 100,
+                crc32c: 0,
+            }],
+        );
+        manifest.set_tensors(
+            1,
+            vec![TensorRecord {
+                name: "w".into(),
+                kind: TensorKind::Sharded,
+                dtype: DType::F32,
+                shape: vec![4, 2],
+                boxes: vec![SavedBox {
+                    rank: None,
+                    place: TensorBox {
+                        offset: offset.to_vec(),
+                        shape: shape.to_vec(),
+                    },
+                    file: ByteString::from_bytes(b".safetensors"),
+                    start,
+                    end,
+                    crc32c: 7,
+                    chunk_crc32c: Vec::new(),
+                }],
+            }],
+        );
+        manifest
+    }
+
+    #[test]
+    fn a_tensor_table_round_trips_and_lying_boxes_are_refused() {
+        let good = with_box(&[2, 0], &[2, 2], 16, 32);
+        let json = good.to_json();
+        let text = String::from_utf8(json.clone()).unwrap();
+        assert!(
+            text.contains("\"version\": 2") && text.contains("\"kind\": \"sharded\""),
+            "{text}"
+        );
+        assert_eq!(Manifest::from_json(&json).unwrap(), good);
+        for (bad, expected) in [
+            (with_box(&[3, 0], &[2, 2], 16, 32), "outside"),
+            (with_box(&[2, 0], &[2, 2], 16, 20), "byte range"),
+            (with_box(&[2, 0], &[2, 2], 32, 16), "byte range"),
+            (with_box(&[2, 0], &[2, 2], 90, 106), "byte range"),
+            (with_box(&[2], &[2, 2], 16, 32), "outside"),
+        ] {
+            let err = Manifest::from_json(&bad.to_json()).unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        // Without tensors a manifest stays version 1.
+        let plain = Manifest::new(1, good.files.clone());
+        assert!(String::from_utf8(plain.to_json())
+            .unwrap()
+            .contains("\"version\": 1"));
     }
 }
 

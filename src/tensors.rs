@@ -170,8 +170,13 @@ impl TensorBox {
         self.shape.iter().product()
     }
 
-    /// The part of both boxes (of the same rank), if it has an element.
+    /// The part of both boxes, if it has an element (boxes of different
+    /// numbers of dimensions share none).
     pub fn intersection(&self, other: &TensorBox) -> Option<TensorBox> {
+        let dims = self.offset.len();
+        if [self.shape.len(), other.offset.len(), other.shape.len()] != [dims; 3] {
+            return None;
+        }
         let mut offset = Vec::with_capacity(self.offset.len());
         let mut shape = Vec::with_capacity(self.offset.len());
         for dim in 0..self.offset.len() {

@@ -126,6 +126,7 @@ cases!(
     optional_none,
     move_semantics,
     tensors,
+    tensor_kinds,
     module_functions,
     object_storage_options,
     nested_calls,
@@ -147,6 +148,7 @@ cases!(
     save_async_threads,
     background_exceptions_per_manager,
     communicator,
+    remote_tier,
 );
 
 fn quickstart(directory: &Path, args: &[&str]) -> String {

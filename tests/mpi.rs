@@ -542,6 +542,18 @@ fn run_trainer(
     args: &[&str],
     settings: &[(&str, &str)],
 ) -> Case {
+    run_trainer_on(RANKS, workdir, checkpoints, logs, args, settings)
+}
+
+/// `run_trainer` under `mpirun -np ranks`.
+fn run_trainer_on(
+    ranks: u32,
+    workdir: &Path,
+    checkpoints: &str,
+    logs: &str,
+    args: &[&str],
+    settings: &[(&str, &str)],
+) -> Case {
     let log_dir = workdir.join(logs);
     std::fs::create_dir_all(&log_dir).unwrap();
     let mut arguments: Vec<std::ffi::OsString> = vec![
@@ -556,12 +568,12 @@ fn run_trainer(
     arguments.extend(args.iter().map(Into::into));
     let argument_refs: Vec<&OsStr> = arguments.iter().map(|a| a.as_os_str()).collect();
     let program = mlp_trainer_mpi();
-    let run = support::mpirun(RANKS, &program, &argument_refs, settings, DEADLINE);
-    let logs = (0..RANKS)
+    let run = support::mpirun(ranks, &program, &argument_refs, settings, DEADLINE);
+    let logs = (0..ranks)
         .map(|rank| std::fs::read_to_string(log_dir.join(format!("rank-{rank}.log"))).ok())
         .collect();
     let case = Case {
-        what: format!("mpirun -np {RANKS} {} {arguments:?}", program.display()),
+        what: format!("mpirun -np {ranks} {} {arguments:?}", program.display()),
         run,
         logs,
     };
@@ -666,6 +678,56 @@ fn mlp_demo_killed_rank_and_resumed_matches_a_straight_run() {
     assert!(
         std::fs::read(&resumed_weights).unwrap() == straight_bytes,
         "the resumed run's weights differ from the straight run's"
+    );
+
+    // Two ranks resume the four ranks' last checkpoint with its weights
+    // (replicated tensors) bit for bit, ranks 0 and 1 with their own state
+    // (rank-local; that of ranks 2 and 3 is dropped), and train on.
+    let on_two_weights = work.join("on-two.resumed");
+    let on_two = run_trainer_on(
+        2,
+        work,
+        "resumed",
+        "on-two-logs",
+        &[
+            "--steps",
+            "500",
+            "--export-resumed",
+            on_two_weights.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(on_two.run.status.success(), "{}", on_two.describe());
+    assert!(
+        std::fs::read(&on_two_weights).unwrap() == straight_bytes,
+        "2 ranks resumed other weights than 4 ranks saved:\n{}",
+        on_two.describe()
+    );
+    for rank in 0..2 {
+        let log = on_two.log(rank);
+        assert!(
+            log.contains(&format!("rank {rank} of 2: resumed from "))
+                && log.contains("ckpt-400 at step 400 (3200 samples seen here)"),
+            "rank {rank} did not resume step 400 with its own state:\n{}",
+            on_two.describe()
+        );
+        assert!(
+            log.contains(&format!("rank {rank} done at step 500")),
+            "rank {rank} did not train on to step 500:\n{}",
+            on_two.describe()
+        );
+    }
+    let latest = ckpt_manager::latest_checkpoint(
+        &work.join("resumed"),
+        ckpt_manager::LatestOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap()
+    .expect("a latest checkpoint");
+    assert!(
+        latest.ends_with("ckpt-500"),
+        "latest is {}",
+        latest.display()
     );
 }
 

@@ -2,96 +2,25 @@
 //! process over an in-memory communicator (tests/mpi.rs runs the real
 //! thing under mpirun).
 
-use std::collections::HashMap;
+#[path = "support/thread_ranks.rs"]
+mod thread_ranks;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use thread_ranks::{on_ranks, ThreadCommunicator};
 
 #[cfg(feature = "s3")]
 mod support;
 
 use ckpt_manager::{
-    get_checkpoint_state, Callbacks, CheckpointManager, CommError, Communicator, Config, DType,
-    Error, ErrorKind, MaxToKeep,
+    get_checkpoint_state, Callbacks, CheckpointManager, Communicator, Config, DType, Error,
+    ErrorKind, MaxToKeep,
 };
-
-/// Each collective call is a round in which every rank leaves its bytes.
-#[derive(Default)]
-struct Rounds {
-    slots: Mutex<HashMap<u64, Vec<Option<Vec<u8>>>>>,
-    changed: Condvar,
-}
-
-struct ThreadCommunicator {
-    rank: u32,
-    size: u32,
-    rounds: Arc<Rounds>,
-    next_round: AtomicU64,
-}
-
-impl ThreadCommunicator {
-    fn group(size: u32) -> Vec<Arc<ThreadCommunicator>> {
-        let rounds = Arc::new(Rounds::default());
-        (0..size)
-            .map(|rank| {
-                Arc::new(ThreadCommunicator {
-                    rank,
-                    size,
-                    rounds: Arc::clone(&rounds),
-                    next_round: AtomicU64::new(0),
-                })
-            })
-            .collect()
-    }
-
-    fn exchange(&self, mine: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>, CommError> {
-        let round = self.next_round.fetch_add(1, Ordering::SeqCst);
-        let mut slots = self.rounds.slots.lock().unwrap();
-        slots
-            .entry(round)
-            .or_insert_with(|| vec![None; self.size as usize])[self.rank as usize] =
-            Some(mine.to_vec());
-        self.rounds.changed.notify_all();
-        let (slots, waited) = self
-            .rounds
-            .changed
-            .wait_timeout_while(slots, timeout, |slots| {
-                slots[&round].iter().any(Option::is_none)
-            })
-            .unwrap();
-        if waited.timed_out() {
-            return Err(CommError::Timeout);
-        }
-        Ok(slots[&round].iter().map(|s| s.clone().unwrap()).collect())
-    }
-}
-
-impl Communicator for ThreadCommunicator {
-    fn rank(&self) -> u32 {
-        self.rank
-    }
-
-    fn size(&self) -> u32 {
-        self.size
-    }
-
-    fn barrier(&self, timeout: Duration) -> Result<(), CommError> {
-        self.exchange(&[], timeout).map(drop)
-    }
-
-    fn broadcast(&self, buffer: &mut [u8], root: u32, timeout: Duration) -> Result<(), CommError> {
-        let all = self.exchange(buffer, timeout)?;
-        buffer.copy_from_slice(&all[root as usize]);
-        Ok(())
-    }
-
-    fn all_gather(&self, record: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>, CommError> {
-        self.exchange(record, timeout)
-    }
-}
 
 const SIZE: u32 = 4;
 const VALUES: usize = 1000;
@@ -161,15 +90,7 @@ fn open_with(
 fn on_every_rank<T: Send + 'static>(
     body: impl Fn(Arc<ThreadCommunicator>) -> T + Send + Sync + 'static,
 ) -> Vec<T> {
-    let body = Arc::new(body);
-    let threads: Vec<_> = ThreadCommunicator::group(SIZE)
-        .into_iter()
-        .map(|communicator| {
-            let body = Arc::clone(&body);
-            thread::spawn(move || body(communicator))
-        })
-        .collect();
-    threads.into_iter().map(|t| t.join().unwrap()).collect()
+    on_ranks(SIZE, body)
 }
 
 fn value(rank: u32, round: u32) -> f32 {

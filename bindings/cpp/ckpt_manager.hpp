@@ -504,6 +504,37 @@ class Options {
     return *this;
   }
 
+  // A remote tier (see docs/tiers.md): every checkpoint committed to the
+  // directory is copied in the background to `directory` (a path,
+  // `file://` or `s3://` URL), committed there with its own manifest and
+  // state file. See ckpt_options_set_remote_directory.
+  Options& remote_directory(const std::string& directory) {
+    check(ckpt_options_set_remote_directory(options_, directory.c_str()));
+    return *this;
+  }
+  // The remote tier's own max_to_keep (0 keeps all there); after
+  // remote_directory.
+  Options& remote_max_to_keep(int64_t max_to_keep) {
+    check(ckpt_options_set_remote_max_to_keep(options_, max_to_keep));
+    return *this;
+  }
+  // The remote tier's own keep_checkpoint_every_n_hours (0: off).
+  Options& remote_keep_checkpoint_every_n_hours(double hours) {
+    check(ckpt_options_set_remote_keep_checkpoint_every_n_hours(options_, hours));
+    return *this;
+  }
+  // The most checkpoints the directory holds while uploads are behind
+  // (0: no bound); see ckpt_options_set_local_max_held_for_upload.
+  Options& local_max_held_for_upload(int64_t count) {
+    check(ckpt_options_set_local_max_held_for_upload(options_, count));
+    return *this;
+  }
+  // How long a save answering a preemption signal waits for the uploads.
+  Options& remote_preemption_seconds(double seconds) {
+    check(ckpt_options_set_remote_preemption_seconds(options_, seconds));
+    return *this;
+  }
+
   // Writes checkpoint `number`: every file named `prefix` or
   // `prefix.<suffix>` (the save's staging prefix; the files move into place
   // at the commit). Throw to fail the save (nothing is committed). For
@@ -796,6 +827,19 @@ class Manager {
         .value_or(std::string());
   }
 
+  // The remote tier's uploads (see ckpt_manager_remote_status), and the
+  // last failure's message (std::nullopt once an upload succeeded).
+  struct RemoteStatus {
+    ckpt_remote_status counts;
+    std::optional<std::string> last_error;
+  };
+  RemoteStatus remote_status() const {
+    RemoteStatus status{};
+    status.last_error = optional_string(
+        [&](char** out) { return ckpt_manager_remote_status(manager_, &status.counts, out); });
+    return status;
+  }
+
   uint64_t save_counter() const {
     uint64_t counter = 0;
     call([&] { return ckpt_manager_save_counter(manager_, &counter); });
@@ -837,6 +881,64 @@ class Manager {
       return ckpt_manager_register_tensor(manager_, name.c_str(), static_cast<uint32_t>(dtype),
                                           shape.empty() ? nullptr : shape.data(), shape.size(),
                                           data);
+    });
+  }
+
+  // Registers a buffer that holds the same tensor on every rank (weights of
+  // data-parallel training): saved once, restored into every rank's buffer
+  // whatever number of ranks saved it. Without a communicator it is as
+  // register_tensor. `data` as for register_tensor.
+  template <class T>
+  void register_replicated_tensor(const std::string& name, T* data,
+                                  const std::vector<uint64_t>& shape) {
+    static_assert(detail::has_dtype<std::remove_cv_t<T>>::value && !std::is_const<T>::value,
+                  "ckpt::Manager::register_replicated_tensor: T as for register_tensor");
+    register_replicated_tensor(name, dtype_of_v<T>, static_cast<void*>(data), shape);
+  }
+
+  void register_replicated_tensor(const std::string& name, ckpt_dtype dtype, void* data,
+                                  const std::vector<uint64_t>& shape) {
+    call([&] {
+      return ckpt_manager_register_replicated_tensor(
+          manager_, name.c_str(), static_cast<uint32_t>(dtype),
+          shape.empty() ? nullptr : shape.data(), shape.size(), data);
+    });
+  }
+
+  // Registers this rank's box of a sharded tensor of `global_shape`: the
+  // elements from `offset` over `local_shape`, held row-major in `data`
+  // (which must hold the product of `local_shape` elements and stay valid
+  // as for register_tensor). A restore fills the box from whichever saved
+  // boxes overlap it, whatever number of ranks saved them. The three shapes
+  // must have one entry per dimension (else CKPT_STATUS_INVALID_ARGUMENT,
+  // thrown before the library is called); a box outside `global_shape` is
+  // CKPT_STATUS_INVALID_ARGUMENT too.
+  template <class T>
+  void register_tensor_slice(const std::string& name, T* data,
+                             const std::vector<uint64_t>& global_shape,
+                             const std::vector<uint64_t>& offset,
+                             const std::vector<uint64_t>& local_shape) {
+    static_assert(detail::has_dtype<std::remove_cv_t<T>>::value && !std::is_const<T>::value,
+                  "ckpt::Manager::register_tensor_slice: T as for register_tensor");
+    register_tensor_slice(name, dtype_of_v<T>, static_cast<void*>(data), global_shape, offset,
+                          local_shape);
+  }
+
+  void register_tensor_slice(const std::string& name, ckpt_dtype dtype, void* data,
+                             const std::vector<uint64_t>& global_shape,
+                             const std::vector<uint64_t>& offset,
+                             const std::vector<uint64_t>& local_shape) {
+    if (offset.size() != global_shape.size() || local_shape.size() != global_shape.size()) {
+      throw Error(CKPT_STATUS_INVALID_ARGUMENT,
+                  "register_tensor_slice '" + name +
+                      "': global_shape, offset and local_shape need one entry per dimension");
+    }
+    const size_t ndim = global_shape.size();
+    call([&] {
+      return ckpt_manager_register_tensor_slice(
+          manager_, name.c_str(), static_cast<uint32_t>(dtype),
+          ndim ? global_shape.data() : nullptr, ndim ? offset.data() : nullptr,
+          ndim ? local_shape.data() : nullptr, ndim, data);
     });
   }
 

@@ -6,6 +6,7 @@
 //! 1 damaged or "no", 2 usage or I/O error.
 
 mod diff;
+mod export;
 mod location;
 mod output;
 mod read;
@@ -42,7 +43,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Full CRC32C check of the latest checkpoint (DIR), every one (--all) or one PREFIX
+    /// Full CRC32C check of the latest checkpoint (DIR), every one (--all) or one PREFIX:
+    /// every file, and every saved box of every tensor
     Verify {
         target: String,
         /// Every checkpoint of the directory
@@ -54,6 +56,15 @@ enum Command {
     /// The latest intact checkpoint's prefix, as tf.train.latest_checkpoint prints it
     Latest {
         directory: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The global tensors of a checkpoint as one safetensors file (streamed; a
+    /// rank-local tensor of several ranks becomes NAME.rank-R)
+    Export {
+        prefix: String,
+        /// The file to write (a local path), replaced when complete
+        out: std::path::PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -175,6 +186,7 @@ fn main() -> ExitCode {
         Command::Show { prefix, json } => read::show(&prefix, json),
         Command::Verify { target, all, json } => read::verify(&target, all, json),
         Command::Latest { directory, json } => read::latest(&directory, json),
+        Command::Export { prefix, out, json } => export::run(&prefix, &out, json),
         Command::Diff { a, b, json } => diff::run(&a, &b, json),
         Command::Prune {
             directory,

@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use ckpt_manager::{
-    Callbacks, CheckpointInfo, CheckpointManager, Config, Error, Integrity, KeepReason, MaxToKeep,
-    Pruned, TensorFile, Verification,
+    Callbacks, CheckpointInfo, CheckpointManager, CheckpointTensors, Config, Error, Integrity,
+    KeepReason, MaxToKeep, Pruned, TensorBox, TensorFile, Verification,
 };
 use serde_json::json;
 
@@ -147,6 +147,7 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
         info: Option<CheckpointInfo>,
         kept_by: Vec<String>,
         checked: Checked,
+        tier: &'static str,
     }
     let mut rows = Vec::new();
     for retained in report {
@@ -156,7 +157,28 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
             checked: check(&retained.prefix, verification)?,
             prefix: retained.prefix,
             info,
+            tier: "local",
         });
+    }
+    let tiers = RemoteTier::of(&directory)?;
+    if let Some(tiers) = &tiers {
+        for row in &mut rows {
+            row.tier = tiers.tier_of(&row.prefix);
+        }
+        let local: Vec<PathBuf> = rows.iter().map(|row| row.prefix.clone()).collect();
+        for prefix in tiers.remote_only(&local) {
+            let info = tiers
+                .manager
+                .as_ref()
+                .and_then(|m| m.checkpoint_info(&prefix).ok());
+            rows.push(Row {
+                kept_by: vec!["remote".to_owned()],
+                checked: check(&prefix, verification)?,
+                prefix,
+                info,
+                tier: "remote",
+            });
+        }
     }
     rows.sort_by_key(|row| {
         (
@@ -181,11 +203,13 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                     "kept_by": row.kept_by,
                     "integrity": row.checked.status,
                     "detail": row.checked.detail,
+                    "tier": tiers.is_some().then_some(row.tier),
                 })
             })
             .collect();
         output::print_json(&json!({
             "directory": shown(&directory),
+            "remote": tiers.as_ref().map(|tiers| shown(&tiers.remote)),
             "verification": if verify { "checksums" } else { "sizes" },
             "checkpoints": rows,
         }));
@@ -220,8 +244,15 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                     row.kept_by.join(", "),
                     integrity,
                 ]
+                .into_iter()
+                .chain(tiers.is_some().then(|| row.tier.to_owned()))
+                .collect()
             })
             .collect();
+        let header_columns = if tiers.is_some() { 9 } else { 8 };
+        if let Some(tiers) = &tiers {
+            println!("remote tier: {}", tiers.remote.display());
+        }
         if rows.is_empty() {
             println!("no checkpoint in {}", directory.display());
         } else {
@@ -236,8 +267,9 @@ pub fn list(argument: &str, verify: bool, rules: &RuleArgs, json: bool) -> Outco
                         "saved (UTC)",
                         "size",
                         "kept by",
-                        "integrity"
-                    ],
+                        "integrity",
+                        "tier",
+                    ][..header_columns],
                     table_rows,
                     &[2, 3, 5],
                 )
@@ -259,6 +291,7 @@ pub fn show(argument: &str, json: bool) -> Outcome {
     let manifest = ckpt_manager::read_manifest(&prefix)?;
     let manager = open(config(&directory, &RuleArgs::default(), true)?)?;
     let info = manager.checkpoint_info(&prefix)?;
+    let table = CheckpointTensors::open(&prefix)?;
     let tensors = TensorFile::open(&prefix)?;
     if json {
         let files: Vec<_> = match &manifest {
@@ -285,6 +318,8 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         let mut value = serde_json::to_value(&info).expect("info serialises");
         value["files"] = json!(files);
         value["safetensors"] = json!(tensors);
+        value["world_size"] = json!(table.as_ref().and_then(|t| t.manifest().world_size));
+        value["tensors"] = json!(table.as_ref().map(|t| t.tensors()));
         output::print_json(&value);
         return Ok(());
     }
@@ -353,7 +388,11 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         "{}",
         output::table(&["file", "bytes", "crc32c"], file_rows, &[1])
     );
-    if let Some(file) = tensors {
+    // The tensor table says more than the one-process file's header, which
+    // is shown for version 1 checkpoints.
+    if let Some(table) = &table {
+        print_tensor_table(table);
+    } else if let Some(file) = tensors {
         println!();
         let rows = file
             .header()
@@ -374,6 +413,106 @@ pub fn show(argument: &str, json: bool) -> Outcome {
         );
     }
     Ok(())
+}
+
+/// Each tensor's kind, dtype and global shape, then every saved box: where
+/// it is in the tensor and where its bytes are.
+fn print_tensor_table(table: &CheckpointTensors) {
+    let tensors = table.tensors();
+    println!();
+    println!(
+        "tensors     {} (saved by {} rank(s))",
+        tensors.len(),
+        table.manifest().world_size.unwrap_or(1)
+    );
+    let rows = tensors
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.kind.name().to_owned(),
+                t.dtype.name().to_owned(),
+                format!("{:?}", t.shape),
+                t.boxes.len().to_string(),
+                t.boxes
+                    .iter()
+                    .map(|b| b.end - b.start)
+                    .sum::<u64>()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &["tensor", "kind", "dtype", "shape", "boxes", "bytes"],
+            rows,
+            &[4, 5]
+        )
+    );
+    println!();
+    let rows = tensors
+        .iter()
+        .flat_map(|t| {
+            t.boxes.iter().map(|b| {
+                vec![
+                    t.name.clone(),
+                    b.rank.map_or(String::new(), |r| r.to_string()),
+                    format!("{:?}", b.place.offset),
+                    format!("{:?}", b.place.shape),
+                    String::from_utf8_lossy(b.file.as_bytes()).into_owned(),
+                    format!("[{}, {})", b.start, b.end),
+                    format!("{:08x}", b.crc32c),
+                ]
+            })
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &["box of", "rank", "offset", "shape", "file", "bytes", "crc32c"],
+            rows,
+            &[],
+        )
+    );
+}
+
+/// A saved box whose bytes fail their CRC32C (or cannot be read).
+pub struct DamagedBox {
+    tensor: String,
+    index: usize,
+    place: TensorBox,
+    file: String,
+    detail: String,
+}
+
+/// Checks every saved box of every tensor in the checkpoint's tensor table
+/// (none for version 1): how many were checked, and those damaged. An
+/// unusable manifest is damage `check` has already reported.
+fn check_boxes(prefix: &Path) -> Result<(usize, Vec<DamagedBox>), Failure> {
+    let table = match CheckpointTensors::open(prefix) {
+        Ok(Some(table)) => table,
+        Ok(None) | Err(Error::Damaged { .. }) => return Ok((0, Vec::new())),
+        Err(err) => return Err(err.into()),
+    };
+    let (mut checked, mut damaged) = (0, Vec::new());
+    for tensor in table.tensors() {
+        for (index, saved) in tensor.boxes.iter().enumerate() {
+            checked += 1;
+            match table.check_box(&tensor.name, index) {
+                Ok(()) => {}
+                Err(Error::Damaged { detail, .. }) => damaged.push(DamagedBox {
+                    tensor: tensor.name.clone(),
+                    index,
+                    place: saved.place.clone(),
+                    file: String::from_utf8_lossy(saved.file.as_bytes()).into_owned(),
+                    detail,
+                }),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok((checked, damaged))
 }
 
 /// The latest checkpoint the directory's state file names; `None`
@@ -427,28 +566,124 @@ fn to_verify(target: &Target, all: bool) -> Result<Vec<PathBuf>, Failure> {
     }
 }
 
+/// A directory's remote tier, as `checkpoint.uploads` names it, and what
+/// it holds (read-only); `None` for a directory without one.
+struct RemoteTier {
+    remote: PathBuf,
+    uploading: Vec<std::ffi::OsString>,
+    /// `None` when the remote cannot be opened (a warning said why).
+    manager: Option<CheckpointManager>,
+}
+
+impl RemoteTier {
+    fn of(directory: &Path) -> Result<Option<RemoteTier>, Failure> {
+        let Some(list) = ckpt_manager::upload_list(directory)? else {
+            return Ok(None);
+        };
+        let remote = list.remote();
+        let manager = config(&remote, &RuleArgs::default(), true)
+            .and_then(open)
+            .inspect_err(|err| {
+                let (Failure::No(message) | Failure::Trouble(message)) = err;
+                eprintln!("ckpt: the remote tier cannot be read: {message}");
+            })
+            .ok();
+        Ok(Some(RemoteTier {
+            uploading: list.pending().map(ToOwned::to_owned).collect(),
+            remote,
+            manager,
+        }))
+    }
+
+    fn in_remote(&self) -> Vec<PathBuf> {
+        self.manager
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.checkpoints())
+    }
+
+    /// "uploading", "local+remote" or "local".
+    fn tier_of(&self, local: &Path) -> &'static str {
+        let name = local.file_name().unwrap_or_default();
+        if self.uploading.iter().any(|waiting| waiting == name) {
+            "uploading"
+        } else if self.in_remote().iter().any(|p| p.file_name() == Some(name)) {
+            "local+remote"
+        } else {
+            "local"
+        }
+    }
+
+    /// The remote's checkpoints that are not among `local`.
+    fn remote_only(&self, local: &[PathBuf]) -> Vec<PathBuf> {
+        let in_remote = self.in_remote().into_iter();
+        in_remote
+            .filter(|p| !local.iter().any(|l| l.file_name() == p.file_name()))
+            .collect()
+    }
+}
+
 pub fn verify(argument: &str, all: bool, json: bool) -> Outcome {
     let target = location::parse(argument)?;
-    let prefixes = to_verify(&target, all)?;
+    let mut prefixes = to_verify(&target, all)?;
+    let directory = target.path();
+    let is_directory = matches!(&target, Target::Local(d) if d.is_dir()) || all;
+    if let Some(list) = ckpt_manager::upload_list(directory)
+        .ok()
+        .flatten()
+        .filter(|_| is_directory)
+    {
+        // The remote tier too: it is a checkpoint directory of its own.
+        prefixes.extend(to_verify(
+            &location::parse(&list.remote().to_string_lossy())?,
+            all,
+        )?);
+    }
     let mut results = Vec::new();
     for prefix in prefixes {
-        let checked = check(&prefix, Verification::Checksums)?;
-        results.push((prefix, checked));
+        let mut checked = check(&prefix, Verification::Checksums)?;
+        let (boxes, damaged_boxes) = check_boxes(&prefix)?;
+        if !damaged_boxes.is_empty() && !checked.damaged() {
+            checked = Checked {
+                status: "damaged",
+                detail: Some(format!(
+                    "{} saved box(es) fail their CRC32C",
+                    damaged_boxes.len()
+                )),
+            };
+        }
+        results.push((prefix, checked, boxes, damaged_boxes));
     }
-    let damaged = results.iter().filter(|(_, c)| c.damaged()).count();
+    let damaged = results.iter().filter(|(_, c, ..)| c.damaged()).count();
     if json {
         let rows: Vec<_> = results
             .iter()
-            .map(|(prefix, c)| json!({"prefix": shown(prefix), "integrity": c.status, "detail": c.detail}))
+            .map(|(prefix, c, boxes, damaged_boxes)| {
+                json!({
+                    "prefix": shown(prefix),
+                    "integrity": c.status,
+                    "detail": c.detail,
+                    "boxes_checked": boxes,
+                    "damaged_boxes": damaged_boxes.iter().map(|d| json!({
+                        "tensor": d.tensor, "box": d.index, "offset": d.place.offset,
+                        "shape": d.place.shape, "file": d.file, "detail": d.detail,
+                    })).collect::<Vec<_>>(),
+                })
+            })
             .collect();
         output::print_json(&json!({ "checkpoints": rows }));
     } else if results.is_empty() {
         println!("no checkpoint in {}", target.path().display());
     } else {
-        for (prefix, checked) in &results {
+        for (prefix, checked, _, damaged_boxes) in &results {
             match &checked.detail {
                 Some(detail) => println!("{:<18} {} ({detail})", checked.status, prefix.display()),
                 None => println!("{:<18} {}", checked.status, prefix.display()),
+            }
+            for d in damaged_boxes {
+                println!(
+                    "  tensor '{}' box {} ({}) in {}: damaged",
+                    d.tensor, d.index, d.place, d.file
+                );
             }
         }
     }

@@ -457,3 +457,59 @@ fn verify_shows_a_progress_bar_only_on_a_terminal() {
         "{drawn}"
     );
 }
+
+/// A directory with a remote tier: `list` shows where each checkpoint is
+/// (remote-only ones too) and `verify` checks both tiers.
+#[test]
+fn list_and_verify_show_both_tiers() {
+    let (local, remote) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let with_remote = || {
+        let mut config = Config::new(local.path(), MaxToKeep::Last(3)).unwrap();
+        config
+            .set_remote_directory(Some(remote.path().to_path_buf()))
+            .unwrap();
+        config.set_remote_max_to_keep(MaxToKeep::Last(5)).unwrap();
+        config
+    };
+    support::save_run_with(with_remote(), 6, Some(2));
+    let mut manager = CheckpointManager::new(with_remote(), Callbacks::new()).unwrap();
+    manager.wait_until_finished(None).unwrap();
+    drop(manager);
+
+    let ran = ckpt(&["list", text(local.path()), "--json"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let listed = json(&ran);
+    assert_eq!(listed["remote"], Value::from(text(remote.path())));
+    let tiers: Vec<(u64, &str)> = listed["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["number"].as_u64().unwrap(),
+                row["tier"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            (2, "local+remote"),
+            (3, "remote"),
+            (4, "local+remote"),
+            (5, "local+remote"),
+            (6, "local+remote"),
+        ]
+    );
+
+    let ran = ckpt(&["verify", text(local.path()), "--all", "--json"]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(json(&ran)["checkpoints"].as_array().unwrap().len(), 4 + 5);
+    let damaged = remote.path().join("ckpt-3.safetensors");
+    let mut bytes = fs::read(&damaged).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&damaged, bytes).unwrap();
+    let ran = ckpt(&["verify", text(local.path()), "--all"]);
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    assert!(ran.stdout.contains("damaged"), "{}", ran.stdout);
+}

@@ -146,6 +146,19 @@ fn reading_commands_work_on_a_bucket_as_on_a_directory() {
     let ran = bucket.ckpt(&["show", &format!("{url}/ckpt-6")]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_snapshot("show", Path::new(&url), &ran.stdout);
+    // The export holds the tensors as the saver's file does, read through
+    // ranged GETs of the bucket.
+    let exports = tempfile::tempdir().unwrap();
+    let out = exports.path().join("model.safetensors");
+    let ran = bucket.ckpt(&["export", &format!("{url}/ckpt-6"), out.to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let data = |bytes: &[u8]| {
+        bytes[8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize..].to_vec()
+    };
+    assert_eq!(
+        data(&std::fs::read(&out).unwrap()),
+        data(&bucket.get("runs/a/ckpt-6.safetensors"))
+    );
     let ran = bucket.ckpt(&["diff", &format!("{url}/ckpt-5"), &format!("{url}/ckpt-6")]);
     assert_eq!(ran.code, 1, "{}", ran.stderr);
     assert_snapshot("diff", Path::new(&url), &ran.stdout);
@@ -164,6 +177,13 @@ fn reading_commands_work_on_a_bucket_as_on_a_directory() {
     let ran = bucket.ckpt(&["verify", &url, "--all", "--json"]);
     assert_eq!(ran.code, 1, "{}", ran.stderr);
     assert_eq!(statuses(&ran), ["intact", "intact", "damaged", "intact"]);
+    let damaged_boxes = &json(&ran)["checkpoints"][2]["damaged_boxes"];
+    assert_eq!(
+        damaged_boxes.as_array().unwrap().len(),
+        1,
+        "{damaged_boxes}"
+    );
+    assert_eq!(damaged_boxes[0]["tensor"], "mask", "the file's last tensor");
     let ran = bucket.ckpt(&["verify", &format!("{url}/ckpt-5")]);
     assert_eq!(ran.code, 1, "{}", ran.stderr);
     assert!(

@@ -193,7 +193,10 @@ pub unsafe extern "C" fn ckpt_manager_new(
 /// one of its callbacks, or a finalizer this free runs), or from a background
 /// save's callback, it is refused: nothing is freed, the manager stays usable,
 /// and `ckpt_last_error_message()` says so. It waits for the manager's
-/// background save in flight, if any (see `ckpt_manager_save_async`).
+/// background save in flight, if any (see `ckpt_manager_save_async`), and
+/// for the upload to the remote tier in progress, if any; uploads still
+/// waiting are resumed by the next manager opened on the directory (call
+/// `ckpt_manager_wait_until_finished` first to end with everything uploaded).
 ///
 /// Ownership: takes `manager`, unless refused.
 /// Returns: nothing.

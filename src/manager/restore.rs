@@ -21,7 +21,8 @@ use crate::policy;
 use crate::sharding::RestoreRanks;
 use crate::state_file::read_state;
 use crate::store::{self, Store};
-use crate::tensor_file::{plan_tensors, read_planned, read_tensor_file, TensorPlan, TensorRestore};
+use crate::tensor_file::read_tensor_file;
+use crate::tensor_read::{plan_tensors, read_planned, TensorPlan, TensorRestore};
 
 /// How often a read-only manager re-reads a state file that changed under
 /// a restore before it gives up.

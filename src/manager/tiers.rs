@@ -83,7 +83,8 @@ impl CheckpointManager {
                 shard,
             }),
         };
-        let uploads = Uploads::start(Arc::clone(&self.store), local, copier)?;
+        let remote = remote_config.directory.clone();
+        let uploads = Uploads::start(Arc::clone(&self.store), remote, local, copier)?;
         self.tiers = Some(Tiers {
             uploads,
             remote_store,
@@ -250,6 +251,16 @@ impl CheckpointManager {
         }
         let ranks = Ranks::of(&self.config);
         let present = self.present_numbers(&ranks);
+        if let Some(latest) = self.latest.clone() {
+            let number = paths::trailing_number(&latest);
+            if number.is_some_and(|number| !present.contains(&number)) {
+                self.warn(&format!(
+                    "the local latest checkpoint '{}' is not whole (a file is missing or cut \
+                     short): the remote's copy is taken if it has one",
+                    latest.display()
+                ));
+            }
+        }
         let everywhere = ranks.gather_all(&present, "listing the ranks' checkpoints")?;
         let remote_store = match &self.tiers {
             Some(tiers) => Ok(Arc::clone(&tiers.remote_store)),

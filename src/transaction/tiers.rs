@@ -7,10 +7,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::layout::UPLOADS_FILE_NAME;
@@ -73,6 +76,8 @@ struct Queue {
     /// that the queue does not show yet.
     resumed: bool,
     stopping: bool,
+    /// Where the uploads go, as the list records it.
+    remote: PathBuf,
 }
 
 struct Shared {
@@ -127,16 +132,20 @@ impl Uploads {
     /// commit and the list's next write.
     pub fn start(
         store: Arc<dyn Store>,
+        remote: PathBuf,
         local: Vec<(OsString, u64)>,
         copier: Box<dyn TierCopy>,
     ) -> Result<Uploads> {
-        let listed = read_list(&*store)?;
+        let listed: HashSet<OsString> = read_upload_list(&*store)?
+            .map(|list| list.pending().map(OsStr::to_owned).collect())
+            .unwrap_or_default();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
         });
         {
             let mut queue = shared.lock();
+            queue.remote = remote;
             queue.waiting = local
                 .iter()
                 .filter(|(base, _)| listed.contains(base))
@@ -308,6 +317,8 @@ fn resume_newer(shared: &Shared, local: &[(OsString, u64)], remote_newest: Optio
     shared.changed.notify_all();
 }
 
+/// Copies the oldest waiting checkpoint (or skips it) until the manager
+/// stops; a failure is reported and retried after a growing pause.
 fn copy_waiting(
     shared: &Shared,
     store: &dyn Store,
@@ -415,41 +426,52 @@ enum Copied {
 /// Writes the durable list as the queue is now; a failure is logged and
 /// tried again at the next change.
 fn write_list_once(shared: &Shared, store: &dyn Store, written: &mut Option<u64>) {
-    let (waiting, generation) = {
+    let (list, generation) = {
         let queue = shared.lock();
-        (queue.waiting.clone(), queue.generation)
+        let list = UploadList {
+            remote: ByteString::from_bytes(queue.remote.as_os_str().as_bytes()),
+            pending: (queue.waiting.iter())
+                .map(|base| ByteString::from_bytes(base.as_bytes()))
+                .collect(),
+        };
+        (list, queue.generation)
     };
     if *written == Some(generation) {
         return;
     }
-    let names: Vec<ByteString> = waiting
-        .iter()
-        .map(|base| ByteString::from_bytes(std::os::unix::ffi::OsStrExt::as_bytes(&**base)))
-        .collect();
-    let bytes = serde_json::to_vec(&names).expect("names always serialise");
-    match super::replace::replace_aside(store, Path::new(UPLOADS_FILE_NAME), &bytes) {
-        Ok(()) => *written = Some(generation),
-        Err(err) => {
-            *written = Some(generation);
-            shared
-                .lock()
-                .messages
-                .push(format!("could not list the pending uploads: {err}"));
-        }
+    let bytes = serde_json::to_vec(&list).expect("names always serialise");
+    *written = Some(generation);
+    if let Err(err) = super::replace::replace_aside(store, Path::new(UPLOADS_FILE_NAME), &bytes) {
+        let message = format!("could not list the pending uploads: {err}");
+        shared.lock().messages.push(message);
     }
 }
 
-/// The durable list: empty when missing, and when unreadable (the local
-/// checkpoints newer than the remote's are resumed anyway).
-fn read_list(store: &dyn Store) -> Result<HashSet<OsString>> {
+/// `checkpoint.uploads`: where the remote tier is, and the checkpoints
+/// waiting for their upload there, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadList {
+    pub remote: ByteString,
+    pub pending: Vec<ByteString>,
+}
+
+impl UploadList {
+    pub fn remote(&self) -> PathBuf {
+        PathBuf::from(OsStr::from_bytes(self.remote.as_bytes()))
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = &OsStr> {
+        self.pending
+            .iter()
+            .map(|name| OsStr::from_bytes(name.as_bytes()))
+    }
+}
+
+/// The list a manager with a remote tier keeps in `store`; `None` when it
+/// has none, or it is unreadable (the next open writes it again).
+pub fn read_upload_list(store: &dyn Store) -> Result<Option<UploadList>> {
     let name = Path::new(UPLOADS_FILE_NAME);
     let bytes = store::read_bounded(store, name, MAX_LIST_BYTES)
         .map_err(|err| Error::io_at("read", &store.shown(name), err))?;
-    let names: Vec<ByteString> = bytes
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    Ok(names
-        .iter()
-        .map(|name| <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes()).to_owned())
-        .collect())
+    Ok(bytes.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }

@@ -590,6 +590,32 @@ void tensors(const std::string& workdir) {
   CHECK_EQ(restored_half[1], 0xc000);
 }
 
+// One process: a whole tensor saved, rows of it restored into a slice; a
+// replicated tensor round trips; inconsistent boxes are refused.
+void tensor_kinds(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  float whole[4][3] = {{0, 1, 2}, {3, 4, 5}, {6, 7, 8}, {9, 10, 11}};
+  double bias[2] = {0.5, -1.5};
+  {
+    ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
+    manager.register_tensor("w", &whole[0][0], {4, 3});
+    manager.register_replicated_tensor("bias", bias, {2});
+    CHECK_EQ(manager.save().value_or("none"), dir + "/ckpt-1");
+  }
+  float rows[2][3] = {};
+  double restored_bias[2] = {};
+  ckpt::Manager manager(ckpt::Options().directory(dir).max_to_keep(2));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "one entry per dimension",
+               manager.register_tensor_slice("w", &rows[0][0], {4, 3}, {2}, {2, 3}));
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "",
+               manager.register_tensor_slice("w", &rows[0][0], {4, 3}, {3, 0}, {2, 3}));
+  manager.register_tensor_slice("w", &rows[0][0], {4, 3}, {2, 0}, {2, 3});
+  manager.register_replicated_tensor("bias", restored_bias, {2});
+  CHECK_EQ(manager.restore_or_initialize().value_or("none"), dir + "/ckpt-1");
+  CHECK(std::memcmp(rows, whole[2], sizeof rows) == 0);
+  CHECK(std::memcmp(restored_bias, bias, sizeof bias) == 0);
+}
+
 void module_functions(const std::string& workdir) {
   CHECK_EQ(ckpt::version(), std::to_string(CKPT_VERSION_MAJOR) + "." +
                                 std::to_string(CKPT_VERSION_MINOR) + "." +
@@ -840,6 +866,23 @@ void keep_best_and_metrics(const std::string& workdir) {
 
 // keep_period and pins next to max_to_keep; a pin is in the manifest on
 // disk and survives reopening; unpin deletes nothing until the next save.
+void remote_tier(const std::string& workdir) {
+  const std::string dir = workdir + "/run";
+  const std::string remote = workdir + "/remote";
+  World world;
+  ckpt::Manager manager(world.options(dir, 1).remote_directory(remote).remote_max_to_keep(2));
+  for (int i = 0; i < 3; ++i) manager.save();
+  manager.wait_until_finished();
+  const auto status = manager.remote_status();
+  CHECK(status.counts.has_remote && status.counts.has_uploaded);
+  CHECK(status.counts.newest_uploaded == 3 && status.counts.pending == 0);
+  CHECK(!status.last_error.has_value());
+  CHECK_EQ(listed(dir), "ckpt-3");
+  CHECK_EQ(listed(remote), "ckpt-2 ckpt-3");
+  EXPECT_ERROR(CKPT_STATUS_INVALID_ARGUMENT, "remote directory",
+               world.options(dir, 1).remote_max_to_keep(3));
+}
+
 void keep_period_and_pins(const std::string& workdir) {
   const std::string dir = workdir + "/run";
   World world;
@@ -1450,6 +1493,7 @@ const Case cases[] = {
     {"optional_none", optional_none},
     {"move_semantics", move_semantics},
     {"tensors", tensors},
+    {"tensor_kinds", tensor_kinds},
     {"module_functions", module_functions},
     {"object_storage_options", object_storage_options},
     {"nested_calls", nested_calls},
@@ -1472,6 +1516,7 @@ const Case cases[] = {
     {"save_async_threads", save_async_threads},
     {"background_exceptions_per_manager", background_exceptions_per_manager},
     {"communicator", communicator},
+    {"remote_tier", remote_tier},
 };
 
 }  // namespace

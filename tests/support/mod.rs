@@ -122,6 +122,9 @@ pub fn command(program: &Path) -> Command {
             "--leak-check=full",
             "--errors-for-leak-kinds=definite,indirect",
             "--show-leak-kinds=definite,indirect",
+            // A quarter of each start-up, spent on the debug library's
+            // inlining records; a debug build inlines little.
+            "--read-inline-info=no",
         ]);
         valgrind.arg(program);
         valgrind

@@ -843,15 +843,22 @@ class CheckpointManager:
         with self._call() as handle:
             self._raise_for(_lib.ckpt_manager_reload(handle))
 
-    def register_array(self, name, array):
+    def register_array(self, name, array, replicated=False, global_shape=None, offset=None):
         """Registers a NumPy array with the built-in saver, without copying.
 
-        Every save writes it to `<prefix>.safetensors`; restore_or_initialize()
-        writes the checkpoint's values into it in place. The array must be
-        C-contiguous, writeable, aligned, native byte order, of dtype
-        float64/32/16, (u)int64/32/16/8, bool (or ml_dtypes.bfloat16); it may
-        be empty (a zero dimension). The manager keeps a reference to it until
-        unregister(name) or close()."""
+        Every save writes it to the checkpoint's safetensors file;
+        restore_or_initialize() writes the checkpoint's values into it in
+        place. The array must be C-contiguous, writeable, aligned, native byte
+        order, of dtype float64/32/16, (u)int64/32/16/8, bool (or
+        ml_dtypes.bfloat16); it may be empty (a zero dimension). The manager
+        keeps a reference to it until unregister(name) or close().
+
+        Under a communicator the array is one of three kinds (docs/tensors.md):
+        by default rank-local (each rank its own); `replicated=True`: the same
+        on every rank, written once; `global_shape` and `offset` (sequences
+        of ints, as long as array.ndim): this rank's box, starting at `offset`,
+        of a tensor of `global_shape` sharded across the ranks. A checkpoint
+        restores onto any number of ranks."""
         np = _numpy()
         if not isinstance(array, np.ndarray):
             raise TypeError("register_array needs a numpy.ndarray, not %s" % type(array).__name__)
@@ -867,13 +874,36 @@ class CheckpointManager:
             raise ValueError("array %r is not writeable" % name)
         if not flags.aligned:
             raise ValueError("array %r is not aligned" % name)
+        if (global_shape is None) != (offset is None):
+            raise ValueError("array %r: give both global_shape and offset (a sharded tensor) "
+                             "or neither" % name)
+        if replicated and global_shape is not None:
+            raise ValueError("array %r: a replicated tensor has no global_shape or offset "
+                             "(it is the whole tensor on every rank)" % name)
         encoded = _encode_text(name, "name")
         ndim = array.ndim
-        shape = (ctypes.c_uint64 * max(ndim, 1))(*array.shape)
+
+        def dims(values, what):
+            values = tuple(values)
+            if len(values) != ndim or not all(
+                    isinstance(v, (int, np.integer)) and v >= 0 for v in values):
+                raise ValueError("array %r: %s %r is not %d non-negative ints (one per "
+                                 "dimension of the array)" % (name, what, values, ndim))
+            return (ctypes.c_uint64 * max(ndim, 1))(*values) if ndim else None
+
+        shape = dims(array.shape, "shape")
         with self._call() as handle:
-            self._raise_for(_lib.ckpt_manager_register_tensor(
-                handle, encoded, DTYPES[dtype_name], shape if ndim else None, ndim,
-                array.ctypes.data))
+            if global_shape is not None:
+                status = _lib.ckpt_manager_register_tensor_slice(
+                    handle, encoded, DTYPES[dtype_name], dims(global_shape, "global_shape"),
+                    dims(offset, "offset"), shape, ndim, array.ctypes.data)
+            elif replicated:
+                status = _lib.ckpt_manager_register_replicated_tensor(
+                    handle, encoded, DTYPES[dtype_name], shape, ndim, array.ctypes.data)
+            else:
+                status = _lib.ckpt_manager_register_tensor(
+                    handle, encoded, DTYPES[dtype_name], shape, ndim, array.ctypes.data)
+            self._raise_for(status)
             self._arrays[name] = array
 
     def unregister(self, name):

@@ -62,6 +62,14 @@ def assert_generated(name):
             "ckpt_manager/%s is stale: run python3 bindings/python/generate_from_header.py" % name)
 
 
+def ckpt_tool():
+    """The repository's debug build of the `ckpt` tool (cargo builds it when
+    stale; `cargo test --workspace` has built it before make test runs pytest)."""
+    cargo = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
+    subprocess.check_call([cargo, "build", "-p", "ckpt-cli", "--quiet"], cwd=REPO)
+    return os.path.join(REPO, "target", "debug", "ckpt")
+
+
 def subprocess_env():
     """The environment of a Python subprocess that imports this package and
     loads the library the tests load."""

@@ -116,7 +116,55 @@ def node_local(directory, comm):
             "weights_match": bool(np.array_equal(weights, weights_at(rank, 3)))}
 
 
-CASES = {"round_trip": round_trip, "failing_save": failing_save, "node_local": node_local}
+# reshard_*: a [8, 6] float32 tensor sharded by rows and a replicated bias,
+# saved by 4 ranks, restored by 2.
+RESHARD_SHAPE = (8, 6)
+
+
+def reshard_global():
+    return np.arange(48, dtype=np.float32).reshape(RESHARD_SHAPE) * 1.5
+
+
+def reshard_bias():
+    return np.arange(6, dtype=np.float64) * 0.25 - 1.0
+
+
+def reshard_rows(rank, size):
+    rows = RESHARD_SHAPE[0] // size
+    return rank * rows, rows
+
+
+def reshard_save(directory, comm):
+    """Each rank saves its rows of the global tensor `w` and the bias."""
+    first, rows = reshard_rows(comm.rank, comm.size)
+    w = np.ascontiguousarray(reshard_global()[first:first + rows])
+    bias = reshard_bias()
+    with ckpt_manager.CheckpointManager(directory, max_to_keep=2, communicator=comm,
+                                        coordination_timeout=TIMEOUT) as manager:
+        manager.register_array("w", w, global_shape=RESHARD_SHAPE, offset=(first, 0))
+        manager.register_array("bias", bias, replicated=True)
+        saved = manager.save()
+    return {"rank": comm.rank, "saved": os.path.basename(saved)}
+
+
+def reshard_restore(directory, comm):
+    """Each rank (of fewer) restores its own, larger, rows and the bias."""
+    first, rows = reshard_rows(comm.rank, comm.size)
+    w = np.zeros((rows, RESHARD_SHAPE[1]), dtype=np.float32)
+    bias = np.zeros(6, dtype=np.float64)
+    with ckpt_manager.CheckpointManager(directory, max_to_keep=2, communicator=comm,
+                                        coordination_timeout=TIMEOUT) as manager:
+        manager.register_array("w", w, global_shape=RESHARD_SHAPE, offset=(first, 0))
+        manager.register_array("bias", bias, replicated=True)
+        restored = manager.restore_or_initialize()
+    return {"rank": comm.rank, "size": comm.size, "restored": os.path.basename(restored),
+            "rows": [first, first + rows],
+            "w_match": bool(np.array_equal(w, reshard_global()[first:first + rows])),
+            "bias_match": bool(np.array_equal(bias, reshard_bias()))}
+
+
+CASES = {"round_trip": round_trip, "failing_save": failing_save, "node_local": node_local,
+         "reshard_save": reshard_save, "reshard_restore": reshard_restore}
 
 if __name__ == "__main__":
     case, directory, reports = sys.argv[1:4]

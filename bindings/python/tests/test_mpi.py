@@ -6,7 +6,9 @@ import signal
 import subprocess
 import sys
 
-from conftest import PYTHON_DIR, subprocess_env
+import numpy as np
+
+from conftest import PYTHON_DIR, ckpt_tool, subprocess_env
 
 RANKS = 4
 RANK_SCRIPT = os.path.join(PYTHON_DIR, "tests", "mpi_ranks.py")
@@ -50,12 +52,12 @@ def _kill_session(session):
         pass
 
 
-def run_ranks(case, directory, reports):
-    """{rank: report} of `mpirun -np 4 python mpi_ranks.py CASE DIRECTORY REPORTS`."""
+def run_ranks(case, directory, reports, ranks=RANKS):
+    """{rank: report} of `mpirun -np RANKS python mpi_ranks.py CASE DIRECTORY REPORTS`."""
     os.mkdir(reports)
     env = subprocess_env()
     env.update(MPI_SETTINGS)
-    command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(RANKS),
+    command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks),
                sys.executable, RANK_SCRIPT, case, str(directory), str(reports)]
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -72,9 +74,9 @@ def run_ranks(case, directory, reports):
         _kill_session(process.pid)  # nothing may outlive the test
     assert process.returncode == 0, "mpirun failed (%d)\n--- stdout\n%s\n--- stderr\n%s" % (
         process.returncode, stdout, stderr)
-    assert sorted(os.listdir(reports)) == ["rank-%d.json" % r for r in range(RANKS)], stderr
+    assert sorted(os.listdir(reports)) == ["rank-%d.json" % r for r in range(ranks)], stderr
     by_rank = {}
-    for rank in range(RANKS):
+    for rank in range(ranks):
         with open(os.path.join(reports, "rank-%d.json" % rank)) as f:
             by_rank[rank] = json.load(f)
     return by_rank
@@ -127,3 +129,30 @@ def test_node_local_directories_each_hold_their_own_rank(tmp_path):
             ["checkpoint", "checkpoint.lock"]
             + ["ckpt-%d.%s" % (n, name) for n in (2, 3)
                for name in ("ckpt-manifest.json", shard)]), report
+
+
+def test_a_checkpoint_of_4_ranks_restores_onto_2_and_exports_to_one_file(tmp_path):
+    """Rows sharded over 4 ranks and a replicated bias, restored by 2 ranks
+    each holding twice the rows; then `ckpt export` assembles the global
+    tensors into one file that Hugging Face's safetensors loads."""
+    directory = tmp_path / "ckpts"
+    saved = run_ranks("reshard_save", directory, tmp_path / "saved")
+    assert {r["saved"] for r in saved.values()} == {"ckpt-1"}
+    restored = run_ranks("reshard_restore", directory, tmp_path / "restored", ranks=2)
+    for rank, report in restored.items():
+        assert report["size"] == 2 and report["restored"] == "ckpt-1", report
+        assert report["rows"] == [4 * rank, 4 * rank + 4], report
+        assert report["w_match"] and report["bias_match"], report
+
+    from safetensors.numpy import load_file  # Hugging Face's reader
+    sys.path.insert(0, os.path.join(PYTHON_DIR, "tests"))
+    import mpi_ranks  # noqa: E402  (its expected values; mpi4py is installed)
+    out = tmp_path / "model.safetensors"
+    subprocess.run([ckpt_tool(), "export", str(directory / "ckpt-1"), str(out)], check=True,
+                   capture_output=True)
+    tensors = load_file(str(out))
+    assert sorted(tensors) == ["bias", "w"]
+    expected = {"w": mpi_ranks.reshard_global(), "bias": mpi_ranks.reshard_bias()}
+    for name, value in expected.items():
+        assert tensors[name].dtype == value.dtype and tensors[name].shape == value.shape, name
+        np.testing.assert_array_equal(tensors[name], value)

@@ -206,3 +206,38 @@ def test_rejects_read_only_and_unaligned(directory, clock):
             m.register_array("ok", np.zeros(3))
         with pytest.raises(InvalidArgumentError):  # reserved name
             m.register_array("__metadata__", np.zeros(3))
+
+
+def test_a_slice_restores_its_rows_of_a_whole_tensor_and_replicated_round_trips(directory,
+                                                                                clock):
+    """One process: a whole tensor saved, a box of it restored; a replicated
+    array (without a communicator, the whole tensor) round trips."""
+    whole = np.arange(12, dtype=np.float32).reshape(4, 3)
+    bias = np.array([0.5, -1.5], dtype=np.float64)
+    with CheckpointManager(directory, 2, clock=clock) as m:
+        m.register_array("w", whole)
+        m.register_array("bias", bias, replicated=True)
+        m.save()
+    rows = np.zeros((2, 3), dtype=np.float32)
+    restored_bias = np.zeros(2, dtype=np.float64)
+    with CheckpointManager(directory, 2, clock=clock) as m:
+        m.register_array("w", rows, global_shape=(4, 3), offset=(2, 0))
+        m.register_array("bias", restored_bias, replicated=True)
+        m.restore_or_initialize()
+    np.testing.assert_array_equal(rows, whole[2:])
+    np.testing.assert_array_equal(restored_bias, bias)
+
+
+def test_register_array_refuses_inconsistent_kinds_and_boxes(directory, clock):
+    rows = np.zeros((2, 3), dtype=np.float32)
+    with CheckpointManager(directory, 2, clock=clock) as m:
+        with pytest.raises(ValueError, match="both global_shape and offset"):
+            m.register_array("w", rows, global_shape=(4, 3))
+        with pytest.raises(ValueError, match="a replicated tensor has no global_shape"):
+            m.register_array("w", rows, replicated=True, global_shape=(4, 3), offset=(0, 0))
+        with pytest.raises(ValueError, match="offset"):
+            m.register_array("w", rows, global_shape=(4, 3), offset=(0,))
+        # Rows 3 and 4 of a 4-row tensor: outside it.
+        with pytest.raises(InvalidArgumentError):
+            m.register_array("w", rows, global_shape=(4, 3), offset=(3, 0))
+        assert "w" not in m.registered_arrays
