@@ -315,13 +315,13 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
             })?;
             let fits = saved.end <= file_size
                 && Some(saved.end.wrapping_sub(saved.start)) == byte_size(&place.shape);
-            let chunks = saved.chunk_crc32c.len() as u64;
-            let chunked = chunks == 0
-                || chunks
-                    == saved
-                        .end
-                        .saturating_sub(saved.start)
-                        .div_ceil(CRC_CHUNK_BYTES);
+            // A box over one piece has a CRC32C per piece, so that reading
+            // part of it never needs the whole.
+            let len = saved.end.saturating_sub(saved.start);
+            let chunked = match saved.chunk_crc32c.len() as u64 {
+                0 => len <= CRC_CHUNK_BYTES,
+                chunks => chunks == len.div_ceil(CRC_CHUNK_BYTES),
+            };
             if saved.start > saved.end || !fits || !chunked {
                 return Err(format!(
                     "tensor '{name}': box {place} has the byte range [{}, {}) of a {}-byte file",
@@ -339,7 +339,34 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    check_ranges_apart(manifest)
+}
+
+/// No two boxes' byte ranges overlap in a file: a save writes each box's
+/// bytes once, so the tensors' bytes are at most the files' bytes.
+fn check_ranges_apart(manifest: &Manifest) -> Result<(), String> {
+    let mut ranges: Vec<(&[u8], u64, u64, &str)> = manifest
+        .tensors
+        .iter()
+        .flat_map(|tensor| tensor.boxes.iter().map(move |saved| (tensor, saved)))
+        .filter(|(_, saved)| saved.start < saved.end)
+        .map(|(tensor, saved)| {
+            let file = saved.file.as_bytes();
+            (file, saved.start, saved.end, tensor.name.as_str())
+        })
+        .collect();
+    ranges.sort_unstable();
+    match ranges
+        .windows(2)
+        .find(|pair| pair[0].0 == pair[1].0 && pair[0].2 > pair[1].1)
+    {
+        Some([(file, start, end, first), (_, other_start, other_end, second)]) => Err(format!(
+            "the byte ranges [{start}, {end}) of tensor '{first}' and [{other_start}, \
+             {other_end}) of tensor '{second}' overlap in file {:?}",
+            String::from_utf8_lossy(file)
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A rank-local tensor's boxes each name a distinct rank below `world`;

@@ -414,3 +414,82 @@ fn a_failed_restore_leaves_every_buffer_untouched() {
         "the failed restore wrote {buffers:?}"
     );
 }
+
+/// Two boxes whose byte ranges overlap in one file: a save never writes
+/// that, so a table that says so is damaged (here `r` claims `a`'s bytes).
+#[test]
+fn byte_ranges_shared_by_two_boxes_are_damage() {
+    assert_damaged_table("shared bytes", "overlap", |m| {
+        let a = tensor(m, "a")["boxes"][0].clone();
+        let r = tensor(m, "r");
+        r["shape"] = json!([48]);
+        let b = &mut r["boxes"][0];
+        b["shape"] = json!([48]);
+        for key in ["start", "end", "crc32c"] {
+            b[key] = a[key].clone();
+        }
+    });
+}
+
+/// A box over 4 MiB without its per-piece CRC32Cs would be read and
+/// checked whole; a save always writes them.
+#[test]
+fn a_large_box_without_piece_checksums_is_damage() {
+    assert_damaged_table("no chunk CRCs", "byte range", |m| {
+        let big = 5u64 << 20;
+        let file = m["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["suffix"] == ".safetensors")
+            .unwrap();
+        file["size"] = json!(file["size"].as_u64().unwrap() + big);
+        let r = tensor(m, "r");
+        r["shape"] = json!([big]);
+        let b = &mut r["boxes"][0];
+        b["shape"] = json!([big]);
+        b["end"] = json!(b["start"].as_u64().unwrap() + big);
+    });
+}
+
+/// A table that claims a terabyte tensor in a file it says is that large
+/// (the file is a few hundred bytes): `CheckpointTensors` finds the file
+/// short before it allocates the tensor.
+#[test]
+fn a_tensor_claiming_more_bytes_than_its_file_has_is_not_allocated() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    save_two(dir);
+    let latest = dir.join("ckpt-2");
+    let huge = 1u64 << 40;
+    edit_manifest(&latest, |m| {
+        let file = m["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["suffix"] == ".safetensors")
+            .unwrap();
+        file["size"] = json!(huge * 2);
+        let r = tensor(m, "r");
+        r["shape"] = json!([huge]);
+        let b = &mut r["boxes"][0];
+        b["shape"] = json!([huge]);
+        b["start"] = json!(huge);
+        b["end"] = json!(huge * 2);
+        b["chunk_crc32c"] = json!(vec![0u32; (huge >> 22) as usize]);
+    });
+    let tensors = CheckpointTensors::open(&latest).unwrap().unwrap();
+    let err = tensors.read_global("r").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Damaged, "{err}");
+    let err = tensors
+        .read_region(
+            "r",
+            &TensorBox {
+                offset: vec![huge - 4],
+                shape: vec![4],
+            },
+            &mut [0u8; 4],
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Damaged, "{err}");
+}
