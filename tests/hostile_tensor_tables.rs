@@ -8,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ckpt_manager::{
-    Callbacks, CheckpointManager, CheckpointTensors, Config, DType, ErrorKind, MaxToKeep, TensorBox,
+    Callbacks, CheckpointManager, CheckpointTensors, Config, DType, ErrorKind, Manifest, MaxToKeep,
+    TensorBox,
 };
 use serde_json::{json, Value};
 
@@ -492,4 +493,16 @@ fn a_tensor_claiming_more_bytes_than_its_file_has_is_not_allocated() {
         )
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Damaged, "{err}");
+}
+
+/// The fuzzer's seed of a tensor table (two ranks, every kind) is one the
+/// reader accepts, so that its mutations reach the table's checks.
+#[test]
+fn the_fuzzers_tensor_table_seed_reads_and_round_trips() {
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/manifest_reader/seed-v2-tensor-table.json");
+    let manifest = Manifest::from_json(&fs::read(seed).unwrap()).unwrap();
+    assert_eq!(manifest.world_size, Some(2));
+    assert_eq!(manifest.tensors.len(), 3);
+    assert_eq!(Manifest::from_json(&manifest.to_json()).unwrap(), manifest);
 }
