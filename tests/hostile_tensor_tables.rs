@@ -394,12 +394,22 @@ fn restore_the_only_damaged_checkpoint() -> (ckpt_manager::Result<Option<PathBuf
 }
 
 /// With no older checkpoint to fall back to, a damaged tensor file is
-/// `CHECKPOINT_DAMAGED`.
+/// `CHECKPOINT_DAMAGED`, and the error says when buffers were written.
 #[test]
-fn a_damaged_only_checkpoint_is_damage() {
-    let (result, _) = restore_the_only_damaged_checkpoint();
+fn a_damaged_only_checkpoint_is_damage_and_says_the_buffers_were_written() {
+    let (result, buffers) = restore_the_only_damaged_checkpoint();
     let err = result.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Damaged, "{err}");
+    assert_ne!(
+        buffers,
+        Buffers::sentinel(),
+        "the case no longer writes buffers"
+    );
+    assert!(
+        err.to_string()
+            .contains("the buffers hold the bytes of the damaged checkpoint"),
+        "{err}"
+    );
 }
 
 /// A failed restore should leave every buffer as it was; today the tensors
