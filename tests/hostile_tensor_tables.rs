@@ -516,3 +516,25 @@ fn the_fuzzers_tensor_table_seed_reads_and_round_trips() {
     assert_eq!(manifest.tensors.len(), 3);
     assert_eq!(Manifest::from_json(&manifest.to_json()).unwrap(), manifest);
 }
+
+/// An absurd world size allocates nothing by it: the pieces the table has
+/// are this process's, so they restore; a tool refuses the rank-local
+/// tensor's global value, as for any world of several ranks.
+#[test]
+fn an_absurd_world_size_costs_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    save_two(dir);
+    let latest = dir.join("ckpt-2");
+    edit_manifest(&latest, |m| m["world_size"] = json!(u32::MAX));
+    let (result, buffers) = restore(dir);
+    assert_eq!(result.unwrap(), Some(latest.clone()));
+    assert!(buffers == Buffers::seeded(2));
+    let tensors = CheckpointTensors::open(&latest).unwrap().unwrap();
+    let err = tensors.read_global("a").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TensorMismatch, "{err}");
+    assert_eq!(
+        tensors.read_rank_piece("a", 0).unwrap().unwrap(),
+        Buffers::seeded(2).a
+    );
+}
