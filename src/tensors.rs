@@ -221,8 +221,18 @@ impl TensorBox {
             let neighbours = order[at + 1..]
                 .iter()
                 .take_while(|&&j| boxes[j].offset[axis] < end);
+            // Without allocating: a hostile table may make this quadratic.
             for &j in neighbours {
-                if let Some(both) = a.intersection(boxes[j]) {
+                let b = boxes[j];
+                let apart = (0..dims).any(|d| {
+                    a.offset[d].saturating_add(a.shape[d]) <= b.offset[d]
+                        || b.offset[d].saturating_add(b.shape[d]) <= a.offset[d]
+                });
+                let both = match apart {
+                    true => None,
+                    false => a.intersection(b),
+                };
+                if let Some(both) = both {
                     return Some((i.min(j), i.max(j), both));
                 }
             }
