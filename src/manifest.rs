@@ -250,11 +250,16 @@ impl Manifest {
 /// have a distinct rank of the world, no other's has one, and a sharded
 /// tensor's boxes do not overlap; names are sorted and unique.
 fn check_tensors(manifest: &Manifest) -> Result<(), String> {
-    let world = match (manifest.version, manifest.world_size, manifest.tensors.len()) {
+    let world = match (
+        manifest.version,
+        manifest.world_size,
+        manifest.tensors.len(),
+    ) {
         (VERSION_TENSORS, Some(world), 1..) if world > 0 => world,
         (VERSION_TENSORS, world, tensors) => {
             return Err(format!(
-                "version 2 needs tensors and a world size, it has {tensors} tensors and world                  size {world:?}"
+                "version 2 needs tensors and a world size, it has {tensors} tensors and world \
+                 size {world:?}"
             ))
         }
         (_, None, 0) => return Ok(()),
