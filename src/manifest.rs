@@ -243,9 +243,32 @@ impl Manifest {
     }
 }
 
-/// Every tensor's boxes are inside its shape and name a listed file, and
-/// their byte ranges hold their elements; names are sorted and unique.
+/// The tensor table is what a save writes: a version 2 manifest has tensors
+/// and a world size (a version 1 one neither); every tensor's byte size
+/// fits in a `u64`; its boxes are inside its shape, name a listed file and
+/// their byte ranges hold their elements; a rank-local tensor's boxes each
+/// have a distinct rank of the world, no other's has one, and a sharded
+/// tensor's boxes do not overlap; names are sorted and unique.
 fn check_tensors(manifest: &Manifest) -> Result<(), String> {
+    let world = match (
+        manifest.version,
+        manifest.world_size,
+        manifest.tensors.len(),
+    ) {
+        (VERSION_TENSORS, Some(world), 1..) if world > 0 => world,
+        (VERSION_TENSORS, world, tensors) => {
+            return Err(format!(
+                "version 2 needs tensors and a world size, it has {tensors} tensors and world \
+                 size {world:?}"
+            ))
+        }
+        (_, None, 0) => return Ok(()),
+        (version, _, _) => {
+            return Err(format!(
+                "version {version} has no tensor table, yet it lists tensors or a world size"
+            ))
+        }
+    };
     if manifest
         .tensors
         .windows(2)
@@ -260,6 +283,18 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
         .collect();
     for tensor in &manifest.tensors {
         let name = &tensor.name;
+        let byte_size = |shape: &[u64]| {
+            shape
+                .iter()
+                .try_fold(tensor.dtype.size() as u64, |n, &d| n.checked_mul(d))
+        };
+        if byte_size(&tensor.shape).is_none() {
+            return Err(format!(
+                "tensor '{name}': its shape {:?} overflows",
+                tensor.shape
+            ));
+        }
+        check_ranks(tensor, world)?;
         for saved in &tensor.boxes {
             let place = &saved.place;
             let dims = tensor.shape.len();
@@ -283,24 +318,79 @@ fn check_tensors(manifest: &Manifest) -> Result<(), String> {
             let file_size = *sizes.get(saved.file.as_bytes()).ok_or_else(|| {
                 format!("tensor '{name}': its box {place} names an unlisted file")
             })?;
-            let bytes = place
-                .shape
-                .iter()
-                .try_fold(tensor.dtype.size() as u64, |n, &d| n.checked_mul(d));
-            let fits = saved.end <= file_size && Some(saved.end.wrapping_sub(saved.start)) == bytes;
-            let chunks = saved.chunk_crc32c.len() as u64;
-            let chunked = chunks == 0
-                || chunks
-                    == saved
-                        .end
-                        .saturating_sub(saved.start)
-                        .div_ceil(CRC_CHUNK_BYTES);
+            let fits = saved.end <= file_size
+                && Some(saved.end.wrapping_sub(saved.start)) == byte_size(&place.shape);
+            // A box over one piece has a CRC32C per piece, so that reading
+            // part of it never needs the whole.
+            let len = saved.end.saturating_sub(saved.start);
+            let chunked = match saved.chunk_crc32c.len() as u64 {
+                0 => len <= CRC_CHUNK_BYTES,
+                chunks => chunks == len.div_ceil(CRC_CHUNK_BYTES),
+            };
             if saved.start > saved.end || !fits || !chunked {
                 return Err(format!(
                     "tensor '{name}': box {place} has the byte range [{}, {}) of a {}-byte file",
                     saved.start, saved.end, file_size
                 ));
             }
+        }
+        if tensor.kind == TensorKind::Sharded {
+            let boxes: Vec<&TensorBox> = tensor.boxes.iter().map(|b| &b.place).collect();
+            if let Some((i, j, both)) = TensorBox::first_overlap(&boxes) {
+                return Err(format!(
+                    "tensor '{name}': its saved boxes {} and {} overlap at {both}",
+                    boxes[i], boxes[j]
+                ));
+            }
+        }
+    }
+    check_ranges_apart(manifest)
+}
+
+/// No two boxes' byte ranges overlap in a file: a save writes each box's
+/// bytes once, so the tensors' bytes are at most the files' bytes.
+fn check_ranges_apart(manifest: &Manifest) -> Result<(), String> {
+    let mut ranges: Vec<(&[u8], u64, u64, &str)> = manifest
+        .tensors
+        .iter()
+        .flat_map(|tensor| tensor.boxes.iter().map(move |saved| (tensor, saved)))
+        .filter(|(_, saved)| saved.start < saved.end)
+        .map(|(tensor, saved)| {
+            let file = saved.file.as_bytes();
+            (file, saved.start, saved.end, tensor.name.as_str())
+        })
+        .collect();
+    ranges.sort_unstable();
+    match ranges
+        .windows(2)
+        .find(|pair| pair[0].0 == pair[1].0 && pair[0].2 > pair[1].1)
+    {
+        Some([(file, start, end, first), (_, other_start, other_end, second)]) => Err(format!(
+            "the byte ranges [{start}, {end}) of tensor '{first}' and [{other_start}, \
+             {other_end}) of tensor '{second}' overlap in file {:?}",
+            String::from_utf8_lossy(file)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A rank-local tensor's boxes each name a distinct rank below `world`;
+/// the boxes of other kinds name none.
+fn check_ranks(tensor: &TensorRecord, world: u32) -> Result<(), String> {
+    let mut ranks = std::collections::BTreeSet::new();
+    for saved in &tensor.boxes {
+        let fine = match (tensor.kind, saved.rank) {
+            (TensorKind::RankLocal, Some(rank)) => rank < world && ranks.insert(rank),
+            (TensorKind::RankLocal, None) => false,
+            (_, rank) => rank.is_none(),
+        };
+        if !fine {
+            return Err(format!(
+                "tensor '{}' ({}): a box has rank {:?} (world size {world}, ranks {ranks:?} seen)",
+                tensor.name,
+                tensor.kind.name(),
+                saved.rank
+            ));
         }
     }
     Ok(())

@@ -147,51 +147,21 @@ fn check_agreement(name: &str, holders: &[(u32, &Declared)]) -> Result<()> {
     Ok(())
 }
 
-/// No two non-empty boxes overlap. A sweep along the dimension where the
-/// boxes start at the most places, so that the usual layouts compare each
-/// box with its neighbours only.
+/// No two non-empty boxes overlap.
 fn check_no_overlap(name: &str, holders: &[(u32, &Declared)]) -> Result<()> {
-    let mut boxes: Vec<(u32, &TensorBox)> = holders
-        .iter()
-        .filter(|(_, d)| d.place.elements() > 0)
-        .map(|(rank, d)| (*rank, &d.place))
-        .collect();
-    let dims = boxes.first().map_or(0, |(_, b)| b.offset.len());
-    let Some(axis) = (0..dims).max_by_key(|&d| {
-        boxes
-            .iter()
-            .map(|(_, b)| b.offset[d])
-            .collect::<BTreeSet<_>>()
-            .len()
-    }) else {
-        // Scalars: two non-empty boxes always overlap.
-        return match boxes.as_slice() {
-            [(a, _), (b, _), ..] => Err(Error::invalid(format!(
-                "tensor '{name}': the boxes of rank {a} and rank {b} overlap (it is a scalar)"
-            ))),
-            _ => Ok(()),
-        };
+    let boxes: Vec<&TensorBox> = holders.iter().map(|(_, d)| &d.place).collect();
+    let Some((i, j, both)) = TensorBox::first_overlap(&boxes) else {
+        return Ok(());
     };
-    boxes.sort_by_key(|(rank, b)| (b.offset[axis], *rank));
-    for (i, &(rank_a, a)) in boxes.iter().enumerate() {
-        let end = a.offset[axis] + a.shape[axis];
-        let neighbours = boxes[i + 1..]
-            .iter()
-            .take_while(|(_, b)| b.offset[axis] < end);
-        for &(rank_b, b) in neighbours {
-            if let Some(both) = a.intersection(b) {
-                let ((r1, b1), (r2, b2)) = match rank_a < rank_b {
-                    true => ((rank_a, a), (rank_b, b)),
-                    false => ((rank_b, b), (rank_a, a)),
-                };
-                return Err(Error::invalid(format!(
-                    "tensor '{name}': the boxes of rank {r1} ({b1}) and rank {r2} ({b2}) overlap \
-                     at {both}"
-                )));
-            }
-        }
+    let ((r1, b1), (r2, b2)) = ((holders[i].0, boxes[i]), (holders[j].0, boxes[j]));
+    if both.offset.is_empty() {
+        return Err(Error::invalid(format!(
+            "tensor '{name}': the boxes of rank {r1} and rank {r2} overlap (it is a scalar)"
+        )));
     }
-    Ok(())
+    Err(Error::invalid(format!(
+        "tensor '{name}': the boxes of rank {r1} ({b1}) and rank {r2} ({b2}) overlap at {both}"
+    )))
 }
 
 /// Where a registered tensor's bytes come from in a checkpoint.

@@ -171,8 +171,12 @@ fn fill(
     let element = tensor.dtype.size() as u64;
     let runs = runs(&saved.place, tensor.place, &both, element);
     let box_len = saved.end - saved.start;
-    let prefix = files.store.shown(Path::new(files.base));
+    let (store, base) = (files.store, files.base);
+    let prefix = store.shown(Path::new(base));
     let (file, path) = files.get(&saved.file)?;
+    if file.size() < saved.end {
+        return Err(short_file(store, base, path, file.size(), saved));
+    }
     let damaged = |from: u64, to: u64| Error::Damaged {
         prefix: prefix.clone(),
         detail: format!(
@@ -227,6 +231,19 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// The damage of a file shorter than the byte range `saved` says it holds.
+fn short_file(store: &dyn Store, base: &OsStr, path: &Path, size: u64, saved: &SavedBox) -> Error {
+    Error::Damaged {
+        prefix: store.shown(Path::new(base)),
+        detail: format!(
+            "'{}' has {size} bytes, fewer than the byte range [{}, {}) its manifest lists",
+            path.display(),
+            saved.start,
+            saved.end
+        ),
+    }
 }
 
 /// Checks the CRC pieces of `saved` in `window`, which starts at piece
@@ -318,7 +335,11 @@ impl CheckpointTensors {
     pub fn read_global(&self, name: &str) -> Result<Vec<u8>> {
         let record = self.record(name)?;
         let region = TensorBox::whole(&record.shape);
-        let mut bytes = vec![0u8; byte_len(name, record.dtype, &record.shape)?];
+        let len = byte_len(name, record.dtype, &record.shape)?;
+        // The table bounds the value by its files' sizes: check them before
+        // allocating it, as the table may lie.
+        self.check_file_sizes(&covering(name, &region, record, "the tensor")?)?;
+        let mut bytes = vec![0u8; len];
         self.read_region(name, &region, &mut bytes)?;
         Ok(bytes)
     }
@@ -330,7 +351,9 @@ impl CheckpointTensors {
         let Some(saved) = record.boxes.iter().find(|b| b.rank == Some(rank)) else {
             return Ok(None);
         };
-        let mut bytes = vec![0u8; byte_len(name, record.dtype, &saved.place.shape)?];
+        let len = byte_len(name, record.dtype, &saved.place.shape)?;
+        self.check_file_sizes(&[saved])?;
+        let mut bytes = vec![0u8; len];
         self.fill_from(record, &saved.place, &[saved], &mut bytes)?;
         Ok(Some(bytes))
     }
@@ -388,6 +411,32 @@ impl CheckpointTensors {
             .ok_or_else(|| Error::TensorMismatch(format!("the checkpoint has no tensor '{name}'")))
     }
 
+    /// Each of `boxes` ends within its file as it is: `Damaged` if not.
+    fn check_file_sizes(&self, boxes: &[&SavedBox]) -> Result<()> {
+        let mut files = self.open_files();
+        for saved in boxes {
+            let (file, path) = files.get(&saved.file)?;
+            if file.size() < saved.end {
+                return Err(short_file(
+                    &*self.store,
+                    &self.base,
+                    path,
+                    file.size(),
+                    saved,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn open_files(&self) -> OpenFiles<'_> {
+        OpenFiles {
+            store: &*self.store,
+            base: &self.base,
+            open: BTreeMap::new(),
+        }
+    }
+
     fn fill_from(
         &self,
         record: &TensorRecord,
@@ -395,11 +444,7 @@ impl CheckpointTensors {
         boxes: &[&SavedBox],
         into: &mut [u8],
     ) -> Result<()> {
-        let mut files = OpenFiles {
-            store: &*self.store,
-            base: &self.base,
-            open: BTreeMap::new(),
-        };
+        let mut files = self.open_files();
         let target = Target {
             name: &record.name,
             dtype: record.dtype,

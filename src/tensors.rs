@@ -192,6 +192,59 @@ impl TensorBox {
         Some(TensorBox { offset, shape })
     }
 
+    /// Two of `boxes` (all of one number of dimensions) that share an
+    /// element, by index, with what they share. A sweep along the dimension
+    /// where the boxes start at the most places, so that the usual layouts
+    /// compare each box with its neighbours only.
+    pub(crate) fn first_overlap(boxes: &[&TensorBox]) -> Option<(usize, usize, TensorBox)> {
+        let mut order: Vec<usize> = (0..boxes.len())
+            .filter(|&i| boxes[i].elements_checked() != Some(0))
+            .collect();
+        let dims = order.first().map_or(0, |&i| boxes[i].offset.len());
+        let Some(axis) = (0..dims).max_by_key(|&d| {
+            order
+                .iter()
+                .map(|&i| boxes[i].offset[d])
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        }) else {
+            // Scalars: two non-empty boxes always overlap.
+            return match order.as_slice() {
+                [a, b, ..] => Some((*a, *b, boxes[*a].clone())),
+                _ => None,
+            };
+        };
+        order.sort_by_key(|&i| boxes[i].offset[axis]);
+        for (at, &i) in order.iter().enumerate() {
+            let a = boxes[i];
+            let end = a.offset[axis].saturating_add(a.shape[axis]);
+            let neighbours = order[at + 1..]
+                .iter()
+                .take_while(|&&j| boxes[j].offset[axis] < end);
+            // Without allocating: a hostile table may make this quadratic.
+            for &j in neighbours {
+                let b = boxes[j];
+                let apart = (0..dims).any(|d| {
+                    a.offset[d].saturating_add(a.shape[d]) <= b.offset[d]
+                        || b.offset[d].saturating_add(b.shape[d]) <= a.offset[d]
+                });
+                let both = match apart {
+                    true => None,
+                    false => a.intersection(b),
+                };
+                if let Some(both) = both {
+                    return Some((i.min(j), i.max(j), both));
+                }
+            }
+        }
+        None
+    }
+
+    /// The number of elements, `None` when it overflows.
+    pub(crate) fn elements_checked(&self) -> Option<u64> {
+        self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+    }
+
     /// What of `self` is outside `other`, as disjoint boxes.
     pub fn minus(&self, other: &TensorBox) -> Vec<TensorBox> {
         let Some(inside) = self.intersection(other) else {

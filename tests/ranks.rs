@@ -252,6 +252,42 @@ fn a_damaged_shard_makes_every_rank_restore_the_same_older_checkpoint() {
     restore_on_every_rank(dir.path(), 1);
 }
 
+/// A tensor table that lies about ranks (rank 3's piece listed as rank 9's
+/// of 4) or bytes (two pieces claiming the same byte range) is damage on
+/// every rank: all fall back to the older checkpoint together.
+#[test]
+fn a_hostile_tensor_table_makes_every_rank_restore_the_older_checkpoint() {
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [Edit; 2] = [
+        |manifest| manifest["tensors"][0]["boxes"][3]["rank"] = 9.into(),
+        |manifest| {
+            let boxes = &mut manifest["tensors"][0]["boxes"];
+            boxes[2]["file"] = boxes[1]["file"].clone();
+            boxes[2]["start"] = boxes[1]["start"].clone();
+            boxes[2]["end"] = boxes[1]["end"].clone();
+        },
+    ];
+    for edit in edits {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        on_every_rank(move |communicator| {
+            let rank = communicator.rank;
+            let mut me = open(&root, communicator, Arc::default()).unwrap();
+            for round in 1..=2 {
+                me.weights.fill(value(rank, round));
+                me.manager.save(None, true).unwrap();
+            }
+        });
+        let path = dir.path().join("ckpt-2.ckpt-manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(manifest["tensors"][0]["boxes"][3]["rank"], 3);
+        edit(&mut manifest);
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        restore_on_every_rank(dir.path(), 1);
+    }
+}
+
 /// A save callback that also writes a name of no rank (`with_extension`
 /// drops the rank part of `ckpt-1.rank-00001-of-00004`) fails the save on
 /// every rank instead of losing that file.

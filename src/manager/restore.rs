@@ -149,20 +149,23 @@ impl CheckpointManager {
             &mut |candidate| ranks.agree(load(candidate), "verifying the ranks' files"),
         );
         warnings.iter().for_each(|warning| self.warn(warning));
-        let found = match (found, overwritten_by) {
-            (Err(Error::TensorMismatch(message)), Some(damaged)) => {
-                return Err(Error::TensorMismatch(format!(
-                    "{message}; the buffers hold the bytes of the damaged checkpoint '{}'",
-                    damaged.display()
-                )))
+        let overwritten = overwritten_by.map_or(String::new(), |damaged| {
+            format!(
+                "; the buffers hold the bytes of the damaged checkpoint '{}'",
+                damaged.display()
+            )
+        });
+        let found = match found {
+            Err(Error::TensorMismatch(message)) if !overwritten.is_empty() => {
+                return Err(Error::TensorMismatch(format!("{message}{overwritten}")))
             }
-            (found, _) => found?,
+            found => found?,
         };
         let Some((chosen, integrity)) = found else {
             let reason = warnings.first().map_or("", String::as_str);
             return Err(Error::Damaged {
                 prefix: latest,
-                detail: format!("no checkpoint is intact ({reason})"),
+                detail: format!("no checkpoint is intact ({reason}){overwritten}"),
             });
         };
         match integrity {
