@@ -18,8 +18,7 @@ use thread_ranks::{on_ranks, ThreadCommunicator};
 mod support;
 
 use ckpt_manager::{
-    get_checkpoint_state, Callbacks, CheckpointManager, Communicator, Config, DType, Error,
-    ErrorKind, MaxToKeep,
+    get_checkpoint_state, Callbacks, CheckpointManager, Config, DType, Error, ErrorKind, MaxToKeep,
 };
 
 const SIZE: u32 = 4;
@@ -870,7 +869,7 @@ fn node_local_ranks_upload_to_object_storage_and_a_lost_rank_takes_its_pieces_ba
         move |root: &Path, communicator: Arc<ThreadCommunicator>| {
             let (url, endpoint) = (bucket.url("run"), bucket.endpoint.clone());
             let local = root.join(format!("rank-{}", communicator.rank));
-            let shared: Arc<dyn Communicator> = communicator.clone();
+            let shared: Arc<dyn ckpt_manager::Communicator> = communicator.clone();
             open_with(&local, communicator, Arc::default(), move |config| {
                 let mut s3 = storage_config(&url, &endpoint, MaxToKeep::Last(2));
                 s3.set_directory(config.directory()).unwrap();
