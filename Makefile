@@ -92,35 +92,46 @@ tiny: $(BUILD_DIR)/tiny_trainer
 	cat $(BUILD_DIR)/tiny-run/checkpoint
 
 # What waits on the network (scripts/setup's packages, the Python tests'
-# fresh virtual environment) runs beside the lints, which wait on the CPU;
-# its log follows them. The valgrind runs come before the other tests:
-# both build the library with the tests' features, and the install test
-# then leaves it built as the Python package's build wants it.
+# fresh virtual environment) runs in the background while the CPU lints and
+# compiles; the tests start once it is done, after its log. The valgrind
+# runs come first and select the workspace as `cargo test --workspace`
+# does, so the library is built with the tests' features once; the install
+# test then leaves it built as the Python package's build wants it.
 PY_VENV := $(BUILD_DIR)/py-venv
 test:
 	cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 	mkdir -p $(BUILD_DIR)
 	( ./scripts/setup && rm -rf $(PY_VENV) && python3 -m venv $(PY_VENV) && \
-	  $(PY_VENV)/bin/python -m pip install --quiet pytest numpy mpi4py boto3==1.43.11 safetensors \
+	  $(PY_VENV)/bin/python -m pip install --quiet setuptools wheel pytest numpy mpi4py \
+	    boto3==1.43.11 safetensors \
 	) > $(BUILD_DIR)/setup.log 2>&1 & setup=$$!; \
-	lints=0; cargo clippy --workspace --all-targets -- -D warnings || lints=$$?; \
-	ready=0; wait $$setup || ready=$$?; \
+	trap 'kill $$setup 2>/dev/null' EXIT; \
+	$(MAKE) --no-print-directory test-compile || exit 1; \
+	ready=0; wait $$setup || ready=$$?; trap - EXIT; \
 	echo "== scripts/setup and the Python tests' virtual environment ($(BUILD_DIR)/setup.log)"; \
-	cat $(BUILD_DIR)/setup.log; [ $$lints -eq 0 ] && [ $$ready -eq 0 ]
-	@echo "== the library without object storage (cargo feature s3): lints and its own tests"
-	@# --lib only: an integration test would build this variant's
-	@# libckpt_manager.so over the default one in target/debug/deps.
-	cargo clippy --no-default-features --all-targets -- -D warnings
-	cargo test --no-default-features --lib
+	cat $(BUILD_DIR)/setup.log; [ $$ready -eq 0 ]
 	@echo "== the C and C++ programs under valgrind (any invalid access or definite leak fails)"
-	CKPT_VALGRIND=1 cargo test --test c_api --test header --test example
+	CKPT_VALGRIND=1 cargo test --workspace --test c_api --test header --test example
 	cargo test --workspace
 	@echo "== the Python package, pip-installed into the fresh virtual environment"
 	@# boto3 reads the S3 tests' buckets back; their moto server is the one
 	@# scripts/setup installed into build/s3-venv (one pinned install of moto).
 	@# The dev profile: the library the Rust tests built, not a second tree.
-	CKPT_MANAGER_CARGO_PROFILE=dev $(PY_VENV)/bin/python -m pip install --quiet ./bindings/python
+	CKPT_MANAGER_CARGO_PROFILE=dev $(PY_VENV)/bin/python -m pip install --quiet \
+		--no-build-isolation ./bindings/python
 	CKPT_MANAGER_CARGO_PROFILE=dev $(PY_VENV)/bin/python -m pytest bindings/python/tests
+
+# make test's lints, the local-only build's own tests, and the compilation
+# of every test program.
+.PHONY: test-compile
+test-compile:
+	cargo clippy --workspace --all-targets -- -D warnings
+	@echo "== the library without object storage (cargo feature s3): lints and its own tests"
+	@# --lib only: an integration test would build this variant's
+	@# libckpt_manager.so over the default one in target/debug/deps.
+	cargo clippy --no-default-features --all-targets -- -D warnings
+	cargo test --no-default-features --lib
+	cargo test --workspace --no-run
 
 bench:
 	cargo bench --bench save_restore
