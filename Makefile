@@ -94,9 +94,9 @@ tiny: $(BUILD_DIR)/tiny_trainer
 # What waits on the network (scripts/setup's packages, the Python tests'
 # fresh virtual environment) runs in the background while the CPU lints and
 # compiles; the tests start once it is done, after its log. The valgrind
-# runs come first and select the workspace as `cargo test --workspace`
-# does, so the library is built with the tests' features once; the install
-# test then leaves it built as the Python package's build wants it.
+# runs select the workspace as `cargo test --workspace` does, so the
+# library is built with the tests' features once; the install test then
+# leaves it built as the Python package's build wants it.
 PY_VENV := $(BUILD_DIR)/py-venv
 test:
 	cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
@@ -110,9 +110,15 @@ test:
 	ready=0; wait $$setup || ready=$$?; trap - EXIT; \
 	echo "== scripts/setup and the Python tests' virtual environment ($(BUILD_DIR)/setup.log)"; \
 	cat $(BUILD_DIR)/setup.log; [ $$ready -eq 0 ]
-	@echo "== the C and C++ programs under valgrind (any invalid access or definite leak fails)"
-	CKPT_VALGRIND=1 cargo test --workspace --test c_api --test header --test example
-	cargo test --workspace
+	@# The valgrind runs use the CPU that the other tests, which wait on
+	@# disks, servers and timers, leave idle; their log follows them.
+	CKPT_VALGRIND=1 cargo test --workspace --test c_api --test header --test example \
+		> $(BUILD_DIR)/valgrind.log 2>&1 & valgrind=$$!; \
+	trap 'kill $$valgrind 2>/dev/null' EXIT; \
+	tests=0; cargo test --workspace || tests=$$?; \
+	checked=0; wait $$valgrind || checked=$$?; trap - EXIT; \
+	echo "== the C and C++ programs under valgrind, any invalid access or definite leak fails ($(BUILD_DIR)/valgrind.log)"; \
+	cat $(BUILD_DIR)/valgrind.log; [ $$tests -eq 0 ] && [ $$checked -eq 0 ]
 	@echo "== the Python package, pip-installed into the fresh virtual environment"
 	@# boto3 reads the S3 tests' buckets back; their moto server is the one
 	@# scripts/setup installed into build/s3-venv (one pinned install of moto).
