@@ -755,6 +755,24 @@ fn ranks_sharing_a_directory_upload_through_rank_0_and_restore_from_the_remote()
         })
         .unwrap()
     };
+    // Every rank restores checkpoint 3, with its own values.
+    let restore_checkpoint_3 = || {
+        let (l, r) = (local.clone(), remote.clone());
+        let restored = on_every_rank(move |communicator| {
+            let rank = communicator.rank;
+            let mut me = open_shared(&l, &r, communicator);
+            let restored = me.manager.restore_or_initialize().unwrap().unwrap();
+            assert!(
+                me.weights.iter().all(|&w| w == value(rank, 3)),
+                "rank {rank}"
+            );
+            restored
+        });
+        assert!(
+            restored.iter().all(|p| p.ends_with("ckpt-3")),
+            "{restored:?}"
+        );
+    };
     let (l, r) = (local.clone(), remote.clone());
     let statuses = on_every_rank(move |communicator| {
         let rank = communicator.rank;
@@ -768,42 +786,14 @@ fn ranks_sharing_a_directory_upload_through_rank_0_and_restore_from_the_remote()
     assert_eq!(statuses, [Some(Some(3)), None, None, None]);
     assert_eq!(listed(&remote), ["ckpt-2", "ckpt-3"]);
     fs::remove_dir_all(&local).unwrap();
-    let (l, r) = (local.clone(), remote.clone());
-    let restored = on_every_rank(move |communicator| {
-        let rank = communicator.rank;
-        let mut me = open_shared(&l, &r, communicator);
-        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
-        assert!(
-            me.weights.iter().all(|&w| w == value(rank, 3)),
-            "rank {rank}"
-        );
-        restored
-    });
-    assert!(
-        restored.iter().all(|p| p.ends_with("ckpt-3")),
-        "{restored:?}"
-    );
+    restore_checkpoint_3();
     assert_eq!(listed(&local), ["ckpt-3"]);
 
     // One rank's file lost from the shared directory: rank 0 downloads
     // the checkpoint again for it.
     let shard = format!("ckpt-3.rank-00002-of-{SIZE:05}.safetensors");
     fs::remove_file(local.join(&shard)).unwrap();
-    let (l, r) = (local.clone(), remote.clone());
-    let restored = on_every_rank(move |communicator| {
-        let rank = communicator.rank;
-        let mut me = open_shared(&l, &r, communicator);
-        let restored = me.manager.restore_or_initialize().unwrap().unwrap();
-        assert!(
-            me.weights.iter().all(|&w| w == value(rank, 3)),
-            "rank {rank}"
-        );
-        restored
-    });
-    assert!(
-        restored.iter().all(|p| p.ends_with("ckpt-3")),
-        "{restored:?}"
-    );
+    restore_checkpoint_3();
     assert_eq!(
         fs::read(local.join(&shard)).unwrap(),
         fs::read(remote.join(&shard)).unwrap()
