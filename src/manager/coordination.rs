@@ -319,6 +319,12 @@ impl Ranks {
         self.group.as_ref().is_none_or(|group| !group.node_local)
     }
 
+    /// Whether other ranks hold copies of this rank's replicated tensors
+    /// to compare with (not in one process).
+    pub fn has_other_ranks(&self) -> bool {
+        self.size() > 1
+    }
+
     /// How many ranks there are (1 for one process).
     pub fn size(&self) -> u32 {
         self.group

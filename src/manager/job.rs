@@ -219,7 +219,7 @@ impl SaveJob {
         tensors: Tensors,
     ) -> Result<()> {
         let declared = match &tensors {
-            Tensors::Registered(registry, _) => declarations(registry, true),
+            Tensors::Registered(registry, _) => declarations(registry, ranks.has_other_ranks()),
             _ => Vec::new(),
         };
         let all = ranks.gather_all(&declared, "comparing the ranks' tensors")?;
