@@ -19,24 +19,23 @@ const LEASE_SECONDS: &str = "2";
 const VALUES: usize = 5 << 20;
 
 fn config(bucket: &Bucket, url: &Path) -> Config {
-    config_at(&bucket.name, &bucket.endpoint, url)
+    config_at(&bucket.endpoint, url)
 }
 
-fn config_at(bucket_name: &str, endpoint: &str, url: &Path) -> Config {
+fn config_at(endpoint: &str, url: &Path) -> Config {
     let mut config = storage_config(url, endpoint, MaxToKeep::Last(2));
     config
         .set_storage_option("ckpt_lease_seconds", LEASE_SECONDS)
         .unwrap();
     config
-        .set_storage_option("ckpt_local_staging_directory", &local_staging(bucket_name))
-        .unwrap();
-    config
 }
 
-/// Where the bucket's writers, here and in child processes, stage files.
-fn local_staging(bucket_name: &str) -> String {
-    let directory = std::env::temp_dir().join(format!("ckpt-s3-writers-{bucket_name}"));
-    directory.to_str().unwrap().to_owned()
+/// The writers stage their callbacks' files under `staging`.
+fn staged_in(mut config: Config, staging: &str) -> Config {
+    config
+        .set_storage_option("ckpt_local_staging_directory", staging)
+        .unwrap();
+    config
 }
 
 fn entries(directory: &str) -> Vec<String> {
@@ -95,13 +94,13 @@ impl Writer {
 const CHILD_ENV: &str = "CKPT_S3_WRITERS_CHILD";
 
 /// This executable, to run test `name` alone in a child process whose
-/// environment says the bucket and what to do.
-fn child(name: &str, bucket: &Bucket, job: &str) -> Child {
+/// environment says the bucket, what to do and where to stage files.
+fn child(name: &str, bucket: &Bucket, job: &str, staging: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(
             CHILD_ENV,
-            format!("{} {} {job}", bucket.name, bucket.endpoint),
+            format!("{} {} {job} {staging}", bucket.name, bucket.endpoint),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -118,11 +117,11 @@ fn child_writer() {
     let Ok(setting) = std::env::var(CHILD_ENV) else {
         return; // only as the child of the tests below
     };
-    let [name, endpoint, job] = setting.split(' ').collect::<Vec<_>>()[..] else {
+    let [name, endpoint, job, staging] = setting.split(' ').collect::<Vec<_>>()[..] else {
         panic!("{setting}");
     };
     let url = PathBuf::from(format!("s3://{name}/run"));
-    let mut writer = Writer::open(config_at(name, endpoint, &url)).unwrap();
+    let mut writer = Writer::open(staged_in(config_at(endpoint, &url), staging)).unwrap();
     if job == "save" {
         let latest = writer.manager.latest_checkpoint();
         let first = latest.map_or(1, |latest| {
@@ -180,7 +179,8 @@ fn a_second_writer_is_locked_until_the_first_closes() {
 fn a_writer_in_another_process_holds_the_prefix_until_it_is_killed() {
     let bucket = Bucket::new("other-process");
     let url = bucket.url("run");
-    let mut holder = child("child_writer", &bucket, "hold");
+    let temp = std::env::temp_dir();
+    let mut holder = child("child_writer", &bucket, "hold", temp.to_str().unwrap());
     wait_for(&mut holder, "the child's lease", || {
         bucket.keys().contains("run/checkpoint.lease")
     });
@@ -202,14 +202,15 @@ fn a_writer_in_another_process_holds_the_prefix_until_it_is_killed() {
 fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
     let bucket = Bucket::new("killed-writers");
     let url = bucket.url("run");
-    let _ = std::fs::remove_dir_all(local_staging(&bucket.name)); // an earlier run's
+    let staging_dir = tempfile::tempdir().unwrap();
+    let staging = staging_dir.path().to_str().unwrap();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
     let mut committed = 0;
     for round in 0..4u32 {
-        let mut saving = child("child_writer", &bucket, "save");
+        let mut saving = child("child_writer", &bucket, "save", staging);
         if round == 0 {
             wait_for(&mut saving, "an upload in progress", || {
                 !bucket.incomplete_uploads().is_empty()
@@ -225,12 +226,11 @@ fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
         if round == 0 {
             assert!(!left.is_empty(), "the kill left no upload to abort");
         }
-        let staging = local_staging(&bucket.name);
-        let left_locally = entries(&staging);
+        let left_locally = entries(staging);
         if round == 0 {
             assert_eq!(left_locally.len(), 1, "{left_locally:?}");
         }
-        let mut writer = Writer::open(config(&bucket, &url)).unwrap();
+        let mut writer = Writer::open(staged_in(config(&bucket, &url), staging)).unwrap();
         assert_eq!(
             bucket.incomplete_uploads(),
             Vec::<String>::new(),
@@ -238,7 +238,7 @@ fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
         );
         // The open removed the killed writer's staging directory: only
         // its own is there.
-        let now = entries(&staging);
+        let now = entries(staging);
         assert_eq!(now.len(), 1, "{now:?}");
         assert!(!left_locally.contains(&now[0]), "{now:?}");
         if writer.manager.latest_checkpoint().is_some() {
@@ -247,7 +247,7 @@ fn killed_writers_leave_no_incomplete_uploads_or_local_files() {
             committed = restored;
         }
     }
-    assert_eq!(entries(&local_staging(&bucket.name)), Vec::<String>::new());
+    assert_eq!(entries(staging), Vec::<String>::new());
 }
 
 /// A writer whose lease another writer took over (as after it stalled
