@@ -452,22 +452,34 @@ fn a_number_saved_again_in_one_session_restores_the_last_save(backend: Backend) 
 fn a_stale_commit_record_does_not_undo_a_later_commit(backend: Backend) {
     let harness = Harness::new(backend);
     let dir = harness.dir();
-    // How many steps saving ckpt-1 again takes, so that only the last one
-    // (removing the staging directory) fails.
-    let steps_of_a_save = {
+    // The steps saving ckpt-1 again takes before the one that removes its
+    // commit record (the staging directory with it, or the record alone
+    // before the directory becomes the spare), so that it and every later
+    // step fail.
+    let before_the_record_goes = {
         let scratch = Harness::new(backend);
         let steps = Steps::new();
         let mut manager = scratch.open(steps.clone()).unwrap();
         manager.save(None, true).unwrap();
         steps.fail_after(None);
         manager.save(Some(1), true).unwrap();
-        assert_eq!(steps.operations().last(), Some(&"remove_staging"));
-        steps.taken()
+        let (staging, record) = (
+            Path::new("ckpt-1.ckpt-staging"),
+            Path::new("ckpt-1.ckpt-staging/commit-record.json"),
+        );
+        steps
+            .steps()
+            .iter()
+            .rposition(|(operation, name)| {
+                (*operation == "remove_staging" && name == staging)
+                    || (*operation == "remove_file" && name == record)
+            })
+            .expect("the record is removed")
     };
     let steps = Steps::new();
     let mut manager = harness.open(steps.clone()).unwrap();
     manager.save(None, true).unwrap();
-    steps.fail_after(Some(steps_of_a_save - 1));
+    steps.fail_after(Some(before_the_record_goes));
     assert_eq!(
         manager.save(Some(1), true).unwrap(),
         Some(dir.join("ckpt-1"))

@@ -219,6 +219,7 @@ fn a_failed_background_save_never_becomes_latest_and_is_returned_once() {
         names(dir.path()),
         [
             "checkpoint",
+            "checkpoint.ckpt-spare",
             "checkpoint.lock",
             "ckpt-1.bin",
             "ckpt-1.ckpt-manifest.json"

@@ -17,6 +17,8 @@ mod support;
 
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ckpt_manager::{
@@ -588,4 +590,106 @@ fn a_manifest_with_no_files_is_damage() {
             "verify_checkpoint({level:?}) with an empty manifest: {verified:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The writer's spare staging directory (issue 22, item 7).
+
+const SPARE: &str = "checkpoint.ckpt-spare";
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// New checkpoints create no directory and no state file: the staging
+/// directory and the state file written aside are the ones the last save
+/// left in the spare, whose old state it holds. A failed save leaves the
+/// directory as it was; closing the writer removes the spare.
+#[test]
+fn new_checkpoints_reuse_the_spare_staging_directory_and_state_file() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let journal = Shared::default();
+    let mut manager = open(dir, MaxToKeep::All, &journal);
+    manager.save(None, false).unwrap();
+    let spare = dir.join(SPARE);
+    let (spare_inode, mut states) = (inode(&spare), vec![inode(&dir.join("checkpoint"))]);
+    for number in 2..=4 {
+        let old_state = fs::read(dir.join("checkpoint")).unwrap();
+        manager.save(None, false).unwrap();
+        assert_eq!(inode(&spare), spare_inode, "save {number} made a directory");
+        assert_eq!(names(&spare), ["checkpoint"]);
+        assert_eq!(fs::read(spare.join("checkpoint")).unwrap(), old_state);
+        states.push(inode(&dir.join("checkpoint")));
+    }
+    // Two inodes take turns as the state file and as the one written aside.
+    assert_ne!(states[0], states[1]);
+    assert_eq!(states[2..], [states[0], states[1]]);
+    assert_eq!(inode(&spare.join("checkpoint")), states[2]);
+    assert_eq!(state_entries(dir).1, ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"]);
+
+    drop(manager);
+    assert!(!exists(&spare), "closing the writer left the spare");
+
+    let fail = Arc::new(AtomicBool::new(false));
+    let failing = fail.clone();
+    let mut save = good_save();
+    let callbacks = callbacks_with(
+        &journal,
+        Box::new(move |prefix, number| match failing.load(Ordering::SeqCst) {
+            true => Err("the disk is full".into()),
+            false => save(prefix, number),
+        }),
+    );
+    let mut manager = CheckpointManager::new(config(dir, "ckpt", MaxToKeep::All), callbacks).unwrap();
+    manager.save(None, false).unwrap();
+    let (before, state) = (names(dir), fs::read(dir.join("checkpoint")).unwrap());
+    assert!(before.iter().any(|name| name == SPARE), "{before:?}");
+    fail.store(true, Ordering::SeqCst);
+    assert!(manager.save(None, false).is_err());
+    assert_eq!(names(dir), before, "a failed save changed the directory");
+    assert_eq!(fs::read(dir.join("checkpoint")).unwrap(), state);
+    fail.store(false, Ordering::SeqCst);
+    manager.save(None, false).unwrap();
+    assert_eq!(state_entries(dir).1.last().unwrap(), "ckpt-6");
+}
+
+/// A spare a dead writer left is removed when the next writer opens,
+/// whatever it holds; one that is a symlink is removed, never followed.
+#[test]
+fn a_dead_writers_spare_goes_at_open_and_a_symlinked_one_is_not_followed() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, outside) = (root.path().join("run"), root.path().join("outside"));
+    fs::create_dir_all(dir.join(SPARE)).unwrap();
+    fs::write(dir.join(SPARE).join("checkpoint"), "stale").unwrap();
+    fs::write(dir.join(SPARE).join("ckpt-1.index"), "junk").unwrap();
+    let journal = Shared::default();
+    let mut manager = open(&dir, MaxToKeep::All, &journal);
+    assert!(!exists(&dir.join(SPARE)), "the open kept a dead writer's spare");
+    manager.save(None, false).unwrap();
+    assert_eq!(names(&dir.join(SPARE)), Vec::<String>::new());
+    manager.save(None, false).unwrap();
+    assert_eq!(names(&dir.join(SPARE)), ["checkpoint"]);
+    drop(manager);
+
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("checkpoint"), "not the manager's").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join(SPARE)).unwrap();
+    let mut manager = open(&dir, MaxToKeep::All, &journal);
+    assert!(!exists(&dir.join(SPARE)));
+    std::os::unix::fs::symlink(&outside, dir.join(SPARE)).unwrap();
+    manager.save(None, false).unwrap(); // not taken as staging: a new one is made
+    assert_eq!(contents(&outside.join("checkpoint")), "not the manager's");
+    assert_eq!(names(&outside), ["checkpoint"]);
+    assert_eq!(state_entries(&dir).1, ["ckpt-1", "ckpt-2", "ckpt-3"]);
 }

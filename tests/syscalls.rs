@@ -1,7 +1,8 @@
 //! What a durable save costs the kernel, counted by strace from outside
 //! the process (so every path is seen, not only the calls a wrapper in
 //! the library would see): a save of a new checkpoint without a sweep
-//! makes at most 5 fsync/fdatasync calls and starts no thread.
+//! makes at most 5 fsync/fdatasync calls, starts no thread and creates no
+//! directory (it renames the writer's spare staging directory).
 //!
 //! The test runs this executable's `save_loop` under `strace -f` twice,
 //! with the same warm-up and with 0 and with `TIMED` saves after it: the
@@ -40,13 +41,13 @@ fn save_loop() {
     }
 }
 
-/// (fsync + fdatasync, clone + clone3) calls of `saves` saves after the
-/// warm-up, with the open and the harness.
-fn traced(saves: usize) -> (usize, usize) {
+/// (fsync + fdatasync, clone + clone3, mkdir + mkdirat) calls of `saves`
+/// saves after the warm-up, with the open and the harness.
+fn traced(saves: usize) -> (usize, usize, usize) {
     let directory = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let trace = directory.path().join("trace.txt");
     let status = Command::new("strace")
-        .args(["-f", "-e", "trace=fsync,fdatasync,clone,clone3", "-o"])
+        .args(["-f", "-e", "trace=fsync,fdatasync,clone,clone3,mkdir,mkdirat", "-o"])
         .arg(&trace)
         .arg(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "save_loop", "--test-threads=1"])
@@ -63,7 +64,11 @@ fn traced(saves: usize) -> (usize, usize) {
             .filter(|line| names.iter().any(|name| line.contains(&format!(" {name}("))))
             .count()
     };
-    (calls(&["fsync", "fdatasync"]), calls(&["clone", "clone3"]))
+    (
+        calls(&["fsync", "fdatasync"]),
+        calls(&["clone", "clone3"]),
+        calls(&["mkdir", "mkdirat"]),
+    )
 }
 
 #[test]
@@ -72,9 +77,10 @@ fn saves_sync_at_most_five_times_and_start_no_thread() {
         println!("skipped: strace is not installed (scripts/setup installs it)");
         return;
     }
-    let (base_syncs, base_threads) = traced(0);
-    let (syncs, threads) = traced(TIMED);
+    let (base_syncs, base_threads, base_mkdirs) = traced(0);
+    let (syncs, threads, mkdirs) = traced(TIMED);
     let (syncs, threads) = (syncs - base_syncs, threads.saturating_sub(base_threads));
+    let mkdirs = mkdirs.saturating_sub(base_mkdirs);
     println!(
         "{TIMED} saves: {syncs} fsync/fdatasync ({:.2} a save), {threads} threads started",
         syncs as f64 / TIMED as f64
@@ -88,4 +94,5 @@ fn saves_sync_at_most_five_times_and_start_no_thread() {
         "no save synced anything: strace saw nothing?"
     );
     assert_eq!(threads, 0, "saves started {threads} threads");
+    assert_eq!(mkdirs, 0, "saves made {mkdirs} directories");
 }

@@ -210,7 +210,7 @@ pub struct CheckpointManager {
     /// The remote tier's uploads, when the options name a remote.
     tiers: Option<Tiers>,
     /// Held by writers for the manager's life; `None` when read-only.
-    _lock: Option<DirectoryLock>,
+    lock: Option<DirectoryLock>,
 }
 
 impl Drop for CheckpointManager {
@@ -226,6 +226,9 @@ impl Drop for CheckpointManager {
         }
         self.relay_upload_messages();
         self.stop_uploads();
+        if self.lock.is_some() {
+            crate::transaction::remove_spare(&*self.store);
+        }
     }
 }
 

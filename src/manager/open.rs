@@ -56,7 +56,7 @@ impl CheckpointManager {
             save_counter: 0,
             tensors: TensorRegistry::default(),
             tiers: None,
-            _lock: None,
+            lock: None,
         };
         // Read first, so that a failing clock creates nothing on disk.
         let now = manager.now()?;
@@ -81,7 +81,7 @@ impl CheckpointManager {
                 self.store.probe_conditional_writes()?;
                 self.store.take_lease()?;
             }
-            self._lock = store::lock(&self.config.directory)?;
+            self.lock = store::lock(&self.config.directory)?;
             self.abort_abandoned_uploads();
             self.recover()?;
         }

@@ -162,6 +162,10 @@ impl Store for FaultyStore {
         self.steps.step("rename", to)?;
         self.inner.rename(from, to)
     }
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
+        self.steps.step("rename", to)?;
+        self.inner.rename_swapping(from, to)
+    }
     fn remove_file(&self, name: &Path) -> io::Result<()> {
         self.steps.step("remove_file", name)?;
         self.inner.remove_file(name)

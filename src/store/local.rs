@@ -106,6 +106,9 @@ impl ReadAt for LocalFile {
     }
 }
 
+/// How many files or directories are synced in turn, without threads.
+const IN_TURN: usize = 4;
+
 /// Runs `each` on every item: in turn for a few (a small save's files and
 /// directories: starting threads would cost more than it saves, and a save
 /// starts none), else on up to 8 threads, so that fsyncs of many
@@ -115,7 +118,6 @@ fn concurrently(
     each: impl Fn(&Path) -> io::Result<()> + Sync,
 ) -> io::Result<()> {
     const THREADS: usize = 8;
-    const IN_TURN: usize = 4;
     if names.len() <= IN_TURN {
         return names.iter().try_for_each(|name| each(name));
     }
@@ -137,6 +139,52 @@ fn concurrently(
     })
 }
 
+/// Starts writing a file's dirty pages without waiting: when every file of
+/// a commit is under way before the first fsync, that fsync's journal
+/// commit carries them all (ext4, XFS) and the next ones find their blocks
+/// written, so that each of them costs a cache flush instead of a commit.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor; the call reads no memory of ours.
+    let started = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if started == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File) -> io::Result<()> {
+    Ok(())
+}
+
+/// Swaps two names atomically (`renameat2` with `RENAME_EXCHANGE`);
+/// `false` when `to` is missing or the file system cannot, for a rename.
+#[cfg(target_os = "linux")]
+fn swap(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |path: &Path| {
+        CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a name holds a NUL byte"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated strings that outlive the call.
+    let swapped = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if swapped == 0 {
+        return Ok(true);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn swap(_: &Path, _: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
 /// Creates a checkpoint directory and its parents, durably.
 pub fn create_directory(directory: &Path) -> crate::Result<()> {
     if directory.is_dir() {
@@ -150,10 +198,35 @@ pub fn create_directory(directory: &Path) -> crate::Result<()> {
         .map_err(|err| crate::Error::io_at("create directory", directory, err))
 }
 
-/// Durable later, by `sync_files`.
-impl FileWriter for File {
-    fn finish(mut self: Box<Self>) -> io::Result<()> {
-        io::Write::flush(&mut self)
+/// A file written from its start over what it held, durable later (by
+/// `sync_files`): writing over a block costs less than freeing it and
+/// allocating another, and a commit leaves the last state file in the
+/// spare staging directory for the next one to write over. What lies
+/// beyond the last byte written goes at `finish`.
+struct Overwrite {
+    file: File,
+    written: u64,
+    old_size: u64,
+}
+
+impl io::Write for Overwrite {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl FileWriter for Overwrite {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        if self.old_size > self.written {
+            self.file.set_len(self.written)?;
+        }
+        Ok(())
     }
 }
 
@@ -218,15 +291,26 @@ impl Store for LocalStore {
         })))
     }
 
+    /// Writes over a file that exists (see `Overwrite`).
     fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>> {
         self.check_parents(name)?;
+        #[allow(clippy::suspicious_open_options)] // `finish` truncates
         let file = OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            // A FIFO put where a file goes fails the open instead of
+            // blocking it; regular files ignore the flag.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(self.path(name))?;
-        Ok(Box::new(file))
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"));
+        }
+        Ok(Box::new(Overwrite {
+            file,
+            written: 0,
+            old_size: metadata.len(),
+        }))
     }
 
     fn create_dir(&self, name: &Path) -> io::Result<()> {
@@ -234,7 +318,19 @@ impl Store for LocalStore {
         fs::create_dir(self.path(name))
     }
 
+    /// Every file's writeback starts before the first fsync waits.
     fn sync_files(&self, names: &[PathBuf]) -> io::Result<()> {
+        if names.len() <= IN_TURN {
+            let files: Vec<File> = names
+                .iter()
+                .map(|name| File::open(self.path(name)))
+                .collect::<io::Result<_>>()?;
+            files.iter().try_for_each(start_writeback)?;
+            return files.iter().try_for_each(File::sync_all);
+        }
+        for name in names {
+            start_writeback(&File::open(self.path(name))?)?;
+        }
         concurrently(names, |name| File::open(self.path(name))?.sync_all())
     }
 
@@ -246,6 +342,16 @@ impl Store for LocalStore {
         self.check_parents(from)?;
         self.check_parents(to)?;
         fs::rename(self.path(from), self.path(to))
+    }
+
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
+        self.check_parents(from)?;
+        self.check_parents(to)?;
+        let (from, to) = (self.path(from), self.path(to));
+        if swap(&from, &to)? {
+            return Ok(true);
+        }
+        fs::rename(from, to).map(|()| false)
     }
 
     fn remove_file(&self, name: &Path) -> io::Result<()> {

@@ -116,7 +116,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Opens a regular file; `None` when missing, an error for anything
     /// else (a symlink, a FIFO, a directory).
     fn open_read(&self, name: &Path) -> io::Result<Option<Box<dyn ReadAt>>>;
-    /// Creates (or truncates) a file to write.
+    /// Creates a file to write, or writes over one from its start (what
+    /// lies beyond the last byte written goes at `finish`).
     fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>>;
     fn create_dir(&self, name: &Path) -> io::Result<()>;
     /// Makes the contents of these files durable, concurrently.
@@ -125,6 +126,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn sync_directories(&self, names: &[PathBuf]) -> io::Result<()>;
     /// Renames within the store, replacing a file at `to` atomically.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `rename`, except that where the file system can swap the two names
+    /// atomically it does, and `from` is left holding `to`'s old file, to
+    /// be written over by a later save instead of creating a file. Says
+    /// whether it swapped.
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool>;
     /// Removes a file or symlink (never a directory); missing is fine.
     fn remove_file(&self, name: &Path) -> io::Result<()>;
     /// Removes an empty directory; missing is fine, non-empty an error.

@@ -66,8 +66,15 @@ trait Strategy: Sync + std::fmt::Debug {
         suffix: &'a [u8],
         name: PathBuf,
     ) -> (&'a [u8], PathBuf);
+    /// Makes the (empty) staging directory `staging`; says whether it was
+    /// the writer's spare (`layout::SPARE_STAGING_NAME`), which may hold
+    /// the old state file a commit swapped out.
+    fn make_staging(&self, store: &dyn Store, staging: &Path) -> io::Result<bool> {
+        store.create_dir(staging).map(|()| false)
+    }
     /// Every step up to the commit point, which is its last; the new state
-    /// file is written aside at `state_staged`.
+    /// file is written aside at `state_staged`, unless the strategy writes
+    /// it elsewhere.
     fn prepare(
         &self,
         store: &dyn Store,
@@ -128,6 +135,9 @@ pub struct Transaction {
     /// Whether this transaction made the staging directory (and removes it
     /// on abort): rank 0 or the only process.
     owns_staging: bool,
+    /// Whether the staging directory was the spare, which an abort puts
+    /// back so that the directory holds what it held before the save.
+    from_spare: bool,
     /// The tensors the built-in saver wrote, for the manifest.
     tensors: Mutex<Option<SavedTensors>>,
 }
@@ -249,10 +259,12 @@ impl Transaction {
                 &mut |_| false,
             )?;
         }
-        store
-            .create_dir(&staging)
+        let from_spare = strategy
+            .make_staging(&*store, &staging)
             .map_err(io_at("create staging directory", &*store, &staging))?;
-        Ok(Transaction::open(store, strategy, base, staging, true))
+        let mut transaction = Transaction::open(store, strategy, base, staging, true);
+        transaction.from_spare = from_spare;
+        Ok(transaction)
     }
 
     /// Rank 0's save across ranks: `begin`, its own files named with
@@ -287,6 +299,7 @@ impl Transaction {
             store,
             shard: OsString::new(),
             owns_staging,
+            from_spare: false,
             tensors: Mutex::new(None),
         };
         transaction.register();
@@ -421,6 +434,9 @@ impl Transaction {
                     .map_err(io_at("list", &*self.store, &directory))?;
             for entry in entries {
                 let name = directory.join(&entry.name);
+                if name == layout::state_aside_in(&self.staging) {
+                    continue; // the spare's old state file, written over at the commit
+                }
                 let suffix = &name.as_os_str().as_bytes()[root_len.min(name.as_os_str().len())..];
                 let mine = name
                     .as_os_str()
@@ -584,7 +600,11 @@ impl Transaction {
     fn undo(&self) -> io::Result<()> {
         self.store.remove_file(&layout::record_name(&self.base))?;
         self.strategy
-            .remove_staging(&*self.store, &self.base, false)
+            .remove_staging(&*self.store, &self.base, false)?;
+        if self.from_spare {
+            let _ = self.store.create_dir(Path::new(layout::SPARE_STAGING_NAME));
+        }
+        Ok(())
     }
 }
 
@@ -620,6 +640,15 @@ impl Committed {
             None,
             &mut |_| deleted_by_callback,
         )
+    }
+}
+
+/// Removes the writer's spare staging directory as it closes (file
+/// systems: elsewhere there is none). A failure leaves it to the next
+/// writer's recovery.
+pub fn remove_spare(store: &dyn Store) {
+    if store.capabilities().atomic_rename {
+        let _ = store.remove_staging(Path::new(layout::SPARE_STAGING_NAME));
     }
 }
 

@@ -87,6 +87,20 @@ pub(super) struct Staged {
     pub files: Vec<PathBuf>,
 }
 
+/// An error unless the state file is missing or a regular file: a
+/// commit never replaces anything else.
+pub(super) fn check_state_file(store: &dyn Store) -> Result<()> {
+    let state_name = Path::new(STATE_FILE_NAME);
+    match store.kind(state_name) {
+        Ok(None | Some(Kind::File)) => Ok(()),
+        _ => Err(Error::io_at(
+            "write state file",
+            &store.shown(state_name),
+            io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"),
+        )),
+    }
+}
+
 /// Writes the new state file aside (at `state_staged`) and the manifest
 /// into staging, and describes the commit. The directory's files are
 /// untouched.
@@ -97,14 +111,7 @@ pub(super) fn stage(
     plan: &CommitPlan,
     state_staged: &Path,
 ) -> Result<Staged> {
-    let state_name = Path::new(STATE_FILE_NAME);
-    if !matches!(store.kind(state_name), Ok(None | Some(Kind::File))) {
-        return Err(Error::io_at(
-            "write state file",
-            &store.shown(state_name),
-            io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"),
-        ));
-    }
+    check_state_file(store)?;
     write_whole(store, state_staged, &plan.state_after)?;
     let mut manifest = Manifest::new(plan.number, sealed.files.clone());
     manifest.saved_at = Some(plan.saved_at);

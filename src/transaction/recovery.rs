@@ -29,7 +29,8 @@ pub enum RecoveryAction {
     /// A save interrupted before its commit point: its staging directory
     /// is removed.
     RemoveUncommitted { base: OsString },
-    /// A temporary state file or manifest is removed.
+    /// A temporary state file or manifest, or a dead writer's spare staging
+    /// directory, is removed.
     RemoveTemporary { name: OsString },
     /// The marker of a save that placed a new checkpoint's files before
     /// naming it (or of version 0.1's saves) is removed, and, when
@@ -84,7 +85,7 @@ pub fn plan_recovery(
     }
     for entry in &entries {
         let name = entry.name.as_bytes();
-        let action = if layout::is_temporary(name) {
+        let action = if layout::is_temporary(name) || name == layout::SPARE_STAGING_NAME.as_bytes() {
             RecoveryAction::RemoveTemporary {
                 name: entry.name.clone(),
             }
@@ -200,9 +201,11 @@ pub fn run_recovery_step(
         }
         RecoveryAction::RemoveTemporary { name } => {
             let path = Path::new(name);
-            store
-                .remove_file(path)
-                .map_err(io_at("remove temporary state file", store, path))
+            match store.kind(path).map_err(io_at("inspect", store, path))? {
+                Some(Kind::Directory) => store.remove_staging(path),
+                _ => store.remove_file(path),
+            }
+            .map_err(io_at("remove temporary file", store, path))
         }
         RecoveryAction::ResolvePendingMarker { base, delete } => {
             if *delete {

@@ -134,7 +134,9 @@ static char *sorted_names(char **names, size_t count) {
 }
 
 /* The directory's entries, sorted bytewise and separated by one space; ""
- * when empty, NULL when the directory cannot be opened. */
+ * when empty, NULL when the directory cannot be opened. An open writer's
+ * spare staging directory, there after its first save until it is freed,
+ * is left out (nothing_created_at_construction checks it). */
 static char *listing(const char *dir) {
   DIR *handle = opendir(dir);
   if (handle == NULL) return NULL;
@@ -144,6 +146,7 @@ static char *listing(const char *dir) {
   struct dirent *entry;
   while ((entry = readdir(handle)) != NULL) {
     if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0) continue;
+    if (strcmp(entry->d_name, "checkpoint.ckpt-spare") == 0) continue;
     if (count == capacity) {
       capacity *= 2;
       names = realloc(names, capacity * sizeof *names);
@@ -646,6 +649,9 @@ static void nothing_created_at_construction(const char *dir) {
   prefix = save(manager);
   CHECK_STR(first, prefix);
   CHECK_LISTING(target, STATE_AND_LOCK " " TF3(1));
+  char *spare = join(target, "checkpoint.ckpt-spare");
+  struct stat spare_stat;
+  CHECK(lstat(spare, &spare_stat) == 0 && S_ISDIR(spare_stat.st_mode)); /* the writer's, reused */
   check_latest_on_disk(target, first);
   CHECK_OK(ckpt_manager_reload(reader)); /* the reader sees the new save */
   check_latest(reader, first);
@@ -653,8 +659,10 @@ static void nothing_created_at_construction(const char *dir) {
   CHECK(save_counter(reader) == 1);
   ckpt_manager_free(reader);
 
-  /* Freeing the writer releases the lock. */
+  /* Freeing the writer releases the lock and removes its spare. */
   ckpt_manager_free(manager);
+  CHECK(lstat(spare, &spare_stat) != 0 && errno == ENOENT);
+  free(spare);
   manager = open_manager(options);
   check_latest(manager, first);
   ckpt_manager_free(manager);
