@@ -46,8 +46,11 @@
 //!   hand + fsync of the file and of its directory, alternating which goes
 //!   first, `CKPT_BENCH_BIG_ROUNDS` (6, made even) rounds after two untimed
 //!   writes; the ratio is of the totals, and the median, lowest and highest
-//!   of the rounds' ratios follow. One result per way of writing (see
-//!   `BigWrite`).
+//!   of the rounds' ratios follow, then the ratio of saves to the hand
+//!   writes that went in the same place in their rounds (the disk writes a
+//!   round's first burst fast and its second slow, so a round's own ratio
+//!   says mostly which side went first). One result per way of writing
+//!   (see `BigWrite`).
 //! - `small`: the latency of a small save (two 4 KiB files) with
 //!   `max_to_keep` 3, so that every save sweeps one checkpoint;
 //!   `CKPT_BENCH_SMALL_SAVES` (30) timed saves after 4 untimed ones.
@@ -691,6 +694,26 @@ impl Bench {
                 &format!("big_save.{name}.ratio_per_round_median"),
                 spread.median,
                 &format!("rounds, from {:.3} to {:.3}", spread.min, spread.max),
+            );
+            // The disk writes the first burst of a round fast and the
+            // second slow, whichever side it is: saves compared with the
+            // hand writes that went in the same place in their rounds.
+            // (Odd rounds save first, even rounds write by hand first.)
+            let median_of_rounds = |times: &[f64], odd: bool| {
+                let picked: Vec<f64> = (0..rounds)
+                    .filter(|round| (round % 2 == 1) == odd)
+                    .map(|round| times[round])
+                    .collect();
+                summarize(&picked).median
+            };
+            let first = median_of_rounds(&saves, true) / median_of_rounds(&hands, false);
+            let second = median_of_rounds(&saves, false) / median_of_rounds(&hands, true);
+            self.report.ratio(
+                &format!("big_save.{name}.ratio_same_place"),
+                (first * second).sqrt(),
+                &format!(
+                    "geometric mean of {first:.3} going first and {second:.3} going second"
+                ),
             );
         }
     }

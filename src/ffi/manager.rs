@@ -147,7 +147,8 @@ unsafe fn prefix_call(
 /// directory, takes its lock file `checkpoint.lock` (released by
 /// `ckpt_manager_free` or the process's death), and finishes what interrupted
 /// saves left: a save past its commit point is rolled forward (its sweep
-/// included), one before it is removed, and temporary state files go. A
+/// included), one before it is removed, and temporary state files and a dead
+/// writer's spare staging directory (`checkpoint.ckpt-spare`) go. A
 /// read-only manager touches nothing.
 ///
 /// Ownership: `options` is borrowed; the manager keeps its own copy of the
@@ -187,7 +188,9 @@ pub unsafe extern "C" fn ckpt_manager_new(
     })
 }
 
-/// Frees a manager and releases its callbacks' user data. NULL is a no-op.
+/// Frees a manager and releases its callbacks' user data. NULL is a no-op. A
+/// writer removes its spare staging directory (`checkpoint.ckpt-spare`) and
+/// releases its lock.
 ///
 /// Called from inside one of this manager's own calls on the same thread (from
 /// one of its callbacks, or a finalizer this free runs), or from a background
@@ -228,14 +231,19 @@ pub unsafe extern "C" fn ckpt_manager_free(manager: *mut ckpt_manager) {
 }
 
 /// Saves a checkpoint: checks the interval gate, makes the staging directory
-/// `<directory>/<name>-<N>.ckpt-staging`, runs the save callback with the
-/// staging prefix `<staging>/<name>-<N>` and writes the registered tensors
-/// there, writes the manifest (`<prefix>.ckpt-manifest.json`: each file's size
-/// and CRC32C) and a commit record, syncs them (the commit point), moves the
-/// files to `<directory>/<name>-<N>...` (replacing those of a number saved
-/// again), replaces the state file atomically, syncs the directory, then
-/// deletes what the oldest checkpoints beyond max_to_keep own, or preserves
-/// them.
+/// `<directory>/<name>-<N>.ckpt-staging` (the writer's spare
+/// `checkpoint.ckpt-spare`, renamed, when the last save left it), runs the
+/// save callback with the staging prefix `<staging>/<name>-<N>` and writes
+/// the registered tensors there, writes the manifest
+/// (`<prefix>.ckpt-manifest.json`: each file's size and CRC32C) and the new
+/// state file aside, and syncs them. A new checkpoint's files then move to
+/// `<directory>/<name>-<N>...`, the directory is synced, and the state file
+/// is replaced atomically (the commit point) and the directory synced again;
+/// any other save (a number saved again, a sweep) first syncs a commit record
+/// (its commit point) and then moves the files, replacing those of a number
+/// saved again. Last, what the oldest checkpoints beyond max_to_keep own is
+/// deleted, or they are preserved. The emptied staging directory stays as the
+/// spare until the manager is freed: the next save creates no directory.
 ///
 /// `checkpoint_number` is NULL to use the save counter's next value, or points
 /// to an explicit number. `check_interval` false saves even within the interval
