@@ -711,9 +711,7 @@ impl Bench {
             self.report.ratio(
                 &format!("big_save.{name}.ratio_same_place"),
                 (first * second).sqrt(),
-                &format!(
-                    "geometric mean of {first:.3} going first and {second:.3} going second"
-                ),
+                &format!("geometric mean of {first:.3} going first and {second:.3} going second"),
             );
         }
     }

@@ -697,7 +697,8 @@ void ckpt_manager_free(ckpt_manager *manager);
 // (its commit point) and then moves the files, replacing those of a number
 // saved again. Last, what the oldest checkpoints beyond max_to_keep own is
 // deleted, or they are preserved. The emptied staging directory stays as the
-// spare until the manager is freed: the next save creates no directory.
+// writer's spare until the manager is freed, so that later saves need not
+// create one.
 //
 // `checkpoint_number` is NULL to use the save counter's next value, or points
 // to an explicit number. `check_interval` false saves even within the interval

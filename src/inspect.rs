@@ -270,6 +270,8 @@ pub fn recover_directory(
         for step in &steps {
             transaction::run_recovery_step(&*store, step, warn, &mut |_| false)?;
         }
+        // A rolled-forward commit leaves its staging as a spare no writer holds.
+        transaction::remove_spare(&*store);
     }
     Ok(steps.into_iter().map(|step| step.action).collect())
 }

@@ -254,7 +254,12 @@ pub fn is_plain_file_name(entry: &Path) -> bool {
 /// directly inside the directory that is not the state file, the lock or
 /// the lease.
 pub fn deletable_base(entry: &Path) -> Option<&OsStr> {
-    let reserved = [STATE_FILE_NAME, LOCK_FILE_NAME, LEASE_NAME, SPARE_STAGING_NAME];
+    let reserved = [
+        STATE_FILE_NAME,
+        LOCK_FILE_NAME,
+        LEASE_NAME,
+        SPARE_STAGING_NAME,
+    ];
     (is_plain_file_name(entry) && !reserved.iter().any(|name| entry == Path::new(name)))
         .then_some(entry.as_os_str())
 }

@@ -636,7 +636,10 @@ fn new_checkpoints_reuse_the_spare_staging_directory_and_state_file() {
     assert_ne!(states[0], states[1]);
     assert_eq!(states[2..], [states[0], states[1]]);
     assert_eq!(inode(&spare.join("checkpoint")), states[2]);
-    assert_eq!(state_entries(dir).1, ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"]);
+    assert_eq!(
+        state_entries(dir).1,
+        ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"]
+    );
 
     drop(manager);
     assert!(!exists(&spare), "closing the writer left the spare");
@@ -651,7 +654,8 @@ fn new_checkpoints_reuse_the_spare_staging_directory_and_state_file() {
             false => save(prefix, number),
         }),
     );
-    let mut manager = CheckpointManager::new(config(dir, "ckpt", MaxToKeep::All), callbacks).unwrap();
+    let mut manager =
+        CheckpointManager::new(config(dir, "ckpt", MaxToKeep::All), callbacks).unwrap();
     manager.save(None, false).unwrap();
     let (before, state) = (names(dir), fs::read(dir.join("checkpoint")).unwrap());
     assert!(before.iter().any(|name| name == SPARE), "{before:?}");
@@ -675,7 +679,10 @@ fn a_dead_writers_spare_goes_at_open_and_a_symlinked_one_is_not_followed() {
     fs::write(dir.join(SPARE).join("ckpt-1.index"), "junk").unwrap();
     let journal = Shared::default();
     let mut manager = open(&dir, MaxToKeep::All, &journal);
-    assert!(!exists(&dir.join(SPARE)), "the open kept a dead writer's spare");
+    assert!(
+        !exists(&dir.join(SPARE)),
+        "the open kept a dead writer's spare"
+    );
     manager.save(None, false).unwrap();
     assert_eq!(names(&dir.join(SPARE)), Vec::<String>::new());
     manager.save(None, false).unwrap();
@@ -692,4 +699,57 @@ fn a_dead_writers_spare_goes_at_open_and_a_symlinked_one_is_not_followed() {
     assert_eq!(contents(&outside.join("checkpoint")), "not the manager's");
     assert_eq!(names(&outside), ["checkpoint"]);
     assert_eq!(state_entries(&dir).1, ["ckpt-1", "ckpt-2", "ckpt-3"]);
+}
+
+/// Saves that sweep commit through a record; their staging directory is
+/// the spare too, and becomes it again once the record is gone.
+#[test]
+fn saves_that_sweep_reuse_the_spare_staging_directory_too() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let journal = Shared::default();
+    let mut manager = open(dir, MaxToKeep::Last(1), &journal);
+    manager.save(None, false).unwrap();
+    let spare = dir.join(SPARE);
+    let spare_inode = inode(&spare);
+    for _ in 2..=4 {
+        manager.save(None, false).unwrap();
+        assert_eq!(
+            inode(&spare),
+            spare_inode,
+            "a sweeping save made a directory"
+        );
+        assert!(names(&spare).iter().all(|name| name == "checkpoint"));
+    }
+    let mut expected = vec!["checkpoint", SPARE, "checkpoint.lock"];
+    expected.extend([
+        "ckpt-4.ckpt-manifest.json",
+        "ckpt-4.data-00000-of-00001",
+        "ckpt-4.index",
+    ]);
+    assert_eq!(names(dir), expected);
+}
+
+/// A copy of the directory made with hard links (`cp -al`) keeps its
+/// state file: the save that would write over the swapped-out inode
+/// makes a new file instead.
+#[test]
+fn a_hard_linked_copy_of_the_state_file_is_never_written_over() {
+    let root = tempfile::tempdir().unwrap();
+    let (dir, copy) = (root.path().join("run"), root.path().join("copy"));
+    let journal = Shared::default();
+    let mut manager = open(&dir, MaxToKeep::All, &journal);
+    manager.save(None, false).unwrap();
+    manager.save(None, false).unwrap();
+    fs::create_dir(&copy).unwrap();
+    fs::hard_link(dir.join("checkpoint"), copy.join("checkpoint")).unwrap();
+    let copied = fs::read(copy.join("checkpoint")).unwrap();
+    for _ in 3..=5 {
+        manager.save(None, false).unwrap();
+        assert_eq!(fs::read(copy.join("checkpoint")).unwrap(), copied);
+    }
+    assert_eq!(
+        state_entries(&dir).1,
+        ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4", "ckpt-5"]
+    );
 }

@@ -47,7 +47,12 @@ fn traced(saves: usize) -> (usize, usize, usize) {
     let directory = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let trace = directory.path().join("trace.txt");
     let status = Command::new("strace")
-        .args(["-f", "-e", "trace=fsync,fdatasync,clone,clone3,mkdir,mkdirat", "-o"])
+        .args([
+            "-f",
+            "-e",
+            "trace=fsync,fdatasync,clone,clone3,mkdir,mkdirat",
+            "-o",
+        ])
         .arg(&trace)
         .arg(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "save_loop", "--test-threads=1"])

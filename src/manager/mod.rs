@@ -226,7 +226,7 @@ impl Drop for CheckpointManager {
         }
         self.relay_upload_messages();
         self.stop_uploads();
-        if self.lock.is_some() {
+        if self.lock.as_ref().is_some_and(DirectoryLock::is_held_here) {
             crate::transaction::remove_spare(&*self.store);
         }
     }

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Entry, FileWriter, Kind, ReadAt, Store};
@@ -144,20 +144,19 @@ fn concurrently(
 /// commit carries them all (ext4, XFS) and the next ones find their blocks
 /// written, so that each of them costs a cache flush instead of a commit.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File) -> io::Result<()> {
+fn start_writeback(file: &File) {
     use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor; the call reads no memory of ours.
-    let started = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    if started == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    // SAFETY: a valid descriptor; the call reads no memory of ours. Only a
+    // hint: where it fails (a sandbox, FUSE), fsync does all the work.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File) -> io::Result<()> {
-    Ok(())
-}
+fn start_writeback(_: &File) {}
 
-/// Swaps two names atomically (`renameat2` with `RENAME_EXCHANGE`);
-/// `false` when `to` is missing or the file system cannot, for a rename.
+/// Swaps two names atomically (`renameat2` with `RENAME_EXCHANGE`, as a
+/// raw system call: glibc wraps it only from 2.28); `false` when `to` is
+/// missing or the kernel or file system cannot, for a rename.
 #[cfg(target_os = "linux")]
 fn swap(from: &Path, to: &Path) -> io::Result<bool> {
     use std::ffi::CString;
@@ -169,13 +168,22 @@ fn swap(from: &Path, to: &Path) -> io::Result<bool> {
     let (from, to) = (c(from)?, c(to)?);
     // SAFETY: two NUL-terminated strings that outlive the call.
     let swapped = unsafe {
-        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_EXCHANGE)
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     if swapped == 0 {
         return Ok(true);
     }
     match io::Error::last_os_error().raw_os_error() {
-        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EXDEV) => {
+            Ok(false)
+        }
         _ => Err(io::Error::last_os_error()),
     }
 }
@@ -291,20 +299,34 @@ impl Store for LocalStore {
         })))
     }
 
-    /// Writes over a file that exists (see `Overwrite`).
+    /// Writes over a file that exists (see `Overwrite`), unless another
+    /// name (a hard-linked copy of the directory) still shows its bytes:
+    /// that file is unlinked and a new one made.
     fn create(&self, name: &Path) -> io::Result<Box<dyn FileWriter>> {
         self.check_parents(name)?;
-        #[allow(clippy::suspicious_open_options)] // `finish` truncates
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
+        let path = self.path(name);
+        let open = |options: &mut OpenOptions| {
             // A FIFO put where a file goes fails the open instead of
             // blocking it; regular files ignore the flag.
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(self.path(name))?;
-        let metadata = file.metadata()?;
-        if !metadata.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"));
+            let file = options
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)?;
+            let metadata = file.metadata()?;
+            match metadata.is_file() {
+                true => Ok((file, metadata)),
+                false => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "it is not a regular file",
+                )),
+            }
+        };
+        #[allow(clippy::suspicious_open_options)] // `finish` truncates
+        let (mut file, mut metadata) = open(OpenOptions::new().create(true))?;
+        if metadata.nlink() > 1 {
+            drop(file);
+            fs::remove_file(&path)?;
+            (file, metadata) = open(OpenOptions::new().create_new(true))?;
         }
         Ok(Box::new(Overwrite {
             file,
@@ -325,11 +347,11 @@ impl Store for LocalStore {
                 .iter()
                 .map(|name| File::open(self.path(name)))
                 .collect::<io::Result<_>>()?;
-            files.iter().try_for_each(start_writeback)?;
+            files.iter().for_each(start_writeback);
             return files.iter().try_for_each(File::sync_all);
         }
         for name in names {
-            start_writeback(&File::open(self.path(name))?)?;
+            start_writeback(&File::open(self.path(name))?);
         }
         concurrently(names, |name| File::open(self.path(name))?.sync_all())
     }

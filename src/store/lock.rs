@@ -28,6 +28,9 @@ fn held() -> MutexGuard<'static, Option<HashSet<(u64, u64)>>> {
 pub struct DirectoryLock {
     _file: File,
     directory: (u64, u64),
+    /// The process that took it: a child forked since holds a copy of this
+    /// value but not the lock (record locks are not inherited).
+    process: u32,
 }
 
 fn whole_file_lock(kind: libc::c_short) -> libc::flock {
@@ -83,7 +86,13 @@ impl DirectoryLock {
         Ok(DirectoryLock {
             _file: file,
             directory: key,
+            process: std::process::id(),
         })
+    }
+
+    /// Whether this process holds the lock (not a child forked since).
+    pub fn is_held_here(&self) -> bool {
+        self.process == std::process::id()
     }
 }
 

@@ -251,12 +251,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    /// A copy (conditional when this handle saw the target) and a delete.
     /// Object stores cannot swap two names.
     fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
         self.rename(from, to).map(|()| false)
     }
 
+    /// A copy (conditional when this handle saw the target) and a delete.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         if self.shadow_file(from)? {
             return self.upload_shadow(from, to);

@@ -5,7 +5,8 @@
 //! manifest and a commit record, syncs them (the commit point), then moves
 //! the files into place, replaces the state file and syncs the directory;
 //! `finish` deletes what the sweep dropped. `abort` before the commit point
-//! removes the staging directory and nothing else. `recover`, on open,
+//! removes the staging directory and nothing else (but for putting back
+//! the writer's spare when the staging directory was it). `recover`, on open,
 //! rolls a recorded commit forward and removes unrecorded staging.
 //!
 //! How files reach their final names depends on the store, and is chosen
@@ -259,9 +260,11 @@ impl Transaction {
                 &mut |_| false,
             )?;
         }
-        let from_spare = strategy
-            .make_staging(&*store, &staging)
-            .map_err(io_at("create staging directory", &*store, &staging))?;
+        let from_spare = strategy.make_staging(&*store, &staging).map_err(io_at(
+            "create staging directory",
+            &*store,
+            &staging,
+        ))?;
         let mut transaction = Transaction::open(store, strategy, base, staging, true);
         transaction.from_spare = from_spare;
         Ok(transaction)
@@ -434,7 +437,10 @@ impl Transaction {
                     .map_err(io_at("list", &*self.store, &directory))?;
             for entry in entries {
                 let name = directory.join(&entry.name);
-                if name == layout::state_aside_in(&self.staging) {
+                if entry.kind == Kind::File
+                    && name == layout::state_aside_in(&self.staging)
+                    && self.store.capabilities().atomic_rename
+                {
                     continue; // the spare's old state file, written over at the commit
                 }
                 let suffix = &name.as_os_str().as_bytes()[root_len.min(name.as_os_str().len())..];

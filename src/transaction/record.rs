@@ -34,6 +34,12 @@ pub(super) struct SweptRecord {
 pub(super) struct CommitRecord {
     format: String,
     version: u32,
+    /// The checkpoint it commits. A staging directory becomes the spare
+    /// once its record is removed, unsynced: if a power cut loses that
+    /// removal, the record may surface in another save's staging, where
+    /// it must not be rolled forward. (Older records lack it.)
+    #[serde(default)]
+    base: Option<ByteString>,
     /// Suffixes to move from staging into place, the manifest last.
     pub moves: Vec<ByteString>,
     /// Names of the replaced checkpoint's files the new one lacks.
@@ -132,6 +138,7 @@ pub(super) fn stage(
     let record = CommitRecord {
         format: RECORD_FORMAT.into(),
         version: 1,
+        base: Some(ByteString::from_bytes(base.as_bytes())),
         remove: plan
             .replaced
             .files
@@ -354,11 +361,67 @@ pub(super) fn read_record(store: &dyn Store, base: &OsStr) -> Result<Option<Comm
         &record_name,
         MAX_STATE_FILE_BYTES + MAX_MANIFEST_BYTES,
     ) {
-        Ok(Some(bytes)) => Ok(serde_json::from_slice::<CommitRecord>(&bytes)
-            .ok()
-            .filter(|record| record.format == RECORD_FORMAT && record.version == 1)),
+        Ok(Some(bytes)) => {
+            Ok(serde_json::from_slice::<CommitRecord>(&bytes)
+                .ok()
+                .filter(|record| {
+                    record.format == RECORD_FORMAT
+                        && record.version == 1
+                        && record
+                            .base
+                            .as_ref()
+                            .is_none_or(|own| own.as_bytes() == base.as_bytes())
+                }))
+        }
         Ok(None) => Ok(None),
         Err(err) if err.kind() == io::ErrorKind::InvalidData => Ok(None),
         Err(err) => Err(Error::io_at("read", &store.shown(&record_name), err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    /// A record whose removal a power cut lost may surface in another
+    /// save's staging directory (the spare, renamed): it is not that
+    /// save's record.
+    #[test]
+    fn a_record_is_read_only_under_its_own_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(root.path());
+        let record = |base: &str| CommitRecord {
+            format: RECORD_FORMAT.into(),
+            version: 1,
+            base: Some(ByteString::from_bytes(base.as_bytes())),
+            moves: Vec::new(),
+            remove: Vec::new(),
+            remove_directories: Vec::new(),
+            state_before: None,
+            state_staged: ByteString::from_bytes(b"checkpoint.tmp"),
+            swept: Vec::new(),
+            placed: false,
+        };
+        let (one, two) = (OsStr::new("ckpt-1"), OsStr::new("ckpt-2"));
+        store.create_dir(&layout::staging_name(two)).unwrap();
+        let write = |record: &CommitRecord| {
+            let json = serde_json::to_vec(record).unwrap();
+            write_whole(&store, &record_name(two), &json).unwrap();
+        };
+        write(&record("ckpt-1"));
+        assert!(read_record(&store, two).unwrap().is_none());
+        write(&record("ckpt-2"));
+        assert!(read_record(&store, two).unwrap().is_some());
+        let mut older = serde_json::to_value(record("ckpt-1")).unwrap();
+        older.as_object_mut().unwrap().remove("base"); // before records named it
+        write_whole(
+            &store,
+            &record_name(two),
+            &serde_json::to_vec(&older).unwrap(),
+        )
+        .unwrap();
+        assert!(read_record(&store, two).unwrap().is_some());
+        assert!(read_record(&store, one).unwrap().is_none()); // no staging of its own
     }
 }

@@ -85,7 +85,8 @@ pub fn plan_recovery(
     }
     for entry in &entries {
         let name = entry.name.as_bytes();
-        let action = if layout::is_temporary(name) || name == layout::SPARE_STAGING_NAME.as_bytes() {
+        let action = if layout::is_temporary(name) || name == layout::SPARE_STAGING_NAME.as_bytes()
+        {
             RecoveryAction::RemoveTemporary {
                 name: entry.name.clone(),
             }

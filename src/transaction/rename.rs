@@ -182,7 +182,10 @@ fn is_new_checkpoint(
         .files
         .iter()
         .map(|file| file_name(base, file.suffix.as_bytes()))
-        .chain([layout::manifest_name(base), layout::pending_marker_name(base)])
+        .chain([
+            layout::manifest_name(base),
+            layout::pending_marker_name(base),
+        ])
     {
         if store
             .kind(&name)
