@@ -659,10 +659,14 @@ fn new_checkpoints_reuse_the_spare_staging_directory_and_state_file() {
     manager.save(None, false).unwrap();
     let (before, state) = (names(dir), fs::read(dir.join("checkpoint")).unwrap());
     assert!(before.iter().any(|name| name == SPARE), "{before:?}");
+    let spare_inode = inode(&spare);
     fail.store(true, Ordering::SeqCst);
     assert!(manager.save(None, false).is_err());
     assert_eq!(names(dir), before, "a failed save changed the directory");
     assert_eq!(fs::read(dir.join("checkpoint")).unwrap(), state);
+    // Emptied and renamed back, not made again: a full disk allows that.
+    assert_eq!(inode(&spare), spare_inode);
+    assert_eq!(names(&spare), Vec::<String>::new());
     fail.store(false, Ordering::SeqCst);
     manager.save(None, false).unwrap();
     assert_eq!(state_entries(dir).1.last().unwrap(), "ckpt-6");

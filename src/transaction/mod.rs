@@ -605,12 +605,33 @@ impl Transaction {
     /// rolled forward, then the staging directory.
     fn undo(&self) -> io::Result<()> {
         self.store.remove_file(&layout::record_name(&self.base))?;
+        if self.from_spare && self.empty_into_spare().is_ok() {
+            return Ok(());
+        }
         self.strategy
             .remove_staging(&*self.store, &self.base, false)?;
         if self.from_spare {
             let _ = self.store.create_dir(Path::new(layout::SPARE_STAGING_NAME));
         }
         Ok(())
+    }
+
+    /// Empties the staging directory and makes it the spare again: a
+    /// rename, which a full disk still allows where a new directory may
+    /// not be.
+    fn empty_into_spare(&self) -> io::Result<()> {
+        if self.store.kind(&self.staging)? != Some(Kind::Directory) {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        for entry in self.store.list(&self.staging)? {
+            let name = self.staging.join(&entry.name);
+            match entry.kind {
+                Kind::Directory => self.store.remove_staging(&name)?,
+                _ => self.store.remove_file(&name)?,
+            }
+        }
+        self.store
+            .rename(&self.staging, Path::new(layout::SPARE_STAGING_NAME))
     }
 }
 
