@@ -602,15 +602,6 @@ fn inode(path: &Path) -> u64 {
     fs::symlink_metadata(path).unwrap().ino()
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
 /// New checkpoints create no directory and no state file: the staging
 /// directory and the state file written aside are the ones the last save
 /// left in the spare, whose old state it holds. A failed save leaves the
@@ -628,7 +619,7 @@ fn new_checkpoints_reuse_the_spare_staging_directory_and_state_file() {
         let old_state = fs::read(dir.join("checkpoint")).unwrap();
         manager.save(None, false).unwrap();
         assert_eq!(inode(&spare), spare_inode, "save {number} made a directory");
-        assert_eq!(names(&spare), ["checkpoint"]);
+        assert_eq!(support::file_names(&spare), ["checkpoint"]);
         assert_eq!(fs::read(spare.join("checkpoint")).unwrap(), old_state);
         states.push(inode(&dir.join("checkpoint")));
     }
@@ -657,16 +648,23 @@ fn new_checkpoints_reuse_the_spare_staging_directory_and_state_file() {
     let mut manager =
         CheckpointManager::new(config(dir, "ckpt", MaxToKeep::All), callbacks).unwrap();
     manager.save(None, false).unwrap();
-    let (before, state) = (names(dir), fs::read(dir.join("checkpoint")).unwrap());
+    let (before, state) = (
+        support::file_names(dir),
+        fs::read(dir.join("checkpoint")).unwrap(),
+    );
     assert!(before.iter().any(|name| name == SPARE), "{before:?}");
     let spare_inode = inode(&spare);
     fail.store(true, Ordering::SeqCst);
     assert!(manager.save(None, false).is_err());
-    assert_eq!(names(dir), before, "a failed save changed the directory");
+    assert_eq!(
+        support::file_names(dir),
+        before,
+        "a failed save changed the directory"
+    );
     assert_eq!(fs::read(dir.join("checkpoint")).unwrap(), state);
     // Emptied and renamed back, not made again: a full disk allows that.
     assert_eq!(inode(&spare), spare_inode);
-    assert_eq!(names(&spare), Vec::<String>::new());
+    assert_eq!(support::file_names(&spare), Vec::<String>::new());
     fail.store(false, Ordering::SeqCst);
     manager.save(None, false).unwrap();
     assert_eq!(state_entries(dir).1.last().unwrap(), "ckpt-6");
@@ -688,9 +686,9 @@ fn a_dead_writers_spare_goes_at_open_and_a_symlinked_one_is_not_followed() {
         "the open kept a dead writer's spare"
     );
     manager.save(None, false).unwrap();
-    assert_eq!(names(&dir.join(SPARE)), Vec::<String>::new());
+    assert_eq!(support::file_names(&dir.join(SPARE)), Vec::<String>::new());
     manager.save(None, false).unwrap();
-    assert_eq!(names(&dir.join(SPARE)), ["checkpoint"]);
+    assert_eq!(support::file_names(&dir.join(SPARE)), ["checkpoint"]);
     drop(manager);
 
     fs::create_dir(&outside).unwrap();
@@ -701,7 +699,7 @@ fn a_dead_writers_spare_goes_at_open_and_a_symlinked_one_is_not_followed() {
     std::os::unix::fs::symlink(&outside, dir.join(SPARE)).unwrap();
     manager.save(None, false).unwrap(); // not taken as staging: a new one is made
     assert_eq!(contents(&outside.join("checkpoint")), "not the manager's");
-    assert_eq!(names(&outside), ["checkpoint"]);
+    assert_eq!(support::file_names(&outside), ["checkpoint"]);
     assert_eq!(state_entries(&dir).1, ["ckpt-1", "ckpt-2", "ckpt-3"]);
 }
 
@@ -723,7 +721,9 @@ fn saves_that_sweep_reuse_the_spare_staging_directory_too() {
             spare_inode,
             "a sweeping save made a directory"
         );
-        assert!(names(&spare).iter().all(|name| name == "checkpoint"));
+        assert!(support::file_names(&spare)
+            .iter()
+            .all(|name| name == "checkpoint"));
     }
     let mut expected = vec!["checkpoint", SPARE, "checkpoint.lock"];
     expected.extend([
@@ -731,7 +731,7 @@ fn saves_that_sweep_reuse_the_spare_staging_directory_too() {
         "ckpt-4.data-00000-of-00001",
         "ckpt-4.index",
     ]);
-    assert_eq!(names(dir), expected);
+    assert_eq!(support::file_names(dir), expected);
 }
 
 /// A copy of the directory made with hard links (`cp -al`) keeps its
