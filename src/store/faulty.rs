@@ -162,7 +162,7 @@ impl Store for FaultyStore {
         self.steps.step("rename", to)?;
         self.inner.rename(from, to)
     }
-    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.steps.step("rename", to)?;
         self.inner.rename_swapping(from, to)
     }

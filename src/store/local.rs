@@ -366,14 +366,14 @@ impl Store for LocalStore {
         fs::rename(self.path(from), self.path(to))
     }
 
-    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.check_parents(from)?;
         self.check_parents(to)?;
         let (from, to) = (self.path(from), self.path(to));
-        if swap(&from, &to)? {
-            return Ok(true);
+        match swap(&from, &to)? {
+            true => Ok(()),
+            false => fs::rename(from, to),
         }
-        fs::rename(from, to).map(|()| false)
     }
 
     fn remove_file(&self, name: &Path) -> io::Result<()> {

@@ -252,8 +252,8 @@ impl Store for MemoryStore {
     }
 
     /// Object stores cannot swap two names.
-    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
-        self.rename(from, to).map(|()| false)
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename(from, to)
     }
 
     /// A copy (conditional when this handle saw the target) and a delete.

@@ -128,9 +128,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// `rename`, except that where the file system can swap the two names
     /// atomically it does, and `from` is left holding `to`'s old file, to
-    /// be written over by a later save instead of creating a file. Says
-    /// whether it swapped.
-    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool>;
+    /// be written over by a later save instead of creating a file.
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes a file or symlink (never a directory); missing is fine.
     fn remove_file(&self, name: &Path) -> io::Result<()>;
     /// Removes an empty directory; missing is fine, non-empty an error.

@@ -474,8 +474,8 @@ impl Store for ObjectStore {
     }
 
     /// Object stores cannot swap two names.
-    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<bool> {
-        self.rename(from, to).map(|()| false)
+    fn rename_swapping(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename(from, to)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -61,6 +61,7 @@ impl Strategy for EarlyPlacement {
         store
             .check_unchanged(Path::new(STATE_FILE_NAME))
             .map_err(io_at("commit to", store, Path::new("")))?;
+        record::check_state_file(store)?;
         let staged = record::stage(store, base, sealed, plan, state_staged)?;
         place_staged_early(store, base, sealed)?;
         record::reach_commit_point(store, base, sealed, staged)

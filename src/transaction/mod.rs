@@ -73,6 +73,13 @@ trait Strategy: Sync + std::fmt::Debug {
     fn make_staging(&self, store: &dyn Store, staging: &Path) -> io::Result<bool> {
         store.create_dir(staging).map(|()| false)
     }
+    /// Whether `name` in `staging` is the spare's old state file, which
+    /// sealing passes over (it is not the save's).
+    fn is_spare_state_file(&self, _staging: &Path, _name: &Path, _kind: Kind) -> bool {
+        false
+    }
+    /// Removes the writer's spare staging directory, if it keeps one.
+    fn remove_spare(&self, _store: &dyn Store) {}
     /// Every step up to the commit point, which is its last; the new state
     /// file is written aside at `state_staged`, unless the strategy writes
     /// it elsewhere.
@@ -437,11 +444,11 @@ impl Transaction {
                     .map_err(io_at("list", &*self.store, &directory))?;
             for entry in entries {
                 let name = directory.join(&entry.name);
-                if entry.kind == Kind::File
-                    && name == layout::state_aside_in(&self.staging)
-                    && self.store.capabilities().atomic_rename
+                if self
+                    .strategy
+                    .is_spare_state_file(&self.staging, &name, entry.kind)
                 {
-                    continue; // the spare's old state file, written over at the commit
+                    continue; // written over at the commit
                 }
                 let suffix = &name.as_os_str().as_bytes()[root_len.min(name.as_os_str().len())..];
                 let mine = name
@@ -670,13 +677,10 @@ impl Committed {
     }
 }
 
-/// Removes the writer's spare staging directory as it closes (file
-/// systems: elsewhere there is none). A failure leaves it to the next
-/// writer's recovery.
+/// Removes the writer's spare staging directory as it closes. A failure
+/// leaves it to the next writer's recovery.
 pub fn remove_spare(store: &dyn Store) {
-    if store.capabilities().atomic_rename {
-        let _ = store.remove_staging(Path::new(layout::SPARE_STAGING_NAME));
-    }
+    strategy_for(store).remove_spare(store);
 }
 
 /// Creates the directories on the way to `name` (a file inside a

@@ -108,7 +108,7 @@ pub(super) fn check_state_file(store: &dyn Store) -> Result<()> {
 }
 
 /// Writes the new state file aside (at `state_staged`) and the manifest
-/// into staging, and describes the commit. The directory's files are
+/// into staging, and describes the commit (after `check_state_file`). The directory's files are
 /// untouched.
 pub(super) fn stage(
     store: &dyn Store,
@@ -117,7 +117,6 @@ pub(super) fn stage(
     plan: &CommitPlan,
     state_staged: &Path,
 ) -> Result<Staged> {
-    check_state_file(store)?;
     write_whole(store, state_staged, &plan.state_after)?;
     let mut manifest = Manifest::new(plan.number, sealed.files.clone());
     manifest.saved_at = Some(plan.saved_at);

@@ -87,6 +87,15 @@ impl Strategy for RenameCommit {
         store.create_dir(staging).map(|()| false)
     }
 
+    /// Only a regular file: anything else of that name is refused.
+    fn is_spare_state_file(&self, staging: &Path, name: &Path, kind: Kind) -> bool {
+        kind == Kind::File && name == layout::state_aside_in(staging)
+    }
+
+    fn remove_spare(&self, store: &dyn Store) {
+        let _ = store.remove_staging(Path::new(layout::SPARE_STAGING_NAME));
+    }
+
     /// The state file and manifest staged, then the commit point: a new
     /// checkpoint placed and named (its state file written aside in
     /// staging), or any other save's record durable.
@@ -98,7 +107,7 @@ impl Strategy for RenameCommit {
         plan: &CommitPlan,
         state_staged: &Path,
     ) -> Result<CommitRecord> {
-        record::check_state_file(store)?; // before reading it
+        record::check_state_file(store)?;
         if is_new_checkpoint(store, base, sealed, plan)? {
             let aside = layout::state_aside_in(&layout::staging_name(base));
             let staged = record::stage(store, base, sealed, plan, &aside)?;
@@ -219,7 +228,6 @@ fn place_and_name(store: &dyn Store, base: &OsStr, staged: Staged) -> Result<Com
         .and_then(|()| {
             store
                 .rename_swapping(&layout::state_aside_in(&marker), state_name)
-                .map(drop)
                 .map_err(io_at("write state file", store, state_name))
         });
     if let Err(err) = named {
