@@ -334,7 +334,8 @@ enum KillAt {
 }
 
 /// Spawns the trainer saving as `mode` says, kills it with SIGKILL at
-/// `at`, and returns its stdout, or `None` if it exited before the kill.
+/// `at`, and returns its stdout, or `None` if it finished (printed its
+/// last line) before the kill.
 fn run_and_kill(directory: &Path, mode: &[&str], at: KillAt) -> (Option<String>, String) {
     let mut child = support::command(&trainer())
         .arg(directory)
@@ -372,8 +373,13 @@ fn run_and_kill(directory: &Path, mode: &[&str], at: KillAt) -> (Option<String>,
         .read_to_string(&mut stderr)
         .unwrap();
     let status = child.wait().unwrap();
-    if status.signal() == Some(libc::SIGKILL) {
+    // A kill that lands after the run's last line, as it closes its
+    // manager, found the run finished: its saves are all committed.
+    let killed_mid_run = status.signal() == Some(libc::SIGKILL) && !seen.contains("done at step");
+    if killed_mid_run {
         (Some(seen), stderr)
+    } else if status.signal() == Some(libc::SIGKILL) {
+        (None, stderr)
     } else {
         assert!(status.success(), "{status}\n{seen}\n{stderr}");
         (None, stderr)
